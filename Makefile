@@ -1,0 +1,109 @@
+# nanoqlora build. `make` builds every program into the repository root;
+# `make test` installs what is missing, builds and runs the whole suite.
+#
+#   make                 build (CUDA too when nvcc is on the PATH)
+#   make CUDA=0          CPU-only build
+#   make CUDA_ARCH="80 90"   override the GPU targets (default: the GPU nvidia-smi reports, else 80 90)
+#   make deps            install the Debian packages the engine needs (apt-get)
+#   make test            deps + build + run every test
+#   make run             deps + build + the default fine-tuning job
+#   make fixtures        regenerate tests/fixtures with the real Python libraries (tools/ref)
+
+CXX      ?= g++
+# -ffp-contract=off: no silent FMA fusion, so CPU numerics are the same with and
+# without -march flags (the NF4 bit-exactness tests rely on plain IEEE rounding).
+CXXFLAGS ?= -O3 -march=native -ffp-contract=off
+CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/x86_64-linux-gnu
+LDLIBS   += -fopenmp -lopenblas -lutf8proc -lpcre2-8 -lpthread
+
+DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev libutf8proc-dev libpcre2-dev
+
+# ---------------------------------------------------------------- detection
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(origin CUDA),undefined)
+  CUDA := $(if $(NVCC),1,0)
+endif
+ifeq ($(CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but nvcc was not found on the PATH or in /usr/local/cuda/bin)
+  endif
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  # compute_cap "9.0" -> "90"; several GPUs -> unique list
+  GPU_ARCH := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '.' | sort -u | tr '\n' ' ')
+  CUDA_ARCH ?= $(if $(strip $(GPU_ARCH)),$(strip $(GPU_ARCH)),80 90)
+  NVCCFLAGS := -O3 -std=c++17 -I. -Xcompiler -fopenmp --expt-relaxed-constexpr -lineinfo \
+               $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) -MMD -MP
+  CXXFLAGS += -DNQ_CUDA=1 -I$(CUDA_HOME)/include
+  LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart
+endif
+HAVE_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
+
+ifeq ($(MAKELEVEL),0)
+ifeq ($(filter deps fixtures clean,$(MAKECMDGOALS)),)
+  $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build)))
+  $(info $(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped)))
+  $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
+  $(info ✓ OpenMP: $(shell nproc) threads available)
+endif
+endif
+
+# ---------------------------------------------------------------- sources
+LIB_DIRS  := runtime autograd kernels kernels/cpu quant model lora optim train
+LIB_SRCS  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
+# One build folder per configuration, so switching CUDA=0/1 rebuilds everything.
+BUILD     := build/$(if $(filter 1,$(CUDA)),cuda,cpu)
+LIB_OBJS  := $(patsubst %.cpp,$(BUILD)/%.o,$(LIB_SRCS))
+ifeq ($(CUDA),1)
+  CU_SRCS := $(wildcard kernels/cuda/*.cu runtime/*.cu)
+  LIB_OBJS += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRCS))
+endif
+PROG_SRCS := $(wildcard tools/*.cpp)
+PROGS     := $(patsubst tools/%.cpp,%,$(PROG_SRCS))
+TEST_SRCS := $(wildcard tests/*.cpp)
+TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
+
+.PHONY: all deps test run fixtures clean model
+all: $(PROGS) $(BUILD)/test_all
+
+$(BUILD)/libnanoqlora.a: $(LIB_OBJS)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(PROGS): %: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---------------------------------------------------------------- the two commands
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "✓ deps: all Debian packages present"; exit 0; fi; \
+	cmd="apt-get update && apt-get install -y --no-install-recommends$$missing"; \
+	if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; sh -c "DEBIAN_FRONTEND=noninteractive $$cmd" || exit 1; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo sh -c "DEBIAN_FRONTEND=noninteractive $$cmd" || exit 1; \
+	else echo "✗ deps: missing$$missing; run as root:  $$cmd"; exit 1; fi
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/test_all
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	./demo
+
+fixtures:
+	tools/ref/make_fixtures.sh
+
+clean:
+	rm -rf build $(PROGS)

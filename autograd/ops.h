@@ -1,0 +1,26 @@
+// Differentiable ops over Vars. Each op = a forward (kernels/kernels.h) and a
+// backward lambda (its derivative), recorded with record() in autograd/var.h.
+// Shapes as in kernels/kernels.h.
+#pragma once
+#include "autograd/var.h"
+
+namespace nq {
+
+Var add(const Var& a, const Var& b);
+Var mul(const Var& a, const Var& b);
+Var scale(const Var& a, float s);
+Var sum(const Var& a);                        // -> [1]
+Var mean(const Var& a);                       // -> [1]
+Var reshape(const Var& a, Shape shape);       // a view, gradient reshaped back
+Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
+Var linear(const Var& x, const Var& w, const Var& bias = Var());  // x [N, in], w [out, in] -> x w^T + b
+Var embedding(const Var& table, const Tensor& ids);
+Var rmsnorm(const Var& x, const Var& w, float eps);
+Var rope(const Var& x, const Tensor& positions, float theta);
+Var swiglu(const Var& gate, const Var& up);
+Var attention(const Var& q, const Var& k, const Var& v, int64_t B, int64_t T, const Tensor& segment_ids = Tensor());
+Var dropout(const Var& x, float p);           // reserves its mask from the RNG stream; identity when p == 0
+// lm_head + cross-entropy (mean over labels != -100) -> [1]. w may be the tied embedding.
+Var linear_cross_entropy(const Var& h, const Var& w, const Tensor& labels, int64_t chunk_rows = 1024);
+
+}  // namespace nq

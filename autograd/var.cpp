@@ -1,0 +1,143 @@
+#include "autograd/var.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "kernels/kernels.h"
+#include "runtime/rng.h"
+
+namespace nq {
+
+static thread_local bool g_grad_enabled = true;
+bool grad_enabled() { return g_grad_enabled; }
+NoGrad::NoGrad() : prev_(g_grad_enabled) { g_grad_enabled = false; }
+NoGrad::~NoGrad() { g_grad_enabled = prev_; }
+
+Var::Var(Tensor value, bool requires_grad, std::string name) : impl_(std::make_shared<VarImpl>()) {
+  impl_->value = std::move(value);
+  impl_->requires_grad = requires_grad;
+  impl_->name = std::move(name);
+}
+
+Var Var::detach() const { return Var(impl_->value, false, impl_->name); }
+
+// Set when an op ran under NoGrad with an input that requires grad: checkpoint()
+// uses it to learn whether its function reaches trainable parameters.
+static thread_local bool g_saw_requires_grad = false;
+static thread_local bool g_force_record = false;
+
+Var record(const char* op, Tensor output, std::vector<Var> inputs, BackwardFn backward_fn) {
+  Var out(std::move(output));
+  bool any = g_force_record;
+  for (const Var& v : inputs) any = any || (v.defined() && v.requires_grad());
+  if (!g_grad_enabled) {
+    g_saw_requires_grad = g_saw_requires_grad || any;
+    return out;
+  }
+  if (!any) return out;
+  out.impl_->requires_grad = true;
+  out.impl_->node = std::make_shared<Node>(Node{op, std::move(inputs), std::move(backward_fn)});
+  return out;
+}
+
+// dst += g, or dst = g when dst is empty (first contribution: no copy).
+static void accumulate(Tensor& dst, const Tensor& g, const char* what) {
+  if (!dst.defined()) { dst = g; return; }
+  NQ_CHECK(dst.shape() == g.shape(), "backward: gradient of ", what, " has shape ", g.shape().str(),
+           " but earlier contributions have ", dst.shape().str());
+  if (dst.shares_storage(g)) dst = dst.clone();  // never add into a tensor someone else owns
+  kernels::add_inplace(dst, g);
+}
+
+void backward(const Var& root, Tensor grad_root) {
+  NQ_CHECK(root.defined(), "backward: undefined root");
+  if (!grad_root.defined()) {
+    NQ_CHECK(root.value().numel() == 1, "backward: root ", root.value().desc(),
+             " is not a scalar; pass its gradient explicitly");
+    grad_root = Tensor::full(root.shape(), 1.0f, root.value().device());
+    if (root.value().dtype() != DType::F32) grad_root = grad_root.to(Device::CPU).to_dtype(root.value().dtype()).to(root.value().device());
+  }
+  NQ_CHECK(grad_root.shape() == root.shape(), "backward: gradient ", grad_root.desc(), " for root ", root.value().desc());
+
+  // Topological order of the nodes' outputs (iterative DFS: graphs can be deep).
+  std::vector<VarImpl*> order;
+  std::unordered_set<VarImpl*> seen;
+  std::vector<std::pair<VarImpl*, size_t>> stack{{root.impl(), 0}};
+  seen.insert(root.impl());
+  while (!stack.empty()) {
+    auto& [v, next] = stack.back();
+    if (v->node && next < v->node->inputs.size()) {
+      VarImpl* in = v->node->inputs[next++].impl();
+      if (in && in->requires_grad && !seen.count(in)) {
+        seen.insert(in);
+        stack.push_back({in, 0});
+      }
+      continue;
+    }
+    order.push_back(v);
+    stack.pop_back();
+  }
+
+  // Non-leaf gradients live only here; leaves accumulate into VarImpl::grad.
+  std::unordered_map<VarImpl*, Tensor> grads;
+  grads[root.impl()] = grad_root;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    VarImpl* v = *it;
+    auto g = grads.find(v);
+    if (g == grads.end()) continue;  // nothing flowed here
+    Tensor gout = std::move(g->second);
+    grads.erase(g);
+    if (!v->node) {  // leaf
+      accumulate(v->grad, gout, v->name.empty() ? "a leaf" : v->name.c_str());
+      continue;
+    }
+    std::shared_ptr<Node> node = std::move(v->node);  // frees the graph as we go
+    NQ_CHECK(node->backward, "backward: node ", node->op, " was already run (graphs are freed after backward)");
+    std::vector<Tensor> gin = node->backward(gout);
+    NQ_CHECK(gin.size() == node->inputs.size(), "backward: op ", node->op, " returned ", gin.size(),
+             " gradients for ", node->inputs.size(), " inputs");
+    for (size_t i = 0; i < gin.size(); ++i) {
+      VarImpl* in = node->inputs[i].impl();
+      if (!in || !in->requires_grad || !gin[i].defined()) continue;
+      NQ_CHECK(gin[i].shape() == in->value.shape(), "backward: op ", node->op, " gave input ", i, " a gradient ",
+               gin[i].desc(), " for a value ", in->value.desc());
+      accumulate(grads[in], gin[i], node->op.c_str());
+    }
+    node->backward = nullptr;
+  }
+}
+
+Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs) {
+  if (!g_grad_enabled) return fn(inputs);
+  RngState rng_at_start = rng_state();
+  Tensor out;
+  bool saw_outer = g_saw_requires_grad;
+  g_saw_requires_grad = false;
+  {
+    NoGrad ng;
+    out = fn(inputs).value();
+  }
+  // Record even when no input requires grad if fn uses trainable parameters
+  // (the first decoder layer: its input comes from the frozen embedding).
+  bool needs_node = g_saw_requires_grad;
+  g_saw_requires_grad = saw_outer;
+  g_force_record = needs_node;
+  auto finish = [&](Var v) { g_force_record = false; return v; };
+  return finish(record("checkpoint", out, inputs, [fn, inputs, rng_at_start](const Tensor& gout) {
+    // Re-run with fresh leaves standing in for the inputs, then backprop through it.
+    std::vector<Var> fresh;
+    for (const Var& v : inputs) fresh.emplace_back(v.value(), v.requires_grad());
+    RngState rng_now = rng_state();
+    rng_state() = rng_at_start;
+    Var y = fn(fresh);
+    rng_state() = rng_now;
+    std::vector<Tensor> gin(inputs.size());
+    if (y.requires_grad()) {
+      backward(y, gout);
+      for (size_t i = 0; i < fresh.size(); ++i) gin[i] = fresh[i].grad();
+    }
+    return gin;
+  }));
+}
+
+}  // namespace nq

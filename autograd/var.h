@@ -1,0 +1,91 @@
+// Reverse-mode autograd, micrograd-style, over Tensors.
+//
+// A Var holds a value, a gradient and, when it was produced by an op while
+// grad mode was on, the Node that made it. A Node remembers its input Vars and
+// a backward function: given dL/d(output) it returns dL/d(input) for each
+// input. backward(loss) walks the graph from the loss in reverse topological
+// order, sums the gradients flowing into each Var, and adds the result into
+// the .grad of every leaf that requires grad (so two backward calls
+// accumulate). That is the whole engine; every op (autograd/ops.h) is a forward
+// function plus a backward lambda passed to record().
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/tensor.h"
+
+namespace nq {
+
+struct Node;
+
+struct VarImpl {
+  Tensor value;
+  Tensor grad;                 // leaves: accumulated across backward() calls
+  bool requires_grad = false;
+  std::shared_ptr<Node> node;  // null for leaves and for values made under no_grad
+  std::string name;            // parameters carry their checkpoint name
+};
+
+class Var {
+ public:
+  Var() = default;
+  explicit Var(Tensor value, bool requires_grad = false, std::string name = "");
+
+  bool defined() const { return impl_ != nullptr; }
+  const Tensor& value() const { return impl_->value; }
+  const Tensor& grad() const { return impl_->grad; }
+  bool requires_grad() const { return impl_->requires_grad; }
+  const std::string& name() const { return impl_->name; }
+  const Shape& shape() const { return impl_->value.shape(); }
+  bool is_leaf() const { return impl_->node == nullptr; }
+
+  Var detach() const;  // same value, no history, no grad
+  void zero_grad() { impl_->grad = Tensor(); }
+  void set_value(Tensor t) { impl_->value = std::move(t); }  // optimizer updates
+  VarImpl* impl() const { return impl_.get(); }
+
+ private:
+  friend Var record(const char*, Tensor, std::vector<Var>, std::function<std::vector<Tensor>(const Tensor&)>);
+  friend void backward(const Var&, Tensor);
+  std::shared_ptr<VarImpl> impl_;
+};
+
+// Given dL/d(output), returns one tensor per input (undefined = no gradient).
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+
+struct Node {
+  std::string op;            // op name, for error messages
+  std::vector<Var> inputs;
+  BackwardFn backward;
+};
+
+// Wraps an op's output. Records a Node when grad mode is on and any input
+// requires grad; otherwise the backward function (and what it saved) is dropped.
+Var record(const char* op, Tensor output, std::vector<Var> inputs, BackwardFn backward);
+
+// dL/d(root) = grad_root (default: 1 for a one-element root). Frees the graph
+// it walks (saved tensors are released as soon as their node has run).
+void backward(const Var& root, Tensor grad_root = Tensor());
+
+// Grad mode: on by default; NoGrad turns it off for its scope (thread-local).
+bool grad_enabled();
+class NoGrad {
+ public:
+  NoGrad();
+  ~NoGrad();
+  NoGrad(const NoGrad&) = delete;
+  NoGrad& operator=(const NoGrad&) = delete;
+ private:
+  bool prev_;
+};
+
+// Gradient checkpointing: runs fn(inputs) without recording, keeps only the
+// inputs, and during backward re-runs fn with recording on to get the
+// gradients. The RNG position (runtime/rng.h) is restored for the re-run, so
+// dropout masks are identical; gradients equal those of fn run directly.
+// Parameters that fn uses (captured leaves) receive their gradients as usual.
+Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs);
+
+}  // namespace nq

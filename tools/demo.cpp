@@ -1,0 +1,2 @@
+// Placeholder replaced by the engine demo.
+int main() { return 0; }
