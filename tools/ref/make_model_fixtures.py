@@ -18,6 +18,7 @@ decoding has clear margins (asserted below, so the fixture is not fragile).
 
 Run with tools/ref/.venv/bin/python (see tools/ref/make_fixtures.sh).
 """
+import copy
 from pathlib import Path
 
 import torch
@@ -43,13 +44,14 @@ def build(name, cls, config, seed, dtype):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif pname.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
-    # Round the weights to the on-disk dtype, then compute in fp32 from exactly those values.
-    model.to(dtype)
+        # Round the weights to the on-disk dtype, then compute in fp32 from exactly those values.
+        # (Only parameters: model.to(bf16) would also round the RoPE inv_freq buffer.)
+        for p in model.parameters():
+            p.copy_(p.to(dtype).to(torch.float32))
     out = OUT / name
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    copy.deepcopy(model).to(dtype).save_pretrained(out)
     (out / "generation_config.json").unlink(missing_ok=True)
-    model.to(torch.float32)
     return model, out
 
 
