@@ -96,7 +96,7 @@ Var Decoder::layer_forward(int64_t i, const Var& x, const Tensor& positions, con
   return add(x1, L.down_proj.forward(act));                          // [N, D]
 }
 
-Var Decoder::hidden(const Batch& batch) const {
+Var Decoder::hidden(const DecoderBatch& batch) const {
   NQ_CHECK(batch.ids.defined() && batch.ids.ndim() == 2 && batch.ids.dtype() == DType::I32,
            "batch: ids must be i32 [B, T], got ", batch.ids.defined() ? batch.ids.desc() : "none");
   const Shape bt = batch.ids.shape();
@@ -137,17 +137,20 @@ Var Decoder::hidden(const Batch& batch) const {
   return final_norm(x);  // [N, D]
 }
 
-Var Decoder::forward_loss(const Batch& batch) const {
+Var Decoder::forward_loss(const DecoderBatch& batch) const {
   NQ_CHECK(batch.ids.defined(), "batch: ids is missing");
   check_batch_field(batch.labels, "labels", batch.ids.shape(), false);
   const int64_t B = batch.ids.size(0), T = batch.ids.size(1);
 
   // HF shift: position t predicts labels[t+1]; the last position of a row predicts nothing.
   Tensor labels = host_i32(batch.labels);
+  const int32_t* label = labels.data<int32_t>();
   std::vector<int32_t> shifted(B * T);
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t)
-      shifted[b * T + t] = t + 1 < T ? labels.data<int32_t>()[b * T + t + 1] : -100;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t n = b * T + t;
+      shifted[n] = batch.labels_shifted ? label[n] : t + 1 < T ? label[n + 1] : -100;
+    }
   for (int32_t l : shifted)
     NQ_CHECK(l == -100 || (l >= 0 && l < config_.vocab_size), "batch: label ", l,
              " is neither -100 nor a token id in [0, ", config_.vocab_size, ")");
@@ -157,7 +160,7 @@ Var Decoder::forward_loss(const Batch& batch) const {
                               options_.ce_chunk_rows);
 }
 
-Tensor Decoder::logits(const Batch& batch) const {
+Tensor Decoder::logits(const DecoderBatch& batch) const {
   NoGrad no_grad;
   Var h = hidden(batch);  // [B*T, D]
   Tensor out = kernels::matmul(h.value(), lm_head_.value(), false, true);  // [B*T, V]

@@ -27,10 +27,11 @@
 namespace nq {
 
 // A batch of B rows of T tokens (all i32, on the model's device).
-struct Batch {
+struct DecoderBatch {
   Tensor ids;          // [B, T] token ids
-  Tensor labels;       // [B, T] HF convention: labels[t] is the token at t, -100 = not counted;
-                       // shifted inside (position t is trained to predict labels[t+1])
+  Tensor labels;       // [B, T], -100 = not counted. HF convention (default): labels[t] is the
+                       // token at t and the loss shifts them (position t predicts labels[t+1]).
+  bool labels_shifted = false;  // true: labels[t] already is the target of position t (train/batch.h)
   Tensor positions;    // [B, T] RoPE positions; undefined = 0..T-1 in every row
   Tensor segment_ids;  // [B, T] packed rows: attention stays within a segment; undefined = one per row
 };
@@ -55,9 +56,9 @@ class Decoder {
   static Decoder load(const std::string& dir, DecoderOptions options = {});
 
   // Mean next-token cross-entropy over counted labels -> [1].
-  Var forward_loss(const Batch& batch) const;
+  Var forward_loss(const DecoderBatch& batch) const;
   // Full logits [B, T, V], computed under NoGrad (tests, eval).
-  Tensor logits(const Batch& batch) const;
+  Tensor logits(const DecoderBatch& batch) const;
 
   // The pieces, shared with the KV-cache generator (model/generate.h).
   // attend(q [N, Hq, Dh], k [N, Hkv, Dh], v [N, Hkv, Dh]) -> [N, Hq, Dh].
@@ -74,7 +75,7 @@ class Decoder {
   std::vector<Var> parameters() const; // every parameter once (a tied lm_head is embed_tokens)
 
  private:
-  Var hidden(const Batch& batch) const;  // final-normed hidden states [B*T, D]
+  Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]
 
   ModelConfig config_;
   DecoderOptions options_;

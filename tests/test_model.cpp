@@ -55,17 +55,17 @@ std::vector<int32_t> ids_of(const Tensor& t) {
   return std::vector<int32_t>(p, p + t.numel());
 }
 
-Batch batch_of(Tensor ids, Tensor labels = Tensor()) {
-  Batch b;
+DecoderBatch batch_of(Tensor ids, Tensor labels = Tensor()) {
+  DecoderBatch b;
   b.ids = std::move(ids);
   b.labels = std::move(labels);
   return b;
 }
 // The reference batch: labels = ids (shifted inside, as HF does).
-Batch reference_batch(const SafetensorsFile& ref) { return batch_of(ref.get("input_ids"), ref.get("input_ids")); }
+DecoderBatch reference_batch(const SafetensorsFile& ref) { return batch_of(ref.get("input_ids"), ref.get("input_ids")); }
 
 // Loss and every parameter's gradient, by HF name.
-std::map<std::string, Tensor> loss_and_grads(const Decoder& model, const Batch& batch, float* loss) {
+std::map<std::string, Tensor> loss_and_grads(const Decoder& model, const DecoderBatch& batch, float* loss) {
   for (Var p : model.parameters()) p.zero_grad();
   Var l = model.forward_loss(batch);
   *loss = l.value().to_vector()[0];
@@ -106,7 +106,7 @@ TEST_CASE("decoder logits and loss match transformers") {
     CAPTURE(model_name);
     Decoder model = Decoder::load(kFixtures + name);
     SafetensorsFile ref = SafetensorsFile::open(kFixtures + name + "/reference.safetensors");
-    Batch batch = reference_batch(ref);
+    DecoderBatch batch = reference_batch(ref);
     Tensor logits = model.logits(batch);
     CHECK(logits.shape() == ref.entry("logits").shape);
     CHECK(max_rel_error(logits, ref.get("logits")) <= 1e-4);
@@ -116,11 +116,36 @@ TEST_CASE("decoder logits and loss match transformers") {
     CHECK(std::fabs(loss - want) / want <= 1e-5);
 
     // Right-padded row, labels -100 on the padding: only counted tokens contribute.
-    Batch padded = batch_of(ref.get("padded_ids"), ref.get("padded_labels"));
+    DecoderBatch padded = batch_of(ref.get("padded_ids"), ref.get("padded_labels"));
     float padded_loss = model.forward_loss(padded).value().to_vector()[0];
     float padded_want = ref.get("padded_loss").to_vector()[0];
     CHECK(std::fabs(padded_loss - padded_want) / padded_want <= 1e-5);
+
+    // The same targets given already shifted (the train/batch.h convention).
+    std::vector<int32_t> labels = ids_of(ref.get("padded_labels")), targets(labels.size());
+    const int64_t T = ref.entry("padded_labels").shape[1];
+    for (size_t n = 0; n < labels.size(); ++n) targets[n] = (n + 1) % T ? labels[n + 1] : -100;
+    DecoderBatch shifted = batch_of(ref.get("padded_ids"), Tensor::from_ids(targets, {2, T}));
+    shifted.labels_shifted = true;
+    CHECK(model.forward_loss(shifted).value().to_vector()[0] == padded_loss);
   }
+}
+
+TEST_CASE("decoder: bad batches are clear errors") {
+  Decoder model = Decoder::load(kFixtures + "llama");
+  Tensor ids = Tensor::from_ids({1, 2, 3, 4, 5, 6}, {2, 3});
+  CHECK_THROWS_WITH_AS(model.logits(batch_of(Tensor::from_ids({1, 256, 3}, {1, 3}))),
+                       "batch: token id 256 at row 0, column 1 is outside the vocabulary [0, 256)", Error);
+  CHECK_THROWS_WITH_AS(model.logits(batch_of(Tensor::from_ids({1, 2, 3}, {3}))),
+                       "batch: ids must be i32 [B, T], got i32[3] cpu", Error);
+  CHECK_THROWS_WITH_AS(model.forward_loss(batch_of(ids)), "batch: labels is missing", Error);
+  CHECK_THROWS_WITH_AS(model.forward_loss(batch_of(ids, Tensor::from_ids({1, 2, 3}, {1, 3}))),
+                       "batch: labels must be [2, 3] like ids, got i32[1, 3] cpu", Error);
+  CHECK_THROWS_WITH_AS(model.forward_loss(batch_of(ids, Tensor::from_ids({1, 2, 3, 4, -5, 6}, {2, 3}))),
+                       "batch: label -5 is neither -100 nor a token id in [0, 256)", Error);
+  DecoderBatch b = batch_of(ids);
+  b.positions = Tensor::from_ids({0, 1, 2}, {1, 3});
+  CHECK_THROWS_WITH_AS(model.logits(b), "batch: positions must be [2, 3] like ids, got i32[1, 3] cpu", Error);
 }
 
 TEST_CASE("decoder gradients of every parameter match transformers, with and without checkpointing") {
@@ -132,7 +157,7 @@ TEST_CASE("decoder gradients of every parameter match transformers, with and wit
     opts.ce_chunk_rows = 7;  // several chunks, the last one partial
     Decoder model = Decoder::load(kFixtures + name, opts);
     SafetensorsFile ref = SafetensorsFile::open(kFixtures + name + "/reference.safetensors");
-    Batch batch = reference_batch(ref);
+    DecoderBatch batch = reference_batch(ref);
 
     int64_t expected = 0;
     for (const std::string& n : ref.names()) expected += n.rfind("grad.", 0) == 0;
@@ -206,7 +231,7 @@ TEST_CASE("a packed row with segment ids and restarted positions equals separate
     positions.push_back(int32_t(first ? t : t - A));
     segments.push_back(first ? 0 : 1);
   }
-  Batch batch = batch_of(Tensor::from_ids(packed, {1, T}));
+  DecoderBatch batch = batch_of(Tensor::from_ids(packed, {1, T}));
   batch.positions = Tensor::from_ids(positions, {1, T});
   batch.segment_ids = Tensor::from_ids(segments, {1, T});
   Tensor got = model.logits(batch).view({T, V});
