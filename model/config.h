@@ -33,6 +33,8 @@ struct ModelConfig {
   std::vector<int32_t> eos_token_ids;   // may be several (generation stops on any)
 
   bool qk_norm() const { return model_type == "qwen3"; }  // RMSNorm over head_dim on q and k
+  // Llama tokenizers put BOS before a text (Qwen's do not, although its config names one).
+  bool prepends_bos() const { return model_type == "llama" && bos_token_id >= 0; }
 
   // Parses HF config.json text; `source` names the file in error messages.
   static ModelConfig from_json(const std::string& text, const std::string& source);
