@@ -375,6 +375,26 @@ TEST_CASE("weights: missing tensor, wrong shape, unexpected tensor, truncated fi
   }
 }
 
+TEST_CASE("weights: a sharded checkpoint (model.safetensors.index.json) loads like the single file") {
+  ScratchDir dir("qwen3_untied_bias");
+  SafetensorsFile single = SafetensorsFile::open(dir.str() + "/model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> shard[2];
+  std::string index = "{\"metadata\": {}, \"weight_map\": {";
+  int k = 0;
+  for (const std::string& name : single.names()) {
+    const int s = k % 2;
+    shard[s].push_back({name, single.get(name).clone()});
+    index += str(k++ ? ", " : "", "\"", name, "\": \"model-0000", s + 1, "-of-00002.safetensors\"");
+  }
+  index += "}}";
+  for (int s = 0; s < 2; ++s) save_safetensors(str(dir.str(), "/model-0000", s + 1, "-of-00002.safetensors"), shard[s]);
+  fs::remove(dir.path / "model.safetensors");
+  dir.write("model.safetensors.index.json", index);
+  TensorMap sharded = load_weights(dir.str(), ModelConfig::from_file(dir.str() + "/config.json"));
+  CHECK(sharded.size() == single.names().size());
+  for (const std::string& name : single.names()) CHECK(max_rel_error(sharded.at(name), single.get(name)) == 0.0);
+}
+
 TEST_CASE("random weights of a config have the checkpoint's names and shapes") {
   ModelConfig c = ModelConfig::from_file(kFixtures + "qwen3_untied_bias/config.json");
   TensorMap a = random_weights(c, 1), b = random_weights(c, 1), other = random_weights(c, 2);
