@@ -10,6 +10,8 @@ For each model, tests/fixtures/model/<name>/ holds
     padded_ids, padded_labels [2, 17] i32   row 1 right-padded, labels -100 on the padding
     padded_loss [1] f32
     prompt_ids [1, 6] i32, greedy_ids [1, 32] i32   model.generate(do_sample=False)
+  qwen3_tied/eval.jsonl, eval_reference.json   ./eval's loss and token count, computed with
+    the GPT-2-style tokenizer of tests/fixtures/tokenizer/gpt2 and Qwen3's chat template
 
 Sizes are small so every fixture fits the 1.5 MB budget; head_dim differs from
 hidden/heads in the Qwen3 models on purpose. Weights get a larger init (0.1)
@@ -97,6 +99,54 @@ def reference(model, seed):
     return {k: v.contiguous() for k, v in ref.items()}
 
 
+EVAL_LINES = [
+    {"text": "The quick brown fox jumps over the lazy dog."},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+                  {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?"},
+                  {"role": "assistant", "content": "It is 6."}]},
+    {"text": "Hello world! Tokens, numbers 12345 and symbols #@."},
+    {"messages": [{"role": "user", "content": "No answer here."}]},  # no assistant turn: no targets
+]
+
+
+def eval_reference(model):
+    """./eval on EVAL_LINES with the small GPT-2-style tokenizer of the tokenizer fixtures
+    (ids < 1000 fit the tied model's vocabulary) and Qwen3's real chat template."""
+    import json
+    from transformers import PreTrainedTokenizerFast
+
+    tok_dir = ROOT / "tests" / "fixtures" / "tokenizer"
+    template = json.loads((tok_dir / "qwen3" / "tokenizer_config.json").read_text())["chat_template"]
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "gpt2" / "tokenizer.json"))
+    total, count = 0.0, 0
+    for row in EVAL_LINES:
+        if "text" in row:
+            ids = tok(row["text"], add_special_tokens=False)["input_ids"]
+            labels = list(ids)
+        else:
+            text = tok.apply_chat_template(row["messages"], chat_template=template, tokenize=False,
+                                           enable_thinking=False)
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = enc["input_ids"]
+            # Targets: from just after "<|im_start|>assistant\n" through that turn's "<|im_end|>".
+            spans, at = [], 0
+            while (at := text.find("<|im_start|>assistant\n", at)) >= 0:
+                begin = at + len("<|im_start|>assistant\n")
+                end = text.index("<|im_end|>", begin) + len("<|im_end|>")
+                spans.append((begin, end))
+                at = end
+            labels = [i if any(b <= s and e <= end for b, end in spans) else -100
+                      for i, (s, e) in zip(ids, enc["offset_mapping"])]
+        if sum(l != -100 for l in labels[1:]) == 0:
+            continue
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+        n = sum(l != -100 for l in labels[1:])
+        total += out.loss.item() * n
+        count += n
+    return EVAL_LINES, {"loss": total / count, "tokens": count}
+
+
 def main():
     torch.set_grad_enabled(True)
     common = dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, initializer_range=0.1,
@@ -122,6 +172,12 @@ def main():
         save_file(ref, str(out / "reference.safetensors"))
         size = sum(f.stat().st_size for f in out.iterdir())
         print(f"{name}: loss {ref['loss'].item():.6f}, {len(ref)} tensors, {size / 1024:.0f} KiB")
+        if name == "qwen3_tied":
+            import json
+            lines, result = eval_reference(model)
+            (out / "eval.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+            (out / "eval_reference.json").write_text(json.dumps(result) + "\n")
+            print(f"{name}: eval {result}")
 
 
 if __name__ == "__main__":
