@@ -1,6 +1,9 @@
 // Elementwise CPU kernels (see elementwise.h). Threads only pay off for large n.
 #include "kernels/cpu/elementwise.h"
 
+#include <algorithm>
+#include <vector>
+
 namespace nq::cpu {
 
 constexpr int64_t kParallelMin = 1 << 16;
@@ -21,10 +24,16 @@ template <typename T> void scale(const T* a, T s, T* out, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) out[i] = s * a[i];
 }
+// Blocks of fixed size summed in order: the same result on every run and for
+// any thread count (a plain OpenMP reduction adds partial sums in arrival order).
 template <typename T> double sum(const T* a, int64_t n) {
+  constexpr int64_t kBlock = 4096;
+  std::vector<double> partial((n + kBlock - 1) / kBlock, 0.0);
+#pragma omp parallel for if (n > kParallelMin)
+  for (int64_t b = 0; b < int64_t(partial.size()); ++b)
+    for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) partial[b] += double(a[i]);
   double total = 0;
-#pragma omp parallel for reduction(+ : total) if (n > kParallelMin)
-  for (int64_t i = 0; i < n; ++i) total += double(a[i]);
+  for (double p : partial) total += p;
   return total;
 }
 

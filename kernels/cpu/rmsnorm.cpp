@@ -1,12 +1,11 @@
 // RMSNorm forward/backward (math in rmsnorm.h). Rows are independent, so
-// threads split rows; grad_w is a sum over rows, kept per thread and then added.
+// threads split rows; grad_w, a sum over rows, is split by columns instead.
 #include "kernels/cpu/rmsnorm.h"
 
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 namespace nq::cpu {
 
@@ -25,25 +24,28 @@ template <typename T> void rmsnorm_forward(const T* x, const T* w, T eps, T* y, 
 template <typename T>
 void rmsnorm_backward(const T* grad_y, const T* x, const T* w, const T* rstd, T* grad_x, T* grad_w, int64_t N,
                       int64_t D) {
-  if (grad_w) std::fill(grad_w, grad_w + D, T(0));
-#pragma omp parallel if (N * D > (1 << 15))
-  {
-    std::vector<T> dw_local(grad_w ? D : 0, T(0));  // this thread's share of sum_n dy * xhat
-#pragma omp for
+  const bool parallel = N * D > (1 << 15);
+  if (grad_x) {
+#pragma omp parallel for if (parallel)
     for (int64_t n = 0; n < N; ++n) {
       const T *xr = x + n * D, *dy = grad_y + n * D;
-      T r = rstd[n];
-      if (grad_x) {
-        T dot = 0;  // sum_d (dy * w) * xhat
-        for (int64_t d = 0; d < D; ++d) dot += dy[d] * w[d] * (xr[d] * r);
-        T mean_dot = dot / T(D);
-        for (int64_t d = 0; d < D; ++d) grad_x[n * D + d] = r * (dy[d] * w[d] - xr[d] * r * mean_dot);
-      }
-      for (int64_t d = 0; d < int64_t(dw_local.size()); ++d) dw_local[d] += dy[d] * (xr[d] * r);
+      const T r = rstd[n];
+      T dot = 0;  // sum_d (dy * w) * xhat
+      for (int64_t d = 0; d < D; ++d) dot += dy[d] * w[d] * (xr[d] * r);
+      const T mean_dot = dot / T(D);
+      for (int64_t d = 0; d < D; ++d) grad_x[n * D + d] = r * (dy[d] * w[d] - xr[d] * r * mean_dot);
     }
-    if (grad_w) {
-#pragma omp critical
-      for (int64_t d = 0; d < D; ++d) grad_w[d] += dw_local[d];
+  }
+  if (grad_w) {
+    // dw[d] = sum_n dy[n, d] * xhat[n, d]. Each thread owns a block of columns
+    // and adds the rows in order, so the result is the same on every run.
+#pragma omp parallel if (parallel)
+    {
+      int threads = omp_get_num_threads(), t = omp_get_thread_num();
+      int64_t d0 = D * t / threads, d1 = D * (t + 1) / threads;
+      std::fill(grad_w + d0, grad_w + d1, T(0));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t d = d0; d < d1; ++d) grad_w[d] += grad_y[n * D + d] * (x[n * D + d] * rstd[n]);
     }
   }
 }
