@@ -172,7 +172,8 @@ TEST_CASE("a small attention block's gradients match finite differences through 
   for (size_t i = 0; i < params.size(); ++i) {
     CAPTURE(i);
     std::vector<double> fd = var_numeric_grad(params[i], [&] { return double(scalar(forward())); }, 1e-2);
-    CHECK(rel_err(grad_values(params[i]), fd) < 5e-3);
+    // f32 central differences with step 1e-2: measured errors are 3e-5 .. 5e-4.
+    CHECK(rel_err(grad_values(params[i]), fd) < 2e-3);
   }
 }
 
