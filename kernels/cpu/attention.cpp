@@ -21,12 +21,15 @@ static bool visible(const int32_t* segment_ids, int64_t row, int64_t i, int64_t 
   return !segment_ids || segment_ids[row + j] == segment_ids[row + i];
 }
 
+// Threads only pay for themselves above ~1M multiply-adds (B * Hq * T^2/2 * Dh).
+static bool worth_threads(int64_t B, int64_t T, int64_t Hq, int64_t Dh) { return B * Hq * T * T * Dh / 2 > (1 << 20); }
+
 template <typename F>
 void attention_forward(const F* q, const F* k, const F* v, const int32_t* segment_ids, F* o, F* lse, int64_t B,
                        int64_t T, int64_t Hq, int64_t Hkv, int64_t Dh) {
   const F scale = F(1) / std::sqrt(F(Dh));
   const int64_t group = Hq / Hkv;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(B, T, Hq, Dh))
   {
     std::vector<F> scores(T);  // s_ij for this query, j <= i
 #pragma omp for collapse(3) schedule(dynamic, 16)
@@ -68,7 +71,7 @@ void attention_backward(const F* grad_o, const F* q, const F* k, const F* v, con
   std::fill(grad_v, grad_v + B * T * Hkv * Dh, F(0));
   // One thread per (batch row, kv head): it owns dk, dv of that kv head and dq
   // of the query heads that read it, so no two threads write the same element.
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (worth_threads(B, T, Hq, Dh))
   for (int64_t b = 0; b < B; ++b)
     for (int64_t g = 0; g < Hkv; ++g)
       for (int64_t h = g * group; h < (g + 1) * group; ++h)
