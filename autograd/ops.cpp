@@ -55,6 +55,7 @@ Var mean(const Var& a) {
 
 Var reshape(const Var& a, Shape shape) {
   Shape from = a.shape();
+  NQ_CHECK(shape.numel() == from.numel(), "reshape: cannot view ", from.str(), " as ", shape.str());
   return record("reshape", a.value().view(shape), {a},
                 [from](const Tensor& g) { return std::vector<Tensor>{g.view(from)}; });
 }
@@ -83,6 +84,7 @@ Var linear(const Var& x, const Var& w, const Var& bias) {
   NQ_CHECK(wv.ndim() == 2, "linear: w must be [out, in], got ", wv.shape().str());
   NQ_CHECK(xv.ndim() >= 1 && xv.size(-1) == wv.size(1), "linear: x ", xv.shape().str(), " and w ", wv.shape().str(),
            " disagree on in");
+  NQ_CHECK(wv.size(1) > 0, "linear: in must be positive, w is ", wv.shape().str());
   int64_t in = wv.size(1), out_dim = wv.size(0), N = xv.numel() / in;
   Tensor x2 = xv.view({N, in});
   Tensor y = kernels::matmul(x2, wv, false, true);  // [N, out]
@@ -170,6 +172,7 @@ Var linear_cross_entropy(const Var& h, const Var& w, const Tensor& labels, int64
   const Tensor &hv = h.value(), &wv = w.value();
   NQ_CHECK(hv.ndim() >= 1 && wv.ndim() == 2 && hv.size(-1) == wv.size(1), "linear_cross_entropy: h ",
            hv.shape().str(), " and w ", wv.shape().str(), " disagree on D");
+  NQ_CHECK(wv.size(1) > 0, "linear_cross_entropy: D must be positive, w is ", wv.shape().str());
   int64_t D = wv.size(1);
   bool need_h = grad_enabled() && needs_grad(h), need_w = grad_enabled() && needs_grad(w);
   Tensor grad_h, grad_w;

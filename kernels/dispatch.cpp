@@ -182,10 +182,12 @@ static void check_rmsnorm(const char* op, const Tensor& x, const Tensor& w) {
   check_same_device(op, {&x, &w});
   NQ_CHECK(x.ndim() >= 1 && w.ndim() == 1 && x.size(-1) == w.size(0), op, ": x ", x.shape().str(), " and w ",
            w.shape().str(), " disagree on D");
+  NQ_CHECK(w.size(0) > 0, op, ": D must be positive, w is ", w.shape().str());
 }
 Tensor rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor* rstd) {
   check_rmsnorm("rmsnorm_forward", x, w);
-  NQ_CHECK(rstd, "rmsnorm_forward: rstd output is required");
+  Tensor unused_rstd;  // inference callers may pass no rstd
+  if (!rstd) rstd = &unused_rstd;
   if (x.device() == Device::CUDA) NQ_RUN_CUDA(rmsnorm_forward, x, w, eps, rstd);
   int64_t D = w.size(0), N = x.numel() / D;
   Tensor y = Tensor::empty(x.shape());
@@ -264,7 +266,8 @@ static void check_attention(const char* op, const Tensor& q, const Tensor& k, co
   check_same_device(op, {&q, &k, &segment_ids});
   NQ_CHECK(B > 0 && T > 0 && q.size(0) == B * T && k.size(0) == B * T, op, ": q ", q.shape().str(), " and k ",
            k.shape().str(), " must have B*T = ", B, "*", T, " rows");
-  NQ_CHECK(q.size(2) == k.size(2), op, ": head_dim disagrees: q ", q.shape().str(), " vs k ", k.shape().str());
+  NQ_CHECK(q.size(2) == k.size(2) && q.size(2) > 0, op, ": head_dim disagrees or is 0: q ", q.shape().str(), " vs k ",
+           k.shape().str());
   NQ_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, op, ": ", q.size(1), " query heads (q ", q.shape().str(),
            ") are not a multiple of ", k.size(1), " kv heads (k ", k.shape().str(), ")");
   if (segment_ids.defined()) check_i32(op, "segment_ids", segment_ids, B * T);
@@ -275,7 +278,8 @@ static const int32_t* segment_ptr(const Tensor& segment_ids) {
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
                          const Tensor& segment_ids, Tensor* lse) {
   check_attention("attention_forward", q, k, v, B, T, segment_ids);
-  NQ_CHECK(lse, "attention_forward: lse output is required");
+  Tensor unused_lse;  // inference callers may pass no lse
+  if (!lse) lse = &unused_lse;
   if (q.device() == Device::CUDA) NQ_RUN_CUDA(attention_forward, q, k, v, B, T, segment_ids, lse);
   Tensor o = Tensor::empty(q.shape());
   *lse = Tensor::empty({B * T, q.size(1)});

@@ -186,4 +186,11 @@ TEST_CASE("Var-level errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(backward(scale(x, 2.0f)), "backward: root f32[3, 4] cpu is not a scalar; pass its gradient explicitly",
                        Error);
   CHECK_THROWS_WITH_AS(dropout(x, 1.5f), "dropout: p must be in [0, 1), got 1.5", Error);
+  CHECK_THROWS_WITH_AS(reshape(x, {5, 2}), "reshape: cannot view [3, 4] as [5, 2]", Error);
+  CHECK_THROWS_WITH_AS(linear(Var(Tensor::zeros({3, 0})), Var(Tensor::zeros({5, 0}))),
+                       "linear: in must be positive, w is [5, 0]", Error);
+  CHECK_THROWS_WITH_AS(rmsnorm(Var(Tensor::zeros({3, 0})), Var(Tensor::zeros({0})), 1e-6f),
+                       "rmsnorm_forward: D must be positive, w is [0]", Error);
+  CHECK_THROWS_WITH_AS(linear_cross_entropy(x, Var(Tensor::zeros({7, 4})), Tensor::from_ids({1, 2}, {2})),
+                       "linear_cross_entropy: labels [2] must have 3 elements", Error);
 }

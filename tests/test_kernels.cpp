@@ -149,6 +149,7 @@ TEST_CASE("rmsnorm forward matches the HF formula; backward matches finite diffe
     Tensor y = kernels::rmsnorm_forward(f32(x, {N, D}), f32(w, {D}), float(eps), &rstd);
     CHECK(rel_err(values(y), ref) < kF32Tol);
     CHECK(rel_err(values(rstd), ref_rstd) < kF32Tol);
+    CHECK(values(kernels::rmsnorm_forward(f32(x, {N, D}), f32(w, {D}), float(eps), nullptr)) == values(y));
 
     // A larger eps for the gradient check: with D = 1 and eps = 1e-6, y ~ w sign(x)
     // and dy/dx ~ eps / |x|^3 is too small for finite differences to resolve.
@@ -291,6 +292,11 @@ TEST_CASE("attention forward matches explicit masked softmax(QK^T)V with GQA and
                                           c.segments ? Tensor::from_ids(seg, {BT}) : Tensor(), &lse);
     CHECK(rel_err(values(o), ref_o) < 1e-5);
     CHECK(rel_err(values(lse), ref_lse) < 1e-5);
+    // Without an lse (inference), the same output.
+    Tensor o_inference = kernels::attention_forward(f32(q, {BT, c.Hq, c.Dh}), f32(k, {BT, c.Hkv, c.Dh}),
+                                                    f32(v, {BT, c.Hkv, c.Dh}), c.B, c.T,
+                                                    c.segments ? Tensor::from_ids(seg, {BT}) : Tensor(), nullptr);
+    CHECK(values(o_inference) == values(o));
   }
 }
 
