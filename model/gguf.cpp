@@ -124,11 +124,10 @@ GGUFFile GGUFFile::open(const std::string& path) {
   const uint64_t n_tensors = c.read<uint64_t>("the tensor count");
   const uint64_t n_kv = c.read<uint64_t>("the metadata count");
   // A key-value pair takes at least 13 bytes (8 length + 4 type + 1 value), a
-  // tensor info at least 24 (8 length + 4 n_dims + 4 type + 8 offset).
-  NQ_CHECK(n_kv <= c.remaining() / 13, path, ": metadata count ", n_kv, " is absurd for a ", c.size,
-           "-byte file");
-  NQ_CHECK(n_tensors <= c.remaining() / 24, path, ": tensor count ", n_tensors, " is absurd for a ", c.size,
-           "-byte file");
+  // tensor info at least 24 (8 length + 4 n_dims + 4 type + 8 offset): refuse
+  // counts that cannot fit before reserving anything for them.
+  NQ_CHECK(n_kv <= c.remaining() / 13, path, ": metadata count ", n_kv, " cannot fit in the ", c.remaining(),
+           " bytes left in the file (corrupt or truncated)");
 
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key = c.read_string(str("metadata key #", k));
@@ -147,6 +146,8 @@ GGUFFile GGUFFile::open(const std::string& path) {
     g.alignment_ = a.u;
   }
 
+  NQ_CHECK(n_tensors <= c.remaining() / 24, path, ": tensor count ", n_tensors, " cannot fit in the ",
+           c.remaining(), " bytes left in the file (corrupt or truncated)");
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GGUFTensorInfo t;
     t.name = c.read_string(str("the name of tensor #", k));
