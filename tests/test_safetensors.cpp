@@ -138,8 +138,7 @@ static void check_expected(const Tensor& t, const json& want, const std::string&
 TEST_CASE("safetensors files written by the safetensors library load identically") {
   json expected = json::parse(read_bytes(fixture("expected.json")));
   SafetensorsFile f = SafetensorsFile::open(fixture("single.safetensors"));
-  CHECK(f.metadata().at("format") == "pt");
-  CHECK(f.metadata().at("note") == "nanoqlora fixture");
+  CHECK(f.metadata() == std::map<std::string, std::string>{{"format", "pt"}});
   CHECK(f.names().size() == expected["single"].size());
   for (auto it = expected["single"].begin(); it != expected["single"].end(); ++it)
     check_expected(f.get(it.key()), it.value(), it.key());

@@ -25,7 +25,7 @@ tensors = {
     "scalar": torch.tensor(2.5),
     "empty": torch.zeros(0, 3),
 }
-save_file(tensors, OUT / "single.safetensors", metadata={"format": "pt", "note": "nanoqlora fixture"})
+save_file(tensors, OUT / "single.safetensors", metadata={"format": "pt"})  # one key: the library orders several randomly
 
 shards = {
     "model-00001-of-00002.safetensors": {"model.embed.weight": torch.randn(4, 3, generator=g).to(torch.bfloat16),
