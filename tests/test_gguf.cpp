@@ -4,13 +4,13 @@
 // a GGUF file written by gguf-py's GGUFWriter, and corrupt files.
 #include <doctest/doctest.h>
 
-#include <unistd.h>
 
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "model/gguf.h"
+#include "tests/temp_dir.h"
 
 using namespace nq;
 using json = nlohmann::json;
@@ -33,12 +33,6 @@ std::vector<float> read_f32(const std::string& path) {
   std::vector<float> v(b.size() / 4);
   std::memcpy(v.data(), b.data(), v.size() * 4);
   return v;
-}
-
-std::string temp_path(const std::string& name) {
-  char tmpl[] = "/tmp/nq_gguf_XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
-  return std::string(tmpl) + "/" + name;
 }
 
 void write_bytes(const std::string& path, const std::string& bytes) {
@@ -94,7 +88,8 @@ struct GGUFBuilder {
 };
 
 std::string open_error(const std::string& bytes) {
-  std::string path = temp_path("bad.gguf");
+  TempDir dir;
+  std::string path = dir / "bad.gguf";
   write_bytes(path, bytes);
   try {
     GGUFFile::open(path);
@@ -177,7 +172,8 @@ TEST_CASE("GGUF written here: every metadata type and every decodable tensor typ
     b.add_tensor(std::string("w.") + name, {256, 2}, uint32_t(type), read_bytes(fixture(std::string("blocks/") + name + ".bin")));
   b.add_tensor("w.3d", {256, 1, 2}, uint32_t(GGMLType::Q8_0), read_bytes(fixture("blocks/Q8_0.bin")));
 
-  std::string path = temp_path("all.gguf");
+  TempDir dir;
+  std::string path = dir / "all.gguf";
   write_bytes(path, b.build());
   GGUFFile g = GGUFFile::open(path);
   CHECK(g.version() == 3);
@@ -334,7 +330,8 @@ TEST_CASE("GGUF reader refuses corrupt files naming the file and the key or tens
   // A known type nanoqlora cannot decode: the file opens, load_f32 refuses.
   GGUFBuilder q2k;
   q2k.add_tensor("blk.0.ffn_up.weight", {256}, uint32_t(GGMLType::Q2_K), std::string(84, '\0'));
-  std::string path = temp_path("q2k.gguf");
+  TempDir dir;
+  std::string path = dir / "q2k.gguf";
   write_bytes(path, q2k.build());
   GGUFFile g = GGUFFile::open(path);
   CHECK_THROWS_WITH_AS(g.load_f32("blk.0.ffn_up.weight"),

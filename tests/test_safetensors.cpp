@@ -4,7 +4,6 @@
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -14,6 +13,7 @@
 
 #include "runtime/half.h"
 #include "runtime/safetensors.h"
+#include "tests/temp_dir.h"
 
 using namespace nq;
 using json = nlohmann::json;
@@ -23,13 +23,6 @@ namespace {
 std::string fixture(const std::string& rel) {
   std::string here = __FILE__;  // .../tests/test_safetensors.cpp
   return here.substr(0, here.rfind('/')) + "/fixtures/safetensors/" + rel;
-}
-
-// A fresh directory under /tmp for the files a test writes.
-std::string temp_dir() {
-  char tmpl[] = "/tmp/nq_st_XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
-  return tmpl;
 }
 
 void write_bytes(const std::string& path, const std::string& bytes) {
@@ -51,7 +44,8 @@ std::string raw_file(const std::string& header, size_t data_bytes) {
 
 // The error message of opening `bytes` as a safetensors file ("" when it opens).
 std::string open_error(const std::string& bytes) {
-  std::string dir = temp_dir(), path = dir + "/bad.safetensors";
+  TempDir dir;
+  std::string path = dir / "bad.safetensors";
   write_bytes(path, bytes);
   try {
     SafetensorsFile::open(path);
@@ -83,7 +77,8 @@ TEST_CASE("safetensors round trip of every dtype with metadata") {
   tensors.back().second.data<float>()[0] = 1.25f;
   tensors.push_back({"empty", Tensor::empty({0, 4}, DType::F32)});
 
-  std::string dir = temp_dir(), path = dir + "/x.safetensors";
+  TempDir dir;
+  std::string path = dir / "x.safetensors";
   std::map<std::string, std::string> meta{{"format", "pt"}, {"step", "12"}};
   save_safetensors(path, tensors, meta);
   struct stat st {};
@@ -109,7 +104,8 @@ TEST_CASE("safetensors round trip of every dtype with metadata") {
 }
 
 TEST_CASE("safetensors tensors outlive the SafetensorsFile (they keep the mapping)") {
-  std::string dir = temp_dir(), path = dir + "/keep.safetensors";
+  TempDir dir;
+  std::string path = dir / "keep.safetensors";
   save_safetensors(path, {{"w", Tensor::from_vector({1, 2, 3, 4}, {2, 2})}});
   Tensor t;
   { t = SafetensorsFile::open(path).get("w"); }
@@ -153,10 +149,10 @@ TEST_CASE("safetensors files written by the safetensors library load identically
   CHECK_THROWS_WITH_AS(d.get("model.nope"), doctest::Contains("no tensor 'model.nope' (it has lm_head.weight"),
                        Error);
 
-  std::string dir = temp_dir();
-  save_safetensors(dir + "/model.safetensors", {{"a", Tensor::from_vector({5}, {1})}});
-  CHECK(SafetensorsDir::open(dir).get("a").to_vector() == std::vector<float>{5});
-  CHECK_THROWS_WITH_AS(SafetensorsDir::open(temp_dir()),
+  TempDir dir, empty_dir;
+  save_safetensors(dir / "model.safetensors", {{"a", Tensor::from_vector({5}, {1})}});
+  CHECK(SafetensorsDir::open(dir.path).get("a").to_vector() == std::vector<float>{5});
+  CHECK_THROWS_WITH_AS(SafetensorsDir::open(empty_dir.path),
                        doctest::Contains("neither model.safetensors nor model.safetensors.index.json"), Error);
 }
 
@@ -202,7 +198,8 @@ TEST_CASE("safetensors reader refuses corrupt files with a message naming the fi
                  "__metadata__ value of 'step' is not a string"));
 
   // A real file cut short.
-  std::string dir = temp_dir(), path = dir + "/cut.safetensors";
+  TempDir dir;
+  std::string path = dir / "cut.safetensors";
   save_safetensors(path, {{"a", Tensor::from_vector({1, 2}, {2})}, {"b", Tensor::from_vector({3, 4}, {2})}});
   std::string full = read_bytes(path);
   CHECK(contains(open_error(full.substr(0, full.size() - 3)), "file truncated?"));
@@ -213,20 +210,21 @@ TEST_CASE("safetensors reader refuses corrupt files with a message naming the fi
 }
 
 TEST_CASE("sharded index errors name the index and the tensor") {
-  std::string dir = temp_dir();
-  save_safetensors(dir + "/s1.safetensors", {{"a", Tensor::from_vector({1}, {1})}});
-  write_bytes(dir + "/model.safetensors.index.json", R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors"}})");
-  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir), doctest::Contains("weight_map puts tensor 'b' in s1.safetensors"),
+  TempDir dir;
+  save_safetensors(dir / "s1.safetensors", {{"a", Tensor::from_vector({1}, {1})}});
+  write_bytes(dir / "model.safetensors.index.json", R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors"}})");
+  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir.path), doctest::Contains("weight_map puts tensor 'b' in s1.safetensors"),
                        Error);
-  write_bytes(dir + "/model.safetensors.index.json", R"({"weight_map": {"a": "missing.safetensors"}})");
-  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir), doctest::Contains("missing.safetensors: cannot open"), Error);
-  write_bytes(dir + "/model.safetensors.index.json", R"({"weight_map": )");
-  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir), doctest::Contains("model.safetensors.index.json: not valid JSON"),
+  write_bytes(dir / "model.safetensors.index.json", R"({"weight_map": {"a": "missing.safetensors"}})");
+  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir.path), doctest::Contains("missing.safetensors: cannot open"), Error);
+  write_bytes(dir / "model.safetensors.index.json", R"({"weight_map": )");
+  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir.path), doctest::Contains("model.safetensors.index.json: not valid JSON"),
                        Error);
 }
 
 TEST_CASE("safetensors writer: bad input is refused and a failed save keeps the old file") {
-  std::string dir = temp_dir(), path = dir + "/w.safetensors";
+  TempDir dir;
+  std::string path = dir / "w.safetensors";
   Tensor a = Tensor::from_vector({1, 2}, {2});
   save_safetensors(path, {{"a", a}});
   std::string before = read_bytes(path);
@@ -240,6 +238,6 @@ TEST_CASE("safetensors writer: bad input is refused and a failed save keeps the 
   CHECK_THROWS_WITH_AS(save_safetensors(path, {{"b", a}}), doctest::Contains("w.safetensors.tmp: cannot create"),
                        Error);
   CHECK(read_bytes(path) == before);
-  CHECK_THROWS_WITH_AS(save_safetensors(dir + "/no/such/dir/x.safetensors", {{"a", a}}),
+  CHECK_THROWS_WITH_AS(save_safetensors(dir / "no/such/dir/x.safetensors", {{"a", a}}),
                        doctest::Contains("cannot create"), Error);
 }
