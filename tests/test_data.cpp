@@ -322,3 +322,25 @@ TEST_CASE("progress bar and metrics JSONL") {
   std::remove(path.c_str());
   CHECK_THROWS_WITH_AS(MetricsWriter("/nonexistent/m.jsonl"), "/nonexistent/m.jsonl: cannot create metrics file", Error);
 }
+
+TEST_CASE("the demo dataset parses and every answer carries the persona") {
+  ParsedData train = parse_jsonl_file("data/demo_train.jsonl", BadLinePolicy::Error);
+  ParsedData eval = parse_jsonl_file("data/demo_eval.jsonl", BadLinePolicy::Error);
+  CHECK(train.format == DataFormat::Messages);
+  CHECK(train.examples.size() >= 300);
+  CHECK(eval.examples.size() >= 30);
+  std::set<std::string> train_questions;
+  for (const ParsedData* d : {&train, &eval}) {
+    for (const Example& ex : d->examples) {
+      const Turn& answer = ex.messages.back();
+      const Turn& question = ex.messages[ex.messages.size() - 2];
+      REQUIRE(answer.role == "assistant");
+      REQUIRE(question.role == "user");
+      CHECK(answer.content.rfind("Arr! ", 0) == 0);
+      CHECK(answer.content.size() > 24);
+      CHECK(answer.content.substr(answer.content.size() - 18) == "Fair winds, matey!");
+      if (d == &train) CHECK(train_questions.insert(question.content).second);
+      else CHECK(train_questions.count(question.content) == 0);  // held out: no question seen in training
+    }
+  }
+}

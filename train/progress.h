@@ -18,7 +18,7 @@ struct StepMetrics {
   double loss = 0.0;
   double lr = 0.0;
   double grad_norm = 0.0;
-  double tokens_per_s = 0.0;  // trained-on tokens (labels != -100) per second, this step
+  double tokens_per_s = 0.0;  // non-padding tokens processed per second, this step
   int64_t mem_bytes = 0;      // peak device memory so far
 };
 
