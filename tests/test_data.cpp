@@ -130,6 +130,16 @@ TEST_CASE("labels are the next token where that token is trained on") {
   CHECK(shifted_labels(all) == std::vector<int32_t>{6, 7, -100});
 }
 
+TEST_CASE("Hugging Face labels (unshifted) convert to ours") {
+  // HF: labels = ids where trained else -100; the model shifts. Same batch as ours, padded.
+  Sample a = sample({10, 11, 12, 13}, {0, 0, 1, 1}), b = sample({20, 21}, {0, 1});
+  Batch ours = make_batch({{&a}, {&b}}, 4, 0);
+  std::vector<int32_t> hf = {-100, -100, 12, 13, /**/ -100, 21, -100, -100};
+  CHECK(ints(shift_hf_labels(Tensor::from_ids(hf, {2, 4}), 2, 4)) == ints(ours.labels));
+  CHECK_THROWS_WITH_AS(shift_hf_labels(Tensor::from_ids(hf, {8}), 3, 4),
+                       "shift_hf_labels: labels are i32[8] cpu, expected i32 cpu with 3 x 4 elements", Error);
+}
+
 TEST_CASE("packed rows: positions restart, segments separate samples, no label crosses a boundary") {
   Sample a = sample({10, 11, 12}, {0, 1, 1}), b = sample({20, 21}, {1, 1}), c = sample({30, 31, 32, 33}, {0, 0, 1, 1});
   Batch batch = make_batch({{&a, &b}, {&c}}, 6, /*pad_id=*/0);

@@ -17,6 +17,16 @@ std::vector<int32_t> shifted_labels(const Sample& s) {
   return labels;
 }
 
+Tensor shift_hf_labels(const Tensor& hf_labels, int64_t B, int64_t T) {
+  NQ_CHECK(hf_labels.dtype() == DType::I32 && hf_labels.device() == Device::CPU && hf_labels.numel() == B * T,
+           "shift_hf_labels: labels are ", hf_labels.desc(), ", expected i32 cpu with ", B, " x ", T, " elements");
+  const int32_t* in = hf_labels.data<int32_t>();
+  std::vector<int32_t> out(size_t(B * T), kIgnoreLabel);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < T; ++t) out[size_t(b * T + t)] = in[b * T + t + 1];
+  return Tensor::from_ids(out, Shape{B * T});
+}
+
 Batch make_batch(const std::vector<std::vector<const Sample*>>& rows, int64_t T, int32_t pad_id) {
   NQ_CHECK(!rows.empty() && T > 0, "make_batch: empty batch (", rows.size(), " rows of length ", T, ")");
   Batch b;

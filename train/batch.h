@@ -39,6 +39,11 @@ struct Batch {
 // Labels of one sample, shifted (see above): [ids.size()].
 std::vector<int32_t> shifted_labels(const Sample& s);
 
+// Converts labels in the Hugging Face convention (labels[t] = ids[t] or -100,
+// the model shifts) to ours: out[b, t] = hf[b, t+1], out[b, T-1] = -100.
+// hf_labels: i32 [B*T] or [B, T].
+Tensor shift_hf_labels(const Tensor& hf_labels, int64_t B, int64_t T);
+
 // rows[r] = the samples packed into row r (one each when padding). T = row
 // length; every row's total length must be <= T.
 Batch make_batch(const std::vector<std::vector<const Sample*>>& rows, int64_t T, int32_t pad_id);
