@@ -1,8 +1,7 @@
-// AdamW: the per-tensor update over spans and the optimizer over a list of Vars.
-// The order of floating-point operations follows torch's _single_tensor_adam
-// (torch/optim/adam.py, decoupled_weight_decay=True) so results match in fp32
-// to about one rounding: torch's CPU sqrt goes through MKL's vector math, which
-// is not always correctly rounded, while std::sqrt is.
+// AdamW: the per-tensor scalars, the span loop, and the optimizer over a list
+// of Vars (state, skipping, checkpoints). The per-element arithmetic is in
+// adamw_update.h. Results match torch in fp32 up to its sqrt: torch's CPU sqrt
+// goes through MKL's vector math, which is not always correctly rounded.
 #include "optim/adamw.h"
 
 #include <cmath>
@@ -31,17 +30,7 @@ AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t step) {
 void adamw_update_span(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
                        const AdamWScalars& s) {
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t i = 0; i < n; ++i) {
-    float g = grad[i];
-    float p = param[i] * s.decay;                                   // param.mul_(1 - lr*wd)
-    // torch's CPU lerp_ and addcmul_ kernels use fused multiply-adds; so do we.
-    float m = std::fma(s.one_minus_beta1, g - exp_avg[i], exp_avg[i]);      // exp_avg.lerp_(g, 1-b1)
-    float v = std::fma(s.one_minus_beta2 * g, g, exp_avg_sq[i] * s.beta2);  // mul_(b2).addcmul_(g, g, 1-b2)
-    float denom = std::sqrt(v) / s.bias_correction2_sqrt + s.eps;   // (v.sqrt() / bc2_sqrt).add_(eps)
-    param[i] = p + s.neg_step_size * m / denom;                     // addcdiv_(m, denom, -step_size)
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-  }
+  for (int64_t i = 0; i < n; ++i) adamw_update_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], s);
 }
 
 AdamW::AdamW(std::vector<Var> params, AdamWConfig cfg) : params_(std::move(params)), cfg_(cfg) {

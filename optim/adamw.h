@@ -7,10 +7,11 @@
 //   v  <- v * b2 + (1 - b2) * g * g
 //   p  <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 //
-// The update is a function over raw spans of one tensor (adamw_update_span), so
-// the paged variant — states kept in pinned host memory and streamed through a
-// GPU pool — and a CUDA kernel share the per-tensor structure and the scalars
-// (AdamWScalars) computed once per tensor in double, as torch does.
+// The update itself is in optim/adamw_update.h: per-tensor scalars computed
+// once in double (as torch does) and a per-element function over raw spans, so
+// the paged variant (states in pinned host memory streamed through a GPU pool)
+// and a CUDA kernel run the same arithmetic. This class holds the states and
+// walks the parameters.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -18,32 +19,9 @@
 #include <vector>
 
 #include "autograd/var.h"
+#include "optim/adamw_update.h"
 
 namespace nq {
-
-// Hyperparameters are doubles, like the Python floats torch keeps them as:
-// 1 - 0.999 in double, then rounded to f32, differs from 1 - 0.999f.
-struct AdamWConfig {
-  double beta1 = 0.9, beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-};
-
-// The per-tensor scalars of one update, computed in double and rounded to f32
-// where torch rounds them (Python floats become f32 when they meet f32 tensors).
-struct AdamWScalars {
-  float decay;               // 1 - lr * wd
-  float one_minus_beta1;     // lerp weight
-  float beta2, one_minus_beta2;
-  float bias_correction2_sqrt;  // sqrt(1 - b2^t)
-  float eps;
-  float neg_step_size;       // -lr / (1 - b1^t)
-};
-AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t step);
-
-// One tensor's update, in place over n elements of param, exp_avg, exp_avg_sq.
-void adamw_update_span(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                       const AdamWScalars& s);
 
 class AdamW {
  public:
