@@ -81,12 +81,48 @@ void check_utf8(const std::string& text) {
   }
 }
 
+// HF tokenizers runs these regexes with Oniguruma, whose \s is the Unicode White_Space
+// property. PCRE2's \s also matches U+180E MONGOLIAN VOWEL SEPARATOR (whitespace only
+// before Unicode 6.3), so \s and \S, alone or inside [...], are rewritten to leave
+// U+180E out. Everything else in the pattern is copied unchanged.
+std::string without_u180e_space(const std::string& p) {
+  std::string out;
+  for (size_t i = 0; i < p.size();) {
+    if (p[i] == '\\' && i + 1 < p.size()) {
+      if (p[i + 1] == 's') out += R"([^\S\x{180E}])";
+      else if (p[i + 1] == 'S') out += R"([\S\x{180E}])";
+      else out += p.substr(i, 2);
+      i += 2;
+    } else if (p[i] == '[') {  // a character class: find its end, see whether it holds \s
+      size_t k = i + 1;
+      bool negated = k < p.size() && p[k] == '^';
+      if (negated) ++k;
+      if (k < p.size() && p[k] == ']') ++k;  // a leading ']' is a literal
+      bool has_space = false;
+      while (k < p.size() && p[k] != ']') {
+        if (p[k] == '\\') has_space |= k + 1 < p.size() && p[k + 1] == 's', k += 2;
+        else if (p.compare(k, 2, "[:") == 0) k = std::min(p.find(":]", k + 2), p.size() - 1) + 2;
+        else ++k;
+      }
+      std::string cls = p.substr(i, k + 1 - i);
+      if (!has_space) out += cls;
+      else if (negated) out += "(?:" + cls + R"(|\x{180E}))";  // not (A or space) -> also U+180E
+      else out += R"((?:(?!\x{180E}))" + cls + ")";           // A or space -> but not U+180E
+      i = k + 1;
+    } else {
+      out += p[i++];
+    }
+  }
+  return out;
+}
+
 struct PcreDeleter {
   void operator()(pcre2_code* code) const { pcre2_code_free(code); }
 };
 using Regex = std::shared_ptr<pcre2_code>;
 
-Regex compile_regex(const std::string& pattern, bool literal) {
+Regex compile_regex(const std::string& written, bool literal) {
+  std::string pattern = literal ? written : without_u180e_space(written);
   int err = 0;
   PCRE2_SIZE err_offset = 0;
   uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
@@ -96,7 +132,7 @@ Regex compile_regex(const std::string& pattern, bool literal) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);
     throw Error(str("tokenizer: cannot compile pre-tokenizer regex at offset ", err_offset, ": ",
-                    reinterpret_cast<char*>(msg), " (pattern ", pattern, ")"));
+                    reinterpret_cast<char*>(msg), " (pattern ", written, ")"));
   }
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter when JIT is unavailable
   return Regex(code, PcreDeleter());

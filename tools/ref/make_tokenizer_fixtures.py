@@ -46,7 +46,7 @@ CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>", "<tool_call>", "<|fim_prefix|>",
            "<|im_start", "im_end|>", "<|im_start|><|im_end|>", "<<|im_end|>>", "<|endoftext|>>"]
 SPACES = [" ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\r\n", "\r\n\r\n", " \n ", "\u00a0", "\u3000", "\u2003", " \t\n",
-          "\u2028", "\u0085", "\u200b", "\ufeff", "\x0b", "\x0c"]
+          "\u2028", "\u0085", "\u180e", "\u200b", "\ufeff", "\x0b", "\x0c"]
 ODD = ["\u0000", "\x01\x7f", "\ud7ff", "\ue000", "\uffff", "\U0010ffff", "\U0001f600\U0001f600", "\u00ad", "\u0300",
        "\u200d", "\u2060", "\ufffd", "\U000e0041"]
 
