@@ -18,6 +18,7 @@ namespace {
 
 const std::string kQwen3Json = "build/fixtures/qwen3-tokenizer/tokenizer.json";  // unpacked by the Makefile
 const std::string kGpt2Json = "tests/fixtures/tokenizer/gpt2/tokenizer.json";
+const std::string kLlama3Json = "tests/fixtures/tokenizer/llama3/tokenizer.json";
 const std::string kCorpus = "build/fixtures/tokenizer/corpus.jsonl";
 const std::string kChats = "tests/fixtures/tokenizer/chats.jsonl";
 const std::string kScratch = "build/fixtures/tokenizer/";
@@ -36,6 +37,31 @@ const Tokenizer& qwen3() {
   return tok;
 }
 
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  REQUIRE_MESSAGE(f.good(), "missing fixture " << path);
+  return json::parse(f);
+}
+
+// What a GGUF file would hold for this tokenizer.json: tokens by id, merges as "a b",
+// token types (3 special added, 4 other added, 1 normal).
+Tokenizer from_vocab_of(const std::string& tokenizer_json, const std::string& pre_tokenizer) {
+  json j = read_json(tokenizer_json);
+  int64_t n = 0;
+  for (const auto& [token, id] : j["model"]["vocab"].items()) n = std::max(n, id.get<int64_t>() + 1);
+  for (const auto& a : j["added_tokens"]) n = std::max(n, a["id"].get<int64_t>() + 1);
+  std::vector<std::string> tokens(size_t(n), "");
+  std::vector<int32_t> types(tokens.size(), 1);
+  for (const auto& [token, id] : j["model"]["vocab"].items()) tokens[id.get<size_t>()] = token;
+  for (const auto& a : j["added_tokens"]) {
+    tokens[a["id"].get<size_t>()] = a["content"];
+    types[a["id"].get<size_t>()] = a["special"].get<bool>() ? 3 : 4;
+  }
+  std::vector<std::string> merges;
+  for (const auto& m : j["model"]["merges"]) merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+  return Tokenizer::from_vocab(tokens, merges, types, pre_tokenizer);
+}
+
 std::string write_file(const std::string& name, const std::string& content) {
   std::string path = kScratch + name;
   std::ofstream(path) << content;
@@ -43,8 +69,9 @@ std::string write_file(const std::string& name, const std::string& content) {
 }
 
 // Encodes every corpus string, reports each mismatch with its string, and checks
-// decode(ids) gives back the text (after the normalizer: NFC for Qwen3).
-void check_corpus(const Tokenizer& tok, const char* key, size_t limit = SIZE_MAX) {
+// decode(ids) gives back the text (as HF decodes it: after NFC for Qwen3, with the
+// prefix space when add_prefix_space is on).
+void check_corpus(const Tokenizer& tok, const std::string& key, size_t limit = SIZE_MAX) {
   std::vector<json> corpus = read_jsonl(kCorpus);
   REQUIRE(corpus.size() >= 2000);
   size_t mismatches = 0, round_trip_failures = 0, n = std::min(limit, corpus.size());
@@ -53,7 +80,7 @@ void check_corpus(const Tokenizer& tok, const char* key, size_t limit = SIZE_MAX
     std::string text = row["text"];
     std::vector<int32_t> expected = row[key], got = tok.encode(text);
     if (got != expected && ++mismatches <= 10) MESSAGE(key << " ids differ on line " << i + 1 << ": " << json(text).dump());
-    std::string decoded_key = std::string(key) + "_decoded";
+    std::string decoded_key = key + "_decoded";
     std::string want = row.contains(decoded_key) ? row[decoded_key].get<std::string>() : text;
     std::string streamed;
     for (int32_t id : expected) streamed += tok.decode_token(id);
@@ -74,37 +101,36 @@ TEST_CASE("GPT-2 style ByteLevel(use_regex) tokenizer: ids identical to HF token
   check_corpus(Tokenizer::from_file(kGpt2Json), "gpt2");
 }
 
+TEST_CASE("Llama-3 style Split(regex) + ByteLevel tokenizer with ignore_merges: ids identical to HF") {
+  check_corpus(Tokenizer::from_file(kLlama3Json), "llama3");
+}
+
+TEST_CASE("ByteLevel add_prefix_space=true: ids identical to HF") {
+  json j = read_json(kGpt2Json);
+  j["pre_tokenizer"]["add_prefix_space"] = true;
+  check_corpus(Tokenizer::from_file(write_file("gpt2_prefix.json", j.dump())), "gpt2_prefix", 500);
+}
+
 TEST_CASE("merges written as \"a b\" strings load the same as [\"a\", \"b\"] pairs") {
-  std::ifstream f(kGpt2Json);
-  json j = json::parse(f);
+  json j = read_json(kGpt2Json);
   REQUIRE(j["model"]["merges"][0].is_array());
   for (auto& m : j["model"]["merges"]) m = m[0].get<std::string>() + " " + m[1].get<std::string>();
   check_corpus(Tokenizer::from_file(write_file("gpt2_string_merges.json", j.dump())), "gpt2", 500);
 }
 
 TEST_CASE("from_vocab (GGUF metadata) matches the tokenizer.json path") {
-  std::ifstream f(kQwen3Json);
-  json j = json::parse(f);
-  std::vector<std::string> tokens(size_t(qwen3().vocab_size()));
-  std::vector<int32_t> types(tokens.size(), 1);
-  for (const auto& [token, id] : j["model"]["vocab"].items()) tokens[id.get<size_t>()] = token;
-  for (const auto& a : j["added_tokens"]) {
-    tokens[a["id"].get<size_t>()] = a["content"];
-    types[a["id"].get<size_t>()] = a["special"].get<bool>() ? 3 : 4;
-  }
-  std::vector<std::string> merges;
-  for (const auto& m : j["model"]["merges"]) merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
-  Tokenizer tok = Tokenizer::from_vocab(tokens, merges, types, "qwen2");
-  CHECK(tok.vocab_size() == qwen3().vocab_size());
-  check_corpus(tok, "qwen3", 800);
-  CHECK_THROWS_WITH_AS(Tokenizer::from_vocab(tokens, merges, types, "bert"),
-                       "GGUF vocabulary: pre-tokenizer 'bert' is not supported", Error);
+  Tokenizer qwen = from_vocab_of(kQwen3Json, "qwen2");
+  CHECK(qwen.vocab_size() == qwen3().vocab_size());
+  check_corpus(qwen, "qwen3", 800);
+  check_corpus(from_vocab_of(kLlama3Json, "llama-bpe"), "llama3", 800);
+  check_corpus(from_vocab_of(kGpt2Json, "gpt2"), "gpt2", 800);
+  CHECK_THROWS_WITH_AS(from_vocab_of(kGpt2Json, "bert"), "GGUF vocabulary: pre-tokenizer 'bert' is not supported",
+                       Error);
 }
 
 TEST_CASE("special tokens: ids from tokenizer_config.json, matched inside text, decoded as their content") {
   const Tokenizer& tok = qwen3();
-  std::ifstream f("build/fixtures/qwen3-tokenizer/tokenizer_config.json");
-  json config = json::parse(f);
+  json config = read_json("build/fixtures/qwen3-tokenizer/tokenizer_config.json");
   CHECK(tok.eos_id == tok.token_id(config["eos_token"]));
   CHECK(tok.pad_id == tok.token_id(config["pad_token"]));
   CHECK(tok.eos_id >= 0);
@@ -178,8 +204,7 @@ TEST_CASE("bad input raises nq::Error naming the file or the problem") {
   std::string no_model = write_file("no_model.json", "[1, 2]");
   CHECK_THROWS_WITH_AS(Tokenizer::from_file(no_model), (no_model + ": not a tokenizer.json (no \"model\")").c_str(),
                        Error);
-  std::ifstream f(kGpt2Json);
-  json j = json::parse(f);
+  json j = read_json(kGpt2Json);
   j["pre_tokenizer"] = {{"type", "Whitespace"}};
   std::string whitespace = write_file("whitespace.json", j.dump());
   CHECK_THROWS_WITH_AS(Tokenizer::from_file(whitespace),

@@ -4,8 +4,11 @@ Writes tests/fixtures/tokenizer/:
   qwen3/tokenizer.json.xz, tokenizer_config.json, LICENSE   the real Qwen3 tokenizer (xz -9)
   gpt2/tokenizer.json        a tiny byte-level BPE (vocab 1000) trained here with the
                              GPT-2 pre-tokenizer (ByteLevel use_regex=true)
-  corpus.jsonl.xz            {"text", "qwen3": ids, "gpt2": ids} per string (add_special_tokens=False),
-                             plus "qwen3_decoded" where decode(ids) != text (NFC changed it)
+  llama3/tokenizer.json      the same with Llama-3's pre-tokenizer (Split regex + ByteLevel)
+                             and ignore_merges=true
+  corpus.jsonl.xz            {"text", "qwen3", "gpt2", "gpt2_prefix", "llama3": ids} per string
+                             (add_special_tokens=False; gpt2_prefix: gpt2 with add_prefix_space=true),
+                             plus "<key>_decoded" where decode(ids) != text (NFC, prefix space)
   chats.jsonl                {"kind", "messages", "add_generation_prompt", "text", "ids", "mask"}
                              rendered by transformers' apply_chat_template
 
@@ -90,6 +93,9 @@ def make_corpus(seed, n):
     return out
 
 
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
 # ---------------------------------------------------------------- chats
 CHATML = ("{%- for m in messages %}{%- if m.role == 'assistant' %}{{- '<|im_start|>assistant\\n' }}"
           "{% generation %}{{- m.content + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
@@ -161,6 +167,7 @@ def main():
     qwen_dir = Path(os.environ.get("QWEN3_TOKENIZER_DIR", OUT / "qwen3"))
     (OUT / "qwen3").mkdir(parents=True, exist_ok=True)
     (OUT / "gpt2").mkdir(parents=True, exist_ok=True)
+    (OUT / "llama3").mkdir(parents=True, exist_ok=True)
     xz_path = qwen_dir / "tokenizer.json.xz"
     tok_json = xz_path.read_bytes() if xz_path.exists() else (qwen_dir / "tokenizer.json").read_bytes()
     if xz_path.exists():
@@ -182,16 +189,35 @@ def main():
                                   special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
     gpt2.train_from_iterator(make_corpus(99, 3000), trainer=trainer)
     gpt2.save(str(OUT / "gpt2" / "tokenizer.json"))
+    gpt2_prefix = Tokenizer.from_str(gpt2.to_str())
+    gpt2_prefix.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+
+    llama3 = Tokenizer(models.BPE(ignore_merges=True))
+    llama3.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    llama3.decoder = decoders.ByteLevel()
+    llama3.train_from_iterator(make_corpus(98, 3000), trainer=trainer)
+    # Words that are in the vocabulary but that the merges cannot build: ignore_merges
+    # makes each of them one token, plain BPE would split them.
+    llama3_json = json.loads(llama3.to_str())
+    vocab = llama3_json["model"]["vocab"]
+    for word in ("Ġwater", "Ġpeople", "number", "Ġ__init__", "ĠResult", "ĠNanoQLoRA"):
+        vocab.setdefault(word, len(vocab) + len(llama3_json["added_tokens"]))
+    llama3 = Tokenizer.from_str(json.dumps(llama3_json))
+    llama3.save(str(OUT / "llama3" / "tokenizer.json"))
 
     lines = []
+    tokenizers_by_key = {"qwen3": qwen, "gpt2": gpt2, "gpt2_prefix": gpt2_prefix, "llama3": llama3}
     for text in corpus:
-        q = qwen.encode(text, add_special_tokens=False).ids
-        g = gpt2.encode(text, add_special_tokens=False).ids
-        row = {"text": text, "qwen3": q, "gpt2": g}
-        decoded = qwen.decode(q, skip_special_tokens=False)  # NFC(text): the normalizer is lossy
-        if decoded != text:
-            row["qwen3_decoded"] = decoded
-        assert gpt2.decode(g, skip_special_tokens=False) == text
+        row = {"text": text}
+        for key, tok in tokenizers_by_key.items():
+            row[key] = tok.encode(text, add_special_tokens=False).ids
+            # decode(ids) differs from text where the normalizer changed it (Qwen3's NFC)
+            # or a prefix space was added.
+            decoded = tok.decode(row[key], skip_special_tokens=False)
+            if decoded != text:
+                row[key + "_decoded"] = decoded
         lines.append(json.dumps(row, ensure_ascii=False))
     with lzma.open(OUT / "corpus.jsonl.xz", "wt", encoding="utf-8", preset=9) as f:
         f.write("\n".join(lines) + "\n")
