@@ -4,6 +4,8 @@
 // and the argument checks' error messages.
 #include <doctest/doctest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <limits>
 
@@ -411,6 +413,50 @@ TEST_CASE("dropout keeps element i iff philox_uniform >= p, scales by 1/(1-p); b
   auto loss = [&] { cpu::dropout_apply(xs.data(), out.data(), 17, 0.5f, 9, 0); return dot(out, r); };
   cpu::dropout_apply(r.data(), grad.data(), 17, 0.5f, 9, 0);
   CHECK(rel_err(grad, numeric_grad(xs, loss, kFdStep)) < kFdTol);
+}
+
+// ---------------------------------------------------------------- threads
+// The finite-difference tests use small sizes, which run serially. Here sizes
+// above every kernel's threading threshold run with 3 threads (uneven splits)
+// and must reproduce the single-thread result bit for bit.
+TEST_CASE("threaded kernels reproduce their single-thread results exactly") {
+  auto run_all = [](int threads) {
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    const int64_t N = 600, D = 128, V = 97, B = 2, T = 160, Hq = 4, Hkv = 2, Dh = 32;
+    std::vector<Tensor> outs;
+    Tensor x = f32(randn(N * D, 31), {N, D}), w = f32(randn(D, 32), {D}), dy = f32(randn(N * D, 33), {N, D});
+    Tensor rstd, gx, gw;
+    outs.push_back(kernels::rmsnorm_forward(x, w, 1e-6f, &rstd));
+    kernels::rmsnorm_backward(dy, x, w, rstd, &gx, &gw);
+    outs.insert(outs.end(), {gx, gw});
+    std::vector<int32_t> ids(N);
+    for (int64_t n = 0; n < N; ++n) ids[n] = int32_t((n * 7) % V);
+    Tensor id_t = Tensor::from_ids(ids, {N});
+    outs.push_back(kernels::embedding_backward(dy, id_t, V));
+    outs.push_back(kernels::embedding_forward(x.slice(0, V), id_t));
+    Tensor big = f32(randn(300000, 34), {300000}), big2 = f32(randn(300000, 35), {300000}), gg, gu;
+    outs.push_back(kernels::swiglu_forward(big, big2));
+    kernels::swiglu_backward(big, big, big2, &gg, &gu);
+    outs.insert(outs.end(), {gg, gu, kernels::dropout_forward(big, 0.1f, 5, 6), Tensor::full({1}, kernels::sum(big))});
+    std::vector<int32_t> pos(B * T), seg(B * T);
+    for (int64_t i = 0; i < B * T; ++i) { pos[i] = int32_t(i % T); seg[i] = int32_t((i % T) / 50); }
+    Tensor q = f32(randn(B * T * Hq * Dh, 36), {B * T, Hq, Dh}), k = f32(randn(B * T * Hkv * Dh, 37), {B * T, Hkv, Dh}),
+           v = f32(randn(B * T * Hkv * Dh, 38), {B * T, Hkv, Dh}), lse, gq, gk, gv;
+    Tensor o = kernels::attention_forward(q, k, v, B, T, Tensor::from_ids(seg, {B * T}), &lse);
+    kernels::attention_backward(q, q, k, v, o, lse, B, T, Tensor::from_ids(seg, {B * T}), &gq, &gk, &gv);
+    outs.insert(outs.end(), {o, lse, gq, gk, gv, kernels::rope_forward(q, Tensor::from_ids(pos, {B * T}), 1e4f)});
+    Tensor gh, gW;
+    float loss = kernels::linear_cross_entropy(x, f32(randn(V * D, 39), {V, D}), id_t, 256, &gh, &gW, nullptr);
+    outs.insert(outs.end(), {gh, gW, Tensor::full({1}, loss)});
+    omp_set_num_threads(saved);
+    return outs;
+  };
+  std::vector<Tensor> serial = run_all(1), threaded = run_all(3);
+  for (size_t i = 0; i < serial.size(); ++i) {
+    CAPTURE(i);
+    CHECK(serial[i].to_vector() == threaded[i].to_vector());
+  }
 }
 
 // ---------------------------------------------------------------- bad input
