@@ -356,8 +356,14 @@ TEST_CASE("linear_cross_entropy matches full-logit CE for every chunk size, with
     CAPTURE(chunk);
     Tensor grad_h, grad_w = f32(g0, {V, D});  // grad_w is accumulated into
     int64_t counted = -1;
+    Allocator& cpu_alloc = allocator_for(Device::CPU);
+    cpu_alloc.reset_peak();
+    size_t workspace_before = cpu_alloc.stats().current[size_t(MemCategory::Workspace)];
     float loss = kernels::linear_cross_entropy(f32(h, {N, D}), f32(w, {V, D}), Tensor::from_ids(labels, {N}), chunk,
                                                &grad_h, &grad_w, &counted);
+    // Only one chunk of logits ever exists: [min(chunk, N), V] f32 of workspace.
+    CHECK(cpu_alloc.stats().peak[size_t(MemCategory::Workspace)] - workspace_before ==
+          size_t(std::min<int64_t>(chunk, N) * V * 4));
     CHECK(counted == 5);
     CHECK(std::fabs(loss - ref_loss) < 1e-5 * ref_loss);
     CHECK(rel_err(values(grad_h), ref_gh) < 1e-5);
@@ -378,13 +384,13 @@ TEST_CASE("linear_cross_entropy gradients match finite differences") {
   const int64_t N = 5, D = 3, V = 11;
   std::vector<double> h = randn(N * D, 26, 2.0), w = randn(V * D, 27, 2.0);
   std::vector<int32_t> labels = {10, 0, -100, 4, 4};
-  std::vector<double> gh(N * D), gw(V * D, 0.0);
+  std::vector<double> gh(N * D), gw(V * D, 0.0), logits(2 * V);
   int64_t count = 0;
   auto loss = [&] {
-    return cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, (double*)nullptr, (double*)nullptr,
-                                     &count);
+    return cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, logits.data(), (double*)nullptr,
+                                     (double*)nullptr, &count);
   };
-  cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, gh.data(), gw.data(), &count);
+  cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, logits.data(), gh.data(), gw.data(), &count);
   CHECK(count == 4);
   CHECK(rel_err(gh, numeric_grad(h, loss, kFdStep)) < kFdTol);
   CHECK(rel_err(gw, numeric_grad(w, loss, kFdStep)) < kFdTol);
