@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
@@ -419,6 +420,52 @@ TEST_CASE("dropout keeps element i iff philox_uniform >= p, scales by 1/(1-p); b
   auto loss = [&] { cpu::dropout_apply(xs.data(), out.data(), 17, 0.5f, 9, 0); return dot(out, r); };
   cpu::dropout_apply(r.data(), grad.data(), 17, 0.5f, 9, 0);
   CHECK(rel_err(grad, numeric_grad(xs, loss, kFdStep)) < kFdTol);
+}
+
+// ---------------------------------------------------------------- random shapes
+TEST_CASE("backwards match finite differences on randomly drawn shapes") {
+  std::mt19937 gen(2024);
+  auto draw = [&](std::vector<int64_t> choices) { return choices[gen() % choices.size()]; };
+  for (int trial = 0; trial < 6; ++trial) {
+    const int64_t B = draw({1, 2}), T = draw({1, 3, 5, 17}), Hkv = draw({1, 2}), Hq = Hkv * draw({1, 2, 3}),
+                  Dh = draw({2, 4, 6}), V = draw({1, 3, 17}), D = draw({1, 3, 17});
+    const int64_t N = B * T;
+    CAPTURE(trial); CAPTURE(B); CAPTURE(T); CAPTURE(Hq); CAPTURE(Hkv); CAPTURE(Dh); CAPTURE(V); CAPTURE(D);
+    uint32_t seed = 100 + 10 * trial;
+    // attention, with segments on odd trials
+    std::vector<double> q = randn(N * Hq * Dh, seed), k = randn(N * Hkv * Dh, seed + 1), v = randn(N * Hkv * Dh, seed + 2),
+                        r = randn(N * Hq * Dh, seed + 3), o(q.size()), lse(N * Hq), gq(q.size()), gk(k.size()),
+                        gv(v.size());
+    std::vector<int32_t> seg(N);
+    for (int64_t i = 0; i < N; ++i) seg[i] = int32_t((i % T) / 2);
+    const int32_t* segp = trial % 2 ? seg.data() : nullptr;
+    auto attn_loss = [&] {
+      cpu::attention_forward(q.data(), k.data(), v.data(), segp, o.data(), lse.data(), B, T, Hq, Hkv, Dh);
+      return dot(o, r);
+    };
+    attn_loss();
+    cpu::attention_backward(r.data(), q.data(), k.data(), v.data(), o.data(), lse.data(), segp, gq.data(), gk.data(),
+                            gv.data(), B, T, Hq, Hkv, Dh);
+    CHECK(rel_err(gq, numeric_grad(q, attn_loss, kFdStep)) < kFdTol);
+    CHECK(rel_err(gk, numeric_grad(k, attn_loss, kFdStep)) < kFdTol);
+    CHECK(rel_err(gv, numeric_grad(v, attn_loss, kFdStep)) < kFdTol);
+    // linear + cross-entropy with random labels (about one in four ignored)
+    std::vector<double> h = randn(N * D, seed + 4), w = randn(V * D, seed + 5), gh(N * D), gw(V * D, 0.0),
+                        logits(std::min<int64_t>(3, N) * V);
+    std::vector<int32_t> labels(N);
+    for (int32_t& y : labels) y = gen() % 4 == 0 ? -100 : int32_t(gen() % V);
+    int64_t count = 0;
+    auto ce_loss = [&] {
+      return cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 3, logits.data(), (double*)nullptr,
+                                       (double*)nullptr, &count);
+    };
+    cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 3, logits.data(), gh.data(), gw.data(),
+                              &count);
+    if (count > 0) {
+      CHECK(rel_err(gh, numeric_grad(h, ce_loss, kFdStep)) < kFdTol);
+      CHECK(rel_err(gw, numeric_grad(w, ce_loss, kFdStep)) < kFdTol);
+    }
+  }
 }
 
 // ---------------------------------------------------------------- threads
