@@ -27,12 +27,14 @@ const std::array<float, 16> kNf4Code = {
 // ---------------------------------------------------------------- dynamic map
 // torch.linspace(start, end, steps) in f32: the first half counts up from start,
 // the second half down from end, both with step = (end - start) / (steps - 1).
+// PyTorch's CPU build evaluates start + step * i as one fused multiply-add (a
+// single rounding); std::fma reproduces it (checked against the fixture).
 static std::vector<float> linspace_f32(float start, float end, int64_t steps) {
   std::vector<float> v(steps);
   const float step = (end - start) / float(steps - 1);
   const int64_t halfway = steps / 2;
   for (int64_t i = 0; i < steps; ++i)
-    v[i] = i < halfway ? start + step * float(i) : end - step * float(steps - 1 - i);
+    v[i] = i < halfway ? std::fma(step, float(i), start) : std::fma(-step, float(steps - 1 - i), end);
   return v;
 }
 
