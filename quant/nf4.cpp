@@ -141,8 +141,8 @@ float torch_mean_f32(const float* x, int64_t n) {
 // ---------------------------------------------------------------- 8-bit blockwise (absmax codes)
 // libbitsandbytes_cpu quantize_cpu: [-1, 1] is cut into 65536 points; each
 // point maps to the first code whose upper midpoint is not below it. A value
-// v (already divided by its block absmax) is looked up at point
-// round((clamp(v) + 1) / 2 * 65535) (the + 0.5 then truncation).
+// v (already multiplied by 1 / its block absmax) is looked up at point
+// trunc(fma((clamp(v) + 1) / 2, 65535, 0.5)), i.e. rounded to the nearest point.
 namespace {
 constexpr int kLutSize = 65536;
 
@@ -171,10 +171,13 @@ void quantize_blockwise_8bit(const float* x, int64_t n, const float* code, int64
       std::fill(codes + begin, codes + end, uint8_t(0));
       continue;
     }
-    const float inv = 1.0f / amax;
+    const float inv = 1.0f / amax;  // inf when amax is a tiny subnormal
     for (int64_t i = begin; i < end; ++i) {
       const float v = std::clamp(x[i] * inv, -1.0f, 1.0f);
-      codes[i] = lut[uint16_t((v + 1.0f) * 0.5f * float(kLutSize - 1) + 0.5f)];
+      // libbitsandbytes_cpu is compiled with FMA contraction: one rounding for * 65535 + 0.5.
+      const float point = std::fma((v + 1.0f) * 0.5f, float(kLutSize - 1), 0.5f);
+      // 0 * inf = NaN: x86's truncating conversion gives 0x80000000, whose low 16 bits are 0.
+      codes[i] = lut[std::isnan(point) ? 0 : uint16_t(int32_t(point))];
     }
   }
 }

@@ -90,6 +90,19 @@ TEST_CASE("nf4: dynamic map equals bitsandbytes create_dynamic_map(signed=True)"
   check_bytes(copy_tensor(kNf4Code.data(), 16), load(index_json().at("nf4_code")), "nf4 code");
 }
 
+TEST_CASE("nf4: torch_mean_f32 reproduces torch.mean (the double-quant offset)") {
+  for (const json& m : index_json().at("torch_mean")) {
+    const int64_t n = m.at("n");
+    std::vector<float> x(n);
+    for (int64_t i = 0; i < n; ++i) x[i] = float(double((i * 7919) % 10007) / 10007.0 + 0.5);
+    const uint32_t bits = m.at("mean_bits");
+    float ref;
+    std::memcpy(&ref, &bits, 4);
+    CAPTURE(n);
+    CHECK(torch_mean_f32(x.data(), n) == ref);
+  }
+}
+
 TEST_CASE("nf4: quantize / dequantize are bit-identical to bitsandbytes on every fixture case") {
   for (const json& c : index_json().at("cases")) {
     const std::string name = c.at("name");

@@ -57,6 +57,23 @@ def single_row_of_zero_and_one_nonzero():
     return w
 
 
+def subnormal_nan_case():
+    # Block absmax d, 2d, 3d (d a subnormal multiple of 2^-149): the offset (their
+    # mean) is exactly 2d, so block 1 becomes 0 and its nested block's absmax d is
+    # so small that 1/d overflows to inf: 0 * inf = NaN inside bnb's 8-bit quantizer.
+    d = np.float32(1000 * 2.0**-149)
+    w = np.zeros((3, 64), np.float32)
+    for r in range(3):
+        w[r] = np.linspace(-1, 1, 64, dtype=np.float32) * np.float32(r + 1) * d
+    return torch.from_numpy(w)
+
+
+def mean_probe(n):
+    # A deterministic f32 vector the C++ test rebuilds: ((i * 7919) % 10007) / 10007 + 0.5
+    i = np.arange(n, dtype=np.int64)
+    return torch.from_numpy((((i * 7919) % 10007) / 10007.0 + 0.5).astype(np.float32))
+
+
 CASES = [
     ("normal_3x37", normal(3, 37), 64),
     ("normal_17x127", normal(17, 127), 64),
@@ -72,6 +89,7 @@ CASES = [
     ("one_nonzero_1x5", single_row_of_zero_and_one_nonzero(), 64),
     # more than 256 blocks: two nested blocks, the second partial
     ("normal_80x210", normal(80, 210, 0.05), 64),
+    ("subnormal_nan_path", subnormal_nan_case(), 64),
 ]
 
 
@@ -121,6 +139,12 @@ def main():
         "tensors": {k: dump(f"state_dict.{k}", v) for k, v in sd.items()},
         "quant_state_json": bytes(sd["weight.quant_state.bitsandbytes__nf4"].tolist()).decode(),
     }
+
+    # torch.mean (the double-quant offset) on vectors of awkward lengths; f32 bits as integers
+    index["torch_mean"] = [
+        {"n": n, "mean_bits": int(np.float32(mean_probe(n).mean().item()).view(np.uint32))}
+        for n in (1, 3, 7, 8, 9, 31, 100, 1000, 4097, 20000, 32768)
+    ]
 
     (OUT / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     total = sum(f.stat().st_size for f in OUT.iterdir())
