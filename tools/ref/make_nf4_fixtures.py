@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import bitsandbytes as bnb
 import bitsandbytes.functional as F
+from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "nf4"
@@ -95,7 +97,7 @@ CASES = [
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    for f in OUT.glob("*.bin"):
+    for f in list(OUT.glob("*.bin")) + list(OUT.glob("*.safetensors")):
         f.unlink()
     index = {"dynamic_map": None, "nf4_code": None, "cases": []}
 
@@ -139,6 +141,28 @@ def main():
         "tensors": {k: dump(f"state_dict.{k}", v) for k, v in sd.items()},
         "quant_state_json": bytes(sd["weight.quant_state.bitsandbytes__nf4"].tolist()).decode(),
     }
+
+    # A checkpoint as bitsandbytes / transformers save it: Linear4bit layers moved to
+    # the CPU (which quantizes them), state_dict() written with safetensors.
+    layers = {}
+    for prefix, (out_f, in_f, dq) in {
+        "model.layers.0.self_attn.q_proj": (24, 40, True),
+        "model.layers.0.mlp.down_proj": (40, 37, True),
+        "model.layers.0.mlp.up_proj": (16, 64, False),
+    }.items():
+        dense = torch.nn.Linear(in_f, out_f, bias=False)
+        with torch.no_grad():
+            dense.weight.copy_(normal(out_f, in_f, 0.1))
+        layer = bnb.nn.Linear4bit(in_f, out_f, bias=False, compress_statistics=dq, quant_type="nf4",
+                                  compute_dtype=torch.float32)
+        layer.load_state_dict(dense.state_dict())
+        layer = layer.to("cpu")
+        layers[prefix] = {"shape": [out_f, in_f], "double_quant": dq, "input": dump(f"{prefix}.input", dense.weight)}
+        for k, v in layer.state_dict().items():
+            layers.setdefault("tensors", {})[f"{prefix}.{k}"] = v.contiguous()
+    tensors = layers.pop("tensors")
+    save_file(tensors, str(OUT / "linear4bit.safetensors"), metadata={"format": "pt"})
+    index["linear4bit"] = {"file": "linear4bit.safetensors", "layers": layers}
 
     # torch.mean (the double-quant offset) on vectors of awkward lengths; f32 bits as integers
     index["torch_mean"] = [
