@@ -202,21 +202,11 @@ double Nf4Tensor::bits_per_parameter() const {
   return bits / double(numel());
 }
 
-std::vector<float> Nf4Tensor::block_absmax() const {
-  const int64_t nb = n_blocks();
-  std::vector<float> a(nb);
-  if (!double_quant) {
-    std::memcpy(a.data(), absmax.data<float>(), nb * sizeof(float));
-    return a;
-  }
-  const uint8_t* c = absmax.data<uint8_t>();
-  const float* code = nested_code.data<float>();
-  const float* nested = nested_absmax.data<float>();
-  for (int64_t b = 0; b < nb; ++b) {
-    const float scaled = code[c[b]] * nested[b / nested_blocksize];  // dequantize_blockwise
-    a[b] = scaled + offset;                                          // absmax += offset
-  }
-  return a;
+float Nf4Tensor::block_absmax(int64_t b) const {
+  if (!double_quant) return absmax.data<float>()[b];
+  const uint8_t c = absmax.data<uint8_t>()[b];
+  const float scaled = nested_code.data<float>()[c] * nested_absmax.data<float>()[b / nested_blocksize];
+  return scaled + offset;  // bnb: dequantize_blockwise(...), then absmax += offset (two roundings)
 }
 
 Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksize, bool double_quant,
@@ -276,22 +266,25 @@ Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksiz
   return q;
 }
 
-void dequantize_nf4_rows(const Nf4Tensor& q, const float* block_absmax, int64_t row_begin, int64_t row_end,
-                         float* dst) {
+void dequantize_nf4_rows(const Nf4Tensor& q, int64_t row_begin, int64_t row_end, float* dst) {
   const uint8_t* p = q.packed.data<uint8_t>();
-  const int64_t begin = row_begin * q.in, end = row_end * q.in;
+  const int64_t begin = row_begin * q.in, end = row_end * q.in;  // flat element range
+  const int64_t first_block = begin / q.blocksize, last_block = (end - 1) / q.blocksize;
 #pragma omp parallel for if (end - begin > (1 << 16))
-  for (int64_t i = begin; i < end; ++i) {
-    const uint8_t byte = p[i >> 1];
-    const uint8_t code = (i & 1) ? (byte & 0x0F) : (byte >> 4);
-    dst[i - begin] = kNf4Code[code] * block_absmax[i / q.blocksize];
+  for (int64_t b = first_block; b <= last_block; ++b) {
+    const float scale = q.block_absmax(b);
+    const int64_t lo = std::max(begin, b * q.blocksize), hi = std::min(end, (b + 1) * q.blocksize);
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint8_t byte = p[i >> 1];
+      const uint8_t code = (i & 1) ? (byte & 0x0F) : (byte >> 4);  // even index: high nibble
+      dst[i - begin] = kNf4Code[code] * scale;
+    }
   }
 }
 
 Tensor dequantize_nf4(const Nf4Tensor& q) {
   Tensor w = Tensor::empty({q.out, q.in});
-  const std::vector<float> a = q.block_absmax();
-  dequantize_nf4_rows(q, a.data(), 0, q.out, w.data<float>());
+  dequantize_nf4_rows(q, 0, q.out, w.data<float>());
   return w;
 }
 

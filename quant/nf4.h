@@ -27,7 +27,6 @@
 #include <cstdint>
 #include <map>
 #include <string>
-#include <vector>
 
 #include "runtime/tensor.h"
 
@@ -63,8 +62,8 @@ struct Nf4Tensor {
   // Stored bits per weight: packed nibbles + per-block statistics (+ nested
   // statistics and the offset). About 4.127 with double quant at blocksize 64.
   double bits_per_parameter() const;
-  // f32 absmax of every block [n_blocks] (undoing the double quantization).
-  std::vector<float> block_absmax() const;
+  // f32 absmax of block b (undoing the double quantization).
+  float block_absmax(int64_t b) const;
 };
 
 // Quantizes w [out, in] (row-major f32). blocksize: a power of two in [32, 4096]
@@ -72,10 +71,9 @@ struct Nf4Tensor {
 Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksize = 64,
                        bool double_quant = true, const std::string& name = "weight");
 
-// Dequantizes rows [row_begin, row_end) of the weight into dst [(row_end-row_begin), in],
-// given the f32 block absmax from block_absmax(). The tile-by-tile building block.
-void dequantize_nf4_rows(const Nf4Tensor& q, const float* block_absmax, int64_t row_begin, int64_t row_end,
-                         float* dst);
+// Dequantizes rows [row_begin, row_end) of the weight into dst [row_end - row_begin, in].
+// The tile-by-tile building block of nf4_linear (and of dequantize_nf4).
+void dequantize_nf4_rows(const Nf4Tensor& q, int64_t row_begin, int64_t row_end, float* dst);
 // The whole weight as f32 [out, in].
 Tensor dequantize_nf4(const Nf4Tensor& q);
 

@@ -24,11 +24,10 @@ template <typename Fn>
 void for_each_tile(const Nf4Tensor& w, int64_t tile_rows, Fn fn) {
   NQ_CHECK(tile_rows > 0, "nf4_linear: tile_rows must be positive, got ", tile_rows);
   const int64_t rows = std::min(tile_rows, w.out);
-  const std::vector<float> absmax = w.block_absmax();  // [n_blocks], 1/16 of W's f32 size at blocksize 64
   Tensor tile = Tensor::empty({rows, w.in}, DType::F32, Device::CPU, MemCategory::Workspace);
   for (int64_t r0 = 0; r0 < w.out; r0 += rows) {
     const int64_t r1 = std::min(w.out, r0 + rows);
-    dequantize_nf4_rows(w, absmax.data(), r0, r1, tile.data<float>());
+    dequantize_nf4_rows(w, r0, r1, tile.data<float>());
     fn(r0, r1, tile.data<float>());
   }
 }

@@ -141,7 +141,7 @@ TEST_CASE("nf4: a value exactly on a midpoint takes the lower code; all-zero blo
   CHECK(p[1] == (10 << 4 | 7));   // just above -> 10, -0.0 -> 7 (the zero code)
   std::vector<float> zeros(64, 0.0f);
   Nf4Tensor z = quantize_nf4(zeros.data(), 2, 32, 64, true);
-  CHECK(z.block_absmax()[0] == 0.0f);
+  CHECK(z.block_absmax(0) == 0.0f);
   Tensor d = dequantize_nf4(z);
   for (int64_t i = 0; i < 64; ++i) REQUIRE(d.data<float>()[i] == 0.0f);
 }
@@ -240,6 +240,10 @@ TEST_CASE("nf4_linear: y = x W^T and dX = dY W with W dequantized tile by tile")
   Tensor w = randn({out, in}, 0.05f, 11);
   auto q = std::make_shared<Nf4Tensor>(quantize_tensor(w, 64, true));
   const Tensor wd = dequantize_nf4(*q);
+  // Any row range dequantizes to exactly those rows of the whole weight (blocks straddle rows).
+  Tensor rows = Tensor::empty({5, in});
+  dequantize_nf4_rows(*q, 31, 36, rows.data<float>());
+  check_bytes(rows, wd.slice(31, 36), "rows 31..36");
   Tensor x = randn({N, in}, 1.0f, 12), gy = randn({N, out}, 1.0f, 13);
   for (int64_t tile : {1, 16, 77, 500}) {
     CAPTURE(tile);
