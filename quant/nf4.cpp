@@ -270,7 +270,8 @@ void dequantize_nf4_rows(const Nf4Tensor& q, int64_t row_begin, int64_t row_end,
   const uint8_t* p = q.packed.data<uint8_t>();
   const int64_t begin = row_begin * q.in, end = row_end * q.in;  // flat element range
   const int64_t first_block = begin / q.blocksize, last_block = (end - 1) / q.blocksize;
-#pragma omp parallel for if (end - begin > (1 << 16))
+  // Serial on purpose: nf4_linear calls this between cblas_sgemm calls, and an
+  // OpenMP team spinning here starves OpenBLAS's own threads (measured 7x slower).
   for (int64_t b = first_block; b <= last_block; ++b) {
     const float scale = q.block_absmax(b);
     const int64_t lo = std::max(begin, b * q.blocksize), hi = std::min(end, (b + 1) * q.blocksize);
