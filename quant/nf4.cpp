@@ -230,6 +230,7 @@ Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksiz
   std::vector<uint8_t> codes(n + 1, 7);  // an odd numel pads with the code of 0
   static const Nf4Bounds bounds;
   const float tiny = static_cast<float>(1e-38);  // bnb: absmax.clamp(min=1e-38)
+#pragma omp parallel for if (nb > 1024)
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t begin = b * blocksize, end = std::min(n, begin + blocksize);
     float m = 0.0f;
