@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -13,6 +14,7 @@
 #include "quant/nf4.h"
 #include "quant/nf4_linear.h"
 #include "runtime/rng.h"
+#include "runtime/safetensors.h"
 
 using namespace nq;
 using nlohmann::json;
@@ -206,6 +208,41 @@ TEST_CASE("nf4: state dict equals what bitsandbytes saves, and loads back") {
   broken = ref;
   broken["weight.quant_state.bitsandbytes__nf4"] = ref.at("weight").view({480}).slice(0, 5);
   CHECK_THROWS_AS(nf4_from_state_dict(broken, "weight"), Error);
+}
+
+TEST_CASE("nf4: a bitsandbytes Linear4bit checkpoint (safetensors) loads bit-identically and saves back") {
+  const json& ck = index_json().at("linear4bit");
+  const SafetensorsFile file = SafetensorsFile::open(kDir + ck.at("file").get<std::string>());
+  std::vector<std::pair<std::string, Tensor>> ours_all;
+  for (auto& [layer, info] : ck.at("layers").items()) {
+    CAPTURE(layer);
+    const std::string prefix = layer + ".weight";
+    std::map<std::string, Tensor> theirs;
+    for (const std::string& name : file.names())
+      if (name.rfind(prefix, 0) == 0) theirs[name] = file.get(name);
+    // load bnb's tensors -> same weights as quantizing the original here
+    const Nf4Tensor loaded = nf4_from_state_dict(theirs, prefix);
+    const Tensor w = load(info.at("input"));
+    const Nf4Tensor q = quantize_tensor(w, 64, info.at("double_quant").get<bool>());
+    CHECK(loaded.double_quant == q.double_quant);
+    check_bytes(dequantize_nf4(loaded), dequantize_nf4(q), layer + " dequantized");
+    // our state dict == bnb's, tensor by tensor and byte by byte
+    const auto ours = nf4_to_state_dict(q, prefix);
+    REQUIRE(ours.size() == theirs.size());
+    for (auto& [name, t] : theirs) {
+      REQUIRE_MESSAGE(ours.count(name), name);
+      CHECK(ours.at(name).shape() == t.shape());
+      check_bytes(ours.at(name), t, name);
+    }
+    for (auto& kv : ours) ours_all.push_back(kv);
+  }
+  // through our safetensors writer and reader: the same bytes again
+  const std::string path = "build/test_nf4_roundtrip.safetensors";
+  save_safetensors(path, ours_all, {{"format", "pt"}});
+  const SafetensorsFile back = SafetensorsFile::open(path);
+  CHECK(back.names() == file.names());
+  for (const std::string& name : file.names()) check_bytes(back.get(name), file.get(name), name + " (re-read)");
+  std::remove(path.c_str());
 }
 
 // ---------------------------------------------------------------- nf4_linear
