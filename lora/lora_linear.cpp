@@ -81,12 +81,14 @@ Var lora_linear(const Var& x, const LoraLinear& layer) {
   const Tensor A = layer.A.value(), B = layer.B.value(), dense = layer.dense_base;
   const std::shared_ptr<const Nf4Tensor> nf4 = layer.nf4_base;
   const int64_t out = layer.out;
+  const bool need_dx = x.requires_grad();  // e.g. false right after the frozen embedding
   return record("lora_linear", y.view(out_shape), {x, layer.A, layer.B},
                 [=](const Tensor& grad_y) -> std::vector<Tensor> {
                   const Tensor gy = grad_y.view({N, out});                                 // [N, out]
                   Tensor dB = kernels::scale(kernels::matmul(gy, h, true, false), s);      // [out, r]
                   Tensor gh = kernels::scale(kernels::matmul(gy, B), s);                   // [N, r]
                   Tensor dA = kernels::matmul(gh, dropped(x2), true, false);               // [r, in]
+                  if (!need_dx) return {Tensor(), dA, dB};
                   Tensor gxd = kernels::matmul(gh, A);                                     // [N, in]
                   Tensor dX = nf4 ? nf4_linear_backward(gy, *nf4) : kernels::matmul(gy, dense);  // [N, in]
                   kernels::add_inplace(dX, p > 0.0f ? kernels::dropout_backward(gxd, p, seed, offset) : gxd);

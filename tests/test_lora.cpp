@@ -84,6 +84,10 @@ TEST_CASE("lora: PEFT init (A uniform in +-1/sqrt(in) from Philox, B zero) leave
   Tensor x = uniform({5, in}, 1.0f, 2);
   Var y = lora_linear(Var(x), l);
   CHECK(max_rel(y.value(), reference(x, w, l.A.value(), l.B.value(), 0.0f, 0.0f, 0, 0)) < 1e-6);
+  // x without grad (after the frozen embedding): A and B still get gradients
+  backward(y, Tensor::full({5, out}, 1.0f));
+  CHECK(l.A.grad().defined());
+  CHECK(l.B.grad().defined());
   CHECK(LoraConfig{16, 32.0f, 0.0f, true}.scaling() == doctest::Approx(8.0f));  // rsLoRA alpha / sqrt(r)
 }
 
