@@ -361,15 +361,15 @@ struct TokenizerImpl {
   void encode_plain(std::string_view s, size_t base, std::vector<int32_t>& ids, std::vector<size_t>* begins) const {
     std::string prefixed;
     if (add_prefix_space && !s.empty() && s[0] != ' ') prefixed = " " + std::string(s), s = prefixed;
-    size_t offset = base - (prefixed.empty() ? 0 : 1);  // the inserted space has no source byte
+    ptrdiff_t shift = prefixed.empty() ? 0 : 1;  // the inserted space has no source byte
     auto on_word = [&](std::string_view word) {
       size_t first = ids.size();
       word_ids(word, ids);
       if (!begins) return;
-      size_t at = offset + size_t(word.data() - s.data());
+      ptrdiff_t at = ptrdiff_t(base) + (word.data() - s.data()) - shift;
       for (size_t i = first; i < ids.size(); ++i) {
-        begins->push_back(std::max(at, base));
-        at += id_to_bytes[size_t(ids[i])].size();
+        begins->push_back(size_t(std::max(at, ptrdiff_t(base))));
+        at += ptrdiff_t(id_to_bytes[size_t(ids[i])].size());
       }
     };
     split_words(0, s, on_word);
@@ -536,36 +536,41 @@ Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std
   return tok;
 }
 
+const TokenizerImpl& Tokenizer::impl() const {
+  NQ_CHECK(impl_, "tokenizer: not loaded (build it with Tokenizer::from_file or Tokenizer::from_vocab)");
+  return *impl_;
+}
+
 std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   std::vector<int32_t> ids;
-  impl_->encode(text, ids, nullptr);
+  impl().encode(text, ids, nullptr);
   return ids;
 }
 
 std::vector<int32_t> Tokenizer::encode_with_offsets(const std::string& text, std::vector<size_t>& token_begin) const {
   std::vector<int32_t> ids;
   token_begin.clear();
-  impl_->encode(text, ids, &token_begin);
+  impl().encode(text, ids, &token_begin);
   return ids;
 }
 
 std::string Tokenizer::normalize(const std::string& text) const {
   check_utf8(text);
-  return impl_->normalize(text);
+  return impl().normalize(text);
 }
 
 std::string Tokenizer::decode_token(int32_t id) const {
-  NQ_CHECK(id >= 0 && size_t(id) < impl_->id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
-           impl_->id_to_bytes.size(), ")");
-  return impl_->id_to_bytes[size_t(id)];
+  NQ_CHECK(id >= 0 && size_t(id) < impl().id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
+           impl().id_to_bytes.size(), ")");
+  return impl().id_to_bytes[size_t(id)];
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string bytes;
   for (int32_t id : ids) {
-    NQ_CHECK(id >= 0 && size_t(id) < impl_->id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
-             impl_->id_to_bytes.size(), ")");
-    bytes += impl_->id_to_bytes[size_t(id)];
+    NQ_CHECK(id >= 0 && size_t(id) < impl().id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
+             impl().id_to_bytes.size(), ")");
+    bytes += impl().id_to_bytes[size_t(id)];
   }
   // Token boundaries may cut UTF-8 sequences; each maximal invalid subpart -> U+FFFD.
   std::string text;
@@ -580,10 +585,10 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 int32_t Tokenizer::token_id(const std::string& token) const {
-  auto it = impl_->token_to_id.find(token);
-  return it == impl_->token_to_id.end() ? -1 : it->second;
+  auto it = impl().token_to_id.find(token);
+  return it == impl().token_to_id.end() ? -1 : it->second;
 }
 
-int64_t Tokenizer::vocab_size() const { return int64_t(impl_->id_to_token.size()); }
+int64_t Tokenizer::vocab_size() const { return int64_t(impl().id_to_token.size()); }
 
 }  // namespace nq
