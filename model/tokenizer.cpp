@@ -181,6 +181,39 @@ struct Merge {
 
 uint64_t pair_key(int32_t left, int32_t right) { return (uint64_t(uint32_t(left)) << 32) | uint32_t(right); }
 
+// (left id, right id) -> merge, the lookup in BPE's inner loop: one flat array with
+// linear probing (a std::unordered_map chases a pointer per lookup). Built once.
+class MergeTable {
+ public:
+  void build(const std::vector<std::pair<uint64_t, Merge>>& merges) {
+    size_t capacity = 16;
+    while (capacity < 2 * merges.size()) capacity *= 2;
+    keys_.assign(capacity, kEmpty);
+    values_.assign(capacity, Merge{-1, -1});
+    mask_ = capacity - 1;
+    for (const auto& [key, merge] : merges) {
+      size_t i = slot(key);
+      while (keys_[i] != kEmpty && keys_[i] != key) i = (i + 1) & mask_;
+      if (keys_[i] == key) continue;  // a repeated pair keeps its first (lowest) rank
+      keys_[i] = key, values_[i] = merge;
+    }
+  }
+  const Merge* find(int32_t left, int32_t right) const {
+    uint64_t key = pair_key(left, right);
+    for (size_t i = slot(key);; i = (i + 1) & mask_) {
+      if (keys_[i] == key) return &values_[i];
+      if (keys_[i] == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t(0);  // ids are >= 0, so no pair has this key
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> 32) & mask_; }
+  std::vector<uint64_t> keys_;
+  std::vector<Merge> values_;
+  size_t mask_ = 0;
+};
+
 }  // namespace
 
 struct TokenizerImpl {
@@ -190,7 +223,8 @@ struct TokenizerImpl {
   std::vector<std::string> id_to_bytes;  // what each id decodes to
   std::array<int32_t, 256> byte_token{};        // id of each single-byte token
   std::array<std::string, 256> byte_chars;       // each byte's byte-level character (UTF-8)
-  std::unordered_map<uint64_t, Merge> merges;  // (left id, right id) -> rank, merged id
+  std::vector<std::pair<uint64_t, Merge>> merge_list;  // (left id, right id) -> rank, merged id, in rank order
+  MergeTable merges;                                    // the same, for lookup (built by finish())
   bool ignore_merges = false;                  // Llama-3: a word already in the vocabulary is one token
   bool nfc = false;
   bool add_prefix_space = false;
@@ -212,7 +246,7 @@ struct TokenizerImpl {
     auto l = token_to_id.find(left), r = token_to_id.find(right), m = token_to_id.find(left + right);
     NQ_CHECK(l != token_to_id.end() && r != token_to_id.end() && m != token_to_id.end(), source, ": merge ", rank,
              " ('", left, "' '", right, "') uses a token missing from the vocabulary");
-    merges.emplace(pair_key(l->second, r->second), Merge{rank, m->second});
+    merge_list.push_back({pair_key(l->second, r->second), Merge{rank, m->second}});
   }
 
   // After vocabulary and added tokens are in: byte tokens and decode strings.
@@ -243,6 +277,8 @@ struct TokenizerImpl {
       }
       id_to_bytes[id] = all_mapped ? bytes : t;
     }
+    merges.build(merge_list);
+    merge_list = {};
     raw_added.build();
     normalized_added.build();
   }
@@ -281,9 +317,9 @@ struct TokenizerImpl {
     heap.clear();
     auto push_pair = [&](int32_t pos) {
       if (pos < 0 || next[size_t(pos)] < 0) return;
-      auto it = merges.find(pair_key(sym[size_t(pos)], sym[size_t(next[size_t(pos)])]));
-      if (it == merges.end()) return;
-      heap.push_back({it->second.rank, pos});
+      const Merge* merge = merges.find(sym[size_t(pos)], sym[size_t(next[size_t(pos)])]);
+      if (!merge) return;
+      heap.push_back({merge->rank, pos});
       std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
     };
     for (size_t i = 0; i < n; ++i) {
@@ -299,9 +335,9 @@ struct TokenizerImpl {
       size_t pos = size_t(c.pos);
       if (sym[pos] < 0 || next[pos] < 0) continue;  // merged away since it was pushed
       size_t right = size_t(next[pos]);
-      auto it = merges.find(pair_key(sym[pos], sym[right]));
-      if (it == merges.end() || it->second.rank != c.rank) continue;  // the pair changed (ranks are unique)
-      sym[pos] = it->second.merged_id;
+      const Merge* merge = merges.find(sym[pos], sym[right]);
+      if (!merge || merge->rank != c.rank) continue;  // the pair changed (ranks are unique)
+      sym[pos] = merge->merged_id;
       sym[right] = -1;
       next[pos] = next[right];
       if (next[pos] >= 0) prev[size_t(next[pos])] = int32_t(pos);
