@@ -1,6 +1,6 @@
 // Tokenizer and chat templates against HF `tokenizers` / transformers fixtures
 // (tools/ref/make_tokenizer_fixtures.py): ids on a 2,500-string corpus with the real
-// Qwen3 tokenizer and a GPT-2 style one, round trips, chat renderings and masks,
+// Qwen3 tokenizer and GPT-2 / Llama-3 style ones, round trips, chat renderings and masks,
 // and clear errors on bad input.
 #include <doctest/doctest.h>
 
