@@ -61,8 +61,9 @@ struct ParsedData {
 ParsedData parse_jsonl(std::istream& in, const std::string& name, BadLinePolicy policy);
 ParsedData parse_jsonl_file(const std::string& path, BadLinePolicy policy);
 
-// The standard Alpaca prompt (tatsu-lab/stanford_alpaca), with or without input;
-// the model is trained on the output that follows it.
+// The standard Alpaca prompt (tatsu-lab/stanford_alpaca PROMPT_DICT), with or
+// without input. It ends with "### Response:" and, as in Alpaca's train.py, the
+// output follows directly; the model is trained on the output.
 std::string alpaca_prompt(const std::string& instruction, const std::string& input);
 
 }  // namespace nq
