@@ -53,9 +53,26 @@ struct Cursor {
     return s;
   }
   uint64_t remaining() const { return size - pos; }
+  uint64_t array_values = 0;  // array elements parsed so far, against kMaxArrayValues
 };
 
 constexpr int kMaxArrayNesting = 8;
+// Array elements are kept as GGUFValue (about 100 bytes each); real files hold
+// well under a million (vocabulary, merges, token types), so a file claiming
+// more is refused rather than allowed to exhaust memory.
+constexpr uint64_t kMaxArrayValues = 1ull << 22;
+
+// The fewest bytes one value of a type occupies in the file.
+uint64_t min_value_bytes(GGUFValueType t) {
+  switch (t) {
+    case GGUFValueType::U8: case GGUFValueType::I8: case GGUFValueType::BOOL: return 1;
+    case GGUFValueType::U16: case GGUFValueType::I16: return 2;
+    case GGUFValueType::U32: case GGUFValueType::I32: case GGUFValueType::F32: return 4;
+    case GGUFValueType::STRING: case GGUFValueType::U64: case GGUFValueType::I64: case GGUFValueType::F64: return 8;
+    case GGUFValueType::ARRAY: return 12;  // u32 type + u64 count
+  }
+  return 1;
+}
 
 GGUFValue read_value(Cursor& c, GGUFValueType type, const std::string& key, int depth) {
   GGUFValue v;
@@ -86,9 +103,12 @@ GGUFValue read_value(Cursor& c, GGUFValueType type, const std::string& key, int 
       NQ_CHECK(et <= 12, c.path, ": metadata key '", key, "': unknown array element type ", et);
       v.elem_type = GGUFValueType(et);
       uint64_t n = c.read<uint64_t>(what);
-      // Every element takes at least one byte: a longer array cannot fit.
-      NQ_CHECK(n <= c.remaining(), c.path, ": metadata key '", key, "': array length ", n,
-               " exceeds the ", c.remaining(), " bytes left in the file");
+      NQ_CHECK(n <= c.remaining() / min_value_bytes(v.elem_type), c.path, ": metadata key '", key,
+               "': array of ", n, " ", gguf_value_type_name(v.elem_type), " cannot fit in the ", c.remaining(),
+               " bytes left in the file");
+      c.array_values += n;
+      NQ_CHECK(c.array_values <= kMaxArrayValues, c.path, ": metadata key '", key, "': metadata arrays hold more than ",
+               kMaxArrayValues, " values in all (corrupt file?)");
       v.array.reserve(size_t(n));
       for (uint64_t k = 0; k < n; ++k) v.array.push_back(read_value(c, v.elem_type, key, depth + 1));
       break;
@@ -111,7 +131,7 @@ GGUFFile GGUFFile::open(const std::string& path) {
   GGUFFile g;
   g.path_ = path;
   g.map_ = MappedFile::open(path);
-  Cursor c{g.map_->data(), g.map_->size(), 0, g.path_};
+  Cursor c{g.map_->data(), g.map_->size(), 0, g.path_, 0};
 
   c.need(4, "the magic");
   NQ_CHECK(std::memcmp(c.data, "GGUF", 4) == 0, path, ": not a GGUF file (magic is not \"GGUF\")");

@@ -275,7 +275,12 @@ void save_safetensors(const std::string& path,
     host.push_back(t.to(Device::CPU));
   }
   // Pad the JSON with spaces so the data section starts 8-byte aligned.
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const json::exception& e) {  // a name or metadata value that is not UTF-8
+    throw Error(str(path, ": cannot write the header: ", e.what()));
+  }
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));

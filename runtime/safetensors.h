@@ -78,7 +78,7 @@ void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-// "F32" <-> DType::F32 etc.; unknown names throw with `what` in the message.
+// The header dtype string of a DType: DType::BF16 -> "BF16".
 const char* safetensors_dtype_name(DType t);
 
 }  // namespace nq

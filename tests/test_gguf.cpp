@@ -301,7 +301,12 @@ TEST_CASE("GGUF reader refuses corrupt files naming the file and the key or tens
   CHECK(contains(open_error(absurd.build()), "metadata count 1099511627776 cannot fit in the"));
   GGUFBuilder long_array;
   long_array.add_array("tokenizer.ggml.tokens", GGUFValueType::STRING, 1ull << 50, "");
-  CHECK(contains(open_error(long_array.build()), "metadata key 'tokenizer.ggml.tokens': array length 1125899906842624"));
+  CHECK(contains(open_error(long_array.build()),
+                 "metadata key 'tokenizer.ggml.tokens': array of 1125899906842624 string cannot fit in the"));
+  // 5M one-byte values fit in the file but not under the cap on array values.
+  GGUFBuilder many;
+  many.add_array("t.bytes", GGUFValueType::U8, 5000000, std::string(5000000, '\0'));
+  CHECK(contains(open_error(many.build()), "metadata key 't.bytes': metadata arrays hold more than 4194304 values"));
   GGUFBuilder long_string;
   long_string.add_string("general.name", "abc");
   std::string ls = long_string.build();

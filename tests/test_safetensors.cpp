@@ -232,6 +232,7 @@ TEST_CASE("safetensors writer: bad input is refused and a failed save keeps the 
                        Error);
   CHECK_THROWS_WITH_AS(save_safetensors(path, {{"u", Tensor()}}), doctest::Contains("tensor 'u' is undefined"),
                        Error);
+  CHECK_THROWS_WITH_AS(save_safetensors(path, {{"bad\xff", a}}), doctest::Contains("cannot write the header"), Error);
   // The temporary cannot be created (a directory is in the way): the save
   // fails and the previous file is untouched.
   REQUIRE(mkdir((path + ".tmp").c_str(), 0755) == 0);
