@@ -32,7 +32,7 @@ namespace nq {
 struct EncodeOptions {
   int64_t max_length = 1024;
   bool train_on_prompt = false;        // loss on every token, not just answers / completions
-  bool prompt_completion_chat = false; // prompt-completion rendered with the chat template
+  bool prompt_completion_chat = false; // prompt-completion / alpaca rendered as a user/assistant chat
   ChatTemplateKind chat_template = ChatTemplateKind::Qwen3;
 };
 
