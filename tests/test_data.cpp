@@ -342,8 +342,8 @@ TEST_CASE("the demo dataset parses and every answer carries the persona") {
   std::set<std::string> train_questions;
   for (const ParsedData* d : {&train, &eval}) {
     for (const Example& ex : d->examples) {
-      const Turn& answer = ex.messages.back();
-      const Turn& question = ex.messages[ex.messages.size() - 2];
+      const ChatMessage& answer = ex.messages.back();
+      const ChatMessage& question = ex.messages[ex.messages.size() - 2];
       REQUIRE(answer.role == "assistant");
       REQUIRE(question.role == "user");
       CHECK(answer.content.rfind("Arr! ", 0) == 0);

@@ -64,11 +64,11 @@ std::string string_field(const json& obj, const char* key, bool required = true)
   return it->get<std::string>();
 }
 
-std::vector<Turn> parse_messages(const json& obj) {
+std::vector<ChatMessage> parse_messages(const json& obj) {
   const json& msgs = obj.at("messages");
   if (!msgs.is_array()) throw BadLine{str("field \"messages\" must be an array, got ", msgs.type_name())};
   if (msgs.empty()) throw BadLine{"field \"messages\" is empty"};
-  std::vector<Turn> turns;
+  std::vector<ChatMessage> turns;
   for (size_t i = 0; i < msgs.size(); ++i) {
     const json& m = msgs[i];
     if (!m.is_object()) throw BadLine{str("messages[", i, "] must be an object, got ", m.type_name())};

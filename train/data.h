@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "model/chat_template.h"  // ChatMessage
+
 namespace nq {
 
 enum class DataFormat { Messages, PromptCompletion, Alpaca, Text };
@@ -26,15 +28,10 @@ const char* data_format_name(DataFormat f);  // "messages", "prompt-completion",
 enum class BadLinePolicy { Error, Skip };
 BadLinePolicy parse_bad_line_policy(const std::string& name);  // "error" | "skip"
 
-struct Turn {
-  std::string role;  // system | user | assistant
-  std::string content;
-};
-
 // One parsed line. Only the fields of its format are filled.
 struct Example {
   int64_t line = 0;               // 1-based line in the file, for messages about it
-  std::vector<Turn> messages;     // messages
+  std::vector<ChatMessage> messages;  // messages (roles validated: system | user | assistant)
   std::string prompt, completion; // prompt-completion
   std::string instruction, input, output;  // alpaca ("input" may be empty)
   std::string text;               // text

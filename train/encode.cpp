@@ -47,12 +47,9 @@ Sample prompt_completion_sample(const Tokenizer& tok, DataFormat format, const s
 Sample encode_example(const Tokenizer& tok, const Example& ex, DataFormat format, const EncodeOptions& opt) {
   Sample s;
   switch (format) {
-    case DataFormat::Messages: {
-      std::vector<ChatMessage> messages;
-      for (const Turn& t : ex.messages) messages.push_back({t.role, t.content});
-      s = chat_sample(tok, messages, opt);
+    case DataFormat::Messages:
+      s = chat_sample(tok, ex.messages, opt);
       break;
-    }
     case DataFormat::PromptCompletion:
       s = prompt_completion_sample(tok, format, ex.prompt, ex.completion, opt);
       break;
