@@ -55,14 +55,16 @@ void ProgressBar::finish() {
   drawn_ = false;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path) : path_(path), f_(path, std::ios::trunc) {
+MetricsWriter::MetricsWriter(const std::string& path, bool append)
+    : path_(path), f_(path, append ? std::ios::app : std::ios::trunc) {
   NQ_CHECK(f_.good(), path, ": cannot create metrics file");
 }
 
 void MetricsWriter::write(const StepMetrics& m) {
   nlohmann::json j = {{"step", m.step},           {"loss", m.loss},
                       {"lr", m.lr},               {"grad_norm", m.grad_norm},
-                      {"tokens_per_s", m.tokens_per_s}, {"mem_bytes", m.mem_bytes}};
+                      {"tokens_per_s", m.tokens_per_s}, {"mem_bytes", m.mem_bytes},
+                      {"tokens", m.tokens},       {"step_time_s", m.step_time_s}};
   // Non-finite numbers (a diverged loss) have no JSON spelling; nlohmann writes null.
   f_ << j.dump() << '\n' << std::flush;
   NQ_CHECK(f_.good(), path_, ": write failed (disk full?)");

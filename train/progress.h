@@ -4,7 +4,8 @@
 // redraws one line in place with '\r'; when stdout is a file or a pipe (logs,
 // CI) it prints a plain line every `every` steps and on the last step instead.
 // The metrics file gets one JSON object per optimizer step:
-//   {"step": 12, "loss": 1.93, "lr": 0.0002, "grad_norm": 0.84, "tokens_per_s": 5321.4, "mem_bytes": 123456789}
+//   {"step": 12, "loss": 1.93, "lr": 0.0002, "grad_norm": 0.84, "tokens_per_s": 5321.4, "mem_bytes": 123456789,
+//    "tokens": 4096, "step_time_s": 0.77}
 #pragma once
 #include <cstdint>
 #include <fstream>
@@ -20,6 +21,8 @@ struct StepMetrics {
   double grad_norm = 0.0;
   double tokens_per_s = 0.0;  // non-padding tokens processed per second, this step
   int64_t mem_bytes = 0;      // peak device memory so far
+  int64_t tokens = 0;         // non-padding tokens of this step (all its micro-batches)
+  double step_time_s = 0.0;   // wall time of this step
 };
 
 // "1h02m", "3m05s", "42s".
@@ -47,7 +50,8 @@ class ProgressBar {
 
 class MetricsWriter {
  public:
-  explicit MetricsWriter(const std::string& path);  // truncates; throws if it cannot be created
+  // Truncates (or appends to, when continuing a resumed run); throws if it cannot be opened.
+  explicit MetricsWriter(const std::string& path, bool append = false);
   void write(const StepMetrics& m);                 // one line, flushed (survives a crash)
  private:
   std::string path_;

@@ -1,0 +1,428 @@
+// train/: the trainer against the seed's Python stack, and its run control.
+//
+// Parity: tests/fixtures/qlora (tools/ref/make_qlora_fixtures.py) holds 20
+// optimizer steps of transformers + bitsandbytes (NF4, double quant) + PEFT
+// (all-linear) + torch AdamW + cosine warmup on a tiny random Qwen3: every
+// step's loss, grad norm and lr, the initial adapter and the final one. We start
+// from the same base and adapter, feed the same batches through train_step and
+// compare everything.
+//
+// Run control (resume, checkpoints, options, bad input) runs the whole train()
+// on a tiny random Qwen3 written into a temp folder with the small test BPE
+// tokenizer (tests/fixtures/tokenizer/gpt2, which has the ChatML tokens).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "lora/adapter.h"
+#include "model/decoder.h"
+#include "optim/schedule.h"
+#include "runtime/philox.h"
+#include "runtime/safetensors.h"
+#include "tests/temp_dir.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+using namespace nq;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kQlora = "tests/fixtures/qlora/";
+
+double rel_diff(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); }
+
+// ||a - b|| / ||b|| over two f32 tensors of the same shape.
+double rel_l2(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  std::vector<float> x = a.to_vector(), y = b.to_vector();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+    den += double(y[i]) * y[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  REQUIRE(f.good());
+  return nlohmann::json::parse(f);
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  REQUIRE(f.good());
+}
+
+// A tiny random Qwen3 (D 32, 2 layers, GQA 4/2) with the test tokenizer, in `dir`.
+void write_tiny_model(const std::string& dir) {
+  const std::string tok_dir = "tests/fixtures/tokenizer/gpt2/";
+  fs::copy_file(tok_dir + "tokenizer.json", dir + "/tokenizer.json");
+  write_file(dir + "/tokenizer_config.json", R"({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})");
+  const int64_t V = 1003, D = 32, F = 48, L = 2, Hq = 4, Hkv = 2, Dh = 16;
+  write_file(dir + "/config.json", nlohmann::json{{"model_type", "qwen3"}, {"hidden_size", D},
+                                                  {"intermediate_size", F}, {"num_hidden_layers", L},
+                                                  {"num_attention_heads", Hq}, {"num_key_value_heads", Hkv},
+                                                  {"head_dim", Dh}, {"vocab_size", V}, {"tie_word_embeddings", true},
+                                                  {"rope_theta", 10000.0}, {"rms_norm_eps", 1e-6},
+                                                  {"max_position_embeddings", 256}, {"hidden_act", "silu"},
+                                                  {"torch_dtype", "float32"}}
+                                       .dump());
+  uint64_t stream = 0;
+  auto random = [&](Shape shape, float scale) {  // U(-scale, scale), Philox seed 99
+    Tensor t = Tensor::empty(shape);
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = scale * (2.0f * philox_uniform(99, stream, uint64_t(i)) - 1.0f);
+    stream += uint64_t(t.numel());
+    return t;
+  };
+  std::vector<std::pair<std::string, Tensor>> w;
+  w.emplace_back("model.embed_tokens.weight", random({V, D}, 0.5f));
+  w.emplace_back("model.norm.weight", Tensor::full({D}, 1.0f));
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = str("model.layers.", l, ".");
+    w.emplace_back(p + "input_layernorm.weight", Tensor::full({D}, 1.0f));
+    w.emplace_back(p + "post_attention_layernorm.weight", Tensor::full({D}, 1.0f));
+    w.emplace_back(p + "self_attn.q_norm.weight", Tensor::full({Dh}, 1.0f));
+    w.emplace_back(p + "self_attn.k_norm.weight", Tensor::full({Dh}, 1.0f));
+    w.emplace_back(p + "self_attn.q_proj.weight", random({Hq * Dh, D}, 0.2f));
+    w.emplace_back(p + "self_attn.k_proj.weight", random({Hkv * Dh, D}, 0.2f));
+    w.emplace_back(p + "self_attn.v_proj.weight", random({Hkv * Dh, D}, 0.2f));
+    w.emplace_back(p + "self_attn.o_proj.weight", random({D, Hq * Dh}, 0.2f));
+    w.emplace_back(p + "mlp.gate_proj.weight", random({F, D}, 0.2f));
+    w.emplace_back(p + "mlp.up_proj.weight", random({F, D}, 0.2f));
+    w.emplace_back(p + "mlp.down_proj.weight", random({D, F}, 0.2f));
+  }
+  save_safetensors(dir + "/model.safetensors", w);
+}
+
+// 16 short chats, one per line; sample i's answer has i words.
+std::string chat_jsonl(int n = 16) {
+  std::string s;
+  for (int i = 0; i < n; ++i) {
+    std::string answer = "Answer:";
+    for (int k = 0; k <= i; ++k) answer += str(" word", k);
+    s += nlohmann::json{{"messages", {{{"role", "user"}, {"content", str("Question number ", i, "?")}},
+                                      {{"role", "assistant"}, {"content", answer}}}}}
+             .dump() +
+         "\n";
+  }
+  return s;
+}
+
+// A temp folder with the tiny model and data, and a config that trains on them.
+struct TinyRun {
+  TempDir tmp;
+  TrainConfig cfg;
+  TinyRun() {
+    fs::create_directory(tmp / "model");
+    write_tiny_model(tmp / "model");
+    write_file(tmp / "train.jsonl", chat_jsonl());
+    cfg.model = tmp / "model";
+    cfg.data = tmp / "train.jsonl";
+    cfg.out = tmp / "out";
+    cfg.r = 4;
+    cfg.alpha = 8;
+    cfg.dropout = 0.1;  // exercises the RNG replay on resume
+    cfg.lr = 2e-3;
+    cfg.warmup_steps = 1;
+    cfg.max_steps = 6;
+    cfg.batch_size = 2;
+    cfg.grad_accum = 2;
+    cfg.max_length = 48;
+    cfg.seed = 7;
+    cfg.no_progress = true;
+  }
+};
+
+TrainResult run(const TrainConfig& cfg, const TrainerHooks& hooks = {}) {
+  std::ostringstream log;
+  return train(cfg, log, hooks);
+}
+
+std::string train_error(const TrainConfig& cfg) {
+  try {
+    run(cfg);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+std::string parse_error(std::vector<std::string> args) {
+  std::vector<char*> argv{const_cast<char*>("finetune")};
+  for (std::string& a : args) argv.push_back(a.data());
+  TrainConfig cfg;
+  try {
+    parse_train_args(int(argv.size()), argv.data(), &cfg);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("trainer: 20 QLoRA steps match transformers + bitsandbytes + PEFT + torch AdamW (fixtures/qlora)") {
+  const nlohmann::json trace = read_json(kQlora + "trace.json");
+  const nlohmann::json& hp = trace["hyperparameters"];
+  Decoder model = Decoder::load(kQlora + "model");
+  for (Linear* l : model.linears()) l->quantize_nf4();
+  AdapterConfig adapter = load_peft_adapter(kQlora + "adapter_init", model);
+  CHECK(adapter.lora.r == hp["r"].get<int64_t>());
+  AdamW optimizer(adapter_parameters(model), AdamWConfig{hp["betas"][0], hp["betas"][1], hp["eps"], hp["weight_decay"]});
+  CHECK(optimizer.params().size() == 2 * 7 * 2);  // A and B of 7 projections x 2 layers
+
+  LrSchedule schedule;
+  schedule.kind = ScheduleKind::Cosine;
+  schedule.base_lr = hp["lr"];
+  schedule.warmup_steps = hp["warmup_steps"];
+  schedule.total_steps = hp["steps"];
+
+  SafetensorsFile batches = SafetensorsFile::open(kQlora + "batches.safetensors");
+  const Tensor ids = batches.get("input_ids"), labels = batches.get("labels");  // [steps*accum, B, T]
+  const int64_t accum = hp["grad_accum"], B = hp["batch"], T = hp["seq"];
+  for (const nlohmann::json& want : trace["steps"]) {
+    const int64_t step = want["step"];
+    std::vector<DecoderBatch> micro;
+    for (int64_t m = (step - 1) * accum; m < step * accum; ++m) {
+      DecoderBatch b;
+      b.ids = ids.slice(m, m + 1).view({B, T});
+      b.labels = shift_hf_labels(labels.slice(m, m + 1), B, T).view({B, T});
+      b.labels_shifted = true;
+      micro.push_back(b);
+    }
+    const double lr = schedule.lr(step - 1);
+    CHECK(rel_diff(lr, want["lr"]) <= 1e-12);
+    StepResult r = train_step(model, optimizer, micro, lr, hp["max_grad_norm"], step);
+    INFO("step ", step, ": loss ", r.loss, " vs ", want["loss"].get<double>(), ", grad_norm ", r.grad_norm, " vs ",
+         want["grad_norm"].get<double>());
+    CHECK(r.targets == want["tokens"].get<int64_t>());
+    CHECK(rel_diff(r.loss, want["loss"]) < 1e-4);
+    CHECK(rel_diff(r.grad_norm, want["grad_norm"]) < 1e-3);
+  }
+
+  SafetensorsFile final_adapter = SafetensorsFile::open(kQlora + "adapter_final/adapter_model.safetensors");
+  int compared = 0;
+  for (Linear* l : model.linears()) {
+    for (auto [suffix, var] : {std::pair<const char*, Var>{".lora_A.weight", l->lora().A}, {".lora_B.weight", l->lora().B}}) {
+      const std::string key = "base_model.model." + l->name() + suffix;
+      INFO(key);
+      CHECK(rel_l2(var.value(), final_adapter.get(key)) < 1e-3);
+      ++compared;
+    }
+  }
+  CHECK(compared == int(final_adapter.names().size()));
+}
+
+TEST_CASE("trainer: a non-finite loss stops with an error naming the step, parameters untouched") {
+  Decoder model = Decoder::load(kQlora + "model");
+  load_peft_adapter(kQlora + "adapter_init", model);
+  AdamW optimizer(adapter_parameters(model), AdamWConfig{});
+  Tensor a = model.linears()[0]->lora().A.value();
+  a.data<float>()[0] = NAN;
+  const Tensor b_before = model.linears()[0]->lora().B.value().clone();
+  SafetensorsFile batches = SafetensorsFile::open(kQlora + "batches.safetensors");
+  DecoderBatch b;
+  b.ids = batches.get("input_ids").slice(0, 1).view({2, 16});
+  b.labels = shift_hf_labels(batches.get("labels").slice(0, 1), 2, 16).view({2, 16});
+  b.labels_shifted = true;
+  CHECK_THROWS_WITH_AS(train_step(model, optimizer, {b}, 1e-3, 1.0, 17), doctest::Contains("step 17: loss is nan"),
+                       Error);
+  CHECK(rel_l2(model.linears()[0]->lora().B.value(), b_before) == 0.0);
+}
+
+TEST_CASE("trainer: resuming from a checkpoint reproduces the uninterrupted run bit for bit") {
+  TinyRun straight;
+  straight.cfg.eval_split = 3;
+  straight.cfg.eval_every = 2;
+  TrainResult a = run(straight.cfg);
+  REQUIRE(a.steps.size() == 6);
+  CHECK(a.evals.size() == 3);  // steps 2, 4 and the end
+  CHECK(fs::exists(straight.cfg.out + "/adapter_model.safetensors"));
+  CHECK(fs::exists(straight.cfg.out + "/checkpoint-6/optimizer.safetensors"));
+  // The loss moves: the run trains something.
+  CHECK(a.steps.back().loss < a.steps.front().loss);
+
+  TinyRun split;  // same data and settings, stopped after step 3 (as Ctrl-C does) and resumed
+  split.cfg.eval_split = 3;
+  split.cfg.eval_every = 2;
+  TrainResult first = run(split.cfg, {[](const StepMetrics& m) { if (m.step == 3) request_stop(); }});
+  CHECK(first.interrupted);
+  REQUIRE(first.steps.size() == 3);
+  CHECK(first.last_checkpoint == split.cfg.out + "/checkpoint-3");
+  CHECK_FALSE(fs::exists(split.cfg.out + "/adapter_model.safetensors"));  // not finished
+  TrainConfig again = split.cfg;
+  again.resume = first.last_checkpoint;
+  TrainResult second = run(again);
+  REQUIRE(second.steps.size() == 3);
+  CHECK(second.steps.front().step == 4);
+
+  std::vector<StepMetrics> joined = first.steps;
+  joined.insert(joined.end(), second.steps.begin(), second.steps.end());
+  for (size_t i = 0; i < 6; ++i) {
+    INFO("step ", i + 1);
+    CHECK(joined[i].loss == a.steps[i].loss);  // exact
+    CHECK(joined[i].grad_norm == a.steps[i].grad_norm);
+    CHECK(joined[i].lr == a.steps[i].lr);
+    CHECK(joined[i].tokens == a.steps[i].tokens);
+  }
+  REQUIRE(second.evals.size() == 2);  // step 4 and the end
+  CHECK(second.evals.back().second == a.evals.back().second);
+  SafetensorsFile fa = SafetensorsFile::open(straight.cfg.out + "/adapter_model.safetensors");
+  SafetensorsFile fb = SafetensorsFile::open(split.cfg.out + "/adapter_model.safetensors");
+  for (const std::string& key : fa.names()) {
+    INFO(key);
+    CHECK(rel_l2(fb.get(key), fa.get(key)) == 0.0);
+  }
+  // The metrics file of the resumed run continues the first one.
+  std::ifstream metrics(split.cfg.out + "/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line); ++lines)
+    CHECK(nlohmann::json::parse(line)["step"].get<int>() == lines + 1);
+  CHECK(lines == 6);
+
+  SUBCASE("resuming with a different setting is refused, naming it") {
+    again.lr = 1e-3;
+    CHECK(train_error(again).find("option \"lr\" differs") != std::string::npos);
+  }
+}
+
+TEST_CASE("trainer: a checkpoint that fails half-way leaves the previous one intact and loadable") {
+  TinyRun t;
+  t.cfg.max_steps = 4;
+  t.cfg.save_every = 2;
+  int optimizer_saves = 0;
+  set_checkpoint_fault_hook([&](const std::string& file) {
+    if (file == "optimizer" && ++optimizer_saves == 2) throw Error("injected failure while saving");
+  });
+  std::vector<StepMetrics> seen;
+  std::string err;
+  try {
+    run(t.cfg, {[&](const StepMetrics& m) { seen.push_back(m); }});
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  set_checkpoint_fault_hook(nullptr);
+  CHECK(err == "injected failure while saving");
+  REQUIRE(seen.size() == 4);
+  CHECK(fs::exists(t.cfg.out + "/checkpoint-2/adapter_model.safetensors"));
+  CHECK_FALSE(fs::exists(t.cfg.out + "/checkpoint-4"));
+  CHECK_FALSE(fs::exists(t.cfg.out + "/.checkpoint-4.tmp"));
+
+  TrainConfig resume = t.cfg;
+  resume.resume = t.cfg.out + "/checkpoint-2";
+  TrainResult r = run(resume);
+  REQUIRE(r.steps.size() == 2);
+  CHECK(r.steps[0].loss == seen[2].loss);
+  CHECK(r.steps[1].loss == seen[3].loss);
+  CHECK(fs::exists(t.cfg.out + "/checkpoint-4/trainer_state.json"));
+  CHECK(read_json(t.cfg.out + "/checkpoint-4/trainer_state.json")["step"] == 4);
+}
+
+TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the option") {
+  CHECK(parse_error({"--model", "m"}) == "--data is required (see --help)");
+  CHECK(parse_error({"--data", "d"}) == "--model is required (see --help)");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--bogus"}) == "unknown flag '--bogus' (see --help)");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--lr", "fast"}) == "--lr: expected a number, got 'fast'");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--r", "1.5"}) == "--r: expected an integer, got '1.5'");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--r", "0"}) == "--r must be > 0, got 0");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--lr", "0"}) == "--lr must be a finite number > 0, got 0");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--lr", "inf"}).find("--lr must be a finite number > 0") == 0);
+  CHECK(parse_error({"--model", "m", "--data", "d", "--lr", "nan"}).find("--lr must be a finite number > 0") == 0);
+  CHECK(parse_error({"--model", "m", "--data", "d", "--schedule", "step"}).find("--schedule: ") == 0);
+  CHECK(parse_error({"--model", "m", "--data", "d", "--device", "cuda"}).find("--device cuda: ") == 0);
+  CHECK(parse_error({"--model", "m", "--data", "d", "--epochs"}) == "--epochs needs a value (see --help)");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--eval-data", "e", "--eval-split", "0.1"}) ==
+        "--eval-data and --eval-split exclude each other");
+
+  TempDir tmp;
+  write_file(tmp / "c.json", R"({"model": "m", "data": "d", "r": 8, "targets": ["q_proj", "v_proj"], "packing": true})");
+  std::string config = tmp / "c.json";
+  std::vector<std::string> args{"finetune", "--config", config, "--r", "32", "--optim", "paged_adamw"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  TrainConfig cfg;
+  REQUIRE(parse_train_args(int(argv.size()), argv.data(), &cfg));
+  CHECK(cfg.r == 32);  // the flag wins over the file
+  CHECK(cfg.packing);
+  CHECK(cfg.targets == std::vector<std::string>{"q_proj", "v_proj"});
+  CHECK(cfg.lr == 2e-4);  // untouched default
+  // The config round-trips through its JSON (the checkpoint copy).
+  TrainConfig back;
+  back.apply_json(cfg.to_json(), "copy");
+  CHECK(back.to_json() == cfg.to_json());
+  CHECK(back.trajectory_difference(cfg).empty());
+
+  write_file(tmp / "bad.json", R"({"model": "m", "data": "d", "rank": 8})");
+  CHECK(parse_error({"--config", tmp / "bad.json"}) ==
+        tmp / "bad.json" + ": unknown key \"rank\" (keys are the flags of --help with _ for -)");
+  write_file(tmp / "typed.json", R"({"model": "m", "data": "d", "r": "16"})");
+  CHECK(parse_error({"--config", tmp / "typed.json"}) == tmp / "typed.json" + ": \"r\": expected an integer, got \"16\"");
+  write_file(tmp / "broken.json", R"({"model": )");
+  CHECK(parse_error({"--config", tmp / "broken.json"}).find(tmp / "broken.json" + ": invalid JSON") == 0);
+  CHECK(parse_error({"--config", tmp / "missing.json"}) == "--config " + tmp / "missing.json" + ": cannot read the file");
+}
+
+TEST_CASE("trainer: bad runs fail early with a message naming the cause") {
+  TinyRun t;
+  SUBCASE("an output folder that cannot be written is reported before the model loads") {
+    write_file(t.tmp / "file", "x");
+    t.cfg.out = t.tmp / "file/out";
+    t.cfg.model = t.tmp / "no-such-model";
+    CHECK(train_error(t.cfg).find("--out " + t.tmp / "file/out" + ": cannot create the folder") == 0);
+  }
+  SUBCASE("an empty dataset") {
+    write_file(t.tmp / "empty.jsonl", "\n\n");
+    t.cfg.data = t.tmp / "empty.jsonl";
+    CHECK(train_error(t.cfg).find(t.tmp / "empty.jsonl") == 0);
+  }
+  SUBCASE("targets that match nothing list the module names") {
+    t.cfg.targets = {"qkv_proj"};
+    const std::string e = train_error(t.cfg);
+    CHECK(e.find("\"qkv_proj\" matches no module") != std::string::npos);
+    CHECK(e.find("down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj") != std::string::npos);
+  }
+  SUBCASE("a bad line under on-bad-line=error names file and line; skip counts it") {
+    write_file(t.tmp / "bad.jsonl", chat_jsonl(4) + "{\"messages\": 3}\n");
+    t.cfg.data = t.tmp / "bad.jsonl";
+    CHECK(train_error(t.cfg).find(t.tmp / "bad.jsonl:5: ") == 0);
+    t.cfg.on_bad_line = "skip";
+    t.cfg.max_steps = 1;
+    std::ostringstream log;
+    train(t.cfg, log);
+    CHECK(log.str().find("1 bad lines skipped") != std::string::npos);
+  }
+}
+
+TEST_CASE("trainer: samples longer than --max-length are truncated and counted; the memory plan is printed") {
+  TinyRun t;
+  t.cfg.max_length = 16;  // the longer answers exceed it
+  t.cfg.max_steps = 2;
+  t.cfg.packing = true;
+  std::ostringstream log;
+  TrainResult r = train(t.cfg, log);
+  CHECK(r.steps.size() == 2);
+  const std::string s = log.str();
+  INFO(s);
+  CHECK(s.find("16 training samples") != std::string::npos);
+  const size_t at = s.find(" truncated to 16 tokens");
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stoi(s.substr(s.rfind(' ', at - 1) + 1)) > 0);
+  CHECK(s.find("memory plan") != std::string::npos);
+  CHECK(s.find("measured CPU allocator peak in step 1") != std::string::npos);
+  // Every metrics line has the documented fields.
+  std::ifstream metrics(t.cfg.out + "/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s", "mem_bytes"})
+      CHECK(j.contains(key));
+    CHECK(j["tokens"].get<int64_t>() > 0);
+  }
+}

@@ -1,0 +1,61 @@
+// Training checkpoints: everything needed to continue a run exactly where it
+// stopped, in one folder OUT/checkpoint-STEP/:
+//
+//   adapter_config.json, adapter_model.safetensors   the LoRA weights (PEFT format: loadable by peft too)
+//   optimizer.safetensors     AdamW moments + step count per parameter (optim/adamw.h state_dict)
+//   trainer_state.json        {"step", "rng_seed", "rng_offset", "data_epoch", "data_index", "tokens_seen"}
+//   train_config.json         the run's TrainConfig (train/train_config.h)
+//
+// The schedule needs no state of its own: lr is a function of the step. The RNG
+// state (runtime/rng.h) replays the same dropout masks, the data position the
+// same batches, so a resumed run computes bit-identical losses.
+//
+// Atomicity: the files are written into OUT/.checkpoint-STEP.tmp/, fsync'ed,
+// and the folder is renamed to checkpoint-STEP only when all are complete. A
+// crash or an error in the middle leaves at most a .tmp folder (removed on
+// error) and every earlier checkpoint untouched.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "lora/adapter.h"
+#include "optim/adamw.h"
+#include "runtime/rng.h"
+#include "train/batch.h"
+#include "train/train_config.h"
+
+namespace nq {
+
+class Decoder;
+
+struct TrainerState {
+  int64_t step = 0;         // optimizer steps completed
+  RngState rng;             // the process RNG after that step
+  DataPosition data;        // where the next micro-batch starts
+  int64_t tokens_seen = 0;  // non-padding tokens trained on so far
+};
+
+// Writes OUT/checkpoint-<state.step>/ atomically (replacing one of the same
+// step) and returns its path.
+std::string save_checkpoint(const std::string& out_dir, Decoder& model, const AdapterConfig& adapter,
+                            const AdamW& optimizer, const TrainerState& state, const TrainConfig& config);
+
+// The config a checkpoint was trained with (train_config.json).
+TrainConfig read_checkpoint_config(const std::string& dir);
+
+// Reads trainer_state.json and loads optimizer.safetensors into `optimizer`
+// (whose parameters must be the adapter loaded from the same folder with
+// load_peft_adapter). Errors name the file and the field or tensor.
+TrainerState load_checkpoint_state(const std::string& dir, AdamW& optimizer);
+
+// Creates `dir` if needed and checks that a file can be written in it; the
+// error names `flag` (e.g. "--out") and the OS reason.
+void ensure_writable_dir(const std::string& dir, const std::string& flag);
+
+// Test hook: called after each checkpoint file is written, with its name
+// ("adapter", "optimizer", "trainer_state", "train_config"); it may throw to
+// simulate a crash in the middle of a save. Empty function = no hook.
+void set_checkpoint_fault_hook(std::function<void(const std::string& file)> hook);
+
+}  // namespace nq

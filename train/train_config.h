@@ -1,0 +1,77 @@
+// The settings of one fine-tuning run (./train), from command-line flags and/or
+// a JSON file (--config FILE.json) with the same keys.
+//
+// Every setting is declared once, in a table (train_config.cpp): the flag
+// "--warmup-steps" and the JSON key "warmup_steps" are the same option, so
+// --help, the flag parser, the JSON reader and the checkpoint's copy of the
+// config cannot drift apart. Precedence: defaults < --config file < flags.
+// The defaults follow the seed's TRL SFTConfig + PEFT LoraConfig (r 16,
+// alpha 32, dropout 0.05, all-linear, lr 2e-4, cosine, 1 epoch, clip 1.0).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nq {
+
+struct TrainConfig {
+  // ---- inputs and outputs
+  std::string model;       // HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
+  std::string data;        // training JSONL (train/data.h formats)
+  std::string eval_data;   // held-out JSONL; or ...
+  double eval_split = 0;   // ... a fraction (< 1) or a count (>= 1) of --data held out for eval
+  std::string out = "out"; // adapter, checkpoints
+  std::string metrics;     // metrics JSONL ("" = <out>/metrics.jsonl)
+  std::string resume;      // a checkpoint directory to continue from
+  // ---- LoRA
+  int64_t r = 16;
+  double alpha = 32;
+  double dropout = 0.05;
+  std::vector<std::string> targets{"all-linear"};
+  bool rslora = false;
+  // ---- optimisation
+  double lr = 2e-4;
+  std::string schedule = "cosine";  // constant | linear | cosine
+  int64_t warmup_steps = 0;         // wins over warmup_ratio when > 0
+  double warmup_ratio = 0;
+  int64_t epochs = 1;
+  int64_t max_steps = 0;            // > 0: stop after this many optimizer steps (overrides epochs)
+  int64_t batch_size = 1;
+  int64_t grad_accum = 1;
+  int64_t max_length = 1024;
+  bool packing = false;
+  std::string optim = "adamw";      // adamw | paged_adamw (on the CPU both are plain AdamW)
+  double weight_decay = 0;
+  double max_grad_norm = 1.0;       // 0: no clipping
+  uint64_t seed = 42;
+  // ---- run control
+  int64_t log_every = 10;           // progress lines when stdout is not a terminal
+  int64_t eval_every = 0;           // 0: eval only at the end
+  int64_t save_every = 0;           // 0: checkpoint only at the end
+  bool no_grad_checkpoint = false;
+  std::string device = "auto";      // auto | cpu | cuda
+  std::string on_bad_line = "error";  // error | skip
+  bool no_quant = false;            // dense f32 base (debugging)
+  int64_t threads = 0;              // 0: all cores (OpenMP default)
+  bool no_progress = false;
+
+  // Applies a JSON object's keys (`source` names the file in errors).
+  void apply_json(const std::string& json_text, const std::string& source);
+  // The whole config as a JSON object (checkpoints, --config files).
+  std::string to_json() const;
+  // Range and consistency checks; errors name the flag.
+  void validate() const;
+  // Whether this run and a checkpoint's config would produce different losses;
+  // returns the first differing key ("" when they agree). Paths to outputs,
+  // logging and run length do not count.
+  std::string trajectory_difference(const TrainConfig& other) const;
+};
+
+// Parses argv (defaults < --config FILE < flags) and validates. Returns false
+// when --help was given (the help text is then printed to stdout).
+bool parse_train_args(int argc, char** argv, TrainConfig* cfg);
+
+// The --help text, listing every option with its default.
+std::string train_help();
+
+}  // namespace nq

@@ -1,0 +1,357 @@
+// The trainer loop (see trainer.h and docs/training.md).
+#include "train/trainer.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+
+#include "autograd/var.h"
+#include "lora/adapter.h"
+#include "model/chat_template.h"
+#include "model/tokenizer.h"
+#include "optim/accumulation.h"
+#include "optim/clip.h"
+#include "optim/schedule.h"
+#include "runtime/rng.h"
+#include "train/checkpoint.h"
+#include "train/encode.h"
+
+namespace nq {
+
+namespace {
+
+std::atomic<bool> g_stop_requested{false};
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// LoRA dropout off for a scope (evaluation), restored after.
+class DropoutOff {
+ public:
+  explicit DropoutOff(Decoder& model) {
+    for (Linear* l : model.linears())
+      if (l->has_lora()) saved_.emplace_back(&l->lora(), std::exchange(l->lora().dropout, 0.0f));
+  }
+  ~DropoutOff() {
+    for (auto& [lora, p] : saved_) lora->dropout = p;
+  }
+
+ private:
+  std::vector<std::pair<LoraLinear*, float>> saved_;
+};
+
+std::string bytes_line(const char* what, int64_t bytes) { return str("  ", what, format_bytes(size_t(bytes)), "\n"); }
+
+}  // namespace
+
+void request_stop() { g_stop_requested.store(true); }
+
+DecoderBatch decoder_batch(const Batch& b) {
+  DecoderBatch d;
+  d.ids = b.input_ids.view({b.B, b.T});
+  d.labels = b.labels.view({b.B, b.T});
+  d.labels_shifted = true;
+  d.positions = b.positions.view({b.B, b.T});
+  d.segment_ids = b.segment_ids.view({b.B, b.T});
+  return d;
+}
+
+int64_t count_targets(const DecoderBatch& batch) {
+  NQ_CHECK(batch.labels_shifted, "count_targets: labels must be shifted (train/batch.h convention)");
+  Tensor labels = batch.labels.to(Device::CPU);
+  const int32_t* l = labels.data<int32_t>();
+  int64_t n = 0;
+  for (int64_t i = 0; i < labels.numel(); ++i) n += l[i] != kIgnoreLabel;
+  return n;
+}
+
+StepResult train_step(const Decoder& model, AdamW& optimizer, const std::vector<DecoderBatch>& micro, double lr,
+                      double max_grad_norm, int64_t step) {
+  std::vector<int64_t> targets;
+  StepResult r;
+  for (const DecoderBatch& b : micro) r.targets += targets.emplace_back(count_targets(b));
+  NQ_CHECK(r.targets > 0, "step ", step, ": no counted targets in the ", micro.size(), " micro-batches");
+
+  // L = sum over the window's targets of CE / N. Micro-batch i contributes its
+  // mean l_i times n_i / N; backward of that scaled loss adds its share of dL.
+  for (size_t i = 0; i < micro.size(); ++i) {
+    if (targets[i] == 0) continue;  // all padding: contributes nothing
+    const double scale = micro_batch_loss_scale(AccumulationNorm::Tokens, targets[i], r.targets, int64_t(micro.size()));
+    Var loss = model.forward_loss(micro[i]);  // [1], mean over its targets
+    const double li = loss.value().to_vector()[0];
+    NQ_CHECK(std::isfinite(li), "step ", step, ": loss is ", li, " (micro-batch ", i + 1, " of ", micro.size(),
+             "); training diverged or the data is broken; lower --lr or check the data");
+    r.loss += scale * li;
+    backward(loss, Tensor::full({1}, float(scale)));
+  }
+
+  const std::vector<Var>& params = optimizer.params();
+  r.grad_norm = max_grad_norm > 0 ? clip_grad_norm(params, float(max_grad_norm)) : grad_global_norm(params);
+  if (!std::isfinite(r.grad_norm)) {
+    optimizer.zero_grad();
+    throw Error(str("step ", step, ": gradient norm is ", r.grad_norm, " (loss ", r.loss,
+                    "); training diverged; lower --lr"));
+  }
+  optimizer.step(lr);
+  optimizer.zero_grad();
+  return r;
+}
+
+EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
+                          const LoaderOptions& options) {
+  LoaderOptions opt = options;
+  opt.shuffle = false;
+  DataLoader loader(samples, subset, opt);
+  DropoutOff no_dropout(model);
+  NoGrad no_grad;
+  double sum = 0;
+  EvalLoss e;
+  for (int64_t i = 0, n = loader.batches_in_epoch(0); i < n; ++i) {
+    Batch b = loader.next();
+    if (b.n_targets == 0) continue;
+    sum += double(model.forward_loss(decoder_batch(b)).value().to_vector()[0]) * double(b.n_targets);
+    e.targets += b.n_targets;
+  }
+  e.loss = e.targets > 0 ? sum / double(e.targets) : NAN;
+  return e;
+}
+
+MemoryPlan plan_memory(Decoder& model, int64_t tokens, bool checkpointing, int64_t ce_chunk_rows) {
+  const ModelConfig& c = model.config();
+  MemoryPlan p;
+  for (const Var& w : model.parameters()) p.weights += int64_t(w.value().nbytes());
+  int64_t r_sum = 0;  // sum of ranks over the adapted projections (each saves h [N, r])
+  for (Linear* l : model.linears()) {
+    if (l->is_nf4()) {
+      const Nf4Tensor& q = *l->nf4();
+      p.weights += int64_t(q.packed.nbytes() + q.absmax.nbytes()) +
+                   (q.double_quant ? int64_t(q.nested_absmax.nbytes() + q.nested_code.nbytes()) : 0);
+    }
+    if (l->has_lora()) {
+      p.lora += 2 * int64_t(l->lora().A.value().nbytes() + l->lora().B.value().nbytes());  // values + gradients
+      p.optimizer += 2 * int64_t(l->lora().A.value().nbytes() + l->lora().B.value().nbytes());  // exp_avg, exp_avg_sq
+      r_sum += l->lora().A.shape()[0];
+    }
+  }
+  // f32 activations saved for backward by one layer, per token (model/decoder.h):
+  // norms' inputs/outputs, q/k through q_norm + RoPE, v, attention out, the MLP's gate/up/act, LoRA h.
+  const int64_t L = c.num_layers, D = c.hidden_size, F = c.intermediate_size;
+  const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  const int64_t per_layer = 5 * D + 4 * q + 4 * kv + 3 * F + (r_sum / std::max<int64_t>(1, L));
+  const int64_t layers_kept = checkpointing ? L * D + per_layer : L * per_layer;  // checkpoints + one recomputed layer
+  const int64_t head = 2 * D + 2 * std::min(tokens, ce_chunk_rows) * c.vocab_size / std::max<int64_t>(1, tokens);
+  p.activations = 4 * tokens * (layers_kept + head);
+  return p;
+}
+
+TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks& hooks) {
+  cfg.validate();
+  if (cfg.threads > 0) {
+    omp_set_num_threads(int(cfg.threads));
+    openblas_set_num_threads(int(cfg.threads));
+  }
+  // Everything that can fail cheaply fails before the model is loaded.
+  ensure_writable_dir(cfg.out, "--out");
+  const std::string metrics_path = cfg.metrics.empty() ? cfg.out + "/metrics.jsonl" : cfg.metrics;
+  TrainConfig resumed_from;
+  if (!cfg.resume.empty()) {
+    resumed_from = read_checkpoint_config(cfg.resume);
+    const std::string diff = cfg.trajectory_difference(resumed_from);
+    NQ_CHECK(diff.empty(), "--resume ", cfg.resume, ": option \"", diff,
+             "\" differs from the checkpoint's train_config.json; resuming needs the same settings");
+  }
+  MetricsWriter metrics(metrics_path, /*append=*/!cfg.resume.empty());
+  log << "device: cpu (" << omp_get_max_threads() << " threads)" << (cfg.optim == "paged_adamw" ?
+      "; paged_adamw = adamw on the CPU (paging only matters for GPU memory)" : "") << "\n";
+
+  // ---- model: load, quantize, adapters
+  rng_seed(cfg.seed);
+  DecoderOptions dopt;
+  dopt.checkpointing = !cfg.no_grad_checkpoint;
+  auto t_load = Clock::now();
+  Decoder model = Decoder::load(cfg.model, dopt);
+  Tokenizer tok = Tokenizer::from_file(cfg.model + "/tokenizer.json");
+  if (!cfg.no_quant)
+    for (Linear* l : model.linears()) l->quantize_nf4();
+  AdapterConfig adapter;
+  adapter.lora = {cfg.r, float(cfg.alpha), float(cfg.dropout), cfg.rslora};
+  adapter.target_modules = cfg.targets;
+  adapter.base_model_name_or_path = cfg.model;
+  if (cfg.resume.empty()) attach_adapters(model, adapter);
+  else load_peft_adapter(cfg.resume, model);
+  std::vector<Var> params = adapter_parameters(model);
+  AdamW optimizer(params, AdamWConfig{0.9, 0.999, 1e-8, cfg.weight_decay});
+  int64_t n_trainable = 0;
+  for (const Var& p : params) n_trainable += p.value().numel();
+  log << "model: " << model.config().summary() << (cfg.no_quant ? ", dense f32 base" : ", NF4 base") << ", "
+      << params.size() / 2 << " LoRA modules (r " << cfg.r << "), " << n_trainable << " trainable parameters; loaded in "
+      << format_duration(seconds_since(t_load)) << "\n";
+
+  // ---- data
+  EncodeOptions enc;
+  enc.max_length = cfg.max_length;
+  enc.chat_template = model.config().model_type == "qwen3" ? ChatTemplateKind::Qwen3 : ChatTemplateKind::ChatML;
+  const BadLinePolicy policy = parse_bad_line_policy(cfg.on_bad_line);
+  Dataset data = load_dataset(cfg.data, tok, enc, policy);
+  Dataset eval_data;
+  std::vector<int64_t> train_subset, eval_subset;
+  if (cfg.eval_split > 0) {
+    const bool is_count = cfg.eval_split >= 1;
+    Split split = split_eval(int64_t(data.samples.size()), is_count ? 0.0 : cfg.eval_split,
+                             is_count ? int64_t(cfg.eval_split) : 0, cfg.seed);
+    train_subset = split.train;
+    eval_subset = split.eval;
+  } else {
+    for (int64_t i = 0; i < int64_t(data.samples.size()); ++i) train_subset.push_back(i);
+  }
+  if (!cfg.eval_data.empty()) {
+    eval_data = load_dataset(cfg.eval_data, tok, enc, policy);
+    for (int64_t i = 0; i < int64_t(eval_data.samples.size()); ++i) eval_subset.push_back(i);
+  }
+  const std::vector<Sample>& eval_samples = cfg.eval_data.empty() ? data.samples : eval_data.samples;
+  log << "data: " << cfg.data << " (" << data_format_name(data.format) << "): " << train_subset.size()
+      << " training samples, " << eval_subset.size() << " eval; " << data.truncated << " truncated to "
+      << cfg.max_length << " tokens, " << data.dropped_untrained << " without a trained token dropped, "
+      << data.skipped_lines << " bad lines skipped\n";
+  if (data.skipped_lines > 0) log << "  first skipped: " << data.first_skip_message << "\n";
+
+  LoaderOptions lopt;
+  lopt.batch_size = cfg.batch_size;
+  lopt.max_length = cfg.max_length;
+  lopt.packing = cfg.packing;
+  lopt.seed = cfg.seed;
+  lopt.pad_id = tok.pad_id >= 0 ? tok.pad_id : std::max(tok.eos_id, 0);
+  DataLoader loader(data.samples, train_subset, lopt);
+
+  // ---- schedule
+  int64_t total_steps = cfg.max_steps;
+  if (total_steps == 0) {
+    int64_t micro = 0;
+    for (int64_t e = 0; e < cfg.epochs; ++e) micro += loader.batches_in_epoch(e);
+    total_steps = (micro + cfg.grad_accum - 1) / cfg.grad_accum;
+  }
+  LrSchedule schedule;
+  schedule.kind = parse_schedule_kind(cfg.schedule);
+  schedule.base_lr = cfg.lr;
+  schedule.warmup_steps = cfg.warmup_steps > 0 ? cfg.warmup_steps : int64_t(std::ceil(cfg.warmup_ratio * double(total_steps)));
+  schedule.total_steps = total_steps;
+  schedule.validate();
+
+  // ---- resume
+  TrainerState state;
+  if (!cfg.resume.empty()) {
+    state = load_checkpoint_state(cfg.resume, optimizer);
+    NQ_CHECK(state.step < total_steps, "--resume ", cfg.resume, ": the checkpoint is at step ", state.step,
+             " and the run has ", total_steps, " steps; nothing left to do");
+    rng_state() = state.rng;
+    loader.set_position(state.data);
+    log << "resumed from " << cfg.resume << " at step " << state.step << "\n";
+  }
+
+  // ---- memory plan
+  const int64_t micro_tokens = cfg.batch_size * cfg.max_length;
+  MemoryPlan plan = plan_memory(model, micro_tokens, dopt.checkpointing, dopt.ce_chunk_rows);
+  log << "memory plan (f32 CPU, micro-batch " << cfg.batch_size << " x " << cfg.max_length << " tokens):\n"
+      << bytes_line("base weights (NF4 + norms/embeddings) ", plan.weights)
+      << bytes_line("LoRA parameters + gradients         ", plan.lora)
+      << bytes_line("AdamW moments                       ", plan.optimizer)
+      << bytes_line("activations, predicted peak         ", plan.activations)
+      << bytes_line("total                               ", plan.total());
+  log << total_steps << " steps of " << cfg.grad_accum << " x " << cfg.batch_size << " rows, lr " << cfg.lr << " ("
+      << cfg.schedule << ", warmup " << schedule.warmup_steps << ")\n";
+
+  // ---- loop
+  TrainResult result;
+  ProgressBar bar(log, total_steps, !cfg.no_progress && &log == &std::cout && isatty(STDOUT_FILENO), cfg.log_every);
+  Allocator& alloc = allocator_for(Device::CPU);
+  alloc.reset_peak();
+  const auto t_start = Clock::now();
+  const int64_t first_step = state.step + 1;
+  auto run_eval = [&](int64_t step) {
+    if (eval_subset.empty()) return;
+    EvalLoss e = evaluate_samples(model, eval_samples, eval_subset, lopt);
+    result.evals.emplace_back(step, e.loss);
+    if (!cfg.no_progress) bar.finish();
+    log << "eval at step " << step << ": loss " << e.loss << " over " << e.targets << " tokens\n";
+  };
+  auto checkpoint = [&]() {
+    result.last_checkpoint = save_checkpoint(cfg.out, model, adapter, optimizer, state, cfg);
+    return result.last_checkpoint;
+  };
+  for (int64_t step = first_step; step <= total_steps; ++step) {
+    const auto t_step = Clock::now();
+    std::vector<Batch> batches;
+    std::vector<DecoderBatch> micro;
+    int64_t tokens = 0;
+    for (int64_t k = 0; k < cfg.grad_accum; ++k) {
+      batches.push_back(loader.next());
+      tokens += batches.back().n_tokens;
+    }
+    for (const Batch& b : batches) micro.push_back(decoder_batch(b));
+    const double lr = schedule.lr(step - 1);
+    StepResult r = train_step(model, optimizer, micro, lr, cfg.max_grad_norm, step);
+
+    state.step = step;
+    state.rng = rng_state();
+    state.data = loader.position();
+    state.tokens_seen += tokens;
+    const MemStats mem = alloc.stats();
+    StepMetrics m;
+    m.step = step;
+    m.loss = r.loss;
+    m.lr = lr;
+    m.grad_norm = r.grad_norm;
+    m.tokens = tokens;
+    m.step_time_s = seconds_since(t_step);
+    m.tokens_per_s = double(tokens) / m.step_time_s;
+    m.mem_bytes = int64_t(mem.peak_total);
+    metrics.write(m);
+    result.steps.push_back(m);
+    result.final_step = step;
+    if (step == first_step) {
+      log << "measured CPU allocator peak in step " << step << ":";
+      for (size_t c = 0; c < size_t(MemCategory::Count); ++c)
+        log << (c ? ", " : " ") << mem_category_name(MemCategory(c)) << " " << format_bytes(mem.peak[c]);
+      log << "; total " << format_bytes(mem.peak_total) << "\n";
+    }
+    if (!cfg.no_progress) {
+      const double elapsed = seconds_since(t_start);
+      bar.update(m, elapsed * double(step) / double(step - first_step + 1));  // ETA over this run's pace
+    }
+    if (hooks.on_step) hooks.on_step(m);
+
+    if (step < total_steps && g_stop_requested.exchange(false)) {
+      if (!cfg.no_progress) bar.finish();
+      log << "stopping at step " << step << " as asked; checkpoint " << checkpoint() << "\n";
+      result.interrupted = true;
+      return result;
+    }
+    if (step < total_steps && cfg.eval_every > 0 && step % cfg.eval_every == 0) run_eval(step);
+    if (step < total_steps && cfg.save_every > 0 && step % cfg.save_every == 0) {
+      const std::string dir = checkpoint();
+      if (!cfg.no_progress) bar.finish();
+      log << "saved " << dir << "\n";
+    }
+  }
+  if (!cfg.no_progress) bar.finish();
+  g_stop_requested.store(false);  // a Ctrl-C during the last step: the run completes anyway
+
+  run_eval(state.step);
+  log << "checkpoint " << checkpoint() << "\n";
+  save_peft_adapter(cfg.out, model, adapter);
+  result.adapter_dir = cfg.out;
+  const double elapsed = seconds_since(t_start);
+  int64_t run_tokens = 0;
+  for (const StepMetrics& m : result.steps) run_tokens += m.tokens;
+  log << "done: " << result.steps.size() << " steps in " << format_duration(elapsed) << ", "
+      << int64_t(double(run_tokens) / elapsed) << " tokens/s; adapter in " << cfg.out
+      << " (adapter_config.json, adapter_model.safetensors)\n";
+  return result;
+}
+
+}  // namespace nq

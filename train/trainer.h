@@ -1,0 +1,85 @@
+// The QLoRA trainer: ./train's whole job, from a TrainConfig to a PEFT adapter.
+//
+//   load the model -> quantize every linear to NF4 (frozen) -> attach LoRA to
+//   the targets -> tokenize the data -> for each optimizer step:
+//     K micro-batches: loss_i (mean CE over its n_i targets), backward of
+//       loss_i * n_i / N  (N = targets of all K): the gradient of
+//       L = sum of all token CEs of the window / N, as transformers' Trainer
+//     clip the global gradient norm -> AdamW on the adapter parameters with
+//     lr(step) from the schedule -> metrics line, progress, eval, checkpoint
+//   -> final eval, checkpoint and the PEFT adapter in --out.
+// docs/training.md walks through it with the math.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/decoder.h"
+#include "optim/adamw.h"
+#include "train/batch.h"
+#include "train/progress.h"
+#include "train/train_config.h"
+
+namespace nq {
+
+// A loader batch as the decoder takes it: [B, T] views, labels already shifted.
+DecoderBatch decoder_batch(const Batch& b);
+
+// Counted targets (labels != -100) of a batch whose labels are shifted.
+int64_t count_targets(const DecoderBatch& batch);
+
+struct StepResult {
+  double loss = 0;       // sum of token CEs over the window / counted targets
+  double grad_norm = 0;  // global L2 norm before clipping
+  int64_t targets = 0;   // counted targets of the window
+};
+
+// One optimizer step over the micro-batches (labels_shifted = true): scaled
+// backward of each, clip to max_grad_norm (0: no clipping), AdamW with `lr`,
+// zero the gradients. A non-finite loss or gradient norm throws before the
+// parameters change, naming `step`.
+StepResult train_step(const Decoder& model, AdamW& optimizer, const std::vector<DecoderBatch>& micro, double lr,
+                      double max_grad_norm, int64_t step);
+
+struct EvalLoss {
+  double loss = 0;      // token-weighted mean CE
+  int64_t targets = 0;
+};
+// One pass over `subset` of `samples` in file order, without gradients and with
+// LoRA dropout off (as model.eval() in PyTorch); consumes no random numbers.
+EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
+                          const LoaderOptions& options);
+
+// The memory plan printed before step 1: bytes of the base weights, LoRA
+// parameters + gradients, AdamW moments, and the predicted activation peak of
+// one micro-batch of `tokens` tokens (formula in docs/training.md).
+struct MemoryPlan {
+  int64_t weights = 0, lora = 0, optimizer = 0, activations = 0;
+  int64_t total() const { return weights + lora + optimizer + activations; }
+};
+MemoryPlan plan_memory(Decoder& model, int64_t tokens, bool checkpointing, int64_t ce_chunk_rows);
+
+struct TrainResult {
+  std::vector<StepMetrics> steps;                // the steps this call ran
+  std::vector<std::pair<int64_t, double>> evals; // (step, eval loss)
+  int64_t final_step = 0;
+  bool interrupted = false;                      // stopped by request_stop()
+  std::string last_checkpoint;
+  std::string adapter_dir;                       // the final PEFT adapter ("" when interrupted)
+};
+
+struct TrainerHooks {
+  std::function<void(const StepMetrics&)> on_step;  // after each step's metrics are written
+};
+
+// Runs the whole job. `log` gets the plan, progress and summary lines.
+TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHooks& hooks = {});
+
+// Asks a running train() to stop after the current step, save a checkpoint and
+// return (async-signal-safe: ./train calls it from its SIGINT handler).
+void request_stop();
+
+}  // namespace nq
