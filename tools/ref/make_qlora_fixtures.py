@@ -40,7 +40,11 @@ def main():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
 
-    cfg = Qwen3Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    # Every in_features is a multiple of the NF4 blocksize (64): bitsandbytes' CPU
+    # dequantize_4bit kernel indexes absmax per row (row * (in // 64) + col // 64),
+    # which differs from the flat block layout its quantizer (and CUDA) uses when
+    # in_features % 64 != 0 (e.g. 96), so the reference itself would be off.
+    cfg = Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=32, vocab_size=512, tie_word_embeddings=True,
                       rope_theta=10000.0, max_position_embeddings=256, rms_norm_eps=1e-6,
                       attn_implementation="eager")
@@ -104,6 +108,12 @@ def main():
         readme = OUT / d / "README.md"
         if readme.exists():
             readme.unlink()
+        # peft writes target_modules from a set (order varies per process): sort it.
+        cfg_path = OUT / d / "adapter_config.json"
+        acfg = json.loads(cfg_path.read_text())
+        if isinstance(acfg.get("target_modules"), list):
+            acfg["target_modules"] = sorted(acfg["target_modules"])
+        cfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
