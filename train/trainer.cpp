@@ -124,7 +124,8 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
 MemoryPlan plan_memory(Decoder& model, int64_t tokens, bool checkpointing, int64_t ce_chunk_rows) {
   const ModelConfig& c = model.config();
   MemoryPlan p;
-  for (const Var& w : model.parameters()) p.weights += int64_t(w.value().nbytes());
+  for (const Var& w : model.parameters())  // dense tensors (embeddings, norms; NF4 linears have none)
+    if (w.defined()) p.weights += int64_t(w.value().nbytes());
   int64_t r_sum = 0;  // sum of ranks over the adapted projections (each saves h [N, r])
   for (Linear* l : model.linears()) {
     if (l->is_nf4()) {
