@@ -1,12 +1,14 @@
 """Side-by-side QLoRA training speed and memory on the CPU: the seed's Python
 stack (transformers + bitsandbytes NF4 double quant + PEFT all-linear r=16 +
-gradient checkpointing + torch AdamW) against ./train, same model, batch,
+gradient checkpointing + torch AdamW) against ./finetune, same model, batch,
 sequence length and number of steps, in one run.
 
   tools/ref/.venv/bin/python tools/ref/bench_qlora_cpu.py [--preset qwen3-0.6b] [--seq 256] [--steps 3]
 
 The model is random-init (no download): the script writes it once to
-.cache/bench/<preset>/ (bf16 safetensors). Each side runs in its own process;
+.cache/bench/<preset>/ (bf16 safetensors) with the real Qwen3 tokenizer files
+beside it (from build/fixtures/qwen3-tokenizer, unpacked by `make`), so the same
+folder also serves for a realistic ./finetune run on data/demo_train.jsonl. Each side runs in its own process;
 peak RSS is that process's ru_maxrss; tokens/s counts the tokens of the timed
 optimizer steps (after one warm-up step) divided by their wall time.
 """
@@ -29,6 +31,12 @@ PRESETS = {  # the official Qwen3 config.json values
 
 
 def make_model(preset, path):
+    import shutil
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        src = ROOT / "build" / "fixtures" / "qwen3-tokenizer" / name
+        if not src.exists():
+            sys.exit(f"{src} is missing: run `make` first (it unpacks the Qwen3 tokenizer)")
+        shutil.copyfile(src, path / name)
     if (path / "model.safetensors").exists():
         return
     import torch
@@ -92,6 +100,7 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--make-model-only", action="store_true", help="write .cache/bench/<preset>/ and exit")
     ap.add_argument("--child-python", action="store_true")
     ap.add_argument("--model-dir")
     args = ap.parse_args()
@@ -101,12 +110,14 @@ def main():
     model_dir = ROOT / ".cache" / "bench" / args.preset
     model_dir.mkdir(parents=True, exist_ok=True)
     make_model(args.preset, model_dir)
+    if args.make_model_only:
+        return print(model_dir)
     data = model_dir / "data.jsonl"
     make_data(data, 64, args.seq)
 
-    # Run ./train first: RUSAGE_CHILDREN is a running maximum over finished children.
+    # Run ./finetune first: RUSAGE_CHILDREN is a running maximum over finished children.
     metrics = model_dir / "metrics.jsonl"
-    cmd = [str(ROOT / "train"), "--model", str(model_dir), "--data", str(data), "--out", str(model_dir / "out"),
+    cmd = [str(ROOT / "finetune"), "--model", str(model_dir), "--data", str(data), "--out", str(model_dir / "out"),
            "--max-steps", str(args.steps + 1), "--batch-size", str(args.batch), "--max-length", str(args.seq),
            "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4", "--schedule", "constant",
            "--metrics", str(metrics), "--save-every", "0", "--device", "cpu", "--no-progress"]
@@ -122,7 +133,7 @@ def main():
           f"{args.steps} timed steps")
     print(f"{'':24s}{'tokens/s':>12s}{'peak RSS':>12s}")
     print(f"{'transformers+bnb+peft':24s}{py['tokens_per_s']:12.1f}{rss_py / 2**30:10.2f} GiB")
-    print(f"{'nanoqlora ./train':24s}{ours_tps:12.1f}{rss_ours / 2**30:10.2f} GiB")
+    print(f"{'nanoqlora ./finetune':24s}{ours_tps:12.1f}{rss_ours / 2**30:10.2f} GiB")
     print(f"ratio: {ours_tps / py['tokens_per_s']:.2f}x tokens/s, {rss_ours / rss_py:.2f}x memory")
 
 
