@@ -145,8 +145,9 @@ MemoryPlan plan_memory(Decoder& model, int64_t tokens, bool checkpointing, int64
   const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
   const int64_t per_layer = 5 * D + 4 * q + 4 * kv + 3 * F + (r_sum / std::max<int64_t>(1, L));
   const int64_t layers_kept = checkpointing ? L * D + per_layer : L * per_layer;  // checkpoints + one recomputed layer
-  const int64_t head = 2 * D + 2 * std::min(tokens, ce_chunk_rows) * c.vocab_size / std::max<int64_t>(1, tokens);
-  p.activations = 4 * tokens * (layers_kept + head);
+  // The loss head: final norm in/out and dL/dh [N, D] each, plus one chunk of logits [min(N, chunk), V]
+  // that the fused lm_head + cross-entropy turns into its own gradient in place.
+  p.activations = 4 * (tokens * (layers_kept + 3 * D) + std::min(tokens, ce_chunk_rows) * c.vocab_size);
   return p;
 }
 
