@@ -422,7 +422,7 @@ TEST_CASE("random weights of a config have the checkpoint's names and shapes") {
 
 TEST_CASE("eval: token-weighted loss over text and chat lines matches transformers") {
   Decoder model = Decoder::load(kFixtures + "qwen3_tied");
-  Tokenizer tok = Tokenizer::from_file("tests/fixtures/tokenizer/gpt2/tokenizer.json");
+  Tokenizer tok = Tokenizer::from_file(kFixtures + "qwen3_tied/tokenizer.json");
   std::ifstream in(kFixtures + "qwen3_tied/eval_reference.json");
   nlohmann::json want = nlohmann::json::parse(in);
   EvalResult r = evaluate_jsonl(model, tok, kFixtures + "qwen3_tied/eval.jsonl", 2048);

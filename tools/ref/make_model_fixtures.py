@@ -11,7 +11,8 @@ For each model, tests/fixtures/model/<name>/ holds
     padded_loss [1] f32
     prompt_ids [1, 6] i32, greedy_ids [1, 32] i32   model.generate(do_sample=False)
   qwen3_tied/eval.jsonl, eval_reference.json   ./eval's loss and token count, computed with
-    the GPT-2-style tokenizer of tests/fixtures/tokenizer/gpt2 and Qwen3's chat template
+    qwen3_tied/tokenizer.json (a copy of the small GPT-2-style tokenizer of
+    tests/fixtures/tokenizer/gpt2, ids < 1000) and Qwen3's chat template
 
 Sizes are small so every fixture fits the 1.5 MB budget; head_dim differs from
 hidden/heads in the Qwen3 models on purpose. Weights get a larger init (0.1)
@@ -21,6 +22,7 @@ decoding has clear margins (asserted below, so the fixture is not fragile).
 Run with tools/ref/.venv/bin/python (see tools/ref/make_fixtures.sh).
 """
 import copy
+import shutil
 from pathlib import Path
 
 import torch
@@ -117,7 +119,11 @@ def eval_reference(model):
 
     tok_dir = ROOT / "tests" / "fixtures" / "tokenizer"
     template = json.loads((tok_dir / "qwen3" / "tokenizer_config.json").read_text())["chat_template"]
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "gpt2" / "tokenizer.json"))
+    # A frozen copy next to the model, so the model dir is complete and this fixture stays
+    # consistent if the tokenizer fixtures are regenerated.
+    tok_file = OUT / "qwen3_tied" / "tokenizer.json"
+    shutil.copyfile(tok_dir / "gpt2" / "tokenizer.json", tok_file)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
     total, count = 0.0, 0
     for row in EVAL_LINES:
         if "text" in row:
