@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "runtime/cuda_check.h"
 #include "runtime/tensor.h"
@@ -62,5 +63,16 @@ template <typename F> void dispatch_float(const Tensor& t, const char* op, F&& f
 }
 
 template <typename T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw()); }
+
+// Copies a host array of POD records (e.g. a multi-tensor chunk table) to the device.
+template <typename Pod> Tensor upload_table(const std::vector<Pod>& rows) {
+  Tensor t = Tensor::empty({int64_t(rows.size() * sizeof(Pod))}, DType::U8, Device::CUDA, MemCategory::Workspace);
+  if (!rows.empty()) CUDA_CHECK(cudaMemcpy(t.raw(), rows.data(), rows.size() * sizeof(Pod), cudaMemcpyHostToDevice));
+  return t;
+}
+
+// Multi-tensor launches split every tensor into chunks of this many elements,
+// one block per chunk, so a single launch covers a whole list of tensors.
+constexpr int64_t kChunkElems = 65536;
 
 }  // namespace nq::kernels::cuda

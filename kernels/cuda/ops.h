@@ -5,6 +5,7 @@
 // Each function is implemented in the kernels/cuda/*.cu file of its op.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "runtime/tensor.h"
 
@@ -69,5 +70,21 @@ float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& label
 // keep element i iff philox_uniform(seed, offset, i) >= p; kept values scale by 1/(1-p).
 Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset);
 Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t offset);
+
+// ---- optimizer (GPU side of optim/; not in kernels.h) ------------------------
+// One AdamW step, torch.optim.AdamW semantics, for a list of parameters in a
+// single multi-tensor launch. params, grads, m, v: f32 CUDA tensors, pairwise
+// the same numel. g = grad * grad_scale (the clipping factor); step t >= 1:
+//   p -= lr*wd*p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+//   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+struct AdamWConfig {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.01f;
+  int64_t step = 1;
+};
+void adamw_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& m,
+                const std::vector<Tensor>& v, const AdamWConfig& cfg, float grad_scale = 1.0f);
+// sqrt(sum of squares) over every element of every tensor (f32 CUDA tensors),
+// f32 within a block of 65536 elements, f64 across blocks.
+double global_grad_norm(const std::vector<Tensor>& grads);
 
 }  // namespace nq::kernels::cuda
