@@ -60,7 +60,7 @@ struct LtState {
   void* workspace = nullptr;
   std::mutex mu;
   // (shape, transposes, types, batch) -> algorithm chosen by the heuristic
-  std::map<std::tuple<int64_t, int64_t, int64_t, int, int, int, int, int, int64_t>, cublasLtMatmulAlgo_t> algos;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, int, int, uint32_t, uint32_t, int64_t>, cublasLtMatmulAlgo_t> algos;
   LtState() {
     CUBLAS_CHECK(cublasLtCreate(&handle));
     CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
@@ -69,6 +69,14 @@ struct LtState {
 LtState& lt() {
   static LtState s;  // lives until exit (the driver frees it with the context)
   return s;
+}
+// Largest power of two (<= 256) dividing the address: cuBLASLt's heuristic
+// assumes 256-byte aligned buffers unless told otherwise, and row-chunk views
+// (cross_entropy.cu) start anywhere.
+uint32_t alignment_of(const void* p) {
+  uint32_t a = 256;
+  while (a > 1 && reinterpret_cast<uintptr_t>(p) % a) a >>= 1;
+  return a;
 }
 }  // namespace
 
@@ -90,8 +98,9 @@ void gemm(const GemmArgs& g) {
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
 
-  auto key = std::make_tuple(g.m, g.n, g.k, int(g.trans_a), int(g.trans_b), int(g.a_type), int(g.b_type),
-                             int(g.c_type) * 2 + (g.beta != 0.0f), g.batch);
+  uint32_t align_first = alignment_of(g.b), align_second = alignment_of(g.a), align_c = alignment_of(g.c);
+  auto key = std::make_tuple(g.m, g.n, g.k, int(g.trans_a) + 2 * int(g.trans_b), int(g.a_type) + 8 * int(g.b_type),
+                             int(g.c_type) * 2 + (g.beta != 0.0f), align_first, align_second * 512 + align_c, g.batch);
   cublasLtMatmulAlgo_t algo;
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -103,6 +112,14 @@ void gemm(const GemmArgs& g) {
       CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
       size_t ws = kWorkspaceBytes;
       CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first,
+                                                        sizeof(align_first)));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second,
+                                                        sizeof(align_second)));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                                        sizeof(align_c)));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                                        sizeof(align_c)));
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
       cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(s.handle, op, first.desc, second.desc, out.desc, out.desc,
