@@ -60,6 +60,7 @@ void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, siz
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, kind));
 }
 void device_memset_zero(void* dst, size_t bytes) { CUDA_CHECK(cudaMemset(dst, 0, bytes)); }
+void device_memset(void* dst, int byte, size_t bytes) { CUDA_CHECK(cudaMemset(dst, byte, bytes)); }
 
 #else
 bool cuda_available() { return false; }
@@ -68,6 +69,7 @@ void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, siz
   memcpy(dst, src, bytes);
 }
 void device_memset_zero(void*, size_t) { throw Error("device cuda: this build has no CUDA support"); }
+void device_memset(void*, int, size_t) { throw Error("device cuda: this build has no CUDA support"); }
 #endif
 
 }  // namespace nq

@@ -3,6 +3,20 @@
 // these for CUDA tensors (bf16 activations, f32 statistics/parameters as
 // documented per function in kernels/kernels.h); they assume checked input.
 // Each function is implemented in the kernels/cuda/*.cu file of its op.
+//
+// Dtypes on the GPU. "T" below is f32 or bf16 (activations are bf16 in
+// training; f32 works everywhere too, for tests and LoRA master weights). All
+// arithmetic is f32; a T output is rounded once, to nearest even.
+//   elementwise, scale, sum:  T in, T out; sum returns f32 (f64 across blocks)
+//   matmul / matmul_into:     A, B both bf16 or both f32; C bf16 or f32 (fp32 accumulate, cuBLASLt)
+//   embedding_forward:        table T, ids i32 -> T;  embedding_backward -> f32 [V, D]
+//   rmsnorm:                  x, dy, y, dx T;  w f32;  rstd f32;  grad_w f32
+//   rope, swiglu, dropout:    T in, T out;  positions i32
+//   attention:                q, k, v, o, dO and grads T;  lse f32;  segment_ids i32
+//   linear_cross_entropy:     h, w both T, labels i32; grad_h T; grad_w accumulated in its own
+//                             dtype when defined, else allocated as f32 zeros [V, D]
+//   adamw_step, global_grad_norm: f32 only
+// Backward functions allocate the gradient tensors they are given pointers to.
 #pragma once
 #include <cstdint>
 #include <vector>
