@@ -19,7 +19,7 @@
 // read from global memory (served by L2 for the rows a block shares).
 // This is the straightforward CUDA-core version; the tiled tensor-core
 // (mma.sync) version is future work (docs/cuda.md).
-//   ./bench attention --batch 1 --seq 4096 --heads 16 --kv-heads 8 --head-dim 128
+//   ./bench attention --batch 1 --seq 4096 --heads 16 --kv-heads 8 --head-dim 128   (and attention_bwd)
 #include <cmath>
 #include <type_traits>
 

@@ -12,7 +12,7 @@
 // loss = sum of row losses / count, added on the host in double.
 // Launch (step 2): R blocks of 512 threads; each row is read three times
 // (max, sum of exp, gradient), the later reads mostly from L2.
-//   ./bench cross_entropy --n 4096 --k 1024 --m 151936   (tokens, D, V)
+//   ./bench cross_entropy --tokens 4096 --hidden 1024 --vocab 151936 --chunk 1024
 #include <vector>
 
 #include "kernels/cuda/common.cuh"

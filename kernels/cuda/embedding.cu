@@ -4,7 +4,7 @@
 //             that repeats adds into the same row from several blocks)
 // Launch: one block of 256 threads per token row n (grid N), threads stride over D.
 // Ids are trusted here (kernels/dispatch.cpp checks 0 <= id < V on the host).
-//   ./bench embedding --n 16384 --k 1024 --m 151936   (tokens, D, V)
+//   ./bench embedding --tokens 16384 --hidden 1024 --vocab 151936
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 

@@ -9,7 +9,7 @@
 // Launch: one warp per row, 8 rows per 256-thread block; the row is read twice
 // (sum of squares, then normalise), the second read coming from L1/L2. dw:
 // each block sums its 8 rows per column and atomically adds into dw (zeroed).
-//   ./bench rmsnorm --n 16384 --k 1024     ./bench rmsnorm_bwd --n 16384 --k 1024
+//   ./bench rmsnorm --tokens 16384 --hidden 1024     ./bench rmsnorm_bwd --tokens 16384 --hidden 1024
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 

@@ -7,7 +7,7 @@
 // so both directions are one kernel with sign = +1 / -1.
 // Launch: one thread per rotation pair (n, h, i), grid-stride, 256 threads.
 // The output may alias the input (each thread reads its pair before writing).
-//   ./bench rope --n 16384 --heads 16 --head-dim 128
+//   ./bench rope --tokens 16384 --heads 16 --head-dim 128
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 

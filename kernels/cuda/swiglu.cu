@@ -4,7 +4,7 @@
 // Shapes: gate, up, y and their grads [N, F] (f32/bf16), elementwise.
 // Launch: grid-stride loop, 256 threads per block. Forward and backward each
 // read their inputs once and write once (memory bound).
-//   ./bench swiglu --n 16384 --k 3072
+//   ./bench swiglu --n 50331648     ./bench swiglu_bwd --n 50331648
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
