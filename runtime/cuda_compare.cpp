@@ -12,6 +12,7 @@ Tensor random_normal(Shape shape, uint64_t seed, float scale) {
   Tensor t = Tensor::empty(shape, DType::F32, Device::CPU);
   float* p = t.data<float>();
   int64_t n = t.numel();
+#pragma omp parallel for if (n > (1 << 16))
   for (int64_t i = 0; i < n; ++i) {
     // Box-Muller from two uniforms; u1 in (0, 1] so the log is finite.
     double u1 = 1.0 - philox_uniform(seed, 0, 2 * uint64_t(i));
