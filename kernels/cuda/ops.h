@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cuda/nf4.h"
 #include "runtime/tensor.h"
 
 namespace nq::kernels::cuda {
@@ -84,6 +85,16 @@ float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& label
 // keep element i iff philox_uniform(seed, offset, i) >= p; kept values scale by 1/(1-p).
 Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset);
 Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t offset);
+
+// ---- NF4 weights (layout: kernels/cuda/nf4.h; not in kernels.h) ------------
+// W [out, in] dequantized to `dtype` (f32: bit-identical to bitsandbytes' dequantize_4bit).
+Tensor nf4_dequantize(const Nf4Weight& w, DType dtype);
+// y [..., out] = x [..., in] W^T and dx [..., in] = dy [..., out] W, W dequantized
+// tile by tile inside the kernel. x, dy: bf16 (f32 is rounded to bf16 when staged,
+// except on the M <= 16 GEMV path which multiplies in f32); fp32 accumulation;
+// output in the input's dtype.
+Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w);
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w);
 
 // ---- optimizer (GPU side of optim/; not in kernels.h) ------------------------
 // One AdamW step, torch.optim.AdamW semantics, for a list of parameters in a
