@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cuda/ops.h"
@@ -284,4 +285,92 @@ GPU_TEST(global_grad_norm) {
   double want = std::sqrt(ss), got = nq::kernels::cuda::global_grad_norm(ggrads);
   CHECK(std::fabs(got - want) <= kTolF32 * want);
   CHECK(nq::kernels::cuda::global_grad_norm({}) == 0.0);
+}
+
+// ---- NF4 -------------------------------------------------------------------
+namespace {
+
+// A random but valid NF4 + double-quant state (any bytes are valid codes) and
+// its device copy. Host reference dequantization written from bitsandbytes'
+// formulas (backends/default/ops.py _dequantize_4bit_compute and
+// dequantize_blockwise + offset): absmax = code8[q] * nested + offset, w = NF4[nibble] * absmax.
+struct Nf4Case {
+  int64_t out, in, n_blocks, n_nested;
+  std::vector<uint8_t> packed, absmax_q;
+  std::vector<float> code8, nested;
+  float offset;
+  Tensor d_packed, d_absmax_q, d_code8, d_nested;
+  kernels::cuda::Nf4Weight w;
+
+  Nf4Case(int64_t out_, int64_t in_, uint64_t seed) : out(out_), in(in_) {
+    int64_t n = out * in;
+    n_blocks = (n + 63) / 64;
+    n_nested = (n_blocks + 255) / 256;
+    Tensor bytes = random_ints({(n + 1) / 2 + n_blocks}, seed, 0, 256);
+    for (int64_t i = 0; i < (n + 1) / 2; ++i) packed.push_back(uint8_t(bytes.data<int32_t>()[i]));
+    for (int64_t b = 0; b < n_blocks; ++b) absmax_q.push_back(uint8_t(bytes.data<int32_t>()[(n + 1) / 2 + b]));
+    code8 = random_normal({256}, seed + 1, 0.5f).to_vector();
+    nested = random_normal({n_nested}, seed + 2, 0.1f).to_vector();
+    for (float& v : nested) v = std::fabs(v);
+    offset = 0.03f;
+    d_packed = upload_u8(packed);
+    d_absmax_q = upload_u8(absmax_q);
+    d_code8 = Tensor::from_vector(code8, {256}).to(Device::CUDA);
+    d_nested = Tensor::from_vector(nested, {n_nested}).to(Device::CUDA);
+    w.packed = static_cast<const uint8_t*>(d_packed.raw());
+    w.absmax_q = static_cast<const uint8_t*>(d_absmax_q.raw());
+    w.code8 = d_code8.data<float>();
+    w.nested_absmax = d_nested.data<float>();
+    w.offset = offset;
+    w.out = out;
+    w.in = in;
+  }
+  static Tensor upload_u8(const std::vector<uint8_t>& v) {
+    Tensor t = Tensor::empty({int64_t(v.size())}, DType::U8);
+    std::memcpy(t.raw(), v.data(), v.size());
+    return t.to(Device::CUDA);
+  }
+  Tensor dequantized() const {  // f32 [out, in] on the host
+    Tensor t = Tensor::empty({out, in});
+    float* p = t.data<float>();
+    for (int64_t f = 0; f < out * in; ++f) {
+      int64_t b = f / 64;
+      float absmax = code8[absmax_q[b]] * nested[b / 256] + offset;
+      int nibble = f % 2 ? packed[f / 2] & 0x0f : packed[f / 2] >> 4;
+      p[f] = kernels::cuda::kNf4Values[nibble] * absmax;
+    }
+    return t;
+  }
+};
+
+}  // namespace
+
+GPU_TEST(nf4_dequantize_bit_exact) {
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{1, 1}, {3, 37}, {17, 127}, {96, 256}, {130, 200}}) {
+    CAPTURE(out); CAPTURE(in);
+    Nf4Case c(out, in, 70);
+    Tensor want = c.dequantized(), got = kernels::cuda::nf4_dequantize(c.w, DType::F32).to(Device::CPU);
+    CHECK(std::memcmp(got.raw(), want.raw(), want.nbytes()) == 0);
+    Tensor got_bf16 = kernels::cuda::nf4_dequantize(c.w, DType::BF16);
+    CHECK(relative_error(got_bf16, want) <= kTolBf16);
+  }
+}
+
+GPU_TEST(nf4_matmul) {
+  // M <= 16 takes the GEMV path (f32 weights), larger M the tensor-core GEMM (bf16 tiles).
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{3, 37}, {130, 200}, {256, 512}})
+    for (int64_t M : {1, 5, 16, 17, 100})
+      for (DType dt : kDtypes) {
+        CAPTURE(out); CAPTURE(in); CAPTURE(M);
+        Nf4Case c(out, in, 80);
+        Tensor w = c.dequantized();
+        double bound = M > 16 ? kTolBf16 : tol(dt);
+        Tensor x = rounded_to(random_normal({M, in}, 81), dt), dy = rounded_to(random_normal({M, out}, 82), dt);
+        Tensor y = kernels::cuda::nf4_matmul(to_device(x, dt), c.w);
+        Tensor dx = kernels::cuda::nf4_matmul_dx(to_device(dy, dt), c.w);
+        double ey = relative_error(y, k::matmul(x, w, false, true)), edx = relative_error(dx, k::matmul(dy, w));
+        INFO("y error ", ey, ", dx error ", edx, ", bound ", bound);
+        CHECK(ey <= bound);
+        CHECK(edx <= bound);
+      }
 }
