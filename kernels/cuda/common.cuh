@@ -74,6 +74,20 @@ template <typename F> void dispatch_float(const Tensor& t, const char* op, F&& f
 
 template <typename T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw()); }
 
+// Token ids / labels are user data and index tables on the device, so they are
+// copied to the host and checked (N x 4 bytes: cheap next to the kernels that use
+// them). `allow` is one extra permitted value (-100 for ignored labels), or 0.
+inline std::vector<int32_t> checked_ids(const Tensor& ids, int64_t limit, const char* op, const char* name,
+                                        int32_t allow = 0) {
+  std::vector<int32_t> host(size_t(ids.numel()));
+  if (!host.empty())
+    CUDA_CHECK(cudaMemcpy(host.data(), ids.raw(), host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < host.size(); ++i)
+    NQ_CHECK((host[i] >= 0 && host[i] < limit) || (allow && host[i] == allow), op, ": ", name, "[", i, "] = ", host[i],
+             " out of range [0, ", limit, ")");
+  return host;
+}
+
 // Copies a host array of POD records (e.g. a multi-tensor chunk table) to the device.
 template <typename Pod> Tensor upload_table(const std::vector<Pod>& rows) {
   Tensor t = Tensor::empty({int64_t(rows.size() * sizeof(Pod))}, DType::U8, Device::CUDA, MemCategory::Workspace);

@@ -49,8 +49,9 @@ __global__ void softmax_ce_kernel(float* row_loss, T* dlogits, const float* logi
 float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& labels, int64_t chunk_rows,
                            Tensor* grad_h, Tensor* grad_w, int64_t* count) {
   int64_t N = h.size(0), D = h.size(1), V = w.size(0);
-  std::vector<int32_t> host_labels(N);
-  if (N) CUDA_CHECK(cudaMemcpy(host_labels.data(), labels.raw(), N * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  NQ_CHECK(h.dtype() == w.dtype(), "linear_cross_entropy: h ", h.desc(), " and w ", w.desc(),
+           " must have the same dtype on the GPU");
+  std::vector<int32_t> host_labels = checked_ids(labels, V, "linear_cross_entropy", "labels", kIgnoreIndex);
   int64_t counted = 0;
   for (int32_t l : host_labels) counted += l != kIgnoreIndex;
   if (count) *count = counted;

@@ -59,7 +59,12 @@ __global__ void rmsnorm_backward_kernel(T* dx, float* dw, const T* dy, const T* 
   }
 }
 
+static void check_weight_f32(const Tensor& w, const char* op) {
+  NQ_CHECK(w.dtype() == DType::F32, op, ": the RMSNorm weight must be f32 on the GPU, got ", w.desc());
+}
+
 Tensor rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor* rstd) {
+  check_weight_f32(w, "rmsnorm_forward");
   int64_t D = x.size(-1), N = D ? x.numel() / D : 0;
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
   if (rstd) *rstd = Tensor::empty({N}, DType::F32, Device::CUDA);
@@ -76,6 +81,8 @@ Tensor rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor* rstd
 
 void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* grad_x,
                       Tensor* grad_w) {
+  check_weight_f32(w, "rmsnorm_backward");
+  NQ_CHECK(grad_y.dtype() == x.dtype(), "rmsnorm_backward: grad_y ", grad_y.desc(), " and x ", x.desc(), " differ in dtype");
   int64_t D = x.size(-1), N = D ? x.numel() / D : 0;
   if (grad_x) *grad_x = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
   if (grad_w) *grad_w = Tensor::zeros({D}, DType::F32, Device::CUDA);
