@@ -287,6 +287,19 @@ GPU_TEST(global_grad_norm) {
   CHECK(nq::kernels::cuda::global_grad_norm({}) == 0.0);
 }
 
+GPU_TEST(bad_input_raises_errors) {
+  // Ids and labels live on the device but are user data: checked, not trusted.
+  Tensor table = to_device(random_normal({11, 4}, 90), DType::BF16);
+  Tensor ids = Tensor::from_ids({0, 3, 11}, {3}).to(Device::CUDA);
+  CHECK_THROWS_WITH_AS(k::embedding_forward(table, ids), doctest::Contains("ids[2] = 11 out of range [0, 11)"), Error);
+  Tensor h = to_device(random_normal({2, 4}, 91), DType::BF16);
+  Tensor labels = Tensor::from_ids({-100, -1}, {2}).to(Device::CUDA);
+  CHECK_THROWS_WITH_AS(k::linear_cross_entropy(h, table, labels, 2, nullptr, nullptr, nullptr),
+                       doctest::Contains("labels[1] = -1 out of range [0, 11)"), Error);
+  Tensor w_bf16 = to_device(random_normal({4}, 92), DType::BF16);
+  CHECK_THROWS_WITH_AS(k::rmsnorm_forward(h, w_bf16, 1e-6f, nullptr), doctest::Contains("weight must be f32"), Error);
+}
+
 // ---- NF4 -------------------------------------------------------------------
 namespace {
 
