@@ -387,3 +387,36 @@ GPU_TEST(nf4_matmul) {
         CHECK(edx <= bound);
       }
 }
+
+GPU_TEST(lora_nf4_forward_backward) {
+  // Reference: the same bypass from CPU kernels (matmul, dropout, scale, add).
+  namespace kc = nq::kernels::cuda;
+  for (float p : {0.0f, 0.25f})
+    for (auto [M, out, in] : {std::tuple<int64_t, int64_t, int64_t>{5, 3, 37}, {70, 130, 200}})
+      for (DType dt : kDtypes) {
+        CAPTURE(p); CAPTURE(M); CAPTURE(out); CAPTURE(in);
+        const int64_t r = 8;
+        const float s = 2.0f;
+        Nf4Case c(out, in, 95);
+        Tensor w = c.dequantized();
+        Tensor x = rounded_to(random_normal({M, in}, 96), dt), dy = rounded_to(random_normal({M, out}, 97), dt);
+        Tensor a = rounded_to(random_normal({r, in}, 98, 0.1f), dt), b = rounded_to(random_normal({out, r}, 99, 0.1f), dt);
+        Tensor xd = p > 0 ? k::dropout_forward(x, p, 5, 9) : x;
+        Tensor u = k::matmul(xd, a, false, true);
+        Tensor y = k::add(k::matmul(x, w, false, true), k::scale(k::matmul(u, b, false, true), s));
+        Tensor v = k::matmul(dy, b);
+        Tensor db = k::scale(k::matmul(dy, u, true, false), s), da = k::scale(k::matmul(v, xd, true, false), s);
+        Tensor bypass = k::scale(k::matmul(v, a), s);
+        Tensor dx = k::add(k::matmul(dy, w), p > 0 ? k::dropout_backward(bypass, p, 5, 9) : bypass);
+
+        kc::LoraParams lora{to_device(a, dt), to_device(b, dt), s, p, 5, 9};
+        Tensor gx = to_device(x, dt), gu, gdx, gda, gdb;
+        Tensor gy = kc::lora_nf4_forward(gx, c.w, lora, &gu);
+        kc::lora_nf4_backward(to_device(dy, dt), gx, gu, c.w, lora, &gdx, &gda, &gdb);
+        CHECK_CLOSE(gy, y, DType::BF16);  // the NF4 GEMM stages bf16 tiles whatever the input dtype
+        CHECK_CLOSE(gu, u, dt);
+        CHECK_CLOSE(gdx, dx, DType::BF16);
+        CHECK_CLOSE(gda, da, dt);
+        CHECK_CLOSE(gdb, db, dt);
+      }
+}

@@ -11,6 +11,8 @@
 // -> NF4 value x block absmax -> bf16), then 4 warps (2 x 2, 32 x 32 each) run
 // WMMA 16x16x16 bf16 fragments, which compile to mma.sync (HMMA) instructions.
 // The epilogue goes through shared memory for bounds-checked, coalesced stores.
+// A low-rank term (the LoRA bypass, lora.cu) rides along as r extra steps of
+// the reduction: y = [x | u] [W | s B]^T, so y is written once.
 // Shapes of any size work (edges are zero-padded in shared memory).
 //
 // M <= 16, GEMV (decode, tiny batches): weight bytes dominate, so each weight
@@ -35,10 +37,20 @@ constexpr int kGemmThreads = 128;
 constexpr int kGemvMaxRows = 16;
 
 // out [M, N] = a [M, K] . B, with B(k, n) = W[n, k] (forward, N = out, K = in)
-// or B(k, n) = W[k, n] (kTransposed: dx, N = in, K = out).
+// or B(k, n) = W[k, n] (kTransposed: dx, N = in, K = out); plus, when ext.r > 0,
+// the low-rank segment ext.a [M, r] . (scale * E)^T, E(n, j) = ext.w[n * stride_n + j * stride_j],
+// run as R more steps of the same reduction (the reduction dim is K + r).
+template <typename T>
+struct ExtraSegment {
+  const T* a = nullptr;
+  const T* w = nullptr;
+  int64_t r = 0, stride_n = 0, stride_j = 0;
+  float scale = 0.0f;
+};
+
 template <bool kTransposed, typename T>
 __global__ void __launch_bounds__(kGemmThreads)
-    nf4_gemm_kernel(T* out, const T* a, Nf4Weight w, int64_t M, int64_t N, int64_t K) {
+    nf4_gemm_kernel(T* out, const T* a, Nf4Weight w, int64_t M, int64_t N, int64_t K, ExtraSegment<T> ext) {
   __shared__ __align__(32) bf16 a_tile[kTileM * kStageLd];  // [64][32] row-major
   __shared__ __align__(32) bf16 b_tile[kTileN * kStageLd];  // [64 n][32 k]: B column-major
   __shared__ __align__(32) float c_tile[kTileM * kOutLd];   // [64][64] epilogue
@@ -51,11 +63,14 @@ __global__ void __launch_bounds__(kGemmThreads)
 #pragma unroll
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
+  for (int64_t k0 = 0; k0 < K + ext.r; k0 += kTileK) {
     for (int e = threadIdx.x; e < kTileM * kTileK; e += kGemmThreads) {
       int r = e / kTileK, c = e % kTileK;
       int64_t gm = m0 + r, gk = k0 + c;
-      a_tile[r * kStageLd + c] = __float2bfloat16_rn(gm < M && gk < K ? to_f32(a[gm * K + gk]) : 0.0f);
+      float v = 0.0f;
+      if (gm < M && gk < K) v = to_f32(a[gm * K + gk]);
+      else if (gm < M && gk < K + ext.r) v = to_f32(ext.a[gm * ext.r + (gk - K)]);
+      a_tile[r * kStageLd + c] = __float2bfloat16_rn(v);
     }
     for (int e = threadIdx.x; e < kTileN * kTileK; e += kGemmThreads) {
       // index order chosen so that consecutive threads decode consecutive weight bytes
@@ -63,6 +78,7 @@ __global__ void __launch_bounds__(kGemmThreads)
       int64_t gn = n0 + n, gk = k0 + kk;
       float v = 0.0f;
       if (gn < N && gk < K) v = nf4_element(w, kTransposed ? gk * w.in + gn : gn * w.in + gk);
+      else if (gn < N && gk < K + ext.r) v = ext.scale * to_f32(ext.w[gn * ext.stride_n + (gk - K) * ext.stride_j]);
       b_tile[n * kStageLd + kk] = __float2bfloat16_rn(v);
     }
     __syncthreads();
@@ -139,30 +155,42 @@ __global__ void nf4_gemv_dx_kernel(T* dx, const T* dy, Nf4Weight w, int M) {
 
 // Shared driver: x [M, K] -> out [M, N]; forward K = in, N = out; transposed K = out, N = in.
 template <bool kTransposed>
-static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const char* op) {
+static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra, const char* op) {
   int64_t K = kTransposed ? w.out : w.in, N = kTransposed ? w.in : w.out;
   int64_t M = K ? x.numel() / K : 0;
   Shape shape = x.shape();
   shape.dims[shape.ndim - 1] = N;
   Tensor out = Tensor::empty(shape, x.dtype(), Device::CUDA);
   if (M == 0 || N == 0) return out;
-  if (K == 0) { CUDA_CHECK(cudaMemset(out.raw(), 0, out.nbytes())); return out; }
+  int64_t R = extra ? extra->a.size(-1) : 0;
+  if (K + R == 0) { CUDA_CHECK(cudaMemset(out.raw(), 0, out.nbytes())); return out; }
   dispatch_float(x, op, [&](auto tag) {
     using T = decltype(tag);
-    if (M <= kGemvMaxRows && !kTransposed) {
+    if (M <= kGemvMaxRows && !extra && !kTransposed) {
       nf4_gemv_kernel<T><<<unsigned((N + 7) / 8), 256>>>(ptr<T>(out), ptr<T>(x), w, int(M));
-    } else if (M <= kGemvMaxRows) {
+    } else if (M <= kGemvMaxRows && !extra) {
       nf4_gemv_dx_kernel<T><<<unsigned((N + 127) / 128), 128>>>(ptr<T>(out), ptr<T>(x), w, int(M));
     } else {
+      ExtraSegment<T> ext;
+      if (extra) {
+        NQ_CHECK(extra->a.dtype() == x.dtype() && extra->w.dtype() == x.dtype(), op, ": low-rank operands ",
+                 extra->a.desc(), ", ", extra->w.desc(), " must have the dtype of ", x.desc());
+        // E(n, j): forward E = B [out, r] (row n); transposed E(n, j) = A[j, n], A [r, in].
+        ext = {ptr<T>(extra->a), ptr<T>(extra->w), R, kTransposed ? 1 : R, kTransposed ? N : 1, extra->scale};
+      }
       dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned((M + kTileM - 1) / kTileM));
-      nf4_gemm_kernel<kTransposed, T><<<grid, kGemmThreads>>>(ptr<T>(out), ptr<T>(x), w, M, N, K);
+      nf4_gemm_kernel<kTransposed, T><<<grid, kGemmThreads>>>(ptr<T>(out), ptr<T>(x), w, M, N, K, ext);
     }
     NQ_LAUNCH_CHECK();
   });
   return out;
 }
 
-Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w) { return nf4_product<false>(x, w, "nf4_matmul"); }
-Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w) { return nf4_product<true>(dy, w, "nf4_matmul_dx"); }
+Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra) {
+  return nf4_product<false>(x, w, extra, "nf4_matmul");
+}
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra) {
+  return nf4_product<true>(dy, w, extra, "nf4_matmul_dx");
+}
 
 }  // namespace nq::kernels::cuda

@@ -93,8 +93,34 @@ Tensor nf4_dequantize(const Nf4Weight& w, DType dtype);
 // tile by tile inside the kernel. x, dy: bf16 (f32 is rounded to bf16 when staged,
 // except on the M <= 16 GEMV path which multiplies in f32); fp32 accumulation;
 // output in the input's dtype.
-Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w);
-Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w);
+// `extra` adds a low-rank term in the same pass (the fused LoRA bypass):
+//   nf4_matmul:    + scale * a [M, r] w^T,  w = B [out, r]
+//   nf4_matmul_dx: + scale * a [M, r] w,    w = A [r, in]
+// a and w in the dtype of x.
+struct LowRankTerm {
+  Tensor a, w;
+  float scale = 1.0f;
+};
+Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra = nullptr);
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra = nullptr);
+
+// ---- LoRA over an NF4 base (lora.cu; not in kernels.h) ---------------------
+// y = x W^T + s * (dropout(x) A^T) B^T, x [M, in], A [r, in], B [out, r]: A, B
+// are the bf16 (or f32) working copies of the f32 master weights, in x's dtype.
+// Forward: u = dropout(x) A^T (cuBLASLt), then one NF4 GEMM pass that adds
+// s * u B^T; u [M, r] is saved for the backward (the bypass's one activation).
+// Backward: v = dy B; dB = s dy^T u; dA = s v^T dropout(x) (f32, [r, in] and
+// [out, r]); dx = dy W + dropout_backward(s v A), fused into the NF4 dx GEMM
+// when p = 0. The dropout mask is Philox (seed, offset): recomputed, not stored.
+struct LoraParams {
+  Tensor a, b;          // [r, in], [out, r]
+  float scale = 1.0f;   // alpha / r
+  float dropout = 0.0f;
+  uint64_t seed = 0, offset = 0;
+};
+Tensor lora_nf4_forward(const Tensor& x, const Nf4Weight& w, const LoraParams& lora, Tensor* u);
+void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Weight& w, const LoraParams& lora,
+                       Tensor* dx, Tensor* grad_a, Tensor* grad_b);
 
 // ---- optimizer (GPU side of optim/; not in kernels.h) ------------------------
 // One AdamW step, torch.optim.AdamW semantics, for a list of parameters in a
