@@ -12,17 +12,20 @@
 // Backward, with P_ij = exp(s_ij - lse_i) recomputed and D_i = dO_i . o_i:
 //   dV_j = sum_i P_ij dO_i,   dS_ij = P_ij (dO_i . v_j - D_i)
 //   dQ_i = scale sum_j dS_ij k_j,   dK_j = scale sum_i dS_ij q_i
-// Launch: one warp per (row, head); each lane holds Dh/32 elements of its
-// vectors in registers (Dh <= 256), dot products are warp sums. Forward and dQ:
-// warp per (query row, query head); dK/dV: warp per (key row, kv head), looping
-// over the query heads of its group, so no atomics are needed. K/V rows are
-// read from global memory (served by L2 for the rows a block shares).
-// This is the straightforward CUDA-core version; the tiled tensor-core
-// (mma.sync) version is future work (docs/cuda.md).
+// Forward, bf16 with head_dim 64 or 128: the tiled tensor-core kernel of
+// attention_flash.cuh (64 queries x 64 keys per step, WMMA / mma.sync).
+// Everything else (f32, other head dims, and the whole backward) runs the
+// straightforward CUDA-core kernels below: one warp per (row, head); each lane
+// holds Dh/32 elements of its vectors in registers (Dh <= 256), dot products
+// are warp sums. Forward and dQ: warp per (query row, query head); dK/dV: warp
+// per (key row, kv head), looping over the query heads of its group, so no
+// atomics are needed. K/V rows are read from global memory (served by L2).
+// A tiled tensor-core backward is future work (docs/cuda.md).
 //   ./bench attention --batch 1 --seq 4096 --heads 16 --kv-heads 8 --head-dim 128   (and attention_bwd)
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/cuda/attention_flash.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -181,6 +184,13 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int6
   if (lse) *lse = lse_t;
   int64_t items = B * T * s.Hq;
   if (items == 0) return o;
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; };
+  if (q.dtype() == DType::BF16 && (s.Dh == 64 || s.Dh == 128) && aligned(q) && aligned(k) && aligned(v)) {
+    auto launch = s.Dh == 64 ? flash::launch_forward<64> : flash::launch_forward<128>;
+    launch(ptr<bf16>(o), ptr<float>(lse_t), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), seg_ptr(segment_ids), B, T,
+           s.Hq, s.Hkv, s.scale);
+    return o;
+  }
   dispatch_float(q, "attention_forward", [&](auto tag) {
     using T_ = decltype(tag);
     dispatch_head_dim(s.Dh, [&](auto per_lane) {
