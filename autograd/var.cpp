@@ -60,21 +60,23 @@ void backward(const Var& root, Tensor grad_root) {
   NQ_CHECK(grad_root.shape() == root.shape(), "backward: gradient ", grad_root.desc(), " for root ", root.value().desc());
 
   // Topological order of the nodes' outputs (iterative DFS: graphs can be deep).
-  std::vector<VarImpl*> order;
+  // `order` owns its VarImpls: running a node frees it, and with it the last
+  // reference to its inputs, which are visited later in the loop below.
+  std::vector<std::shared_ptr<VarImpl>> order;
   std::unordered_set<VarImpl*> seen;
-  std::vector<std::pair<VarImpl*, size_t>> stack{{root.impl(), 0}};
+  std::vector<std::pair<std::shared_ptr<VarImpl>, size_t>> stack{{root.impl_, 0}};
   seen.insert(root.impl());
   while (!stack.empty()) {
     auto& [v, next] = stack.back();
     if (v->node && next < v->node->inputs.size()) {
-      VarImpl* in = v->node->inputs[next++].impl();
-      if (in && in->requires_grad && !seen.count(in)) {
-        seen.insert(in);
+      const std::shared_ptr<VarImpl>& in = v->node->inputs[next++].impl_;
+      if (in && in->requires_grad && !seen.count(in.get())) {
+        seen.insert(in.get());
         stack.push_back({in, 0});
       }
       continue;
     }
-    order.push_back(v);
+    order.push_back(std::move(v));
     stack.pop_back();
   }
 
@@ -82,7 +84,8 @@ void backward(const Var& root, Tensor grad_root) {
   std::unordered_map<VarImpl*, Tensor> grads;
   grads[root.impl()] = grad_root;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    VarImpl* v = *it;
+    std::shared_ptr<VarImpl> owner = std::move(*it);  // released after this step
+    VarImpl* v = owner.get();
     auto g = grads.find(v);
     if (g == grads.end()) continue;  // nothing flowed here
     Tensor gout = std::move(g->second);

@@ -1,28 +1,366 @@
-// Argument checks and CPU/CUDA dispatch for kernels/kernels.h.
+// Argument checks and CPU/CUDA dispatch for kernels/kernels.h. Every op checks
+// its arguments here, once (errors name the op and the shapes), then runs the
+// CPU kernel (kernels/cpu/, f32) or, for CUDA tensors, the CUDA kernel
+// (kernels/cuda/ops.h), which may assume checked input.
+#include <algorithm>
+#include <initializer_list>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/swiglu.h"
 #include "kernels/kernels.h"
+#ifdef NQ_CUDA
+#include "kernels/cuda/ops.h"
+#endif
 
 namespace nq::kernels {
 
-// Shared argument checks: errors name the op and the tensors.
-static void check_same(const char* op, const Tensor& a, const Tensor& b) {
-  NQ_CHECK(a.defined() && b.defined(), op, ": undefined tensor argument");
-  NQ_CHECK(a.shape() == b.shape(), op, ": shape mismatch ", a.shape().str(), " vs ", b.shape().str());
-  NQ_CHECK(a.dtype() == b.dtype(), op, ": dtype mismatch ", dtype_name(a.dtype()), " vs ", dtype_name(b.dtype()));
-  NQ_CHECK(a.device() == b.device(), op, ": device mismatch ", a.desc(), " vs ", b.desc());
-}
-static void check_cpu_f32(const char* op, const Tensor& a) {
-  NQ_CHECK(a.device() != Device::CPU || a.dtype() == DType::F32, op, ": CPU kernels take f32, got ", a.desc());
-}
-[[noreturn]] static void no_cuda_kernel(const char* op) {
-  throw Error(str(op, ": no CUDA kernel in this build"));
+// For CUDA tensors: return the CUDA kernel's result, or fail in a CPU-only build.
+#ifdef NQ_CUDA
+#define NQ_RUN_CUDA(op, ...) return cuda::op(__VA_ARGS__)
+#else
+#define NQ_RUN_CUDA(op, ...) no_cuda_kernel(#op)
+#endif
+[[maybe_unused]] [[noreturn]] static void no_cuda_kernel(const char* op) {
+  throw Error(str(op, ": no CUDA in this build"));
 }
 
+// ---- shared argument checks ------------------------------------------------
+static void check_defined(const char* op, const char* name, const Tensor& t) {
+  NQ_CHECK(t.defined(), op, ": ", name, " is undefined");
+}
+static void check_ndim(const char* op, const char* name, const Tensor& t, int ndim) {
+  check_defined(op, name, t);
+  NQ_CHECK(t.ndim() == ndim, op, ": ", name, " must be ", ndim, "-D, got ", t.shape().str());
+}
+// Floating tensors on the CPU must be f32 (the CPU kernels are the f32 reference).
+static void check_float(const char* op, const char* name, const Tensor& t) {
+  check_defined(op, name, t);
+  bool ok = t.device() == Device::CPU ? t.dtype() == DType::F32
+                                      : (t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16);
+  NQ_CHECK(ok, op, ": ", name, " must be a float tensor (f32 on the CPU), got ", t.desc());
+}
+static void check_i32(const char* op, const char* name, const Tensor& t, int64_t numel) {
+  check_defined(op, name, t);
+  NQ_CHECK(t.dtype() == DType::I32, op, ": ", name, " must be i32, got ", t.desc());
+  NQ_CHECK(t.numel() == numel, op, ": ", name, " ", t.shape().str(), " must have ", numel, " elements");
+}
+static void check_same_device(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = *ts.begin();
+  for (const Tensor* t : ts)
+    if (t->defined())
+      NQ_CHECK(t->device() == first->device(), op, ": tensors on different devices: ", first->desc(), " and ",
+               t->desc());
+}
+static void check_same(const char* op, const Tensor& a, const Tensor& b) {
+  check_defined(op, "an argument", a);
+  check_defined(op, "an argument", b);
+  NQ_CHECK(a.shape() == b.shape(), op, ": shape mismatch ", a.shape().str(), " vs ", b.shape().str());
+  NQ_CHECK(a.dtype() == b.dtype(), op, ": dtype mismatch ", dtype_name(a.dtype()), " vs ", dtype_name(b.dtype()));
+  check_same_device(op, {&a, &b});
+  check_float(op, "an argument", a);
+}
+// Token ids index a table of V rows: on the CPU, check each one (user data).
+static void check_ids_in_range(const char* op, const char* name, const Tensor& ids, int64_t V) {
+  if (ids.device() != Device::CPU) return;
+  const int32_t* p = ids.data<int32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    NQ_CHECK(p[i] >= 0 && p[i] < V, op, ": ", name, "[", i, "] = ", p[i], " out of range [0, ", V, ")");
+}
+
+// ---- elementwise ---------------------------------------------------------
 void add_inplace(Tensor& dst, const Tensor& src) {
   check_same("add_inplace", dst, src);
-  check_cpu_f32("add_inplace", dst);
-  if (dst.device() == Device::CPU) cpu::add_inplace(dst.data<float>(), src.data<float>(), dst.numel());
-  else no_cuda_kernel("add_inplace");
+  if (dst.device() == Device::CUDA) NQ_RUN_CUDA(add_inplace, dst, src);
+  cpu::add_inplace(dst.data<float>(), src.data<float>(), dst.numel());
+}
+Tensor add(const Tensor& a, const Tensor& b) {
+  check_same("add", a, b);
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(add, a, b);
+  Tensor out = Tensor::empty(a.shape());
+  cpu::add(a.data<float>(), b.data<float>(), out.data<float>(), a.numel());
+  return out;
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  check_same("mul", a, b);
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(mul, a, b);
+  Tensor out = Tensor::empty(a.shape());
+  cpu::mul(a.data<float>(), b.data<float>(), out.data<float>(), a.numel());
+  return out;
+}
+Tensor scale(const Tensor& a, float s) {
+  check_float("scale", "a", a);
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(scale, a, s);
+  Tensor out = Tensor::empty(a.shape());
+  cpu::scale(a.data<float>(), s, out.data<float>(), a.numel());
+  return out;
+}
+float sum(const Tensor& a) {
+  check_float("sum", "a", a);
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(sum, a);
+  return float(cpu::sum(a.data<float>(), a.numel()));
+}
+
+// ---- matmul ---------------------------------------------------------------
+struct MatmulDims { int64_t batch, M, N, K; };
+static MatmulDims matmul_dims(const char* op, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  check_float(op, "a", a);
+  check_float(op, "b", b);
+  check_same_device(op, {&a, &b});
+  NQ_CHECK(a.dtype() == b.dtype(), op, ": dtype mismatch ", a.desc(), " vs ", b.desc());
+  NQ_CHECK((a.ndim() == 2 || a.ndim() == 3) && a.ndim() == b.ndim(), op, ": a ", a.shape().str(), " and b ",
+           b.shape().str(), " must both be 2-D or both 3-D");
+  int o = a.ndim() - 2;  // first matrix dim
+  MatmulDims d;
+  d.batch = o ? a.size(0) : 1;
+  NQ_CHECK(!o || b.size(0) == d.batch, op, ": batch sizes disagree: a ", a.shape().str(), " b ", b.shape().str());
+  d.M = trans_a ? a.size(o + 1) : a.size(o);
+  d.K = trans_a ? a.size(o) : a.size(o + 1);
+  int64_t kb = trans_b ? b.size(o + 1) : b.size(o);
+  d.N = trans_b ? b.size(o) : b.size(o + 1);
+  NQ_CHECK(d.K == kb, op, ": inner dimensions disagree: a ", a.shape().str(), (trans_a ? "^T" : ""), " @ b ",
+           b.shape().str(), (trans_b ? "^T" : ""), " (", d.K, " vs ", kb, ")");
+  return d;
+}
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  MatmulDims d = matmul_dims("matmul", a, b, trans_a, trans_b);
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(matmul, a, b, trans_a, trans_b);
+  Tensor c = Tensor::empty(a.ndim() == 3 ? Shape{d.batch, d.M, d.N} : Shape{d.M, d.N});
+  cpu::matmul(a.data<float>(), b.data<float>(), c.data<float>(), d.batch, d.M, d.N, d.K, trans_a, trans_b, false);
+  return c;
+}
+void matmul_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, bool accumulate) {
+  MatmulDims d = matmul_dims("matmul_into", a, b, trans_a, trans_b);
+  check_float("matmul_into", "c", c);
+  check_same_device("matmul_into", {&a, &c});
+  Shape want = a.ndim() == 3 ? Shape{d.batch, d.M, d.N} : Shape{d.M, d.N};
+  NQ_CHECK(c.shape() == want, "matmul_into: c ", c.shape().str(), " but a ", a.shape().str(), " @ b ",
+           b.shape().str(), " gives ", want.str());
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(matmul_into, c, a, b, trans_a, trans_b, accumulate);
+  cpu::matmul(a.data<float>(), b.data<float>(), c.data<float>(), d.batch, d.M, d.N, d.K, trans_a, trans_b,
+              accumulate);
+}
+
+// ---- embedding ------------------------------------------------------------
+Tensor embedding_forward(const Tensor& table, const Tensor& ids) {
+  const char* op = "embedding_forward";
+  check_ndim(op, "table", table, 2);
+  check_float(op, "table", table);
+  check_i32(op, "ids", ids, ids.numel());
+  check_same_device(op, {&table, &ids});
+  check_ids_in_range(op, "ids", ids, table.size(0));
+  if (table.device() == Device::CUDA) NQ_RUN_CUDA(embedding_forward, table, ids);
+  int64_t N = ids.numel(), D = table.size(1);
+  Tensor out = Tensor::empty({N, D});
+  cpu::embedding_forward(table.data<float>(), ids.data<int32_t>(), out.data<float>(), N, D);
+  return out;
+}
+Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t V) {
+  const char* op = "embedding_backward";
+  check_ndim(op, "grad_out", grad_out, 2);
+  check_float(op, "grad_out", grad_out);
+  check_i32(op, "ids", ids, grad_out.size(0));
+  check_same_device(op, {&grad_out, &ids});
+  NQ_CHECK(V > 0, op, ": vocabulary size must be positive, got ", V);
+  check_ids_in_range(op, "ids", ids, V);
+  if (grad_out.device() == Device::CUDA) NQ_RUN_CUDA(embedding_backward, grad_out, ids, V);
+  int64_t N = grad_out.size(0), D = grad_out.size(1);
+  Tensor grad_table = Tensor::empty({V, D});
+  cpu::embedding_backward(grad_out.data<float>(), ids.data<int32_t>(), grad_table.data<float>(), N, V, D);
+  return grad_table;
+}
+
+// ---- RMSNorm ----------------------------------------------------------------
+static void check_rmsnorm(const char* op, const Tensor& x, const Tensor& w) {
+  check_float(op, "x", x);
+  check_float(op, "w", w);
+  check_same_device(op, {&x, &w});
+  NQ_CHECK(x.ndim() >= 1 && w.ndim() == 1 && x.size(-1) == w.size(0), op, ": x ", x.shape().str(), " and w ",
+           w.shape().str(), " disagree on D");
+  NQ_CHECK(w.size(0) > 0, op, ": D must be positive, w is ", w.shape().str());
+}
+Tensor rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor* rstd) {
+  check_rmsnorm("rmsnorm_forward", x, w);
+  Tensor unused_rstd;  // inference callers may pass no rstd
+  if (!rstd) rstd = &unused_rstd;
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(rmsnorm_forward, x, w, eps, rstd);
+  int64_t D = w.size(0), N = x.numel() / D;
+  Tensor y = Tensor::empty(x.shape());
+  *rstd = Tensor::empty({N});
+  cpu::rmsnorm_forward(x.data<float>(), w.data<float>(), eps, y.data<float>(), rstd->data<float>(), N, D);
+  return y;
+}
+void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* grad_x,
+                      Tensor* grad_w) {
+  const char* op = "rmsnorm_backward";
+  check_rmsnorm(op, x, w);
+  check_same(op, grad_y, x);
+  int64_t D = w.size(0), N = x.numel() / D;
+  check_defined(op, "rstd", rstd);
+  NQ_CHECK(rstd.dtype() == DType::F32 && rstd.numel() == N, op, ": rstd ", rstd.desc(), " must be f32 with ", N,
+           " elements for x ", x.shape().str());
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(rmsnorm_backward, grad_y, x, w, rstd, grad_x, grad_w);
+  if (grad_x) *grad_x = Tensor::empty(x.shape());
+  if (grad_w) *grad_w = Tensor::empty(w.shape());
+  cpu::rmsnorm_backward(grad_y.data<float>(), x.data<float>(), w.data<float>(), rstd.data<float>(),
+                        grad_x ? grad_x->data<float>() : nullptr, grad_w ? grad_w->data<float>() : nullptr, N, D);
+}
+
+// ---- RoPE -------------------------------------------------------------------
+static void check_rope(const char* op, const Tensor& x, const Tensor& positions) {
+  check_ndim(op, "x", x, 3);
+  check_float(op, "x", x);
+  NQ_CHECK(x.size(2) % 2 == 0, op, ": head_dim must be even, x is ", x.shape().str());
+  check_i32(op, "positions", positions, x.size(0));
+  check_same_device(op, {&x, &positions});
+}
+Tensor rope_forward(const Tensor& x, const Tensor& positions, float theta) {
+  check_rope("rope_forward", x, positions);
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(rope_forward, x, positions, theta);
+  Tensor y = Tensor::empty(x.shape());
+  cpu::rope_rotate(x.data<float>(), positions.data<int32_t>(), theta, +1, y.data<float>(), x.size(0), x.size(1),
+                   x.size(2));
+  return y;
+}
+Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, float theta) {
+  check_rope("rope_backward", grad_y, positions);
+  if (grad_y.device() == Device::CUDA) NQ_RUN_CUDA(rope_backward, grad_y, positions, theta);
+  Tensor grad_x = Tensor::empty(grad_y.shape());
+  cpu::rope_rotate(grad_y.data<float>(), positions.data<int32_t>(), theta, -1, grad_x.data<float>(), grad_y.size(0),
+                   grad_y.size(1), grad_y.size(2));
+  return grad_x;
+}
+
+// ---- SwiGLU -----------------------------------------------------------------
+Tensor swiglu_forward(const Tensor& gate, const Tensor& up) {
+  check_same("swiglu_forward", gate, up);
+  if (gate.device() == Device::CUDA) NQ_RUN_CUDA(swiglu_forward, gate, up);
+  Tensor y = Tensor::empty(gate.shape());
+  cpu::swiglu_forward(gate.data<float>(), up.data<float>(), y.data<float>(), gate.numel());
+  return y;
+}
+void swiglu_backward(const Tensor& grad_y, const Tensor& gate, const Tensor& up, Tensor* grad_gate, Tensor* grad_up) {
+  check_same("swiglu_backward", gate, up);
+  check_same("swiglu_backward", grad_y, gate);
+  if (gate.device() == Device::CUDA) NQ_RUN_CUDA(swiglu_backward, grad_y, gate, up, grad_gate, grad_up);
+  if (grad_gate) *grad_gate = Tensor::empty(gate.shape());
+  if (grad_up) *grad_up = Tensor::empty(up.shape());
+  cpu::swiglu_backward(grad_y.data<float>(), gate.data<float>(), up.data<float>(),
+                       grad_gate ? grad_gate->data<float>() : nullptr, grad_up ? grad_up->data<float>() : nullptr,
+                       gate.numel());
+}
+
+// ---- attention ----------------------------------------------------------------
+static void check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
+                            const Tensor& segment_ids) {
+  check_ndim(op, "q", q, 3);
+  check_ndim(op, "k", k, 3);
+  check_float(op, "q", q);
+  check_same(op, k, v);
+  NQ_CHECK(q.dtype() == k.dtype(), op, ": dtype mismatch q ", q.desc(), " vs k ", k.desc());
+  check_same_device(op, {&q, &k, &segment_ids});
+  NQ_CHECK(B > 0 && T > 0 && q.size(0) == B * T && k.size(0) == B * T, op, ": q ", q.shape().str(), " and k ",
+           k.shape().str(), " must have B*T = ", B, "*", T, " rows");
+  NQ_CHECK(q.size(2) == k.size(2) && q.size(2) > 0, op, ": head_dim disagrees or is 0: q ", q.shape().str(), " vs k ",
+           k.shape().str());
+  NQ_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, op, ": ", q.size(1), " query heads (q ", q.shape().str(),
+           ") are not a multiple of ", k.size(1), " kv heads (k ", k.shape().str(), ")");
+  if (segment_ids.defined()) check_i32(op, "segment_ids", segment_ids, B * T);
+}
+static const int32_t* segment_ptr(const Tensor& segment_ids) {
+  return segment_ids.defined() ? segment_ids.data<int32_t>() : nullptr;
+}
+Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
+                         const Tensor& segment_ids, Tensor* lse) {
+  check_attention("attention_forward", q, k, v, B, T, segment_ids);
+  Tensor unused_lse;  // inference callers may pass no lse
+  if (!lse) lse = &unused_lse;
+  if (q.device() == Device::CUDA) NQ_RUN_CUDA(attention_forward, q, k, v, B, T, segment_ids, lse);
+  Tensor o = Tensor::empty(q.shape());
+  *lse = Tensor::empty({B * T, q.size(1)});
+  cpu::attention_forward(q.data<float>(), k.data<float>(), v.data<float>(), segment_ptr(segment_ids), o.data<float>(),
+                         lse->data<float>(), B, T, q.size(1), k.size(1), q.size(2));
+  return o;
+}
+void attention_backward(const Tensor& grad_o, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                        const Tensor& lse, int64_t B, int64_t T, const Tensor& segment_ids, Tensor* grad_q,
+                        Tensor* grad_k, Tensor* grad_v) {
+  const char* op = "attention_backward";
+  check_attention(op, q, k, v, B, T, segment_ids);
+  check_same(op, grad_o, q);
+  check_same(op, o, q);
+  check_defined(op, "lse", lse);
+  NQ_CHECK(lse.dtype() == DType::F32 && lse.shape() == (Shape{B * T, q.size(1)}), op, ": lse ", lse.desc(),
+           " must be f32[", B * T, ", ", q.size(1), "]");
+  NQ_CHECK(grad_q && grad_k && grad_v, op, ": grad_q, grad_k and grad_v outputs are required");
+  if (q.device() == Device::CUDA)
+    NQ_RUN_CUDA(attention_backward, grad_o, q, k, v, o, lse, B, T, segment_ids, grad_q, grad_k, grad_v);
+  *grad_q = Tensor::empty(q.shape());
+  *grad_k = Tensor::empty(k.shape());
+  *grad_v = Tensor::empty(v.shape());
+  cpu::attention_backward(grad_o.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), o.data<float>(),
+                          lse.data<float>(), segment_ptr(segment_ids), grad_q->data<float>(), grad_k->data<float>(),
+                          grad_v->data<float>(), B, T, q.size(1), k.size(1), q.size(2));
+}
+
+// ---- linear + cross-entropy ---------------------------------------------------
+float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& labels, int64_t chunk_rows,
+                           Tensor* grad_h, Tensor* grad_w, int64_t* count) {
+  const char* op = "linear_cross_entropy";
+  check_ndim(op, "h", h, 2);
+  check_ndim(op, "w", w, 2);
+  check_float(op, "h", h);
+  check_float(op, "w", w);
+  NQ_CHECK(h.size(1) == w.size(1), op, ": h ", h.shape().str(), " and w ", w.shape().str(), " disagree on D");
+  check_i32(op, "labels", labels, h.size(0));
+  check_same_device(op, {&h, &w, &labels});
+  NQ_CHECK(chunk_rows > 0, op, ": chunk_rows must be positive, got ", chunk_rows);
+  int64_t N = h.size(0), D = h.size(1), V = w.size(0);
+  if (labels.device() == Device::CPU) {
+    const int32_t* y = labels.data<int32_t>();
+    for (int64_t n = 0; n < N; ++n)
+      NQ_CHECK(y[n] == cpu::kIgnoreIndex || (y[n] >= 0 && y[n] < V), op, ": labels[", n, "] = ", y[n],
+               " out of range [0, ", V, ") and not -100");
+  }
+  if (grad_w && grad_w->defined())
+    NQ_CHECK(grad_w->shape() == w.shape() && grad_w->dtype() == w.dtype(), op, ": grad_w ", grad_w->desc(),
+             " to accumulate into does not match w ", w.desc());
+  int64_t counted = 0;
+  if (!count) count = &counted;
+  if (h.device() == Device::CUDA) NQ_RUN_CUDA(linear_cross_entropy, h, w, labels, chunk_rows, grad_h, grad_w, count);
+  if (grad_h) *grad_h = Tensor::empty(h.shape());
+  if (grad_w && !grad_w->defined()) *grad_w = Tensor::zeros(w.shape());
+  // The one chunk of logits that exists at a time, counted as workspace memory.
+  Tensor logits = Tensor::empty({std::min(chunk_rows, N), V}, DType::F32, Device::CPU, MemCategory::Workspace);
+  return float(cpu::linear_cross_entropy(h.data<float>(), w.data<float>(), labels.data<int32_t>(), N, D, V,
+                                         chunk_rows, logits.data<float>(), grad_h ? grad_h->data<float>() : nullptr,
+                                         grad_w ? grad_w->data<float>() : nullptr, count));
+}
+
+// ---- dropout ------------------------------------------------------------------
+static void check_dropout(const char* op, const Tensor& x, float p) {
+  check_float(op, "x", x);
+  NQ_CHECK(p >= 0.0f && p < 1.0f, op, ": p must be in [0, 1), got ", p);
+}
+Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
+  check_dropout("dropout_forward", x, p);
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(dropout_forward, x, p, seed, offset);
+  Tensor y = Tensor::empty(x.shape());
+  cpu::dropout_apply(x.data<float>(), y.data<float>(), x.numel(), p, seed, offset);
+  return y;
+}
+Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t offset) {
+  check_dropout("dropout_backward", grad_y, p);
+  if (grad_y.device() == Device::CUDA) NQ_RUN_CUDA(dropout_backward, grad_y, p, seed, offset);
+  Tensor grad_x = Tensor::empty(grad_y.shape());
+  cpu::dropout_apply(grad_y.data<float>(), grad_x.data<float>(), grad_y.numel(), p, seed, offset);
+  return grad_x;
 }
 
 }  // namespace nq::kernels

@@ -34,7 +34,8 @@ Tensor embedding_forward(const Tensor& table, const Tensor& ids);               
 Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t V);  // scatter-add -> [V, D]
 
 // ---- RMSNorm (HF Qwen3: y = w * (x * rsqrt(mean(x^2) + eps)), stats in fp32) --
-// x [N, D] (any leading dims flattened), w [D]. rstd [N] f32 is saved for backward.
+// x [N, D] (any leading dims flattened), w [D]. rstd [N] f32 is saved for backward
+// (rstd may be null when no backward follows, e.g. generation).
 Tensor rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor* rstd);
 void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor* grad_x, Tensor* grad_w);  // grad_w: summed over N; null = skip
@@ -54,7 +55,8 @@ void swiglu_backward(const Tensor& grad_y, const Tensor& gate, const Tensor& up,
 // q [B*T, Hq, Dh], k, v [B*T, Hkv, Dh] -> o [B*T, Hq, Dh]. Query head h reads kv
 // head h / (Hq / Hkv). Scale Dh^-0.5, softmax in fp32, causal within each row
 // of T; segment_ids [B*T] (optional): a query attends only to keys of its own
-// segment (packed samples). lse [B*T, Hq] f32 (log-sum-exp per query) is saved.
+// segment (packed samples). lse [B*T, Hq] f32 (log-sum-exp per query) is saved
+// (lse may be null when no backward follows).
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
                          const Tensor& segment_ids, Tensor* lse);
 void attention_backward(const Tensor& grad_o, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -65,8 +67,9 @@ void attention_backward(const Tensor& grad_o, const Tensor& q, const Tensor& k, 
 // h [N, D], w [V, D], labels [N] (-100 = ignored). loss = mean over counted rows
 // of -log softmax(h w^T)[label]. Logits exist for `chunk_rows` rows at a time.
 // When grad_h / grad_w are given they receive d(loss)/dh, d(loss)/dw (grad_w
-// accumulated into, so a tied embedding can share it). Returns the loss and
-// writes the number of counted rows to *count.
+// accumulated into, so a tied embedding can share it; an undefined *grad_w
+// starts at zero). No counted row: loss 0, zero gradients. Returns the loss and
+// writes the number of counted rows to *count (count may be null).
 float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& labels, int64_t chunk_rows,
                            Tensor* grad_h, Tensor* grad_w, int64_t* count);
 

@@ -1,0 +1,50 @@
+// The decoder's hyper-parameters, read from a Hugging Face config.json (model_type
+// "qwen3" or "llama") or taken from a built-in preset of the official Qwen3 sizes.
+//
+// Qwen3 and Llama share one decoder (model/decoder.h); the config is the only
+// difference: Qwen3 normalises q and k per head (qk_norm), Llama does not, and
+// Llama's head_dim defaults to hidden_size / num_attention_heads. Anything the
+// decoder does not implement (sliding windows, RoPE scaling, MLP biases, other
+// activations) is refused with an error naming the field and the file, rather
+// than silently computing a different model.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nq {
+
+struct ModelConfig {
+  std::string model_type;          // "qwen3" | "llama"
+  int64_t hidden_size = 0;         // D
+  int64_t intermediate_size = 0;   // F, the MLP width
+  int64_t num_layers = 0;          // num_hidden_layers
+  int64_t num_heads = 0;           // Hq, query heads
+  int64_t num_kv_heads = 0;        // Hkv, key/value heads (GQA: Hq % Hkv == 0)
+  int64_t head_dim = 0;            // Dh
+  int64_t vocab_size = 0;          // V
+  float rope_theta = 10000.0f;
+  float rms_norm_eps = 1e-6f;
+  bool tie_word_embeddings = false;  // lm_head.weight is embed_tokens.weight
+  bool attention_bias = false;       // q/k/v/o projections carry a bias
+  int64_t max_position_embeddings = 0;
+  std::string torch_dtype = "float32";  // dtype of the stored weights ("bfloat16", ...)
+  int32_t bos_token_id = -1;            // -1: none
+  std::vector<int32_t> eos_token_ids;   // may be several (generation stops on any)
+
+  bool qk_norm() const { return model_type == "qwen3"; }  // RMSNorm over head_dim on q and k
+  // Llama tokenizers put BOS before a text (Qwen's do not, although its config names one).
+  bool prepends_bos() const { return model_type == "llama" && bos_token_id >= 0; }
+
+  // Parses HF config.json text; `source` names the file in error messages.
+  static ModelConfig from_json(const std::string& text, const std::string& source);
+  static ModelConfig from_file(const std::string& path);
+  // "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b" (the official config.json values).
+  static ModelConfig preset(const std::string& name);
+  static std::vector<std::string> preset_names();
+
+  int64_t num_parameters() const;  // counting a tied lm_head once
+  std::string summary() const;     // one line: "qwen3 28 layers, D 1024, ..."
+};
+
+}  // namespace nq

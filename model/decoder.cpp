@@ -1,0 +1,198 @@
+// The decoder's forward pass and loss (see decoder.h for the math).
+#include "model/decoder.h"
+
+#include "autograd/ops.h"
+#include "kernels/kernels.h"
+
+namespace nq {
+namespace {
+
+// The weights were checked against parameter_specs() (check_weights), so `name` exists.
+Var param(const TensorMap& weights, const std::string& name, bool requires_grad) {
+  return Var(weights.at(name), requires_grad, name);
+}
+
+// Checks one [B, T] i32 field of a batch (undefined allowed when optional).
+void check_batch_field(const Tensor& t, const char* field, const Shape& shape, bool optional) {
+  if (!t.defined()) {
+    NQ_CHECK(optional, "batch: ", field, " is missing");
+    return;
+  }
+  NQ_CHECK(t.dtype() == DType::I32, "batch: ", field, " must be i32, got ", t.desc());
+  NQ_CHECK(t.shape() == shape, "batch: ", field, " must be ", shape.str(), " like ids, got ", t.desc());
+}
+
+// Host copy of an i32 tensor (no-op view on the CPU).
+Tensor host_i32(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
+
+}  // namespace
+
+Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options)
+    : config_(std::move(config)), options_(options) {
+  const bool rg = options_.train_all;
+  check_weights(weights, config_, "decoder");
+  embed_tokens_ = param(weights, "model.embed_tokens.weight", rg);
+  norm_ = param(weights, "model.norm.weight", rg);
+  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : param(weights, "lm_head.weight", rg);
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    const std::string p = str("model.layers.", i, ".");
+    auto linear_named = [&](const std::string& module, bool has_bias) {
+      const std::string name = p + module;
+      return Linear(name, param(weights, name + ".weight", rg), has_bias ? param(weights, name + ".bias", rg) : Var());
+    };
+    const bool b = config_.attention_bias;
+    DecoderLayer layer;
+    layer.input_norm = param(weights, p + "input_layernorm.weight", rg);
+    layer.post_attention_norm = param(weights, p + "post_attention_layernorm.weight", rg);
+    if (config_.qk_norm()) {
+      layer.q_norm = param(weights, p + "self_attn.q_norm.weight", rg);
+      layer.k_norm = param(weights, p + "self_attn.k_norm.weight", rg);
+    }
+    layer.q_proj = linear_named("self_attn.q_proj", b);
+    layer.k_proj = linear_named("self_attn.k_proj", b);
+    layer.v_proj = linear_named("self_attn.v_proj", b);
+    layer.o_proj = linear_named("self_attn.o_proj", b);
+    layer.gate_proj = linear_named("mlp.gate_proj", false);
+    layer.up_proj = linear_named("mlp.up_proj", false);
+    layer.down_proj = linear_named("mlp.down_proj", false);
+    layers_.push_back(std::move(layer));
+  }
+}
+
+Decoder Decoder::load(const std::string& dir, DecoderOptions options) {
+  ModelConfig config = ModelConfig::from_file(dir + "/config.json");
+  TensorMap weights = load_weights(dir, config);
+  return Decoder(std::move(config), weights, options);
+}
+
+Var Decoder::embed(const Tensor& ids) const { return embedding(embed_tokens_, ids); }
+
+Var Decoder::final_norm(const Var& x) const { return rmsnorm(x, norm_, config_.rms_norm_eps); }
+
+Var Decoder::layer_forward(int64_t i, const Var& x, const Tensor& positions, const AttentionFn& attend) const {
+  const DecoderLayer& L = layers_[i];
+  const ModelConfig& c = config_;
+  const int64_t N = x.shape()[0], Hq = c.num_heads, Hkv = c.num_kv_heads, Dh = c.head_dim;
+  const float eps = c.rms_norm_eps;
+
+  // Attention block.
+  Var h = rmsnorm(x, L.input_norm, eps);  // [N, D]
+  Var q = L.q_proj.forward(h);            // [N, Hq*Dh]
+  Var k = L.k_proj.forward(h);            // [N, Hkv*Dh]
+  Var v = L.v_proj.forward(h);            // [N, Hkv*Dh]
+  if (c.qk_norm()) {  // one RMSNorm over each head's Dh values, weight shared by the heads
+    q = rmsnorm(reshape(q, {N * Hq, Dh}), L.q_norm, eps);
+    k = rmsnorm(reshape(k, {N * Hkv, Dh}), L.k_norm, eps);
+  }
+  q = rope(reshape(q, {N, Hq, Dh}), positions, c.rope_theta);   // [N, Hq, Dh]
+  k = rope(reshape(k, {N, Hkv, Dh}), positions, c.rope_theta);  // [N, Hkv, Dh]
+  v = reshape(v, {N, Hkv, Dh});
+  Var o = attend(q, k, v);                                      // [N, Hq, Dh]
+  Var x1 = add(x, L.o_proj.forward(reshape(o, {N, Hq * Dh})));  // [N, D]
+
+  // MLP block.
+  Var h2 = rmsnorm(x1, L.post_attention_norm, eps);
+  Var act = swiglu(L.gate_proj.forward(h2), L.up_proj.forward(h2));  // [N, F]
+  return add(x1, L.down_proj.forward(act));                          // [N, D]
+}
+
+Var Decoder::hidden(const DecoderBatch& batch) const {
+  NQ_CHECK(batch.ids.defined() && batch.ids.ndim() == 2 && batch.ids.dtype() == DType::I32,
+           "batch: ids must be i32 [B, T], got ", batch.ids.defined() ? batch.ids.desc() : "none");
+  const Shape bt = batch.ids.shape();
+  const int64_t B = bt[0], T = bt[1], N = B * T;
+  check_batch_field(batch.positions, "positions", bt, true);
+  check_batch_field(batch.segment_ids, "segment_ids", bt, true);
+
+  // Token ids must index the embedding table.
+  Tensor ids_host = host_i32(batch.ids);
+  const int32_t* id = ids_host.data<int32_t>();
+  for (int64_t n = 0; n < N; ++n)
+    NQ_CHECK(id[n] >= 0 && id[n] < config_.vocab_size, "batch: token id ", id[n], " at row ", n / T, ", column ",
+             n % T, " is outside the vocabulary [0, ", config_.vocab_size, ")");
+
+  Tensor positions = batch.positions;
+  if (!positions.defined()) {  // 0..T-1 in every row
+    std::vector<int32_t> pos(N);
+    for (int64_t n = 0; n < N; ++n) pos[n] = int32_t(n % T);
+    positions = Tensor::from_ids(pos, {N}).to(batch.ids.device());
+  }
+  positions = positions.view({N});
+  Tensor segments = batch.segment_ids.defined() ? batch.segment_ids.view({N}) : Tensor();
+
+  AttentionFn causal = [B, T, segments](const Var& q, const Var& k, const Var& v) {
+    return attention(q, k, v, B, T, segments);
+  };
+  Var x = embed(batch.ids.view({N}));  // [N, D]
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    if (options_.checkpointing && grad_enabled()) {
+      auto run_layer = [this, i, positions, causal](const std::vector<Var>& in) {
+        return layer_forward(i, in[0], positions, causal);
+      };
+      x = checkpoint(run_layer, {x});
+    } else {
+      x = layer_forward(i, x, positions, causal);
+    }
+  }
+  return final_norm(x);  // [N, D]
+}
+
+Var Decoder::forward_loss(const DecoderBatch& batch) const {
+  NQ_CHECK(batch.ids.defined(), "batch: ids is missing");
+  check_batch_field(batch.labels, "labels", batch.ids.shape(), false);
+  const int64_t B = batch.ids.size(0), T = batch.ids.size(1);
+
+  // HF shift: position t predicts labels[t+1]; the last position of a row predicts nothing.
+  Tensor labels = host_i32(batch.labels);
+  const int32_t* label = labels.data<int32_t>();
+  std::vector<int32_t> shifted(B * T);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t n = b * T + t;
+      shifted[n] = batch.labels_shifted ? label[n] : t + 1 < T ? label[n + 1] : -100;
+    }
+  for (int32_t l : shifted)
+    NQ_CHECK(l == -100 || (l >= 0 && l < config_.vocab_size), "batch: label ", l,
+             " is neither -100 nor a token id in [0, ", config_.vocab_size, ")");
+
+  Var h = hidden(batch);  // [B*T, D]
+  return linear_cross_entropy(h, lm_head_, Tensor::from_ids(shifted, {B * T}).to(batch.ids.device()),
+                              options_.ce_chunk_rows);
+}
+
+Tensor Decoder::logits(const DecoderBatch& batch) const {
+  NoGrad no_grad;
+  Var h = hidden(batch);  // [B*T, D]
+  Tensor out = kernels::matmul(h.value(), lm_head_.value(), false, true);  // [B*T, V]
+  return out.view({batch.ids.size(0), batch.ids.size(1), config_.vocab_size});
+}
+
+std::vector<Linear*> Decoder::linears() {
+  std::vector<Linear*> out;
+  for (DecoderLayer& L : layers_)
+    for (Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      out.push_back(l);
+  return out;
+}
+
+std::vector<Var> Decoder::parameters() const {
+  std::vector<Var> out = {embed_tokens_};
+  for (const DecoderLayer& L : layers_) {
+    out.push_back(L.input_norm);
+    for (const Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj}) {
+      out.push_back(l->weight());
+      if (l->bias().defined()) out.push_back(l->bias());
+    }
+    if (config_.qk_norm()) {
+      out.push_back(L.q_norm);
+      out.push_back(L.k_norm);
+    }
+    out.push_back(L.post_attention_norm);
+    for (const Linear* l : {&L.gate_proj, &L.up_proj, &L.down_proj}) out.push_back(l->weight());
+  }
+  out.push_back(norm_);
+  if (!config_.tie_word_embeddings) out.push_back(lm_head_);
+  return out;
+}
+
+}  // namespace nq

@@ -1,0 +1,86 @@
+// The Qwen3 / Llama decoder (transformers' modeling_qwen3 / modeling_llama
+// semantics), written with the differentiable ops of autograd/ops.h.
+//
+//   x = embed_tokens[ids]                                        // [N, D], N = B*T
+//   for each layer:
+//     h = RMSNorm(x)
+//     q, k, v = q_proj(h), k_proj(h), v_proj(h)                  // [N, Hq, Dh], [N, Hkv, Dh] x2
+//     (qwen3) q, k = RMSNorm_Dh(q), RMSNorm_Dh(k)                // per head, one [Dh] weight each
+//     q, k = RoPE(q, pos), RoPE(k, pos)                          // rotate-half
+//     x = x + o_proj(causal GQA attention(q, k, v))              // [N, D]
+//     x = x + down_proj(silu(gate_proj(RMSNorm(x))) * up_proj(RMSNorm(x)))
+//   logits = RMSNorm(x) @ lm_head^T                              // lm_head = embed_tokens when tied
+//
+// Qwen3 and Llama differ only by their config (model/config.h): q/k norms and
+// the default head_dim. Parameters are Vars named as in the HF checkpoint.
+// Each layer is recomputed in backward (gradient checkpointing) unless turned off.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "autograd/var.h"
+#include "model/config.h"
+#include "model/linear.h"
+#include "model/weights.h"
+
+namespace nq {
+
+// A batch of B rows of T tokens (all i32, on the model's device).
+struct DecoderBatch {
+  Tensor ids;          // [B, T] token ids
+  Tensor labels;       // [B, T], -100 = not counted. HF convention (default): labels[t] is the
+                       // token at t and the loss shifts them (position t predicts labels[t+1]).
+  bool labels_shifted = false;  // true: labels[t] already is the target of position t (train/batch.h)
+  Tensor positions;    // [B, T] RoPE positions; undefined = 0..T-1 in every row
+  Tensor segment_ids;  // [B, T] packed rows: attention stays within a segment; undefined = one per row
+};
+
+struct DecoderOptions {
+  bool checkpointing = true;       // recompute each layer during backward
+  bool train_all = false;          // every parameter requires grad (tests); otherwise all are frozen
+  int64_t ce_chunk_rows = 1024;    // rows of logits that exist at once in the loss
+};
+
+struct DecoderLayer {
+  Var input_norm, post_attention_norm;  // [D]
+  Var q_norm, k_norm;                   // [Dh] (qwen3 only)
+  Linear q_proj, k_proj, v_proj, o_proj;
+  Linear gate_proj, up_proj, down_proj;
+};
+
+class Decoder {
+ public:
+  Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options = {});
+  // config.json + safetensors from a HF model directory (model/weights.h).
+  static Decoder load(const std::string& dir, DecoderOptions options = {});
+
+  // Mean next-token cross-entropy over counted labels -> [1].
+  Var forward_loss(const DecoderBatch& batch) const;
+  // Full logits [B, T, V], computed under NoGrad (tests, eval).
+  Tensor logits(const DecoderBatch& batch) const;
+
+  // The pieces, shared with the KV-cache generator (model/generate.h).
+  // attend(q [N, Hq, Dh], k [N, Hkv, Dh], v [N, Hkv, Dh]) -> [N, Hq, Dh].
+  using AttentionFn = std::function<Var(const Var& q, const Var& k, const Var& v)>;
+  Var embed(const Tensor& ids) const;  // ids [N] -> [N, D]
+  Var layer_forward(int64_t layer, const Var& x, const Tensor& positions, const AttentionFn& attend) const;
+  Var final_norm(const Var& x) const;  // [N, D]
+  const Var& lm_head() const { return lm_head_; }  // [V, D]
+
+  const ModelConfig& config() const { return config_; }
+  DecoderOptions& options() { return options_; }
+  const std::vector<DecoderLayer>& layers() const { return layers_; }
+  std::vector<Linear*> linears();      // every projection, in model order (adapter targets)
+  std::vector<Var> parameters() const; // every parameter once (a tied lm_head is embed_tokens)
+
+ private:
+  Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]
+
+  ModelConfig config_;
+  DecoderOptions options_;
+  Var embed_tokens_, norm_, lm_head_;
+  std::vector<DecoderLayer> layers_;
+};
+
+}  // namespace nq

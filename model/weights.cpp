@@ -1,0 +1,118 @@
+// Parameter names/shapes of the decoder, checkpoint loading and random init (see weights.h).
+#include "model/weights.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "runtime/philox.h"
+#include "runtime/safetensors.h"
+
+namespace nq {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Checkpoint entries that carry no parameter of ours and are safe to skip.
+bool skippable(const std::string& name, const ModelConfig& config) {
+  return ends_with(name, "rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight");
+}
+
+}  // namespace
+
+std::vector<ParamSpec> parameter_specs(const ModelConfig& c) {
+  const int64_t D = c.hidden_size, F = c.intermediate_size, Dh = c.head_dim;
+  const int64_t q = c.num_heads * Dh, kv = c.num_kv_heads * Dh;
+  std::vector<ParamSpec> specs = {{"model.embed_tokens.weight", {c.vocab_size, D}}};
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = str("model.layers.", i, ".");
+    specs.push_back({p + "input_layernorm.weight", {D}});
+    const std::vector<std::pair<std::string, Shape>> attn = {
+        {"q_proj", {q, D}}, {"k_proj", {kv, D}}, {"v_proj", {kv, D}}, {"o_proj", {D, q}}};
+    for (const auto& [name, shape] : attn) {
+      specs.push_back({p + "self_attn." + name + ".weight", shape});
+      if (c.attention_bias) specs.push_back({p + "self_attn." + name + ".bias", {shape[0]}});
+    }
+    if (c.qk_norm()) {
+      specs.push_back({p + "self_attn.q_norm.weight", {Dh}});
+      specs.push_back({p + "self_attn.k_norm.weight", {Dh}});
+    }
+    specs.push_back({p + "post_attention_layernorm.weight", {D}});
+    specs.push_back({p + "mlp.gate_proj.weight", {F, D}});
+    specs.push_back({p + "mlp.up_proj.weight", {F, D}});
+    specs.push_back({p + "mlp.down_proj.weight", {D, F}});
+  }
+  specs.push_back({"model.norm.weight", {D}});
+  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, D}});
+  return specs;
+}
+
+void check_weights(const TensorMap& weights, const ModelConfig& config, const std::string& source) {
+  for (const ParamSpec& spec : parameter_specs(config)) {
+    auto it = weights.find(spec.name);
+    NQ_CHECK(it != weights.end(), source, ": missing tensor ", spec.name, " (expected ", spec.shape.str(), ")");
+    NQ_CHECK(it->second.shape() == spec.shape, source, ": tensor ", spec.name, " has shape ",
+             it->second.shape().str(), ", expected ", spec.shape.str());
+    NQ_CHECK(it->second.dtype() == DType::F32, source, ": tensor ", spec.name, " must be f32, got ",
+             it->second.desc());
+  }
+}
+
+TensorMap load_weights(const std::string& dir, const ModelConfig& config) {
+  SafetensorsDir file = SafetensorsDir::open(dir);
+  const std::vector<ParamSpec> specs = parameter_specs(config);
+
+  std::map<std::string, bool> expected;
+  for (const ParamSpec& s : specs) expected[s.name] = true;
+  for (const std::string& name : file.names()) {
+    if (expected.count(name)) continue;
+    NQ_CHECK(skippable(name, config), dir, ": unexpected tensor ", name, " in ", file.file_of(name).path(),
+             " (not a parameter of this ", config.model_type, " config)");
+    std::fprintf(stderr, "note: %s: skipping %s (%s)\n", dir.c_str(), name.c_str(),
+                 name == "lm_head.weight" ? "lm_head is tied to embed_tokens" : "recomputed buffer");
+  }
+
+  TensorMap weights;
+  for (const ParamSpec& spec : specs) {
+    NQ_CHECK(file.has(spec.name), dir, ": missing tensor ", spec.name, " (expected ", spec.shape.str(), ")");
+    const SafetensorsFile& shard = file.file_of(spec.name);
+    const auto& entry = shard.entry(spec.name);
+    NQ_CHECK(entry.shape == spec.shape, shard.path(), ": tensor ", spec.name, " has shape ", entry.shape.str(),
+             ", expected ", spec.shape.str());
+    NQ_CHECK(entry.dtype == DType::F32 || entry.dtype == DType::BF16 || entry.dtype == DType::F16, shard.path(),
+             ": tensor ", spec.name, " has dtype ", dtype_name(entry.dtype), " (expected F32, BF16 or F16)");
+    Tensor t = shard.get(spec.name);
+    // An owned f32 copy: the decoder's weights must not alias the read-only mapping.
+    weights[spec.name] = t.dtype() == DType::F32 ? t.clone() : t.to_dtype(DType::F32);
+  }
+  return weights;
+}
+
+TensorMap random_weights(const ModelConfig& config, uint64_t seed, float init_std) {
+  TensorMap weights;
+  uint64_t offset = 0;  // a private Philox stream: parameter k uses the range after parameter k-1
+  for (const ParamSpec& spec : parameter_specs(config)) {
+    Tensor t = Tensor::empty(spec.shape, DType::F32, Device::CPU, MemCategory::Weights);
+    float* w = t.data<float>();
+    const int64_t n = t.numel();
+    if (ends_with(spec.name, "norm.weight")) {
+      for (int64_t i = 0; i < n; ++i) w[i] = 1.0f;
+    } else if (ends_with(spec.name, ".bias")) {
+      for (int64_t i = 0; i < n; ++i) w[i] = 0.0f;
+    } else {
+      // Box-Muller: two uniforms -> one standard normal.
+#pragma omp parallel for
+      for (int64_t i = 0; i < n; ++i) {
+        float u1 = philox_uniform(seed, offset, 2 * uint64_t(i)), u2 = philox_uniform(seed, offset, 2 * uint64_t(i) + 1);
+        float r = std::sqrt(-2.0f * std::log(1.0f - u1));  // 1 - u1 in (0, 1]
+        w[i] = init_std * r * std::cos(6.28318530718f * u2);
+      }
+      offset += (2 * uint64_t(n) + 3) / 4;  // Philox blocks used
+    }
+    weights[spec.name] = t;
+  }
+  return weights;
+}
+
+}  // namespace nq

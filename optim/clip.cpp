@@ -1,0 +1,45 @@
+// Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_ semantics).
+// Per-tensor norms are accumulated in double and rounded to f32, as torch's
+// f32 norm kernels produce an f32 result; the total is the norm of the norms.
+#include "optim/clip.h"
+
+#include <cmath>
+
+namespace nq {
+
+static float tensor_l2_norm(const Tensor& g) {
+  const float* x = g.data<float>();
+  double sum_sq = 0.0;
+  for (int64_t i = 0, n = g.numel(); i < n; ++i) sum_sq += double(x[i]) * double(x[i]);
+  return float(std::sqrt(sum_sq));
+}
+
+float grad_global_norm(const std::vector<Var>& params) {
+  double sum_sq = 0.0;
+  for (const Var& p : params) {
+    const Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    NQ_CHECK(g.dtype() == DType::F32 && g.device() == Device::CPU,
+             "grad_global_norm: gradient of ", p.name(), " is ", g.desc(), ", expected f32 cpu");
+    double norm = tensor_l2_norm(g);
+    sum_sq += norm * norm;
+  }
+  return float(std::sqrt(sum_sq));
+}
+
+float clip_grad_norm(const std::vector<Var>& params, float max_norm) {
+  NQ_CHECK(max_norm > 0.0f && std::isfinite(max_norm), "clip_grad_norm: max_norm must be > 0, got ", max_norm);
+  float total = grad_global_norm(params);
+  if (!std::isfinite(total)) return total;
+  float coef = max_norm / (total + 1e-6f);
+  if (coef >= 1.0f) return total;  // torch multiplies by the clamped 1.0: no change
+  for (const Var& p : params) {
+    const Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    float* x = g.data<float>();
+    for (int64_t i = 0, n = g.numel(); i < n; ++i) x[i] *= coef;
+  }
+  return total;
+}
+
+}  // namespace nq

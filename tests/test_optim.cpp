@@ -1,0 +1,199 @@
+// optim/: AdamW, clipping and LR schedules against torch / transformers
+// (tests/fixtures/optim/optim.json from tools/ref/make_optim_fixtures.py), plus
+// state save/load and the accumulation scaling against a direct computation.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "optim/accumulation.h"
+#include "optim/adamw.h"
+#include "optim/clip.h"
+#include "optim/schedule.h"
+
+using namespace nq;
+using json = nlohmann::json;
+
+static const json& optim_fixture() {
+  static json j = [] {
+    std::ifstream f("tests/fixtures/optim/optim.json");
+    REQUIRE_MESSAGE(f.good(), "missing tests/fixtures/optim/optim.json (run from the repository root)");
+    return json::parse(f);
+  }();
+  return j;
+}
+
+static Shape shape_of(const json& s) { return Shape::of(s.get<std::vector<int64_t>>()); }
+
+// Relative error of a tensor: max_i |a_i - b_i| / max_i |b_i|. (Per element it
+// is ill-conditioned where a parameter crosses zero.)
+static double max_rel_err(const float* a, const std::vector<float>& b) {
+  double worst = 0, scale = 1e-30;
+  for (size_t i = 0; i < b.size(); ++i) {
+    worst = std::max(worst, std::fabs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return worst / scale;
+}
+
+static std::vector<float> span_of(const Tensor& t) { return t.to_vector(); }
+
+static std::vector<Var> make_params(const json& c) {
+  std::vector<Var> params;
+  for (size_t i = 0; i < c["shapes"].size(); ++i)
+    params.emplace_back(Tensor::from_vector(c["init"][i].get<std::vector<float>>(), shape_of(c["shapes"][i])), true,
+                        str("p", i));
+  return params;
+}
+
+static void set_grads(std::vector<Var>& params, const json& grads) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (grads[i].is_null()) { params[i].zero_grad(); continue; }
+    params[i].impl()->grad = Tensor::from_vector(grads[i].get<std::vector<float>>(), params[i].shape());
+  }
+}
+
+static AdamWConfig config_of(const json& c) {
+  AdamWConfig cfg;
+  cfg.beta1 = c["betas"][0].get<double>();
+  cfg.beta2 = c["betas"][1].get<double>();
+  cfg.eps = c["eps"].get<double>();
+  cfg.weight_decay = c["weight_decay"].get<double>();
+  return cfg;
+}
+
+TEST_CASE("AdamW matches torch.optim.AdamW over 10 steps") {
+  for (const json& c : optim_fixture()["adamw"]) {
+    CAPTURE(c["name"].get<std::string>());
+    std::vector<Var> params = make_params(c);
+    AdamW opt(params, config_of(c));
+    for (size_t step = 0; step < c["lrs"].size(); ++step) {
+      set_grads(params, c["grads"][step]);
+      opt.step(c["lrs"][step].get<double>());
+      for (size_t i = 0; i < params.size(); ++i) {
+        CAPTURE(step); CAPTURE(i);
+        CHECK(max_rel_err(params[i].value().data<float>(), c["after"][step][i].get<std::vector<float>>()) < 1e-6);
+      }
+    }
+    std::map<std::string, Tensor> state = opt.state_dict();
+    for (size_t i = 0; i < params.size(); ++i) {
+      // The moments depend only on the gradients, with the same fused multiply-adds
+      // as torch's lerp_/addcmul_ kernels: bit-identical. (The parameters go
+      // through sqrt, which torch computes with MKL, hence the tolerance above.)
+      CHECK(span_of(state.at(str("p", i, ".exp_avg"))) == c["exp_avg"][i].get<std::vector<float>>());
+      CHECK(span_of(state.at(str("p", i, ".exp_avg_sq"))) == c["exp_avg_sq"][i].get<std::vector<float>>());
+      CHECK(state.at(str("p", i, ".step")).data<int64_t>()[0] == c["step"][i].get<int64_t>());
+    }
+  }
+}
+
+TEST_CASE("AdamW state save/load resumes bit-identically") {
+  const json& c = optim_fixture()["adamw"][1];  // has skipped gradients: per-parameter step counts differ
+  std::vector<Var> straight = make_params(c);
+  AdamW opt_a(straight, config_of(c));
+  for (size_t s = 0; s < 10; ++s) { set_grads(straight, c["grads"][s]); opt_a.step(c["lrs"][s].get<double>()); }
+
+  std::vector<Var> first = make_params(c);
+  AdamW opt_b(first, config_of(c));
+  for (size_t s = 0; s < 5; ++s) { set_grads(first, c["grads"][s]); opt_b.step(c["lrs"][s].get<double>()); }
+  std::map<std::string, Tensor> saved = opt_b.state_dict();
+
+  // A fresh optimizer over copies of the parameters, loaded from the saved state.
+  std::vector<Var> resumed;
+  for (size_t i = 0; i < first.size(); ++i) resumed.emplace_back(first[i].value().clone(), true, str("p", i));
+  AdamW opt_c(resumed, config_of(c));
+  opt_c.load_state_dict(saved);
+  for (size_t s = 5; s < 10; ++s) { set_grads(resumed, c["grads"][s]); opt_c.step(c["lrs"][s].get<double>()); }
+  for (size_t i = 0; i < straight.size(); ++i) {
+    CHECK(opt_c.step_count(i) == opt_a.step_count(i));
+    std::vector<float> a = straight[i].value().to_vector(), b = resumed[i].value().to_vector();
+    CHECK(a == b);
+  }
+
+  SUBCASE("bad state is reported and leaves the optimizer untouched") {
+    std::map<std::string, Tensor> bad = saved;
+    bad.erase("p2.exp_avg_sq");
+    CHECK_THROWS_WITH_AS(opt_c.load_state_dict(bad), "AdamW::load_state_dict: missing p2.exp_avg_sq", Error);
+    bad = saved;
+    bad["p1.exp_avg"] = Tensor::zeros({3});
+    CHECK_THROWS_WITH_AS(opt_c.load_state_dict(bad), "AdamW::load_state_dict: p1.exp_avg is f32[3] cpu, expected f32[8]",
+                         Error);
+    CHECK(opt_c.step_count(0) == opt_a.step_count(0));
+  }
+}
+
+TEST_CASE("AdamW rejects bad parameters and gradients") {
+  Var a(Tensor::zeros({2}), true, "w"), b(Tensor::zeros({3}), true, "w");
+  CHECK_THROWS_WITH_AS(AdamW({a, b}, AdamWConfig{}), "AdamW: two parameters are named w", Error);
+  AdamWConfig bad_beta;
+  bad_beta.beta2 = 1.0f;
+  CHECK_THROWS_WITH_AS(AdamW({a}, bad_beta), "AdamW: betas must be in [0, 1), got (0.9, 1)", Error);
+  AdamW opt({a}, AdamWConfig{});
+  a.impl()->grad = Tensor::zeros({5});
+  CHECK_THROWS_WITH_AS(opt.step(1e-3), "AdamW: gradient of w is f32[5] cpu, parameter is f32[2] cpu", Error);
+}
+
+TEST_CASE("clip_grad_norm matches torch.nn.utils.clip_grad_norm_") {
+  for (const json& c : optim_fixture()["clip"]) {
+    std::vector<Var> params;
+    for (size_t i = 0; i < c["shapes"].size(); ++i) {
+      params.emplace_back(Tensor::zeros(shape_of(c["shapes"][i])), true, str("g", i));
+      params.back().impl()->grad =
+          Tensor::from_vector(c["grads"][i].get<std::vector<float>>(), shape_of(c["shapes"][i]));
+    }
+    float total = clip_grad_norm(params, c["max_norm"].get<float>());
+    double want = c["total_norm"].get<double>();
+    CHECK(std::fabs(total - want) / want < 1e-6);
+    for (size_t i = 0; i < params.size(); ++i)
+      CHECK(max_rel_err(params[i].grad().data<float>(), c["clipped"][i].get<std::vector<float>>()) < 1e-6);
+  }
+  CHECK_THROWS_WITH_AS(clip_grad_norm({}, 0.0f), "clip_grad_norm: max_norm must be > 0, got 0", Error);
+}
+
+TEST_CASE("LR schedules match transformers' get_*_schedule_with_warmup") {
+  for (const json& c : optim_fixture()["schedules"]) {
+    LrSchedule sched;
+    sched.kind = parse_schedule_kind(c["kind"].get<std::string>());
+    sched.base_lr = 1.0;
+    sched.warmup_steps = c["warmup"].get<int64_t>();
+    sched.total_steps = c["total"].get<int64_t>();
+    sched.validate();
+    std::vector<double> want = c["factors"].get<std::vector<double>>();
+    for (size_t s = 0; s < want.size(); ++s) {
+      CAPTURE(c["kind"].get<std::string>()); CAPTURE(s);
+      CHECK(std::fabs(sched.lr(int64_t(s)) - want[s]) <= 1e-12 + 1e-6 * std::fabs(want[s]));
+    }
+  }
+  CHECK_THROWS_WITH_AS(parse_schedule_kind("step"), "unknown lr schedule 'step' (expected constant, linear or cosine)",
+                       Error);
+  LrSchedule neg;
+  neg.warmup_steps = -1;
+  CHECK_THROWS_WITH_AS(neg.validate(), "lr schedule: warmup steps must be >= 0, got -1", Error);
+}
+
+TEST_CASE("accumulation scaling reproduces the loss of the whole window") {
+  // Per-token losses of three micro-batches with different numbers of trained tokens.
+  std::vector<std::vector<double>> micro = {{1.0, 2.0, 3.0}, {4.0}, {0.5, 0.25}};
+  double total_sum = 0, mean_of_means = 0;
+  int64_t window = 0;
+  for (auto& m : micro) {
+    double s = 0;
+    for (double x : m) s += x;
+    total_sum += s;
+    mean_of_means += s / double(m.size()) / double(micro.size());
+    window += int64_t(m.size());
+  }
+  double tokens = 0, batches = 0;
+  for (auto& m : micro) {
+    double mean = 0;
+    for (double x : m) mean += x / double(m.size());
+    tokens += micro_batch_loss_scale(AccumulationNorm::Tokens, int64_t(m.size()), window, 3) * mean;
+    batches += micro_batch_loss_scale(AccumulationNorm::MicroBatches, int64_t(m.size()), window, 3) * mean;
+  }
+  CHECK(tokens == doctest::Approx(total_sum / double(window)).epsilon(1e-12));
+  CHECK(batches == doctest::Approx(mean_of_means).epsilon(1e-12));
+  CHECK(micro_batch_loss_scale(AccumulationNorm::Tokens, 0, 0, 2) == 0.0);
+  CHECK_THROWS_WITH_AS(parse_accumulation_norm("sum"),
+                       "unknown accumulation normalisation 'sum' (expected tokens or micro_batches)", Error);
+}

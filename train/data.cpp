@@ -1,0 +1,158 @@
+// JSONL parsing for the SFT formats (see data.h): format detection from the
+// first valid line, field and role validation with FILE:LINE messages.
+#include "train/data.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.h"
+
+namespace nq {
+
+using json = nlohmann::json;
+
+const char* data_format_name(DataFormat f) {
+  switch (f) {
+    case DataFormat::Messages: return "messages";
+    case DataFormat::PromptCompletion: return "prompt-completion";
+    case DataFormat::Alpaca: return "alpaca";
+    case DataFormat::Text: return "text";
+  }
+  return "?";
+}
+
+BadLinePolicy parse_bad_line_policy(const std::string& name) {
+  if (name == "error") return BadLinePolicy::Error;
+  if (name == "skip") return BadLinePolicy::Skip;
+  throw Error(str("unknown bad-line policy '", name, "' (expected error or skip)"));
+}
+
+std::string alpaca_prompt(const std::string& instruction, const std::string& input) {
+  if (input.empty())
+    return "Below is an instruction that describes a task. Write a response that appropriately completes the "
+           "request.\n\n### Instruction:\n" + instruction + "\n\n### Response:\n";
+  return "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+         "response that appropriately completes the request.\n\n### Instruction:\n" + instruction +
+         "\n\n### Input:\n" + input + "\n\n### Response:\n";
+}
+
+namespace {
+
+// A line-level problem; becomes "FILE:LINE: <message>".
+struct BadLine {
+  std::string message;
+};
+
+// The format a JSON object is written in, judged by its keys; throws BadLine
+// when it matches none.
+DataFormat detect_format(const json& obj) {
+  if (obj.contains("messages")) return DataFormat::Messages;
+  if (obj.contains("prompt") || obj.contains("completion")) return DataFormat::PromptCompletion;
+  if (obj.contains("instruction") || obj.contains("output")) return DataFormat::Alpaca;
+  if (obj.contains("text")) return DataFormat::Text;
+  throw BadLine{"no known fields (expected \"messages\", \"prompt\"/\"completion\", \"instruction\"/\"output\" or "
+                "\"text\")"};
+}
+
+std::string string_field(const json& obj, const char* key, bool required = true) {
+  auto it = obj.find(key);
+  if (it == obj.end()) {
+    if (!required) return "";
+    throw BadLine{str("missing field \"", key, "\"")};
+  }
+  if (!it->is_string()) throw BadLine{str("field \"", key, "\" must be a string, got ", it->type_name())};
+  return it->get<std::string>();
+}
+
+std::vector<Turn> parse_messages(const json& obj) {
+  const json& msgs = obj.at("messages");
+  if (!msgs.is_array()) throw BadLine{str("field \"messages\" must be an array, got ", msgs.type_name())};
+  if (msgs.empty()) throw BadLine{"field \"messages\" is empty"};
+  std::vector<Turn> turns;
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const json& m = msgs[i];
+    if (!m.is_object()) throw BadLine{str("messages[", i, "] must be an object, got ", m.type_name())};
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string()) throw BadLine{str("messages[", i, "].role is missing or not a string")};
+    std::string r = role->get<std::string>();
+    if (r != "system" && r != "user" && r != "assistant")
+      throw BadLine{str("messages[", i, "].role is \"", r, "\" (expected system, user or assistant)")};
+    auto content = m.find("content");
+    if (content == m.end() || !content->is_string())
+      throw BadLine{str("messages[", i, "].content is missing or not a string")};
+    turns.push_back({r, content->get<std::string>()});
+  }
+  return turns;
+}
+
+// Reads the fields of `format` from obj into ex.
+void fill_fields(const json& obj, DataFormat format, Example& ex) {
+  switch (format) {
+    case DataFormat::Messages:
+      if (!obj.contains("messages")) throw BadLine{"missing field \"messages\""};
+      ex.messages = parse_messages(obj);
+      break;
+    case DataFormat::PromptCompletion:
+      ex.prompt = string_field(obj, "prompt");
+      ex.completion = string_field(obj, "completion");
+      break;
+    case DataFormat::Alpaca:
+      ex.instruction = string_field(obj, "instruction");
+      ex.input = string_field(obj, "input", /*required=*/false);
+      ex.output = string_field(obj, "output");
+      break;
+    case DataFormat::Text:
+      ex.text = string_field(obj, "text");
+      break;
+  }
+}
+
+Example parse_example(const json& obj, DataFormat format) {
+  Example ex;
+  try {
+    fill_fields(obj, format, ex);
+  } catch (BadLine& bad) {
+    // A missing field on a later line usually means a line of another format.
+    if (bad.message.rfind("missing field", 0) == 0) bad.message += str(" (the file is ", data_format_name(format), ")");
+    throw;
+  }
+  return ex;
+}
+
+}  // namespace
+
+ParsedData parse_jsonl(std::istream& in, const std::string& name, BadLinePolicy policy) {
+  ParsedData out;
+  bool have_format = false;
+  std::string line;
+  for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    try {
+      json obj = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (obj.is_discarded()) throw BadLine{"invalid JSON"};
+      if (!obj.is_object()) throw BadLine{str("expected a JSON object, got ", obj.type_name())};
+      DataFormat format = have_format ? out.format : detect_format(obj);
+      Example ex = parse_example(obj, format);
+      ex.line = lineno;
+      if (!have_format) { out.format = format; have_format = true; }
+      out.examples.push_back(std::move(ex));
+    } catch (const BadLine& bad) {
+      std::string message = str(name, ":", lineno, ": ", bad.message);
+      if (policy == BadLinePolicy::Error) throw Error(message);
+      if (out.skipped_lines++ == 0) out.first_skip_message = message;
+    }
+  }
+  NQ_CHECK(!out.examples.empty(), name, ": no valid examples",
+           out.skipped_lines ? str(" (", out.skipped_lines, " bad lines skipped; first: ", out.first_skip_message, ")")
+                             : std::string());
+  return out;
+}
+
+ParsedData parse_jsonl_file(const std::string& path, BadLinePolicy policy) {
+  std::ifstream f(path, std::ios::binary);
+  NQ_CHECK(f.good(), path, ": cannot open dataset file");
+  return parse_jsonl(f, path, policy);
+}
+
+}  // namespace nq

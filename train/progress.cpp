@@ -1,0 +1,71 @@
+// Progress bar and metrics JSONL (see progress.h).
+#include "train/progress.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.h"
+
+namespace nq {
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  int64_t s = int64_t(std::llround(seconds));
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
+  else if (s >= 60) std::snprintf(buf, sizeof buf, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+  else std::snprintf(buf, sizeof buf, "%llds", (long long)s);
+  return buf;
+}
+
+ProgressBar::ProgressBar(std::ostream& out, int64_t total_steps, bool tty, int64_t every)
+    : out_(out), total_(std::max<int64_t>(1, total_steps)), every_(std::max<int64_t>(1, every)), tty_(tty) {}
+
+std::string ProgressBar::line(const StepMetrics& m, double elapsed_s) const {
+  constexpr int kWidth = 20;
+  double frac = std::min(1.0, double(m.step) / double(total_));
+  int filled = int(frac * kWidth);
+  std::string bar = std::string(size_t(filled), '#') + std::string(size_t(kWidth - filled), '-');
+  // ETA from the average time per step so far.
+  double eta = m.step > 0 ? elapsed_s / double(m.step) * double(total_ - m.step) : NAN;
+  char tps[32];
+  if (m.tokens_per_s >= 1000) std::snprintf(tps, sizeof tps, "%.1fk", m.tokens_per_s / 1000);
+  else std::snprintf(tps, sizeof tps, "%.0f", m.tokens_per_s);
+  int digits = int(std::to_string(total_).size());
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "step %*lld/%lld [%s] %3d%% | loss %.4f | lr %.2e | %s tok/s | ETA %s", digits,
+                (long long)m.step, (long long)total_, bar.c_str(), int(frac * 100), m.loss, m.lr, tps,
+                format_duration(eta).c_str());
+  return buf;
+}
+
+void ProgressBar::update(const StepMetrics& m, double elapsed_s) {
+  if (tty_) {
+    out_ << '\r' << line(m, elapsed_s) << "\033[K" << std::flush;  // ESC[K clears what a longer line left
+    drawn_ = true;
+  } else if (m.step % every_ == 0 || m.step == total_ || m.step == 1) {
+    out_ << line(m, elapsed_s) << '\n' << std::flush;
+  }
+}
+
+void ProgressBar::finish() {
+  if (tty_ && drawn_) out_ << '\n' << std::flush;
+  drawn_ = false;
+}
+
+MetricsWriter::MetricsWriter(const std::string& path) : path_(path), f_(path, std::ios::trunc) {
+  NQ_CHECK(f_.good(), path, ": cannot create metrics file");
+}
+
+void MetricsWriter::write(const StepMetrics& m) {
+  nlohmann::json j = {{"step", m.step},           {"loss", m.loss},
+                      {"lr", m.lr},               {"grad_norm", m.grad_norm},
+                      {"tokens_per_s", m.tokens_per_s}, {"mem_bytes", m.mem_bytes}};
+  // Non-finite numbers (a diverged loss) have no JSON spelling; nlohmann writes null.
+  f_ << j.dump() << '\n' << std::flush;
+  NQ_CHECK(f_.good(), path_, ": write failed (disk full?)");
+}
+
+}  // namespace nq

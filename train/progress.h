@@ -1,0 +1,57 @@
+// Training feedback: a one-line progress bar and a metrics JSONL file.
+//
+// The bar shows step/total, loss, lr, tokens/s and ETA. On a terminal it
+// redraws one line in place with '\r'; when stdout is a file or a pipe (logs,
+// CI) it prints a plain line every `every` steps and on the last step instead.
+// The metrics file gets one JSON object per optimizer step:
+//   {"step": 12, "loss": 1.93, "lr": 0.0002, "grad_norm": 0.84, "tokens_per_s": 5321.4, "mem_bytes": 123456789}
+#pragma once
+#include <cstdint>
+#include <fstream>
+#include <ostream>
+#include <string>
+
+namespace nq {
+
+struct StepMetrics {
+  int64_t step = 0;           // 1-based optimizer step just finished
+  double loss = 0.0;
+  double lr = 0.0;
+  double grad_norm = 0.0;
+  double tokens_per_s = 0.0;  // non-padding tokens processed per second, this step
+  int64_t mem_bytes = 0;      // peak device memory so far
+};
+
+// "1h02m", "3m05s", "42s".
+std::string format_duration(double seconds);
+
+class ProgressBar {
+ public:
+  // out: where to draw (std::cout); tty: whether `out` is a terminal
+  // (isatty(fileno(stdout)) for std::cout).
+  ProgressBar(std::ostream& out, int64_t total_steps, bool tty, int64_t every = 10);
+  // elapsed_s: wall time since training started (for the ETA).
+  void update(const StepMetrics& m, double elapsed_s);
+  void finish();  // ends the in-place line on a terminal
+
+  // The text of the line for step m (no '\r' or newline), e.g.
+  // "step   12/100 [##----------------]  12% | loss 1.9300 | lr 2.00e-04 | 5.3k tok/s | ETA 1m20s"
+  std::string line(const StepMetrics& m, double elapsed_s) const;
+
+ private:
+  std::ostream& out_;
+  int64_t total_, every_;
+  bool tty_;
+  bool drawn_ = false;
+};
+
+class MetricsWriter {
+ public:
+  explicit MetricsWriter(const std::string& path);  // truncates; throws if it cannot be created
+  void write(const StepMetrics& m);                 // one line, flushed (survives a crash)
+ private:
+  std::string path_;
+  std::ofstream f_;
+};
+
+}  // namespace nq
