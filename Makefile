@@ -18,7 +18,7 @@ CXXFLAGS ?= -O3 -march=native -ffp-contract=off
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/x86_64-linux-gnu
 LDLIBS   += -fopenmp -lopenblas -lutf8proc -lpcre2-8 -lpthread
 
-DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev libutf8proc-dev libpcre2-dev
+DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev libutf8proc-dev libpcre2-dev xz-utils
 
 # ---------------------------------------------------------------- detection
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -63,6 +63,9 @@ PROG_SRCS := $(wildcard tools/*.cpp)
 PROGS     := $(patsubst tools/%.cpp,%,$(PROG_SRCS))
 TEST_SRCS := $(wildcard tests/*.cpp)
 TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
+# The real Qwen3 tokenizer and the tokenizer corpus, unpacked from tests/fixtures.
+TEST_DATA := build/fixtures/qwen3-tokenizer/tokenizer.json build/fixtures/qwen3-tokenizer/tokenizer_config.json \
+             build/fixtures/qwen3-tokenizer/LICENSE build/fixtures/tokenizer/corpus.jsonl
 
 .PHONY: all deps test run fixtures clean model
 all: $(PROGS) $(BUILD)/test_all
@@ -82,8 +85,19 @@ $(BUILD)/%.cu.o: %.cu
 $(PROGS): %: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
 	$(CXX) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a
+$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA)
 	$(CXX) $^ -o $@ $(LDLIBS)
+
+# Test data committed compressed (xz), unpacked under build/fixtures (TEST_DATA) before tests run.
+build/fixtures/qwen3-tokenizer/tokenizer.json: tests/fixtures/tokenizer/qwen3/tokenizer.json.xz
+	@mkdir -p $(@D)
+	xz -dc $< > $@.tmp && mv $@.tmp $@
+build/fixtures/qwen3-tokenizer/%: tests/fixtures/tokenizer/qwen3/%
+	@mkdir -p $(@D)
+	cp $< $@
+build/fixtures/tokenizer/corpus.jsonl: tests/fixtures/tokenizer/corpus.jsonl.xz
+	@mkdir -p $(@D)
+	xz -dc $< > $@.tmp && mv $@.tmp $@
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 

@@ -2,6 +2,7 @@
 // its arguments here, once (errors name the op and the shapes), then runs the
 // CPU kernel (kernels/cpu/, f32) or, for CUDA tensors, the CUDA kernel
 // (kernels/cuda/ops.h), which may assume checked input.
+#include <algorithm>
 #include <initializer_list>
 
 #include "kernels/cpu/attention.h"
@@ -335,8 +336,10 @@ float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& label
   if (h.device() == Device::CUDA) NQ_RUN_CUDA(linear_cross_entropy, h, w, labels, chunk_rows, grad_h, grad_w, count);
   if (grad_h) *grad_h = Tensor::empty(h.shape());
   if (grad_w && !grad_w->defined()) *grad_w = Tensor::zeros(w.shape());
+  // The one chunk of logits that exists at a time, counted as workspace memory.
+  Tensor logits = Tensor::empty({std::min(chunk_rows, N), V}, DType::F32, Device::CPU, MemCategory::Workspace);
   return float(cpu::linear_cross_entropy(h.data<float>(), w.data<float>(), labels.data<int32_t>(), N, D, V,
-                                         chunk_rows, grad_h ? grad_h->data<float>() : nullptr,
+                                         chunk_rows, logits.data<float>(), grad_h ? grad_h->data<float>() : nullptr,
                                          grad_w ? grad_w->data<float>() : nullptr, count));
 }
 

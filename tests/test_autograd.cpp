@@ -142,24 +142,27 @@ TEST_CASE("matmul backward matches finite differences for every transpose, 2-D a
       }
 }
 
-// A tiny decoder block through the Var API (every op: embedding-free input x,
+// A tiny decoder block through the Var API (every op: embedding, dropout,
 // rmsnorm, linear with bias, reshape, per-head rmsnorm, rope, GQA attention over
 // two packed segments, residual add, swiglu MLP, scale/mean/mul, chunked
 // lm_head + CE), checked against f32 finite differences for every parameter.
 TEST_CASE("a small attention block's gradients match finite differences through the Var API") {
   const int64_t B = 2, T = 3, N = B * T, D = 8, Hq = 2, Hkv = 1, Dh = 4, F = 12, V = 11;
   std::vector<Var> params = {
-      param({N, D}, 60),             param({D}, 61, 0.5),           param({Hq * Dh, D}, 62, 0.4),
+      param({5, D}, 60),             param({D}, 61, 0.5),           param({Hq * Dh, D}, 62, 0.4),
       param({Hq * Dh}, 63, 0.1),     param({Hkv * Dh, D}, 64, 0.4), param({Hkv * Dh, D}, 65, 0.4),
       param({Dh}, 66, 0.5),          param({D, Hq * Dh}, 67, 0.4),  param({F, D}, 68, 0.4),
       param({F, D}, 69, 0.4),        param({D, F}, 70, 0.4),        param({V, D}, 71, 0.4)};
   Tensor positions = Tensor::from_ids({0, 1, 2, 0, 0, 1}, {N});
   Tensor segments = Tensor::from_ids({0, 0, 0, 0, 1, 1}, {N});
   Tensor labels = Tensor::from_ids({3, 10, -100, 0, 5, 5}, {N});
+  Tensor ids = Tensor::from_ids({4, 1, 4, 0, 2, 1}, {N});  // repeated ids: the embedding backward must add
   auto forward = [&] {
-    const Var &x = params[0], &norm_w = params[1], &wq = params[2], &bq = params[3], &wk = params[4],
+    const Var &table = params[0], &norm_w = params[1], &wq = params[2], &bq = params[3], &wk = params[4],
               &wv = params[5], &qk_norm_w = params[6], &wo = params[7], &wg = params[8], &wu = params[9],
               &wd = params[10], &lm_head = params[11];
+    rng_seed(3);  // the same dropout mask on every evaluation
+    Var x = dropout(embedding(table, ids), 0.2f);
     Var h = rmsnorm(x, norm_w, 1e-6f);
     Var q = rope(rmsnorm(reshape(linear(h, wq, bq), {N, Hq, Dh}), qk_norm_w, 1e-6f), positions, 10000.0f);
     Var k = rope(reshape(linear(h, wk), {N, Hkv, Dh}), positions, 10000.0f);

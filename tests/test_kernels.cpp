@@ -4,8 +4,11 @@
 // and the argument checks' error messages.
 #include <doctest/doctest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
@@ -354,8 +357,14 @@ TEST_CASE("linear_cross_entropy matches full-logit CE for every chunk size, with
     CAPTURE(chunk);
     Tensor grad_h, grad_w = f32(g0, {V, D});  // grad_w is accumulated into
     int64_t counted = -1;
+    Allocator& cpu_alloc = allocator_for(Device::CPU);
+    cpu_alloc.reset_peak();
+    size_t workspace_before = cpu_alloc.stats().current[size_t(MemCategory::Workspace)];
     float loss = kernels::linear_cross_entropy(f32(h, {N, D}), f32(w, {V, D}), Tensor::from_ids(labels, {N}), chunk,
                                                &grad_h, &grad_w, &counted);
+    // Only one chunk of logits ever exists: [min(chunk, N), V] f32 of workspace.
+    CHECK(cpu_alloc.stats().peak[size_t(MemCategory::Workspace)] - workspace_before ==
+          size_t(std::min<int64_t>(chunk, N) * V * 4));
     CHECK(counted == 5);
     CHECK(std::fabs(loss - ref_loss) < 1e-5 * ref_loss);
     CHECK(rel_err(values(grad_h), ref_gh) < 1e-5);
@@ -376,13 +385,13 @@ TEST_CASE("linear_cross_entropy gradients match finite differences") {
   const int64_t N = 5, D = 3, V = 11;
   std::vector<double> h = randn(N * D, 26, 2.0), w = randn(V * D, 27, 2.0);
   std::vector<int32_t> labels = {10, 0, -100, 4, 4};
-  std::vector<double> gh(N * D), gw(V * D, 0.0);
+  std::vector<double> gh(N * D), gw(V * D, 0.0), logits(2 * V);
   int64_t count = 0;
   auto loss = [&] {
-    return cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, (double*)nullptr, (double*)nullptr,
-                                     &count);
+    return cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, logits.data(), (double*)nullptr,
+                                     (double*)nullptr, &count);
   };
-  cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, gh.data(), gw.data(), &count);
+  cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 2, logits.data(), gh.data(), gw.data(), &count);
   CHECK(count == 4);
   CHECK(rel_err(gh, numeric_grad(h, loss, kFdStep)) < kFdTol);
   CHECK(rel_err(gw, numeric_grad(w, loss, kFdStep)) < kFdTol);
@@ -411,6 +420,96 @@ TEST_CASE("dropout keeps element i iff philox_uniform >= p, scales by 1/(1-p); b
   auto loss = [&] { cpu::dropout_apply(xs.data(), out.data(), 17, 0.5f, 9, 0); return dot(out, r); };
   cpu::dropout_apply(r.data(), grad.data(), 17, 0.5f, 9, 0);
   CHECK(rel_err(grad, numeric_grad(xs, loss, kFdStep)) < kFdTol);
+}
+
+// ---------------------------------------------------------------- random shapes
+TEST_CASE("backwards match finite differences on randomly drawn shapes") {
+  std::mt19937 gen(2024);
+  auto draw = [&](std::vector<int64_t> choices) { return choices[gen() % choices.size()]; };
+  for (int trial = 0; trial < 6; ++trial) {
+    const int64_t B = draw({1, 2}), T = draw({1, 3, 5, 17}), Hkv = draw({1, 2}), Hq = Hkv * draw({1, 2, 3}),
+                  Dh = draw({2, 4, 6}), V = draw({1, 3, 17}), D = draw({1, 3, 17});
+    const int64_t N = B * T;
+    CAPTURE(trial); CAPTURE(B); CAPTURE(T); CAPTURE(Hq); CAPTURE(Hkv); CAPTURE(Dh); CAPTURE(V); CAPTURE(D);
+    uint32_t seed = 100 + 10 * trial;
+    // attention, with segments on odd trials
+    std::vector<double> q = randn(N * Hq * Dh, seed), k = randn(N * Hkv * Dh, seed + 1), v = randn(N * Hkv * Dh, seed + 2),
+                        r = randn(N * Hq * Dh, seed + 3), o(q.size()), lse(N * Hq), gq(q.size()), gk(k.size()),
+                        gv(v.size());
+    std::vector<int32_t> seg(N);
+    for (int64_t i = 0; i < N; ++i) seg[i] = int32_t((i % T) / 2);
+    const int32_t* segp = trial % 2 ? seg.data() : nullptr;
+    auto attn_loss = [&] {
+      cpu::attention_forward(q.data(), k.data(), v.data(), segp, o.data(), lse.data(), B, T, Hq, Hkv, Dh);
+      return dot(o, r);
+    };
+    attn_loss();
+    cpu::attention_backward(r.data(), q.data(), k.data(), v.data(), o.data(), lse.data(), segp, gq.data(), gk.data(),
+                            gv.data(), B, T, Hq, Hkv, Dh);
+    CHECK(rel_err(gq, numeric_grad(q, attn_loss, kFdStep)) < kFdTol);
+    CHECK(rel_err(gk, numeric_grad(k, attn_loss, kFdStep)) < kFdTol);
+    CHECK(rel_err(gv, numeric_grad(v, attn_loss, kFdStep)) < kFdTol);
+    // linear + cross-entropy with random labels (about one in four ignored)
+    std::vector<double> h = randn(N * D, seed + 4), w = randn(V * D, seed + 5), gh(N * D), gw(V * D, 0.0),
+                        logits(std::min<int64_t>(3, N) * V);
+    std::vector<int32_t> labels(N);
+    for (int32_t& y : labels) y = gen() % 4 == 0 ? -100 : int32_t(gen() % V);
+    int64_t count = 0;
+    auto ce_loss = [&] {
+      return cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 3, logits.data(), (double*)nullptr,
+                                       (double*)nullptr, &count);
+    };
+    cpu::linear_cross_entropy(h.data(), w.data(), labels.data(), N, D, V, 3, logits.data(), gh.data(), gw.data(),
+                              &count);
+    if (count > 0) {
+      CHECK(rel_err(gh, numeric_grad(h, ce_loss, kFdStep)) < kFdTol);
+      CHECK(rel_err(gw, numeric_grad(w, ce_loss, kFdStep)) < kFdTol);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- threads
+// The finite-difference tests use small sizes, which run serially. Here sizes
+// above every kernel's threading threshold run with 3 threads (uneven splits)
+// and must reproduce the single-thread result bit for bit.
+TEST_CASE("threaded kernels reproduce their single-thread results exactly") {
+  auto run_all = [](int threads) {
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    const int64_t N = 600, D = 128, V = 97, B = 2, T = 160, Hq = 4, Hkv = 2, Dh = 32;
+    std::vector<Tensor> outs;
+    Tensor x = f32(randn(N * D, 31), {N, D}), w = f32(randn(D, 32), {D}), dy = f32(randn(N * D, 33), {N, D});
+    Tensor rstd, gx, gw;
+    outs.push_back(kernels::rmsnorm_forward(x, w, 1e-6f, &rstd));
+    kernels::rmsnorm_backward(dy, x, w, rstd, &gx, &gw);
+    outs.insert(outs.end(), {gx, gw});
+    std::vector<int32_t> ids(N);
+    for (int64_t n = 0; n < N; ++n) ids[n] = int32_t((n * 7) % V);
+    Tensor id_t = Tensor::from_ids(ids, {N});
+    outs.push_back(kernels::embedding_backward(dy, id_t, V));
+    outs.push_back(kernels::embedding_forward(x.slice(0, V), id_t));
+    Tensor big = f32(randn(300000, 34), {300000}), big2 = f32(randn(300000, 35), {300000}), gg, gu;
+    outs.push_back(kernels::swiglu_forward(big, big2));
+    kernels::swiglu_backward(big, big, big2, &gg, &gu);
+    outs.insert(outs.end(), {gg, gu, kernels::dropout_forward(big, 0.1f, 5, 6), Tensor::full({1}, kernels::sum(big))});
+    std::vector<int32_t> pos(B * T), seg(B * T);
+    for (int64_t i = 0; i < B * T; ++i) { pos[i] = int32_t(i % T); seg[i] = int32_t((i % T) / 50); }
+    Tensor q = f32(randn(B * T * Hq * Dh, 36), {B * T, Hq, Dh}), k = f32(randn(B * T * Hkv * Dh, 37), {B * T, Hkv, Dh}),
+           v = f32(randn(B * T * Hkv * Dh, 38), {B * T, Hkv, Dh}), lse, gq, gk, gv;
+    Tensor o = kernels::attention_forward(q, k, v, B, T, Tensor::from_ids(seg, {B * T}), &lse);
+    kernels::attention_backward(q, q, k, v, o, lse, B, T, Tensor::from_ids(seg, {B * T}), &gq, &gk, &gv);
+    outs.insert(outs.end(), {o, lse, gq, gk, gv, kernels::rope_forward(q, Tensor::from_ids(pos, {B * T}), 1e4f)});
+    Tensor gh, gW;
+    float loss = kernels::linear_cross_entropy(x, f32(randn(V * D, 39), {V, D}), id_t, 256, &gh, &gW, nullptr);
+    outs.insert(outs.end(), {gh, gW, Tensor::full({1}, loss)});
+    omp_set_num_threads(saved);
+    return outs;
+  };
+  std::vector<Tensor> serial = run_all(1), threaded = run_all(3);
+  for (size_t i = 0; i < serial.size(); ++i) {
+    CAPTURE(i);
+    CHECK(serial[i].to_vector() == threaded[i].to_vector());
+  }
 }
 
 // ---------------------------------------------------------------- bad input

@@ -13,9 +13,10 @@ constexpr int32_t kIgnoreIndex = -100;
 
 // h [N, D], w [V, D], labels [N] (each in [0, V) or -100) -> mean loss (0 when no
 // row counts). grad_h [N, D] is written, grad_w [V, D] accumulated into; both
-// may be null (no gradient). *count = number of counted rows.
+// may be null (no gradient). *count = number of counted rows. `logits` is the
+// caller's workspace of min(chunk_rows, N) * V elements.
 template <typename T>
 double linear_cross_entropy(const T* h, const T* w, const int32_t* labels, int64_t N, int64_t D, int64_t V,
-                            int64_t chunk_rows, T* grad_h, T* grad_w, int64_t* count);
+                            int64_t chunk_rows, T* logits, T* grad_h, T* grad_w, int64_t* count);
 
 }  // namespace nq::cpu

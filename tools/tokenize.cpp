@@ -1,0 +1,103 @@
+// ./tokenize: text <-> token ids with a Hugging Face tokenizer.json, one JSON object
+// per line (JSONL), so it composes with data pipelines and checks against HF.
+//   ./tokenize --tokenizer DIR [--jsonl]   {"text": "..."} -> {"ids": [...]}
+//   ./tokenize --tokenizer DIR --decode    {"ids": [...]}  -> {"text": "..."}
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/tokenizer.h"
+#include "runtime/error.h"
+
+namespace {
+
+const char* kHelp =
+    "usage: ./tokenize --tokenizer DIR [--jsonl | --decode] [--stats]\n"
+    "  --tokenizer DIR  folder holding tokenizer.json (and tokenizer_config.json), or the file itself\n"
+    "                   (default: build/fixtures/qwen3-tokenizer, unpacked by make)\n"
+    "  --jsonl          encode: each stdin line {\"text\": \"...\"} -> {\"ids\": [...]} on stdout (default)\n"
+    "  --decode         decode: each stdin line {\"ids\": [...]} -> {\"text\": \"...\"}\n"
+    "  --stats          print lines, MB of text and MB/s of encode/decode alone to stderr\n"
+    "Special tokens written in the text (<|im_start|>, ...) are matched; no BOS/EOS is added.\n";
+
+void append_ids(std::string& out, const std::vector<int32_t>& ids) {
+  out += "{\"ids\": [";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(ids[i]);
+  }
+  out += "]}\n";
+}
+
+int run(int argc, char** argv) {
+  std::string dir = "build/fixtures/qwen3-tokenizer";
+  bool decode = false, stats = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") { std::cout << kHelp; return 0; }
+    if (a == "--tokenizer") {
+      NQ_CHECK(i + 1 < argc, "--tokenizer needs a folder");
+      dir = argv[++i];
+    } else if (a == "--jsonl") decode = false;
+    else if (a == "--decode") decode = true;
+    else if (a == "--stats") stats = true;
+    else throw nq::Error(nq::str("unknown flag '", a, "' (see --help)"));
+  }
+  bool is_file = dir.size() >= 5 && dir.compare(dir.size() - 5, 5, ".json") == 0;
+  nq::Tokenizer tok = nq::Tokenizer::from_file(is_file ? dir : dir + "/tokenizer.json");
+
+  std::ios::sync_with_stdio(false);
+  std::string line, out;
+  size_t line_no = 0, text_bytes = 0;
+  double seconds = 0;
+  while (std::getline(std::cin, line)) {
+    ++line_no;
+    nlohmann::json row;
+    try {
+      row = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw nq::Error(nq::str("stdin line ", line_no, ": invalid JSON: ", e.what()));
+    }
+    const char* key = decode ? "ids" : "text";
+    NQ_CHECK(row.is_object() && row.contains(key) && (decode ? row[key].is_array() : row[key].is_string()),
+             "stdin line ", line_no, ": expected {\"", key, "\": ", decode ? "[ids]" : "\"...\"", "}");
+    auto start = std::chrono::steady_clock::now();
+    try {
+      if (decode) {
+        std::string text = tok.decode(row[key].get<std::vector<int32_t>>());
+        text_bytes += text.size();
+        seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        out += nlohmann::json{{"text", text}}.dump() + "\n";
+      } else {
+        const std::string& text = row[key].get_ref<const std::string&>();
+        std::vector<int32_t> ids = tok.encode(text);
+        text_bytes += text.size();
+        seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        append_ids(out, ids);
+      }
+    } catch (const nq::Error& e) {
+      throw nq::Error(nq::str("stdin line ", line_no, ": ", e.what()));
+    } catch (const nlohmann::json::exception& e) {
+      throw nq::Error(nq::str("stdin line ", line_no, ": ids must be integers: ", e.what()));
+    }
+    if (out.size() > (1 << 20)) std::cout << out, out.clear();
+  }
+  std::cout << out;
+  if (stats)
+    std::fprintf(stderr, "%zu lines, %.2f MB of text, %s %.2f MB/s (tokenizer only, 1 thread)\n", line_no,
+                 text_bytes / 1e6, decode ? "decode" : "encode", text_bytes / 1e6 / std::max(seconds, 1e-9));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const nq::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
