@@ -14,6 +14,7 @@
 #include <numeric>
 
 #include "autograd/ops.h"
+#include "lora/adapter.h"
 #include "model/config.h"
 #include "model/decoder.h"
 #include "model/evaluate.h"
@@ -131,6 +132,32 @@ TEST_CASE("decoder logits and loss match transformers") {
     shifted.labels_shifted = true;
     CHECK(model.forward_loss(shifted).value().to_vector()[0] == padded_loss);
   }
+}
+
+TEST_CASE("decoder with a PEFT LoRA adapter (dense and NF4 base) matches peft's logits") {
+  Decoder model = Decoder::load(kFixtures + "qwen3_untied_bias");
+  SafetensorsFile ref = SafetensorsFile::open(kFixtures + "qwen3_untied_bias/reference.safetensors");
+  DecoderBatch batch = reference_batch(ref);
+  Tensor base = model.logits(batch);
+  load_peft_adapter(kFixtures + "qwen3_untied_bias/adapter", model);
+  Tensor adapted = model.logits(batch);
+  CHECK(max_rel_error(adapted, ref.get("adapter_logits")) <= 1e-4);
+  CHECK(max_rel_error(base, ref.get("adapter_logits")) > 1e-2);  // the adapter does change the output
+  // KV-cache generation goes through the same Linear, so it sees the adapter too.
+  std::vector<int32_t> row = ids_of(ref.get("input_ids").slice(0, 1));
+  KVCache cache(model.config(), int64_t(row.size()));
+  Tensor cached = forward_cached(model, row, cache);
+  CHECK(max_rel_error(cached, adapted.view({2 * int64_t(row.size()), model.config().vocab_size}).slice(0, row.size())) <= 1e-5);
+  // With an NF4 base the decoder computes what a dense model holding the dequantized
+  // weights (and the same adapter) computes.
+  for (Linear* l : model.linears()) l->quantize_nf4();
+  TensorMap dequantized = load_weights(kFixtures + "qwen3_untied_bias", model.config());
+  for (Linear* l : model.linears()) dequantized[l->name() + ".weight"] = l->dense_weight();
+  Decoder reference(model.config(), dequantized);
+  load_peft_adapter(kFixtures + "qwen3_untied_bias/adapter", reference);
+  Tensor nf4_logits = model.logits(batch);
+  CHECK(max_rel_error(nf4_logits, reference.logits(batch)) <= 1e-5);
+  CHECK(max_rel_error(nf4_logits, adapted) > 1e-3);  // and the 4-bit rounding is visible
 }
 
 TEST_CASE("decoder: bad batches are clear errors") {
