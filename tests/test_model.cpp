@@ -310,11 +310,20 @@ TEST_CASE("config: presets, HF fields, both rope_theta layouts") {
   CHECK(c.num_layers == 28);
   CHECK(c.head_dim == 128);
   CHECK(c.tie_word_embeddings);
-  // The count agrees with the parameter list, and with the model card: 0.44B non-embedding.
-  int64_t listed = 0;
-  for (const ParamSpec& s : parameter_specs(c)) listed += s.shape.numel();
-  CHECK(c.num_parameters() == listed);
-  CHECK(std::fabs((listed - c.vocab_size * c.hidden_size) / 1e9 - 0.44) < 0.005);
+  // Each preset's size agrees with its parameter list and with the Qwen3 model cards
+  // ("Number of Parameters: 0.6B, Non-Embedding: 0.44B", ...), to the digits printed there.
+  struct Card { std::string name; double total, total_step, non_embedding, non_embedding_step; };
+  for (const Card& card : {Card{"qwen3-0.6b", 0.6, 0.1, 0.44, 0.01}, Card{"qwen3-1.7b", 1.7, 0.1, 1.4, 0.1},
+                           Card{"qwen3-4b", 4.0, 0.1, 3.6, 0.1}, Card{"qwen3-8b", 8.2, 0.1, 6.95, 0.01}}) {
+    CAPTURE(card.name);
+    ModelConfig p = ModelConfig::preset(card.name);
+    int64_t listed = 0;
+    for (const ParamSpec& s : parameter_specs(p)) listed += s.shape.numel();
+    CHECK(p.num_parameters() == listed);
+    const double embeddings = double(p.vocab_size * p.hidden_size) * (p.tie_word_embeddings ? 1 : 2);
+    CHECK(std::fabs(listed / 1e9 - card.total) <= card.total_step / 2);
+    CHECK(std::fabs((listed - embeddings) / 1e9 - card.non_embedding) <= card.non_embedding_step / 2);
+  }
   CHECK_FALSE(ModelConfig::preset("qwen3-8b").tie_word_embeddings);
   CHECK_THROWS_WITH_AS(ModelConfig::preset("qwen3-99b"),
                        "unknown model preset \"qwen3-99b\" (known: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b)", Error);
