@@ -21,6 +21,7 @@
 #include "model/generate.h"
 #include "model/weights.h"
 #include "runtime/safetensors.h"
+#include "train/batch.h"
 
 using namespace nq;
 namespace fs = std::filesystem;
@@ -269,6 +270,36 @@ TEST_CASE("a packed row with segment ids and restarted positions equals separate
                       .view({T - A, V});
   CHECK(max_rel_error(got.slice(0, A), first) <= 1e-5);
   CHECK(max_rel_error(got.slice(A, T), second) <= 1e-5);
+}
+
+TEST_CASE("trainer batches (train/batch.h): packed and padded rows give the same loss and gradients") {
+  DecoderOptions opts;
+  opts.train_all = true;
+  Decoder model = Decoder::load(kFixtures + "llama", opts);
+  SafetensorsFile ref = SafetensorsFile::open(kFixtures + "llama/reference.safetensors");
+  std::vector<int32_t> ids = ids_of(ref.get("input_ids"));  // 2 x 17
+  // Three samples; the middle one trains only on its second half (a prompt + completion).
+  Sample a{{ids.begin(), ids.begin() + 6}, std::vector<uint8_t>(6, 1)};
+  Sample b{{ids.begin() + 6, ids.begin() + 17}, {0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}};
+  Sample c{{ids.begin() + 17, ids.begin() + 26}, std::vector<uint8_t>(9, 1)};
+  auto run = [&](const nq::Batch& tb) {
+    DecoderBatch db;  // the trainer's flat [B*T] tensors, its labels already shifted
+    db.ids = tb.input_ids.view({tb.B, tb.T});
+    db.labels = tb.labels.view({tb.B, tb.T});
+    db.labels_shifted = true;
+    db.positions = tb.positions.view({tb.B, tb.T});
+    db.segment_ids = tb.segment_ids.view({tb.B, tb.T});
+    float loss = 0;
+    auto grads = loss_and_grads(model, db, &loss);
+    return std::make_pair(loss, grads);
+  };
+  auto [padded_loss, padded_grads] = run(make_batch({{&a}, {&b}, {&c}}, 11, 0));
+  auto [packed_loss, packed_grads] = run(make_batch({{&a, &b}, {&c}}, 17, 0));
+  CHECK(std::fabs(packed_loss - padded_loss) <= 1e-5 * padded_loss);
+  for (const auto& [name, grad] : padded_grads) {
+    CAPTURE(name);
+    CHECK(norm_rel_error(packed_grads.at(name), grad) <= 1e-4);
+  }
 }
 
 TEST_CASE("sampling: greedy, top-k, top-p and seeded reproducibility") {
