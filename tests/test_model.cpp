@@ -464,6 +464,22 @@ TEST_CASE("weights: a sharded checkpoint (model.safetensors.index.json) loads li
   for (const std::string& name : single.names()) CHECK(max_rel_error(sharded.at(name), single.get(name)) == 0.0);
 }
 
+TEST_CASE("weights: F16 checkpoints are converted to f32") {
+  ScratchDir dir("llama");
+  SafetensorsFile bf16 = SafetensorsFile::open(dir.str() + "/model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> f16;
+  for (const std::string& name : bf16.names()) f16.push_back({name, bf16.get(name).to_dtype(DType::F16)});
+  save_safetensors(dir.str() + "/model.safetensors", f16);
+  ModelConfig config = ModelConfig::from_file(dir.str() + "/config.json");
+  TensorMap loaded = load_weights(dir.str(), config);
+  for (const auto& [name, t] : f16) {
+    CAPTURE(name);
+    CHECK(loaded.at(name).dtype() == DType::F32);
+    std::vector<float> want = t.to_vector(), got = loaded.at(name).to_vector();
+    CHECK(got == want);  // every f16 value is exact in f32
+  }
+}
+
 TEST_CASE("random weights of a config have the checkpoint's names and shapes") {
   ModelConfig c = ModelConfig::from_file(kFixtures + "qwen3_untied_bias/config.json");
   TensorMap a = random_weights(c, 1), b = random_weights(c, 1), other = random_weights(c, 2);
