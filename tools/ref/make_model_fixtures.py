@@ -24,6 +24,7 @@ decoding has clear margins (asserted below, so the fixture is not fragile).
 Run with tools/ref/.venv/bin/python (see tools/ref/make_fixtures.sh).
 """
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -116,7 +117,6 @@ EVAL_LINES = [
 def eval_reference(model):
     """./eval on EVAL_LINES with the small GPT-2-style tokenizer of the tokenizer fixtures
     (ids < 1000 fit the tied model's vocabulary) and Qwen3's real chat template."""
-    import json
     from transformers import PreTrainedTokenizerFast
 
     tok_dir = ROOT / "tests" / "fixtures" / "tokenizer"
@@ -170,6 +170,11 @@ def adapter_reference(model, out, seed):
     peft_model.peft_config["default"].base_model_name_or_path = f"tests/fixtures/model/{out.name}"
     peft_model.save_pretrained(out / "adapter")
     (out / "adapter" / "README.md").unlink(missing_ok=True)
+    # PEFT writes target_modules in set order (varies run to run): sort for a stable fixture.
+    config_path = out / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return peft_model.eval()
 
 
@@ -203,7 +208,6 @@ def main():
         size = sum(f.stat().st_size for f in out.iterdir())
         print(f"{name}: loss {ref['loss'].item():.6f}, {len(ref)} tensors, {size / 1024:.0f} KiB")
         if name == "qwen3_tied":
-            import json
             lines, result = eval_reference(model)
             (out / "eval.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
             (out / "eval_reference.json").write_text(json.dumps(result) + "\n")
