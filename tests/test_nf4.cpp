@@ -125,6 +125,10 @@ TEST_CASE("nf4: quantize / dequantize are bit-identical to bitsandbytes on every
         check_bytes(q.absmax, load(r.at("absmax")), tag + " absmax");
       }
       check_bytes(dequantize_nf4(q), load(r.at("dequantized")), tag + " dequantized");
+      // the quant_state JSON blob, byte for byte (Python's float repr of the offset)
+      const Tensor blob = nf4_to_state_dict(q, "weight").at("weight.quant_state.bitsandbytes__nf4");
+      CHECK(std::string(static_cast<const char*>(blob.raw()), blob.nbytes()) ==
+            r.at("quant_state_json").get<std::string>());
     }
   }
 }
