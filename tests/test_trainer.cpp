@@ -249,6 +249,11 @@ TEST_CASE("trainer: resuming from a checkpoint reproduces the uninterrupted run 
   CHECK(a.evals.size() == 3);  // steps 2, 4 and the end
   CHECK(fs::exists(straight.cfg.out + "/adapter_model.safetensors"));
   CHECK(fs::exists(straight.cfg.out + "/checkpoint-6/optimizer.safetensors"));
+  // "all-linear" is saved expanded to the module names, as peft does (its loader
+  // accepts the shorthand only as a bare string).
+  const nlohmann::json saved = read_json(straight.cfg.out + "/adapter_config.json");
+  CHECK(saved["target_modules"].size() == 14);
+  CHECK(saved["target_modules"][0] == "model.layers.0.self_attn.q_proj");
   // The loss moves: the run trains something.
   CHECK(a.steps.back().loss < a.steps.front().loss);
 
