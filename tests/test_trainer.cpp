@@ -385,6 +385,11 @@ TEST_CASE("trainer: bad runs fail early with a message naming the cause") {
     t.cfg.model = t.tmp / "no-such-model";
     CHECK(train_error(t.cfg).find("--out " + t.tmp / "file/out" + ": cannot create the folder") == 0);
   }
+  SUBCASE("a missing data file is reported before the model loads") {
+    t.cfg.data = t.tmp / "none.jsonl";
+    t.cfg.model = t.tmp / "no-such-model";
+    CHECK(train_error(t.cfg) == "--data " + t.tmp / "none.jsonl" + ": cannot read the file");
+  }
   SUBCASE("an empty dataset") {
     write_file(t.tmp / "empty.jsonl", "\n\n");
     t.cfg.data = t.tmp / "empty.jsonl";

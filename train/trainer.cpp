@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <iostream>
 #include <utility>
 
@@ -160,6 +161,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   }
   // Everything that can fail cheaply fails before the model is loaded.
   ensure_writable_dir(cfg.out, "--out");
+  for (auto [flag, path] : {std::pair<const char*, std::string>{"--data", cfg.data}, {"--eval-data", cfg.eval_data}})
+    NQ_CHECK(path.empty() || std::ifstream(path).good(), flag, " ", path, ": cannot read the file");
   const std::string metrics_path = cfg.metrics.empty() ? cfg.out + "/metrics.jsonl" : cfg.metrics;
   TrainConfig resumed_from;
   if (!cfg.resume.empty()) {
