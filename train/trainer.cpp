@@ -172,7 +172,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
              "\" differs from the checkpoint's train_config.json; resuming needs the same settings");
   }
   MetricsWriter metrics(metrics_path, /*append=*/!cfg.resume.empty());
-  log << "device: cpu (" << omp_get_max_threads() << " threads)" << (cfg.optim == "paged_adamw" ?
+  log << "device: cpu, " << omp_get_max_threads() << " threads (this version trains on the CPU only)" << (cfg.optim == "paged_adamw" ?
       "; paged_adamw = adamw on the CPU (paging only matters for GPU memory)" : "") << "\n";
 
   // ---- model: load, quantize, adapters
