@@ -153,6 +153,38 @@ MemoryPlan plan_memory(Decoder& model, int64_t tokens, bool checkpointing, int64
   return p;
 }
 
+namespace {
+
+// The training samples and the eval set: --eval-split holds out part of --data
+// (deterministic, seeded), --eval-data reads another file.
+struct TrainData {
+  Dataset train, eval_file;
+  std::vector<int64_t> train_subset, eval_subset;  // indices into train.samples / eval_samples()
+  const std::vector<Sample>& eval_samples() const { return eval_file.samples.empty() ? train.samples : eval_file.samples; }
+};
+
+TrainData load_train_data(const TrainConfig& cfg, const Tokenizer& tok, const EncodeOptions& enc) {
+  const BadLinePolicy policy = parse_bad_line_policy(cfg.on_bad_line);
+  TrainData d;
+  d.train = load_dataset(cfg.data, tok, enc, policy);
+  const int64_t n = int64_t(d.train.samples.size());
+  if (cfg.eval_split > 0) {
+    const bool is_count = cfg.eval_split >= 1;
+    Split split = split_eval(n, is_count ? 0.0 : cfg.eval_split, is_count ? int64_t(cfg.eval_split) : 0, cfg.seed);
+    d.train_subset = split.train;
+    d.eval_subset = split.eval;
+  } else {
+    for (int64_t i = 0; i < n; ++i) d.train_subset.push_back(i);
+  }
+  if (!cfg.eval_data.empty()) {
+    d.eval_file = load_dataset(cfg.eval_data, tok, enc, policy);
+    for (int64_t i = 0; i < int64_t(d.eval_file.samples.size()); ++i) d.eval_subset.push_back(i);
+  }
+  return d;
+}
+
+}  // namespace
+
 TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks& hooks) {
   cfg.validate();
   if (cfg.threads > 0) {
@@ -207,29 +239,12 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   EncodeOptions enc;
   enc.max_length = cfg.max_length;
   enc.chat_template = model.config().model_type == "qwen3" ? ChatTemplateKind::Qwen3 : ChatTemplateKind::ChatML;
-  const BadLinePolicy policy = parse_bad_line_policy(cfg.on_bad_line);
-  Dataset data = load_dataset(cfg.data, tok, enc, policy);
-  Dataset eval_data;
-  std::vector<int64_t> train_subset, eval_subset;
-  if (cfg.eval_split > 0) {
-    const bool is_count = cfg.eval_split >= 1;
-    Split split = split_eval(int64_t(data.samples.size()), is_count ? 0.0 : cfg.eval_split,
-                             is_count ? int64_t(cfg.eval_split) : 0, cfg.seed);
-    train_subset = split.train;
-    eval_subset = split.eval;
-  } else {
-    for (int64_t i = 0; i < int64_t(data.samples.size()); ++i) train_subset.push_back(i);
-  }
-  if (!cfg.eval_data.empty()) {
-    eval_data = load_dataset(cfg.eval_data, tok, enc, policy);
-    for (int64_t i = 0; i < int64_t(eval_data.samples.size()); ++i) eval_subset.push_back(i);
-  }
-  const std::vector<Sample>& eval_samples = cfg.eval_data.empty() ? data.samples : eval_data.samples;
-  log << "data: " << cfg.data << " (" << data_format_name(data.format) << "): " << train_subset.size()
-      << " training samples, " << eval_subset.size() << " eval; " << data.truncated << " truncated to "
-      << cfg.max_length << " tokens, " << data.dropped_untrained << " without a trained token dropped, "
-      << data.skipped_lines << " bad lines skipped\n";
-  if (data.skipped_lines > 0) log << "  first skipped: " << data.first_skip_message << "\n";
+  TrainData data = load_train_data(cfg, tok, enc);
+  log << "data: " << cfg.data << " (" << data_format_name(data.train.format) << "): " << data.train_subset.size()
+      << " training samples, " << data.eval_subset.size() << " eval; " << data.train.truncated << " truncated to "
+      << cfg.max_length << " tokens, " << data.train.dropped_untrained << " without a trained token dropped, "
+      << data.train.skipped_lines << " bad lines skipped\n";
+  if (data.train.skipped_lines > 0) log << "  first skipped: " << data.train.first_skip_message << "\n";
 
   LoaderOptions lopt;
   lopt.batch_size = cfg.batch_size;
@@ -237,7 +252,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   lopt.packing = cfg.packing;
   lopt.seed = cfg.seed;
   lopt.pad_id = tok.pad_id >= 0 ? tok.pad_id : std::max(tok.eos_id, 0);
-  DataLoader loader(data.samples, train_subset, lopt);
+  DataLoader loader(data.train.samples, data.train_subset, lopt);
 
   // ---- schedule
   int64_t total_steps = cfg.max_steps;
@@ -284,8 +299,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   const auto t_start = Clock::now();
   const int64_t first_step = state.step + 1;
   auto run_eval = [&](int64_t step) {
-    if (eval_subset.empty()) return;
-    EvalLoss e = evaluate_samples(model, eval_samples, eval_subset, lopt);
+    if (data.eval_subset.empty()) return;
+    EvalLoss e = evaluate_samples(model, data.eval_samples(), data.eval_subset, lopt);
     result.evals.emplace_back(step, e.loss);
     if (!cfg.no_progress) bar.finish();
     log << "eval at step " << step << ": loss " << e.loss << " over " << e.targets << " tokens\n";
