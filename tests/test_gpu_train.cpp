@@ -24,6 +24,7 @@
 #include "model/memory_plan.h"
 #include "optim/adamw.h"
 #include "optim/paged_adamw.h"
+#include "model/weights.h"
 #include "runtime/cuda_compare.h"
 #include "runtime/cuda_runtime.h"
 #include "runtime/device_copy.h"
@@ -277,4 +278,43 @@ GPU_TEST(qlora_loss_and_lora_grads_match_cpu) {
       CHECK(relative_error(gpu_params[i].grad(), cpu_params[i].grad()) <= 5e-2);
     }
   }
+}
+
+GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
+  // Qwen3-0.6B's shapes (full vocabulary) with 4 of its 28 layers: NF4 bases,
+  // all-linear r = 16, paged AdamW, batch 4 x 512, two steps.
+  ModelConfig c = ModelConfig::preset("qwen3-0.6b");
+  c.num_layers = 4;
+  Decoder model(c, random_weights(c, 1));
+  for (Linear* l : model.linears()) l->quantize_nf4();
+  AdapterConfig acfg;
+  acfg.lora.r = 16;
+  acfg.lora.alpha = 32.0f;
+  attach_adapters(model, acfg);
+  to_device(model, Device::CUDA);
+  PagedAdamWOptions popt;
+  PagedAdamW opt(adapter_parameters(model), AdamWConfig{}, popt);
+  TrainShape shape;
+  shape.batch = 4;
+  shape.seq = 512;
+  shape.optimizer_pool_bytes = popt.pool_bytes();
+  model.options().ce_chunk_rows = shape.ce_chunk_rows;
+  const MemoryPlan plan = plan_memory(model, shape);
+  MESSAGE(plan.table());
+  cuda_reset_peak_memory();
+  DecoderBatch batch = tiny_batch(c, shape.batch, shape.seq, Device::CUDA);
+  for (int step = 0; step < 2; ++step) {
+    Var loss = model.forward_loss(batch);
+    backward(loss);
+    loss = Var();
+    opt.step(1e-4);
+    opt.zero_grad();
+  }
+  const MemStats measured = cuda_memory_stats().allocated;
+  MESSAGE(plan.compare(measured));
+  CHECK(measured.peak[size_t(MemCategory::Weights)] == plan[MemCategory::Weights]);
+  CHECK(measured.peak[size_t(MemCategory::LoRA)] == plan[MemCategory::LoRA]);
+  CHECK(measured.peak[size_t(MemCategory::Optimizer)] == plan[MemCategory::Optimizer]);
+  CHECK(double(measured.peak_total) >= 0.9 * double(plan.total()));
+  CHECK(double(measured.peak_total) <= 1.1 * double(plan.total()));
 }
