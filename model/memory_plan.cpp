@@ -72,9 +72,14 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
                F = size_t(c.intermediate_size), Hq = size_t(c.num_heads), Hkv = size_t(c.num_kv_heads),
                Dh = size_t(c.head_dim), r = size_t(rank), V = size_t(c.vocab_size);
   const size_t lora_per_layer = L ? size_t(adapters) / L : 0;  // adapted projections per layer (7 = all-linear)
-  plan.saved_layer_inputs = L * N * D * a;
-  plan.recomputed_layer =
+  const size_t layer_outputs =
       N * (a * (5 * D + 4 * Hq * Dh + 4 * Hkv * Dh + 3 * F + lora_per_layer * r) + f32 * (2 * Hq + Hkv + 3));
+  if (model.options().checkpointing) {  // saved inputs + one layer recomputed at a time
+    plan.saved_layer_inputs = L * N * D * a;
+    plan.recomputed_layer = layer_outputs;
+  } else {  // every layer keeps its op outputs until its backward
+    plan.recomputed_layer = L * layer_outputs;
+  }
   plan.layer_backward = N * a * (2 * D + 3 * F);
   plan.top = 3 * N * D * a;
   plan.lora_grads = lora;

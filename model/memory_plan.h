@@ -10,7 +10,8 @@
 //   optimizer    paged: the GPU page pool; unpaged / CPU AdamW: m and v (2 x lora)
 //   activations  saved layer inputs   L * N * D * a         (per-layer checkpointing)
 //              + one recomputed layer: every op output of the layer, alive until
-//                its backward:  N * (a * (5D + 4 Hq Dh + 4 Hkv Dh + 3F + 7r) + 4 * (2 Hq + Hkv + 3))
+//                its backward:  N * (a * (5D + 4 Hq Dh + 4 Hkv Dh + 3F + k r) + 4 * (2 Hq + Hkv + 3)),
+//                k adapted projections per layer (without checkpointing: L such layers, no saved inputs)
 //              + its backward's gradients in flight:  N * a * (2D + 3F)
 //              + the top: final norm output, its gradient, the loss's dh: 3 N D a
 //              + LoRA gradients (kernels allocate them as activations): 1 x lora

@@ -11,6 +11,7 @@
 #include "runtime/cuda_runtime.h"
 #ifdef NQ_CUDA
 #include "kernels/cuda/adamw_span.h"
+#include "kernels/cuda/ops.h"
 #endif
 
 namespace nq {
@@ -71,7 +72,7 @@ PagedAdamW::PagedAdamW(std::vector<Var> params, AdamWConfig cfg, PagedAdamWOptio
 
 PagedAdamW::~PagedAdamW() = default;
 
-void PagedAdamW::step(double lr) {
+void PagedAdamW::step(double lr, float grad_scale) {
   NQ_CHECK(std::isfinite(lr) && lr >= 0.0, "PagedAdamW: learning rate must be finite and >= 0, got ", lr);
   std::vector<size_t> todo;
   std::vector<AdamWScalars> scalars;
@@ -87,19 +88,20 @@ void PagedAdamW::step(double lr) {
   }
 #ifdef NQ_CUDA
   if (options_.paged) {
-    step_paged(todo, scalars);
+    step_paged(todo, scalars, grad_scale);
     return;
   }
   for (size_t k = 0; k < todo.size(); ++k) {  // unpaged: whole tensors, states on the GPU
     ParamState& st = state_[todo[k]];
     const Var& p = params_[todo[k]];
     kernels::cuda::adamw_update_span(p.value().data<float>(), p.grad().data<float>(), st.exp_avg.data<float>(),
-                                     st.exp_avg_sq.data<float>(), p.value().numel(), scalars[k], nullptr);
+                                     st.exp_avg_sq.data<float>(), p.value().numel(), scalars[k], grad_scale, nullptr);
   }
 #endif
 }
 
-void PagedAdamW::step_paged(const std::vector<size_t>& todo, const std::vector<AdamWScalars>& scalars) {
+void PagedAdamW::step_paged(const std::vector<size_t>& todo, const std::vector<AdamWScalars>& scalars,
+                            float grad_scale) {
 #ifdef NQ_CUDA
   Pipeline& pl = *pipeline_;
   const int n_slots = int(pl.slot_m.size());
@@ -128,7 +130,7 @@ void PagedAdamW::step_paged(const std::vector<size_t>& todo, const std::vector<A
       // compute: once the page is on the GPU
       pl.uploaded[s]->wait_in(pl.compute);
       kernels::cuda::adamw_update_span(p.value().data<float>() + begin, p.grad().data<float>() + begin, dev_m,
-                                       dev_v, count, scalars[k], pl.compute.handle());
+                                       dev_v, count, scalars[k], grad_scale, pl.compute.handle());
       pl.computed[s]->record(pl.compute);
       // download: once the update is done
       pl.computed[s]->wait_in(pl.download);
@@ -145,15 +147,37 @@ void PagedAdamW::step_paged(const std::vector<size_t>& todo, const std::vector<A
 #endif
 }
 
+double PagedAdamW::grad_global_norm() const {
+  std::vector<Tensor> grads;
+  for (const Var& p : params_)
+    if (p.grad().defined()) grads.push_back(p.grad());
+#ifdef NQ_CUDA
+  return kernels::cuda::global_grad_norm(grads);
+#else
+  return 0.0;  // unreachable: no CUDA parameters exist in a CPU build
+#endif
+}
+
+float PagedAdamW::clip_scale(double norm, float max_norm) {
+  NQ_CHECK(max_norm > 0.0f && std::isfinite(max_norm), "clip: max_norm must be > 0, got ", max_norm);
+  const float coef = max_norm / (float(norm) + 1e-6f);
+  return coef < 1.0f ? coef : 1.0f;
+}
+
 void PagedAdamW::zero_grad() {
   for (Var& p : params_) p.zero_grad();
 }
 
 std::map<std::string, Tensor> PagedAdamW::state_dict() const {
+  auto host_copy = [](const Tensor& t) {  // pageable host memory, counted as optimizer state
+    Tensor h = Tensor::empty(t.shape(), DType::F32, Device::CPU, MemCategory::Optimizer);
+    h.copy_from(t);
+    return h;
+  };
   std::map<std::string, Tensor> out;
   for (const ParamState& st : state_) {
-    out[st.name + ".exp_avg"] = st.exp_avg.to(Device::CPU).clone();
-    out[st.name + ".exp_avg_sq"] = st.exp_avg_sq.to(Device::CPU).clone();
+    out[st.name + ".exp_avg"] = host_copy(st.exp_avg);
+    out[st.name + ".exp_avg_sq"] = host_copy(st.exp_avg_sq);
     Tensor step = Tensor::empty({1}, DType::I64);
     step.data<int64_t>()[0] = st.step;
     out[st.name + ".step"] = step;

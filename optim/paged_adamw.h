@@ -49,9 +49,16 @@ class PagedAdamW {
   ~PagedAdamW();
 
   // Updates every parameter with a gradient (others keep their step count, as in
-  // torch). Returns when the update and the state downloads are complete.
-  void step(double lr);
+  // torch), using grad * grad_scale. Returns when the update and the state
+  // downloads are complete.
+  void step(double lr, float grad_scale = 1.0f);
   void zero_grad();
+
+  // Clipping on the GPU (torch.nn.utils.clip_grad_norm_): the L2 norm of all
+  // gradients (kernels/cuda/grad_norm.cu), and the factor min(max_norm / (norm + 1e-6), 1)
+  // to pass to step() as grad_scale. (optim/clip.h is the CPU version.)
+  double grad_global_norm() const;
+  static float clip_scale(double norm, float max_norm);
 
   const std::vector<Var>& params() const { return params_; }
   const PagedAdamWOptions& options() const { return options_; }
@@ -67,7 +74,7 @@ class PagedAdamW {
     int64_t step = 0;
   };
   struct Pipeline;  // the pool, streams and events (CUDA builds only)
-  void step_paged(const std::vector<size_t>& todo, const std::vector<AdamWScalars>& scalars);
+  void step_paged(const std::vector<size_t>& todo, const std::vector<AdamWScalars>& scalars, float grad_scale);
   std::vector<Var> params_;
   std::vector<ParamState> state_;
   AdamWConfig cfg_;

@@ -23,6 +23,7 @@
 #include "model/device.h"
 #include "model/memory_plan.h"
 #include "optim/adamw.h"
+#include "optim/clip.h"
 #include "optim/paged_adamw.h"
 #include "model/weights.h"
 #include "runtime/cuda_compare.h"
@@ -105,6 +106,12 @@ TEST_CASE("paged AdamW refuses cpu parameters with a clear error") {
                        Error);
 }
 
+TEST_CASE("paged AdamW clip_scale: torch's min(max_norm / (norm + 1e-6), 1), bad max_norm refused") {
+  CHECK(PagedAdamW::clip_scale(10.0, 1.0f) == 1.0f / (10.0f + 1e-6f));
+  CHECK(PagedAdamW::clip_scale(0.5, 1.0f) == 1.0f);
+  CHECK_THROWS_WITH_AS(PagedAdamW::clip_scale(1.0, 0.0f), doctest::Contains("clip: max_norm must be > 0"), Error);
+}
+
 TEST_CASE("cuda_size_class: at least the request, multiples of 512, under 12.5% rounding above 1 MiB") {
   for (size_t bytes : {size_t(0), size_t(1), size_t(511), size_t(512), size_t(513), size_t(1) << 20,
                        (size_t(1) << 20) + 1, size_t(3) << 20, (size_t(5) << 30) + 12345}) {
@@ -171,6 +178,7 @@ TEST_CASE("memory plan: a bad shape is a clear error") {
 // ---- GPU ------------------------------------------------------------------------
 
 GPU_TEST(allocator_accounting) {
+  cuda_empty_cache();  // no block of an earlier test in the cache
   const CudaMemoryStats s0 = cuda_memory_stats();
   const size_t bytes = (size_t(3) << 20) + 100;  // a large class: rounded up
   {
@@ -217,7 +225,8 @@ GPU_TEST(paged_adamw_bit_identical_to_unpaged) {
                        true, str("p", i)));
     return ps;
   };
-  std::vector<Var> paged_params = make_params(), plain_params = make_params();
+  std::vector<Var> paged_params = make_params(), plain_params = make_params(), cpu_params;
+  for (const Var& p : make_params()) cpu_params.push_back(Var(p.value().to(Device::CPU), true, p.name()));
   AdamWConfig cfg;
   cfg.weight_decay = 0.01;
   PagedAdamWOptions paged_opt;
@@ -230,17 +239,29 @@ GPU_TEST(paged_adamw_bit_identical_to_unpaged) {
   // The paged optimizer's GPU memory is its pool, whatever the parameter count.
   CHECK(cuda_memory_stats().allocated.current[size_t(MemCategory::Optimizer)] - opt_before == paged_opt.pool_bytes());
   PagedAdamW plain(plain_params, cfg, plain_opt);
+  AdamW cpu(cpu_params, cfg);  // the reference: torch's arithmetic on the CPU
   for (int step = 0; step < 3; ++step) {
     for (size_t i = 0; i < sizes.size(); ++i) {
       Tensor g = Tensor::from_vector(lcg_values(sizes[i], uint32_t(1000 * step + i), 0.1f), {sizes[i]});
       if (step == 1 && i == 2) continue;  // a parameter without a gradient this step: skipped, step count kept
       backward(paged_params[i], g.to(Device::CUDA));  // a leaf as root: its grad := g
       backward(plain_params[i], g.to(Device::CUDA));
+      backward(cpu_params[i], g);
     }
-    paged.step(1e-2 * (step + 1));
-    plain.step(1e-2 * (step + 1));
+    // Step 2 clips: the same factor through grad_scale (GPU) and clip_grad_norm's in-place scaling (CPU).
+    const float scale = step == 2 ? PagedAdamW::clip_scale(paged.grad_global_norm(), 1.0f) : 1.0f;
+    if (step == 2) {
+      CHECK(scale < 1.0f);
+      CHECK(std::fabs(paged.grad_global_norm() - double(grad_global_norm(cpu_params))) <=
+            1e-5 * double(grad_global_norm(cpu_params)));
+      clip_grad_norm(cpu_params, 1.0f);
+    }
+    paged.step(1e-2 * (step + 1), scale);
+    plain.step(1e-2 * (step + 1), scale);
+    cpu.step(1e-2 * (step + 1));
     paged.zero_grad();
     plain.zero_grad();
+    cpu.zero_grad();
   }
   CHECK(paged.step_count(2) == 2);
   auto paged_state = paged.state_dict(), plain_state = plain.state_dict();
@@ -248,6 +269,8 @@ GPU_TEST(paged_adamw_bit_identical_to_unpaged) {
     CAPTURE(i);
     std::vector<float> a = paged_params[i].value().to_vector(), b = plain_params[i].value().to_vector();
     CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+    // Against the CPU: equal up to FMA contraction and the clipping factor's last bit.
+    CHECK(relative_error(paged_params[i].value(), cpu_params[i].value()) <= 1e-6);
     for (const char* st : {".exp_avg", ".exp_avg_sq"}) {
       std::vector<float> x = paged_state.at(str("p", i, st)).to_vector(), y = plain_state.at(str("p", i, st)).to_vector();
       CHECK(std::memcmp(x.data(), y.data(), x.size() * 4) == 0);

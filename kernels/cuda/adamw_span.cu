@@ -9,16 +9,18 @@
 namespace nq::kernels::cuda {
 
 __global__ void adamw_span_kernel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                                  AdamWScalars s) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    adamw_update_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], s);
+                                  AdamWScalars s, float grad_scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = grad_scale == 1.0f ? grad[i] : __fmul_rn(grad[i], grad_scale);  // no FMA contraction
+    adamw_update_element(param[i], g, exp_avg[i], exp_avg_sq[i], s);
+  }
 }
 
 void adamw_update_span(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                       const AdamWScalars& s, void* stream) {
+                       const AdamWScalars& s, float grad_scale, void* stream) {
   if (n <= 0) return;
   adamw_span_kernel<<<grid_for(n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(param, grad, exp_avg,
-                                                                                     exp_avg_sq, n, s);
+                                                                                     exp_avg_sq, n, s, grad_scale);
   NQ_LAUNCH_CHECK();
 }
 

@@ -11,8 +11,10 @@
 namespace nq::kernels::cuda {
 
 // param, grad, exp_avg, exp_avg_sq: n f32 device elements each; launched on
-// `stream` (a cudaStream_t; null = the default stream), asynchronously.
+// `stream` (a cudaStream_t; null = the default stream), asynchronously. The
+// gradient used is grad * grad_scale (the clipping factor; 1 = as is), rounded
+// to f32 like torch's in-place grad.mul_(coef) before the step.
 void adamw_update_span(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                       const AdamWScalars& s, void* stream);
+                       const AdamWScalars& s, float grad_scale, void* stream);
 
 }  // namespace nq::kernels::cuda
