@@ -142,29 +142,34 @@ TEST_CASE("memory plan: weights, lora, optimizer exact and activations near the 
   CHECK(grew(MemCategory::Weights) == int64_t(plan[MemCategory::Weights]));
   CHECK(grew(MemCategory::LoRA) == int64_t(plan[MemCategory::LoRA]));
 
-  // One training step, peaks measured from here.
   std::vector<Var> params = adapter_parameters(model);
   AdamW opt(params, AdamWConfig{});
-  const MemStats start = cpu.stats();
-  cpu.reset_peak();
-  DecoderBatch batch = tiny_batch(model.config(), shape.batch, shape.seq, Device::CPU);
-  Var loss = model.forward_loss(batch);
-  backward(loss);
-  loss = Var();
-  opt.step(1e-3);
-  const MemStats after = cpu.stats();
-  CHECK(grew(MemCategory::Optimizer) == int64_t(plan[MemCategory::Optimizer]));
-
-  auto measured = [&](MemCategory c) { return double(after.peak[size_t(c)] - start.current[size_t(c)]); };
-  const double act = measured(MemCategory::Activations), ws = measured(MemCategory::Workspace);
-  MESSAGE("activations: plan ", format_bytes(plan[MemCategory::Activations]), ", measured ",
-          format_bytes(size_t(act)), "; workspace: plan ", format_bytes(plan[MemCategory::Workspace]), ", measured ",
-          format_bytes(size_t(ws)));
-  // The formula's CPU terms (f32, the CPU ops' own temporaries) are an estimate:
-  // within 25% on this model; the GPU check (tools/gpu_check.sh) holds the bf16 plan to 10%.
-  CHECK(act >= 0.75 * double(plan[MemCategory::Activations]));
-  CHECK(act <= 1.25 * double(plan[MemCategory::Activations]));
-  CHECK(ws == double(plan[MemCategory::Workspace]));
+  const DecoderBatch batch = tiny_batch(model.config(), shape.batch, shape.seq, Device::CPU);
+  for (bool checkpointing : {true, false}) {
+    CAPTURE(checkpointing);
+    model.options().checkpointing = checkpointing;
+    const MemoryPlan p = plan_memory(model, shape);
+    // One training step, peaks measured from here.
+    const MemStats start = cpu.stats();
+    cpu.reset_peak();
+    Var loss = model.forward_loss(batch);
+    backward(loss);
+    loss = Var();
+    opt.step(1e-3);
+    opt.zero_grad();
+    const MemStats after = cpu.stats();
+    CHECK(grew(MemCategory::Optimizer) == int64_t(p[MemCategory::Optimizer]));
+    auto measured = [&](MemCategory c) { return double(after.peak[size_t(c)] - start.current[size_t(c)]); };
+    const double act = measured(MemCategory::Activations), ws = measured(MemCategory::Workspace);
+    MESSAGE("checkpointing ", checkpointing, ": activations plan ", format_bytes(p[MemCategory::Activations]),
+            ", measured ", format_bytes(size_t(act)), "; workspace plan ", format_bytes(p[MemCategory::Workspace]),
+            ", measured ", format_bytes(size_t(ws)));
+    // The formula's terms are an estimate of the CPU ops' temporaries (f32): within
+    // 25% on this model; tools/gpu_check.sh holds the bf16 GPU plan to 10%.
+    CHECK(act >= 0.75 * double(p[MemCategory::Activations]));
+    CHECK(act <= 1.25 * double(p[MemCategory::Activations]));
+    CHECK(ws == double(p[MemCategory::Workspace]));
+  }
 }
 
 TEST_CASE("memory plan: a bad shape is a clear error") {
