@@ -62,8 +62,8 @@ class CudaAllocator final : public Allocator {
         e = cudaMalloc(&p, size);
       }
       if (e != cudaSuccess)
-        throw Error(str("cudaMalloc of ", format_bytes(size), " for ", mem_category_name(cat), " failed: ",
-                        cudaGetErrorString(e), " (", stats_.summary(), ")"));
+        throw Error(str("cudaMalloc of ", format_bytes(size), " for ", mem_category_name(cat), " failed at ", __FILE__,
+                        ":", __LINE__, ": ", cudaGetErrorString(e), " (live tensors: ", stats_.summary(), ")"));
       ++cuda_mallocs_;
       blocks_[p] = Block{size, cat};
       reserved_.on_alloc(cat, size);
@@ -101,7 +101,7 @@ class CudaAllocator final : public Allocator {
   };
   void release_cache() {  // caller holds mu_
     for (auto& [size, p] : cache_) {
-      cudaFree(p);
+      CUDA_CHECK(cudaFree(p));
       reserved_.on_free(blocks_.at(p).category, size);
       blocks_.erase(p);
     }
@@ -126,7 +126,7 @@ class PinnedHostAllocator final : public Allocator {
     return p;
   }
   void deallocate(void* ptr, size_t bytes, MemCategory cat) override {
-    cudaFreeHost(ptr);  // no throw from a destructor path
+    cudaFreeHost(ptr);  // unchecked: runs from destructors, which must not throw (as the destroys below)
     std::lock_guard<std::mutex> g(mu_);
     stats_.on_free(cat, bytes);
   }
