@@ -180,6 +180,16 @@ TEST_CASE("memory plan: a bad shape is a clear error") {
                        Error);
 }
 
+TEST_CASE("to_device: cpu to cpu keeps the model; cuda without a GPU is a clear error") {
+  Decoder model = tiny_qlora_model();
+  const DecoderBatch batch = tiny_batch(model.config(), 1, 16, Device::CPU);
+  const float before = model.forward_loss(batch).value().to_vector()[0];
+  to_device(model, Device::CPU);
+  CHECK(model.forward_loss(batch).value().to_vector()[0] == before);
+  if (!cuda_available())
+    CHECK_THROWS_WITH_AS(to_device(model, Device::CUDA), doctest::Contains("device cuda"), Error);
+}
+
 // ---- GPU ------------------------------------------------------------------------
 
 GPU_TEST(allocator_accounting) {
