@@ -24,6 +24,10 @@
 #include "kernels/cuda/nf4.h"
 #include "runtime/tensor.h"
 
+namespace nq {
+struct Nf4Tensor;  // quant/nf4.h
+}
+
 namespace nq::kernels::cuda {
 
 // ---- elementwise ---------------------------------------------------------
@@ -87,6 +91,13 @@ Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset)
 Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t offset);
 
 // ---- NF4 weights (layout: kernels/cuda/nf4.h; not in kernels.h) ------------
+// An Nf4Tensor (quant/nf4.h) copied to the GPU as is; `view` is what the kernels read
+// and stays valid while this object lives.
+struct Nf4DeviceTensor {
+  Tensor packed, absmax, nested_absmax, nested_code;
+  Nf4Weight view;
+};
+Nf4DeviceTensor nf4_to_device(const Nf4Tensor& q);
 // W [out, in] dequantized to `dtype` (f32: bit-identical to bitsandbytes' dequantize_4bit).
 Tensor nf4_dequantize(const Nf4Weight& w, DType dtype);
 // y [..., out] = x [..., in] W^T and dx [..., in] = dy [..., out] W, W dequantized
