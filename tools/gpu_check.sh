@@ -11,6 +11,15 @@
 # Every step runs under `timeout`; the limits add up to 350 s, under 6 minutes.
 # Full logs go to $OUT when it is set (the device tool copies it back), else build/gpu_check/.
 # Usage (repository root):  tools/gpu_check.sh
+#
+# The lent machine has no network. If its image lacks the Debian build packages
+# (the script says which headers are missing), download them here and carry them:
+#   echo /.debs/ >> .git/info/exclude; mkdir -p .debs; cd .debs; apt-get download \
+#     libopenblas-dev libopenblas0 libopenblas0-pthread libopenblas-pthread-dev libgfortran5 \
+#     doctest-dev nlohmann-json3-dev libutf8proc-dev libutf8proc3 libpcre2-dev libpcre2-8-0 \
+#     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3
+# (from a machine with the same distribution release as the GPU image), then run
+# with carry [".debs"]; step 2 installs them with dpkg -i.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 LOG=${OUT:-build/gpu_check}
