@@ -16,9 +16,10 @@
 # (the script says which headers are missing), download them here and carry them:
 #   echo /.debs/ >> .git/info/exclude; mkdir -p .debs; cd .debs; apt-get download \
 #     libopenblas-dev libopenblas0 libopenblas0-pthread libopenblas-pthread-dev libgfortran5 \
-#     doctest-dev nlohmann-json3-dev libutf8proc-dev libutf8proc3 libpcre2-dev libpcre2-8-0 \
+#     doctest-dev nlohmann-json3-dev libutf8proc-dev libutf8proc2 libpcre2-dev libpcre2-8-0 \
 #     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3
-# (from a machine with the same distribution release as the GPU image), then run
+# (names as in Debian 12, this build machine; from a machine with the same release
+# as the GPU image, whose Python 3.12 suggests Ubuntu 24.04: names may differ), then run
 # with carry [".debs"]; step 2 installs them with dpkg -i.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
