@@ -1,8 +1,9 @@
 // CUDA implementations of kernels/kernels.h, same signatures, in namespace
 // nq::kernels::cuda. kernels/dispatch.cpp checks the arguments once and calls
-// these for CUDA tensors (bf16 activations, f32 statistics/parameters as
-// documented per function in kernels/kernels.h); they assume checked input.
-// Each function is implemented in the kernels/cuda/*.cu file of its op.
+// these for CUDA tensors; they assume checked input (and re-check only what
+// the dispatch cannot: ids/labels on the device, the dtypes below). Each
+// function is implemented in the kernels/cuda/*.cu file of its op. The GPU-only
+// functions at the end (NF4, LoRA, optimizer) are called directly.
 //
 // Dtypes on the GPU. "T" below is f32 or bf16 (activations are bf16 in
 // training; f32 works everywhere too, for tests and LoRA master weights). All
