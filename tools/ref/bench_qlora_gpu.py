@@ -84,7 +84,7 @@ def quantize_linears(model, compute_dtype):
                                       compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
                                       device="meta")
                 q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
-                                             quant_type="nf4")
+                                             quant_type="nf4", module=q)
                 if child.bias is not None:
                     q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
                 setattr(module, child_name, q.cuda())  # .cuda() quantizes the not-yet-quantized Params4bit
@@ -102,6 +102,9 @@ def run_python(args):
     with torch.device("cuda"):
         model = Qwen3ForCausalLM(qwen3_config(args.preset)).to(torch.bfloat16)
     quantize_linears(model, torch.bfloat16)
+    # What from_pretrained(quantization_config=...) sets; prepare_model_for_kbit_training reads it to
+    # turn gradient checkpointing on (and, as in the seed, casts the non-4-bit weights to f32).
+    model.is_loaded_in_4bit = True
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
