@@ -300,7 +300,10 @@ GPU_TEST(qlora_loss_and_lora_grads_match_cpu) {
     cpu_model.options().checkpointing = gpu_model.options().checkpointing = checkpointing;
     // Each attach draws A from the RNG stream: give the GPU model the CPU model's adapters.
     std::vector<Var> from = adapter_parameters(cpu_model), to = adapter_parameters(gpu_model);
-    for (size_t i = 0; i < from.size(); ++i) to[i].value().copy_from(from[i].value());
+    for (size_t i = 0; i < from.size(); ++i) {
+      Tensor dst = to[i].value();  // shares the parameter's storage
+      dst.copy_from(from[i].value());
+    }
     to_device(gpu_model, Device::CUDA);
     auto run = [](Decoder& m, Device d) {
       Var loss = m.forward_loss(tiny_batch(m.config(), 2, 24, d));
