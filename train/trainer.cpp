@@ -15,6 +15,7 @@
 #include "autograd/var.h"
 #include "lora/adapter.h"
 #include "model/chat_template.h"
+#include "model/memory_plan.h"
 #include "model/tokenizer.h"
 #include "optim/accumulation.h"
 #include "optim/clip.h"
@@ -121,36 +122,6 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
   }
   e.loss = e.targets > 0 ? sum / double(e.targets) : NAN;
   return e;
-}
-
-MemoryPlan plan_memory(Decoder& model, int64_t tokens, bool checkpointing, int64_t ce_chunk_rows) {
-  const ModelConfig& c = model.config();
-  MemoryPlan p;
-  for (const Var& w : model.parameters())  // dense tensors (embeddings, norms; NF4 linears have none)
-    if (w.defined()) p.weights += int64_t(w.value().nbytes());
-  int64_t r_sum = 0;  // sum of ranks over the adapted projections (each saves h [N, r])
-  for (Linear* l : model.linears()) {
-    if (l->is_nf4()) {
-      const Nf4Tensor& q = *l->nf4();
-      p.weights += int64_t(q.packed.nbytes() + q.absmax.nbytes()) +
-                   (q.double_quant ? int64_t(q.nested_absmax.nbytes() + q.nested_code.nbytes()) : 0);
-    }
-    if (l->has_lora()) {
-      p.lora += 2 * int64_t(l->lora().A.value().nbytes() + l->lora().B.value().nbytes());  // values + gradients
-      p.optimizer += 2 * int64_t(l->lora().A.value().nbytes() + l->lora().B.value().nbytes());  // exp_avg, exp_avg_sq
-      r_sum += l->lora().A.shape()[0];
-    }
-  }
-  // f32 activations saved for backward by one layer, per token (model/decoder.h):
-  // norms' inputs/outputs, q/k through q_norm + RoPE, v, attention out, the MLP's gate/up/act, LoRA h.
-  const int64_t L = c.num_layers, D = c.hidden_size, F = c.intermediate_size;
-  const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
-  const int64_t per_layer = 5 * D + 4 * q + 4 * kv + 3 * F + (r_sum / std::max<int64_t>(1, L));
-  const int64_t layers_kept = checkpointing ? L * D + per_layer : L * per_layer;  // checkpoints + one recomputed layer
-  // The loss head: final norm in/out and dL/dh [N, D] each, plus one chunk of logits [min(N, chunk), V]
-  // that the fused lm_head + cross-entropy turns into its own gradient in place.
-  p.activations = 4 * (tokens * (layers_kept + 3 * D) + std::min(tokens, ce_chunk_rows) * c.vocab_size);
-  return p;
 }
 
 namespace {
@@ -279,15 +250,13 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     log << "resumed from " << cfg.resume << " at step " << state.step << "\n";
   }
 
-  // ---- memory plan
-  const int64_t micro_tokens = cfg.batch_size * cfg.max_length;
-  MemoryPlan plan = plan_memory(model, micro_tokens, dopt.checkpointing, dopt.ce_chunk_rows);
-  log << "memory plan (f32 CPU, micro-batch " << cfg.batch_size << " x " << cfg.max_length << " tokens):\n"
-      << bytes_line("base weights (NF4 + norms/embeddings) ", plan.weights)
-      << bytes_line("LoRA parameters + gradients         ", plan.lora)
-      << bytes_line("AdamW moments                       ", plan.optimizer)
-      << bytes_line("activations, predicted peak         ", plan.activations)
-      << bytes_line("total                               ", plan.total());
+  // ---- memory plan (model/memory_plan.h; the formulas: docs/gpu_training.md)
+  TrainShape shape;
+  shape.batch = cfg.batch_size;
+  shape.seq = cfg.max_length;
+  shape.ce_chunk_rows = dopt.ce_chunk_rows;
+  const MemoryPlan plan = plan_memory(model, shape);
+  log << plan.table() << "\n";
   log << total_steps << " steps of " << cfg.grad_accum << " x " << cfg.batch_size << " rows, lr " << cfg.lr << " ("
       << cfg.schedule << ", warmup " << schedule.warmup_steps << ")\n";
 
@@ -339,12 +308,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     metrics.write(m);
     result.steps.push_back(m);
     result.final_step = step;
-    if (step == first_step) {
-      log << "measured CPU allocator peak in step " << step << ":";
-      for (size_t c = 0; c < size_t(MemCategory::Count); ++c)
-        log << (c ? ", " : " ") << mem_category_name(MemCategory(c)) << " " << format_bytes(mem.peak[c]);
-      log << "; total " << format_bytes(mem.peak_total) << "\n";
-    }
+    if (step == first_step) log << plan.compare(mem) << "\n";
     if (!cfg.no_progress) {
       const double elapsed = seconds_since(t_start);
       bar.update(m, elapsed * double(step) / double(step - first_step + 1));  // ETA over this run's pace

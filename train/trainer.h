@@ -53,15 +53,6 @@ struct EvalLoss {
 EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
                           const LoaderOptions& options);
 
-// The memory plan printed before step 1: bytes of the base weights, LoRA
-// parameters + gradients, AdamW moments, and the predicted activation peak of
-// one micro-batch of `tokens` tokens (formula in docs/training.md).
-struct MemoryPlan {
-  int64_t weights = 0, lora = 0, optimizer = 0, activations = 0;
-  int64_t total() const { return weights + lora + optimizer + activations; }
-};
-MemoryPlan plan_memory(Decoder& model, int64_t tokens, bool checkpointing, int64_t ce_chunk_rows);
-
 struct TrainResult {
   std::vector<StepMetrics> steps;                // the steps this call ran
   std::vector<std::pair<int64_t, double>> evals; // (step, eval loss)
