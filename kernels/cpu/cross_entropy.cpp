@@ -30,13 +30,18 @@ double linear_cross_entropy(const T* h, const T* w, const int32_t* labels, int64
         if (want_grad) std::fill(z, z + V, T(0));
         continue;
       }
-      T max_z = *std::max_element(z, z + V), sum_exp = 0;
-      for (int64_t c = 0; c < V; ++c) sum_exp += std::exp(z[c] - max_z);
-      T lse = max_z + std::log(sum_exp);
-      row_loss[r0 + r] = double(lse - z[y]);
+      const T max_z = *std::max_element(z, z + V), z_y = z[y];
+      T sum_exp = 0;
+      if (want_grad) {  // keep e = exp(z - max) in place: one exp per logit (the costliest part of the loss)
+        for (int64_t c = 0; c < V; ++c) sum_exp += (z[c] = std::exp(z[c] - max_z));
+      } else {
+        for (int64_t c = 0; c < V; ++c) sum_exp += std::exp(z[c] - max_z);
+      }
+      row_loss[r0 + r] = double(max_z + std::log(sum_exp) - z_y);
       if (!want_grad) continue;
-      for (int64_t c = 0; c < V; ++c) z[c] = std::exp(z[c] - lse) * inv_count;  // softmax / count
-      z[y] -= inv_count;                                                          // - onehot / count
+      const T scale = inv_count / sum_exp;
+      for (int64_t c = 0; c < V; ++c) z[c] *= scale;  // softmax / count
+      z[y] -= inv_count;                              // - onehot / count
     }
     if (grad_h) matmul(logits, w, grad_h + r0 * D, 1, rows, D, V, false, false, false);  // dh = dz w
     if (grad_w) matmul(logits, h_chunk, grad_w, 1, V, D, rows, true, false, true);      // dw += dz^T h
