@@ -51,7 +51,7 @@ endif
 endif
 
 # ---------------------------------------------------------------- sources
-LIB_DIRS  := runtime autograd kernels kernels/cpu quant model lora optim train
+LIB_DIRS  := runtime autograd kernels kernels/cpu quant model lora optim training
 LIB_SRCS  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
 # One build folder per configuration, so switching CUDA=0/1 rebuilds everything.
 BUILD     := build/$(if $(filter 1,$(CUDA)),cuda,cpu)

@@ -31,7 +31,7 @@ struct DecoderBatch {
   Tensor ids;          // [B, T] token ids
   Tensor labels;       // [B, T], -100 = not counted. HF convention (default): labels[t] is the
                        // token at t and the loss shifts them (position t predicts labels[t+1]).
-  bool labels_shifted = false;  // true: labels[t] already is the target of position t (train/batch.h)
+  bool labels_shifted = false;  // true: labels[t] already is the target of position t (training/batch.h)
   Tensor positions;    // [B, T] RoPE positions; undefined = 0..T-1 in every row
   Tensor segment_ids;  // [B, T] packed rows: attention stays within a segment; undefined = one per row
 };

@@ -1,4 +1,4 @@
-// train/data, train/batch, train/progress: JSONL formats and bad lines,
+// training/data, training/batch, training/progress: JSONL formats and bad lines,
 // labels/positions/segments of padded and packed batches on hand-checkable
 // examples, shuffling, the eval split, resuming a loader, progress output.
 #include <doctest/doctest.h>
@@ -10,9 +10,9 @@
 #include <set>
 #include <sstream>
 
-#include "train/batch.h"
-#include "train/data.h"
-#include "train/progress.h"
+#include "training/batch.h"
+#include "training/data.h"
+#include "training/progress.h"
 
 using namespace nq;
 

@@ -1,4 +1,4 @@
-// train/encode: JSONL examples -> token ids + trained mask with the real Qwen3
+// training/encode: JSONL examples -> token ids + trained mask with the real Qwen3
 // tokenizer (unpacked from tests/fixtures/tokenizer/qwen3 by the Makefile), and
 // the whole path JSONL -> packed batch -> labels checked by decoding the targets.
 #include <doctest/doctest.h>
@@ -7,8 +7,8 @@
 #include <fstream>
 #include <map>
 
-#include "train/batch.h"
-#include "train/encode.h"
+#include "training/batch.h"
+#include "training/encode.h"
 
 using namespace nq;
 

@@ -21,7 +21,7 @@
 #include "model/generate.h"
 #include "model/weights.h"
 #include "runtime/safetensors.h"
-#include "train/batch.h"
+#include "training/batch.h"
 
 using namespace nq;
 namespace fs = std::filesystem;
@@ -125,7 +125,7 @@ TEST_CASE("decoder logits and loss match transformers") {
     float padded_want = ref.get("padded_loss").to_vector()[0];
     CHECK(std::fabs(padded_loss - padded_want) / padded_want <= 1e-5);
 
-    // The same targets given already shifted (the train/batch.h convention).
+    // The same targets given already shifted (the training/batch.h convention).
     std::vector<int32_t> labels = ids_of(ref.get("padded_labels")), targets(labels.size());
     const int64_t T = ref.entry("padded_labels").shape[1];
     for (size_t n = 0; n < labels.size(); ++n) targets[n] = (n + 1) % T ? labels[n + 1] : -100;
@@ -272,7 +272,7 @@ TEST_CASE("a packed row with segment ids and restarted positions equals separate
   CHECK(max_rel_error(got.slice(A, T), second) <= 1e-5);
 }
 
-TEST_CASE("trainer batches (train/batch.h): packed and padded rows give the same loss and gradients") {
+TEST_CASE("trainer batches (training/batch.h): packed and padded rows give the same loss and gradients") {
   DecoderOptions opts;
   opts.train_all = true;
   Decoder model = Decoder::load(kFixtures + "llama", opts);

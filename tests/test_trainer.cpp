@@ -1,4 +1,4 @@
-// train/: the trainer against the seed's Python stack, and its run control.
+// training/: the trainer against the seed's Python stack, and its run control.
 //
 // Parity: tests/fixtures/qlora (tools/ref/make_qlora_fixtures.py) holds 20
 // optimizer steps of transformers + bitsandbytes (NF4, double quant) + PEFT
@@ -25,9 +25,9 @@
 #include "runtime/safetensors.h"
 #include "tests/temp_dir.h"
 #include "model/tokenizer.h"
-#include "train/checkpoint.h"
-#include "train/encode.h"
-#include "train/trainer.h"
+#include "training/checkpoint.h"
+#include "training/encode.h"
+#include "training/trainer.h"
 
 using namespace nq;
 namespace fs = std::filesystem;
@@ -158,7 +158,7 @@ std::string train_error(const TrainConfig& cfg) {
 }
 
 std::string parse_error(std::vector<std::string> args) {
-  std::vector<char*> argv{const_cast<char*>("finetune")};
+  std::vector<char*> argv{const_cast<char*>("train")};
   for (std::string& a : args) argv.push_back(a.data());
   TrainConfig cfg;
   try {
@@ -352,7 +352,7 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
   TempDir tmp;
   write_file(tmp / "c.json", R"({"model": "m", "data": "d", "r": 8, "targets": ["q_proj", "v_proj"], "packing": true})");
   std::string config = tmp / "c.json";
-  std::vector<std::string> args{"finetune", "--config", config, "--r", "32", "--optim", "paged_adamw"};
+  std::vector<std::string> args{"train", "--config", config, "--r", "32", "--optim", "paged_adamw"};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   TrainConfig cfg;

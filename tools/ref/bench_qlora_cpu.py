@@ -1,6 +1,6 @@
 """Side-by-side QLoRA training speed and memory on the CPU: the seed's Python
 stack (transformers + bitsandbytes NF4 double quant + PEFT all-linear r=16 +
-gradient checkpointing + torch AdamW) against ./finetune, same model, batch,
+gradient checkpointing + torch AdamW) against ./train, same model, batch,
 sequence length and number of steps, in one run.
 
   tools/ref/.venv/bin/python tools/ref/bench_qlora_cpu.py [--preset qwen3-0.6b] [--seq 256] [--steps 3]
@@ -8,7 +8,7 @@ sequence length and number of steps, in one run.
 The model is random-init (no download): the script writes it once to
 .cache/bench/<preset>/ (bf16 safetensors) with the real Qwen3 tokenizer files
 beside it (from build/fixtures/qwen3-tokenizer, unpacked by `make`), so the same
-folder also serves for a realistic ./finetune run on data/demo_train.jsonl. Each side runs in its own process;
+folder also serves for a realistic ./train run on data/demo_train.jsonl. Each side runs in its own process;
 peak RSS is that process's ru_maxrss; tokens/s counts the tokens of the timed
 optimizer steps (after one warm-up step) divided by their wall time.
 """
@@ -115,9 +115,9 @@ def main():
     data = model_dir / "data.jsonl"
     make_data(data, 64, args.seq)
 
-    # Run ./finetune first: RUSAGE_CHILDREN is a running maximum over finished children.
+    # Run ./train first: RUSAGE_CHILDREN is a running maximum over finished children.
     metrics = model_dir / "metrics.jsonl"
-    cmd = [str(ROOT / "finetune"), "--model", str(model_dir), "--data", str(data), "--out", str(model_dir / "out"),
+    cmd = [str(ROOT / "train"), "--model", str(model_dir), "--data", str(data), "--out", str(model_dir / "out"),
            "--max-steps", str(args.steps + 1), "--batch-size", str(args.batch), "--max-length", str(args.seq),
            "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4", "--schedule", "constant",
            "--metrics", str(metrics), "--save-every", "0", "--device", "cpu", "--no-progress"]
@@ -133,7 +133,7 @@ def main():
           f"{args.steps} timed steps")
     print(f"{'':24s}{'tokens/s':>12s}{'peak RSS':>12s}")
     print(f"{'transformers+bnb+peft':24s}{py['tokens_per_s']:12.1f}{rss_py / 2**30:10.2f} GiB")
-    print(f"{'nanoqlora ./finetune':24s}{ours_tps:12.1f}{rss_ours / 2**30:10.2f} GiB")
+    print(f"{'nanoqlora ./train':24s}{ours_tps:12.1f}{rss_ours / 2**30:10.2f} GiB")
     print(f"ratio: {ours_tps / py['tokens_per_s']:.2f}x tokens/s, {rss_ours / rss_py:.2f}x memory")
 
 

@@ -2,7 +2,7 @@
 stack (transformers Qwen3 + bitsandbytes NF4 double quant, bf16 compute + PEFT
 all-linear r=16 + gradient checkpointing + bitsandbytes PagedAdamW32bit, the
 optimizer transformers' `optim="paged_adamw_32bit"` builds) against
-./finetune --device cuda, same random-init model, batch, sequence length and
+./train --device cuda, same random-init model, batch, sequence length and
 number of steps.
 
   python3 tools/ref/bench_qlora_gpu.py [--preset qwen3-0.6b] [--batch 4] [--seq 512] [--steps 5] [--sides python,ours]
@@ -47,7 +47,7 @@ def qwen3_config(preset):
 
 
 def write_model(preset, path):
-    """The checkpoint folder ./finetune reads (written once)."""
+    """The checkpoint folder ./train reads (written once)."""
     import shutil
     import torch
     from transformers import Qwen3ForCausalLM
@@ -161,7 +161,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--sides", default="python,ours", help="comma list of python, ours")
-    ap.add_argument("--binary", default="finetune", help="our trainer program, relative to the repository root")
+    ap.add_argument("--binary", default="train", help="our trainer program, relative to the repository root")
     ap.add_argument("--child-python", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_python:

@@ -1,5 +1,5 @@
 // Progress bar and metrics JSONL (see progress.h).
-#include "train/progress.h"
+#include "training/progress.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,5 @@
 // Checkpoint save / load (see checkpoint.h).
-#include "train/checkpoint.h"
+#include "training/checkpoint.h"
 
 #include <fcntl.h>
 #include <unistd.h>

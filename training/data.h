@@ -10,7 +10,7 @@
 // as "FILE:LINE: <what is wrong>"; the policy decides whether it stops the load
 // (error) or is counted and skipped (skip).
 //
-// Parsing (this file) needs no tokenizer; train/encode.h turns examples into
+// Parsing (this file) needs no tokenizer; training/encode.h turns examples into
 // token ids and the mask of tokens the loss trains on.
 #pragma once
 #include <cstdint>
@@ -39,7 +39,7 @@ struct Example {
 
 // A tokenized example. trained[t] = 1 when token t is a target of the loss,
 // i.e. the model is trained to predict ids[t] from ids[0..t-1]. The batcher
-// turns this into next-token labels (train/batch.h).
+// turns this into next-token labels (training/batch.h).
 struct Sample {
   std::vector<int32_t> ids;
   std::vector<uint8_t> trained;  // same length as ids

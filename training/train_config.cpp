@@ -1,6 +1,6 @@
 // TrainConfig: one table of options serves the flags, the JSON keys, --help
 // and the checkpoint copy (see train_config.h).
-#include "train/train_config.h"
+#include "training/train_config.h"
 
 #include <cmath>
 #include <cstdio>
@@ -12,7 +12,7 @@
 
 #include "optim/schedule.h"
 #include "runtime/error.h"
-#include "train/data.h"
+#include "training/data.h"
 
 namespace nq {
 
@@ -296,7 +296,7 @@ bool parse_train_args(int argc, char** argv, TrainConfig* cfg) {
 
 std::string train_help() {
   std::string s =
-      "usage: ./finetune --model DIR --data FILE.jsonl [options]\n"
+      "usage: ./train --model DIR --data FILE.jsonl [options]\n"
       "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
       "target projections are trained with AdamW. Writes the PEFT adapter to --out.\n\n"
       "  --config FILE.json          options as a JSON object (keys: the flags below, _ for -);\n"

@@ -1,4 +1,4 @@
-// Tokenizing SFT examples: Example (train/data.h) -> Sample (ids + trained mask),
+// Tokenizing SFT examples: Example (training/data.h) -> Sample (ids + trained mask),
 // and load_dataset, the whole JSONL -> samples step the trainer calls.
 //
 // What each format becomes, and which tokens the loss trains on (trained = 1):
@@ -25,7 +25,7 @@
 #include <string>
 
 #include "model/chat_template.h"
-#include "train/data.h"
+#include "training/data.h"
 
 namespace nq {
 

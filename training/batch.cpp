@@ -1,6 +1,6 @@
 // Ordering and batching of tokenized samples (see batch.h for the layout of a
 // batch and the label shift).
-#include "train/batch.h"
+#include "training/batch.h"
 
 #include <cmath>
 #include <numeric>

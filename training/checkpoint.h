@@ -4,7 +4,7 @@
 //   adapter_config.json, adapter_model.safetensors   the LoRA weights (PEFT format: loadable by peft too)
 //   optimizer.safetensors     AdamW moments + step count per parameter (optim/adamw.h state_dict)
 //   trainer_state.json        {"step", "rng_seed", "rng_offset", "data_epoch", "data_index", "tokens_seen"}
-//   train_config.json         the run's TrainConfig (train/train_config.h)
+//   train_config.json         the run's TrainConfig (training/train_config.h)
 //
 // The schedule needs no state of its own: lr is a function of the step. The RNG
 // state (runtime/rng.h) replays the same dropout masks, the data position the
@@ -22,8 +22,8 @@
 #include "lora/adapter.h"
 #include "optim/adamw.h"
 #include "runtime/rng.h"
-#include "train/batch.h"
-#include "train/train_config.h"
+#include "training/batch.h"
+#include "training/train_config.h"
 
 namespace nq {
 

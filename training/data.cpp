@@ -1,6 +1,6 @@
 // JSONL parsing for the SFT formats (see data.h): format detection from the
 // first valid line, field and role validation with FILE:LINE messages.
-#include "train/data.h"
+#include "training/data.h"
 
 #include <fstream>
 #include <nlohmann/json.hpp>

@@ -1,5 +1,5 @@
 // Tokenizing SFT examples (the rules are in encode.h).
-#include "train/encode.h"
+#include "training/encode.h"
 
 #include "runtime/error.h"
 

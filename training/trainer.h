@@ -19,9 +19,9 @@
 
 #include "model/decoder.h"
 #include "optim/adamw.h"
-#include "train/batch.h"
-#include "train/progress.h"
-#include "train/train_config.h"
+#include "training/batch.h"
+#include "training/progress.h"
+#include "training/train_config.h"
 
 namespace nq {
 

@@ -1,5 +1,5 @@
 // The trainer loop (see trainer.h and docs/training.md).
-#include "train/trainer.h"
+#include "training/trainer.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -21,8 +21,8 @@
 #include "optim/clip.h"
 #include "optim/schedule.h"
 #include "runtime/rng.h"
-#include "train/checkpoint.h"
-#include "train/encode.h"
+#include "training/checkpoint.h"
+#include "training/encode.h"
 
 namespace nq {
 
@@ -65,7 +65,7 @@ DecoderBatch decoder_batch(const Batch& b) {
 }
 
 int64_t count_targets(const DecoderBatch& batch) {
-  NQ_CHECK(batch.labels_shifted, "count_targets: labels must be shifted (train/batch.h convention)");
+  NQ_CHECK(batch.labels_shifted, "count_targets: labels must be shifted (training/batch.h convention)");
   Tensor labels = batch.labels.to(Device::CPU);
   const int32_t* l = labels.data<int32_t>();
   int64_t n = 0;

@@ -17,7 +17,7 @@ namespace nq {
 struct TrainConfig {
   // ---- inputs and outputs
   std::string model;       // HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
-  std::string data;        // training JSONL (train/data.h formats)
+  std::string data;        // training JSONL (training/data.h formats)
   std::string eval_data;   // held-out JSONL; or ...
   double eval_split = 0;   // ... a fraction (< 1) or a count (>= 1) of --data held out for eval
   std::string out = "out"; // adapter, checkpoints

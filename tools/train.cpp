@@ -1,5 +1,5 @@
-// ./finetune: QLoRA fine-tuning from the command line (flags and/or a JSON config;
-// ./finetune --help lists them). The work is in train/trainer.h; this file parses
+// ./train: QLoRA fine-tuning from the command line (flags and/or a JSON config;
+// ./train --help lists them). The work is in training/trainer.h; this file parses
 // the options and turns Ctrl-C into "finish this step, checkpoint, exit".
 #include <unistd.h>
 
@@ -8,7 +8,7 @@
 #include <iostream>
 
 #include "tools/cli.h"
-#include "train/trainer.h"
+#include "training/trainer.h"
 
 namespace {
 

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "runtime/tensor.h"
-#include "train/data.h"
+#include "training/data.h"
 
 namespace nq {
 
@@ -83,7 +83,7 @@ struct LoaderOptions {
 class DataLoader {
  public:
   // samples: every sample must be non-empty and at most max_length tokens
-  // (train/encode truncates); `subset` = which of them this loader reads
+  // (training/encode truncates); `subset` = which of them this loader reads
   // (e.g. Split::train), in their file order. `samples` must outlive the loader.
   DataLoader(const std::vector<Sample>& samples, std::vector<int64_t> subset, LoaderOptions opt);
 
