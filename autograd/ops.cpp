@@ -109,6 +109,25 @@ Var linear(const Var& x, const Var& w, const Var& bias) {
                 });
 }
 
+// y + ones[N, 1] @ b[1, out]; db = column sums of dy.
+Var add_bias(const Var& y, const Var& bias) {
+  const Tensor& yv = y.value();
+  const int64_t out_dim = yv.ndim() >= 1 ? yv.size(-1) : 0;
+  NQ_CHECK(bias.shape() == Shape{out_dim}, "add_bias: bias ", bias.shape().str(), " does not match y ",
+           yv.shape().str());
+  const int64_t N = yv.numel() / std::max<int64_t>(out_dim, 1);
+  Tensor out = yv.clone(), ones = filled_like({N, 1}, yv, 1.0f);
+  Tensor out2 = out.view({N, out_dim});
+  kernels::matmul_into(out2, ones, bias.value().view({1, out_dim}), false, false, true);
+  bool need_b = needs_grad(bias);
+  Shape b_shape = bias.shape();
+  return record("add_bias", out, {y, bias}, [ones, N, out_dim, need_b, b_shape](const Tensor& g) {
+    Tensor gb;
+    if (need_b) gb = kernels::matmul(ones, g.view({N, out_dim}), true, false).view(b_shape);
+    return std::vector<Tensor>{g, gb};
+  });
+}
+
 Var embedding(const Var& table, const Tensor& ids) {
   int64_t V = table.value().size(0);
   return record("embedding", kernels::embedding_forward(table.value(), ids), {table}, [ids, V](const Tensor& g) {

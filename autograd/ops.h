@@ -14,6 +14,7 @@ Var mean(const Var& a);                       // -> [1]
 Var reshape(const Var& a, Shape shape);       // a view, gradient reshaped back
 Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
 Var linear(const Var& x, const Var& w, const Var& bias = Var());  // x [N, in], w [out, in] -> x w^T + b
+Var add_bias(const Var& y, const Var& bias);  // y [..., out] + bias [out] (for NF4 / LoRA bases)
 Var embedding(const Var& table, const Tensor& ids);
 Var rmsnorm(const Var& x, const Var& w, float eps);
 Var rope(const Var& x, const Tensor& positions, float theta);

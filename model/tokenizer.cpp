@@ -181,6 +181,39 @@ struct Merge {
 
 uint64_t pair_key(int32_t left, int32_t right) { return (uint64_t(uint32_t(left)) << 32) | uint32_t(right); }
 
+// (left id, right id) -> merge, the lookup in BPE's inner loop: one flat array with
+// linear probing (a std::unordered_map chases a pointer per lookup). Built once.
+class MergeTable {
+ public:
+  void build(const std::vector<std::pair<uint64_t, Merge>>& merges) {
+    size_t capacity = 16;
+    while (capacity < 2 * merges.size()) capacity *= 2;
+    keys_.assign(capacity, kEmpty);
+    values_.assign(capacity, Merge{-1, -1});
+    mask_ = capacity - 1;
+    for (const auto& [key, merge] : merges) {
+      size_t i = slot(key);
+      while (keys_[i] != kEmpty && keys_[i] != key) i = (i + 1) & mask_;
+      if (keys_[i] == key) continue;  // a repeated pair keeps its first (lowest) rank
+      keys_[i] = key, values_[i] = merge;
+    }
+  }
+  const Merge* find(int32_t left, int32_t right) const {
+    uint64_t key = pair_key(left, right);
+    for (size_t i = slot(key);; i = (i + 1) & mask_) {
+      if (keys_[i] == key) return &values_[i];
+      if (keys_[i] == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t(0);  // ids are >= 0, so no pair has this key
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> 32) & mask_; }
+  std::vector<uint64_t> keys_;
+  std::vector<Merge> values_;
+  size_t mask_ = 0;
+};
+
 }  // namespace
 
 struct TokenizerImpl {
@@ -190,7 +223,8 @@ struct TokenizerImpl {
   std::vector<std::string> id_to_bytes;  // what each id decodes to
   std::array<int32_t, 256> byte_token{};        // id of each single-byte token
   std::array<std::string, 256> byte_chars;       // each byte's byte-level character (UTF-8)
-  std::unordered_map<uint64_t, Merge> merges;  // (left id, right id) -> rank, merged id
+  std::vector<std::pair<uint64_t, Merge>> merge_list;  // (left id, right id) -> rank, merged id, in rank order
+  MergeTable merges;                                    // the same, for lookup (built by finish())
   bool ignore_merges = false;                  // Llama-3: a word already in the vocabulary is one token
   bool nfc = false;
   bool add_prefix_space = false;
@@ -212,7 +246,7 @@ struct TokenizerImpl {
     auto l = token_to_id.find(left), r = token_to_id.find(right), m = token_to_id.find(left + right);
     NQ_CHECK(l != token_to_id.end() && r != token_to_id.end() && m != token_to_id.end(), source, ": merge ", rank,
              " ('", left, "' '", right, "') uses a token missing from the vocabulary");
-    merges.emplace(pair_key(l->second, r->second), Merge{rank, m->second});
+    merge_list.push_back({pair_key(l->second, r->second), Merge{rank, m->second}});
   }
 
   // After vocabulary and added tokens are in: byte tokens and decode strings.
@@ -243,6 +277,8 @@ struct TokenizerImpl {
       }
       id_to_bytes[id] = all_mapped ? bytes : t;
     }
+    merges.build(merge_list);
+    merge_list = {};
     raw_added.build();
     normalized_added.build();
   }
@@ -281,9 +317,9 @@ struct TokenizerImpl {
     heap.clear();
     auto push_pair = [&](int32_t pos) {
       if (pos < 0 || next[size_t(pos)] < 0) return;
-      auto it = merges.find(pair_key(sym[size_t(pos)], sym[size_t(next[size_t(pos)])]));
-      if (it == merges.end()) return;
-      heap.push_back({it->second.rank, pos});
+      const Merge* merge = merges.find(sym[size_t(pos)], sym[size_t(next[size_t(pos)])]);
+      if (!merge) return;
+      heap.push_back({merge->rank, pos});
       std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
     };
     for (size_t i = 0; i < n; ++i) {
@@ -299,9 +335,9 @@ struct TokenizerImpl {
       size_t pos = size_t(c.pos);
       if (sym[pos] < 0 || next[pos] < 0) continue;  // merged away since it was pushed
       size_t right = size_t(next[pos]);
-      auto it = merges.find(pair_key(sym[pos], sym[right]));
-      if (it == merges.end() || it->second.rank != c.rank) continue;  // the pair changed (ranks are unique)
-      sym[pos] = it->second.merged_id;
+      const Merge* merge = merges.find(sym[pos], sym[right]);
+      if (!merge || merge->rank != c.rank) continue;  // the pair changed (ranks are unique)
+      sym[pos] = merge->merged_id;
       sym[right] = -1;
       next[pos] = next[right];
       if (next[pos] >= 0) prev[size_t(next[pos])] = int32_t(pos);
@@ -361,15 +397,15 @@ struct TokenizerImpl {
   void encode_plain(std::string_view s, size_t base, std::vector<int32_t>& ids, std::vector<size_t>* begins) const {
     std::string prefixed;
     if (add_prefix_space && !s.empty() && s[0] != ' ') prefixed = " " + std::string(s), s = prefixed;
-    size_t offset = base - (prefixed.empty() ? 0 : 1);  // the inserted space has no source byte
+    ptrdiff_t shift = prefixed.empty() ? 0 : 1;  // the inserted space has no source byte
     auto on_word = [&](std::string_view word) {
       size_t first = ids.size();
       word_ids(word, ids);
       if (!begins) return;
-      size_t at = offset + size_t(word.data() - s.data());
+      ptrdiff_t at = ptrdiff_t(base) + (word.data() - s.data()) - shift;
       for (size_t i = first; i < ids.size(); ++i) {
-        begins->push_back(std::max(at, base));
-        at += id_to_bytes[size_t(ids[i])].size();
+        begins->push_back(size_t(std::max(at, ptrdiff_t(base))));
+        at += ptrdiff_t(id_to_bytes[size_t(ids[i])].size());
       }
     };
     split_words(0, s, on_word);
@@ -536,36 +572,41 @@ Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std
   return tok;
 }
 
+const TokenizerImpl& Tokenizer::impl() const {
+  NQ_CHECK(impl_, "tokenizer: not loaded (build it with Tokenizer::from_file or Tokenizer::from_vocab)");
+  return *impl_;
+}
+
 std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   std::vector<int32_t> ids;
-  impl_->encode(text, ids, nullptr);
+  impl().encode(text, ids, nullptr);
   return ids;
 }
 
 std::vector<int32_t> Tokenizer::encode_with_offsets(const std::string& text, std::vector<size_t>& token_begin) const {
   std::vector<int32_t> ids;
   token_begin.clear();
-  impl_->encode(text, ids, &token_begin);
+  impl().encode(text, ids, &token_begin);
   return ids;
 }
 
 std::string Tokenizer::normalize(const std::string& text) const {
   check_utf8(text);
-  return impl_->normalize(text);
+  return impl().normalize(text);
 }
 
 std::string Tokenizer::decode_token(int32_t id) const {
-  NQ_CHECK(id >= 0 && size_t(id) < impl_->id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
-           impl_->id_to_bytes.size(), ")");
-  return impl_->id_to_bytes[size_t(id)];
+  NQ_CHECK(id >= 0 && size_t(id) < impl().id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
+           impl().id_to_bytes.size(), ")");
+  return impl().id_to_bytes[size_t(id)];
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string bytes;
   for (int32_t id : ids) {
-    NQ_CHECK(id >= 0 && size_t(id) < impl_->id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
-             impl_->id_to_bytes.size(), ")");
-    bytes += impl_->id_to_bytes[size_t(id)];
+    NQ_CHECK(id >= 0 && size_t(id) < impl().id_to_bytes.size(), "tokenizer: token id ", id, " out of range [0, ",
+             impl().id_to_bytes.size(), ")");
+    bytes += impl().id_to_bytes[size_t(id)];
   }
   // Token boundaries may cut UTF-8 sequences; each maximal invalid subpart -> U+FFFD.
   std::string text;
@@ -580,10 +621,10 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 int32_t Tokenizer::token_id(const std::string& token) const {
-  auto it = impl_->token_to_id.find(token);
-  return it == impl_->token_to_id.end() ? -1 : it->second;
+  auto it = impl().token_to_id.find(token);
+  return it == impl().token_to_id.end() ? -1 : it->second;
 }
 
-int64_t Tokenizer::vocab_size() const { return int64_t(impl_->id_to_token.size()); }
+int64_t Tokenizer::vocab_size() const { return int64_t(impl().id_to_token.size()); }
 
 }  // namespace nq

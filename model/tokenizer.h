@@ -22,6 +22,8 @@ class Tokenizer {
   // Built from GGUF metadata (tokenizer.ggml.model = "gpt2"): tokens, merges ("a b"),
   // token types (1 normal, 3 control = special, 4 user-defined = added), and the
   // pre-tokenizer name (tokenizer.ggml.pre: "qwen2", "llama-bpe", "gpt2", "smollm", "default").
+  // eos_id/bos_id/pad_id stay -1 here: the GGUF loader sets them from tokenizer.ggml.*_token_id.
+  // (from_file reads them from tokenizer_config.json next to tokenizer.json, when present.)
   static Tokenizer from_vocab(std::vector<std::string> tokens, std::vector<std::string> merges,
                               std::vector<int32_t> token_types, const std::string& pre_tokenizer);
 
@@ -37,6 +39,7 @@ class Tokenizer {
   int32_t eos_id = -1, bos_id = -1, pad_id = -1;               // when known
 
  private:
+  const TokenizerImpl& impl() const;  // throws nq::Error on a default-constructed Tokenizer
   std::shared_ptr<const TokenizerImpl> impl_;
 };
 

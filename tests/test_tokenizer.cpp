@@ -1,6 +1,6 @@
 // Tokenizer and chat templates against HF `tokenizers` / transformers fixtures
 // (tools/ref/make_tokenizer_fixtures.py): ids on a 2,500-string corpus with the real
-// Qwen3 tokenizer and a GPT-2 style one, round trips, chat renderings and masks,
+// Qwen3 tokenizer and GPT-2 / Llama-3 style ones, round trips, chat renderings and masks,
 // and clear errors on bad input.
 #include <doctest/doctest.h>
 
@@ -219,4 +219,5 @@ TEST_CASE("bad input raises nq::Error naming the file or the problem") {
   CHECK_THROWS_WITH_AS(tok.encode("ok \xC3("), "tokenizer: input text is not valid UTF-8 at byte 3", Error);
   CHECK_THROWS_WITH_AS(tok.decode({1, -5}), doctest::Contains("token id -5 out of range"), Error);
   CHECK_THROWS_WITH_AS(tok.decode_token(int32_t(tok.vocab_size())), doctest::Contains("out of range"), Error);
+  CHECK_THROWS_WITH_AS(Tokenizer().encode("x"), doctest::Contains("tokenizer: not loaded"), Error);
 }
