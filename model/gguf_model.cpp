@@ -98,11 +98,10 @@ ModelConfig gguf_config(const GGUFFile& f) {
   if (f.has(a + "rope.freq_base")) j["rope_theta"] = f.get_f64(a + "rope.freq_base");
   if (f.has(a + "context_length")) j["max_position_embeddings"] = positive(f, a + "context_length");
 
-  // head_dim: attention.key_length when given, else the rotated width, else D / heads.
+  // head_dim: attention.key_length when given, else D / heads (llama.cpp's rule).
   // The decoder rotates the whole head, so a narrower RoPE (partial rotary) is refused.
   int64_t head_dim = j["hidden_size"].get<int64_t>() / heads;
   if (f.has(a + "attention.key_length")) head_dim = positive(f, a + "attention.key_length");
-  else if (f.has(a + "rope.dimension_count")) head_dim = positive(f, a + "rope.dimension_count");
   if (f.has(a + "rope.dimension_count")) {
     int64_t rotated = positive(f, a + "rope.dimension_count");
     NQ_CHECK(rotated == head_dim, key_error(f, a + "rope.dimension_count"), " is ", rotated, " but heads are ",

@@ -13,6 +13,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "lora/adapter.h"
 #include "model/chat_template.h"
 #include "model/decoder.h"
 #include "model/generate.h"
@@ -26,7 +27,7 @@ using namespace nq;
 
 const char* kHelp =
     "usage: ./generate --model PATH [--prompt TEXT | --prompt-ids \"1 2 3\"] [--chat] [--system TEXT]\n"
-    "                  [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n"
+    "                  [--adapter DIR] [--no-quant] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n"
     "  --model PATH         HF model folder (config.json, *.safetensors, tokenizer.json for text)\n"
     "                       or a llama.cpp .gguf file (llama / qwen3; e.g. `make model` for SmolLM2)\n"
     "  --preset NAME        instead of --model: random weights of qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b\n"
@@ -37,6 +38,8 @@ const char* kHelp =
     "                       without --prompt: chat, one user message per stdin line (the conversation is\n"
     "                       kept; /reset forgets it, /quit or Ctrl-D ends; piped stdin is echoed as a transcript)\n"
     "  --system TEXT        system message for --chat\n"
+    "  --adapter DIR        apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
+    "  --no-quant           keep the base weights dense fp32 (default: NF4 4-bit, as QLoRA trains them)\n"
     "  --max-new-tokens N   tokens to generate at most (default 256); stops early at eos / <|im_end|>\n"
     "  --greedy             argmax decoding (the default)\n"
     "  --temperature T      sample from softmax(logits / T) (turns sampling on; default 1)\n"
@@ -46,8 +49,8 @@ const char* kHelp =
     "  --print-ids          print the generated ids on a last line\n";
 
 struct Flags {
-  std::string model, preset, prompt, prompt_ids, system;
-  bool has_prompt = false, chat = false, print_ids = false;
+  std::string model, preset, prompt, prompt_ids, system, adapter;
+  bool has_prompt = false, chat = false, print_ids = false, no_quant = false;
   GenerateOptions gen;
 };
 
@@ -63,6 +66,8 @@ Flags parse(int argc, char** argv) {
     else if (a == "--prompt-ids") f.prompt_ids = cli::value(argc, argv, i);
     else if (a == "--system") f.system = cli::value(argc, argv, i);
     else if (a == "--chat") f.chat = true;
+    else if (a == "--adapter") f.adapter = cli::value(argc, argv, i);
+    else if (a == "--no-quant") f.no_quant = true;
     else if (a == "--print-ids") f.print_ids = true;
     else if (a == "--max-new-tokens") f.gen.max_new_tokens = cli::to_int(a, cli::value(argc, argv, i));
     else if (a == "--greedy") greedy_flag = true;
@@ -171,6 +176,15 @@ int run(int argc, char** argv) {
   }
   const ModelConfig& config = model->config();
   std::fprintf(stderr, "%s\n", config.summary().c_str());
+  if (!f.no_quant) {
+    for (Linear* linear : model->linears()) linear->quantize_nf4();
+    std::fprintf(stderr, "base projections quantized to NF4 (--no-quant keeps them fp32)\n");
+  }
+  if (!f.adapter.empty()) {
+    AdapterConfig adapter = load_peft_adapter(f.adapter, *model);
+    std::fprintf(stderr, "adapter %s: r %lld, alpha %g\n", f.adapter.c_str(), (long long)adapter.lora.r,
+                 double(adapter.lora.alpha));
+  }
 
   const Tokenizer* tok = loaded && loaded->tokenizer ? &*loaded->tokenizer : nullptr;
   NQ_CHECK(tok || !f.prompt_ids.empty(), (f.model.empty() ? std::string("--preset") : f.model),

@@ -48,7 +48,8 @@ PROMPTS = [
 ]
 
 # Hand-picked texts: words, numbers, code, whitespace runs, contractions,
-# accents, CJK, emoji, control tokens written in the text, invalid-looking mixes.
+# accents, CJK, emoji, control tokens written in the text, invalid-looking mixes,
+# and control bytes that SmolLM2's vocabulary has no token for (HF drops them).
 BASE_STRINGS = [
     "", " ", "  ", "\n", "\n\n\n", "\t", " \t \n ", "a", "A", "hello", " hello", "Hello, world!",
     "Hello world. How are you doing today?", "The quick brown fox jumps over the lazy dog.",
@@ -67,6 +68,7 @@ BASE_STRINGS = [
     "text<|endoftext|>more text", "<|im_start|>assistant\nSure!<|im_end|>\n", "not <|special|> token",
     "<|im_start", "im_end|>", "ALLCAPS WORDS HERE", "camelCaseIdentifier snake_case_name kebab-case",
     "!!!???...,,,;;;", "(((nested)))", "[brackets] {braces} <angles>", "a-b_c.d/e\\f", "@user #hashtag",
+    "ctrl\x04chars\x06 dropped\x13\x14\x16\x1d", "\x04", "ab\x04cd x\x06\x06y",
     "Once upon a time, there was a little robot who loved to paint.",
     "Photosynthesis converts light energy into chemical energy stored in glucose.",
     "The mitochondria is the powerhouse of the cell.", "To be, or not to be, that is the question.",
