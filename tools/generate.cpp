@@ -111,6 +111,7 @@ std::vector<int32_t> run_generation(const Decoder& model, const Tokenizer* tok, 
     std::fflush(stdout);
   });
   std::printf("\n");
+  std::fflush(stdout);  // the reply's end before the speed line on stderr
   auto seconds = [](clock::duration d) { return std::chrono::duration<double>(d).count(); };
   if (n > 0) {
     std::fprintf(stderr, "[prefill %zu tokens: %.1f tok/s", prompt.size(), prompt.size() / seconds(first - start));
