@@ -51,7 +51,8 @@ AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
     c.lora.use_rslora = j.value("use_rslora", false);
     const json& t = field("target_modules");
     c.target_modules = t.is_string() ? std::vector<std::string>{t.get<std::string>()} : t.get<std::vector<std::string>>();
-    c.base_model_name_or_path = j.value("base_model_name_or_path", std::string());
+    const json& base = j.value("base_model_name_or_path", json());  // peft writes null by default
+    c.base_model_name_or_path = base.is_string() ? base.get<std::string>() : std::string();
   } catch (const json::exception& e) {
     throw Error(str(path, ": mistyped field: ", e.what()));
   }
