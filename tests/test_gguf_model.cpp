@@ -1,8 +1,9 @@
 // model/gguf_model + model/load_model + model/chat_format.
 //
-// Always: the tiny Llama of tests/fixtures/model/llama is written here as a GGUF
-// the way convert_hf_to_gguf does it (Q/K rows permuted, F32 / F16 / Q8_0
-// tensors, llama.cpp names and metadata, a small byte-level vocabulary). Loaded
+// Always: the tiny Llama and Qwen3 (with biases, q/k norms, head_dim != D/heads)
+// of tests/fixtures/model are written here as GGUFs the way convert_hf_to_gguf
+// does it (llama's Q/K rows permuted, F32 / F16 / Q8_0 tensors, llama.cpp names
+// and metadata, a small byte-level vocabulary). Loaded
 // back, its config must equal the config.json's, its weights must equal the
 // safetensors weights rounded through the same types (bit for bit: the block
 // decoders are exact), and so must the decoder's logits. Then bad files.
@@ -113,27 +114,32 @@ const char* kSmolTemplate =
 
 // What to change in the otherwise faithful file (bad-input tests).
 struct Variant {
-  std::string architecture = "llama";
+  std::string model_dir = kLlamaDir;  // the HF fixture to convert
+  std::string architecture;           // "" = the config's model_type
   std::string skip_key, skip_tensor;
   std::vector<std::pair<std::string, std::string>> extra_strings;  // more string metadata
-  uint32_t rope_dims = 8;
+  int64_t rope_dims = 0;              // 0 = head_dim
   std::string tokenizer_model = "gpt2";
   bool rope_freqs_tensor = false;
 };
 
 struct TinyGGUF {
   std::string bytes;
+  ModelConfig config;  // the config.json
   TensorMap expected;  // the HF weights rounded through each tensor's GGUF type
 };
 
-// The llama fixture as a GGUF. Types: norms F32, q/k/down F16, v/o/gate/up and the
-// embedding Q8_0, lm_head F32.
+// A HF fixture model as convert_hf_to_gguf would write it. Types: norms and
+// biases F32; q/k F16; v/o/gate/up and the embedding Q8_0 when rows split into
+// blocks of 32 (else F16); down F16; lm_head F32. llama's Q/K rows are permuted.
 TinyGGUF tiny_gguf(const Variant& v = {}) {
-  const ModelConfig config = ModelConfig::from_file(kLlamaDir + "/config.json");
-  const TensorMap hf = load_weights(kLlamaDir, config);
+  TinyGGUF out;
+  out.config = ModelConfig::from_file(v.model_dir + "/config.json");
+  const ModelConfig& c = out.config;
+  const TensorMap hf = load_weights(v.model_dir, c);
   GGUFBuilder b;
-  auto u32 = [&](const std::string& key, uint32_t x) {
-    if (key != v.skip_key) b.add<uint32_t>(key, GGUFValueType::U32, x);
+  auto u32 = [&](const std::string& key, int64_t x) {
+    if (key != v.skip_key) b.add<uint32_t>(key, GGUFValueType::U32, uint32_t(x));
   };
   auto f32 = [&](const std::string& key, float x) {
     if (key != v.skip_key) b.add<float>(key, GGUFValueType::F32, x);
@@ -141,18 +147,19 @@ TinyGGUF tiny_gguf(const Variant& v = {}) {
   auto string = [&](const std::string& key, const std::string& x) {
     if (key != v.skip_key) b.add_string(key, x);
   };
-  const std::string a = v.architecture + ".";
-  string("general.architecture", v.architecture);
-  u32(a + "block_count", 2);
-  u32(a + "context_length", 128);
-  u32(a + "embedding_length", 32);
-  u32(a + "feed_forward_length", 64);
-  u32(a + "attention.head_count", 4);
-  u32(a + "attention.head_count_kv", 2);
-  f32(a + "rope.freq_base", 10000.0f);
-  f32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
-  u32(a + "rope.dimension_count", v.rope_dims);
-  u32(a + "vocab_size", 256);
+  const std::string arch = v.architecture.empty() ? c.model_type : v.architecture, a = arch + ".";
+  string("general.architecture", arch);
+  u32(a + "block_count", c.num_layers);
+  u32(a + "context_length", c.max_position_embeddings);
+  u32(a + "embedding_length", c.hidden_size);
+  u32(a + "feed_forward_length", c.intermediate_size);
+  u32(a + "attention.head_count", c.num_heads);
+  u32(a + "attention.head_count_kv", c.num_kv_heads);
+  if (c.head_dim != c.hidden_size / c.num_heads) u32(a + "attention.key_length", c.head_dim);
+  f32(a + "rope.freq_base", c.rope_theta);
+  f32(a + "attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  u32(a + "rope.dimension_count", v.rope_dims ? v.rope_dims : c.head_dim);
+  u32(a + "vocab_size", c.vocab_size);
   for (const auto& [key, value] : v.extra_strings) string(key, value);
   const TinyVocab vocab;
   string("tokenizer.ggml.model", v.tokenizer_model);
@@ -166,15 +173,18 @@ TinyGGUF tiny_gguf(const Variant& v = {}) {
   b.add<uint8_t>("tokenizer.ggml.add_bos_token", GGUFValueType::BOOL, 0);
   string("tokenizer.chat_template", kSmolTemplate);
 
-  TinyGGUF out;
+  const uint32_t F32 = uint32_t(GGMLType::F32), F16 = uint32_t(GGMLType::F16), Q8 = uint32_t(GGMLType::Q8_0);
+  const bool permute = c.model_type == "llama";
   auto tensor = [&](const std::string& gguf, const std::string& name, uint32_t type, int64_t permute_heads) {
     const Tensor& t = hf.at(name);
     std::vector<float> x = t.to_vector(), rounded;
     const int64_t rows = t.shape()[0], cols = t.shape().ndim == 2 ? t.shape()[1] : 1;
+    if (type == Q8 && cols % 32 != 0) type = F16;
+    if (!permute) permute_heads = 0;
     std::vector<float> stored = permute_heads ? permute_rows(x, rows, cols, permute_heads) : x;
-    std::string bytes = type == uint32_t(GGMLType::Q8_0)  ? quantize_q8_0(stored, rounded)
-                        : type == uint32_t(GGMLType::F16) ? encode_f16(stored, rounded)
-                                                          : encode_f32(stored, rounded);
+    std::string bytes = type == Q8    ? quantize_q8_0(stored, rounded)
+                        : type == F16 ? encode_f16(stored, rounded)
+                                      : encode_f32(stored, rounded);
     // The rounding of the permuted rows, back in HF order (rounding is per element or
     // per block of a row, so it commutes with moving whole rows).
     std::vector<float> hf_order(rounded.size());
@@ -196,22 +206,31 @@ TinyGGUF tiny_gguf(const Variant& v = {}) {
                                                    : std::vector<uint64_t>{uint64_t(rows)};
     b.add_tensor(gguf, ne, type, bytes);
   };
-  const uint32_t F32 = uint32_t(GGMLType::F32), F16 = uint32_t(GGMLType::F16), Q8 = uint32_t(GGMLType::Q8_0);
   tensor("token_embd.weight", "model.embed_tokens.weight", Q8, 0);
-  for (int l = 0; l < 2; ++l) {
+  for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string g = str("blk.", l, "."), h = str("model.layers.", l, ".");
     tensor(g + "attn_norm.weight", h + "input_layernorm.weight", F32, 0);
-    tensor(g + "attn_q.weight", h + "self_attn.q_proj.weight", F16, 4);
-    tensor(g + "attn_k.weight", h + "self_attn.k_proj.weight", F16, 2);
+    tensor(g + "attn_q.weight", h + "self_attn.q_proj.weight", F16, c.num_heads);
+    tensor(g + "attn_k.weight", h + "self_attn.k_proj.weight", F16, c.num_kv_heads);
     tensor(g + "attn_v.weight", h + "self_attn.v_proj.weight", Q8, 0);
     tensor(g + "attn_output.weight", h + "self_attn.o_proj.weight", Q8, 0);
+    if (c.attention_bias) {
+      tensor(g + "attn_q.bias", h + "self_attn.q_proj.bias", F32, c.num_heads);
+      tensor(g + "attn_k.bias", h + "self_attn.k_proj.bias", F32, c.num_kv_heads);
+      tensor(g + "attn_v.bias", h + "self_attn.v_proj.bias", F32, 0);
+      tensor(g + "attn_output.bias", h + "self_attn.o_proj.bias", F32, 0);
+    }
+    if (c.qk_norm()) {
+      tensor(g + "attn_q_norm.weight", h + "self_attn.q_norm.weight", F32, 0);
+      tensor(g + "attn_k_norm.weight", h + "self_attn.k_norm.weight", F32, 0);
+    }
     tensor(g + "ffn_norm.weight", h + "post_attention_layernorm.weight", F32, 0);
     tensor(g + "ffn_gate.weight", h + "mlp.gate_proj.weight", Q8, 0);
     tensor(g + "ffn_up.weight", h + "mlp.up_proj.weight", Q8, 0);
     tensor(g + "ffn_down.weight", h + "mlp.down_proj.weight", F16, 0);
   }
   tensor("output_norm.weight", "model.norm.weight", F32, 0);
-  tensor("output.weight", "lm_head.weight", F32, 0);
+  if (!c.tie_word_embeddings) tensor("output.weight", "lm_head.weight", F32, 0);
   if (v.rope_freqs_tensor) b.add_tensor("rope_freqs.weight", {4}, F32, std::string(16, '\0'));
   out.bytes = b.build();
   return out;
@@ -256,45 +275,52 @@ TEST_CASE("GGUF tensor names map to Hugging Face names") {
   CHECK(gguf_to_hf_name("rope_freqs.weight") == "");
 }
 
-TEST_CASE("tiny Llama GGUF: config, weights and logits equal the safetensors model") {
-  TinyGGUF tiny = tiny_gguf();
-  TempDir dir;
-  LoadedModel m = load_model(write_file(dir, tiny.bytes));
-  const ModelConfig hf = ModelConfig::from_file(kLlamaDir + "/config.json");
-  const ModelConfig& c = m.config;
-  CHECK(c.model_type == "llama");
-  CHECK(c.num_layers == hf.num_layers);
-  CHECK(c.hidden_size == hf.hidden_size);
-  CHECK(c.intermediate_size == hf.intermediate_size);
-  CHECK(c.num_heads == hf.num_heads);
-  CHECK(c.num_kv_heads == hf.num_kv_heads);
-  CHECK(c.head_dim == hf.head_dim);
-  CHECK(c.vocab_size == hf.vocab_size);
-  CHECK(c.rope_theta == hf.rope_theta);
-  CHECK(c.rms_norm_eps == hf.rms_norm_eps);
-  CHECK(c.tie_word_embeddings == hf.tie_word_embeddings);
-  CHECK(c.max_position_embeddings == hf.max_position_embeddings);
-  CHECK(c.bos_token_id == hf.bos_token_id);
-  CHECK(c.eos_token_ids == hf.eos_token_ids);
-  CHECK_FALSE(c.prepends_bos());  // tokenizer.ggml.add_bos_token = false
-  CHECK(hf.prepends_bos());       // while a llama config.json alone implies BOS
+TEST_CASE("tiny Llama / Qwen3 GGUF: config, weights and logits equal the safetensors model") {
+  for (const char* name : {"llama", "qwen3_untied_bias"}) {
+    INFO("fixture ", name);
+    Variant v;
+    v.model_dir = std::string("tests/fixtures/model/") + name;
+    TinyGGUF tiny = tiny_gguf(v);
+    TempDir dir;
+    LoadedModel m = load_model(write_file(dir, tiny.bytes));
+    const ModelConfig& hf = tiny.config;
+    const ModelConfig& c = m.config;
+    CHECK(c.model_type == hf.model_type);
+    CHECK(c.num_layers == hf.num_layers);
+    CHECK(c.hidden_size == hf.hidden_size);
+    CHECK(c.intermediate_size == hf.intermediate_size);
+    CHECK(c.num_heads == hf.num_heads);
+    CHECK(c.num_kv_heads == hf.num_kv_heads);
+    CHECK(c.head_dim == hf.head_dim);
+    CHECK(c.vocab_size == hf.vocab_size);
+    CHECK(c.rope_theta == hf.rope_theta);
+    CHECK(c.rms_norm_eps == hf.rms_norm_eps);
+    CHECK(c.tie_word_embeddings == hf.tie_word_embeddings);
+    CHECK(c.attention_bias == hf.attention_bias);
+    CHECK(c.max_position_embeddings == hf.max_position_embeddings);
+    CHECK(c.bos_token_id == hf.bos_token_id);
+    CHECK(c.eos_token_ids == hf.eos_token_ids);
+    CHECK_FALSE(c.prepends_bos());  // tokenizer.ggml.add_bos_token = false
 
-  // Every weight is the safetensors weight rounded through its GGUF type, in HF row order.
-  REQUIRE(m.weights.size() == tiny.expected.size());
-  for (const auto& [name, want] : tiny.expected) {
-    INFO(name);
-    REQUIRE(m.weights.count(name));
-    CHECK(same_bits(m.weights.at(name), want));
+    // Every weight is the safetensors weight rounded through its GGUF type, in HF row order.
+    REQUIRE(m.weights.size() == tiny.expected.size());
+    for (const auto& [param, want] : tiny.expected) {
+      INFO(param);
+      REQUIRE(m.weights.count(param));
+      CHECK(same_bits(m.weights.at(param), want));
+    }
+    // Hence the same logits, bit for bit, as the HF model with those weights.
+    SafetensorsFile ref = SafetensorsFile::open(v.model_dir + "/reference.safetensors");
+    DecoderBatch batch;
+    batch.ids = ref.get("input_ids");
+    Tensor from_gguf = Decoder(m.config, m.weights).logits(batch);
+    Tensor from_hf = Decoder(hf, tiny.expected).logits(batch);
+    CHECK(same_bits(from_gguf, from_hf));
+    // And the rounding matters: the unrounded model differs (so the comparison can fail).
+    CHECK_FALSE(same_bits(from_gguf, Decoder(hf, load_weights(v.model_dir, hf)).logits(batch)));
   }
-  // Hence the same logits, bit for bit, as the HF model with those weights.
-  SafetensorsFile ref = SafetensorsFile::open(kLlamaDir + "/reference.safetensors");
-  DecoderBatch batch;
-  batch.ids = ref.get("input_ids");
-  Tensor from_gguf = Decoder(m.config, m.weights).logits(batch);
-  Tensor from_hf = Decoder(hf, tiny.expected).logits(batch);
-  CHECK(same_bits(from_gguf, from_hf));
-  // And the rounding matters: the unrounded model differs (so the comparison can fail).
-  CHECK_FALSE(same_bits(from_gguf, Decoder(hf, load_weights(kLlamaDir, hf)).logits(batch)));
+  // A llama config.json alone implies a BOS; the GGUF vocabulary above said no.
+  CHECK(ModelConfig::from_file(kLlamaDir + "/config.json").prepends_bos());
 }
 
 TEST_CASE("tiny GGUF: tokenizer and chat template from metadata") {
