@@ -341,6 +341,9 @@ TEST_CASE("tiny GGUF: tokenizer and chat template from metadata") {
                                vocab.id("n"), vocab.id("d"), vocab.id("!")};
   CHECK(ids == want);
   CHECK(tok.decode(ids) == text);
+  // A byte without a token (this vocabulary has no control characters) is dropped, as
+  // HF's BPE does without an unk token; its neighbours still merge ("h" + "e").
+  CHECK(tok.encode("t\x01he\x02") == std::vector<int32_t>{vocab.id("t"), vocab.id("he")});
 
   // The template's literal system turn becomes the default system message.
   const ChatFormat& chat = m.chat_format();
