@@ -3,7 +3,9 @@
 // With --chat the prompt is rendered with the model's chat template (from the
 // GGUF / tokenizer_config.json; Qwen3's for qwen3, ChatML otherwise); --chat
 // without --prompt is a chat on stdin that keeps the conversation (/reset, /quit).
-// Prints prefill and decode speed (tokens/s) to stderr.
+// The base projections run in NF4 (as QLoRA trains them) unless --no-quant;
+// --adapter applies a PEFT LoRA adapter. Prints prefill and decode speed
+// (tokens/s) to stderr.
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -142,8 +144,9 @@ void chat_loop(const Decoder& model, const Tokenizer& tok, const ChatFormat& for
   std::string line;
   while (true) {
     if (interactive) std::fprintf(stderr, "> ");
-    if (!std::getline(std::cin, line) || line == "/quit") break;
+    if (!std::getline(std::cin, line)) break;
     if (!interactive) std::printf("> %s\n", line.c_str());
+    if (line == "/quit") break;
     if (line == "/reset") {
       reset();
       std::printf("[conversation reset]\n");
