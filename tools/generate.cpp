@@ -34,7 +34,7 @@ const char* kHelp =
     "                       or a llama.cpp .gguf file (llama / qwen3; e.g. `make model` for SmolLM2)\n"
     "  --preset NAME        instead of --model: random weights of qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b\n"
     "                       (speed measurements; needs --prompt-ids)\n"
-    "  --prompt TEXT        the prompt text (no BOS is added for Qwen; Llama gets its BOS)\n"
+    "  --prompt TEXT        the prompt text (BOS first only when the model wants it: llama configs, GGUF add_bos_token)\n"
     "  --prompt-ids IDS     the prompt as token ids, space separated\n"
     "  --chat               render the prompt as a user message with the chat template;\n"
     "                       without --prompt: chat, one user message per stdin line (the conversation is\n"
