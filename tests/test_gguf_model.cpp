@@ -414,6 +414,22 @@ TEST_CASE("GGUF model: unsupported or broken files are clear errors") {
                        Error);
 }
 
+TEST_CASE("load_model: a Hugging Face directory gives the same model as load_weights") {
+  const std::string dir = "tests/fixtures/model/qwen3_tied";
+  LoadedModel m = load_model(dir);
+  const ModelConfig c = ModelConfig::from_file(dir + "/config.json");
+  CHECK(m.config.summary() == c.summary());
+  TensorMap w = load_weights(dir, c);
+  REQUIRE(m.weights.size() == w.size());
+  for (const auto& [name, t] : w) CHECK(same_bits(m.weights.at(name), t));
+  REQUIRE(m.tokenizer.has_value());  // tokenizer.json is there
+  CHECK(m.tokenizer->encode("hello world") == Tokenizer::from_file(dir + "/tokenizer.json").encode("hello world"));
+  CHECK(m.chat_format().kind == ChatTemplateKind::Qwen3);  // no template file: the qwen3 default
+
+  TempDir empty;
+  CHECK_THROWS_WITH_AS(load_model(empty.path), (empty.path + "/config.json: cannot open").c_str(), Error);
+}
+
 // ------------------------------------------------------------ SmolLM2 vs transformers
 
 namespace {
