@@ -49,6 +49,9 @@ struct DecoderLayer {
   Linear gate_proj, up_proj, down_proj;
 };
 
+class Decoder;
+void to_device(Decoder& model, Device device);  // model/device.h
+
 class Decoder {
  public:
   Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options = {});
@@ -77,6 +80,7 @@ class Decoder {
   std::vector<Var> parameters() const;
 
  private:
+  friend void to_device(Decoder& model, Device device);  // moves the weights in place
   Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]
 
   ModelConfig config_;

@@ -10,7 +10,9 @@
 #   7. a short summary table, printed last
 # Every step runs under `timeout`; the limits add up to 350 s, under 6 minutes.
 # Full logs go to $OUT when it is set (the device tool copies it back), else build/gpu_check/.
-# Usage (repository root):  tools/gpu_check.sh
+# Usage (repository root):  tools/gpu_check.sh          (the kernel checks above)
+#                           tools/gpu_check.sh train    (build + the GPU training section below:
+#                                                        steps T1-T3; limits add up to 345 s)
 #
 # The lent machine has no network. If its image lacks the Debian build packages
 # (the script says which headers are missing), download them here and carry them:
@@ -23,6 +25,8 @@
 # with carry [".debs"]; step 2 installs them with dpkg -i.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-kernels}
+case "$MODE" in kernels|train) ;; *) echo "error: unknown mode '$MODE' (kernels or train)"; exit 1 ;; esac
 LOG=${OUT:-build/gpu_check}
 mkdir -p "$LOG"
 SUMMARY=()
@@ -67,6 +71,7 @@ fi
 
 # 3-4. build and test
 step build 125 make -j16 CUDA=1 CUDA_ARCH="$CC" all || { echo "build failed: see $LOG/build.log"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+if [ "$MODE" = kernels ]; then
 step test_all 45 ./build/cuda/test_all
 if command -v compute-sanitizer > /dev/null; then
   step memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 1 ./build/cuda/test_all -tc="cuda*"
@@ -84,6 +89,36 @@ if python3 -c "import torch; assert torch.cuda.is_available()" > /dev/null 2>&1;
 else
   echo "torch with CUDA not importable: skipping tools/ref/bench_attention.py"
 fi
+fi
+
+# ======================================================================== GPU training
+# (section owned by the GPU-training work: optim/paged_adamw, model/device,
+# model/memory_plan, runtime/cuda_runtime; runs with `tools/gpu_check.sh train`)
+#   T1. tests/test_gpu_train.cpp on the GPU, -s: the memory plan table and the
+#       plan-vs-measured lines (asserted within 10%), paged AdamW bit-identity,
+#       QLoRA loss/LoRA gradients vs the CPU, allocator accounting
+#   T2. tools/ref/bench_qlora_gpu.py qwen3-0.6b: transformers + bitsandbytes + PEFT
+#       vs ./finetune --device cuda, tokens/s and peak GPU memory
+#   T3. the same, qwen3-8b, Python side only (our side needs a 16 GB checkpoint
+#       folder written and loaded first: run it by hand with --sides ours)
+# bitsandbytes is not installed on the lent machine: a wheel carried in .whl/
+# (python3 -m pip download ... bitsandbytes==0.50.2, see /work/.library/device/README.md)
+# is installed into /tmp/site for these steps.
+if [ "$MODE" = train ]; then
+  if ls .whl/bitsandbytes-*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl > "$LOG/whl.log" 2>&1 || echo "warning: installing .whl/ failed (see whl.log)"
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  step gpu_train_tests 60 ./build/cuda/test_all -tc="gpu train*" -s
+  if python3 -c "import torch, bitsandbytes, peft, transformers; assert torch.cuda.is_available()" > "$LOG/py_import.log" 2>&1; then
+    export PYTHONUNBUFFERED=1
+    step qlora_0.6b 110 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-0.6b --batch 4 --seq 512 --steps 3
+    step qlora_8b_py 50 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-8b --batch 4 --seq 512 --steps 2 --sides python
+  else
+    echo "torch/bitsandbytes/peft/transformers with CUDA not importable (see py_import.log): skipping bench_qlora_gpu.py"
+  fi
+fi
 
 # 7. summary
 {
@@ -94,6 +129,10 @@ fi
     grep -E "^\[doctest\] (test cases|assertions)" "$LOG/test_all.log"
     grep -c "^skipped: no CUDA device" "$LOG/test_all.log" | sed 's/^/CUDA tests skipped: /'
   fi
+  for f in "$LOG/qlora_0.6b.log" "$LOG/qlora_8b_py.log"; do
+    [ -f "$f" ] && grep -A4 "^QLoRA step on the GPU" "$f"
+  done
+  [ -f "$LOG/gpu_train_tests.log" ] && grep -A7 "plan vs measured" "$LOG/gpu_train_tests.log"
   for preset in 0.6b 8b; do
     f="$LOG/bench_$preset.log"
     [ -f "$f" ] || continue

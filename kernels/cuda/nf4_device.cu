@@ -1,32 +1,23 @@
 // Copies an NF4 weight (quant/nf4.h, built on the CPU by quantize_nf4 or loaded
 // from a bitsandbytes checkpoint) to the GPU and fills the Nf4Weight view the
-// kernels read. The bytes are copied as they are: the layout is the same.
+// kernels read (nf4_device_view, quant/nf4_linear.h, the one place that maps an
+// Nf4Tensor's fields to the view). The bytes are copied as they are: the layout is the same.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
-#include "quant/nf4.h"
+#include "quant/nf4_linear.h"
 
 namespace nq::kernels::cuda {
 
 Nf4DeviceTensor nf4_to_device(const Nf4Tensor& q) {
+  Nf4Tensor on_gpu = q;  // shape and statistics scalars as they are; tensors replaced by GPU copies
+  for (Tensor* t : {&on_gpu.packed, &on_gpu.absmax, &on_gpu.nested_absmax, &on_gpu.nested_code})
+    if (t->defined()) *t = t->to(Device::CUDA);
   Nf4DeviceTensor d;
-  d.packed = q.packed.to(Device::CUDA);
-  d.absmax = q.absmax.to(Device::CUDA);
-  Nf4Weight& w = d.view;
-  w.packed = static_cast<const uint8_t*>(d.packed.raw());
-  w.out = q.out;
-  w.in = q.in;
-  w.blocksize = int32_t(q.blocksize);
-  if (q.double_quant) {
-    d.nested_absmax = q.nested_absmax.to(Device::CUDA);
-    d.nested_code = q.nested_code.to(Device::CUDA);
-    w.absmax_q = static_cast<const uint8_t*>(d.absmax.raw());
-    w.code8 = ptr<float>(d.nested_code);
-    w.nested_absmax = ptr<float>(d.nested_absmax);
-    w.offset = q.offset;
-    w.nested_blocksize = int32_t(q.nested_blocksize);
-  } else {
-    w.absmax_f32 = ptr<float>(d.absmax);
-  }
+  d.packed = on_gpu.packed;
+  d.absmax = on_gpu.absmax;
+  d.nested_absmax = on_gpu.nested_absmax;
+  d.nested_code = on_gpu.nested_code;
+  d.view = nf4_device_view(on_gpu);
   return d;
 }
 
