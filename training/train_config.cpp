@@ -33,7 +33,7 @@ struct Option {
 
 const std::vector<Option>& options() {
   static const std::vector<Option> table = {
-      {"model", Kind::Str, NQ_FIELD(model), "HF model folder (config.json, *.safetensors, tokenizer.json) [required]"},
+      {"model", Kind::Str, NQ_FIELD(model), "HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file [required]"},
       {"data", Kind::Str, NQ_FIELD(data), "training JSONL: messages | prompt-completion | alpaca | text [required]"},
       {"eval-data", Kind::Str, NQ_FIELD(eval_data), "held-out JSONL for the eval loss"},
       {"eval-split", Kind::Float, NQ_FIELD(eval_split), "hold out this fraction (< 1) or count (>= 1) of --data instead"},

@@ -14,7 +14,8 @@
 
 #include "autograd/var.h"
 #include "lora/adapter.h"
-#include "model/chat_template.h"
+#include "model/chat_format.h"
+#include "model/load_model.h"
 #include "model/memory_plan.h"
 #include "model/tokenizer.h"
 #include "optim/accumulation.h"
@@ -183,8 +184,11 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
   auto t_load = Clock::now();
-  Decoder model = Decoder::load(cfg.model, dopt);
-  Tokenizer tok = Tokenizer::from_file(cfg.model + "/tokenizer.json");
+  LoadedModel loaded = load_model(cfg.model);  // HF folder or .gguf: config, f32 weights, tokenizer, chat format
+  NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
+  Decoder model(loaded.config, loaded.weights, dopt);
+  loaded.weights.clear();  // the decoder holds the tensors now: quantize_nf4 below frees the dense copies
+  const Tokenizer& tok = *loaded.tokenizer;
   if (!cfg.no_quant)
     for (Linear* l : model.linears()) l->quantize_nf4();
   AdapterConfig adapter;
@@ -209,7 +213,11 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   // ---- data
   EncodeOptions enc;
   enc.max_length = cfg.max_length;
-  enc.chat_template = model.config().model_type == "qwen3" ? ChatTemplateKind::Qwen3 : ChatTemplateKind::ChatML;
+  enc.chat_template = loaded.chat ? loaded.chat->kind : ChatFormat::for_config(model.config()).kind;
+  if (!loaded.chat) log << "note: " << loaded.chat_error << "; chats use the " << model.config().model_type
+                        << " default template\n";
+  if (loaded.chat && !loaded.chat->default_system.empty())
+    log << "note: the model's template adds a default system message; training samples are rendered without it\n";
   TrainData data = load_train_data(cfg, tok, enc);
   log << "data: " << cfg.data << " (" << data_format_name(data.train.format) << "): " << data.train_subset.size()
       << " training samples, " << data.eval_subset.size() << " eval; " << data.train.truncated << " truncated to "
