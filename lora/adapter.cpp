@@ -1,8 +1,6 @@
 // Adapter targeting and the PEFT on-disk format (see adapter.h).
 #include "lora/adapter.h"
 
-#include <sys/stat.h>
-
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -10,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/bnb_checkpoint.h"
 #include "model/decoder.h"
 #include "runtime/safetensors.h"
 
@@ -132,9 +131,7 @@ std::vector<Var> adapter_parameters(Decoder& model) {
 }
 
 void save_peft_adapter(const std::string& dir, Decoder& model, const AdapterConfig& cfg) {
-  ::mkdir(dir.c_str(), 0755);
-  struct stat st;
-  NQ_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), dir, ": cannot create the adapter directory");
+  make_dir(dir);
   std::vector<std::pair<std::string, Tensor>> tensors;
   std::vector<std::string> targets;
   for (Linear* l : model.linears()) {
@@ -144,15 +141,7 @@ void save_peft_adapter(const std::string& dir, Decoder& model, const AdapterConf
   }
   NQ_CHECK(!tensors.empty(), dir, ": the model has no LoRA adapters to save");
   save_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
-  // Atomic like the tensors: a reader never sees half a config.
-  const std::string path = dir + "/adapter_config.json", tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << cfg.to_json();
-    f.flush();
-    NQ_CHECK(f.good(), tmp, ": write failed");
-  }
-  NQ_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, path, ": cannot rename ", tmp);
+  write_text_file(dir + "/adapter_config.json", cfg.to_json());  // atomic like the tensors
 }
 
 AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
