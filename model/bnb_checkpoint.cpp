@@ -16,10 +16,9 @@ using json = nlohmann::json;
 namespace {
 
 json read_json_file(const std::string& path) {
-  std::ifstream f(path);
-  NQ_CHECK(f.good(), path, ": cannot read");
+  const std::string text = read_text_file(path);
   try {
-    return json::parse(f);
+    return json::parse(text);
   } catch (const json::exception& e) {
     throw Error(str(path, ": invalid JSON: ", e.what()));
   }
@@ -179,7 +178,40 @@ void save_bnb_4bit(const std::string& dir, const std::string& config_json, const
   write_text_file(dir + "/config.json", j.dump(2) + "\n");
 }
 
+QuantizeReport quantize_checkpoint(const std::string& src, const std::string& dst, int64_t blocksize,
+                                   bool double_quant) {
+  const std::string config_path = src + "/config.json";
+  NQ_CHECK(!read_bnb_4bit_config(config_path), config_path,
+           ": the model is already quantized (quantization_config is set); quantize its dense original");
+  const ModelConfig config = ModelConfig::from_file(config_path);
+  const DType dtype = dtype_of_torch_name(config.torch_dtype, config_path);
+  TensorMap weights = load_weights(src, config);
+  QuantizeReport report;
+  Nf4Weights nf4 = quantize_projections(weights, config, blocksize, double_quant, config.torch_dtype);
+  for (const auto& [name, q] : nf4) {
+    report.quantized_params += q->numel();
+    report.nf4_bits += q->bits_per_parameter() * double(q->numel());
+  }
+  for (const auto& [name, t] : weights) report.dense_params += t.numel();
+
+  Bnb4bitConfig quant;
+  quant.double_quant = double_quant;
+  save_bnb_4bit(dst, read_text_file(config_path), config, weights, nf4, quant, dtype);
+  copy_tokenizer_files(src, dst);
+  for (const SafetensorsFile& f : SafetensorsDir::open(src).files()) report.bytes_before += std::filesystem::file_size(f.path());
+  report.bytes_after = std::filesystem::file_size(dst + "/model.safetensors");
+  return report;
+}
+
 // ---------------------------------------------------------------- HF directory plumbing
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path);
+  NQ_CHECK(f.good(), path, ": cannot read");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
 
 DType dtype_of_torch_name(const std::string& name, const std::string& what) {
   if (name == "float32") return DType::F32;

@@ -56,7 +56,24 @@ Nf4Weights quantize_projections(TensorMap& weights, const ModelConfig& config, i
 void save_bnb_4bit(const std::string& dir, const std::string& config_json, const ModelConfig& config,
                    const TensorMap& dense, const Nf4Weights& nf4, const Bnb4bitConfig& quant, DType dtype);
 
+// ./quantize: the HF model in `src` -> a 4-bit checkpoint in `dst` (projections NF4,
+// other tensors in the config's dtype, tokenizer files copied). Refuses a source
+// that is already quantized.
+struct QuantizeReport {
+  int64_t quantized_params = 0;  // weights stored as NF4
+  int64_t dense_params = 0;      // embeddings, norms, lm_head
+  double nf4_bits = 0;           // stored bits of the NF4 weights (codes + block statistics)
+  uint64_t bytes_before = 0;     // the source's *.safetensors files
+  uint64_t bytes_after = 0;      // dst/model.safetensors
+  double bits_per_quantized_param() const { return nf4_bits / double(quantized_params); }
+};
+QuantizeReport quantize_checkpoint(const std::string& src, const std::string& dst, int64_t blocksize = 64,
+                                   bool double_quant = true);
+
 // ---------------------------------------------------------------- HF directory plumbing
+
+// The text of `path` (a JSON file); an error naming it when unreadable.
+std::string read_text_file(const std::string& path);
 
 // The DType of a torch dtype name: "float32" | "bfloat16" | "float16"; else an error naming `what`.
 DType dtype_of_torch_name(const std::string& name, const std::string& what);
