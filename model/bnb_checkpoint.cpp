@@ -198,7 +198,8 @@ QuantizeReport quantize_checkpoint(const std::string& src, const std::string& ds
   quant.double_quant = double_quant;
   save_bnb_4bit(dst, read_text_file(config_path), config, weights, nf4, quant, dtype);
   copy_tokenizer_files(src, dst);
-  for (const SafetensorsFile& f : SafetensorsDir::open(src).files()) report.bytes_before += std::filesystem::file_size(f.path());
+  const SafetensorsDir source = SafetensorsDir::open(src);
+  for (const SafetensorsFile& f : source.files()) report.bytes_before += std::filesystem::file_size(f.path());
   report.bytes_after = std::filesystem::file_size(dst + "/model.safetensors");
   return report;
 }
