@@ -12,6 +12,8 @@ and checks, with peft / transformers / bitsandbytes on the CPU:
   3. AutoModelForCausalLM.from_pretrained(merged)       == logits_dense_base
   4. AutoModelForCausalLM.from_pretrained(quantized)    == the base quantized by transformers + bitsandbytes
 
+Check 4 alone on another model (e.g. a bf16 one):
+  tools/ref/.venv/bin/python tools/ref/check_adapter.py --dense DIR --quantized OUT [--dtype bfloat16]
 Run from the repository root:
   make CUDA=0 && ./build/cpu/test_all -tc="peft interop*"
   ./quantize --model tests/fixtures/qlora/model --out build/peft_check/quantized
@@ -50,8 +52,8 @@ def use_flat_nf4_dequantization():
     torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", flat)
 
 
-def load(path, **kw):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu",
+def load(path, dtype=torch.float32, **kw):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="cpu",
                                                  attn_implementation="eager", **kw).eval()
     # bitsandbytes' CPU inference fast path (AVX512-BF16) repacks the weights with bf16
     # absmax and needs in_features % blocksize == 0; keep its reference path (dequantize
@@ -72,31 +74,43 @@ def main():
     ap.add_argument("--dir", default=str(ROOT / "build" / "peft_check"), help="what the C++ side wrote")
     ap.add_argument("--fixtures", default=str(ROOT / "tests" / "fixtures" / "qlora"), help="base models")
     ap.add_argument("--tol", type=float, default=1e-5, help="max relative error allowed")
+    ap.add_argument("--dense", help="check 4 only: this dense model (default: the fixture's model/)")
+    ap.add_argument("--quantized", help="check 4 only: ./quantize's output for --dense")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="check 4: the dtype transformers loads both models in")
     args = ap.parse_args()
     use_flat_nf4_dequantization()
     d, fx = Path(args.dir), Path(args.fixtures)
-    ours = load_file(str(d / "logits.safetensors"))
-    ids = ours["input_ids"].long()
     results = []
+    if args.quantized:  # only check 4, on a model of one's choice
+        dense_dir, quantized_dir = Path(args.dense or fx / "model"), Path(args.quantized)
+        ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    else:
+        ours = load_file(str(d / "logits.safetensors"))
+        ids = ours["input_ids"].long()
+        dense_dir, quantized_dir = fx / "model", d / "quantized"
 
-    dense = PeftModel.from_pretrained(load(fx / "model"), d / "adapter").eval()
-    results.append(("peft: dense base + our adapter", max_rel(ours["logits_dense_base"], logits_of(dense, ids))))
+        dense = PeftModel.from_pretrained(load(fx / "model"), d / "adapter").eval()
+        results.append(("peft: dense base + our adapter", max_rel(ours["logits_dense_base"], logits_of(dense, ids))))
 
-    bnb = PeftModel.from_pretrained(load(fx / "model-bnb-4bit"), d / "adapter").eval()
-    results.append(("peft: bnb 4-bit base + our adapter", max_rel(ours["logits_bnb_base"], logits_of(bnb, ids))))
+        bnb_base = PeftModel.from_pretrained(load(fx / "model-bnb-4bit"), d / "adapter").eval()
+        results.append(("peft: bnb 4-bit base + our adapter",
+                        max_rel(ours["logits_bnb_base"], logits_of(bnb_base, ids))))
 
-    merged = load(d / "merged")
-    results.append(("transformers: our merged f32 model", max_rel(logits_of(merged, ids), ours["logits_dense_base"])))
+        merged = load(d / "merged")
+        results.append(("transformers: our merged f32 model",
+                         max_rel(logits_of(merged, ids), ours["logits_dense_base"])))
 
-    if (d / "quantized").exists():
+    if quantized_dir.exists():
+        dtype = getattr(torch, args.dtype)
         cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=torch.float32)
-        reference = load(fx / "model", quantization_config=cfg)
-        ours_q = load(d / "quantized")
-        results.append(("transformers: our ./quantize output vs bnb-quantized original",
+        reference = load(dense_dir, dtype, quantization_config=cfg)
+        ours_q = load(quantized_dir, dtype)
+        results.append((f"transformers ({args.dtype}): our ./quantize output vs bnb-quantized original",
                         max_rel(logits_of(ours_q, ids), logits_of(reference, ids))))
     else:
-        print(f"(skipped the ./quantize check: {d / 'quantized'} does not exist)")
+        print(f"(skipped the ./quantize check: {quantized_dir} does not exist)")
 
     failed = False
     for name, err in results:
