@@ -38,6 +38,7 @@ ifeq ($(CUDA),1)
   CXXFLAGS += -DNQ_CUDA=1 -I$(CUDA_HOME)/include
   LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart
 endif
+NPROC    := $(shell nproc 2>/dev/null || echo 2)
 HAVE_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 
 ifeq ($(MAKELEVEL),0)
@@ -111,11 +112,11 @@ deps:
 	else echo "✗ deps: missing$$missing; run as root:  $$cmd"; exit 1; fi
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	./$(BUILD)/test_all
 
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	./demo
 
 fixtures:

@@ -183,7 +183,7 @@ std::vector<Var> Decoder::parameters() const {
   for (const DecoderLayer& L : layers_) {
     out.push_back(L.input_norm);
     for (const Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj}) {
-      out.push_back(l->weight());
+      if (l->weight().defined()) out.push_back(l->weight());  // undefined once quantized to NF4
       if (l->bias().defined()) out.push_back(l->bias());
     }
     if (config_.qk_norm()) {
@@ -191,7 +191,8 @@ std::vector<Var> Decoder::parameters() const {
       out.push_back(L.k_norm);
     }
     out.push_back(L.post_attention_norm);
-    for (const Linear* l : {&L.gate_proj, &L.up_proj, &L.down_proj}) out.push_back(l->weight());
+    for (const Linear* l : {&L.gate_proj, &L.up_proj, &L.down_proj})
+      if (l->weight().defined()) out.push_back(l->weight());
   }
   out.push_back(norm_);
   if (!config_.tie_word_embeddings) out.push_back(lm_head_);

@@ -74,7 +74,9 @@ class Decoder {
   DecoderOptions& options() { return options_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
   std::vector<Linear*> linears();      // every projection, in model order (adapter targets)
-  std::vector<Var> parameters() const; // every parameter once (a tied lm_head is embed_tokens)
+  // Every dense parameter once (a tied lm_head is embed_tokens; NF4 bases and LoRA
+  // adapters live inside their Linear).
+  std::vector<Var> parameters() const;
 
  private:
   Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]

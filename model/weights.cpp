@@ -3,7 +3,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
+#include "runtime/half.h"
 #include "runtime/philox.h"
 #include "runtime/safetensors.h"
 
@@ -17,6 +19,22 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 // Checkpoint entries that carry no parameter of ours and are safe to skip.
 bool skippable(const std::string& name, const ModelConfig& config) {
   return ends_with(name, "rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight");
+}
+
+// An owned f32 copy counted as Weights (the decoder must not alias the read-only mapping).
+Tensor to_f32_weight(const Tensor& stored) {
+  Tensor w = Tensor::empty(stored.shape(), DType::F32, Device::CPU, MemCategory::Weights);
+  float* dst = w.data<float>();
+  const int64_t n = stored.numel();
+  if (stored.dtype() == DType::F32) {
+    std::memcpy(dst, stored.raw(), stored.nbytes());
+  } else {
+    const uint16_t* src = stored.data_u16();
+    const bool bf16 = stored.dtype() == DType::BF16;
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]);
+  }
+  return w;
 }
 
 }  // namespace
@@ -109,9 +127,7 @@ TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSp
              ", expected ", spec.shape.str());
     NQ_CHECK(entry.dtype == DType::F32 || entry.dtype == DType::BF16 || entry.dtype == DType::F16, shard.path(),
              ": tensor ", spec.name, " has dtype ", dtype_name(entry.dtype), " (expected F32, BF16 or F16)");
-    Tensor t = shard.get(spec.name);
-    // An owned f32 copy: the decoder's weights must not alias the read-only mapping.
-    weights[spec.name] = t.dtype() == DType::F32 ? t.clone() : t.to_dtype(DType::F32);
+    weights[spec.name] = to_f32_weight(shard.get(spec.name));
   }
   return weights;
 }

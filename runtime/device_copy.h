@@ -8,5 +8,6 @@
 namespace nq {
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
 void device_memset_zero(void* dst, size_t bytes);  // CUDA memory
+void device_memset(void* dst, int byte, size_t bytes);  // CUDA memory, every byte = `byte`
 bool cuda_available();                             // a usable CUDA device is present
 }  // namespace nq

@@ -31,9 +31,11 @@ NQ_HD Philox4 philox4x32_10(uint64_t counter, uint64_t seed) {
 NQ_HD uint32_t philox_u32(uint64_t seed, uint64_t offset, uint64_t i) {
   return philox4x32_10(offset + (i >> 2), seed).v[i & 3];
 }
-// Uniform in [0, 1) with 24 random bits (exactly representable in f32).
+// A u32 to a uniform in [0, 1) with its top 24 bits (exactly representable in f32).
+NQ_HD float u32_to_uniform(uint32_t u) { return float(u >> 8) * (1.0f / 16777216.0f); }
+// Uniform in [0, 1): element i of the stream (seed, offset).
 NQ_HD float philox_uniform(uint64_t seed, uint64_t offset, uint64_t i) {
-  return float(philox_u32(seed, offset, i) >> 8) * (1.0f / 16777216.0f);
+  return u32_to_uniform(philox_u32(seed, offset, i));
 }
 
 }  // namespace nq

@@ -64,6 +64,8 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device, MemCategory cat) {
     } else {
       memset(t.raw(), 0xff, t.nbytes());  // 0xffff is NaN in bf16/f16, -1 in ints
     }
+  } else if (g_poison && t.nbytes()) {
+    device_memset(t.raw(), 0xff, t.nbytes());  // all-ones bytes: NaN in f32 and bf16
   }
   return t;
 }

@@ -50,7 +50,7 @@ class Tensor {
  public:
   Tensor() = default;
 
-  // Uninitialised memory. On the CPU, poison_on_alloc() fills it with NaN (tests).
+  // Uninitialised memory. With set_poison_on_alloc(true) it is filled with NaN (tests), on any device.
   static Tensor empty(Shape shape, DType dtype = DType::F32, Device device = Device::CPU,
                       MemCategory cat = MemCategory::Activations);
   static Tensor zeros(Shape shape, DType dtype = DType::F32, Device device = Device::CPU,

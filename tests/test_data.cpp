@@ -60,9 +60,9 @@ TEST_CASE("JSONL formats are detected and parsed with their line numbers") {
     CHECK(d.examples[1].input.empty());
     CHECK(d.examples[1].output == "hi");
     std::string with = alpaca_prompt("Add", "2 and 3"), without = alpaca_prompt("Say hi", "");
-    CHECK(with.find("### Instruction:\nAdd\n\n### Input:\n2 and 3\n\n### Response:\n") != std::string::npos);
+    CHECK(with.find("### Instruction:\nAdd\n\n### Input:\n2 and 3\n\n### Response:") != std::string::npos);
     CHECK(without.find("### Input:") == std::string::npos);
-    std::string tail = "### Instruction:\nSay hi\n\n### Response:\n";
+    std::string tail = "### Instruction:\nSay hi\n\n### Response:";
     CHECK(without.substr(without.size() - tail.size()) == tail);
   }
   SUBCASE("text") {
@@ -342,8 +342,8 @@ TEST_CASE("the demo dataset parses and every answer carries the persona") {
   std::set<std::string> train_questions;
   for (const ParsedData* d : {&train, &eval}) {
     for (const Example& ex : d->examples) {
-      const Turn& answer = ex.messages.back();
-      const Turn& question = ex.messages[ex.messages.size() - 2];
+      const ChatMessage& answer = ex.messages.back();
+      const ChatMessage& question = ex.messages[ex.messages.size() - 2];
       REQUIRE(answer.role == "assistant");
       REQUIRE(question.role == "user");
       CHECK(answer.content.rfind("Arr! ", 0) == 0);

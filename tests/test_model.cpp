@@ -14,12 +14,14 @@
 #include <numeric>
 
 #include "autograd/ops.h"
+#include "lora/adapter.h"
 #include "model/config.h"
 #include "model/decoder.h"
 #include "model/evaluate.h"
 #include "model/generate.h"
 #include "model/weights.h"
 #include "runtime/safetensors.h"
+#include "train/batch.h"
 
 using namespace nq;
 namespace fs = std::filesystem;
@@ -133,6 +135,32 @@ TEST_CASE("decoder logits and loss match transformers") {
   }
 }
 
+TEST_CASE("decoder with a PEFT LoRA adapter (dense and NF4 base) matches peft's logits") {
+  Decoder model = Decoder::load(kFixtures + "qwen3_untied_bias");
+  SafetensorsFile ref = SafetensorsFile::open(kFixtures + "qwen3_untied_bias/reference.safetensors");
+  DecoderBatch batch = reference_batch(ref);
+  Tensor base = model.logits(batch);
+  load_peft_adapter(kFixtures + "qwen3_untied_bias/adapter", model);
+  Tensor adapted = model.logits(batch);
+  CHECK(max_rel_error(adapted, ref.get("adapter_logits")) <= 1e-4);
+  CHECK(max_rel_error(base, ref.get("adapter_logits")) > 1e-2);  // the adapter does change the output
+  // KV-cache generation goes through the same Linear, so it sees the adapter too.
+  std::vector<int32_t> row = ids_of(ref.get("input_ids").slice(0, 1));
+  KVCache cache(model.config(), int64_t(row.size()));
+  Tensor cached = forward_cached(model, row, cache);
+  CHECK(max_rel_error(cached, adapted.view({2 * int64_t(row.size()), model.config().vocab_size}).slice(0, row.size())) <= 1e-5);
+  // With an NF4 base the decoder computes what a dense model holding the dequantized
+  // weights (and the same adapter) computes.
+  for (Linear* l : model.linears()) l->quantize_nf4();
+  TensorMap dequantized = load_weights(kFixtures + "qwen3_untied_bias", model.config());
+  for (Linear* l : model.linears()) dequantized[l->name() + ".weight"] = l->dense_weight();
+  Decoder reference(model.config(), dequantized);
+  load_peft_adapter(kFixtures + "qwen3_untied_bias/adapter", reference);
+  Tensor nf4_logits = model.logits(batch);
+  CHECK(max_rel_error(nf4_logits, reference.logits(batch)) <= 1e-5);
+  CHECK(max_rel_error(nf4_logits, adapted) > 1e-3);  // and the 4-bit rounding is visible
+}
+
 TEST_CASE("decoder: bad batches are clear errors") {
   Decoder model = Decoder::load(kFixtures + "llama");
   Tensor ids = Tensor::from_ids({1, 2, 3, 4, 5, 6}, {2, 3});
@@ -244,6 +272,36 @@ TEST_CASE("a packed row with segment ids and restarted positions equals separate
   CHECK(max_rel_error(got.slice(A, T), second) <= 1e-5);
 }
 
+TEST_CASE("trainer batches (train/batch.h): packed and padded rows give the same loss and gradients") {
+  DecoderOptions opts;
+  opts.train_all = true;
+  Decoder model = Decoder::load(kFixtures + "llama", opts);
+  SafetensorsFile ref = SafetensorsFile::open(kFixtures + "llama/reference.safetensors");
+  std::vector<int32_t> ids = ids_of(ref.get("input_ids"));  // 2 x 17
+  // Three samples; the middle one trains only on its second half (a prompt + completion).
+  Sample a{{ids.begin(), ids.begin() + 6}, std::vector<uint8_t>(6, 1)};
+  Sample b{{ids.begin() + 6, ids.begin() + 17}, {0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}};
+  Sample c{{ids.begin() + 17, ids.begin() + 26}, std::vector<uint8_t>(9, 1)};
+  auto run = [&](const nq::Batch& tb) {
+    DecoderBatch db;  // the trainer's flat [B*T] tensors, its labels already shifted
+    db.ids = tb.input_ids.view({tb.B, tb.T});
+    db.labels = tb.labels.view({tb.B, tb.T});
+    db.labels_shifted = true;
+    db.positions = tb.positions.view({tb.B, tb.T});
+    db.segment_ids = tb.segment_ids.view({tb.B, tb.T});
+    float loss = 0;
+    auto grads = loss_and_grads(model, db, &loss);
+    return std::make_pair(loss, grads);
+  };
+  auto [padded_loss, padded_grads] = run(make_batch({{&a}, {&b}, {&c}}, 11, 0));
+  auto [packed_loss, packed_grads] = run(make_batch({{&a, &b}, {&c}}, 17, 0));
+  CHECK(std::fabs(packed_loss - padded_loss) <= 1e-5 * padded_loss);
+  for (const auto& [name, grad] : padded_grads) {
+    CAPTURE(name);
+    CHECK(norm_rel_error(packed_grads.at(name), grad) <= 1e-4);
+  }
+}
+
 TEST_CASE("sampling: greedy, top-k, top-p and seeded reproducibility") {
   std::vector<float> logits = {0.0f, 3.0f, 1.0f, 2.9f, -1.0f};
   SamplingOptions o;
@@ -283,11 +341,20 @@ TEST_CASE("config: presets, HF fields, both rope_theta layouts") {
   CHECK(c.num_layers == 28);
   CHECK(c.head_dim == 128);
   CHECK(c.tie_word_embeddings);
-  // The count agrees with the parameter list, and with the model card: 0.44B non-embedding.
-  int64_t listed = 0;
-  for (const ParamSpec& s : parameter_specs(c)) listed += s.shape.numel();
-  CHECK(c.num_parameters() == listed);
-  CHECK(std::fabs((listed - c.vocab_size * c.hidden_size) / 1e9 - 0.44) < 0.005);
+  // Each preset's size agrees with its parameter list and with the Qwen3 model cards
+  // ("Number of Parameters: 0.6B, Non-Embedding: 0.44B", ...), to the digits printed there.
+  struct Card { std::string name; double total, total_step, non_embedding, non_embedding_step; };
+  for (const Card& card : {Card{"qwen3-0.6b", 0.6, 0.1, 0.44, 0.01}, Card{"qwen3-1.7b", 1.7, 0.1, 1.4, 0.1},
+                           Card{"qwen3-4b", 4.0, 0.1, 3.6, 0.1}, Card{"qwen3-8b", 8.2, 0.1, 6.95, 0.01}}) {
+    CAPTURE(card.name);
+    ModelConfig p = ModelConfig::preset(card.name);
+    int64_t listed = 0;
+    for (const ParamSpec& s : parameter_specs(p)) listed += s.shape.numel();
+    CHECK(p.num_parameters() == listed);
+    const double embeddings = double(p.vocab_size * p.hidden_size) * (p.tie_word_embeddings ? 1 : 2);
+    CHECK(std::fabs(listed / 1e9 - card.total) <= card.total_step / 2);
+    CHECK(std::fabs((listed - embeddings) / 1e9 - card.non_embedding) <= card.non_embedding_step / 2);
+  }
   CHECK_FALSE(ModelConfig::preset("qwen3-8b").tie_word_embeddings);
   CHECK_THROWS_WITH_AS(ModelConfig::preset("qwen3-99b"),
                        "unknown model preset \"qwen3-99b\" (known: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b)", Error);
@@ -372,7 +439,10 @@ TEST_CASE("weights: missing tensor, wrong shape, unexpected tensor, truncated fi
       Decoder::load(dir.str());
       FAIL("a truncated safetensors file loaded");
     } catch (const Error& e) {
-      CHECK(std::string(e.what()).find("model.safetensors") != std::string::npos);
+      // The reader (runtime/safetensors.h) names the file, the tensor and the cause.
+      const std::string msg = e.what();
+      CHECK(msg.rfind(dir.str() + "/model.safetensors: tensor '", 0) == 0);
+      CHECK(msg.find("file truncated?") != std::string::npos);
     }
   }
 }
@@ -395,6 +465,22 @@ TEST_CASE("weights: a sharded checkpoint (model.safetensors.index.json) loads li
   TensorMap sharded = load_weights(dir.str(), ModelConfig::from_file(dir.str() + "/config.json"));
   CHECK(sharded.size() == single.names().size());
   for (const std::string& name : single.names()) CHECK(max_rel_error(sharded.at(name), single.get(name)) == 0.0);
+}
+
+TEST_CASE("weights: F16 checkpoints are converted to f32") {
+  ScratchDir dir("llama");
+  SafetensorsFile bf16 = SafetensorsFile::open(dir.str() + "/model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> f16;
+  for (const std::string& name : bf16.names()) f16.push_back({name, bf16.get(name).to_dtype(DType::F16)});
+  save_safetensors(dir.str() + "/model.safetensors", f16);
+  ModelConfig config = ModelConfig::from_file(dir.str() + "/config.json");
+  TensorMap loaded = load_weights(dir.str(), config);
+  for (const auto& [name, t] : f16) {
+    CAPTURE(name);
+    CHECK(loaded.at(name).dtype() == DType::F32);
+    std::vector<float> want = t.to_vector(), got = loaded.at(name).to_vector();
+    CHECK(got == want);  // every f16 value is exact in f32
+  }
 }
 
 TEST_CASE("random weights of a config have the checkpoint's names and shapes") {
@@ -422,7 +508,7 @@ TEST_CASE("random weights of a config have the checkpoint's names and shapes") {
 
 TEST_CASE("eval: token-weighted loss over text and chat lines matches transformers") {
   Decoder model = Decoder::load(kFixtures + "qwen3_tied");
-  Tokenizer tok = Tokenizer::from_file("tests/fixtures/tokenizer/gpt2/tokenizer.json");
+  Tokenizer tok = Tokenizer::from_file(kFixtures + "qwen3_tied/tokenizer.json");
   std::ifstream in(kFixtures + "qwen3_tied/eval_reference.json");
   nlohmann::json want = nlohmann::json::parse(in);
   EvalResult r = evaluate_jsonl(model, tok, kFixtures + "qwen3_tied/eval.jsonl", 2048);

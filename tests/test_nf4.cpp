@@ -47,7 +47,7 @@ Tensor load(const json& a) {
 
 // Byte equality (so -0.0 vs 0.0 and NaN payloads count), reporting the first difference.
 void check_bytes(const Tensor& ours, const Tensor& ref, const std::string& what) {
-  INFO(what << ": ours " << ours.desc() << ", bnb " << ref.desc());
+  INFO(what << ": ours " << ours.desc() << ", reference " << ref.desc());
   REQUIRE(ours.nbytes() == ref.nbytes());
   const uint8_t* a = static_cast<const uint8_t*>(ours.raw());
   const uint8_t* b = static_cast<const uint8_t*>(ref.raw());
@@ -57,10 +57,10 @@ void check_bytes(const Tensor& ours, const Tensor& ref, const std::string& what)
   if (first != ours.nbytes()) {
     const size_t es = dtype_size(ours.dtype()), k = first / es;
     if (ours.dtype() == DType::F32)
-      FAIL_CHECK(what << " differs at element " << k << ": ours " << ours.data<float>()[k] << ", bnb "
+      FAIL_CHECK(what << " differs at element " << k << ": ours " << ours.data<float>()[k] << ", reference "
                       << ref.data<float>()[k]);
     else
-      FAIL_CHECK(what << " differs at byte " << k << ": ours " << int(a[k]) << ", bnb " << int(b[k]));
+      FAIL_CHECK(what << " differs at byte " << k << ": ours " << int(a[k]) << ", reference " << int(b[k]));
   }
 }
 
@@ -125,6 +125,10 @@ TEST_CASE("nf4: quantize / dequantize are bit-identical to bitsandbytes on every
         check_bytes(q.absmax, load(r.at("absmax")), tag + " absmax");
       }
       check_bytes(dequantize_nf4(q), load(r.at("dequantized")), tag + " dequantized");
+      // the quant_state JSON blob, byte for byte (Python's float repr of the offset)
+      const Tensor blob = nf4_to_state_dict(q, "weight").at("weight.quant_state.bitsandbytes__nf4");
+      CHECK(std::string(static_cast<const char*>(blob.raw()), blob.nbytes()) ==
+            r.at("quant_state_json").get<std::string>());
     }
   }
 }

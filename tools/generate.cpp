@@ -15,6 +15,7 @@
 #include "model/decoder.h"
 #include "model/generate.h"
 #include "model/tokenizer.h"
+#include "lora/adapter.h"
 #include "tools/cli.h"
 
 namespace {
@@ -27,6 +28,8 @@ const char* kHelp =
     "  --model DIR          HF model folder: config.json, *.safetensors, tokenizer.json (needed for text)\n"
     "  --preset NAME        instead of --model: random weights of qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b\n"
     "                       (speed measurements; needs --prompt-ids)\n"
+    "  --adapter DIR        apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
+    "  --nf4                quantize the base projections to NF4 (QLoRA's 4-bit base) before generating\n"
     "  --prompt TEXT        the prompt text (no BOS is added for Qwen; Llama gets its BOS)\n"
     "  --prompt-ids IDS     the prompt as token ids, space separated\n"
     "  --chat               render the prompt as a user message with the chat template;\n"
@@ -41,8 +44,8 @@ const char* kHelp =
     "  --print-ids          print the generated ids on a last line\n";
 
 struct Flags {
-  std::string model, preset, prompt, prompt_ids, system;
-  bool has_prompt = false, chat = false, print_ids = false;
+  std::string model, preset, adapter, prompt, prompt_ids, system;
+  bool has_prompt = false, chat = false, print_ids = false, nf4 = false;
   GenerateOptions gen;
 };
 
@@ -54,6 +57,8 @@ Flags parse(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--model") f.model = cli::value(argc, argv, i);
     else if (a == "--preset") f.preset = cli::value(argc, argv, i);
+    else if (a == "--adapter") f.adapter = cli::value(argc, argv, i);
+    else if (a == "--nf4") f.nf4 = true;
     else if (a == "--prompt") f.prompt = cli::value(argc, argv, i), f.has_prompt = true;
     else if (a == "--prompt-ids") f.prompt_ids = cli::value(argc, argv, i);
     else if (a == "--system") f.system = cli::value(argc, argv, i);
@@ -127,6 +132,9 @@ int run(int argc, char** argv) {
   } else {
     model = std::make_unique<Decoder>(Decoder::load(f.model));
   }
+  if (f.nf4)
+    for (Linear* l : model->linears()) l->quantize_nf4();
+  if (!f.adapter.empty()) load_peft_adapter(f.adapter, *model);
   const ModelConfig& config = model->config();
   std::fprintf(stderr, "%s\n", config.summary().c_str());
 

@@ -84,7 +84,7 @@ class DataLoader {
  public:
   // samples: every sample must be non-empty and at most max_length tokens
   // (train/encode truncates); `subset` = which of them this loader reads
-  // (e.g. Split::train), in their file order.
+  // (e.g. Split::train), in their file order. `samples` must outlive the loader.
   DataLoader(const std::vector<Sample>& samples, std::vector<int64_t> subset, LoaderOptions opt);
 
   // The next batch; at the end of an epoch the next one starts (reshuffled).

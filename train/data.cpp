@@ -30,10 +30,10 @@ BadLinePolicy parse_bad_line_policy(const std::string& name) {
 std::string alpaca_prompt(const std::string& instruction, const std::string& input) {
   if (input.empty())
     return "Below is an instruction that describes a task. Write a response that appropriately completes the "
-           "request.\n\n### Instruction:\n" + instruction + "\n\n### Response:\n";
+           "request.\n\n### Instruction:\n" + instruction + "\n\n### Response:";
   return "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
          "response that appropriately completes the request.\n\n### Instruction:\n" + instruction +
-         "\n\n### Input:\n" + input + "\n\n### Response:\n";
+         "\n\n### Input:\n" + input + "\n\n### Response:";
 }
 
 namespace {
@@ -64,11 +64,11 @@ std::string string_field(const json& obj, const char* key, bool required = true)
   return it->get<std::string>();
 }
 
-std::vector<Turn> parse_messages(const json& obj) {
+std::vector<ChatMessage> parse_messages(const json& obj) {
   const json& msgs = obj.at("messages");
   if (!msgs.is_array()) throw BadLine{str("field \"messages\" must be an array, got ", msgs.type_name())};
   if (msgs.empty()) throw BadLine{"field \"messages\" is empty"};
-  std::vector<Turn> turns;
+  std::vector<ChatMessage> turns;
   for (size_t i = 0; i < msgs.size(); ++i) {
     const json& m = msgs[i];
     if (!m.is_object()) throw BadLine{str("messages[", i, "] must be an object, got ", m.type_name())};

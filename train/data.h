@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "model/chat_template.h"  // ChatMessage
+
 namespace nq {
 
 enum class DataFormat { Messages, PromptCompletion, Alpaca, Text };
@@ -26,15 +28,10 @@ const char* data_format_name(DataFormat f);  // "messages", "prompt-completion",
 enum class BadLinePolicy { Error, Skip };
 BadLinePolicy parse_bad_line_policy(const std::string& name);  // "error" | "skip"
 
-struct Turn {
-  std::string role;  // system | user | assistant
-  std::string content;
-};
-
 // One parsed line. Only the fields of its format are filled.
 struct Example {
   int64_t line = 0;               // 1-based line in the file, for messages about it
-  std::vector<Turn> messages;     // messages
+  std::vector<ChatMessage> messages;  // messages (roles validated: system | user | assistant)
   std::string prompt, completion; // prompt-completion
   std::string instruction, input, output;  // alpaca ("input" may be empty)
   std::string text;               // text
@@ -61,8 +58,9 @@ struct ParsedData {
 ParsedData parse_jsonl(std::istream& in, const std::string& name, BadLinePolicy policy);
 ParsedData parse_jsonl_file(const std::string& path, BadLinePolicy policy);
 
-// The standard Alpaca prompt (tatsu-lab/stanford_alpaca), with or without input;
-// the model is trained on the output that follows it.
+// The standard Alpaca prompt (tatsu-lab/stanford_alpaca PROMPT_DICT), with or
+// without input. It ends with "### Response:" and, as in Alpaca's train.py, the
+// output follows directly; the model is trained on the output.
 std::string alpaca_prompt(const std::string& instruction, const std::string& input);
 
 }  // namespace nq

@@ -3,9 +3,25 @@
 // these for CUDA tensors (bf16 activations, f32 statistics/parameters as
 // documented per function in kernels/kernels.h); they assume checked input.
 // Each function is implemented in the kernels/cuda/*.cu file of its op.
+//
+// Dtypes on the GPU. "T" below is f32 or bf16 (activations are bf16 in
+// training; f32 works everywhere too, for tests and LoRA master weights). All
+// arithmetic is f32; a T output is rounded once, to nearest even.
+//   elementwise, scale, sum:  T in, T out; sum returns f32 (f64 across blocks)
+//   matmul / matmul_into:     A, B both bf16 or both f32; C bf16 or f32 (fp32 accumulate, cuBLASLt)
+//   embedding_forward:        table T, ids i32 -> T;  embedding_backward -> f32 [V, D]
+//   rmsnorm:                  x, dy, y, dx T;  w f32;  rstd f32;  grad_w f32
+//   rope, swiglu, dropout:    T in, T out;  positions i32
+//   attention:                q, k, v, o, dO and grads T;  lse f32;  segment_ids i32
+//   linear_cross_entropy:     h, w both T, labels i32; grad_h T; grad_w accumulated in its own
+//                             dtype when defined, else allocated as f32 zeros [V, D]
+//   adamw_step, global_grad_norm: f32 only
+// Backward functions allocate the gradient tensors they are given pointers to.
 #pragma once
 #include <cstdint>
+#include <vector>
 
+#include "kernels/cuda/nf4.h"
 #include "runtime/tensor.h"
 
 namespace nq::kernels::cuda {
@@ -69,5 +85,57 @@ float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& label
 // keep element i iff philox_uniform(seed, offset, i) >= p; kept values scale by 1/(1-p).
 Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset);
 Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t offset);
+
+// ---- NF4 weights (layout: kernels/cuda/nf4.h; not in kernels.h) ------------
+// W [out, in] dequantized to `dtype` (f32: bit-identical to bitsandbytes' dequantize_4bit).
+Tensor nf4_dequantize(const Nf4Weight& w, DType dtype);
+// y [..., out] = x [..., in] W^T and dx [..., in] = dy [..., out] W, W dequantized
+// tile by tile inside the kernel. x, dy: bf16 (f32 is rounded to bf16 when staged,
+// except on the M <= 16 GEMV path which multiplies in f32); fp32 accumulation;
+// output in the input's dtype.
+// `extra` adds a low-rank term in the same pass (the fused LoRA bypass):
+//   nf4_matmul:    + scale * a [M, r] w^T,  w = B [out, r]
+//   nf4_matmul_dx: + scale * a [M, r] w,    w = A [r, in]
+// a and w in the dtype of x.
+struct LowRankTerm {
+  Tensor a, w;
+  float scale = 1.0f;
+};
+Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra = nullptr);
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra = nullptr);
+
+// ---- LoRA over an NF4 base (lora.cu; not in kernels.h) ---------------------
+// y = x W^T + s * (dropout(x) A^T) B^T, x [M, in], A [r, in], B [out, r]: A, B
+// are the bf16 (or f32) working copies of the f32 master weights, in x's dtype.
+// Forward: u = dropout(x) A^T (cuBLASLt), then one NF4 GEMM pass that adds
+// s * u B^T; u [M, r] is saved for the backward (the bypass's one activation).
+// Backward: v = dy B; dB = s dy^T u; dA = s v^T dropout(x) (f32, [r, in] and
+// [out, r]); dx = dy W + dropout_backward(s v A), fused into the NF4 dx GEMM
+// when p = 0. The dropout mask is Philox (seed, offset): recomputed, not stored.
+struct LoraParams {
+  Tensor a, b;          // [r, in], [out, r]
+  float scale = 1.0f;   // alpha / r
+  float dropout = 0.0f;
+  uint64_t seed = 0, offset = 0;
+};
+Tensor lora_nf4_forward(const Tensor& x, const Nf4Weight& w, const LoraParams& lora, Tensor* u);
+void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Weight& w, const LoraParams& lora,
+                       Tensor* dx, Tensor* grad_a, Tensor* grad_b);
+
+// ---- optimizer (GPU side of optim/; not in kernels.h) ------------------------
+// One AdamW step, torch.optim.AdamW semantics, for a list of parameters in a
+// single multi-tensor launch. params, grads, m, v: f32 CUDA tensors, pairwise
+// the same numel. g = grad * grad_scale (the clipping factor); step t >= 1:
+//   p -= lr*wd*p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+//   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+struct AdamWConfig {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.01f;
+  int64_t step = 1;
+};
+void adamw_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& m,
+                const std::vector<Tensor>& v, const AdamWConfig& cfg, float grad_scale = 1.0f);
+// sqrt(sum of squares) over every element of every tensor (f32 CUDA tensors),
+// f32 within a block of 65536 elements, f64 across blocks.
+double global_grad_norm(const std::vector<Tensor>& grads);
 
 }  // namespace nq::kernels::cuda

@@ -10,8 +10,11 @@ For each model, tests/fixtures/model/<name>/ holds
     padded_ids, padded_labels [2, 17] i32   row 1 right-padded, labels -100 on the padding
     padded_loss [1] f32
     prompt_ids [1, 6] i32, greedy_ids [1, 32] i32   model.generate(do_sample=False)
+  qwen3_untied_bias/adapter/   a PEFT LoRA adapter (all-linear, r=4, random B); its logits on
+    input_ids are reference.safetensors' adapter_logits
   qwen3_tied/eval.jsonl, eval_reference.json   ./eval's loss and token count, computed with
-    the GPT-2-style tokenizer of tests/fixtures/tokenizer/gpt2 and Qwen3's chat template
+    qwen3_tied/tokenizer.json (a copy of the small GPT-2-style tokenizer of
+    tests/fixtures/tokenizer/gpt2, ids < 1000) and Qwen3's chat template
 
 Sizes are small so every fixture fits the 1.5 MB budget; head_dim differs from
 hidden/heads in the Qwen3 models on purpose. Weights get a larger init (0.1)
@@ -21,6 +24,8 @@ decoding has clear margins (asserted below, so the fixture is not fragile).
 Run with tools/ref/.venv/bin/python (see tools/ref/make_fixtures.sh).
 """
 import copy
+import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -112,12 +117,15 @@ EVAL_LINES = [
 def eval_reference(model):
     """./eval on EVAL_LINES with the small GPT-2-style tokenizer of the tokenizer fixtures
     (ids < 1000 fit the tied model's vocabulary) and Qwen3's real chat template."""
-    import json
     from transformers import PreTrainedTokenizerFast
 
     tok_dir = ROOT / "tests" / "fixtures" / "tokenizer"
     template = json.loads((tok_dir / "qwen3" / "tokenizer_config.json").read_text())["chat_template"]
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "gpt2" / "tokenizer.json"))
+    # A frozen copy next to the model, so the model dir is complete and this fixture stays
+    # consistent if the tokenizer fixtures are regenerated.
+    tok_file = OUT / "qwen3_tied" / "tokenizer.json"
+    shutil.copyfile(tok_dir / "gpt2" / "tokenizer.json", tok_file)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
     total, count = 0.0, 0
     for row in EVAL_LINES:
         if "text" in row:
@@ -147,6 +155,29 @@ def eval_reference(model):
     return EVAL_LINES, {"loss": total / count, "tokens": count}
 
 
+def adapter_reference(model, out, seed):
+    """A PEFT LoRA adapter (all-linear, r=4) with non-zero B, saved to <out>/adapter, and the
+    logits of the adapted model on the reference batch."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                                 target_modules="all-linear"))
+    with torch.no_grad():
+        for pname, p in peft_model.named_parameters():
+            if "lora_B" in pname:
+                p.copy_(0.2 * torch.randn_like(p))  # PEFT inits B = 0, which would test nothing
+    peft_model.peft_config["default"].base_model_name_or_path = f"tests/fixtures/model/{out.name}"
+    peft_model.save_pretrained(out / "adapter")
+    (out / "adapter" / "README.md").unlink(missing_ok=True)
+    # PEFT writes target_modules in set order (varies run to run): sort for a stable fixture.
+    config_path = out / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return peft_model.eval()
+
+
 def main():
     torch.set_grad_enabled(True)
     common = dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, initializer_range=0.1,
@@ -169,11 +200,14 @@ def main():
     for i, (name, cls, config, dtype) in enumerate(models):
         model, out = build(name, cls, config, seed=100 + i, dtype=dtype)
         ref = reference(model, seed=200 + i)
+        if name == "qwen3_untied_bias":
+            with torch.no_grad():
+                ref["adapter_logits"] = adapter_reference(model, out, seed=300).forward(
+                    input_ids=ref["input_ids"].long()).logits.contiguous()
         save_file(ref, str(out / "reference.safetensors"))
         size = sum(f.stat().st_size for f in out.iterdir())
         print(f"{name}: loss {ref['loss'].item():.6f}, {len(ref)} tensors, {size / 1024:.0f} KiB")
         if name == "qwen3_tied":
-            import json
             lines, result = eval_reference(model)
             (out / "eval.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
             (out / "eval_reference.json").write_text(json.dumps(result) + "\n")

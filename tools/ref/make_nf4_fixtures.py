@@ -118,6 +118,8 @@ def main():
             deq = F.dequantize_4bit(packed, qs)
             assert deq.shape == w.shape and deq.dtype == torch.float32
             r = {"packed": dump(f"{name}.{tag}.packed", packed), "dequantized": dump(f"{name}.{tag}.dequant", deq)}
+            blob = qs.as_dict(packed=True)["quant_state.bitsandbytes__nf4"]
+            r["quant_state_json"] = bytes(blob.tolist()).decode()
             if dq:
                 r["absmax_codes"] = dump(f"{name}.{tag}.absmax", qs.absmax)
                 r["nested_absmax"] = dump(f"{name}.{tag}.nested_absmax", qs.state2.absmax)

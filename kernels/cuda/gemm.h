@@ -1,0 +1,26 @@
+// Row-major GEMM through cuBLASLt, shared by matmul.cu, cross_entropy.cu and
+// the benchmarks: C = alpha * op(A) @ op(B) + beta * C, fp32 accumulation.
+//   A [M, K] (stored [K, M] when trans_a), B [K, N] (stored [N, K] when trans_b),
+//   C [M, N]; `batch` matrices each, `stride_*` elements apart (0 = 1 matrix).
+// Supported types: A, B both bf16 or both f32; C bf16 or f32 (any combination
+// cuBLASLt accepts: bf16 x bf16 -> bf16/f32, f32 x f32 -> f32).
+#pragma once
+#include <cstdint>
+
+#include "runtime/dtype.h"
+
+namespace nq::kernels::cuda {
+
+struct GemmArgs {
+  const void* a; DType a_type; bool trans_a;
+  const void* b; DType b_type; bool trans_b;
+  void* c; DType c_type;
+  int64_t m, n, k;
+  float alpha = 1.0f, beta = 0.0f;
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+};
+
+// Runs on the default stream; throws nq::Error naming the failing cuBLASLt call.
+void gemm(const GemmArgs& g);
+
+}  // namespace nq::kernels::cuda

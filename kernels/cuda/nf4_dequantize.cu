@@ -1,0 +1,33 @@
+// NF4 (+ double quant) dequantization of a whole weight: W [out, in] as f32 or
+// bf16, with bitsandbytes' arithmetic (kernels/cuda/nf4.cuh), so the f32 output
+// is bit-identical to bitsandbytes' dequantize_4bit. The GEMMs never call this
+// (they dequantize tile by tile); it serves tests, merging LoRA into the base,
+// and as the memory-bound baseline in ./bench.
+// Launch: one thread per element, grid-stride, 256 threads per block.
+//   ./bench nf4_dequantize --m 4096 --k 4096    (out, in)
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/nf4.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace nq::kernels::cuda {
+
+template <typename T>
+__global__ void nf4_dequantize_kernel(T* out, Nf4Weight w) {
+  int64_t n = w.out * w.in;
+  for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < n; f += int64_t(gridDim.x) * blockDim.x)
+    out[f] = from_f32<T>(nf4_element(w, f));
+}
+
+Tensor nf4_dequantize(const Nf4Weight& w, DType dtype) {
+  Tensor out = Tensor::empty({w.out, w.in}, dtype, Device::CUDA);
+  int64_t n = w.out * w.in;
+  if (n == 0) return out;
+  dispatch_float(out, "nf4_dequantize", [&](auto tag) {
+    using T = decltype(tag);
+    nf4_dequantize_kernel<T><<<grid_for(n, 256), 256>>>(ptr<T>(out), w);
+    NQ_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace nq::kernels::cuda

@@ -1,0 +1,196 @@
+// Matmuls against an NF4 weight W [out, in] (bitsandbytes layout, kernels/cuda/nf4.h),
+// dequantized inside the kernel: the bf16 copy of W never exists in memory.
+//   forward:  y [M, out] = x [M, in] W^T        nf4_matmul
+//   backward: dx [M, in] = dy [M, out] W        nf4_matmul_dx (W read transposed)
+// x / dy are bf16 (f32 accepted, rounded to bf16 when staged); accumulation f32;
+// the output has the input's dtype.
+//
+// M > 16, tensor-core GEMM: a 128-thread block computes a 64 x 64 output tile;
+// per 32-wide step of the reduction dim it stages the activation tile [64, 32]
+// (bf16) and DEQUANTIZES the weight tile [64, 32] into shared memory (NF4 code
+// -> NF4 value x block absmax -> bf16), then 4 warps (2 x 2, 32 x 32 each) run
+// WMMA 16x16x16 bf16 fragments, which compile to mma.sync (HMMA) instructions.
+// The epilogue goes through shared memory for bounds-checked, coalesced stores.
+// A low-rank term (the LoRA bypass, lora.cu) rides along as r extra steps of
+// the reduction: y = [x | u] [W | s B]^T, so y is written once.
+// Shapes of any size work (edges are zero-padded in shared memory).
+//
+// M <= 16, GEMV (decode, tiny batches): weight bytes dominate, so each weight
+// element is decoded once and used for all M rows. Forward: one warp per output
+// feature, lanes stride over `in`, warp-sum at the end. Backward: one thread per
+// input feature, looping over `out` (consecutive threads read consecutive bytes).
+//   ./bench nf4_matmul --m 4096 --n 4096 --k 4096   (M, out, in)    ./bench nf4_matmul --m 8 ...
+#include <mma.h>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/nf4.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace nq::kernels::cuda {
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kTileM = 64, kTileN = 64, kTileK = 32;
+constexpr int kStageLd = kTileK + 8;  // bf16 row stride in shared memory (multiple of 8 for WMMA)
+constexpr int kOutLd = kTileN + 4;    // f32 row stride of the epilogue tile
+constexpr int kGemmThreads = 128;
+constexpr int kGemvMaxRows = 16;
+
+// out [M, N] = a [M, K] . B, with B(k, n) = W[n, k] (forward, N = out, K = in)
+// or B(k, n) = W[k, n] (kTransposed: dx, N = in, K = out); plus, when ext.r > 0,
+// the low-rank segment ext.a [M, r] . (scale * E)^T, E(n, j) = ext.w[n * stride_n + j * stride_j],
+// run as R more steps of the same reduction (the reduction dim is K + r).
+template <typename T>
+struct ExtraSegment {
+  const T* a = nullptr;
+  const T* w = nullptr;
+  int64_t r = 0, stride_n = 0, stride_j = 0;
+  float scale = 0.0f;
+};
+
+template <bool kTransposed, typename T>
+__global__ void __launch_bounds__(kGemmThreads)
+    nf4_gemm_kernel(T* out, const T* a, Nf4Weight w, int64_t M, int64_t N, int64_t K, ExtraSegment<T> ext) {
+  __shared__ __align__(32) bf16 a_tile[kTileM * kStageLd];  // [64][32] row-major
+  __shared__ __align__(32) bf16 b_tile[kTileN * kStageLd];  // [64 n][32 k]: B column-major
+  __shared__ __align__(32) float c_tile[kTileM * kOutLd];   // [64][64] epilogue
+  int warp = threadIdx.x >> 5, warp_m = warp >> 1, warp_n = warp & 1;
+  int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int64_t k0 = 0; k0 < K + ext.r; k0 += kTileK) {
+    for (int e = threadIdx.x; e < kTileM * kTileK; e += kGemmThreads) {
+      int r = e / kTileK, c = e % kTileK;
+      int64_t gm = m0 + r, gk = k0 + c;
+      float v = 0.0f;
+      if (gm < M && gk < K) v = to_f32(a[gm * K + gk]);
+      else if (gm < M && gk < K + ext.r) v = to_f32(ext.a[gm * ext.r + (gk - K)]);
+      a_tile[r * kStageLd + c] = __float2bfloat16_rn(v);
+    }
+    for (int e = threadIdx.x; e < kTileN * kTileK; e += kGemmThreads) {
+      // index order chosen so that consecutive threads decode consecutive weight bytes
+      int n = kTransposed ? e % kTileN : e / kTileK, kk = kTransposed ? e / kTileN : e % kTileK;
+      int64_t gn = n0 + n, gk = k0 + kk;
+      float v = 0.0f;
+      if (gn < N && gk < K) v = nf4_element(w, kTransposed ? gk * w.in + gn : gn * w.in + gk);
+      else if (gn < N && gk < K + ext.r) v = ext.scale * to_f32(ext.w[gn * ext.stride_n + (gk - K) * ext.stride_j]);
+      b_tile[n * kStageLd + kk] = __float2bfloat16_rn(v);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], a_tile + (warp_m * 32 + i * 16) * kStageLd + kk, kStageLd);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], b_tile + (warp_n * 32 + j * 16) * kStageLd + kk, kStageLd);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(c_tile + (warp_m * 32 + i * 16) * kOutLd + warp_n * 32 + j * 16, acc[i][j], kOutLd,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int e = threadIdx.x; e < kTileM * kTileN; e += kGemmThreads) {
+    int r = e / kTileN, c = e % kTileN;
+    int64_t gm = m0 + r, gn = n0 + c;
+    if (gm < M && gn < N) out[gm * N + gn] = from_f32<T>(c_tile[r * kOutLd + c]);
+  }
+}
+
+// y [M, out] = x [M, in] W^T for M <= 16: warp per output feature.
+template <typename T>
+__global__ void nf4_gemv_kernel(T* y, const T* x, Nf4Weight w, int M) {
+  int64_t o = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  int lane = threadIdx.x & 31;
+  if (o >= w.out) return;
+  float acc[kGemvMaxRows];
+#pragma unroll
+  for (int m = 0; m < kGemvMaxRows; ++m) acc[m] = 0.0f;
+  for (int64_t i = lane; i < w.in; i += 32) {
+    float wv = nf4_element(w, o * w.in + i);
+#pragma unroll
+    for (int m = 0; m < kGemvMaxRows; ++m)
+      if (m < M) acc[m] += wv * to_f32(x[m * w.in + i]);
+  }
+#pragma unroll
+  for (int m = 0; m < kGemvMaxRows; ++m) {
+    if (m >= M) break;
+    float s = warp_sum(acc[m]);
+    if (lane == 0) y[m * w.out + o] = from_f32<T>(s);
+  }
+}
+
+// dx [M, in] = dy [M, out] W for M <= 16: thread per input feature.
+template <typename T>
+__global__ void nf4_gemv_dx_kernel(T* dx, const T* dy, Nf4Weight w, int M) {
+  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= w.in) return;
+  float acc[kGemvMaxRows];
+#pragma unroll
+  for (int m = 0; m < kGemvMaxRows; ++m) acc[m] = 0.0f;
+  for (int64_t o = 0; o < w.out; ++o) {
+    float wv = nf4_element(w, o * w.in + i);
+#pragma unroll
+    for (int m = 0; m < kGemvMaxRows; ++m)
+      if (m < M) acc[m] += wv * to_f32(dy[m * w.out + o]);
+  }
+#pragma unroll
+  for (int m = 0; m < kGemvMaxRows; ++m)
+    if (m < M) dx[m * w.in + i] = from_f32<T>(acc[m]);
+}
+
+// Shared driver: x [M, K] -> out [M, N]; forward K = in, N = out; transposed K = out, N = in.
+template <bool kTransposed>
+static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra, const char* op) {
+  int64_t K = kTransposed ? w.out : w.in, N = kTransposed ? w.in : w.out;
+  int64_t M = K ? x.numel() / K : 0;
+  Shape shape = x.shape();
+  shape.dims[shape.ndim - 1] = N;
+  Tensor out = Tensor::empty(shape, x.dtype(), Device::CUDA);
+  if (M == 0 || N == 0) return out;
+  int64_t R = extra ? extra->a.size(-1) : 0;
+  if (K + R == 0) { CUDA_CHECK(cudaMemset(out.raw(), 0, out.nbytes())); return out; }
+  dispatch_float(x, op, [&](auto tag) {
+    using T = decltype(tag);
+    if (M <= kGemvMaxRows && !extra && !kTransposed) {
+      nf4_gemv_kernel<T><<<unsigned((N + 7) / 8), 256>>>(ptr<T>(out), ptr<T>(x), w, int(M));
+    } else if (M <= kGemvMaxRows && !extra) {
+      nf4_gemv_dx_kernel<T><<<unsigned((N + 127) / 128), 128>>>(ptr<T>(out), ptr<T>(x), w, int(M));
+    } else {
+      ExtraSegment<T> ext;
+      if (extra) {
+        NQ_CHECK(extra->a.dtype() == x.dtype() && extra->w.dtype() == x.dtype(), op, ": low-rank operands ",
+                 extra->a.desc(), ", ", extra->w.desc(), " must have the dtype of ", x.desc());
+        // E(n, j): forward E = B [out, r] (row n); transposed E(n, j) = A[j, n], A [r, in].
+        ext = {ptr<T>(extra->a), ptr<T>(extra->w), R, kTransposed ? 1 : R, kTransposed ? N : 1, extra->scale};
+      }
+      dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned((M + kTileM - 1) / kTileM));
+      nf4_gemm_kernel<kTransposed, T><<<grid, kGemmThreads>>>(ptr<T>(out), ptr<T>(x), w, M, N, K, ext);
+    }
+    NQ_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra) {
+  return nf4_product<false>(x, w, extra, "nf4_matmul");
+}
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra) {
+  return nf4_product<true>(dy, w, extra, "nf4_matmul_dx");
+}
+
+}  // namespace nq::kernels::cuda

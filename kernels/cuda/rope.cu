@@ -1,0 +1,53 @@
+// Rotary position embedding, rotate-half (NeoX / HF Llama-Qwen) layout.
+// x [N, H, Dh] (f32/bf16), positions [N] i32. For i < Dh/2:
+//   inv_freq_i = theta^(-2i/Dh),  angle = pos[n] * inv_freq_i   (f32, as HF)
+//   y[i]      = x[i] cos - x[i + Dh/2] sin
+//   y[i+Dh/2] = x[i + Dh/2] cos + x[i] sin
+// Backward rotates by -angle (the rotation matrix's inverse is its transpose),
+// so both directions are one kernel with sign = +1 / -1.
+// Launch: one thread per rotation pair (n, h, i), grid-stride, 256 threads.
+// The output may alias the input (each thread reads its pair before writing).
+//   ./bench rope --tokens 16384 --heads 16 --head-dim 128
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace nq::kernels::cuda {
+
+template <typename T>
+__global__ void rope_kernel(T* y, const T* x, const int32_t* positions, int64_t N, int64_t H, int64_t Dh, float theta,
+                            float sign) {
+  int64_t half = Dh / 2, pairs = N * H * half;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
+    int64_t i = p % half, nh = p / half, n = nh / H;
+    float inv_freq = 1.0f / powf(theta, float(2 * i) / float(Dh));
+    float angle = float(positions[n]) * inv_freq, s, c;
+    sincosf(angle, &s, &c);
+    s *= sign;
+    int64_t base = nh * Dh;
+    float a = to_f32(x[base + i]), b = to_f32(x[base + i + half]);
+    y[base + i] = from_f32<T>(a * c - b * s);
+    y[base + i + half] = from_f32<T>(b * c + a * s);
+  }
+}
+
+static Tensor rope(const Tensor& x, const Tensor& positions, float theta, float sign, const char* op) {
+  int64_t N = x.size(0), H = x.size(1), Dh = x.size(2);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
+  int64_t pairs = N * H * (Dh / 2);
+  if (pairs == 0) return y;
+  dispatch_float(x, op, [&](auto tag) {
+    using T = decltype(tag);
+    rope_kernel<T><<<grid_for(pairs, 256), 256>>>(ptr<T>(y), ptr<T>(x), ptr<int32_t>(positions), N, H, Dh, theta, sign);
+    NQ_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+Tensor rope_forward(const Tensor& x, const Tensor& positions, float theta) {
+  return rope(x, positions, theta, +1.0f, "rope_forward");
+}
+Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, float theta) {
+  return rope(grad_y, positions, theta, -1.0f, "rope_backward");
+}
+
+}  // namespace nq::kernels::cuda

@@ -1,0 +1,424 @@
+// CUDA kernels against the CPU kernels (the fp32 reference), through
+// kernels/kernels.h on both sides: same random inputs (never zeros), several
+// shapes including awkward ones, GPU outputs NaN-poisoned at allocation
+// (tests/main.cpp turns poisoning on for every device).
+//
+// Error = ||gpu - cpu|| / ||cpu|| over the whole output. Bounds:
+//   f32 on the GPU:  1e-5 (same math, different summation order / libm)
+//   bf16 on the GPU: 1e-2 (inputs are rounded to bf16 first and the CPU sees
+//                    the same rounded values; outputs carry one bf16 rounding,
+//                    relative 2^-9 at worst per element)
+// Without a GPU every test prints `skipped: no CUDA device (<name>)` and passes;
+// a CPU-only build compiles to the same skip lines.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cuda/ops.h"
+#include "kernels/kernels.h"
+#include "runtime/cuda_compare.h"
+#include "runtime/device_copy.h"
+
+using namespace nq;
+namespace k = nq::kernels;
+
+namespace {
+
+void print_skip(const char* name) { std::printf("skipped: no CUDA device (%s)\n", name); }
+
+// GPU_TEST(name) { body }: runs body when a CUDA device is present, else prints
+// the skip line. In a CPU-only build the body is compiled but never emitted.
+#ifdef NQ_CUDA
+#define GPU_TEST(name)                                  \
+  static void name();                                   \
+  TEST_CASE("cuda " #name) {                            \
+    if (!cuda_available()) return print_skip(#name);    \
+    name();                                             \
+  }                                                     \
+  static void name()
+#else
+#define GPU_TEST(name)                                  \
+  TEST_CASE("cuda " #name) { print_skip(#name); }       \
+  [[maybe_unused]] static void name()
+#endif
+
+constexpr double kTolF32 = 1e-5, kTolBf16 = 1e-2;
+double tol(DType t) { return t == DType::F32 ? kTolF32 : kTolBf16; }
+const DType kDtypes[] = {DType::F32, DType::BF16};
+
+#define CHECK_CLOSE(got, want, dt)                                                          \
+  do {                                                                                      \
+    double err_ = relative_error(got, want);                                                \
+    INFO("dtype ", dtype_name(dt), ": relative error ", err_, " (bound ", tol(dt), ")");   \
+    CHECK(err_ <= tol(dt));                                                                 \
+  } while (0)
+
+}  // namespace
+
+GPU_TEST(elementwise) {
+  for (DType dt : kDtypes)
+    for (int64_t n : {1, 7, 1000, 65537}) {
+      CAPTURE(n);
+      Tensor a = rounded_to(random_normal({n}, 1), dt), b = rounded_to(random_normal({n}, 2), dt);
+      Tensor ga = to_device(a, dt), gb = to_device(b, dt);
+      CHECK_CLOSE(k::add(ga, gb), k::add(a, b), dt);
+      CHECK_CLOSE(k::mul(ga, gb), k::mul(a, b), dt);
+      CHECK_CLOSE(k::scale(ga, -0.37f), k::scale(a, -0.37f), dt);
+      Tensor acc = a.clone(), gacc = ga.clone();
+      k::add_inplace(acc, b);
+      k::add_inplace(gacc, gb);
+      CHECK_CLOSE(gacc, acc, dt);
+      float s_cpu = k::sum(a), s_gpu = k::sum(ga);
+      double norm = std::sqrt(double(n));  // sum's error scales with ||a|| ~ sqrt(n)
+      CHECK(std::fabs(double(s_gpu) - double(s_cpu)) <= kTolF32 * norm);
+    }
+}
+
+GPU_TEST(matmul) {
+  struct Case { int64_t batch, m, n, k; };
+  for (DType dt : kDtypes)
+    for (Case c : {Case{0, 1, 1, 1}, Case{0, 17, 33, 65}, Case{0, 128, 96, 256}, Case{3, 5, 7, 9}})
+      for (int trans = 0; trans < 4; ++trans) {
+        bool ta = trans & 1, tb = trans & 2;
+        CAPTURE(c.m); CAPTURE(c.n); CAPTURE(c.k); CAPTURE(c.batch); CAPTURE(ta); CAPTURE(tb);
+        Shape sa = ta ? Shape{c.k, c.m} : Shape{c.m, c.k}, sb = tb ? Shape{c.n, c.k} : Shape{c.k, c.n};
+        if (c.batch) { sa = Shape{c.batch, sa[0], sa[1]}; sb = Shape{c.batch, sb[0], sb[1]}; }
+        Tensor a = rounded_to(random_normal(sa, 3), dt), b = rounded_to(random_normal(sb, 4), dt);
+        Tensor want = k::matmul(a, b, ta, tb);
+        CHECK_CLOSE(k::matmul(to_device(a, dt), to_device(b, dt), ta, tb), want, dt);
+        // accumulate: C = A B + C0
+        Tensor c0 = rounded_to(random_normal(want.shape(), 5), dt), gc = to_device(c0, dt);
+        k::matmul_into(c0, a, b, ta, tb, true);
+        k::matmul_into(gc, to_device(a, dt), to_device(b, dt), ta, tb, true);
+        CHECK_CLOSE(gc, c0, dt);
+      }
+}
+
+GPU_TEST(embedding) {
+  for (DType dt : kDtypes)
+    for (auto [N, V, D] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {37, 11, 65}, {300, 1000, 128}}) {
+      CAPTURE(N); CAPTURE(V); CAPTURE(D);
+      Tensor table = rounded_to(random_normal({V, D}, 6), dt), ids = random_ints({N}, 7, 0, int32_t(V));
+      Tensor gids = ids.to(Device::CUDA);
+      CHECK_CLOSE(k::embedding_forward(to_device(table, dt), gids), k::embedding_forward(table, ids), dt);
+      Tensor dy = rounded_to(random_normal({N, D}, 8), dt);
+      // repeated ids add up in f32: compare with the f32 bound scaled by the repeats
+      CHECK_CLOSE(k::embedding_backward(to_device(dy, dt), gids, V), k::embedding_backward(dy, ids, V), DType::F32);
+    }
+}
+
+GPU_TEST(rmsnorm) {
+  // [N, D] hidden-state shapes and the per-head q/k norm shape [N*H, Dh].
+  for (DType dt : kDtypes)
+    for (auto [N, D] : {std::pair<int64_t, int64_t>{1, 1}, {3, 17}, {33, 1000}, {16 * 8, 128}}) {
+      CAPTURE(N); CAPTURE(D);
+      Tensor x = rounded_to(random_normal({N, D}, 9, 3.0f), dt), w = random_normal({D}, 10);
+      Tensor dy = rounded_to(random_normal({N, D}, 11), dt);
+      Tensor rstd, grstd;
+      Tensor y = k::rmsnorm_forward(x, w, 1e-6f, &rstd);
+      Tensor gx = to_device(x, dt), gw = w.to(Device::CUDA);
+      Tensor gy = k::rmsnorm_forward(gx, gw, 1e-6f, &grstd);
+      CHECK_CLOSE(gy, y, dt);
+      CHECK_CLOSE(grstd, rstd, DType::F32);
+      Tensor dx, dw, gdx, gdw;
+      k::rmsnorm_backward(dy, x, w, rstd, &dx, &dw);
+      k::rmsnorm_backward(to_device(dy, dt), gx, gw, grstd, &gdx, &gdw);
+      CHECK_CLOSE(gdx, dx, dt);
+      CHECK_CLOSE(gdw, dw, dt);
+    }
+}
+
+GPU_TEST(rope) {
+  for (DType dt : kDtypes)
+    for (auto [N, H, Dh] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {7, 3, 64}, {40, 4, 128}}) {
+      CAPTURE(N); CAPTURE(H); CAPTURE(Dh);
+      // f32: positions below 64 keep the angle's rounding (pos * ulp(inv_freq)) under the bound
+      int32_t max_pos = dt == DType::F32 ? 64 : 4096;
+      Tensor x = rounded_to(random_normal({N, H, Dh}, 12), dt), pos = random_ints({N}, 13, 0, max_pos);
+      Tensor gpos = pos.to(Device::CUDA);
+      CHECK_CLOSE(k::rope_forward(to_device(x, dt), gpos, 1e6f), k::rope_forward(x, pos, 1e6f), dt);
+      CHECK_CLOSE(k::rope_backward(to_device(x, dt), gpos, 1e6f), k::rope_backward(x, pos, 1e6f), dt);
+    }
+}
+
+GPU_TEST(swiglu) {
+  for (DType dt : kDtypes)
+    for (int64_t n : {1, 129, 70001}) {
+      CAPTURE(n);
+      Tensor g = rounded_to(random_normal({n}, 14, 2.0f), dt), u = rounded_to(random_normal({n}, 15), dt);
+      Tensor dy = rounded_to(random_normal({n}, 16), dt);
+      Tensor gg = to_device(g, dt), gu = to_device(u, dt);
+      CHECK_CLOSE(k::swiglu_forward(gg, gu), k::swiglu_forward(g, u), dt);
+      Tensor dg, du, gdg, gdu;
+      k::swiglu_backward(dy, g, u, &dg, &du);
+      k::swiglu_backward(to_device(dy, dt), gg, gu, &gdg, &gdu);
+      CHECK_CLOSE(gdg, dg, dt);
+      CHECK_CLOSE(gdu, du, dt);
+    }
+}
+
+GPU_TEST(dropout_same_mask_as_cpu) {
+  for (DType dt : kDtypes)
+    for (int64_t n : {1, 5, 4099}) {
+      CAPTURE(n);
+      Tensor x = rounded_to(random_normal({n}, 17), dt);
+      Tensor y = k::dropout_forward(x, 0.3f, 1234, 77), gy = k::dropout_forward(to_device(x, dt), 0.3f, 1234, 77);
+      std::vector<float> a = y.to_vector(), b = gy.to_vector();
+      int64_t mismatched_mask = 0;
+      for (int64_t i = 0; i < n; ++i) mismatched_mask += (a[i] == 0.0f) != (b[i] == 0.0f);
+      CHECK(mismatched_mask == 0);
+      CHECK_CLOSE(gy, y, dt);
+      CHECK_CLOSE(k::dropout_backward(to_device(x, dt), 0.3f, 1234, 77), k::dropout_backward(x, 0.3f, 1234, 77), dt);
+    }
+}
+
+GPU_TEST(attention) {
+  struct Case { int64_t B, T, Hq, Hkv, Dh; bool segments; };
+  for (DType dt : kDtypes)
+    // bf16 with Dh 64 or 128 runs the tensor-core forward; f32 and Dh 32 the CUDA-core one.
+    for (Case c : {Case{1, 1, 1, 1, 64, false}, Case{2, 19, 4, 2, 64, false}, Case{1, 70, 4, 1, 128, true},
+                   Case{1, 9, 2, 1, 32, true}, Case{1, 130, 2, 1, 128, false},
+                   Case{2, 33, 2, 2, 128, true}}) {
+      CAPTURE(c.B); CAPTURE(c.T); CAPTURE(c.Hq); CAPTURE(c.Hkv); CAPTURE(c.Dh); CAPTURE(c.segments);
+      int64_t N = c.B * c.T;
+      Tensor q = rounded_to(random_normal({N, c.Hq, c.Dh}, 18), dt);
+      Tensor kk = rounded_to(random_normal({N, c.Hkv, c.Dh}, 19), dt);
+      Tensor v = rounded_to(random_normal({N, c.Hkv, c.Dh}, 20), dt);
+      Tensor dout = rounded_to(random_normal({N, c.Hq, c.Dh}, 21), dt);
+      Tensor seg, gseg;
+      if (c.segments) {  // three packed samples per row: segment = position * 3 / T
+        std::vector<int32_t> s(N);
+        for (int64_t i = 0; i < N; ++i) s[i] = int32_t((i % c.T) * 3 / c.T);
+        seg = Tensor::from_ids(s, {N});
+        gseg = seg.to(Device::CUDA);
+      }
+      Tensor lse, glse;
+      Tensor o = k::attention_forward(q, kk, v, c.B, c.T, seg, &lse);
+      Tensor gq = to_device(q, dt), gk = to_device(kk, dt), gv = to_device(v, dt);
+      Tensor go = k::attention_forward(gq, gk, gv, c.B, c.T, gseg, &glse);
+      CHECK_CLOSE(go, o, dt);
+      CHECK_CLOSE(glse, lse, DType::F32);
+      Tensor dq, dk, dv, gdq, gdk, gdv;
+      k::attention_backward(dout, q, kk, v, o, lse, c.B, c.T, seg, &dq, &dk, &dv);
+      k::attention_backward(to_device(dout, dt), gq, gk, gv, go, glse, c.B, c.T, gseg, &gdq, &gdk, &gdv);
+      CHECK_CLOSE(gdq, dq, dt);
+      CHECK_CLOSE(gdk, dk, dt);
+      CHECK_CLOSE(gdv, dv, dt);
+    }
+}
+
+GPU_TEST(linear_cross_entropy) {
+  struct Case { int64_t N, D, V, chunk; };
+  for (DType dt : kDtypes)
+    for (Case c : {Case{1, 8, 5, 1}, Case{37, 64, 1000, 16}, Case{64, 128, 4099, 64}}) {
+      CAPTURE(c.N); CAPTURE(c.D); CAPTURE(c.V); CAPTURE(c.chunk);
+      Tensor h = rounded_to(random_normal({c.N, c.D}, 22), dt), w = rounded_to(random_normal({c.V, c.D}, 23, 0.1f), dt);
+      Tensor labels = random_ints({c.N}, 24, 0, int32_t(c.V));
+      if (c.N > 2) labels.data<int32_t>()[1] = -100;  // one ignored row
+      Tensor gh, gw, ggh, ggw;
+      int64_t count = 0, gcount = 0;
+      float loss = k::linear_cross_entropy(h, w, labels, c.chunk, &gh, &gw, &count);
+      float gloss = k::linear_cross_entropy(to_device(h, dt), to_device(w, dt), labels.to(Device::CUDA), c.chunk,
+                                            &ggh, &ggw, &gcount);
+      CHECK(gcount == count);
+      CHECK(std::fabs(double(gloss) - double(loss)) <= tol(dt) * std::fabs(double(loss)));
+      CHECK_CLOSE(ggh, gh, dt);
+      CHECK_CLOSE(ggw, gw, dt);
+    }
+}
+
+GPU_TEST(adamw_matches_pytorch_formula) {
+  // Independent reference: torch.optim.AdamW's update written out in double.
+  namespace kc = nq::kernels::cuda;
+  kc::AdamWConfig cfg;
+  cfg.lr = 1e-2f; cfg.weight_decay = 0.1f;
+  std::vector<int64_t> sizes = {1, 3, 65537, 1000};
+  std::vector<Tensor> p, g, m, v, gp, gg, gm, gv;
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    p.push_back(random_normal({sizes[t]}, 30 + t));
+    m.push_back(random_normal({sizes[t]}, 40 + t, 0.1f));
+    v.push_back(random_normal({sizes[t]}, 50 + t, 0.1f));
+    float* vp = v.back().data<float>();
+    for (int64_t i = 0; i < sizes[t]; ++i) vp[i] = vp[i] * vp[i];  // second moments are >= 0
+    gp.push_back(p[t].to(Device::CUDA)); gm.push_back(m[t].to(Device::CUDA)); gv.push_back(v[t].to(Device::CUDA));
+  }
+  const float grad_scale = 0.5f;
+  for (int64_t step = 1; step <= 3; ++step) {
+    cfg.step = step;
+    g.clear(); gg.clear();
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      g.push_back(random_normal({sizes[t]}, 100 * step + t));
+      gg.push_back(g[t].to(Device::CUDA));
+    }
+    kc::adamw_step(gp, gg, gm, gv, cfg, grad_scale);
+    double b1 = cfg.beta1, b2 = cfg.beta2;
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      float *pp = p[t].data<float>(), *mp = m[t].data<float>(), *vp = v[t].data<float>(), *gr = g[t].data<float>();
+      for (int64_t i = 0; i < sizes[t]; ++i) {
+        double gi = double(gr[i]) * grad_scale;
+        double pi = double(pp[i]) * (1.0 - double(cfg.lr) * cfg.weight_decay);
+        double mi = b1 * mp[i] + (1 - b1) * gi, vi = b2 * vp[i] + (1 - b2) * gi * gi;
+        double mhat = mi / (1 - std::pow(b1, step)), vhat = vi / (1 - std::pow(b2, step));
+        pp[i] = float(pi - cfg.lr * mhat / (std::sqrt(vhat) + cfg.eps));
+        mp[i] = float(mi);
+        vp[i] = float(vi);
+      }
+    }
+  }
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    CAPTURE(t);
+    CHECK_CLOSE(gp[t], p[t], DType::F32);
+    CHECK_CLOSE(gm[t], m[t], DType::F32);
+    CHECK_CLOSE(gv[t], v[t], DType::F32);
+  }
+}
+
+GPU_TEST(global_grad_norm) {
+  std::vector<Tensor> grads, ggrads;
+  double ss = 0.0;
+  for (int64_t n : {1, 17, 65536, 200001}) {
+    grads.push_back(random_normal({n}, 60 + n));
+    ggrads.push_back(grads.back().to(Device::CUDA));
+    for (float x : grads.back().to_vector()) ss += double(x) * x;
+  }
+  double want = std::sqrt(ss), got = nq::kernels::cuda::global_grad_norm(ggrads);
+  CHECK(std::fabs(got - want) <= kTolF32 * want);
+  CHECK(nq::kernels::cuda::global_grad_norm({}) == 0.0);
+}
+
+GPU_TEST(bad_input_raises_errors) {
+  // Ids and labels live on the device but are user data: checked, not trusted.
+  Tensor table = to_device(random_normal({11, 4}, 90), DType::BF16);
+  Tensor ids = Tensor::from_ids({0, 3, 11}, {3}).to(Device::CUDA);
+  CHECK_THROWS_WITH_AS(k::embedding_forward(table, ids), doctest::Contains("ids[2] = 11 out of range [0, 11)"), Error);
+  Tensor h = to_device(random_normal({2, 4}, 91), DType::BF16);
+  Tensor labels = Tensor::from_ids({-100, -1}, {2}).to(Device::CUDA);
+  CHECK_THROWS_WITH_AS(k::linear_cross_entropy(h, table, labels, 2, nullptr, nullptr, nullptr),
+                       doctest::Contains("labels[1] = -1 out of range [0, 11)"), Error);
+  Tensor w_bf16 = to_device(random_normal({4}, 92), DType::BF16);
+  CHECK_THROWS_WITH_AS(k::rmsnorm_forward(h, w_bf16, 1e-6f, nullptr), doctest::Contains("weight must be f32"), Error);
+}
+
+// ---- NF4 -------------------------------------------------------------------
+namespace {
+
+// A random but valid NF4 + double-quant state (any bytes are valid codes) and
+// its device copy. Host reference dequantization written from bitsandbytes'
+// formulas (backends/default/ops.py _dequantize_4bit_compute and
+// dequantize_blockwise + offset): absmax = code8[q] * nested + offset, w = NF4[nibble] * absmax.
+struct Nf4Case {
+  int64_t out, in, n_blocks, n_nested;
+  std::vector<uint8_t> packed, absmax_q;
+  std::vector<float> code8, nested;
+  float offset;
+  Tensor d_packed, d_absmax_q, d_code8, d_nested;
+  kernels::cuda::Nf4Weight w;
+
+  Nf4Case(int64_t out_, int64_t in_, uint64_t seed) : out(out_), in(in_) {
+    int64_t n = out * in;
+    n_blocks = (n + 63) / 64;
+    n_nested = (n_blocks + 255) / 256;
+    Tensor bytes = random_ints({(n + 1) / 2 + n_blocks}, seed, 0, 256);
+    for (int64_t i = 0; i < (n + 1) / 2; ++i) packed.push_back(uint8_t(bytes.data<int32_t>()[i]));
+    for (int64_t b = 0; b < n_blocks; ++b) absmax_q.push_back(uint8_t(bytes.data<int32_t>()[(n + 1) / 2 + b]));
+    code8 = random_normal({256}, seed + 1, 0.5f).to_vector();
+    nested = random_normal({n_nested}, seed + 2, 0.1f).to_vector();
+    for (float& v : nested) v = std::fabs(v);
+    offset = 0.03f;
+    d_packed = upload_u8(packed);
+    d_absmax_q = upload_u8(absmax_q);
+    d_code8 = Tensor::from_vector(code8, {256}).to(Device::CUDA);
+    d_nested = Tensor::from_vector(nested, {n_nested}).to(Device::CUDA);
+    w.packed = static_cast<const uint8_t*>(d_packed.raw());
+    w.absmax_q = static_cast<const uint8_t*>(d_absmax_q.raw());
+    w.code8 = d_code8.data<float>();
+    w.nested_absmax = d_nested.data<float>();
+    w.offset = offset;
+    w.out = out;
+    w.in = in;
+  }
+  static Tensor upload_u8(const std::vector<uint8_t>& v) {
+    Tensor t = Tensor::empty({int64_t(v.size())}, DType::U8);
+    std::memcpy(t.raw(), v.data(), v.size());
+    return t.to(Device::CUDA);
+  }
+  Tensor dequantized() const {  // f32 [out, in] on the host
+    Tensor t = Tensor::empty({out, in});
+    float* p = t.data<float>();
+    for (int64_t f = 0; f < out * in; ++f) {
+      int64_t b = f / 64;
+      float absmax = code8[absmax_q[b]] * nested[b / 256] + offset;
+      int nibble = f % 2 ? packed[f / 2] & 0x0f : packed[f / 2] >> 4;
+      p[f] = kernels::cuda::kNf4Values[nibble] * absmax;
+    }
+    return t;
+  }
+};
+
+}  // namespace
+
+GPU_TEST(nf4_dequantize_bit_exact) {
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{1, 1}, {3, 37}, {17, 127}, {96, 256}, {130, 200}}) {
+    CAPTURE(out); CAPTURE(in);
+    Nf4Case c(out, in, 70);
+    Tensor want = c.dequantized(), got = kernels::cuda::nf4_dequantize(c.w, DType::F32).to(Device::CPU);
+    CHECK(std::memcmp(got.raw(), want.raw(), want.nbytes()) == 0);
+    Tensor got_bf16 = kernels::cuda::nf4_dequantize(c.w, DType::BF16);
+    CHECK(relative_error(got_bf16, want) <= kTolBf16);
+  }
+}
+
+GPU_TEST(nf4_matmul) {
+  // M <= 16 takes the GEMV path (f32 weights), larger M the tensor-core GEMM (bf16 tiles).
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{3, 37}, {130, 200}, {256, 512}})
+    for (int64_t M : {1, 5, 16, 17, 100})
+      for (DType dt : kDtypes) {
+        CAPTURE(out); CAPTURE(in); CAPTURE(M);
+        Nf4Case c(out, in, 80);
+        Tensor w = c.dequantized();
+        double bound = M > 16 ? kTolBf16 : tol(dt);
+        Tensor x = rounded_to(random_normal({M, in}, 81), dt), dy = rounded_to(random_normal({M, out}, 82), dt);
+        Tensor y = kernels::cuda::nf4_matmul(to_device(x, dt), c.w);
+        Tensor dx = kernels::cuda::nf4_matmul_dx(to_device(dy, dt), c.w);
+        double ey = relative_error(y, k::matmul(x, w, false, true)), edx = relative_error(dx, k::matmul(dy, w));
+        INFO("y error ", ey, ", dx error ", edx, ", bound ", bound);
+        CHECK(ey <= bound);
+        CHECK(edx <= bound);
+      }
+}
+
+GPU_TEST(lora_nf4_forward_backward) {
+  // Reference: the same bypass from CPU kernels (matmul, dropout, scale, add).
+  namespace kc = nq::kernels::cuda;
+  for (float p : {0.0f, 0.25f})
+    for (auto [M, out, in] : {std::tuple<int64_t, int64_t, int64_t>{5, 3, 37}, {70, 130, 200}})
+      for (DType dt : kDtypes) {
+        CAPTURE(p); CAPTURE(M); CAPTURE(out); CAPTURE(in);
+        const int64_t r = 8;
+        const float s = 2.0f;
+        Nf4Case c(out, in, 95);
+        Tensor w = c.dequantized();
+        Tensor x = rounded_to(random_normal({M, in}, 96), dt), dy = rounded_to(random_normal({M, out}, 97), dt);
+        Tensor a = rounded_to(random_normal({r, in}, 98, 0.1f), dt), b = rounded_to(random_normal({out, r}, 99, 0.1f), dt);
+        Tensor xd = p > 0 ? k::dropout_forward(x, p, 5, 9) : x;
+        Tensor u = k::matmul(xd, a, false, true);
+        Tensor y = k::add(k::matmul(x, w, false, true), k::scale(k::matmul(u, b, false, true), s));
+        Tensor v = k::matmul(dy, b);
+        Tensor db = k::scale(k::matmul(dy, u, true, false), s), da = k::scale(k::matmul(v, xd, true, false), s);
+        Tensor bypass = k::scale(k::matmul(v, a), s);
+        Tensor dx = k::add(k::matmul(dy, w), p > 0 ? k::dropout_backward(bypass, p, 5, 9) : bypass);
+
+        kc::LoraParams lora{to_device(a, dt), to_device(b, dt), s, p, 5, 9};
+        Tensor gx = to_device(x, dt), gu, gdx, gda, gdb;
+        Tensor gy = kc::lora_nf4_forward(gx, c.w, lora, &gu);
+        kc::lora_nf4_backward(to_device(dy, dt), gx, gu, c.w, lora, &gdx, &gda, &gdb);
+        CHECK_CLOSE(gy, y, DType::BF16);  // the NF4 GEMM stages bf16 tiles whatever the input dtype
+        CHECK_CLOSE(gu, u, dt);
+        CHECK_CLOSE(gdx, dx, DType::BF16);
+        CHECK_CLOSE(gda, da, dt);
+        CHECK_CLOSE(gdb, db, dt);
+      }
+}
