@@ -32,6 +32,7 @@ TensorMap merged_weights(Decoder& model) {
 }
 
 void save_merged_model(const std::string& out_dir, Decoder& model, const std::string& source_dir, DType dtype) {
+  check_not_same_dir(source_dir, out_dir);
   const std::string config_path = source_dir + "/config.json";
   nlohmann::json config;
   try {

@@ -180,6 +180,7 @@ void save_bnb_4bit(const std::string& dir, const std::string& config_json, const
 
 QuantizeReport quantize_checkpoint(const std::string& src, const std::string& dst, int64_t blocksize,
                                    bool double_quant) {
+  check_not_same_dir(src, dst);
   const std::string config_path = src + "/config.json";
   NQ_CHECK(!read_bnb_4bit_config(config_path), config_path,
            ": the model is already quantized (quantization_config is set); quantize its dense original");
@@ -187,6 +188,8 @@ QuantizeReport quantize_checkpoint(const std::string& src, const std::string& ds
   const DType dtype = dtype_of_torch_name(config.torch_dtype, config_path);
   TensorMap weights = load_weights(src, config);
   QuantizeReport report;
+  const SafetensorsDir source = SafetensorsDir::open(src);
+  for (const SafetensorsFile& f : source.files()) report.bytes_before += std::filesystem::file_size(f.path());
   Nf4Weights nf4 = quantize_projections(weights, config, blocksize, double_quant, config.torch_dtype);
   for (const auto& [name, q] : nf4) {
     report.quantized_params += q->numel();
@@ -198,8 +201,6 @@ QuantizeReport quantize_checkpoint(const std::string& src, const std::string& ds
   quant.double_quant = double_quant;
   save_bnb_4bit(dst, read_text_file(config_path), config, weights, nf4, quant, dtype);
   copy_tokenizer_files(src, dst);
-  const SafetensorsDir source = SafetensorsDir::open(src);
-  for (const SafetensorsFile& f : source.files()) report.bytes_before += std::filesystem::file_size(f.path());
   report.bytes_after = std::filesystem::file_size(dst + "/model.safetensors");
   return report;
 }
@@ -243,6 +244,12 @@ std::vector<std::string> copy_tokenizer_files(const std::string& src, const std:
     copied.push_back(name);
   }
   return copied;
+}
+
+void check_not_same_dir(const std::string& src, const std::string& dst) {
+  std::error_code ec;
+  NQ_CHECK(!std::filesystem::equivalent(src, dst, ec), dst, ": the output directory is the input model ", src,
+           "; give another --out");
 }
 
 void make_dir(const std::string& dir) {

@@ -85,6 +85,9 @@ const char* torch_name_of_dtype(DType dtype);  // the inverse
 // `dst`; returns the names copied.
 std::vector<std::string> copy_tokenizer_files(const std::string& src, const std::string& dst);
 
+// An error when `dst` is the directory `src` (writing there would destroy the input).
+void check_not_same_dir(const std::string& src, const std::string& dst);
+
 // Creates `dir` (and its parents) when missing; an error when it cannot.
 void make_dir(const std::string& dir);
 

@@ -218,6 +218,10 @@ TEST_CASE("quantize: the written checkpoint equals transformers' 4-bit save, byt
   CHECK(report.bytes_before == fs::file_size(kDense + "/model.safetensors"));
   // and it loads back as a 4-bit decoder
   CHECK(load_hf_decoder(tmp / "q").linears()[0]->is_nf4());
+  // writing over the input is refused
+  CHECK_THROWS_WITH_AS(quantize_checkpoint(kDense, kDense + "/"),
+                       (kDense + "/: the output directory is the input model " + kDense + "; give another --out").c_str(),
+                       Error);
   // an already quantized source is refused
   CHECK_THROWS_WITH_AS(quantize_checkpoint(kBnb, tmp / "qq"),
                        (kBnb + "/config.json: the model is already quantized (quantization_config is set); "
@@ -450,6 +454,9 @@ TEST_CASE("merge: W' = W + s B A, and the merged checkpoint gives the logits of 
     const double err16 = max_rel_error(load_hf_decoder(tmp / "bf16").logits(batch), want);
     MESSAGE("merged bf16 vs base + adapter: max rel error " << err16);
     CHECK(err16 < 1e-2);  // measured 2.8e-3
+    CHECK_THROWS_WITH_AS(save_merged_model(base, model, base, DType::BF16),
+                         (base + ": the output directory is the input model " + base + "; give another --out").c_str(),
+                         Error);
     fs::remove_all(tmp / "f32");
     fs::remove_all(tmp / "bf16");
   }
