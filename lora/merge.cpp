@@ -12,10 +12,10 @@ namespace nq {
 
 TensorMap merged_weights(Decoder& model) {
   TensorMap out;
-  // Embeddings, norms, biases, an untied lm_head: as they are (an NF4 projection's
-  // dense weight is undefined here and comes from the loop below).
+  // Embeddings, norms, biases, an untied lm_head: as they are. Projection weights
+  // (dense ones are among the parameters, NF4 ones are not) come from the loop below.
   for (const Var& p : model.parameters())
-    if (p.defined()) out[p.name()] = p.value().to(Device::CPU).clone();
+    if (!is_projection_weight(p.name())) out[p.name()] = p.value().to(Device::CPU).clone();
   for (Linear* l : model.linears()) {
     Tensor w = l->dense_weight().to(Device::CPU).clone();  // [out, in] f32 (NF4 dequantized)
     if (l->has_lora()) {

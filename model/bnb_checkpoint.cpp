@@ -30,7 +30,7 @@ const char* const kNf4Suffixes[] = {".absmax", ".quant_map", ".nested_absmax", "
 const char* const kQuantStateSuffix = ".quant_state.bitsandbytes__nf4";
 
 // The NF4 weights of the projections stored 4-bit in `file` (quant_state present).
-Nf4Weights read_nf4_weights(const SafetensorsDir& file, const ModelConfig& config, const std::string& dir) {
+Nf4Weights read_nf4_weights(const SafetensorsDir& file, const ModelConfig& config) {
   Nf4Weights nf4;
   for (const ParamSpec& spec : parameter_specs(config)) {
     if (!is_projection_weight(spec.name) || !file.has(spec.name + kQuantStateSuffix)) continue;
@@ -116,7 +116,7 @@ Decoder load_hf_decoder(const std::string& dir, DecoderOptions options) {
   if (!read_bnb_4bit_config(config_path)) return Decoder::load(dir, options);
 
   SafetensorsDir file = SafetensorsDir::open(dir);
-  Nf4Weights nf4 = read_nf4_weights(file, config, dir);
+  Nf4Weights nf4 = read_nf4_weights(file, config);
   std::vector<ParamSpec> dense_specs;
   std::set<std::string> expected;
   for (const ParamSpec& spec : parameter_specs(config)) {
