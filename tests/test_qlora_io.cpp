@@ -330,6 +330,9 @@ TEST_CASE("adapter: a target matching nothing lists the module names") {
                        "or all-linear)",
                        Error);
   CHECK_THROWS_WITH_AS(select_targets(model, {}), "lora: no target modules given", Error);
+  AdapterConfig zero_rank;
+  zero_rank.lora.r = 0;
+  CHECK_THROWS_WITH_AS(attach_adapters(model, zero_rank), "lora: rank r must be positive, got 0", Error);
 }
 
 TEST_CASE("adapter: wrong shape, missing / unknown tensors and bad adapter_config.json are clear errors") {
