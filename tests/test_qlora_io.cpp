@@ -189,6 +189,34 @@ TEST_CASE("bnb checkpoint: other quantization configs and broken 4-bit tensors a
                        Error);
 }
 
+TEST_CASE("decoder with NF4 projections: each must be a projection of its shape") {
+  const ModelConfig config = ModelConfig::from_file(kDense + "/config.json");
+  TensorMap weights = load_weights(kDense, config);
+  Nf4Weights nf4 = quantize_projections(weights, config, 64, true, "float32");
+  REQUIRE(nf4.size() == 14);
+  CHECK(weights.count("model.layers.0.mlp.up_proj.weight") == 0);  // the dense copies are gone
+  CHECK_NOTHROW(Decoder(config, weights, {}, nf4));
+
+  Nf4Weights bad = nf4;
+  bad["model.layers.0.self_attn.q_proj.weight"] = nf4.at("model.layers.0.self_attn.k_proj.weight");
+  CHECK_THROWS_WITH_AS(Decoder(config, weights, {}, bad),
+                       "decoder: NF4 tensor model.layers.0.self_attn.q_proj.weight has shape [64, 64], expected [128, 64]",
+                       Error);
+  bad = nf4;
+  bad["model.layers.2.mlp.up_proj.weight"] = nf4.at("model.layers.0.mlp.up_proj.weight");
+  CHECK_THROWS_WITH_AS(Decoder(config, weights, {}, bad),
+                       "decoder: NF4 tensor model.layers.2.mlp.up_proj.weight is not a parameter of this qwen3 config",
+                       Error);
+  bad = nf4;
+  bad["model.norm.weight"] = nf4.at("model.layers.0.mlp.up_proj.weight");
+  CHECK_THROWS_WITH_AS(Decoder(config, weights, {}, bad),
+                       "decoder: model.norm.weight cannot be NF4 (only projection weights)", Error);
+  bad = nf4;
+  bad.erase("model.layers.1.mlp.down_proj.weight");  // neither NF4 nor dense
+  CHECK_THROWS_WITH_AS(Decoder(config, weights, {}, bad),
+                       "decoder: missing tensor model.layers.1.mlp.down_proj.weight (expected [64, 96])", Error);
+}
+
 TEST_CASE("quantize: the written checkpoint equals transformers' 4-bit save, byte for byte") {
   TempDir tmp;
   const QuantizeReport report = quantize_checkpoint(kDense, tmp / "q");
