@@ -16,6 +16,7 @@
 #include "kernels/cpu/swiglu.h"
 #include "kernels/kernels.h"
 #ifdef NQ_CUDA
+#include "kernels/cuda/cast.h"
 #include "kernels/cuda/ops.h"
 #endif
 
@@ -105,6 +106,13 @@ float sum(const Tensor& a) {
   check_float("sum", "a", a);
   if (a.device() == Device::CUDA) NQ_RUN_CUDA(sum, a);
   return float(cpu::sum(a.data<float>(), a.numel()));
+}
+Tensor cast(const Tensor& x, DType dtype) {
+  check_float("cast", "x", x);
+  if (x.dtype() == dtype) return x;
+  NQ_CHECK(x.device() == Device::CUDA && (dtype == DType::F32 || dtype == DType::BF16), "cast: cannot convert ",
+           x.desc(), " to ", dtype_name(dtype), " (the GPU converts f32 <-> bf16; the cpu keeps f32)");
+  NQ_RUN_CUDA(cast, x, dtype);
 }
 
 // ---- matmul ---------------------------------------------------------------

@@ -21,6 +21,9 @@ Tensor add(const Tensor& a, const Tensor& b);                  // a + b
 Tensor mul(const Tensor& a, const Tensor& b);                  // a * b
 Tensor scale(const Tensor& a, float s);                        // s * a
 float sum(const Tensor& a);                                    // sum of all elements (fp32/fp64 accumulation)
+// x converted to `dtype` (x itself when it already has it). GPU: f32 <-> bf16;
+// CPU: only f32, the reference dtype (other dtypes through Tensor::to_dtype).
+Tensor cast(const Tensor& x, DType dtype);
 
 // ---- matmul ---------------------------------------------------------------
 // C = op(A) @ op(B) (+ C when accumulate), op = transpose when the flag is set.

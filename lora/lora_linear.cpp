@@ -9,6 +9,10 @@
 //   gh = s * gy B              [N, r]
 //   dA = gh^T xd               [r, in]
 //   dX = base^T(gy) + dropout_backward(gh A)   [N, in]
+// On the GPU, A and B stay f32 master weights; each forward makes working
+// copies in x's dtype (bf16) and the gradients come back f32. An NF4 base runs
+// the fused CUDA kernels (kernels/cuda/lora.cu: the bypass rides in the NF4
+// GEMM's pass), a dense base the same kernels:: calls as the CPU.
 #include "lora/lora_linear.h"
 
 #include <cmath>
@@ -16,6 +20,9 @@
 #include "kernels/kernels.h"
 #include "quant/nf4_linear.h"
 #include "runtime/rng.h"
+#ifdef NQ_CUDA
+#include "kernels/cuda/ops.h"
+#endif
 
 namespace nq {
 
@@ -59,10 +66,41 @@ LoraLinear make_lora_linear(Tensor dense_base, const LoraConfig& cfg, const std:
   return l;
 }
 
+#ifdef NQ_CUDA
+// The NF4-base op on the GPU: kernels/cuda/lora.cu's forward and backward.
+static Var lora_nf4_linear_cuda(const Var& x, const LoraLinear& layer) {
+  const Tensor xv = x.value();
+  const std::shared_ptr<const Nf4Tensor> nf4 = layer.nf4_base;  // keeps the device tensors alive
+  const kernels::cuda::Nf4Weight w = nf4_device_view(*nf4);
+  kernels::cuda::LoraParams lp;
+  lp.a = kernels::cast(layer.A.value(), xv.dtype());  // [r, in] working copy
+  lp.b = kernels::cast(layer.B.value(), xv.dtype());  // [out, r] working copy
+  lp.scale = layer.scaling;
+  lp.dropout = layer.dropout;
+  lp.seed = rng_state().seed;
+  lp.offset = lp.dropout > 0.0f ? rng_reserve(uint64_t(xv.numel())) : 0;
+  Tensor u;  // [N, r], saved for the backward
+  Tensor y = kernels::cuda::lora_nf4_forward(xv, w, lp, &u);
+  const bool need_dx = x.requires_grad();
+  return record("lora_linear", std::move(y), {x, layer.A, layer.B},
+                [=](const Tensor& grad_y) -> std::vector<Tensor> {
+                  Tensor dx, dA, dB;  // dA [r, in], dB [out, r] f32
+                  kernels::cuda::lora_nf4_backward(grad_y, xv, u, w, lp, need_dx ? &dx : nullptr, &dA, &dB);
+                  (void)nf4;
+                  return {dx, dA, dB};
+                });
+}
+#endif
+
 Var lora_linear(const Var& x, const LoraLinear& layer) {
   const Tensor& xv = x.value();
   NQ_CHECK(xv.ndim() >= 1 && xv.size(-1) == layer.in, "lora_linear: x ", xv.shape().str(),
            " does not match the layer [", layer.out, ", ", layer.in, "] (last dim must be ", layer.in, ")");
+  NQ_CHECK(layer.A.value().device() == xv.device(), "lora_linear: x is ", xv.desc(), " but the adapter is ",
+           layer.A.value().desc(), " (move the model with to_device)");
+#ifdef NQ_CUDA
+  if (layer.nf4_base && xv.device() == Device::CUDA) return lora_nf4_linear_cuda(x, layer);
+#endif
   const int64_t N = xv.numel() / layer.in;
   Shape out_shape = xv.shape();
   out_shape.dims[out_shape.ndim - 1] = layer.out;
@@ -74,20 +112,23 @@ Var lora_linear(const Var& x, const LoraLinear& layer) {
 
   // y = base(x) + s * (xd A^T) B^T
   Tensor y = layer.nf4_base ? nf4_linear_forward(x2, *layer.nf4_base) : kernels::matmul(x2, layer.dense_base, false, true);
-  Tensor h = kernels::matmul(dropped(x2), layer.A.value(), false, true);  // [N, r]
-  kernels::matmul_into(y, kernels::scale(h, s), layer.B.value(), false, true, /*accumulate=*/true);
+  // Working copies of the f32 masters in x's dtype (the same tensors on the cpu).
+  const Tensor A = kernels::cast(layer.A.value(), xv.dtype()), B = kernels::cast(layer.B.value(), xv.dtype());
+  Tensor h = kernels::matmul(dropped(x2), A, false, true);  // [N, r]
+  kernels::matmul_into(y, kernels::scale(h, s), B, false, true, /*accumulate=*/true);
 
   // Saved for backward: x, h and the weights (the mask is recomputed from its offset).
-  const Tensor A = layer.A.value(), B = layer.B.value(), dense = layer.dense_base;
+  const Tensor dense = layer.dense_base;
   const std::shared_ptr<const Nf4Tensor> nf4 = layer.nf4_base;
   const int64_t out = layer.out;
   const bool need_dx = x.requires_grad();  // e.g. false right after the frozen embedding
   return record("lora_linear", y.view(out_shape), {x, layer.A, layer.B},
                 [=](const Tensor& grad_y) -> std::vector<Tensor> {
                   const Tensor gy = grad_y.view({N, out});                                 // [N, out]
-                  Tensor dB = kernels::scale(kernels::matmul(gy, h, true, false), s);      // [out, r]
+                  Tensor dB = kernels::cast(kernels::scale(kernels::matmul(gy, h, true, false), s),
+                                            DType::F32);                                   // [out, r]
                   Tensor gh = kernels::scale(kernels::matmul(gy, B), s);                   // [N, r]
-                  Tensor dA = kernels::matmul(gh, dropped(x2), true, false);               // [r, in]
+                  Tensor dA = kernels::cast(kernels::matmul(gh, dropped(x2), true, false), DType::F32);  // [r, in]
                   if (!need_dx) return {Tensor(), dA, dB};
                   Tensor gxd = kernels::matmul(gh, A);                                     // [N, in]
                   Tensor dX = nf4 ? nf4_linear_backward(gy, *nf4) : kernels::matmul(gy, dense);  // [N, in]

@@ -49,6 +49,9 @@ struct DecoderLayer {
   Linear gate_proj, up_proj, down_proj;
 };
 
+class Decoder;
+void to_device(Decoder& model, Device device);  // model/device.h
+
 class Decoder {
  public:
   // The projections named in `nf4` start quantized; `weights` holds everything else
@@ -79,6 +82,7 @@ class Decoder {
   std::vector<Var> parameters() const;
 
  private:
+  friend void to_device(Decoder& model, Device device);  // moves the weights in place
   Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]
 
   ModelConfig config_;

@@ -5,6 +5,10 @@
 
 #include <algorithm>
 
+#ifdef NQ_CUDA
+#include "kernels/cuda/ops.h"
+#endif
+
 namespace nq {
 
 namespace {
@@ -64,8 +68,46 @@ Tensor nf4_linear_backward(const Tensor& grad_y, const Nf4Tensor& w, int64_t til
   return gx;
 }
 
+kernels::cuda::Nf4Weight nf4_device_view(const Nf4Tensor& w) {
+  auto on_gpu = [](const Tensor& t, const char* name) {
+    NQ_CHECK(t.defined() && t.device() == Device::CUDA, "nf4 weight: ", name, " is ",
+             t.defined() ? t.desc() : std::string("undefined"), ", expected a cuda tensor (move the model with to_device)");
+    return t.raw();
+  };
+  kernels::cuda::Nf4Weight v;
+  v.packed = static_cast<const uint8_t*>(on_gpu(w.packed, "packed"));
+  v.out = w.out;
+  v.in = w.in;
+  v.blocksize = int32_t(w.blocksize);
+  v.nested_blocksize = int32_t(w.nested_blocksize);
+  if (w.double_quant) {
+    NQ_CHECK(w.absmax.dtype() == DType::U8, "nf4 weight: double-quant absmax must be u8, got ", w.absmax.desc());
+    v.absmax_q = static_cast<const uint8_t*>(on_gpu(w.absmax, "absmax"));
+    v.code8 = static_cast<const float*>(on_gpu(w.nested_code, "nested_code"));
+    v.nested_absmax = static_cast<const float*>(on_gpu(w.nested_absmax, "nested_absmax"));
+    v.offset = w.offset;
+  } else {
+    NQ_CHECK(w.absmax.dtype() == DType::F32, "nf4 weight: absmax must be f32, got ", w.absmax.desc());
+    v.absmax_f32 = static_cast<const float*>(on_gpu(w.absmax, "absmax"));
+  }
+  return v;
+}
+
 Var nf4_linear(const Var& x, std::shared_ptr<const Nf4Tensor> w, int64_t tile_rows) {
   NQ_CHECK(w != nullptr, "nf4_linear: null NF4 weight");
+  if (x.value().device() == Device::CUDA) {
+#ifdef NQ_CUDA
+    const kernels::cuda::Nf4Weight view = nf4_device_view(*w);
+    NQ_CHECK(x.value().size(-1) == w->in, "nf4_linear: x ", x.value().shape().str(),
+             " does not match the NF4 weight [", w->out, ", ", w->in, "]");
+    Tensor y = kernels::cuda::nf4_matmul(x.value(), view);
+    return record("nf4_linear", std::move(y), {x}, [w, view](const Tensor& gy) -> std::vector<Tensor> {
+      return {kernels::cuda::nf4_matmul_dx(gy, view)};  // w captured: keeps the device tensors alive
+    });
+#else
+    throw Error("nf4_linear: x is a cuda tensor but this build has no CUDA support");
+#endif
+  }
   Tensor y = nf4_linear_forward(x.value(), *w, tile_rows);
   return record("nf4_linear", std::move(y), {x}, [w, tile_rows](const Tensor& gy) -> std::vector<Tensor> {
     return {nf4_linear_backward(gy, *w, tile_rows)};

@@ -3,7 +3,7 @@
 // before step 1 and the measured truth after it.
 //
 // CpuAllocator: 64-byte aligned host memory. The CUDA caching allocator
-// (runtime/cuda_allocator) implements the same interface for device memory.
+// (runtime/cuda_runtime.h) implements the same interface for device memory.
 #pragma once
 #include <array>
 #include <cstddef>

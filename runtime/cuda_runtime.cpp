@@ -1,7 +1,11 @@
-// Host-side CUDA glue: the device allocator and copies. Compiled in every build;
-// without NQ_CUDA the functions report that this build has no CUDA.
+// Host-side CUDA glue: the caching device allocator, pinned host memory,
+// streams, events and copies (see runtime/cuda_runtime.h). Compiled in every
+// build; without NQ_CUDA the functions report that this build has no CUDA.
+#include "runtime/cuda_runtime.h"
+
 #include <cstring>
 #include <map>
+#include <unordered_map>
 
 #include "runtime/allocator.h"
 #include "runtime/device_copy.h"
@@ -15,24 +19,41 @@
 
 namespace nq {
 
+size_t cuda_size_class(size_t bytes) {
+  constexpr size_t kSmall = 512, kLarge = size_t(1) << 20;
+  if (bytes == 0) return kSmall;
+  if (bytes < kLarge) return (bytes + kSmall - 1) / kSmall * kSmall;
+  size_t octave = kLarge;  // largest power of two <= bytes
+  while (octave * 2 <= bytes) octave *= 2;
+  const size_t step = octave / 8;
+  return (bytes + step - 1) / step * step;
+}
+
 #ifdef NQ_CUDA
-// cudaMalloc with a cache of freed blocks keyed by exact byte size: a block
-// freed by one step is handed out again for the next tensor of the same size
-// (training steps and benchmark loops repeat their shapes), so the steady
-// state calls neither cudaMalloc nor cudaFree, which synchronises the device.
-// When cudaMalloc fails, the cached blocks are released and it is retried.
-// MemStats count live tensors; cached blocks are held on top of them. (A
-// general caching allocator with size classes is the GPU-training issue's job.)
+namespace {
+
+// cudaMalloc behind a cache of free blocks per size class (cuda_size_class).
+// Allocator::stats_ counts the bytes handed out; reserved_ counts what
+// cudaMalloc returned, per category. When cudaMalloc fails, the cache is
+// released and the call retried once.
 class CudaAllocator final : public Allocator {
  public:
   void* allocate(size_t bytes, MemCategory cat) override {
-    size_t size = bytes == 0 ? 256 : bytes;
+    const size_t size = cuda_size_class(bytes);
     std::lock_guard<std::mutex> g(mu_);
     void* p = nullptr;
     auto it = cache_.find(size);
     if (it != cache_.end()) {
       p = it->second;
       cache_.erase(it);
+      cached_bytes_ -= size;
+      ++cache_hits_;
+      Block& b = blocks_.at(p);
+      if (b.category != cat) {  // the reserved bytes move to the new user's category
+        reserved_.on_free(b.category, size);
+        reserved_.on_alloc(cat, size);
+        b.category = cat;
+      }
     } else {
       cudaError_t e = cudaMalloc(&p, size);
       if (e != cudaSuccess) {
@@ -41,33 +62,96 @@ class CudaAllocator final : public Allocator {
         e = cudaMalloc(&p, size);
       }
       if (e != cudaSuccess)
-        throw Error(str("cudaMalloc of ", format_bytes(bytes), " for ", mem_category_name(cat),
-                        " failed: ", cudaGetErrorString(e)));
+        throw Error(str("cudaMalloc of ", format_bytes(size), " for ", mem_category_name(cat), " failed at ", __FILE__,
+                        ":", __LINE__, ": ", cudaGetErrorString(e), " (live tensors: ", stats_.summary(), ")"));
+      ++cuda_mallocs_;
+      blocks_[p] = Block{size, cat};
+      reserved_.on_alloc(cat, size);
     }
     stats_.on_alloc(cat, bytes);
     return p;
   }
   void deallocate(void* ptr, size_t bytes, MemCategory cat) override {
     std::lock_guard<std::mutex> g(mu_);
-    cache_.emplace(bytes == 0 ? 256 : bytes, ptr);
+    const Block& b = blocks_.at(ptr);
+    cache_.emplace(b.size, ptr);
+    cached_bytes_ += b.size;
     stats_.on_free(cat, bytes);
   }
   Device device() const override { return Device::CUDA; }
 
- private:
-  void release_cache() {
-    for (auto& [size, p] : cache_) cudaFree(p);
-    cache_.clear();
+  CudaMemoryStats memory_stats() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return CudaMemoryStats{stats_, reserved_, cached_bytes_, cuda_mallocs_, cache_hits_};
   }
-  std::multimap<size_t, void*> cache_;  // byte size -> free block
+  void reset_all_peaks() {
+    std::lock_guard<std::mutex> g(mu_);
+    stats_.reset_peak();
+    reserved_.reset_peak();
+  }
+  void empty_cache() {
+    std::lock_guard<std::mutex> g(mu_);
+    release_cache();
+  }
+
+ private:
+  struct Block {
+    size_t size;           // the size class (bytes obtained from cudaMalloc)
+    MemCategory category;  // the category its reserved bytes are counted under
+  };
+  void release_cache() {  // caller holds mu_
+    for (auto& [size, p] : cache_) {
+      CUDA_CHECK(cudaFree(p));
+      reserved_.on_free(blocks_.at(p).category, size);
+      blocks_.erase(p);
+    }
+    cache_.clear();
+    cached_bytes_ = 0;
+  }
+  std::multimap<size_t, void*> cache_;         // size class -> free block
+  std::unordered_map<void*, Block> blocks_;    // every block obtained from cudaMalloc
+  MemStats reserved_;
+  size_t cached_bytes_ = 0;
+  int64_t cuda_mallocs_ = 0, cache_hits_ = 0;
 };
+
+// Page-locked host memory for asynchronous copies.
+class PinnedHostAllocator final : public Allocator {
+ public:
+  void* allocate(size_t bytes, MemCategory cat) override {
+    void* p = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&p, bytes == 0 ? 64 : bytes, cudaHostAllocDefault));
+    std::lock_guard<std::mutex> g(mu_);
+    stats_.on_alloc(cat, bytes);
+    return p;
+  }
+  void deallocate(void* ptr, size_t bytes, MemCategory cat) override {
+    cudaFreeHost(ptr);  // unchecked: runs from destructors, which must not throw (as the destroys below)
+    std::lock_guard<std::mutex> g(mu_);
+    stats_.on_free(cat, bytes);
+  }
+  Device device() const override { return Device::CPU; }
+};
+
+CudaAllocator& cuda_allocator() {
+  NQ_CHECK(cuda_available(), "device cuda: no CUDA device is available");
+  static CudaAllocator cuda;
+  return cuda;
+}
+
+cudaStream_t stream_of(const CudaStream& s) { return static_cast<cudaStream_t>(s.handle()); }
+
+cudaMemcpyKind copy_kind(Device dst_dev, Device src_dev) {
+  return dst_dev == Device::CPU ? (src_dev == Device::CPU ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost)
+                                : (src_dev == Device::CPU ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice);
+}
+
+}  // namespace
 
 Allocator& allocator_for(Device d) {
   static CpuAllocator cpu;
   if (d == Device::CPU) return cpu;
-  NQ_CHECK(cuda_available(), "device cuda: no CUDA device is available");
-  static CudaAllocator cuda;
-  return cuda;
+  return cuda_allocator();
 }
 
 bool cuda_available() {
@@ -79,22 +163,86 @@ bool cuda_available() {
   return n > 0;
 }
 
+CudaMemoryStats cuda_memory_stats() { return cuda_allocator().memory_stats(); }
+void cuda_reset_peak_memory() { cuda_allocator().reset_all_peaks(); }
+void cuda_empty_cache() { cuda_allocator().empty_cache(); }
+
+Allocator& pinned_host_allocator() {
+  NQ_CHECK(cuda_available(), "pinned host memory: no CUDA device is available");
+  static PinnedHostAllocator pinned;
+  return pinned;
+}
+
+CudaStream::CudaStream() {
+  NQ_CHECK(cuda_available(), "CudaStream: no CUDA device is available");
+  cudaStream_t s;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  handle_ = s;
+}
+CudaStream::~CudaStream() { cudaStreamDestroy(static_cast<cudaStream_t>(handle_)); }
+void CudaStream::synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_of(*this))); }
+
+CudaEvent::CudaEvent() {
+  NQ_CHECK(cuda_available(), "CudaEvent: no CUDA device is available");
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  handle_ = e;
+}
+CudaEvent::~CudaEvent() { cudaEventDestroy(static_cast<cudaEvent_t>(handle_)); }
+void CudaEvent::record(const CudaStream& stream) {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(handle_), stream_of(stream)));
+}
+void CudaEvent::record_on_default_stream() { CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(handle_), 0)); }
+void CudaEvent::wait_in(const CudaStream& stream) const {
+  CUDA_CHECK(cudaStreamWaitEvent(stream_of(stream), static_cast<cudaEvent_t>(handle_), 0));
+}
+void CudaEvent::synchronize() const { CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(handle_))); }
+
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
-  cudaMemcpyKind kind = dst_dev == Device::CPU ? (src_dev == Device::CPU ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost)
-                                               : (src_dev == Device::CPU ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice);
-  CUDA_CHECK(cudaMemcpy(dst, src, bytes, kind));
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, copy_kind(dst_dev, src_dev)));
+}
+void device_copy_async(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes,
+                       const CudaStream& stream) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, copy_kind(dst_dev, src_dev), stream_of(stream)));
 }
 void device_memset_zero(void* dst, size_t bytes) { CUDA_CHECK(cudaMemset(dst, 0, bytes)); }
 void device_memset(void* dst, int byte, size_t bytes) { CUDA_CHECK(cudaMemset(dst, byte, bytes)); }
 
 #else
+namespace {
+[[noreturn]] void no_cuda(const char* what) { throw Error(str(what, ": this build has no CUDA support")); }
+}  // namespace
+
 bool cuda_available() { return false; }
+CudaMemoryStats cuda_memory_stats() { no_cuda("cuda_memory_stats"); }
+void cuda_reset_peak_memory() { no_cuda("cuda_reset_peak_memory"); }
+void cuda_empty_cache() { no_cuda("cuda_empty_cache"); }
+Allocator& pinned_host_allocator() { no_cuda("pinned host memory"); }
+CudaStream::CudaStream() { no_cuda("CudaStream"); }
+CudaStream::~CudaStream() = default;
+void CudaStream::synchronize() const { no_cuda("CudaStream"); }
+CudaEvent::CudaEvent() { no_cuda("CudaEvent"); }
+CudaEvent::~CudaEvent() = default;
+void CudaEvent::record(const CudaStream&) { no_cuda("CudaEvent"); }
+void CudaEvent::record_on_default_stream() { no_cuda("CudaEvent"); }
+void CudaEvent::wait_in(const CudaStream&) const { no_cuda("CudaEvent"); }
+void CudaEvent::synchronize() const { no_cuda("CudaEvent"); }
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
   NQ_CHECK(dst_dev == Device::CPU && src_dev == Device::CPU, "device cuda: this build has no CUDA support");
   memcpy(dst, src, bytes);
 }
-void device_memset_zero(void*, size_t) { throw Error("device cuda: this build has no CUDA support"); }
-void device_memset(void*, int, size_t) { throw Error("device cuda: this build has no CUDA support"); }
+void device_copy_async(void*, Device, const void*, Device, size_t, const CudaStream&) { no_cuda("device_copy_async"); }
+void device_memset_zero(void*, size_t) { no_cuda("device cuda"); }
+void device_memset(void*, int, size_t) { no_cuda("device cuda"); }
 #endif
+
+Tensor pinned_zeros(Shape shape, DType dtype, MemCategory cat) {
+  Allocator& alloc = pinned_host_allocator();
+  const size_t bytes = size_t(shape.numel()) * dtype_size(dtype);
+  void* p = alloc.allocate(bytes, cat);
+  memset(p, 0, bytes);
+  std::shared_ptr<void> owner(p, [&alloc, bytes, cat](void* q) { alloc.deallocate(q, bytes, cat); });
+  return Tensor::external(p, shape, dtype, Device::CPU, owner);
+}
 
 }  // namespace nq

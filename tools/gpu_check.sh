@@ -3,15 +3,30 @@
 #   1. detect the GPU (nvidia-smi) and its compute capability
 #   2. check the Debian build dependencies (installs carried .deb files from ./.debs if any)
 #   3. make -j16 for that architecture only (CUDA_ARCH=<cc>)
-#   4. build/cuda/test_all (every CUDA kernel against the CPU kernels)
+#   4. build/cuda/test_all (every CUDA kernel against the CPU kernels), then the CUDA
+#      tests again under compute-sanitizer memcheck (out-of-bounds / misaligned accesses)
 #   5. ./bench all at Qwen3-0.6B and Qwen3-8B shapes (CSV)
 #   6. tools/ref/bench_attention.py (PyTorch SDPA flash) beside ./bench attention, if torch imports
 #   7. a short summary table, printed last
 # Every step runs under `timeout`; the limits add up to 350 s, under 6 minutes.
 # Full logs go to $OUT when it is set (the device tool copies it back), else build/gpu_check/.
-# Usage (repository root):  tools/gpu_check.sh
+# Usage (repository root):  tools/gpu_check.sh          (the kernel checks above)
+#                           tools/gpu_check.sh train    (build + the GPU training section below:
+#                                                        steps T1-T3; limits add up to 345 s)
+#
+# The lent machine has no network. If its image lacks the Debian build packages
+# (the script says which headers are missing), download them here and carry them:
+#   echo /.debs/ >> .git/info/exclude; mkdir -p .debs; cd .debs; apt-get download \
+#     libopenblas-dev libopenblas0 libopenblas0-pthread libopenblas-pthread-dev libgfortran5 \
+#     doctest-dev nlohmann-json3-dev libutf8proc-dev libutf8proc2 libpcre2-dev libpcre2-8-0 \
+#     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3
+# (names as in Debian 12, this build machine; from a machine with the same release
+# as the GPU image, whose Python 3.12 suggests Ubuntu 24.04: names may differ), then run
+# with carry [".debs"]; step 2 installs them with dpkg -i.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-kernels}
+case "$MODE" in kernels|train) ;; *) echo "error: unknown mode '$MODE' (kernels or train)"; exit 1 ;; esac
 LOG=${OUT:-build/gpu_check}
 mkdir -p "$LOG"
 SUMMARY=()
@@ -34,15 +49,16 @@ step() {
 }
 
 # 1. GPU
-if ! nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader > "$LOG/gpu.txt" 2>&1; then
-  echo "error: nvidia-smi found no GPU"; cat "$LOG/gpu.txt"; exit 1
+# (at most 7 log files land in $LOG: the device tool brings back 8 files at most)
+if ! GPU_INFO=$(nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader 2>&1); then
+  echo "error: nvidia-smi found no GPU: $GPU_INFO"; exit 1
 fi
-GPU=$(head -1 "$LOG/gpu.txt")
-CC=$(head -1 "$LOG/gpu.txt" | cut -d, -f2 | tr -d ' .')
+GPU=$(echo "$GPU_INFO" | head -1)
+CC=$(echo "$GPU" | cut -d, -f2 | tr -d ' .')
 echo "GPU: $GPU  (building for sm_$CC)"
 
 # 2. build dependencies (no network on the lent machine: carried .debs only)
-if ls .debs/*.deb > /dev/null 2>&1; then dpkg -i .debs/*.deb > "$LOG/debs.log" 2>&1 || echo "warning: dpkg -i .debs failed (see debs.log)"; fi
+if ls .debs/*.deb > /dev/null 2>&1; then dpkg -i .debs/*.deb > /tmp/gpu_check_debs.log 2>&1 || echo "warning: dpkg -i .debs failed (see /tmp/gpu_check_debs.log)"; fi
 missing=""
 for h in cblas.h doctest/doctest.h nlohmann/json.hpp utf8proc.h pcre2.h; do
   found=$(find /usr/include /usr/local/include -path "*$h" 2>/dev/null | head -1)
@@ -54,18 +70,54 @@ if [ -n "$missing" ]; then
 fi
 
 # 3-4. build and test
-step build 140 make -j16 CUDA=1 CUDA_ARCH="$CC" all || { echo "build failed: see $LOG/build.log"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
-step test_all 60 ./build/cuda/test_all
+step build 125 make -j16 CUDA=1 CUDA_ARCH="$CC" all || { echo "build failed: see $LOG/build.log"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+if [ "$MODE" = kernels ]; then
+step test_all 45 ./build/cuda/test_all
+if command -v compute-sanitizer > /dev/null; then
+  step memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 1 ./build/cuda/test_all -tc="cuda*"
+else
+  echo "compute-sanitizer not on the PATH: skipping memcheck"
+fi
 
 # 5. kernel benchmarks at the two model shapes
 step bench_0.6b 45 ./bench all --shapes qwen3-0.6b --iters 10 --csv
-step bench_8b 75 ./bench all --shapes qwen3-8b --iters 10 --csv
+step bench_8b 65 ./bench all --shapes qwen3-8b --iters 10 --csv
 
 # 6. attention next to PyTorch's flash attention (same shape)
 if python3 -c "import torch; assert torch.cuda.is_available()" > /dev/null 2>&1; then
-  step attn_torch 30 python3 tools/ref/bench_attention.py --seq 4096 --heads 16 --kv-heads 8 --head-dim 128 --iters 10
+  step attn_torch 25 python3 tools/ref/bench_attention.py --seq 4096 --heads 16 --kv-heads 8 --head-dim 128 --iters 10
 else
   echo "torch with CUDA not importable: skipping tools/ref/bench_attention.py"
+fi
+fi
+
+# ======================================================================== GPU training
+# (section owned by the GPU-training work: optim/paged_adamw, model/device,
+# model/memory_plan, runtime/cuda_runtime; runs with `tools/gpu_check.sh train`)
+#   T1. tests/test_gpu_train.cpp on the GPU, -s: the memory plan table and the
+#       plan-vs-measured lines (asserted within 10%), paged AdamW bit-identity,
+#       QLoRA loss/LoRA gradients vs the CPU, allocator accounting
+#   T2. tools/ref/bench_qlora_gpu.py qwen3-0.6b: transformers + bitsandbytes + PEFT
+#       vs ./finetune --device cuda, tokens/s and peak GPU memory
+#   T3. the same, qwen3-8b, Python side only (our side needs a 16 GB checkpoint
+#       folder written and loaded first: run it by hand with --sides ours)
+# bitsandbytes is not installed on the lent machine: a wheel carried in .whl/
+# (python3 -m pip download ... bitsandbytes==0.50.2, see /work/.library/device/README.md)
+# is installed into /tmp/site for these steps.
+if [ "$MODE" = train ]; then
+  if ls .whl/bitsandbytes-*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl > "$LOG/whl.log" 2>&1 || echo "warning: installing .whl/ failed (see whl.log)"
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  step gpu_train_tests 60 ./build/cuda/test_all -tc="gpu train*" -s
+  if python3 -c "import torch, bitsandbytes, peft, transformers; assert torch.cuda.is_available()" > "$LOG/py_import.log" 2>&1; then
+    export PYTHONUNBUFFERED=1
+    step qlora_0.6b 110 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-0.6b --batch 4 --seq 512 --steps 3
+    step qlora_8b_py 50 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-8b --batch 4 --seq 512 --steps 2 --sides python
+  else
+    echo "torch/bitsandbytes/peft/transformers with CUDA not importable (see py_import.log): skipping bench_qlora_gpu.py"
+  fi
 fi
 
 # 7. summary
@@ -77,13 +129,18 @@ fi
     grep -E "^\[doctest\] (test cases|assertions)" "$LOG/test_all.log"
     grep -c "^skipped: no CUDA device" "$LOG/test_all.log" | sed 's/^/CUDA tests skipped: /'
   fi
+  for f in "$LOG/qlora_0.6b.log" "$LOG/qlora_8b_py.log"; do
+    [ -f "$f" ] && grep -A4 "^QLoRA step on the GPU" "$f"
+  done
+  [ -f "$LOG/gpu_train_tests.log" ] && grep -A7 "plan vs measured" "$LOG/gpu_train_tests.log"
   for preset in 0.6b 8b; do
     f="$LOG/bench_$preset.log"
     [ -f "$f" ] || continue
-    echo "-- ./bench all --shapes qwen3-$preset (ms, TFLOP/s, share of copy bandwidth / of cuBLASLt bf16 GEMM, check)"
+    echo "-- ./bench all --shapes qwen3-$preset (share of the copy bandwidth or of cuBLASLt's bf16 GEMM rate)"
     awk -F, 'NR > 1 && NF >= 8 {
       frac = ($6 > 0) ? sprintf("copy %5.1f%%", 100 * $6) : (($7 > 0) ? sprintf("gemm %5.1f%%", 100 * $7) : "-");
-      printf "%-14s %10.3f ms %8.2f TF/s  %-12s %s\n", $1, $3, $5, frac, $8 }' "$f"
+      shape = $2; gsub(/"/, "", shape);
+      printf "%-14s %-44.44s %9.3f ms %7.0f GB/s %7.1f TF/s  %-11s %s\n", $1, shape, $3, $4, $5, frac, $8 }' "$f"
   done
   if [ -f "$LOG/attn_torch.log" ] && [ -f "$LOG/bench_0.6b.log" ]; then
     ours_f=$(awk -F, '$1 == "attention" {print $3; exit}' "$LOG/bench_0.6b.log")

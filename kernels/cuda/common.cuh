@@ -30,10 +30,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 // Sum over a block of blockDim.x threads (a multiple of 32, at most 1024);
 // every thread gets the result. `scratch` is 32 floats of shared memory.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
@@ -44,16 +40,6 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   v = lane < n_warps ? scratch[lane] : 0.0f;
   return warp_sum(v);
-}
-
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < n_warps ? scratch[lane] : -INFINITY;
-  return warp_max(v);
 }
 
 // Blocks for a grid-stride loop over n items (capped; the loop covers the rest).

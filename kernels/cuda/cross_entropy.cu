@@ -3,15 +3,16 @@
 // h [N, D], w [V, D] (both f32 or both bf16), labels [N] i32 (-100 = ignored).
 // For each chunk of R = chunk_rows rows:
 //   1. logits [R, V] f32 = h_c w^T                     (cuBLASLt, fp32 accumulate)
-//   2. one block per row: lse = log sum_j exp(logit_j) (max-subtracted, f32);
+//   2. one block per row: lse = log sum_j exp(logit_j) in one pass with a
+//      running max (pairs (m, s) merged as m = max, s = s1 e^(m1-m) + s2 e^(m2-m), f32);
 //      row loss = lse - logit[label]; when gradients are wanted the block also
 //      writes dlogits [R, V] = (softmax - onehot(label)) / count in h's dtype
 //      (zero for ignored rows)
 //   3. grad_h_c = dlogits w          [R, V] x [V, D]   (cuBLASLt)
 //      grad_w  += dlogits^T h_c      [V, R] x [R, D]   (cuBLASLt, beta = 1)
 // loss = sum of row losses / count, added on the host in double.
-// Launch (step 2): R blocks of 512 threads; each row is read three times
-// (max, sum of exp, gradient), the later reads mostly from L2.
+// Launch (step 2): R blocks of 512 threads; each row is read twice
+// (max and sum of exp together, then the gradient).
 //   ./bench cross_entropy --tokens 4096 --hidden 1024 --vocab 151936 --chunk 1024
 #include <vector>
 
@@ -23,23 +24,52 @@ namespace nq::kernels::cuda {
 
 constexpr int32_t kIgnoreIndex = -100;
 
+// Running (max, sum of exp(z - max)) pairs, merged: the softmax denominator in one pass.
+struct MaxSum {
+  float m, s;
+};
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  float m = fmaxf(a.m, b.m);
+  if (m == -INFINITY) return {m, 0.0f};
+  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+// Merged over the block (called once per kernel: scratch is not reused); every thread gets it.
+__device__ __forceinline__ MaxSum block_max_sum(MaxSum v, MaxSum* scratch) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1)
+    v = merge(v, {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? scratch[lane] : MaxSum{-INFINITY, 0.0f};
+  for (int o = 16; o > 0; o >>= 1)
+    v = merge(v, {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+  return v;
+}
+
 template <typename T>
 __global__ void softmax_ce_kernel(float* row_loss, T* dlogits, const float* logits, const int32_t* labels, int64_t V,
                                   float inv_count) {
-  __shared__ float scratch[32];
+  __shared__ MaxSum scratch[32];
   int64_t r = blockIdx.x;
   const float* row = logits + r * V;
-  float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, row[j]);
-  m = block_max(m, scratch);
-  float s = 0.0f;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += expf(row[j] - m);
-  s = block_sum(s, scratch);
-  float lse = m + logf(s);
+  // pass 1: online max and sum of exp; a new max rescales the sum (one exp per logit)
+  MaxSum acc{-INFINITY, 0.0f};
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    float z = row[j];
+    if (z > acc.m) {
+      acc.s = acc.s * expf(acc.m - z) + 1.0f;
+      acc.m = z;
+    } else {
+      acc.s += expf(z - acc.m);
+    }
+  }
+  acc = block_max_sum(acc, scratch);
+  float lse = acc.m + logf(acc.s);
   int32_t label = labels[r];
   bool counted = label != kIgnoreIndex;
   if (threadIdx.x == 0) row_loss[r] = counted ? lse - row[label] : 0.0f;
   if (!dlogits) return;
+  // pass 2: the gradient (softmax - onehot) / count
   T* drow = dlogits + r * V;
   float scale = counted ? inv_count : 0.0f;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x)

@@ -4,7 +4,7 @@
 // (they dequantize tile by tile); it serves tests, merging LoRA into the base,
 // and as the memory-bound baseline in ./bench.
 // Launch: one thread per element, grid-stride, 256 threads per block.
-//   ./bench nf4_dequantize --m 4096 --k 4096    (out, in)
+//   ./bench nf4_dequantize --n 4096 --k 4096    (out, in)
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/nf4.cuh"
 #include "kernels/cuda/ops.h"

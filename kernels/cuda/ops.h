@@ -1,8 +1,9 @@
 // CUDA implementations of kernels/kernels.h, same signatures, in namespace
 // nq::kernels::cuda. kernels/dispatch.cpp checks the arguments once and calls
-// these for CUDA tensors (bf16 activations, f32 statistics/parameters as
-// documented per function in kernels/kernels.h); they assume checked input.
-// Each function is implemented in the kernels/cuda/*.cu file of its op.
+// these for CUDA tensors; they assume checked input (and re-check only what
+// the dispatch cannot: ids/labels on the device, the dtypes below). Each
+// function is implemented in the kernels/cuda/*.cu file of its op. The GPU-only
+// functions at the end (NF4, LoRA, optimizer) are called directly.
 //
 // Dtypes on the GPU. "T" below is f32 or bf16 (activations are bf16 in
 // training; f32 works everywhere too, for tests and LoRA master weights). All
@@ -23,6 +24,10 @@
 
 #include "kernels/cuda/nf4.h"
 #include "runtime/tensor.h"
+
+namespace nq {
+struct Nf4Tensor;  // quant/nf4.h
+}
 
 namespace nq::kernels::cuda {
 
@@ -87,6 +92,13 @@ Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset)
 Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t offset);
 
 // ---- NF4 weights (layout: kernels/cuda/nf4.h; not in kernels.h) ------------
+// An Nf4Tensor (quant/nf4.h) copied to the GPU as is; `view` is what the kernels read
+// and stays valid while this object lives.
+struct Nf4DeviceTensor {
+  Tensor packed, absmax, nested_absmax, nested_code;
+  Nf4Weight view;
+};
+Nf4DeviceTensor nf4_to_device(const Nf4Tensor& q);
 // W [out, in] dequantized to `dtype` (f32: bit-identical to bitsandbytes' dequantize_4bit).
 Tensor nf4_dequantize(const Nf4Weight& w, DType dtype);
 // y [..., out] = x [..., in] W^T and dx [..., in] = dy [..., out] W, W dequantized

@@ -77,7 +77,7 @@ struct Input {
   bool activation = true;
 };
 struct Cost {
-  double bytes = 0, flops = 0;  // at the GPU dtype (bf16 = 2 bytes per activation)
+  double bytes = 0, flops = 0;  // activations counted at kAct bytes
   int64_t gemm_m = 0, gemm_n = 0, gemm_k = 0, gemm_batch = 0;  // matmul-like: GEMM to compare with
 };
 struct Kernel {
@@ -89,7 +89,7 @@ struct Kernel {
   std::function<Cost(const Shapes&)> cost;
 };
 
-constexpr double kAct = 2.0;  // bytes per bf16 activation element
+double kAct = 2.0;  // bytes per activation element: 2 (bf16) on the GPU, 4 (f32) on the CPU; set in main
 
 std::vector<Kernel> make_kernels() {
   std::vector<Kernel> ks;
@@ -304,8 +304,8 @@ struct Timer {
       CUDA_CHECK(cudaEventSynchronize(stop));
       float ms = 0;
       CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
+      CUDA_CHECK(cudaEventDestroy(start));
+      CUDA_CHECK(cudaEventDestroy(stop));
       return ms * 1e-3;
     }
 #endif
@@ -388,9 +388,10 @@ struct Row {
 };
 
 std::string shape_desc(const Kernel& kern, const Shapes& s) {
-  std::string o = kern.options, d;
-  auto add = [&](const char* opt, int64_t v) { if (o.find(opt) != std::string::npos) d += str(opt + 2, "=", v, " "); };
-  add("--n", o.find("--k") != std::string::npos ? s.gn : s.n);  // GEMM-like: the output width
+  std::string o = std::string(" ") + kern.options + " ", d;
+  auto reads = [&](const char* opt) { return o.find(str(" ", opt, " ")) != std::string::npos; };
+  auto add = [&](const char* opt, int64_t v) { if (reads(opt)) d += str(opt + 2, "=", v, " "); };
+  add("--n", reads("--k") ? s.gn : s.n);  // GEMM-like: the output width
   add("--m", s.m); add("--k", s.gk); add("--tokens", s.rows()); add("--batch", s.batch); add("--seq", s.seq);
   add("--hidden", s.hidden); add("--vocab", s.vocab); add("--heads", s.heads); add("--kv-heads", s.kv_heads);
   add("--head-dim", s.head_dim); add("--chunk", s.chunk);
@@ -535,14 +536,15 @@ int main(int argc, char** argv) {
       NQ_CHECK(dev == Device::CPU || cuda_available(), "--device cuda: no CUDA device is available");
     }
     if (!iters) iters = dev == Device::CUDA ? 20 : 5;
+    kAct = dev == Device::CUDA ? 2.0 : 4.0;
     double copy_bw = dev == Device::CUDA ? copy_bandwidth() : 0;
     if (dev == Device::CUDA && !csv) std::printf("device copy bandwidth (cudaMemcpy D2D, 1 GiB): %.1f GB/s\n", copy_bw * 1e-9);
     if (csv) std::printf("kernel,shape,ms,GB/s,TFLOP/s,frac_copy,frac_gemm,check\n");
 
-    auto find = [&](const std::string& name) -> const Kernel& {
+    auto lookup = [&](const std::string& name) -> const Kernel* {
       for (const Kernel& kern : kernels_list)
-        if (name == kern.name) return kern;
-      throw Error(str("unknown kernel '", name, "' (./bench list shows them)"));
+        if (name == kern.name) return &kern;
+      return nullptr;
     };
     bool failed = false;
     auto run = [&](const Kernel& kern, const Shapes& shapes) {
@@ -558,11 +560,16 @@ int main(int argc, char** argv) {
         if (preset_name == q.name) p = &q;
       NQ_CHECK(p, "--shapes: unknown preset '", preset_name, "' (small, qwen3-0.6b, qwen3-8b)");
       if (!csv) std::printf("shapes %s on %s, median of %d runs\n", p->name, device_name(dev), iters);
-      for (auto& [name, shapes] : preset_runs(*p))
-        if (dev == Device::CUDA || find(name).has_cpu) run(find(name), shapes);
+      for (auto& [name, shapes] : preset_runs(*p)) {
+        const Kernel* kern = lookup(name);  // GPU-only kernels are absent from a CPU-only build
+        if (kern && (dev == Device::CUDA || kern->has_cpu)) run(*kern, shapes);
+      }
     } else {
       NQ_CHECK(preset_name.empty(), "--shapes applies to `./bench all` only");
-      run(find(args[0]), s);
+      const Kernel* kern = lookup(args[0]);
+      NQ_CHECK(kern, "unknown kernel '", args[0], "' (./bench list shows them)");
+      NQ_CHECK(dev == Device::CUDA || kern->has_cpu, args[0], " has no CPU kernel: use --device cuda");
+      run(*kern, s);
     }
     return failed ? 1 : 0;
   } catch (const Error& e) {

@@ -1,0 +1,69 @@
+// to_device: every weight of a Decoder moved to a device in the dtype of the
+// table in model/device.h.
+#include "model/device.h"
+
+
+namespace nq {
+namespace {
+
+// t on `device` as `dtype` (f32 on the CPU), counted under `cat`.
+Tensor moved(const Tensor& t, Device device, DType dtype, MemCategory cat) {
+  if (!t.defined()) return t;
+  const DType want = device == Device::CPU ? DType::F32 : dtype;
+  if (t.device() == device && t.dtype() == want) return t;
+  Tensor host = t.to(Device::CPU);  // convert on the host: the CPU knows every dtype
+  if (host.dtype() != want) host = host.to_dtype(want);
+  Tensor out = Tensor::empty(t.shape(), want, device, cat);
+  out.copy_from(host);
+  return out;
+}
+
+void move_var(const Var& v, Device device, DType dtype, MemCategory cat) {
+  if (!v.defined()) return;
+  Var handle = v;  // shares the impl: the model's Var sees the new value
+  handle.set_value(moved(v.value(), device, dtype, cat));
+  handle.zero_grad();
+}
+
+// Raw bytes as they are (NF4 codes, absmax statistics).
+Tensor moved_raw(const Tensor& t, Device device) {
+  if (!t.defined() || t.device() == device) return t;
+  Tensor out = Tensor::empty(t.shape(), t.dtype(), device, MemCategory::Weights);
+  out.copy_from(t);
+  return out;
+}
+
+void move_linear(Linear& l, Device device) {
+  move_var(l.bias(), device, DType::BF16, MemCategory::Weights);
+  if (l.is_nf4()) {
+    auto q = std::make_shared<Nf4Tensor>(*l.nf4());
+    q->packed = moved_raw(q->packed, device);
+    q->absmax = moved_raw(q->absmax, device);
+    q->nested_absmax = moved_raw(q->nested_absmax, device);
+    q->nested_code = moved_raw(q->nested_code, device);
+    l.set_nf4(q);  // re-bases an attached adapter on the moved weight
+  } else {
+    move_var(l.weight(), device, DType::BF16, MemCategory::Weights);
+    if (l.has_lora()) l.lora().dense_base = l.weight().value();
+  }
+  if (l.has_lora()) {
+    move_var(l.lora().A, device, DType::F32, MemCategory::LoRA);
+    move_var(l.lora().B, device, DType::F32, MemCategory::LoRA);
+  }
+}
+
+}  // namespace
+
+void to_device(Decoder& model, Device device) {
+  move_var(model.embed_tokens_, device, DType::BF16, MemCategory::Weights);
+  if (!model.config_.tie_word_embeddings) move_var(model.lm_head_, device, DType::BF16, MemCategory::Weights);
+  move_var(model.norm_, device, DType::F32, MemCategory::Weights);
+  for (DecoderLayer& L : model.layers_) {
+    for (const Var* norm : {&L.input_norm, &L.post_attention_norm, &L.q_norm, &L.k_norm})
+      move_var(*norm, device, DType::F32, MemCategory::Weights);
+    for (Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      move_linear(*l, device);
+  }
+}
+
+}  // namespace nq

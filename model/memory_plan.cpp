@@ -1,0 +1,98 @@
+// The memory plan's formula (see memory_plan.h) and its printing.
+#include "model/memory_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "quant/nf4_linear.h"
+
+namespace nq {
+
+size_t MemoryPlan::total() const {
+  size_t t = 0;
+  for (size_t b : bytes) t += b;
+  return t;
+}
+
+std::string MemoryPlan::table() const {
+  std::string s = "memory plan (predicted peak):\n";
+  for (size_t i = 0; i < bytes.size(); ++i) s += str("  ", mem_category_name(MemCategory(i)), " ", format_bytes(bytes[i]), "\n");
+  s += str("    activations = saved layer inputs ", format_bytes(saved_layer_inputs), " + recomputed layer ",
+           format_bytes(recomputed_layer), " + its backward ", format_bytes(layer_backward), " + top ",
+           format_bytes(top), " + lora grads ", format_bytes(lora_grads), "\n");
+  s += str("  total ", format_bytes(total()));
+  return s;
+}
+
+std::string MemoryPlan::compare(const MemStats& measured) const {
+  std::string s = "memory: plan vs measured peak:\n";
+  auto line = [&](const char* name, size_t plan, size_t got) {
+    char ratio[32];
+    snprintf(ratio, sizeof ratio, "%.2f", plan ? double(got) / double(plan) : 0.0);
+    s += str("  ", name, " ", format_bytes(plan), " vs ", format_bytes(got), " (x", ratio, ")\n");
+  };
+  for (size_t i = 0; i < bytes.size(); ++i) line(mem_category_name(MemCategory(i)), bytes[i], measured.peak[i]);
+  line("total", total(), measured.peak_total);
+  s.pop_back();
+  return s;
+}
+
+MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
+  NQ_CHECK(shape.batch > 0 && shape.seq > 0 && shape.ce_chunk_rows > 0, "memory plan: batch, seq and ce_chunk_rows ",
+           "must be positive, got ", shape.batch, ", ", shape.seq, ", ", shape.ce_chunk_rows);
+  const ModelConfig& c = model.config();
+  const Device device = model.lm_head().value().device();
+  const bool gpu = device == Device::CUDA;
+  MemoryPlan plan;
+  auto& bytes = plan.bytes;
+
+  // Weights and adapters: the actual tensors.
+  size_t weights = 0, lora = 0;
+  int64_t rank = 0, adapters = 0;
+  for (const Var& p : model.parameters()) weights += p.value().nbytes();
+  for (Linear* l : model.linears()) {
+    if (l->is_nf4()) {
+      const Nf4Tensor& q = *l->nf4();
+      for (const Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code})
+        if (t->defined()) weights += t->nbytes();
+    }
+    if (l->has_lora()) {
+      lora += l->lora().A.value().nbytes() + l->lora().B.value().nbytes();
+      rank = l->lora().A.shape()[0];
+      ++adapters;
+    }
+  }
+  bytes[size_t(MemCategory::Weights)] = weights;
+  bytes[size_t(MemCategory::LoRA)] = lora;
+  bytes[size_t(MemCategory::Optimizer)] = gpu && shape.paged_optimizer ? shape.optimizer_pool_bytes : 2 * lora;
+
+  // Activations.
+  const size_t a = gpu ? 2 : 4, f32 = 4;
+  const size_t N = size_t(shape.batch * shape.seq), L = size_t(c.num_layers), D = size_t(c.hidden_size),
+               F = size_t(c.intermediate_size), Hq = size_t(c.num_heads), Hkv = size_t(c.num_kv_heads),
+               Dh = size_t(c.head_dim), r = size_t(rank), V = size_t(c.vocab_size);
+  const size_t lora_per_layer = L ? size_t(adapters) / L : 0;  // adapted projections per layer (7 = all-linear)
+  const size_t layer_outputs =
+      N * (a * (5 * D + 4 * Hq * Dh + 4 * Hkv * Dh + 3 * F + lora_per_layer * r) + f32 * (2 * Hq + Hkv + 3));
+  if (model.options().checkpointing) {  // saved inputs + one layer recomputed at a time
+    plan.saved_layer_inputs = L * N * D * a;
+    plan.recomputed_layer = layer_outputs;
+  } else {  // every layer keeps its op outputs until its backward
+    plan.recomputed_layer = L * layer_outputs;
+  }
+  plan.layer_backward = N * a * (2 * D + 3 * F);
+  plan.top = 3 * N * D * a;
+  plan.lora_grads = lora;
+  bytes[size_t(MemCategory::Activations)] =
+      plan.saved_layer_inputs + plan.recomputed_layer + plan.layer_backward + plan.top + plan.lora_grads;
+
+  // Workspace: the loss's chunk of logits (f32), and on the GPU its bf16 gradient and per-row losses.
+  // The CPU's NF4 GEMM dequantizes tiles of kNf4DefaultTileRows rows (never while the loss runs).
+  const size_t R = std::min(size_t(shape.ce_chunk_rows), N);
+  const size_t loss_chunk = R * V * f32 + (gpu ? R * V * a + N * f32 : 0);
+  const size_t nf4_tile = gpu ? 0 : size_t(kNf4DefaultTileRows) * std::max(D, F) * f32;
+  bytes[size_t(MemCategory::Workspace)] = std::max(loss_chunk, nf4_tile);
+  return plan;
+}
+
+}  // namespace nq

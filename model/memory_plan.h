@@ -1,0 +1,53 @@
+// The memory plan: predicted peak memory per MemCategory of one QLoRA training
+// step, printed before step 1 and compared with the allocator's measured peaks
+// after the first steps (docs/gpu_training.md derives each term).
+//
+// N = B*T tokens, a = bytes per activation element (2 for bf16 on the GPU, 4 on
+// the CPU), L layers, D hidden, F MLP width, Hq/Hkv heads, Dh head_dim, r LoRA rank.
+//   weights      the model's tensors as they are (NF4 codes + statistics,
+//                bf16 or f32 embeddings and norms): summed, exact
+//   lora         A and B of every adapter, f32: summed, exact
+//   optimizer    paged: the GPU page pool; unpaged / CPU AdamW: m and v (2 x lora)
+//   activations  saved layer inputs   L * N * D * a         (per-layer checkpointing)
+//              + one recomputed layer: every op output of the layer, alive until
+//                its backward:  N * (a * (5D + 4 Hq Dh + 4 Hkv Dh + 3F + k r) + 4 * (2 Hq + Hkv + 3)),
+//                k adapted projections per layer (without checkpointing: L such layers, no saved inputs)
+//              + its backward's gradients in flight:  N * a * (2D + 3F)
+//              + the top: final norm output, its gradient, the loss's dh: 3 N D a
+//              + LoRA gradients (kernels allocate them as activations): 1 x lora
+//   workspace    the loss's logits chunk: R * V * 4 (+ R * V * a + 4 N on the GPU), R = min(chunk, N);
+//                on the CPU at least one NF4 dequantization tile (128 rows of max(D, F) f32)
+// The categories match what the allocator measures (runtime/allocator.h), so
+// compare() can set the plan beside the measured peaks line by line.
+#pragma once
+#include <array>
+#include <string>
+
+#include "model/decoder.h"
+#include "runtime/allocator.h"
+
+namespace nq {
+
+struct TrainShape {
+  int64_t batch = 1, seq = 512;   // B, T
+  int64_t ce_chunk_rows = 1024;   // DecoderOptions::ce_chunk_rows
+  bool paged_optimizer = true;    // GPU only: states in host memory
+  size_t optimizer_pool_bytes = size_t(32) << 20;  // PagedAdamWOptions::pool_bytes()
+};
+
+struct MemoryPlan {
+  std::array<size_t, size_t(MemCategory::Count)> bytes{};  // predicted peak per category
+  // The pieces of the activations term (for the table and the tests).
+  size_t saved_layer_inputs = 0, recomputed_layer = 0, layer_backward = 0, top = 0, lora_grads = 0;
+
+  size_t total() const;
+  size_t operator[](MemCategory c) const { return bytes[size_t(c)]; }
+  std::string table() const;                        // multi-line, printed before step 1
+  std::string compare(const MemStats& measured) const;  // plan vs measured peaks, per category and total
+};
+
+// The plan for `model` as it is now (after to_device and attach_adapters: the
+// weights and adapters are summed from their actual tensors) on its device.
+MemoryPlan plan_memory(Decoder& model, const TrainShape& shape);
+
+}  // namespace nq

@@ -1,0 +1,210 @@
+// Paged AdamW: states in pinned host memory, streamed through a GPU page pool
+// (see paged_adamw.h for the pipeline). The per-tensor scalars are
+// adamw_scalars() and the per-element update adamw_update_element(), shared
+// with the CPU AdamW.
+#include "optim/paged_adamw.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "runtime/cuda_runtime.h"
+#ifdef NQ_CUDA
+#include "kernels/cuda/adamw_span.h"
+#include "kernels/cuda/ops.h"
+#endif
+
+namespace nq {
+
+#ifdef NQ_CUDA
+// The GPU side of the pipeline: n_pages slots of m and v, and three streams.
+struct PagedAdamW::Pipeline {
+  int64_t page_elems;
+  std::vector<Tensor> slot_m, slot_v;  // [page_elems] f32 on the GPU each, Optimizer category
+  CudaStream upload, compute, download;
+  std::vector<std::unique_ptr<CudaEvent>> uploaded, computed, downloaded;  // one per slot
+  std::vector<bool> slot_used;  // downloaded[s] has been recorded at least once
+
+  Pipeline(int64_t elems, int n_pages) : page_elems(elems), slot_used(size_t(n_pages), false) {
+    for (int s = 0; s < n_pages; ++s) {
+      slot_m.push_back(Tensor::empty({elems}, DType::F32, Device::CUDA, MemCategory::Optimizer));
+      slot_v.push_back(Tensor::empty({elems}, DType::F32, Device::CUDA, MemCategory::Optimizer));
+      uploaded.push_back(std::make_unique<CudaEvent>());
+      computed.push_back(std::make_unique<CudaEvent>());
+      downloaded.push_back(std::make_unique<CudaEvent>());
+    }
+  }
+};
+#else
+struct PagedAdamW::Pipeline {};
+#endif
+
+PagedAdamW::PagedAdamW(std::vector<Var> params, AdamWConfig cfg, PagedAdamWOptions options)
+    : params_(std::move(params)), cfg_(cfg), options_(options) {
+  NQ_CHECK(cfg.beta1 >= 0.0 && cfg.beta1 < 1.0 && cfg.beta2 >= 0.0 && cfg.beta2 < 1.0,
+           "PagedAdamW: betas must be in [0, 1), got (", cfg.beta1, ", ", cfg.beta2, ")");
+  NQ_CHECK(cfg.eps >= 0.0 && cfg.weight_decay >= 0.0, "PagedAdamW: eps and weight_decay must be >= 0, got ",
+           cfg.eps, ", ", cfg.weight_decay);
+  NQ_CHECK(options_.n_pages >= 2, "PagedAdamW: the pool needs at least 2 pages to overlap copies, got ",
+           options_.n_pages);
+  NQ_CHECK(options_.page_bytes >= 4096 && options_.page_bytes % 8 == 0,
+           "PagedAdamW: page_bytes must be a multiple of 8 and >= 4096, got ", options_.page_bytes);
+  std::set<std::string> seen;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Var& p = params_[i];
+    NQ_CHECK(p.defined(), "PagedAdamW: parameter ", i, " is undefined");
+    std::string name = p.name().empty() ? str("param.", i) : p.name();
+    NQ_CHECK(p.value().dtype() == DType::F32 && p.value().device() == Device::CUDA, "PagedAdamW: parameter ", name,
+             " is ", p.value().desc(),
+             "; the paged optimizer needs f32 cuda master weights (use AdamW, optim/adamw.h, on the cpu)");
+    NQ_CHECK(seen.insert(name).second, "PagedAdamW: two parameters are named ", name);
+    const Shape& shape = p.shape();
+    Tensor m = options_.paged ? pinned_zeros(shape, DType::F32, MemCategory::Optimizer)
+                              : Tensor::zeros(shape, DType::F32, Device::CUDA, MemCategory::Optimizer);
+    Tensor v = options_.paged ? pinned_zeros(shape, DType::F32, MemCategory::Optimizer)
+                              : Tensor::zeros(shape, DType::F32, Device::CUDA, MemCategory::Optimizer);
+    state_.push_back({name, m, v, 0});
+  }
+#ifdef NQ_CUDA
+  if (options_.paged) pipeline_ = std::make_unique<Pipeline>(options_.page_bytes / 8, options_.n_pages);
+#endif
+}
+
+PagedAdamW::~PagedAdamW() = default;
+
+void PagedAdamW::step(double lr, float grad_scale) {
+  NQ_CHECK(std::isfinite(lr) && lr >= 0.0, "PagedAdamW: learning rate must be finite and >= 0, got ", lr);
+  std::vector<size_t> todo;
+  std::vector<AdamWScalars> scalars;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Var& p = params_[i];
+    const Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    NQ_CHECK(g.shape() == p.shape() && g.dtype() == DType::F32 && g.device() == Device::CUDA,
+             "PagedAdamW: gradient of ", state_[i].name, " is ", g.desc(), ", parameter is ", p.value().desc());
+    state_[i].step += 1;
+    todo.push_back(i);
+    scalars.push_back(adamw_scalars(cfg_, lr, state_[i].step));
+  }
+#ifdef NQ_CUDA
+  if (options_.paged) {
+    step_paged(todo, scalars, grad_scale);
+    return;
+  }
+  for (size_t k = 0; k < todo.size(); ++k) {  // unpaged: whole tensors, states on the GPU
+    ParamState& st = state_[todo[k]];
+    const Var& p = params_[todo[k]];
+    kernels::cuda::adamw_update_span(p.value().data<float>(), p.grad().data<float>(), st.exp_avg.data<float>(),
+                                     st.exp_avg_sq.data<float>(), p.value().numel(), scalars[k], grad_scale, nullptr);
+  }
+#endif
+}
+
+void PagedAdamW::step_paged(const std::vector<size_t>& todo, const std::vector<AdamWScalars>& scalars,
+                            float grad_scale) {
+#ifdef NQ_CUDA
+  Pipeline& pl = *pipeline_;
+  const int n_slots = int(pl.slot_m.size());
+  // The gradients were written by kernels on the default stream: the compute stream waits for them.
+  CudaEvent grads_ready;
+  grads_ready.record_on_default_stream();
+  grads_ready.wait_in(pl.compute);
+  int64_t page = 0;
+  for (size_t k = 0; k < todo.size(); ++k) {
+    const ParamState& st = state_[todo[k]];
+    const Var& p = params_[todo[k]];
+    const int64_t n = p.value().numel();
+    for (int64_t begin = 0; begin < n; begin += pl.page_elems, ++page) {
+      const int s = int(page % n_slots);
+      const int64_t count = std::min(pl.page_elems, n - begin);
+      const size_t bytes = size_t(count) * sizeof(float);
+      float* host_m = st.exp_avg.data<float>() + begin;
+      float* host_v = st.exp_avg_sq.data<float>() + begin;
+      float* dev_m = pl.slot_m[s].data<float>();
+      float* dev_v = pl.slot_v[s].data<float>();
+      // upload: once the slot's previous page is back on the host
+      if (pl.slot_used[s]) pl.downloaded[s]->wait_in(pl.upload);
+      device_copy_async(dev_m, Device::CUDA, host_m, Device::CPU, bytes, pl.upload);
+      device_copy_async(dev_v, Device::CUDA, host_v, Device::CPU, bytes, pl.upload);
+      pl.uploaded[s]->record(pl.upload);
+      // compute: once the page is on the GPU
+      pl.uploaded[s]->wait_in(pl.compute);
+      kernels::cuda::adamw_update_span(p.value().data<float>() + begin, p.grad().data<float>() + begin, dev_m,
+                                       dev_v, count, scalars[k], grad_scale, pl.compute.handle());
+      pl.computed[s]->record(pl.compute);
+      // download: once the update is done
+      pl.computed[s]->wait_in(pl.download);
+      device_copy_async(host_m, Device::CPU, dev_m, Device::CUDA, bytes, pl.download);
+      device_copy_async(host_v, Device::CPU, dev_v, Device::CUDA, bytes, pl.download);
+      pl.downloaded[s]->record(pl.download);
+      pl.slot_used[s] = true;
+    }
+  }
+  // The parameters are read next by kernels on the default stream, and the host
+  // states by state_dict(): wait for both streams.
+  pl.compute.synchronize();
+  pl.download.synchronize();
+#endif
+}
+
+double PagedAdamW::grad_global_norm() const {
+  std::vector<Tensor> grads;
+  for (const Var& p : params_)
+    if (p.grad().defined()) grads.push_back(p.grad());
+#ifdef NQ_CUDA
+  return kernels::cuda::global_grad_norm(grads);
+#else
+  return 0.0;  // unreachable: no CUDA parameters exist in a CPU build
+#endif
+}
+
+float PagedAdamW::clip_scale(double norm, float max_norm) {
+  NQ_CHECK(max_norm > 0.0f && std::isfinite(max_norm), "clip: max_norm must be > 0, got ", max_norm);
+  const float coef = max_norm / (float(norm) + 1e-6f);
+  return coef < 1.0f ? coef : 1.0f;
+}
+
+void PagedAdamW::zero_grad() {
+  for (Var& p : params_) p.zero_grad();
+}
+
+std::map<std::string, Tensor> PagedAdamW::state_dict() const {
+  auto host_copy = [](const Tensor& t) {  // pageable host memory, counted as optimizer state
+    Tensor h = Tensor::empty(t.shape(), DType::F32, Device::CPU, MemCategory::Optimizer);
+    h.copy_from(t);
+    return h;
+  };
+  std::map<std::string, Tensor> out;
+  for (const ParamState& st : state_) {
+    out[st.name + ".exp_avg"] = host_copy(st.exp_avg);
+    out[st.name + ".exp_avg_sq"] = host_copy(st.exp_avg_sq);
+    Tensor step = Tensor::empty({1}, DType::I64);
+    step.data<int64_t>()[0] = st.step;
+    out[st.name + ".step"] = step;
+  }
+  return out;
+}
+
+void PagedAdamW::load_state_dict(const std::map<std::string, Tensor>& state) {
+  auto find = [&](const std::string& key, const Shape& shape, DType dtype) -> const Tensor& {
+    auto it = state.find(key);
+    NQ_CHECK(it != state.end(), "PagedAdamW::load_state_dict: missing ", key);
+    NQ_CHECK(it->second.shape() == shape && it->second.dtype() == dtype, "PagedAdamW::load_state_dict: ", key,
+             " is ", it->second.desc(), ", expected ", dtype_name(dtype), shape.str());
+    return it->second;
+  };
+  for (size_t i = 0; i < state_.size(); ++i) {  // validate everything before changing anything
+    const Shape& shape = params_[i].shape();
+    find(state_[i].name + ".exp_avg", shape, DType::F32);
+    find(state_[i].name + ".exp_avg_sq", shape, DType::F32);
+    NQ_CHECK(find(state_[i].name + ".step", Shape{1}, DType::I64).data<int64_t>()[0] >= 0,
+             "PagedAdamW::load_state_dict: ", state_[i].name, ".step is negative");
+  }
+  for (ParamState& st : state_) {
+    st.exp_avg.copy_from(state.at(st.name + ".exp_avg"));
+    st.exp_avg_sq.copy_from(state.at(st.name + ".exp_avg_sq"));
+    st.step = state.at(st.name + ".step").data<int64_t>()[0];
+  }
+}
+
+}  // namespace nq
