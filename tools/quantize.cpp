@@ -1,6 +1,6 @@
 // ./quantize: a Hugging Face model directory -> a bitsandbytes NF4 4-bit checkpoint
 // (model/bnb_checkpoint.h) that transformers loads with from_pretrained and that
-// ./train, ./generate and ./merge read directly. Every decoder projection becomes
+// load_hf_decoder (./merge) reads without a dense copy. Every decoder projection becomes
 // NF4 (double-quantized by default); embeddings, norms and lm_head keep the model's dtype.
 #include <cstdio>
 #include <string>
