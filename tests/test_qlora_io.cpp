@@ -173,11 +173,11 @@ TEST_CASE("bnb checkpoint: other quantization configs and broken 4-bit tensors a
   // a 4-bit weight whose quant_state names another shape
   broken = tensors;
   broken["model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4"] =
-      tensors.at("model.layers.0.mlp.down_proj.weight.quant_state.bitsandbytes__nf4");
+      tensors.at("model.layers.0.self_attn.k_proj.weight.quant_state.bitsandbytes__nf4");
   save_tensors(tmp / "m/model.safetensors", broken);
   CHECK_THROWS_WITH_AS(load_hf_decoder(tmp / "m"),
                        (tmp / "m/model.safetensors: nf4 state dict: tensor 'model.layers.0.self_attn.q_proj.weight' "
-                                "is u8[4096, 1] cpu, expected 3072 bytes for shape [64, 96]").c_str(),
+                                "is u8[4096, 1] cpu, expected 2048 bytes for shape [64, 64]").c_str(),
                        Error);
   // a stray tensor
   broken = tensors;
@@ -214,7 +214,7 @@ TEST_CASE("decoder with NF4 projections: each must be a projection of its shape"
   bad = nf4;
   bad.erase("model.layers.1.mlp.down_proj.weight");  // neither NF4 nor dense
   CHECK_THROWS_WITH_AS(Decoder(config, weights, {}, bad),
-                       "decoder: missing tensor model.layers.1.mlp.down_proj.weight (expected [64, 96])", Error);
+                       "decoder: missing tensor model.layers.1.mlp.down_proj.weight (expected [64, 128])", Error);
 }
 
 TEST_CASE("quantize: the written checkpoint equals transformers' 4-bit save, byte for byte") {
@@ -238,7 +238,7 @@ TEST_CASE("quantize: the written checkpoint equals transformers' 4-bit save, byt
   CHECK(fs::exists(tmp / "q/generation_config.json"));
   // the report: 4 bits + one u8 absmax per 64 + f32 nested absmax per 256 blocks (+ offset)
   const ModelConfig c = ModelConfig::from_file(kDense + "/config.json");
-  const int64_t per_layer = 2 * 64 * 128 + 2 * 64 * 64 + 3 * 64 * 96;  // q,o [128,64]/[64,128]; k,v [64,64]; mlp
+  const int64_t per_layer = 2 * 64 * 128 + 2 * 64 * 64 + 3 * 64 * 128;  // q,o [128,64]/[64,128]; k,v [64,64]; mlp
   CHECK(report.quantized_params == c.num_layers * per_layer);
   CHECK(report.dense_params == c.vocab_size * 64 + c.num_layers * (2 * 64 + 2 * 32) + 64);
   CHECK(report.bits_per_quantized_param() > 4.12);
@@ -266,7 +266,7 @@ TEST_CASE("quantize: blocksize and plain (no double quant) settings reach the fi
   SafetensorsFile f = SafetensorsFile::open(tmp / "q/model.safetensors");
   CHECK_FALSE(f.has("model.layers.0.mlp.up_proj.weight.nested_absmax"));
   CHECK(f.entry("model.layers.0.mlp.up_proj.weight.absmax").dtype == DType::F32);
-  CHECK(f.entry("model.layers.0.mlp.up_proj.weight.absmax").shape == Shape({64 * 96 / 128}));
+  CHECK(f.entry("model.layers.0.mlp.up_proj.weight.absmax").shape == Shape({64 * 128 / 128}));
   Decoder d = load_hf_decoder(tmp / "q");
   CHECK(d.linears()[0]->nf4()->blocksize == 128);
   CHECK_FALSE(d.linears()[0]->nf4()->double_quant);
