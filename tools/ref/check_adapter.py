@@ -42,7 +42,7 @@ def max_rel(ours, theirs):
 
 def use_flat_nf4_dequantization():
     """bitsandbytes 0.50's native CPU kernel dequantizes NF4 in blocks per ROW when
-    in_features % blocksize != 0 (the fixture's down_proj is [64, 96]), unlike its CUDA and
+    in_features % blocksize != 0 (e.g. a [64, 96] down_proj), unlike its CUDA and
     default backends and the serialized format, whose blocks run over the flattened weight
     (bit-identical to quant/nf4 here). Route CPU dequantization through the default backend's
     flat implementation so that the comparison is with the format, not with that quirk."""
