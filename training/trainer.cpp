@@ -197,11 +197,6 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   adapter.base_model_name_or_path = cfg.model;
   if (cfg.resume.empty()) attach_adapters(model, adapter);
   else load_peft_adapter(cfg.resume, model);
-  // Saved adapters name the modules they adapt, as peft does after expanding
-  // "all-linear" (peft's loader takes that shorthand only as a bare string).
-  adapter.target_modules.clear();
-  for (Linear* l : model.linears())
-    if (l->has_lora()) adapter.target_modules.push_back(l->name());
   std::vector<Var> params = adapter_parameters(model);
   AdamW optimizer(params, AdamWConfig{0.9, 0.999, 1e-8, cfg.weight_decay});
   int64_t n_trainable = 0;
