@@ -9,6 +9,7 @@
 // than silently computing a different model.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,10 +32,11 @@ struct ModelConfig {
   std::string torch_dtype = "float32";  // dtype of the stored weights ("bfloat16", ...)
   int32_t bos_token_id = -1;            // -1: none
   std::vector<int32_t> eos_token_ids;   // may be several (generation stops on any)
+  std::optional<bool> add_bos_token;    // from a GGUF vocabulary; unset: decided by model_type
 
   bool qk_norm() const { return model_type == "qwen3"; }  // RMSNorm over head_dim on q and k
   // Llama tokenizers put BOS before a text (Qwen's do not, although its config names one).
-  bool prepends_bos() const { return model_type == "llama" && bos_token_id >= 0; }
+  bool prepends_bos() const { return bos_token_id >= 0 && add_bos_token.value_or(model_type == "llama"); }
 
   // Parses HF config.json text; `source` names the file in error messages.
   static ModelConfig from_json(const std::string& text, const std::string& source);

@@ -11,7 +11,7 @@ namespace nq {
 using json = nlohmann::json;
 
 LabeledIds encode_eval_line(const std::string& line, const std::string& where, const Tokenizer& tok,
-                            const ModelConfig& config) {
+                            const ModelConfig& config, const ChatFormat* chat) {
   json row;
   try {
     row = json::parse(line);
@@ -36,14 +36,15 @@ LabeledIds encode_eval_line(const std::string& line, const std::string& where, c
              where, ": each message must be {\"role\": \"...\", \"content\": \"...\"}");
     messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
   }
-  const auto kind = config.model_type == "qwen3" ? ChatTemplateKind::Qwen3 : ChatTemplateKind::ChatML;
-  RenderedChat chat = render_chat(tok, messages, kind, false);
-  out.ids = chat.ids;
-  for (size_t i = 0; i < chat.ids.size(); ++i) out.labels.push_back(chat.assistant_mask[i] ? chat.ids[i] : -100);
+  RenderedChat rendered = (chat ? *chat : ChatFormat::for_config(config)).render(tok, messages, false);
+  out.ids = rendered.ids;
+  for (size_t i = 0; i < rendered.ids.size(); ++i)
+    out.labels.push_back(rendered.assistant_mask[i] ? rendered.ids[i] : -100);
   return out;
 }
 
-EvalResult evaluate_jsonl(const Decoder& model, const Tokenizer& tok, const std::string& path, int64_t max_length) {
+EvalResult evaluate_jsonl(const Decoder& model, const Tokenizer& tok, const std::string& path, int64_t max_length,
+                          const ChatFormat* chat) {
   NQ_CHECK(max_length >= 2, "eval: max_length must be >= 2, got ", max_length);
   std::ifstream in(path);
   NQ_CHECK(in.good(), path, ": cannot open");
@@ -53,7 +54,7 @@ EvalResult evaluate_jsonl(const Decoder& model, const Tokenizer& tok, const std:
   std::string line;
   for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    LabeledIds ex = encode_eval_line(line, str(path, ":", line_no), tok, model.config());
+    LabeledIds ex = encode_eval_line(line, str(path, ":", line_no), tok, model.config(), chat);
     if (int64_t(ex.ids.size()) > max_length) ex.ids.resize(max_length), ex.labels.resize(max_length);
     const int64_t T = int64_t(ex.ids.size());
     int64_t n = 0;  // targets after the shift: labels[1..T-1]

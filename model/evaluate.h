@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "model/chat_format.h"
 #include "model/decoder.h"
 #include "model/tokenizer.h"
 
@@ -21,8 +22,9 @@ struct LabeledIds {
   std::vector<int32_t> labels;  // HF convention: the token itself where it is a target, else -100
 };
 // One JSONL line; errors start with `where` ("FILE:LINE").
+// `chat`: the model's chat format (model/load_model.h); null = ChatFormat::for_config(config).
 LabeledIds encode_eval_line(const std::string& line, const std::string& where, const Tokenizer& tok,
-                            const ModelConfig& config);
+                            const ModelConfig& config, const ChatFormat* chat = nullptr);
 
 struct EvalResult {
   double loss = 0;      // mean -log p over the counted targets
@@ -30,6 +32,7 @@ struct EvalResult {
   int64_t lines = 0;    // lines that had at least one target
 };
 // Every non-blank line of `path`, truncated to max_length tokens, one at a time.
-EvalResult evaluate_jsonl(const Decoder& model, const Tokenizer& tok, const std::string& path, int64_t max_length);
+EvalResult evaluate_jsonl(const Decoder& model, const Tokenizer& tok, const std::string& path, int64_t max_length,
+                          const ChatFormat* chat = nullptr);
 
 }  // namespace nq

@@ -221,7 +221,7 @@ struct TokenizerImpl {
   std::unordered_map<std::string, int32_t> token_to_id;
   std::vector<std::string> id_to_token;  // vocabulary strings (byte-level characters)
   std::vector<std::string> id_to_bytes;  // what each id decodes to
-  std::array<int32_t, 256> byte_token{};        // id of each single-byte token
+  std::array<int32_t, 256> byte_token{};        // id of each single-byte token (-1: not in the vocabulary)
   std::array<std::string, 256> byte_chars;       // each byte's byte-level character (UTF-8)
   std::vector<std::pair<uint64_t, Merge>> merge_list;  // (left id, right id) -> rank, merged id, in rank order
   MergeTable merges;                                    // the same, for lookup (built by finish())
@@ -256,9 +256,10 @@ struct TokenizerImpl {
     for (int b = 0; b < 256; ++b) {
       codepoint_to_byte[cp[size_t(b)]] = uint8_t(b);
       byte_chars[size_t(b)] = codepoint_utf8(cp[size_t(b)]);
+      // Some vocabularies (SmolLM2's) lack a few bytes (rare control characters, bytes
+      // that never occur in UTF-8); like HF's BPE without an unk token, they are dropped.
       auto it = token_to_id.find(byte_chars[size_t(b)]);
-      NQ_CHECK(it != token_to_id.end(), source, ": the byte-level vocabulary lacks the token for byte ", b);
-      byte_token[size_t(b)] = it->second;
+      byte_token[size_t(b)] = it != token_to_id.end() ? it->second : -1;
     }
     // HF's ByteLevel decoder: a token whose characters all map to bytes becomes those
     // bytes; any other token (e.g. "<|im_end|>" if it held a space) is kept as written.
@@ -300,7 +301,6 @@ struct TokenizerImpl {
   // Symbols live in a linked list over fixed slots; a min-heap holds candidate
   // pairs, stale entries are skipped when popped. Buffers are reused per thread.
   void bpe(std::string_view word, std::vector<int32_t>& out) const {
-    size_t n = word.size();
     if (ignore_merges) {
       std::string chars;
       for (char c : word) chars += byte_chars[uint8_t(c)];
@@ -313,7 +313,7 @@ struct TokenizerImpl {
     };
     thread_local std::vector<int32_t> sym, next, prev;
     thread_local std::vector<Candidate> heap;
-    sym.resize(n), next.resize(n), prev.resize(n);
+    sym.resize(word.size()), next.resize(word.size()), prev.resize(word.size());
     heap.clear();
     auto push_pair = [&](int32_t pos) {
       if (pos < 0 || next[size_t(pos)] < 0) return;
@@ -322,8 +322,11 @@ struct TokenizerImpl {
       heap.push_back({merge->rank, pos});
       std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
     };
+    size_t n = 0;  // symbols: the word's bytes that have a token
+    for (char c : word)
+      if (byte_token[uint8_t(c)] >= 0) sym[n++] = byte_token[uint8_t(c)];
+    if (n == 0) return;
     for (size_t i = 0; i < n; ++i) {
-      sym[i] = byte_token[uint8_t(word[i])];
       prev[i] = int32_t(i) - 1;
       next[i] = i + 1 < n ? int32_t(i + 1) : -1;
     }
@@ -348,7 +351,10 @@ struct TokenizerImpl {
   }
 
   void word_ids(std::string_view word, std::vector<int32_t>& out) const {
-    if (word.size() == 1) { out.push_back(byte_token[uint8_t(word[0])]); return; }
+    if (word.size() == 1) {
+      if (byte_token[uint8_t(word[0])] >= 0) out.push_back(byte_token[uint8_t(word[0])]);
+      return;
+    }
     thread_local std::string key;
     key.assign(word.data(), word.size());
     {

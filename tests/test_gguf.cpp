@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/gguf.h"
+#include "tests/gguf_builder.h"
 #include "tests/temp_dir.h"
 
 using namespace nq;
@@ -48,43 +49,6 @@ const std::vector<std::pair<const char*, GGMLType>> kTypes = {
     {"F32", GGMLType::F32},   {"F16", GGMLType::F16},   {"BF16", GGMLType::BF16}, {"Q4_0", GGMLType::Q4_0},
     {"Q4_1", GGMLType::Q4_1}, {"Q5_0", GGMLType::Q5_0}, {"Q5_1", GGMLType::Q5_1}, {"Q8_0", GGMLType::Q8_0},
     {"Q4_K", GGMLType::Q4_K}, {"Q6_K", GGMLType::Q6_K},
-};
-
-// A minimal GGUF writer, independent of the reader: appends little-endian
-// fields to a byte string. Tests build valid files and then corrupt them.
-struct GGUFBuilder {
-  std::string kv, infos, data;
-  uint64_t n_kv = 0, n_tensors = 0, alignment = 32;
-  uint32_t version = 3;
-
-  template <typename T> static void put(std::string& s, T v) { s.append(reinterpret_cast<const char*>(&v), sizeof v); }
-  static void put_str(std::string& s, const std::string& v) { put<uint64_t>(s, v.size()); s += v; }
-
-  template <typename T> void add(const std::string& key, GGUFValueType type, T v) {
-    put_str(kv, key); put<uint32_t>(kv, uint32_t(type)); put<T>(kv, v); ++n_kv;
-  }
-  void add_string(const std::string& key, const std::string& v) {
-    put_str(kv, key); put<uint32_t>(kv, uint32_t(GGUFValueType::STRING)); put_str(kv, v); ++n_kv;
-  }
-  // `body` is the encoded elements, already in the element type's encoding.
-  void add_array(const std::string& key, GGUFValueType elem, uint64_t n, const std::string& body) {
-    put_str(kv, key); put<uint32_t>(kv, uint32_t(GGUFValueType::ARRAY));
-    put<uint32_t>(kv, uint32_t(elem)); put<uint64_t>(kv, n); kv += body; ++n_kv;
-  }
-  void add_tensor(const std::string& name, std::vector<uint64_t> ne, uint32_t type, const std::string& bytes) {
-    while (data.size() % alignment) data += '\0';
-    put_str(infos, name); put<uint32_t>(infos, uint32_t(ne.size()));
-    for (uint64_t d : ne) put<uint64_t>(infos, d);
-    put<uint32_t>(infos, type); put<uint64_t>(infos, data.size());
-    data += bytes; ++n_tensors;
-  }
-  std::string build() const {
-    std::string s = "GGUF";
-    put<uint32_t>(s, version); put<uint64_t>(s, n_tensors); put<uint64_t>(s, n_kv);
-    s += kv + infos;
-    while (s.size() % alignment) s += '\0';
-    return s + data;
-  }
 };
 
 std::string open_error(const std::string& bytes) {

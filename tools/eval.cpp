@@ -1,6 +1,8 @@
 // ./eval: mean next-token cross-entropy of a model over a JSONL file, the
 // number every fine-tuning run wants before and after training. The line
-// formats and the token-weighted mean are described in model/evaluate.h.
+// formats and the token-weighted mean are described in model/evaluate.h. The
+// model is a HF directory or a .gguf file (model/load_model.h), its projections
+// NF4 by default (the base QLoRA trains on), optionally with a PEFT adapter.
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -8,6 +10,7 @@
 
 #include "lora/adapter.h"
 #include "model/evaluate.h"
+#include "model/load_model.h"
 #include "tools/cli.h"
 
 namespace {
@@ -15,40 +18,44 @@ namespace {
 using namespace nq;
 
 const char* kHelp =
-    "usage: ./eval --model DIR --data FILE.jsonl [--adapter DIR] [--nf4] [--max-length N]\n"
-    "  --model DIR       HF model folder: config.json, *.safetensors, tokenizer.json\n"
-    "  --adapter DIR     apply a PEFT LoRA adapter (e.g. the one ./train wrote)\n"
-    "  --nf4             quantize the base projections to NF4 first (what QLoRA trained against)\n"
+    "usage: ./eval --model PATH --data FILE.jsonl [--max-length N] [--adapter DIR] [--no-quant]\n"
+    "  --model PATH      HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file\n"
     "  --data FILE       JSONL, one {\"text\": ...} or {\"messages\": [{\"role\", \"content\"}, ...]} per line\n"
     "                    (messages: only the assistant answers are counted)\n"
     "  --max-length N    truncate each line to N tokens (default 2048)\n"
+    "  --adapter DIR     apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
+    "  --no-quant        keep the base weights dense fp32 (default: NF4 4-bit, as QLoRA trains them)\n"
     "Prints {\"loss\": mean next-token cross-entropy, \"tokens\": counted tokens} on stdout.\n";
 
 int run(int argc, char** argv) {
-  std::string model_dir, data, adapter;
-  bool nf4 = false;
+  std::string model_path, data, adapter;
+  bool no_quant = false;
   int64_t max_length = 2048;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") return std::fputs(kHelp, stdout), 0;
-    if (a == "--model") model_dir = cli::value(argc, argv, i);
-    else if (a == "--data") data = cli::value(argc, argv, i);
+    if (a == "--model") model_path = cli::value(argc, argv, i);
     else if (a == "--adapter") adapter = cli::value(argc, argv, i);
-    else if (a == "--nf4") nf4 = true;
+    else if (a == "--no-quant") no_quant = true;
+    else if (a == "--data") data = cli::value(argc, argv, i);
     else if (a == "--max-length") max_length = cli::to_int(a, cli::value(argc, argv, i));
     else throw Error(str("unknown flag '", a, "' (see --help)"));
   }
-  NQ_CHECK(!model_dir.empty(), "--model DIR is required (see --help)");
+  NQ_CHECK(!model_path.empty(), "--model PATH is required (see --help)");
   NQ_CHECK(!data.empty(), "--data FILE is required (see --help)");
   NQ_CHECK(max_length >= 2, "--max-length must be >= 2");
 
-  Decoder model = Decoder::load(model_dir);
-  if (nf4)
-    for (Linear* l : model.linears()) l->quantize_nf4();
+  LoadedModel loaded = load_model(model_path);
+  NQ_CHECK(loaded.tokenizer.has_value(), model_path, ": no tokenizer (tokenizer.json / GGUF vocabulary)");
+  Decoder model(loaded.config, loaded.weights);
+  loaded.weights.clear();  // the Decoder holds them now
+  if (!no_quant)
+    for (Linear* linear : model.linears()) linear->quantize_nf4();
   if (!adapter.empty()) load_peft_adapter(adapter, model);
-  Tokenizer tok = Tokenizer::from_file(model_dir + "/tokenizer.json");
+  const Tokenizer& tok = *loaded.tokenizer;
   auto start = std::chrono::steady_clock::now();
-  EvalResult r = evaluate_jsonl(model, tok, data, max_length);
+  const ChatFormat* chat = loaded.chat ? &*loaded.chat : nullptr;  // messages lines need a recognised template
+  EvalResult r = evaluate_jsonl(model, tok, data, max_length, chat);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "%lld lines, %lld tokens, %.1f tok/s\n", (long long)r.lines, (long long)r.tokens,
                r.tokens / seconds);

@@ -1,21 +1,26 @@
-// ./generate: text generation from a Hugging Face model directory with a KV
-// cache (model/generate.h), streaming tokens as they are chosen. With --chat the
-// prompt is rendered with the model's chat template (Qwen3's for qwen3, ChatML
-// otherwise); --chat without --prompt is an interactive chat on stdin.
-// Prints prefill and decode speed (tokens/s) to stderr.
+// ./generate: text generation from a Hugging Face model directory or a GGUF
+// file with a KV cache (model/generate.h), streaming tokens as they are chosen.
+// With --chat the prompt is rendered with the model's chat template (from the
+// GGUF / tokenizer_config.json; Qwen3's for qwen3, ChatML otherwise); --chat
+// without --prompt is a chat on stdin that keeps the conversation (/reset, /quit).
+// The base projections run in NF4 (as QLoRA trains them) unless --no-quant;
+// --adapter applies a PEFT LoRA adapter. Prints prefill and decode speed
+// (tokens/s) to stderr.
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <unistd.h>
 
+#include "lora/adapter.h"
 #include "model/chat_template.h"
 #include "model/decoder.h"
 #include "model/generate.h"
+#include "model/load_model.h"
 #include "model/tokenizer.h"
-#include "lora/adapter.h"
 #include "tools/cli.h"
 
 namespace {
@@ -23,18 +28,20 @@ namespace {
 using namespace nq;
 
 const char* kHelp =
-    "usage: ./generate --model DIR [--prompt TEXT | --prompt-ids \"1 2 3\"] [--chat] [--system TEXT]\n"
-    "                  [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n"
-    "  --model DIR          HF model folder: config.json, *.safetensors, tokenizer.json (needed for text)\n"
+    "usage: ./generate --model PATH [--prompt TEXT | --prompt-ids \"1 2 3\"] [--chat] [--system TEXT]\n"
+    "                  [--adapter DIR] [--no-quant] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n"
+    "  --model PATH         HF model folder (config.json, *.safetensors, tokenizer.json for text)\n"
+    "                       or a llama.cpp .gguf file (llama / qwen3; e.g. `make model` for SmolLM2)\n"
     "  --preset NAME        instead of --model: random weights of qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b\n"
     "                       (speed measurements; needs --prompt-ids)\n"
-    "  --adapter DIR        apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
-    "  --nf4                quantize the base projections to NF4 (QLoRA's 4-bit base) before generating\n"
-    "  --prompt TEXT        the prompt text (no BOS is added for Qwen; Llama gets its BOS)\n"
+    "  --prompt TEXT        the prompt text (BOS first only when the model wants it: llama configs, GGUF add_bos_token)\n"
     "  --prompt-ids IDS     the prompt as token ids, space separated\n"
     "  --chat               render the prompt as a user message with the chat template;\n"
-    "                       without --prompt: interactive chat, one user message per stdin line\n"
+    "                       without --prompt: chat, one user message per stdin line (the conversation is\n"
+    "                       kept; /reset forgets it, /quit or Ctrl-D ends; piped stdin is echoed as a transcript)\n"
     "  --system TEXT        system message for --chat\n"
+    "  --adapter DIR        apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
+    "  --no-quant           keep the base weights dense fp32 (default: NF4 4-bit, as QLoRA trains them)\n"
     "  --max-new-tokens N   tokens to generate at most (default 256); stops early at eos / <|im_end|>\n"
     "  --greedy             argmax decoding (the default)\n"
     "  --temperature T      sample from softmax(logits / T) (turns sampling on; default 1)\n"
@@ -44,8 +51,8 @@ const char* kHelp =
     "  --print-ids          print the generated ids on a last line\n";
 
 struct Flags {
-  std::string model, preset, adapter, prompt, prompt_ids, system;
-  bool has_prompt = false, chat = false, print_ids = false, nf4 = false;
+  std::string model, preset, prompt, prompt_ids, system, adapter;
+  bool has_prompt = false, chat = false, print_ids = false, no_quant = false;
   GenerateOptions gen;
 };
 
@@ -57,12 +64,12 @@ Flags parse(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--model") f.model = cli::value(argc, argv, i);
     else if (a == "--preset") f.preset = cli::value(argc, argv, i);
-    else if (a == "--adapter") f.adapter = cli::value(argc, argv, i);
-    else if (a == "--nf4") f.nf4 = true;
     else if (a == "--prompt") f.prompt = cli::value(argc, argv, i), f.has_prompt = true;
     else if (a == "--prompt-ids") f.prompt_ids = cli::value(argc, argv, i);
     else if (a == "--system") f.system = cli::value(argc, argv, i);
     else if (a == "--chat") f.chat = true;
+    else if (a == "--adapter") f.adapter = cli::value(argc, argv, i);
+    else if (a == "--no-quant") f.no_quant = true;
     else if (a == "--print-ids") f.print_ids = true;
     else if (a == "--max-new-tokens") f.gen.max_new_tokens = cli::to_int(a, cli::value(argc, argv, i));
     else if (a == "--greedy") greedy_flag = true;
@@ -106,6 +113,7 @@ std::vector<int32_t> run_generation(const Decoder& model, const Tokenizer* tok, 
     std::fflush(stdout);
   });
   std::printf("\n");
+  std::fflush(stdout);  // the reply's end before the speed line on stderr
   auto seconds = [](clock::duration d) { return std::chrono::duration<double>(d).count(); };
   if (n > 0) {
     std::fprintf(stderr, "[prefill %zu tokens: %.1f tok/s", prompt.size(), prompt.size() / seconds(first - start));
@@ -120,29 +128,71 @@ void print_ids(const std::vector<int32_t>& ids) {
   std::printf("\n");
 }
 
+// The chat loop: one user message per stdin line, the whole conversation re-rendered
+// with the chat template each turn. A terminal gets a "> " prompt on stderr; piped
+// input is echoed to stdout so the output reads as a transcript.
+void chat_loop(const Decoder& model, const Tokenizer& tok, const ChatFormat& format, const std::string& system,
+               const GenerateOptions& gen) {
+  const bool interactive = isatty(STDIN_FILENO);
+  std::vector<ChatMessage> history;
+  auto reset = [&] {
+    history.clear();
+    if (!system.empty()) history.push_back({"system", system});
+  };
+  reset();
+  if (interactive) std::fprintf(stderr, "chat: one message per line; /reset forgets the conversation, /quit ends\n");
+  std::string line;
+  while (true) {
+    if (interactive) std::fprintf(stderr, "> ");
+    if (!std::getline(std::cin, line)) break;
+    if (!interactive) std::printf("> %s\n", line.c_str());
+    if (line == "/quit") break;
+    if (line == "/reset") {
+      reset();
+      std::printf("[conversation reset]\n");
+      continue;
+    }
+    if (line.empty()) continue;
+    history.push_back({"user", line});
+    std::vector<int32_t> prompt = format.render(tok, history, true).ids;
+    NQ_CHECK(int64_t(prompt.size()) + gen.max_new_tokens <= model.config().max_position_embeddings,
+             "the conversation (", prompt.size(), " tokens) + --max-new-tokens exceeds the model's context of ",
+             model.config().max_position_embeddings, " tokens; /reset it");
+    std::vector<int32_t> reply = run_generation(model, &tok, prompt, gen);
+    history.push_back({"assistant", tok.decode(reply)});
+  }
+}
+
 int run(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return std::fputs(kHelp, stdout), 0;
   Flags f = parse(argc, argv);
 
   std::unique_ptr<Decoder> model;
+  std::optional<LoadedModel> loaded;
   if (!f.preset.empty()) {
     ModelConfig config = ModelConfig::preset(f.preset);
     model = std::make_unique<Decoder>(config, random_weights(config, 0));
   } else {
-    model = std::make_unique<Decoder>(Decoder::load(f.model));
+    loaded = load_model(f.model);
+    model = std::make_unique<Decoder>(loaded->config, loaded->weights);
+    loaded->weights.clear();  // the Decoder holds them now
   }
-  if (f.nf4)
-    for (Linear* l : model->linears()) l->quantize_nf4();
-  if (!f.adapter.empty()) load_peft_adapter(f.adapter, *model);
   const ModelConfig& config = model->config();
   std::fprintf(stderr, "%s\n", config.summary().c_str());
+  if (!f.no_quant) {
+    for (Linear* linear : model->linears()) linear->quantize_nf4();
+    std::fprintf(stderr, "base projections quantized to NF4 (--no-quant keeps them fp32)\n");
+  }
+  if (!f.adapter.empty()) {
+    AdapterConfig adapter = load_peft_adapter(f.adapter, *model);
+    std::fprintf(stderr, "adapter %s: r %lld, alpha %g\n", f.adapter.c_str(), (long long)adapter.lora.r,
+                 double(adapter.lora.alpha));
+  }
 
-  std::unique_ptr<Tokenizer> tok;
-  const std::string tok_path = f.model + "/tokenizer.json";
-  if (!f.model.empty() && std::filesystem::exists(tok_path)) tok = std::make_unique<Tokenizer>(Tokenizer::from_file(tok_path));
-  NQ_CHECK(tok || !f.prompt_ids.empty(), (f.model.empty() ? std::string("--preset") : tok_path),
-           ": no tokenizer; give the prompt with --prompt-ids");
+  const Tokenizer* tok = loaded && loaded->tokenizer ? &*loaded->tokenizer : nullptr;
+  NQ_CHECK(tok || !f.prompt_ids.empty(), (f.model.empty() ? std::string("--preset") : f.model),
+           ": no tokenizer (tokenizer.json / GGUF vocabulary); give the prompt with --prompt-ids");
 
   // Stop at the config's eos ids and the tokenizer's end-of-turn tokens.
   GenerateOptions gen = f.gen;
@@ -151,21 +201,10 @@ int run(int argc, char** argv) {
     for (int32_t id : {tok->eos_id, tok->token_id("<|im_end|>"), tok->token_id("<|endoftext|>")})
       if (id >= 0) gen.stop_ids.push_back(id);
   }
-  const ChatTemplateKind kind = config.model_type == "qwen3" ? ChatTemplateKind::Qwen3 : ChatTemplateKind::ChatML;
-  std::vector<ChatMessage> history;
-  if (!f.system.empty()) history.push_back({"system", f.system});
 
-  if (f.chat && !f.has_prompt && f.prompt_ids.empty()) {  // interactive chat
-    NQ_CHECK(tok, "--chat needs a tokenizer.json in the model folder");
-    std::string line;
-    std::fprintf(stderr, "chat: one message per line, Ctrl-D to quit\n> ");
-    while (std::getline(std::cin, line)) {
-      history.push_back({"user", line});
-      RenderedChat chat = render_chat(*tok, history, kind, true);
-      std::vector<int32_t> reply = run_generation(*model, tok.get(), chat.ids, gen);
-      history.push_back({"assistant", tok->decode(reply)});
-      std::fprintf(stderr, "> ");
-    }
+  if (f.chat && !f.has_prompt && f.prompt_ids.empty()) {
+    NQ_CHECK(tok, f.model, ": --chat needs a tokenizer");
+    chat_loop(*model, *tok, loaded->chat_format(), f.system, gen);
     return 0;
   }
 
@@ -173,14 +212,16 @@ int run(int argc, char** argv) {
   if (!f.prompt_ids.empty()) {
     prompt = parse_ids(f.prompt_ids);
   } else if (f.chat) {
-    history.push_back({"user", f.prompt});
-    prompt = render_chat(*tok, history, kind, true).ids;
+    std::vector<ChatMessage> messages;
+    if (!f.system.empty()) messages.push_back({"system", f.system});
+    messages.push_back({"user", f.prompt});
+    prompt = loaded->chat_format().render(*tok, messages, true).ids;
   } else {
     NQ_CHECK(f.has_prompt, "give --prompt TEXT, --prompt-ids IDS or --chat (see --help)");
     if (config.prepends_bos()) prompt.push_back(config.bos_token_id);
     for (int32_t id : tok->encode(f.prompt)) prompt.push_back(id);
   }
-  std::vector<int32_t> out = run_generation(*model, tok.get(), prompt, gen);
+  std::vector<int32_t> out = run_generation(*model, tok, prompt, gen);
   if (f.print_ids) print_ids(out);
   return 0;
 }

@@ -1,0 +1,192 @@
+// GGUF metadata -> ModelConfig, tensors -> HF-named f32 weights, vocabulary ->
+// Tokenizer (see gguf_model.h).
+#include "model/gguf_model.h"
+
+#include <algorithm>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.h"
+
+namespace nq {
+namespace {
+
+std::string key_error(const GGUFFile& f, const std::string& key) { return f.path() + ": metadata key '" + key + "'"; }
+
+// A positive integer under `key` (required).
+int64_t positive(const GGUFFile& f, const std::string& key) {
+  int64_t v = f.get_i64(key);
+  NQ_CHECK(v > 0, key_error(f, key), " must be > 0, got ", v);
+  return v;
+}
+
+// Refuses features the decoder does not implement, naming the key at fault.
+void refuse_unsupported(const GGUFFile& f, const std::string& arch) {
+  const std::string scaling = arch + ".rope.scaling.type";
+  if (f.has(scaling)) {
+    const std::string type = f.get_string(scaling);
+    NQ_CHECK(type == "none", key_error(f, scaling), " is '", type, "'; RoPE scaling is not implemented");
+  }
+  const std::string factor = arch + ".rope.scaling.factor";
+  if (f.has(factor)) {
+    double v = f.get_f64(factor);
+    NQ_CHECK(v == 0.0 || v == 1.0, key_error(f, factor), " is ", v, "; RoPE scaling is not implemented");
+  }
+  const std::string experts = arch + ".expert_count";
+  NQ_CHECK(!f.has(experts) || f.get_i64(experts) == 0, key_error(f, experts),
+           " is set; mixture-of-experts layers are not implemented");
+  const std::string window = arch + ".attention.sliding_window";
+  NQ_CHECK(!f.has(window), key_error(f, window), " is set; sliding-window attention is not implemented");
+}
+
+// Per-layer GGUF names (after "blk.N.") and their HF names (after "model.layers.N.").
+const std::map<std::string, std::string>& layer_names() {
+  static const std::map<std::string, std::string> names = {
+      {"attn_norm.weight", "input_layernorm.weight"},
+      {"attn_q.weight", "self_attn.q_proj.weight"},      {"attn_q.bias", "self_attn.q_proj.bias"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},      {"attn_k.bias", "self_attn.k_proj.bias"},
+      {"attn_v.weight", "self_attn.v_proj.weight"},      {"attn_v.bias", "self_attn.v_proj.bias"},
+      {"attn_output.weight", "self_attn.o_proj.weight"}, {"attn_output.bias", "self_attn.o_proj.bias"},
+      {"attn_q_norm.weight", "self_attn.q_norm.weight"}, {"attn_k_norm.weight", "self_attn.k_norm.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},
+      {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+  };
+  return names;
+}
+
+}  // namespace
+
+std::string gguf_to_hf_name(const std::string& name) {
+  static const std::map<std::string, std::string> global = {
+      {"token_embd.weight", "model.embed_tokens.weight"},
+      {"output_norm.weight", "model.norm.weight"},
+      {"output.weight", "lm_head.weight"},
+  };
+  auto g = global.find(name);
+  if (g != global.end()) return g->second;
+  // "blk.<N>.<rest>"
+  if (name.compare(0, 4, "blk.") != 0) return "";
+  size_t dot = name.find('.', 4);
+  if (dot == std::string::npos || dot == 4) return "";
+  const std::string layer = name.substr(4, dot - 4);
+  if (layer.find_first_not_of("0123456789") != std::string::npos) return "";
+  auto l = layer_names().find(name.substr(dot + 1));
+  if (l == layer_names().end()) return "";
+  return "model.layers." + layer + "." + l->second;
+}
+
+ModelConfig gguf_config(const GGUFFile& f) {
+  const std::string arch = f.get_string("general.architecture");
+  NQ_CHECK(arch == "llama" || arch == "qwen3", key_error(f, "general.architecture"), " is '", arch,
+           "'; supported architectures: llama, qwen3");
+  refuse_unsupported(f, arch);
+  const std::string a = arch + ".";
+
+  // The equivalent HF config.json, so that defaults and validation are those of
+  // ModelConfig::from_json; GGUF-specific checks come first and name GGUF keys.
+  nlohmann::json j;
+  j["model_type"] = arch;
+  j["num_hidden_layers"] = positive(f, a + "block_count");
+  j["hidden_size"] = positive(f, a + "embedding_length");
+  j["intermediate_size"] = positive(f, a + "feed_forward_length");
+  const int64_t heads = positive(f, a + "attention.head_count");
+  j["num_attention_heads"] = heads;
+  j["num_key_value_heads"] = f.has(a + "attention.head_count_kv") ? positive(f, a + "attention.head_count_kv") : heads;
+  j["rms_norm_eps"] = f.get_f64(a + "attention.layer_norm_rms_epsilon");
+  if (f.has(a + "rope.freq_base")) j["rope_theta"] = f.get_f64(a + "rope.freq_base");
+  if (f.has(a + "context_length")) j["max_position_embeddings"] = positive(f, a + "context_length");
+
+  // head_dim: attention.key_length when given, else D / heads (llama.cpp's rule).
+  // The decoder rotates the whole head, so a narrower RoPE (partial rotary) is refused.
+  int64_t head_dim = j["hidden_size"].get<int64_t>() / heads;
+  if (f.has(a + "attention.key_length")) head_dim = positive(f, a + "attention.key_length");
+  if (f.has(a + "rope.dimension_count")) {
+    int64_t rotated = positive(f, a + "rope.dimension_count");
+    NQ_CHECK(rotated == head_dim, key_error(f, a + "rope.dimension_count"), " is ", rotated, " but heads are ",
+             head_dim, " wide; partial RoPE is not implemented");
+  }
+  if (f.has(a + "attention.value_length")) {
+    int64_t v = positive(f, a + "attention.value_length");
+    NQ_CHECK(v == head_dim, key_error(f, a + "attention.value_length"), " is ", v, ", expected the key length ",
+             head_dim);
+  }
+  j["head_dim"] = head_dim;
+
+  // Vocabulary: the explicit key, else the tokenizer's size, else the embedding's rows.
+  if (f.has(a + "vocab_size")) j["vocab_size"] = positive(f, a + "vocab_size");
+  else if (f.has("tokenizer.ggml.tokens")) j["vocab_size"] = f.value("tokenizer.ggml.tokens").array.size();
+  else j["vocab_size"] = f.tensor("token_embd.weight").shape()[0];
+
+  j["tie_word_embeddings"] = !f.has_tensor("output.weight");  // llama.cpp omits a tied lm_head
+  j["attention_bias"] = f.has_tensor("blk.0.attn_q.bias");
+  if (f.has("tokenizer.ggml.bos_token_id")) j["bos_token_id"] = f.get_i64("tokenizer.ggml.bos_token_id");
+  std::vector<int64_t> eos;
+  for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"})
+    if (f.has(key) && std::find(eos.begin(), eos.end(), f.get_i64(key)) == eos.end()) eos.push_back(f.get_i64(key));
+  if (!eos.empty()) j["eos_token_id"] = eos;
+
+  ModelConfig c = ModelConfig::from_json(j.dump(), f.path());
+  // A BOS in front of plain text only when the vocabulary asks for one (SmolLM2's does not).
+  if (f.has("tokenizer.ggml.add_bos_token")) c.add_bos_token = f.get_bool("tokenizer.ggml.add_bos_token");
+  else if (f.has("tokenizer.ggml.model")) c.add_bos_token = f.get_string("tokenizer.ggml.model") == "llama";
+  return c;
+}
+
+TensorMap gguf_weights(const GGUFFile& f, const ModelConfig& config) {
+  std::map<std::string, bool> expected;
+  for (const ParamSpec& s : parameter_specs(config)) expected[s.name] = true;
+  const bool permuted = config.model_type == "llama";  // convert_hf_to_gguf permutes llama's Q/K rows
+
+  TensorMap weights;
+  for (const GGUFTensorInfo& t : f.tensors()) {
+    const std::string hf = gguf_to_hf_name(t.name);
+    NQ_CHECK(!hf.empty() && expected.count(hf), f.path(), ": unexpected tensor '", t.name,
+             "' (not a parameter of this ", config.model_type, " model",
+             t.name == "rope_freqs.weight" ? "; it carries RoPE scaling, which is not implemented" : "", ")");
+    Tensor w = f.load_f32(t.name);  // [ne[n-1], ..., ne[0]] = HF's [out, in]
+    if (permuted && (t.name.find(".attn_q.") != std::string::npos || t.name.find(".attn_k.") != std::string::npos)) {
+      const int64_t heads = t.name.find(".attn_q.") != std::string::npos ? config.num_heads : config.num_kv_heads;
+      const int64_t rows = w.shape()[0], cols = w.shape().ndim == 2 ? w.shape()[1] : 1;
+      NQ_CHECK(rows == heads * config.head_dim, f.path(), ": tensor '", t.name, "' has ", rows, " rows, expected ",
+               heads, " heads x ", config.head_dim);
+      unpermute_qk_rows(w.data<float>(), rows, cols, heads);
+    }
+    weights[hf] = w;
+  }
+  check_weights(weights, config, f.path());
+  return weights;
+}
+
+Tokenizer gguf_tokenizer(const GGUFFile& f) {
+  const std::string model = f.get_string("tokenizer.ggml.model");
+  NQ_CHECK(model == "gpt2", key_error(f, "tokenizer.ggml.model"), " is '", model,
+           "'; only byte-level BPE ('gpt2') vocabularies are supported");
+  std::vector<int32_t> types;
+  if (f.has("tokenizer.ggml.token_type"))
+    for (int64_t t : f.get_int_array("tokenizer.ggml.token_type")) types.push_back(int32_t(t));
+  const std::string pre = f.has("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : "default";
+  Tokenizer tok;
+  try {
+    tok = Tokenizer::from_vocab(f.get_string_array("tokenizer.ggml.tokens"),
+                                f.has("tokenizer.ggml.merges") ? f.get_string_array("tokenizer.ggml.merges")
+                                                               : std::vector<std::string>{},
+                                types, pre);
+  } catch (const Error& e) {
+    throw Error(f.path() + ": " + e.what());
+  }
+  auto special = [&](const char* key) {
+    if (!f.has(key)) return int32_t(-1);
+    int64_t id = f.get_i64(key);
+    NQ_CHECK(id >= 0 && id < tok.vocab_size(), key_error(f, key), " is ", id, ", outside the vocabulary [0, ",
+             tok.vocab_size(), ")");
+    return int32_t(id);
+  };
+  tok.bos_id = special("tokenizer.ggml.bos_token_id");
+  tok.eos_id = special("tokenizer.ggml.eos_token_id");
+  tok.pad_id = special("tokenizer.ggml.padding_token_id");
+  return tok;
+}
+
+}  // namespace nq

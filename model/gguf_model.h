@@ -1,0 +1,39 @@
+// A model out of a GGUF file: llama.cpp's metadata keys and tensor names turned
+// into what the rest of nanoqlora speaks (a ModelConfig, HF-named f32 weights,
+// the byte-level BPE tokenizer and the chat template).
+//
+//   GGUF metadata  "{arch}.block_count", "{arch}.embedding_length", ...  -> ModelConfig
+//   GGUF tensors   "blk.3.attn_q.weight" (block-quantized, Q/K rows permuted)
+//                  -> "model.layers.3.self_attn.q_proj.weight" [out, in] f32, HF row order
+//   tokenizer.ggml.{model, tokens, merges, token_type, pre, *_token_id} -> Tokenizer
+//   tokenizer.chat_template (Jinja text) -> ChatFormat, in model/load_model.cpp
+//
+// Architectures: "llama" (SmolLM2, Llama 2/3 without RoPE scaling) and "qwen3".
+// Anything the decoder would compute differently (RoPE scaling, partial RoPE,
+// sliding windows, experts, unknown tensors) is refused with an error naming the
+// file and the key or tensor. The math and the name table: docs/gguf_model.md.
+#pragma once
+#include <string>
+
+#include "model/config.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+
+namespace nq {
+
+// The decoder's hyper-parameters from the GGUF metadata (validated like a config.json).
+ModelConfig gguf_config(const GGUFFile& file);
+
+// Every parameter of `config` dequantized to f32 under its HF name; llama's
+// attn_q / attn_k rows (and biases) are un-permuted back to rotate-half order.
+TensorMap gguf_weights(const GGUFFile& file, const ModelConfig& config);
+
+// The byte-level BPE tokenizer (tokenizer.ggml.model "gpt2") with bos/eos/pad ids.
+Tokenizer gguf_tokenizer(const GGUFFile& file);
+
+// The HF name of a GGUF tensor ("blk.0.ffn_up.weight" -> "model.layers.0.mlp.up_proj.weight"),
+// or "" for a name outside the table.
+std::string gguf_to_hf_name(const std::string& gguf_name);
+
+}  // namespace nq

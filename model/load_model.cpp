@@ -1,0 +1,86 @@
+// load_model: HF directory or GGUF file -> LoadedModel (see load_model.h).
+#include "model/load_model.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "model/gguf_model.h"
+#include "runtime/error.h"
+
+namespace nq {
+namespace {
+
+// The chat format of a Jinja template, or the reason it is not recognised.
+void set_chat_format(LoadedModel& m, const std::optional<std::string>& jinja, const std::string& source) {
+  if (!jinja) return void(m.chat = ChatFormat::for_config(m.config));
+  try {
+    m.chat = ChatFormat::from_template(*jinja, source);
+  } catch (const Error& e) {
+    m.chat_error = e.what();
+  }
+}
+
+// tokenizer_config.json's "chat_template" (a string) when the directory has one.
+std::optional<std::string> hf_chat_template(const std::string& dir) {
+  const std::string path = dir + "/tokenizer_config.json";
+  std::ifstream in(path);
+  if (!in.good()) return std::nullopt;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    throw Error(str(path, ": invalid JSON"));
+  }
+  auto it = j.find("chat_template");
+  if (it == j.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+LoadedModel load_hf_dir(const std::string& dir) {
+  LoadedModel m;
+  m.source = dir;
+  m.config = ModelConfig::from_file(dir + "/config.json");
+  m.weights = load_weights(dir, m.config);
+  if (std::filesystem::exists(dir + "/tokenizer.json")) m.tokenizer = Tokenizer::from_file(dir + "/tokenizer.json");
+  set_chat_format(m, hf_chat_template(dir), dir + "/tokenizer_config.json chat_template");
+  return m;
+}
+
+LoadedModel load_gguf(const std::string& path) {
+  GGUFFile file = GGUFFile::open(path);
+  LoadedModel m;
+  m.source = path;
+  m.config = gguf_config(file);
+  m.weights = gguf_weights(file, m.config);
+  if (file.has("tokenizer.ggml.model")) {
+    m.tokenizer = gguf_tokenizer(file);
+    NQ_CHECK(m.tokenizer->vocab_size() <= m.config.vocab_size, path, ": the vocabulary has ",
+             m.tokenizer->vocab_size(), " tokens but the model only ", m.config.vocab_size, " embeddings");
+  }
+  std::optional<std::string> jinja;
+  if (file.has("tokenizer.chat_template")) jinja = file.get_string("tokenizer.chat_template");
+  set_chat_format(m, jinja, path + " tokenizer.chat_template");
+  return m;
+}
+
+}  // namespace
+
+const ChatFormat& LoadedModel::chat_format() const {
+  NQ_CHECK(chat.has_value(), chat_error);
+  return *chat;
+}
+
+bool is_gguf_path(const std::string& path) {
+  return path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+}
+
+LoadedModel load_model(const std::string& path) {
+  NQ_CHECK(std::filesystem::exists(path), path, ": no such file or directory");
+  if (is_gguf_path(path)) return load_gguf(path);
+  NQ_CHECK(std::filesystem::is_directory(path), path,
+           ": not a model directory (config.json + *.safetensors) nor a .gguf file");
+  return load_hf_dir(path);
+}
+
+}  // namespace nq
