@@ -1,15 +1,12 @@
 // Adapter targeting and the PEFT on-disk format (see adapter.h).
 #include "lora/adapter.h"
 
-#include <sys/stat.h>
-
 #include <cmath>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
+#include "model/bnb_checkpoint.h"
 #include "model/decoder.h"
 #include "runtime/safetensors.h"
 
@@ -25,13 +22,10 @@ static std::string short_name(const std::string& module) {
 }
 
 AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
-  std::ifstream f(path);
-  NQ_CHECK(f.good(), path, ": cannot read adapter config");
-  std::stringstream ss;
-  ss << f.rdbuf();
+  const std::string text = read_text_file(path);
   json j;
   try {
-    j = json::parse(ss.str());
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw Error(str(path, ": invalid JSON: ", e.what()));
   }
@@ -40,25 +34,28 @@ AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
     NQ_CHECK(j.contains(key) && !j[key].is_null(), path, ": missing field \"", key, "\"");
     return j[key];
   };
-  NQ_CHECK(j.value("peft_type", std::string("LORA")) == "LORA", path, ": peft_type \"", j.value("peft_type", ""),
-           "\" is not supported (only LORA)");
-  NQ_CHECK(!j.value("use_dora", false), path, ": use_dora is not supported");
+  // PEFT writes null for unset optional fields: treat null like absent.
+  auto opt = [&](const char* key, auto fallback) {
+    return j.contains(key) && !j[key].is_null() ? j[key].get<decltype(fallback)>() : fallback;
+  };
   AdapterConfig c;
   try {
+    const std::string type = opt("peft_type", std::string("LORA"));
+    NQ_CHECK(type == "LORA", path, ": peft_type \"", type, "\" is not supported (only LORA)");
+    NQ_CHECK(!opt("use_dora", false), path, ": use_dora is not supported");
     c.lora.r = field("r").get<int64_t>();
     c.lora.alpha = field("lora_alpha").get<float>();
-    c.lora.dropout = j.value("lora_dropout", 0.0f);
-    c.lora.use_rslora = j.value("use_rslora", false);
+    c.lora.dropout = opt("lora_dropout", 0.0f);
+    c.lora.use_rslora = opt("use_rslora", false);
     const json& t = field("target_modules");
     c.target_modules = t.is_string() ? std::vector<std::string>{t.get<std::string>()} : t.get<std::vector<std::string>>();
-    const json& base = j.value("base_model_name_or_path", json());  // peft writes null by default
-    c.base_model_name_or_path = base.is_string() ? base.get<std::string>() : std::string();
+    c.base_model_name_or_path = opt("base_model_name_or_path", std::string());
+    NQ_CHECK(opt("rank_pattern", json::object()).empty() && opt("alpha_pattern", json::object()).empty(),
+             path, ": rank_pattern / alpha_pattern are not supported");
   } catch (const json::exception& e) {
     throw Error(str(path, ": mistyped field: ", e.what()));
   }
   NQ_CHECK(c.lora.r > 0, path, ": r must be positive, got ", c.lora.r);
-  NQ_CHECK(j.value("rank_pattern", json::object()).empty() && j.value("alpha_pattern", json::object()).empty(), path,
-           ": rank_pattern / alpha_pattern are not supported");
   return c;
 }
 
@@ -133,27 +130,21 @@ std::vector<Var> adapter_parameters(Decoder& model) {
 }
 
 void save_peft_adapter(const std::string& dir, Decoder& model, const AdapterConfig& cfg) {
-  ::mkdir(dir.c_str(), 0755);
-  struct stat st;
-  NQ_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), dir, ": cannot create the adapter directory");
+  make_dir(dir);
   std::vector<std::pair<std::string, Tensor>> tensors;
-  std::vector<std::string> targets;
+  // target_modules: the full names of the adapted modules, as PEFT writes them after
+  // injection (a shorthand like "all-linear" is only meaningful before).
+  AdapterConfig saved = cfg;
+  saved.target_modules.clear();
   for (Linear* l : model.linears()) {
     if (!l->has_lora()) continue;
+    saved.target_modules.push_back(l->name());
     tensors.emplace_back(kPeftPrefix + l->name() + ".lora_A.weight", l->lora().A.value().to(Device::CPU));
     tensors.emplace_back(kPeftPrefix + l->name() + ".lora_B.weight", l->lora().B.value().to(Device::CPU));
   }
   NQ_CHECK(!tensors.empty(), dir, ": the model has no LoRA adapters to save");
   save_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
-  // Atomic like the tensors: a reader never sees half a config.
-  const std::string path = dir + "/adapter_config.json", tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << cfg.to_json();
-    f.flush();
-    NQ_CHECK(f.good(), tmp, ": write failed");
-  }
-  NQ_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, path, ": cannot rename ", tmp);
+  write_text_file(dir + "/adapter_config.json", saved.to_json());  // atomic like the tensors
 }
 
 AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
@@ -165,15 +156,23 @@ AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
   // as short or full names; the tensors are the ground truth).
   std::set<std::string> seen;
   for (const std::string& key : file.names()) {
+    bool lora_weight = false;
     for (const char* which : {".lora_A.weight", ".lora_B.weight"}) {
       std::string w = which;
       if (key.size() <= w.size() || key.compare(key.size() - w.size(), w.size(), w) != 0) continue;
+      lora_weight = true;
       std::string module = key.substr(0, key.size() - w.size());
-      if (module.rfind(kPeftPrefix, 0) == 0) module = module.substr(std::string(kPeftPrefix).size());
+      NQ_CHECK(module.rfind(kPeftPrefix, 0) == 0, dir, "/adapter_model.safetensors: tensor ", key,
+               " does not start with \"", kPeftPrefix, "\" (not a PEFT causal-LM adapter)");
+      module = module.substr(std::string(kPeftPrefix).size());
       NQ_CHECK(by_name.count(module), dir, "/adapter_model.safetensors: tensor ", key,
                " is for module ", module, ", which this model does not have");
       seen.insert(module);
     }
+    // Anything else (modules_to_save copies, DoRA magnitudes, embedding adapters)
+    // would change the model in ways this loader does not implement.
+    NQ_CHECK(lora_weight, dir, "/adapter_model.safetensors: tensor ", key,
+             " is not a lora_A / lora_B weight (only plain LoRA on linear layers is supported)");
   }
   NQ_CHECK(!seen.empty(), dir, "/adapter_model.safetensors: no lora_A / lora_B tensors");
   for (const std::string& module : seen) {
@@ -185,6 +184,9 @@ AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
       std::string key = kPeftPrefix + module + suffix;
       NQ_CHECK(file.has(key), dir, "/adapter_model.safetensors: missing tensor ", key);
       Tensor t = file.get(key);
+      NQ_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16, dir,
+               "/adapter_model.safetensors: tensor ", key, " has dtype ", dtype_name(t.dtype()),
+               " (expected F32, BF16 or F16)");
       NQ_CHECK(t.shape() == Shape({rows, cols}), dir, "/adapter_model.safetensors: tensor ", key, " has shape ",
                t.shape().str(), ", expected [", rows, ", ", cols, "]");
       Tensor v = t.dtype() == DType::F32 ? t.clone() : t.to_dtype(DType::F32);

@@ -27,10 +27,10 @@ Tensor host_i32(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(D
 
 }  // namespace
 
-Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options)
+Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options, const Nf4Weights& nf4)
     : config_(std::move(config)), options_(options) {
   const bool rg = options_.train_all;
-  check_weights(weights, config_, "decoder");
+  check_weights(weights, config_, "decoder", nf4);
   embed_tokens_ = param(weights, "model.embed_tokens.weight", rg);
   norm_ = param(weights, "model.norm.weight", rg);
   lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : param(weights, "lm_head.weight", rg);
@@ -38,7 +38,10 @@ Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions op
     const std::string p = str("model.layers.", i, ".");
     auto linear_named = [&](const std::string& module, bool has_bias) {
       const std::string name = p + module;
-      return Linear(name, param(weights, name + ".weight", rg), has_bias ? param(weights, name + ".bias", rg) : Var());
+      Var bias = has_bias ? param(weights, name + ".bias", rg) : Var();
+      auto q = nf4.find(name + ".weight");
+      if (q != nf4.end()) return Linear(name, q->second, bias);
+      return Linear(name, param(weights, name + ".weight", rg), bias);
     };
     const bool b = config_.attention_bias;
     DecoderLayer layer;

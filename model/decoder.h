@@ -54,7 +54,9 @@ void to_device(Decoder& model, Device device);  // model/device.h
 
 class Decoder {
  public:
-  Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options = {});
+  // The projections named in `nf4` start quantized; `weights` holds everything else
+  // (and need not hold a dense copy of those).
+  Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options = {}, const Nf4Weights& nf4 = {});
   // config.json + safetensors from a HF model directory (model/weights.h).
   static Decoder load(const std::string& dir, DecoderOptions options = {});
 

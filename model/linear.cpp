@@ -12,6 +12,19 @@ Linear::Linear(std::string name, Var weight, Var bias)
            weight_.defined() ? weight_.shape().str() : "none");
   out_ = weight_.shape()[0];
   in_ = weight_.shape()[1];
+  check_bias();
+}
+
+Linear::Linear(std::string name, std::shared_ptr<const Nf4Tensor> weight, Var bias)
+    : name_(std::move(name)), bias_(std::move(bias)) {
+  NQ_CHECK(weight != nullptr, "Linear ", name_, ": no NF4 weight");
+  out_ = weight->out;
+  in_ = weight->in;
+  nf4_ = std::move(weight);
+  check_bias();
+}
+
+void Linear::check_bias() const {
   NQ_CHECK(!bias_.defined() || bias_.shape() == Shape{out_}, "Linear ", name_, ": bias must be [", out_, "], got ",
            bias_.defined() ? bias_.shape().str() : "none");
 }

@@ -22,6 +22,8 @@ class Linear {
   Linear() = default;
   // weight [out, in]; bias [out] or undefined.
   Linear(std::string name, Var weight, Var bias = Var());
+  // An NF4 base from the start (a bitsandbytes checkpoint): no dense copy ever exists.
+  Linear(std::string name, std::shared_ptr<const Nf4Tensor> weight, Var bias = Var());
 
   Var forward(const Var& x) const;  // x [N, in] -> [N, out]
 
@@ -46,6 +48,8 @@ class Linear {
   const LoraLinear& lora() const { return *lora_; }
 
  private:
+  void check_bias() const;  // bias undefined or [out]
+
   std::string name_;  // HF module name, without ".weight"
   int64_t in_ = 0, out_ = 0;
   Var weight_, bias_;

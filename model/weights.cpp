@@ -66,8 +66,18 @@ std::vector<ParamSpec> parameter_specs(const ModelConfig& c) {
   return specs;
 }
 
-void check_weights(const TensorMap& weights, const ModelConfig& config, const std::string& source) {
+void check_weights(const TensorMap& weights, const ModelConfig& config, const std::string& source,
+                   const Nf4Weights& nf4) {
+  size_t nf4_used = 0;
   for (const ParamSpec& spec : parameter_specs(config)) {
+    auto q = nf4.find(spec.name);
+    if (q != nf4.end()) {
+      NQ_CHECK(is_projection_weight(spec.name), source, ": ", spec.name, " cannot be NF4 (only projection weights)");
+      NQ_CHECK(Shape({q->second->out, q->second->in}) == spec.shape, source, ": NF4 tensor ", spec.name,
+               " has shape [", q->second->out, ", ", q->second->in, "], expected ", spec.shape.str());
+      ++nf4_used;
+      continue;
+    }
     auto it = weights.find(spec.name);
     NQ_CHECK(it != weights.end(), source, ": missing tensor ", spec.name, " (expected ", spec.shape.str(), ")");
     NQ_CHECK(it->second.shape() == spec.shape, source, ": tensor ", spec.name, " has shape ",
@@ -75,14 +85,29 @@ void check_weights(const TensorMap& weights, const ModelConfig& config, const st
     NQ_CHECK(it->second.dtype() == DType::F32, source, ": tensor ", spec.name, " must be f32, got ",
              it->second.desc());
   }
+  if (nf4_used == nf4.size()) return;
+  std::set<std::string> names;
+  for (const ParamSpec& spec : parameter_specs(config)) names.insert(spec.name);
+  for (const auto& [name, q] : nf4)
+    NQ_CHECK(names.count(name), source, ": NF4 tensor ", name, " is not a parameter of this ", config.model_type,
+             " config");
+}
+
+bool is_projection_weight(const std::string& name) {
+  return name.rfind("model.layers.", 0) == 0 && ends_with(name, "_proj.weight");
 }
 
 TensorMap load_weights(const std::string& dir, const ModelConfig& config) {
   SafetensorsDir file = SafetensorsDir::open(dir);
   const std::vector<ParamSpec> specs = parameter_specs(config);
+  std::set<std::string> expected;
+  for (const ParamSpec& s : specs) expected.insert(s.name);
+  check_no_unexpected_tensors(file, expected, config, dir);
+  return read_f32_tensors(file, specs, dir);
+}
 
-  std::map<std::string, bool> expected;
-  for (const ParamSpec& s : specs) expected[s.name] = true;
+void check_no_unexpected_tensors(const SafetensorsDir& file, const std::set<std::string>& expected,
+                                 const ModelConfig& config, const std::string& dir) {
   for (const std::string& name : file.names()) {
     if (expected.count(name)) continue;
     NQ_CHECK(skippable(name, config), dir, ": unexpected tensor ", name, " in ", file.file_of(name).path(),
@@ -90,7 +115,9 @@ TensorMap load_weights(const std::string& dir, const ModelConfig& config) {
     std::fprintf(stderr, "note: %s: skipping %s (%s)\n", dir.c_str(), name.c_str(),
                  name == "lm_head.weight" ? "lm_head is tied to embed_tokens" : "recomputed buffer");
   }
+}
 
+TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSpec>& specs, const std::string& dir) {
   TensorMap weights;
   for (const ParamSpec& spec : specs) {
     NQ_CHECK(file.has(spec.name), dir, ": missing tensor ", spec.name, " (expected ", spec.shape.str(), ")");

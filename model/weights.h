@@ -10,10 +10,13 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "model/config.h"
+#include "quant/nf4.h"
 #include "runtime/tensor.h"
 
 namespace nq {
@@ -27,11 +30,31 @@ struct ParamSpec {
 // Every parameter of the decoder for `config`, in model order (lm_head only when untied).
 std::vector<ParamSpec> parameter_specs(const ModelConfig& config);
 
-// Every spec present as an f32 tensor of its shape; errors start with `source`.
-void check_weights(const TensorMap& weights, const ModelConfig& config, const std::string& source);
+// NF4 base weights by parameter name ("model.layers.0.mlp.up_proj.weight"), e.g.
+// read from a bitsandbytes checkpoint (model/bnb_checkpoint.h).
+using Nf4Weights = std::map<std::string, std::shared_ptr<const Nf4Tensor>>;
+
+// Every spec present as an f32 tensor of its shape, or (projection weights only)
+// as an NF4 tensor of that shape in `nf4`; errors start with `source`.
+void check_weights(const TensorMap& weights, const ModelConfig& config, const std::string& source,
+                   const Nf4Weights& nf4 = {});
 
 // f32 CPU tensors of `dir`, checked against parameter_specs(config).
 TensorMap load_weights(const std::string& dir, const ModelConfig& config);
+
+// "model.layers.<i>.<block>.<x>_proj.weight": the weights of the decoder's Linears
+// (q/k/v/o/gate/up/down), the ones QLoRA quantizes and LoRA adapts.
+bool is_projection_weight(const std::string& name);
+
+class SafetensorsDir;
+// Every tensor of `file` is in `expected` or safe to skip (a tied model's duplicate
+// lm_head.weight, rotary inv_freq buffers: a note on stderr); anything else is an
+// error naming the tensor and its shard.
+void check_no_unexpected_tensors(const SafetensorsDir& file, const std::set<std::string>& expected,
+                                 const ModelConfig& config, const std::string& dir);
+// The tensors named by `specs` as owned f32 CPU copies, each checked for its shape
+// and a float dtype (the part of load_weights that other checkpoint readers share).
+TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSpec>& specs, const std::string& dir);
 
 // HF-style init: linears and embeddings ~ N(0, init_std) from the seeded Philox
 // stream, norms = 1, biases = 0.

@@ -1,0 +1,60 @@
+// W' = W + s B A for every adapted projection (see merge.h).
+#include "lora/merge.h"
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/kernels.h"
+#include "model/bnb_checkpoint.h"
+#include "model/decoder.h"
+#include "runtime/safetensors.h"
+
+namespace nq {
+
+TensorMap merged_weights(Decoder& model) {
+  TensorMap out;
+  // Embeddings, norms, biases, an untied lm_head: as they are. Projection weights
+  // (dense ones are among the parameters, NF4 ones are not) come from the loop below.
+  for (const Var& p : model.parameters())
+    if (!is_projection_weight(p.name())) out[p.name()] = p.value().to(Device::CPU).clone();
+  for (Linear* l : model.linears()) {
+    Tensor w = l->dense_weight().to(Device::CPU).clone();  // [out, in] f32 (NF4 dequantized)
+    if (l->has_lora()) {
+      const LoraLinear& lora = l->lora();
+      const Tensor a = lora.A.value().to(Device::CPU), b = lora.B.value().to(Device::CPU);  // [r, in], [out, r]
+      const Tensor delta = kernels::matmul(b, a);                                        // B A: [out, in]
+      float* wp = w.data<float>();
+      const float* dp = delta.data<float>();
+      for (int64_t i = 0; i < w.numel(); ++i) wp[i] += lora.scaling * dp[i];
+    }
+    out[l->name() + ".weight"] = w;
+  }
+  return out;
+}
+
+void save_merged_model(const std::string& out_dir, Decoder& model, const std::string& source_dir, DType dtype) {
+  check_not_same_dir(source_dir, out_dir);
+  const std::string config_path = source_dir + "/config.json";
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(read_text_file(config_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str(config_path, ": invalid JSON: ", e.what()));
+  }
+  config.erase("quantization_config");
+  config.erase("torch_dtype");  // transformers < 5 spelling; >= 5 reads and writes "dtype"
+  config["dtype"] = torch_name_of_dtype(dtype);
+
+  TensorMap merged = merged_weights(model);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const ParamSpec& spec : parameter_specs(model.config())) {
+    Tensor& t = merged.at(spec.name);
+    tensors.emplace_back(spec.name, t.dtype() == dtype ? t : t.to_dtype(dtype));
+    t = Tensor();  // one converted copy at a time besides the merged set
+  }
+  make_dir(out_dir);
+  save_safetensors(out_dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  write_text_file(out_dir + "/config.json", config.dump(2) + "\n");
+  copy_tokenizer_files(source_dir, out_dir);
+}
+
+}  // namespace nq
