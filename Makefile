@@ -117,7 +117,7 @@ test: deps
 
 run: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all
-	./demo
+	tools/run_demo.sh
 
 fixtures:
 	tools/ref/make_fixtures.sh

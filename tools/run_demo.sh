@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The default job of `make run`: QLoRA-fine-tune SmolLM2-135M-Instruct (a real
+# pretrained model, fetched by `make model`) on data/demo_train.jsonl, a small
+# dataset that teaches a pirate persona, then ask the same questions before and
+# after and print the answers side by side.
+#
+#   tools/run_demo.sh [extra ./train flags]    (e.g. --max-steps 10 for a quick look)
+#
+# NF4 all-linear LoRA r=16 (the seed's LoraConfig), on the GPU when there is one,
+# else on the CPU (about 10 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+OUT=runs/demo
+QUESTIONS=("What colour is a banana?" "Name the capital city of Japan." "How many legs does a spider have?")
+
+[ -f "$MODEL" ] || make --no-print-directory model
+
+ask() {  # ask [--adapter DIR]: one fresh conversation per question, greedy
+  for q in "${QUESTIONS[@]}"; do
+    printf '%s\n/reset\n' "$q"
+  done | ./generate --model "$MODEL" --chat --greedy --max-new-tokens 40 "$@" 2>/dev/null |
+    grep -v '^\[' | grep -v '^> /reset' || true
+}
+
+echo "== before fine-tuning"
+BEFORE=$(ask)
+echo "$BEFORE"
+
+echo
+echo "== fine-tuning (./train): QLoRA NF4 + LoRA r=16 all-linear on data/demo_train.jsonl"
+rm -rf "$OUT"
+./train --model "$MODEL" --data data/demo_train.jsonl --eval-data data/demo_eval.jsonl --out "$OUT" \
+  --max-steps 45 --batch-size 4 --max-length 128 --packing --lr 1e-3 --warmup-steps 3 \
+  --schedule cosine --log-every 5 --eval-every 15 "$@"
+
+echo
+echo "== after fine-tuning (--adapter $OUT)"
+AFTER=$(ask --adapter "$OUT")
+echo "$AFTER"
+
+echo
+echo "The adapter (PEFT format, loads with peft.PeftModel.from_pretrained): $(ls "$OUT" | tr '\n' ' ')"
+echo "Chat with it:  ./generate --model $MODEL --chat --adapter $OUT"
