@@ -65,4 +65,7 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return nq::cli::run_main([&] { return run(argc, argv); }); }
+int main(int argc, char** argv) {
+  nq::cli::prefer_passive_omp_wait(argv);
+  return nq::cli::run_main([&] { return run(argc, argv); });
+}
