@@ -23,28 +23,14 @@
 #include "runtime/cuda_compare.h"
 #include "runtime/device_copy.h"
 
+#include "tests/gpu_test.h"
+
 using namespace nq;
 namespace k = nq::kernels;
 
 namespace {
 
-void print_skip(const char* name) { std::printf("skipped: no CUDA device (%s)\n", name); }
-
-// GPU_TEST(name) { body }: runs body when a CUDA device is present, else prints
-// the skip line. In a CPU-only build the body is compiled but never emitted.
-#ifdef NQ_CUDA
-#define GPU_TEST(name)                                  \
-  static void name();                                   \
-  TEST_CASE("cuda " #name) {                            \
-    if (!cuda_available()) return print_skip(#name);    \
-    name();                                             \
-  }                                                     \
-  static void name()
-#else
-#define GPU_TEST(name)                                  \
-  TEST_CASE("cuda " #name) { print_skip(#name); }       \
-  [[maybe_unused]] static void name()
-#endif
+#define GPU_TEST(name) NQ_GPU_TEST("cuda " #name, name)
 
 constexpr double kTolF32 = 1e-5, kTolBf16 = 1e-2;
 double tol(DType t) { return t == DType::F32 ? kTolF32 : kTolBf16; }

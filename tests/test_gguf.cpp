@@ -36,11 +36,6 @@ std::vector<float> read_f32(const std::string& path) {
   return v;
 }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(bytes.data(), std::streamsize(bytes.size()));
-}
-
 // Bitwise equality of float arrays (NaN == NaN when the bits match).
 bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * 4) == 0; }
 
@@ -52,16 +47,7 @@ const std::vector<std::pair<const char*, GGMLType>> kTypes = {
 };
 
 std::string open_error(const std::string& bytes) {
-  TempDir dir;
-  std::string path = dir / "bad.gguf";
-  write_bytes(path, bytes);
-  try {
-    GGUFFile::open(path);
-  } catch (const Error& e) {
-    CHECK(std::string(e.what()).find(path) != std::string::npos);  // names the file
-    return e.what();
-  }
-  return "";
+  return ::open_error(bytes, "bad.gguf", [](const std::string& path) { GGUFFile::open(path); });
 }
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }

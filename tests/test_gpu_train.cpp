@@ -30,25 +30,13 @@
 #include "runtime/cuda_runtime.h"
 #include "runtime/device_copy.h"
 
+#include "tests/gpu_test.h"
+
 using namespace nq;
 
 namespace {
 
-void print_skip(const char* name) { std::printf("skipped: no CUDA device (%s)\n", name); }
-
-#ifdef NQ_CUDA
-#define GPU_TEST(name)                                  \
-  static void name();                                   \
-  TEST_CASE("gpu train " #name) {                       \
-    if (!cuda_available()) return print_skip(#name);    \
-    name();                                             \
-  }                                                     \
-  static void name()
-#else
-#define GPU_TEST(name)                                  \
-  TEST_CASE("gpu train " #name) { print_skip(#name); }  \
-  [[maybe_unused]] static void name()
-#endif
+#define GPU_TEST(name) NQ_GPU_TEST("gpu train " #name, name)
 
 const std::string kQlora = "tests/fixtures/qlora/model";
 
