@@ -15,45 +15,12 @@ optimizer steps (after one warm-up step) divided by their wall time.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PRESETS = {  # the official Qwen3 config.json values
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=64, tie_word_embeddings=True),
-}
-
-
-def make_model(preset, path):
-    import shutil
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        src = ROOT / "build" / "fixtures" / "qwen3-tokenizer" / name
-        if not src.exists():
-            sys.exit(f"{src} is missing: run `make` first (it unpacks the Qwen3 tokenizer)")
-        shutil.copyfile(src, path / name)
-    if (path / "model.safetensors").exists():
-        return
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=151936, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=40960,
-                      **PRESETS[preset])
-    Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
-
-
-def make_data(path, n, seq):
-    import random
-    rnd = random.Random(0)
-    words = "the of and to in is was for on that with as by at from his her an it are be this".split()
-    with open(path, "w") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": " ".join(rnd.choice(words) for _ in range(seq * 2))}) + "\n")
+from bench_common import PRESETS, ROOT, write_data, write_model
 
 
 def run_python(args):
@@ -85,13 +52,17 @@ def run_python(args):
 
 
 def measure(cmd):
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # max over children so far
-    if p.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
-    return p, wall, rss
+    """Runs cmd; returns (stdout, wall seconds, peak RSS bytes of that process alone)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"command failed: {' '.join(cmd)}\n{err.read()[-2000:]}")
+        return out.read(), wall, usage.ru_maxrss * 1024
 
 
 def main():
@@ -109,13 +80,16 @@ def main():
 
     model_dir = ROOT / ".cache" / "bench" / args.preset
     model_dir.mkdir(parents=True, exist_ok=True)
-    make_model(args.preset, model_dir)
     if args.make_model_only:
+        write_model(args.preset, model_dir)
         return print(model_dir)
+    # The model is written by a child process: this process stays small (no torch),
+    # so the children forked below do not start with its pages in their peak RSS.
+    subprocess.run([sys.executable, __file__, "--make-model-only", "--preset", args.preset], check=True,
+                   stdout=subprocess.DEVNULL)
     data = model_dir / "data.jsonl"
-    make_data(data, 64, args.seq)
+    write_data(data, 64, args.seq)
 
-    # Run ./train first: RUSAGE_CHILDREN is a running maximum over finished children.
     metrics = model_dir / "metrics.jsonl"
     cmd = [str(ROOT / "train"), "--model", str(model_dir), "--data", str(data), "--out", str(model_dir / "out"),
            "--max-steps", str(args.steps + 1), "--batch-size", str(args.batch), "--max-length", str(args.seq),
@@ -125,9 +99,9 @@ def main():
     rows = [json.loads(l) for l in metrics.read_text().splitlines()]
     ours_tps = sum(r["tokens"] for r in rows[1:]) / sum(r["step_time_s"] for r in rows[1:])
 
-    p, _, rss_py = measure([sys.executable, __file__, "--child-python", "--model-dir", str(model_dir),
+    stdout, _, rss_py = measure([sys.executable, __file__, "--child-python", "--model-dir", str(model_dir),
                             "--seq", str(args.seq), "--batch", str(args.batch), "--steps", str(args.steps)])
-    py = json.loads(p.stdout.strip().splitlines()[-1])
+    py = json.loads(stdout.strip().splitlines()[-1])
 
     print(f"QLoRA step on CPU ({os.cpu_count()} cores), {args.preset}, batch {args.batch} x seq {args.seq}, "
           f"{args.steps} timed steps")

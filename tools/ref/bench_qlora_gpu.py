@@ -28,49 +28,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PRESETS = {  # the official Qwen3 config.json values
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
-}
-VOCAB = 151936
-
-
-def qwen3_config(preset):
-    from transformers import Qwen3Config
-    return Qwen3Config(vocab_size=VOCAB, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=40960,
-                       **PRESETS[preset])
-
-
-def write_model(preset, path):
-    """The checkpoint folder ./train reads (written once)."""
-    import shutil
-    import torch
-    from transformers import Qwen3ForCausalLM
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        src = ROOT / "build" / "fixtures" / "qwen3-tokenizer" / name
-        if not src.exists():
-            sys.exit(f"{src} is missing: run `make` first (it unpacks the Qwen3 tokenizer)")
-        shutil.copyfile(src, path / name)
-    if (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
-        return
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen3ForCausalLM(qwen3_config(preset)).to(torch.bfloat16)
-    model.save_pretrained(path, safe_serialization=True)
-
-
-def write_data(path, n, seq):
-    import random
-    rnd = random.Random(0)
-    words = "the of and to in is was for on that with as by at from his her an it are be this".split()
-    with open(path, "w") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": " ".join(rnd.choice(words) for _ in range(seq * 2))}) + "\n")
+from bench_common import PRESETS, ROOT, VOCAB, qwen3_config, write_data, write_model
 
 
 def quantize_linears(model, compute_dtype):
@@ -172,7 +131,7 @@ def main():
     if "ours" in sides:
         model_dir = ROOT / ".cache" / "bench" / args.preset
         model_dir.mkdir(parents=True, exist_ok=True)
-        write_model(args.preset, model_dir)
+        write_model(args.preset, model_dir, device="cuda")
         results["nanoqlora ./" + args.binary] = run_ours(args, model_dir)
     if "python" in sides:
         p = subprocess.run([sys.executable, __file__, "--child-python", "--preset", args.preset, "--batch",
