@@ -3,6 +3,7 @@
 // adamw_update.h. Results match torch in fp32 up to its sqrt: torch's CPU sqrt
 // goes through MKL's vector math, which is not always correctly rounded.
 #include "optim/adamw.h"
+#include "optim/adamw_state.h"
 
 #include <cmath>
 #include <set>
@@ -79,39 +80,22 @@ void AdamW::zero_grad() {
 }
 
 std::map<std::string, Tensor> AdamW::state_dict() const {
-  std::map<std::string, Tensor> out;
+  OptimizerState out;
   for (size_t i = 0; i < params_.size(); ++i) {
     const ParamState& st = state_[i];
     const Shape& shape = params_[i].shape();
     // A parameter that never had a gradient saves zero moments (what it would start from).
-    out[st.name + ".exp_avg"] = st.exp_avg.defined() ? st.exp_avg.clone() : Tensor::zeros(shape);
-    out[st.name + ".exp_avg_sq"] = st.exp_avg_sq.defined() ? st.exp_avg_sq.clone() : Tensor::zeros(shape);
-    Tensor step = Tensor::empty({1}, DType::I64);
-    step.data<int64_t>()[0] = st.step;
-    out[st.name + ".step"] = step;
+    put_adamw_state(out, st.name, st.exp_avg.defined() ? st.exp_avg.clone() : Tensor::zeros(shape),
+                    st.exp_avg_sq.defined() ? st.exp_avg_sq.clone() : Tensor::zeros(shape), st.step);
   }
   return out;
 }
 
 void AdamW::load_state_dict(const std::map<std::string, Tensor>& state) {
-  auto find = [&](const std::string& key, const Shape& shape, DType dtype) -> const Tensor& {
-    auto it = state.find(key);
-    NQ_CHECK(it != state.end(), "AdamW::load_state_dict: missing ", key);
-    NQ_CHECK(it->second.shape() == shape && it->second.dtype() == dtype,
-             "AdamW::load_state_dict: ", key, " is ", it->second.desc(), ", expected ", dtype_name(dtype), shape.str());
-    return it->second;
-  };
   // Validate everything before changing anything, so a bad file leaves the optimizer intact.
-  std::vector<int64_t> steps;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const std::string& name = state_[i].name;
-    const Shape& shape = params_[i].shape();
-    find(name + ".exp_avg", shape, DType::F32);
-    find(name + ".exp_avg_sq", shape, DType::F32);
-    int64_t step = find(name + ".step", Shape{1}, DType::I64).data<int64_t>()[0];
-    NQ_CHECK(step >= 0, "AdamW::load_state_dict: ", name, ".step is negative (", step, ")");
-    steps.push_back(step);
-  }
+  std::vector<std::pair<std::string, Shape>> expected;
+  for (size_t i = 0; i < params_.size(); ++i) expected.emplace_back(state_[i].name, params_[i].shape());
+  const std::vector<int64_t> steps = check_adamw_state(state, expected, "AdamW::load_state_dict");
   for (size_t i = 0; i < params_.size(); ++i) {
     ParamState& st = state_[i];
     ensure_state(i);

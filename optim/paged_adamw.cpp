@@ -3,6 +3,7 @@
 // adamw_scalars() and the per-element update adamw_update_element(), shared
 // with the CPU AdamW.
 #include "optim/paged_adamw.h"
+#include "optim/adamw_state.h"
 
 #include <algorithm>
 #include <cmath>
@@ -174,36 +175,20 @@ std::map<std::string, Tensor> PagedAdamW::state_dict() const {
     h.copy_from(t);
     return h;
   };
-  std::map<std::string, Tensor> out;
-  for (const ParamState& st : state_) {
-    out[st.name + ".exp_avg"] = host_copy(st.exp_avg);
-    out[st.name + ".exp_avg_sq"] = host_copy(st.exp_avg_sq);
-    Tensor step = Tensor::empty({1}, DType::I64);
-    step.data<int64_t>()[0] = st.step;
-    out[st.name + ".step"] = step;
-  }
+  OptimizerState out;
+  for (const ParamState& st : state_) put_adamw_state(out, st.name, host_copy(st.exp_avg), host_copy(st.exp_avg_sq), st.step);
   return out;
 }
 
 void PagedAdamW::load_state_dict(const std::map<std::string, Tensor>& state) {
-  auto find = [&](const std::string& key, const Shape& shape, DType dtype) -> const Tensor& {
-    auto it = state.find(key);
-    NQ_CHECK(it != state.end(), "PagedAdamW::load_state_dict: missing ", key);
-    NQ_CHECK(it->second.shape() == shape && it->second.dtype() == dtype, "PagedAdamW::load_state_dict: ", key,
-             " is ", it->second.desc(), ", expected ", dtype_name(dtype), shape.str());
-    return it->second;
-  };
-  for (size_t i = 0; i < state_.size(); ++i) {  // validate everything before changing anything
-    const Shape& shape = params_[i].shape();
-    find(state_[i].name + ".exp_avg", shape, DType::F32);
-    find(state_[i].name + ".exp_avg_sq", shape, DType::F32);
-    NQ_CHECK(find(state_[i].name + ".step", Shape{1}, DType::I64).data<int64_t>()[0] >= 0,
-             "PagedAdamW::load_state_dict: ", state_[i].name, ".step is negative");
-  }
-  for (ParamState& st : state_) {
+  std::vector<std::pair<std::string, Shape>> expected;  // validate everything before changing anything
+  for (size_t i = 0; i < state_.size(); ++i) expected.emplace_back(state_[i].name, params_[i].shape());
+  const std::vector<int64_t> steps = check_adamw_state(state, expected, "PagedAdamW::load_state_dict");
+  for (size_t i = 0; i < state_.size(); ++i) {
+    ParamState& st = state_[i];
     st.exp_avg.copy_from(state.at(st.name + ".exp_avg"));
     st.exp_avg_sq.copy_from(state.at(st.name + ".exp_avg_sq"));
-    st.step = state.at(st.name + ".step").data<int64_t>()[0];
+    st.step = steps[i];
   }
 }
 
