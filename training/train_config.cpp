@@ -56,10 +56,9 @@ const std::vector<Option>& options() {
       {"grad-accum", Kind::Int, NQ_FIELD(grad_accum), "micro-batches per optimizer step"},
       {"max-length", Kind::Int, NQ_FIELD(max_length), "tokens per sample (longer ones are truncated) / packed row"},
       {"packing", Kind::Bool, NQ_FIELD(packing), "pack several samples per row (attention stays within a sample)"},
-      {"optim", Kind::Str, NQ_FIELD(optim), "paged_adamw | adamw: on cuda, AdamW's m and v in host memory paged "
-                                            "through a GPU pool | in GPU memory (same results); on the cpu both = adamw"},
-      {"optim-pages", Kind::Int, NQ_FIELD(optim_pages), "paged_adamw on cuda: GPU pool size in pages (>= 2)"},
-      {"optim-page-mb", Kind::Int, NQ_FIELD(optim_page_mb), "paged_adamw on cuda: MiB per page (m and v of MiB * 2^17 elements)"},
+      {"optim", Kind::Str, NQ_FIELD(optim), "paged_adamw (m, v in host memory, paged through a GPU pool) | adamw (in GPU memory)"},
+      {"optim-pages", Kind::Int, NQ_FIELD(optim_pages), "paged_adamw on cuda: pages in the GPU pool (2 to 256)"},
+      {"optim-page-mb", Kind::Int, NQ_FIELD(optim_page_mb), "paged_adamw on cuda: MiB per page (1 to 1024)"},
       {"weight-decay", Kind::Float, NQ_FIELD(weight_decay), "AdamW decoupled weight decay"},
       {"max-grad-norm", Kind::Float, NQ_FIELD(max_grad_norm), "clip the global gradient norm (0: off)"},
       {"seed", Kind::UInt, NQ_FIELD(seed), "seed of the LoRA init, dropout and shuffling"},

@@ -290,9 +290,16 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   shape.batch = cfg.batch_size;
   shape.seq = cfg.max_length;
   shape.ce_chunk_rows = dopt.ce_chunk_rows;
-  shape.paged_optimizer = paging_options(cfg).paged;
+  shape.paged_optimizer = paging_options(cfg).paged;  // (used on cuda only)
   shape.optimizer_pool_bytes = paging_options(cfg).pool_bytes();
   const MemoryPlan plan = plan_memory(model, shape);
+  const PagedAdamWOptions paging = paging_options(cfg);
+  log << "optimizer: " << (device == Device::CPU ? "AdamW, m and v in host memory"
+                           : paging.paged ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
+                                                paging.n_pages, " x ", format_bytes(size_t(paging.page_bytes)))
+                                          : std::string("AdamW, m and v in GPU memory"))
+      << "; plan for batch " << shape.batch << " x " << shape.seq << " tokens, gradient checkpointing "
+      << (dopt.checkpointing ? "on" : "off") << "\n";
   log << plan.table() << "\n";
   log << total_steps << " steps of " << cfg.grad_accum << " x " << cfg.batch_size << " rows, lr " << cfg.lr << " ("
       << cfg.schedule << ", warmup " << schedule.warmup_steps << ")\n";
