@@ -10,7 +10,10 @@
 #   6. tools/ref/bench_attention.py (PyTorch SDPA flash) beside ./bench attention, if torch imports
 #   7. a short summary table, printed last
 # Every step runs under `timeout`; the limits add up to 350 s, under 6 minutes.
-# Full logs go to $OUT when it is set (the device tool copies it back), else build/gpu_check/.
+# Logs go to build/gpu_check/<mode>/; when $OUT is set (the device tool copies it back,
+# 8 files at most) it gets two files per mode: summary-<mode>.txt and logs-<mode>.tar.gz.
+# Both modes in one device call (the machine stays warm only 30 s between calls):
+#   tools/gpu_check.sh; tools/gpu_check.sh train
 # Usage (repository root):  tools/gpu_check.sh          (the kernel checks above)
 #                           tools/gpu_check.sh train    (build + the GPU training section below:
 #                                                        steps T1-T3; limits add up to 345 s)
@@ -22,8 +25,17 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-kernels}
 case "$MODE" in kernels|train) ;; *) echo "error: unknown mode '$MODE' (kernels or train)"; exit 1 ;; esac
-LOG=${OUT:-build/gpu_check}
-mkdir -p "$LOG"
+LOG=build/gpu_check/$MODE
+rm -rf "$LOG" && mkdir -p "$LOG"
+# finish: the summary and a tarball of every log into $OUT (when set), then exit with $1.
+finish() {
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    [ -f "$LOG/summary.txt" ] && cp "$LOG/summary.txt" "$OUT/summary-$MODE.txt"
+    tar czf "$OUT/logs-$MODE.tar.gz" -C "$LOG" .
+  fi
+  exit "$1"
+}
 SUMMARY=()
 FAILED=0
 
@@ -44,7 +56,6 @@ step() {
 }
 
 # 1. GPU
-# (at most 7 log files land in $LOG: the device tool brings back 8 files at most)
 if ! GPU_INFO=$(nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader 2>&1); then
   echo "error: nvidia-smi found no GPU: $GPU_INFO"; exit 1
 fi
@@ -78,7 +89,7 @@ else
 fi
 
 # 3-4. build and test
-step build 125 make -j16 CUDA=1 CUDA_ARCH="$CC" "${MAKE_DEPS[@]}" all || { echo "build failed: see $LOG/build.log"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+step build 125 make -j16 CUDA=1 CUDA_ARCH="$CC" "${MAKE_DEPS[@]}" all || { echo "build failed: see $LOG/build.log"; printf '%s\n' "${SUMMARY[@]}" | tee "$LOG/summary.txt"; finish 1; }
 if [ "$MODE" = kernels ]; then
 step test_all 45 ./build/cuda/test_all
 if command -v compute-sanitizer > /dev/null; then
@@ -162,4 +173,4 @@ fi
   fi
   [ "$FAILED" = 0 ] && echo "gpu_check: all steps passed" || echo "gpu_check: SOME STEPS FAILED (logs in $LOG)"
 } | tee "$LOG/summary.txt"
-exit "$FAILED"
+finish "$FAILED"
