@@ -240,11 +240,9 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   // ---- data
   EncodeOptions enc;
   enc.max_length = cfg.max_length;
-  enc.chat_template = loaded.chat ? loaded.chat->kind : ChatFormat::for_config(model.config()).kind;
+  enc.chat = loaded.chat ? *loaded.chat : ChatFormat::for_config(model.config());
   if (!loaded.chat) log << "note: " << loaded.chat_error << "; chats use the " << model.config().model_type
                         << " default template\n";
-  if (loaded.chat && !loaded.chat->default_system.empty())
-    log << "note: the model's template adds a default system message; training samples are rendered without it\n";
   TrainData data = load_train_data(cfg, tok, enc);
   log << "data: " << cfg.data << " (" << data_format_name(data.train.format) << "): " << data.train_subset.size()
       << " training samples, " << data.eval_subset.size() << " eval; " << data.train.truncated << " truncated to "
