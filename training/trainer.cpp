@@ -16,8 +16,8 @@
 #include "autograd/var.h"
 #include "lora/adapter.h"
 #include "model/chat_format.h"
-#include "model/load_model.h"
 #include "model/device.h"
+#include "model/load_model.h"
 #include "model/memory_plan.h"
 #include "model/tokenizer.h"
 #include "optim/accumulation.h"
@@ -288,10 +288,10 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   shape.batch = cfg.batch_size;
   shape.seq = cfg.max_length;
   shape.ce_chunk_rows = dopt.ce_chunk_rows;
-  shape.paged_optimizer = paging_options(cfg).paged;  // (used on cuda only)
-  shape.optimizer_pool_bytes = paging_options(cfg).pool_bytes();
-  const MemoryPlan plan = plan_memory(model, shape);
   const PagedAdamWOptions paging = paging_options(cfg);
+  shape.paged_optimizer = paging.paged;  // the plan reads these two on cuda only
+  shape.optimizer_pool_bytes = paging.pool_bytes();
+  const MemoryPlan plan = plan_memory(model, shape);
   log << "optimizer: " << (device == Device::CPU ? "AdamW, m and v in host memory"
                            : paging.paged ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
                                                 paging.n_pages, " x ", format_bytes(size_t(paging.page_bytes)))
