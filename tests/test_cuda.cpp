@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/ops.h"
@@ -35,6 +36,23 @@ namespace {
 constexpr double kTolF32 = 1e-5, kTolBf16 = 1e-2;
 double tol(DType t) { return t == DType::F32 ? kTolF32 : kTolBf16; }
 const DType kDtypes[] = {DType::F32, DType::BF16};
+
+// Bit-exact comparison of two CPU tensors: "" when every element's bytes are equal,
+// else where the first difference is (so a failure says where, not just that).
+std::string bit_difference(const Tensor& got, const Tensor& want) {
+  if (got.dtype() != want.dtype() || got.shape() != want.shape()) return str("got ", got.desc(), ", want ", want.desc());
+  size_t es = dtype_size(want.dtype());
+  const char *g = static_cast<const char*>(got.raw()), *w = static_cast<const char*>(want.raw());
+  for (int64_t i = 0; i < want.numel(); ++i)
+    if (std::memcmp(g + i * es, w + i * es, es) != 0)
+      return str("first difference at element ", i, ": got ", got.to_vector()[i], ", want ", want.to_vector()[i]);
+  return "";
+}
+#define CHECK_BIT_EXACT(got_host, want)                  \
+  do {                                                  \
+    std::string diff_ = bit_difference(got_host, want); \
+    CHECK_MESSAGE(diff_.empty(), diff_);                \
+  } while (0)
 
 #define CHECK_CLOSE(got, want, dt)                                                          \
   do {                                                                                      \
@@ -62,6 +80,23 @@ GPU_TEST(elementwise) {
       double norm = std::sqrt(double(n));  // sum's error scales with ||a|| ~ sqrt(n)
       CHECK(std::fabs(double(s_gpu) - double(s_cpu)) <= kTolF32 * norm);
     }
+}
+
+GPU_TEST(cast_rounds_like_half_h) {
+  // f32 -> bf16 must round to nearest even exactly as runtime/half.h (the host's
+  // to_dtype): random values, plus ties (1 + 2^-8 rounds down to 1, 1 + 3 * 2^-8 up
+  // to 1 + 2^-6), values that round up to the next binade or to infinity, a subnormal.
+  Tensor x = random_normal({1000}, 25, 10.0f);
+  std::vector<float> special = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -(1.0f + 0x1p-8f), 1.99999988f, 3.4028235e38f,
+                                -3.4028235e38f, 1e-40f, 0.0f, -0.0f};
+  std::memcpy(x.data<float>(), special.data(), special.size() * sizeof(float));
+  Tensor got = k::cast(x.to(Device::CUDA), DType::BF16);
+  REQUIRE(got.dtype() == DType::BF16);
+  Tensor want = x.to_dtype(DType::BF16), got_host = got.to(Device::CPU);
+  CHECK_BIT_EXACT(got_host, want);
+  // bf16 -> f32 is exact: back to the rounded values, bit for bit.
+  Tensor back = k::cast(got, DType::F32).to(Device::CPU), want_back = want.to_dtype(DType::F32);
+  CHECK_BIT_EXACT(back, want_back);
 }
 
 GPU_TEST(matmul) {
@@ -122,10 +157,11 @@ GPU_TEST(rope) {
   for (DType dt : kDtypes)
     for (auto [N, H, Dh] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {7, 3, 64}, {40, 4, 128}}) {
       CAPTURE(N); CAPTURE(H); CAPTURE(Dh);
-      // f32: the device powf/sincosf may differ from glibc's by an ulp or two, an angle error
-      // of about pos * 1.2e-7; positions below 16 keep that under the 1e-5 bound.
-      int32_t max_pos = dt == DType::F32 ? 16 : 4096;
-      Tensor x = rounded_to(random_normal({N, H, Dh}, 12), dt), pos = random_ints({N}, 13, 0, max_pos);
+      // Positions up to Qwen3's context (40960): the kernel takes inv_freq from the CPU's
+      // rope_inv_freq, so the f32 angles are the CPU's bit for bit and only sincosf vs
+      // glibc (an ulp or two of the result) separates the two. One ulp off in an
+      // inv_freq would be an angle error of up to 2.5e-3 here, far over the f32 bound.
+      Tensor x = rounded_to(random_normal({N, H, Dh}, 12), dt), pos = random_ints({N}, 13, 0, 40960);
       Tensor gpos = pos.to(Device::CUDA);
       CHECK_CLOSE(k::rope_forward(to_device(x, dt), gpos, 1e6f), k::rope_forward(x, pos, 1e6f), dt);
       CHECK_CLOSE(k::rope_backward(to_device(x, dt), gpos, 1e6f), k::rope_backward(x, pos, 1e6f), dt);
@@ -215,6 +251,14 @@ GPU_TEST(linear_cross_entropy) {
       CHECK(std::fabs(double(gloss) - double(loss)) <= tol(dt) * std::fabs(double(loss)));
       CHECK_CLOSE(ggh, gh, dt);
       CHECK_CLOSE(ggw, gw, dt);
+      // A tied embedding: grad_w already holds the embedding's gradient (w's dtype) and is added into.
+      Tensor prior = rounded_to(random_normal({c.V, c.D}, 26, 0.01f), dt);
+      Tensor acc = prior.clone(), gacc = to_device(prior, dt);
+      k::linear_cross_entropy(h, w, labels, c.chunk, nullptr, &acc, nullptr);
+      k::linear_cross_entropy(to_device(h, dt), to_device(w, dt), labels.to(Device::CUDA), c.chunk, nullptr, &gacc,
+                              nullptr);
+      REQUIRE(gacc.dtype() == dt);
+      CHECK_CLOSE(gacc, acc, dt);
     }
 }
 
@@ -288,6 +332,9 @@ GPU_TEST(bad_input_raises_errors) {
                        doctest::Contains("labels[1] = -1 out of range [0, 11)"), Error);
   Tensor w_bf16 = to_device(random_normal({4}, 92), DType::BF16);
   CHECK_THROWS_WITH_AS(k::rmsnorm_forward(h, w_bf16, 1e-6f, nullptr), doctest::Contains("weight must be f32"), Error);
+  Tensor wide_heads = to_device(random_normal({1, 1, 1026}, 93), DType::BF16);
+  CHECK_THROWS_WITH_AS(k::rope_forward(wide_heads, Tensor::from_ids({0}, {1}).to(Device::CUDA), 1e6f),
+                       doctest::Contains("head_dim 1026 of x [1, 1, 1026] exceeds the GPU kernel's 512"), Error);
 }
 
 // ---- NF4 -------------------------------------------------------------------
@@ -298,8 +345,8 @@ namespace {
 struct Nf4Case {
   Nf4Tensor q;
   kernels::cuda::Nf4DeviceTensor d;
-  Nf4Case(int64_t out, int64_t in, uint64_t seed, bool double_quant = true)
-      : q(quantize_nf4(random_normal({out, in}, seed, 0.02f).data<float>(), out, in, 64, double_quant)),
+  Nf4Case(int64_t out, int64_t in, uint64_t seed, bool double_quant = true, int64_t blocksize = 64)
+      : q(quantize_nf4(random_normal({out, in}, seed, 0.02f).data<float>(), out, in, blocksize, double_quant)),
         d(kernels::cuda::nf4_to_device(q)) {}
   const kernels::cuda::Nf4Weight& w() const { return d.view; }
   Tensor dequantized() const { return dequantize_nf4(q); }
@@ -312,13 +359,15 @@ TEST_CASE("cuda NF4 value table equals quant/nf4.h's") {
 }
 
 GPU_TEST(nf4_dequantize_bit_exact) {
-  // awkward sizes (numel not a multiple of 64, odd numel), > 256 blocks (2 nested blocks), plain absmax
+  // awkward sizes (numel not a multiple of the blocksize, odd numel), > 256 blocks (2 nested
+  // blocks), plain absmax, and the other blocksizes bitsandbytes accepts (blocks spanning rows)
+  for (int64_t blocksize : {64, 32, 128})
   for (bool double_quant : {true, false})
     for (auto [out, in] : {std::pair<int64_t, int64_t>{1, 1}, {3, 37}, {17, 127}, {96, 256}, {130, 200}}) {
-      CAPTURE(out); CAPTURE(in); CAPTURE(double_quant);
-      Nf4Case c(out, in, 70, double_quant);
+      CAPTURE(out); CAPTURE(in); CAPTURE(double_quant); CAPTURE(blocksize);
+      Nf4Case c(out, in, 70, double_quant, blocksize);
       Tensor want = c.dequantized(), got = kernels::cuda::nf4_dequantize(c.w(), DType::F32).to(Device::CPU);
-      CHECK(std::memcmp(got.raw(), want.raw(), want.nbytes()) == 0);
+      CHECK_BIT_EXACT(got, want);
       Tensor got_bf16 = kernels::cuda::nf4_dequantize(c.w(), DType::BF16);
       CHECK(relative_error(got_bf16, want) <= kTolBf16);
     }
