@@ -133,8 +133,25 @@ class PinnedHostAllocator final : public Allocator {
   Device device() const override { return Device::CPU; }
 };
 
+// The kernels need bf16 tensor cores (WMMA bf16, cvt.rn.bf16): compute capability
+// 8.0 or newer. Checked once, on the first device allocation (every kernel needs
+// one), so an older GPU is one clear error instead of "no kernel image" per launch.
+void check_compute_capability() {
+  static const bool checked = [] {
+    int device = 0, major = 0, minor = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    NQ_CHECK(major >= 8, "device cuda: GPU ", device, " has compute capability ", major, ".", minor,
+             "; the CUDA kernels need 8.0 or newer (bf16 tensor cores)");
+    return true;
+  }();
+  (void)checked;
+}
+
 CudaAllocator& cuda_allocator() {
   NQ_CHECK(cuda_available(), "device cuda: no CUDA device is available");
+  check_compute_capability();
   static CudaAllocator cuda;
   return cuda;
 }
