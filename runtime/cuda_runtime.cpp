@@ -36,6 +36,9 @@ namespace {
 // Allocator::stats_ counts the bytes handed out; reserved_ counts what
 // cudaMalloc returned, per category. When cudaMalloc fails, the cache is
 // released and the call retried once.
+// Not stream-aware: a freed block is reused at once, which is safe because all
+// kernels run on the legacy default stream in issue order; side streams (the
+// paged optimizer's) may only touch memory that outlives their work (docs/cuda.md).
 class CudaAllocator final : public Allocator {
  public:
   void* allocate(size_t bytes, MemCategory cat) override {

@@ -350,8 +350,9 @@ GPU_TEST(nf4_dequantize_bit_exact) {
       Nf4Case c(out, in, 70, double_quant, blocksize);
       Tensor want = c.dequantized(), got = kernels::cuda::nf4_dequantize(c.w(), DType::F32).to(Device::CPU);
       CHECK_BIT_EXACT(got, want);
-      Tensor got_bf16 = kernels::cuda::nf4_dequantize(c.w(), DType::BF16);
-      CHECK(relative_error(got_bf16, want) <= kTolBf16);
+      // bf16: the same f32 value rounded once to nearest even, so bit-exact with the host's rounding
+      Tensor got_bf16 = kernels::cuda::nf4_dequantize(c.w(), DType::BF16).to(Device::CPU);
+      CHECK_BIT_EXACT(got_bf16, want.to_dtype(DType::BF16));
     }
 }
 
@@ -372,6 +373,19 @@ GPU_TEST(nf4_matmul) {
         CHECK(ey <= bound);
         CHECK(edx <= bound);
       }
+}
+
+GPU_TEST(nf4_matmul_rejects_mismatched_shapes) {
+  namespace kc = nq::kernels::cuda;
+  Nf4Case c(3, 37, 83);
+  Tensor x = to_device(random_normal({2, 38}, 84), DType::BF16);
+  CHECK_THROWS_WITH_AS(kc::nf4_matmul(x, c.w()), doctest::Contains("nf4_matmul: x [2, 38] does not end in 37"), Error);
+  CHECK_THROWS_WITH_AS(kc::nf4_matmul_dx(x, c.w()), doctest::Contains("nf4_matmul_dx: x [2, 38] does not end in 3"),
+                       Error);
+  // the low-rank term: B must be [out, r] = [3, r]; here it is [4, 2]
+  Tensor x_ok = to_device(random_normal({2, 37}, 85), DType::BF16);
+  kc::LowRankTerm bad{to_device(random_normal({2, 2}, 86), DType::BF16), to_device(random_normal({4, 2}, 87), DType::BF16)};
+  CHECK_THROWS_WITH_AS(kc::nf4_matmul(x_ok, c.w(), &bad), doctest::Contains("low-rank term a [2, 2], w [4, 2]"), Error);
 }
 
 GPU_TEST(lora_nf4_forward_backward) {
