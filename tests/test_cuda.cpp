@@ -66,7 +66,7 @@ std::string bit_difference(const Tensor& got, const Tensor& want) {
 
 GPU_TEST(elementwise) {
   for (DType dt : kDtypes)
-    for (int64_t n : {1, 7, 1000, 65537}) {
+    for (int64_t n : {1, 7, 1000, 65537, 300001}) {  // 300001: sum's grid (capped at 1024 blocks) strides
       CAPTURE(n);
       Tensor a = rounded_to(random_normal({n}, 1), dt), b = rounded_to(random_normal({n}, 2), dt);
       Tensor ga = to_device(a, dt), gb = to_device(b, dt);
@@ -150,7 +150,7 @@ GPU_TEST(rmsnorm) {
       k::rmsnorm_backward(dy, x, w, rstd, &dx, &dw);
       k::rmsnorm_backward(to_device(dy, dt), gx, gw, grstd, &gdx, &gdw);
       CHECK_CLOSE(gdx, dx, dt);
-      CHECK_CLOSE(gdw, dw, dt);
+      CHECK_CLOSE(gdw, dw, DType::F32);  // f32 output from the same (rounded) inputs: the f32 bound
     }
 }
 
