@@ -133,9 +133,11 @@ void gemm(const GemmArgs& g) {
       cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(s.handle, op, first.desc, second.desc, out.desc, out.desc,
                                                          pref, 1, &result, &found);
       cublasLtMatmulPreferenceDestroy(pref);
-      CUBLAS_CHECK(st);
-      NQ_CHECK(found > 0, "matmul: cuBLASLt has no algorithm for [", g.m, ", ", g.k, "] x [", g.k, ", ", g.n,
-               "] with types ", dtype_name(g.a_type), " x ", dtype_name(g.b_type), " -> ", dtype_name(g.c_type));
+      // (not CUBLAS_CHECK(st): its message would name the variable, not the call)
+      NQ_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "matmul: cuBLASLt has no algorithm for [", g.m, ", ", g.k,
+               "] x [", g.k, ", ", g.n, "] (batch ", g.batch, ") with types ", dtype_name(g.a_type), " x ",
+               dtype_name(g.b_type), " -> ", dtype_name(g.c_type), " (cublasLtMatmulAlgoGetHeuristic: ",
+               cublasGetStatusString(st), ", at ", __FILE__, ":", __LINE__, ")");
       algo = result.algo;
       s.algos.emplace(key, algo);
     }
