@@ -8,6 +8,10 @@
 //   bf16 on the GPU: 1e-2 (inputs are rounded to bf16 first and the CPU sees
 //                    the same rounded values; outputs carry one bf16 rounding,
 //                    relative 2^-9 at worst per element)
+//   bit-exact:       NF4 dequantization (f32 and bf16), f32 <-> bf16 casts, the
+//                    dropout mask (same Philox stream)
+//   AdamW:           1e-6 against the CPU optimizer (same arithmetic; nvcc may
+//                    contract a multiply-add the host build keeps separate)
 // Without a GPU every test prints `skipped: no CUDA device (<name>)` and passes;
 // a CPU-only build compiles to the same skip lines.
 #include <doctest/doctest.h>
