@@ -270,7 +270,8 @@ GPU_TEST(linear_cross_entropy) {
 GPU_TEST(adamw_update_span_matches_cpu_optimizer) {
   // The kernel runs optim/adamw_update.h's element update; the reference is the CPU
   // optimizer's span update (optim/adamw.cpp, held to torch.optim.AdamW by test_optim).
-  // Three steps from zero states, a clipping factor on the last, odd sizes. The bound
+  // Three steps from zero states, a clipping factor on the last (both sides scale g in
+  // f32 before the update), odd sizes. The bound
   // allows nvcc's FMA contraction (the host build has -ffp-contract=off): an ulp per step.
   AdamWConfig cfg;
   cfg.weight_decay = 0.1;
@@ -284,9 +285,7 @@ GPU_TEST(adamw_update_span_matches_cpu_optimizer) {
       Tensor g = random_normal({n}, 100 + step), gg = g.to(Device::CUDA);
       kernels::cuda::adamw_update_span(gp.data<float>(), gg.data<float>(), gm.data<float>(), gv.data<float>(), n, sc,
                                        grad_scale, nullptr);
-      float* gh = g.data<float>();
-      for (int64_t i = 0; i < n; ++i) gh[i] = gh[i] * grad_scale;  // the kernel scales the gradient in f32 first
-      adamw_update_span(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), n, sc);
+      adamw_update_span(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), n, sc, grad_scale);
     }
     CHECK(relative_error(gp, p) <= 1e-6);
     CHECK(relative_error(gm, m) <= 1e-6);
