@@ -75,22 +75,49 @@ struct Layout {
 
 using AccFrag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
+// Stores fragments a, b side by side into the warp's f32 scratch [16][32 + 4]
+// (readable by every lane of the warp on return).
+__device__ __forceinline__ void stage(const AccFrag& a, const AccFrag& b, float* scratch) {
+  __syncwarp();  // the scratch's previous contents have been read
+  wmma::store_matrix_sync(scratch, a, kScratchLd, wmma::mem_row_major);
+  wmma::store_matrix_sync(scratch + kFrag, b, kScratchLd, wmma::mem_row_major);
+  __syncwarp();
+}
+
 // Hands the warp's N accumulator fragments (a [16, 16 N] f32 block, N even) to
-// put(r, c, x) element by element: two fragments at a time go through the
-// warp's scratch [16][36]; lane l takes column c = 32 pass + l and walks rows r
-// = 0..15 (so put's per-row state, indexed by r, stays in registers).
+// put(r, c, x) element by element, two fragments at a time through the
+// scratch; lane l takes column c = 32 pass + l and walks rows r = 0..15.
 template <int N, typename Put>
 __device__ __forceinline__ void drain(AccFrag (&f)[N], float* scratch, int lane, Put&& put) {
   static_assert(N % 2 == 0, "fragments are drained two at a time");
 #pragma unroll
   for (int n0 = 0; n0 < N; n0 += 2) {
-    __syncwarp();  // the scratch's previous contents have been read
-    wmma::store_matrix_sync(scratch, f[n0], kScratchLd, wmma::mem_row_major);
-    wmma::store_matrix_sync(scratch + kFrag, f[n0 + 1], kScratchLd, wmma::mem_row_major);
-    __syncwarp();
+    stage(f[n0], f[n0 + 1], scratch);
 #pragma unroll 4
     for (int r = 0; r < kFrag; ++r) put(r, n0 * kFrag + lane, scratch[r * kScratchLd + lane]);
   }
+}
+
+// dst[r * row_stride + c] += the warp's [16, 32] block f[0], f[1], for rows
+// r < rows_valid, by f32 atomics. On sm_90 a lane adds 4 consecutive columns
+// with one 16-byte atomic (a quarter of the atomic operations); dst and
+// row_stride must then be 16-byte aligned (dq_acc: Dh and the column offsets
+// are multiples of 4).
+__device__ __forceinline__ void atomic_add_rows(AccFrag (&f)[2], float* scratch, int lane, float* dst,
+                                                int64_t row_stride, int rows_valid) {
+  stage(f[0], f[1], scratch);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#pragma unroll
+  for (int i = 0; i < kFrag / 4; ++i) {
+    int r = i * 4 + (lane >> 3), c = (lane & 7) * 4;  // 8 lanes cover one row's 32 columns
+    float4 x = *reinterpret_cast<const float4*>(scratch + r * kScratchLd + c);
+    if (r < rows_valid) atomicAdd(reinterpret_cast<float4*>(dst + r * row_stride + c), x);
+  }
+#else
+#pragma unroll 4
+  for (int r = 0; r < kFrag; ++r)
+    if (r < rows_valid) atomicAdd(dst + r * row_stride + lane, scratch[r * kScratchLd + lane]);
+#endif
 }
 
 // acc[n] = A B_n^T for n = 0, 1: A [16, Dh] and B [32, Dh] row-major bf16 in
@@ -119,7 +146,7 @@ __device__ __forceinline__ void mul_abt(AccFrag (&acc)[2], const bf16* a, const 
 template <int Dh>
 __device__ __forceinline__ void mul_atb(AccFrag (&acc)[Dh / 32], const bf16* a, const bf16* b) {
   constexpr int kLd = Layout<Dh>::kLd, kPLd = Layout<Dh>::kPLd;
-#pragma unroll
+#pragma unroll 1  // rolled: keeps the kernel within 128 registers without spills (2 blocks per SM)
   for (int kk = 0; kk < kQueries; kk += kFrag) {
     wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> af;
     wmma::load_matrix_sync(af, a + kk * kPLd, kPLd);
@@ -249,9 +276,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           }
         }
         float* dq_rows = dq_acc + ((base + t0 + sq) * Hq + h) * Dh + dq_col + n0 * kFrag;  // row r: + r Hq Dh
-        drain(dq_frag, scratch, lane, [&](int r, int c, float x) {
-          if (t0 + sq + r < T) atomicAdd(dq_rows + r * Hq * Dh + c, x);
-        });
+        atomic_add_rows(dq_frag, scratch, lane, dq_rows, int64_t(Hq) * Dh, T - (t0 + sq));
       }
     }
   }
