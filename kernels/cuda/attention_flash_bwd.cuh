@@ -16,26 +16,33 @@
 //   P  = exp(S scale - lse)           (masked: causal j <= t, same segment, t < T)
 //   dS = scale P (dP - D)             P and dS stored bf16 [64 q, 64 k]
 //   dV += P^T dO,  dK += dS^T Q       [64, Dh]   warp: 16 keys x Dh/2
-//   dq_acc += dS K                    [64, Dh]   warp: 16 queries x Dh/2, atomicAdd f32
+//   dq_acc += dS K                    [64, Dh]   warp: 16 queries x Dh/2, f32 atomics
 // All products are WMMA 16x16x16 bf16 with f32 accumulation (HMMA). The scale
-// is folded into dS, so dK and dQ need no extra multiply. Because every query
-// head of the group is walked by the one block that owns the keys, dK and dV
-// need no atomics; dQ gets contributions from every key tile, hence the f32
-// atomics (a separate dQ kernel per query tile would recompute S and dP a
-// second time, 7 GEMMs instead of 5; the atomics are 64 x Dh per step, spread
-// over different dQ rows by different blocks at the same time).
+// is folded into dS, so dK and dQ need no extra multiply; dS uses P after its
+// bf16 rounding (read back from shared memory: frees 16 registers per thread).
+// Because every query head of the group is walked by the one block that owns
+// the keys, dK and dV need no atomics. dQ gets contributions from every key
+// tile, hence f32 atomics (16-byte RED.F32x4 on sm_90): a separate dQ kernel
+// per query tile would recompute S and dP, 7 GEMMs instead of 5; the atomics
+// are 64 x Dh per step, and blocks working at the same time mostly hit
+// different dQ rows (each starts at its own key tile).
 // WMMA does not say which accumulator element is which (row, column), so the
 // per-element softmax work goes through a per-warp f32 scratch [16][32 + 4]:
-// a fragment is stored, each lane takes one key column (conflict-free reads) and
-// walks the 16 rows; the same scratch carries dQ to its atomics and dK/dV to
-// their masked stores.
-// Shared memory (bytes): K, V, Q, dO 4 x 64 x (Dh + 8) x 2; P, dS 2 x 64 x 72 x 2;
+// a fragment pair is stored, each lane takes one key column (conflict-free
+// reads) and walks the 16 rows; the same scratch carries dQ to its atomics and
+// dK/dV to their masked stores (rows past T are padding and never written).
+// Shared memory (bytes): K, V, Q, dO 4 x 64 x (Dh + 8) x 2 (the 8-element pad
+// shifts rows by 16 bytes against bank conflicts); P, dS 2 x 64 x 72 x 2;
 // scratch 8 x 16 x 36 x 4; lse, D, query/key segment ids 4 x 64 x 4:
-//   Dh 128: 107,520 (2 blocks per SM on sm_90)   Dh 64: 74,752.
-// Resources (nvcc 13.0 -Xptxas -v, sm_90): see RESOURCES below.
+//   Dh 128: 107,520 (2 blocks per SM on sm_90, 1 on sm_80)   Dh 64: 74,752.
+// Resources, nvcc 13.0 -Xptxas -v, __launch_bounds__(256, 2):
+//   backward_kernel<128>, <64>: 128 registers, 0 bytes stack, 0 spills (sm_80 and sm_90)
+//   preprocess_kernel: 16-21 registers.  SASS (cuobjdump --dump-sass): 112 / 56
+//   HMMA.16816.F32.BF16 for Dh 128 / 64 (the dV/dK loop is kept rolled: unrolled
+//   it spills), dQ atomics as REDG.E.ADD.F32x4 on sm_90.
 // Launch: preprocess <<<ceil(B T Hq / 8), 256>>>; backward <<<(B Hkv, ceil(T / 64)),
 // 256, smem>>>, key tile in y so that the longest blocks (first keys: the most
-// queries to walk) are dispatched first.
+// queries to walk) are dispatched first; then a cast pass dq_acc -> bf16.
 // FLOPs: forward 2 GEMMs, backward 5 (S, dP, dV, dK, dQ), each 2 B Hq T^2 Dh / 2
 // causal: backward = 2.5 x forward's 4 B T^2 Hq Dh / 2.
 //   ./bench attention_bwd --batch 1 --seq 4096 --heads 16 --kv-heads 8 --head-dim 128
