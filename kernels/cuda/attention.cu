@@ -178,10 +178,10 @@ static AttnShape shape_of(const Tensor& q, const Tensor& k, int64_t B, int64_t T
 }
 static unsigned blocks_for(int64_t warps) { return unsigned((warps + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 static const int32_t* seg_ptr(const Tensor& seg) { return seg.defined() ? ptr<int32_t>(seg) : nullptr; }
-// The tiled kernels: bf16, head_dim 64 or 128, 16-byte aligned tensors (they load 8 bf16 at a time).
-static bool tiled(const AttnShape& s, std::initializer_list<const Tensor*> tensors) {
-  if (tensors.begin()[0]->dtype() != DType::BF16 || (s.Dh != 64 && s.Dh != 128)) return false;
-  for (const Tensor* t : tensors)
+// The tiled kernels take bf16, head_dim 64 or 128, and 16-byte aligned tiles (they load 8 bf16 at a time).
+static bool tiled(const AttnShape& s, DType dtype, std::initializer_list<const Tensor*> tiles) {
+  if (dtype != DType::BF16 || (s.Dh != 64 && s.Dh != 128)) return false;
+  for (const Tensor* t : tiles)
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;
   return true;
 }
@@ -194,7 +194,7 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int6
   if (lse) *lse = lse_t;
   int64_t items = B * T * s.Hq;
   if (items == 0) return o;
-  if (tiled(s, {&q, &k, &v})) {
+  if (tiled(s, q.dtype(), {&q, &k, &v})) {
     auto launch = s.Dh == 64 ? flash::launch_forward<64> : flash::launch_forward<128>;
     launch(ptr<bf16>(o), ptr<float>(lse_t), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), seg_ptr(segment_ids), B, T,
            s.Hq, s.Hkv, s.scale);
@@ -220,7 +220,7 @@ void attention_backward(const Tensor& grad_o, const Tensor& q, const Tensor& k, 
   Tensor delta = Tensor::empty({B * T, s.Hq}, DType::F32, Device::CUDA, MemCategory::Workspace);
   if (grad_k) *grad_k = dk;
   if (grad_v) *grad_v = dv;
-  if (tiled(s, {&q, &k, &v, &grad_o})) {
+  if (tiled(s, q.dtype(), {&q, &k, &v, &grad_o})) {
     // dQ is summed over key tiles by f32 atomics, then rounded to bf16 once.
     Tensor dq_acc = Tensor::empty(q.shape(), DType::F32, Device::CUDA, MemCategory::Workspace);
     auto launch = s.Dh == 64 ? flash::bwd::launch_backward<64> : flash::bwd::launch_backward<128>;
