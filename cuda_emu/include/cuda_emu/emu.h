@@ -1,0 +1,105 @@
+// cuda_emu: a CPU emulation of the CUDA runtime, cuBLASLt and the device
+// built-ins, so that the engine's CUDA path (kernels/cuda/*.cu, unchanged) runs
+// and is tested on machines without a GPU (`make EMU=1`, build/emu/test_all).
+//
+// How a launch runs. `kernel<<<grid, block, smem, stream>>>(args)` is rewritten
+// mechanically (cuda_emu/rewrite.sed, in the Makefile) into
+// `::cuda_emu::launch(kernel, "kernel", __FILE__, __LINE__)(grid, block, smem, stream)(args)`.
+// The launch is checked like the GPU checks it (block <= 1024 threads, grid
+// limits, dynamic shared memory <= 48 KiB unless cudaFuncSetAttribute raised the
+// limit, <= 227 KiB ever); a bad configuration sets the error cudaGetLastError
+// returns and runs nothing. Otherwise the grid's blocks run one after another,
+// and each block as blockDim cooperative threads: user-level fibers
+// (ucontext) on one OS thread, each with its own stack, its own copy of the
+// kernel's arguments and its own threadIdx. A fiber runs until it reaches a
+// barrier (__syncthreads, __syncwarp, a shuffle) or returns; the scheduler then
+// resumes the next fiber, warp by warp, lane by lane in order. Why fibers and
+// not one std::thread per CUDA thread: a barrier costs a user-space context
+// switch instead of waking hundreds of OS threads on 2 cores (blocks of 256
+// threads with thousands of barriers stay fast), and the interleaving is
+// deterministic, so a failure reproduces exactly. Between two barriers the lanes
+// run strictly one after another: a thread that reads shared data another thread
+// writes later in the same phase (a missing barrier) reads the poison, not the data.
+//
+// What it checks, as errors naming kernel, block, thread and source line:
+//   __syncthreads reached by only some threads (others returned) or at different
+//   lines; shuffles where a lane of the 32 is missing (exited, or beyond
+//   blockDim), or lanes at different shuffles; a deadlock (threads waiting at
+//   different barriers); WMMA pointers not 32-byte aligned, ldm not a multiple of
+//   16 bytes, lanes of a warp issuing different WMMA operations; 16-byte atomics
+//   on unaligned addresses; writes past the end of dynamic shared memory (guard
+//   bytes after the launch's buffer); cuBLASLt descriptors that do not fit
+//   (shapes, leading dims, attribute sizes, pointer alignment vs the algorithm).
+// Device memory (cudaMalloc), dynamic shared memory (per block) are poisoned
+// with 0xff bytes (NaN as f32 and bf16), so unwritten data shows up in results.
+//
+// What a pass does NOT prove: real scheduling (warps never run concurrently
+// here, so races that barriers would expose only under true parallelism, and
+// inter-block races on global memory, stay hidden: atomics are trivially
+// atomic); the memory model beyond barriers (no reordering, no caches, fences
+// are no-ops); hardware rounding of intrinsics (__expf, rsqrtf, sincosf are the
+// host's libm, the accumulation order of tensor-core MMA and of cuBLASLt
+// differs); out-of-bounds reads and misaligned plain vector loads (host memory
+// does not fault); static __shared__ arrays are plain statics (one copy reused
+// by every block, not poisoned); resources (registers, occupancy, static shared
+// memory size); timing. Performance numbers from an emulated build mean nothing.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+struct uint3 {
+  unsigned int x, y, z;
+};
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+  constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+  constexpr operator uint3() const { return {x, y, z}; }
+};
+
+// The built-in variables of the running CUDA thread (set by the scheduler on every switch).
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+constexpr int warpSize = 32;
+
+namespace cuda_emu {
+
+// A rule violation inside a kernel (reported by the launch as an nq::Error).
+struct KernelFault : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+[[noreturn]] void fault(const std::string& what);
+
+// Barriers of the running block. file/line name the call site in messages.
+void sync_block(const char* file, int line);
+void sync_warp(unsigned mask, const char* file, int line);
+// Lane `src` of the calling warp's values (all 32 lanes must call with the same site); 8 bytes each.
+uint64_t shuffle(unsigned mask, uint64_t value, int src_lane, const char* what, const char* file, int line);
+int lane_id();  // threadIdx linearised, mod 32
+// Folds one WMMA operation (kind, address, ldm, layout, line) into the lane's record;
+// the lanes of a warp must have equal records at every warp-wide sync point.
+void note_warp_op(uint64_t op_hash);
+
+// The launch's dynamic shared memory (`extern __shared__ T name[]` is rewritten to use it).
+struct SharedPointer {
+  void* p;
+  template <typename T> operator T*() const { return static_cast<T*>(p); }
+};
+SharedPointer dynamic_shared_memory();
+
+// Runs every block of the grid; body() is one CUDA thread. Throws nq::Error naming
+// the kernel when a thread faults. Launch-configuration errors are checked by the caller.
+struct LaunchSite {
+  const char* kernel;
+  const char* file;
+  int line;
+};
+void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*), void* ctx);
+
+// The configuration check of a launch: cudaSuccess or the error the GPU would give.
+int check_launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes);
+void set_last_error(int err);
+
+}  // namespace cuda_emu

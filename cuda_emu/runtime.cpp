@@ -1,0 +1,283 @@
+// cuda_emu: the CUDA runtime API on the host (see include/cuda_runtime.h).
+// One emulated device; memory is host memory; every call completes before it
+// returns (streams and events are bookkeeping only). The launch-configuration
+// check follows the GPU's limits so that a launch the GPU would refuse fails here too.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+
+namespace {
+
+constexpr size_t kDefaultSharedPerBlock = size_t(48) << 10;   // without cudaFuncSetAttribute
+constexpr size_t kOptinSharedPerBlock = size_t(227) << 10;    // sharedMemPerBlockOptin (H100/H200)
+constexpr size_t kSharedPerSm = size_t(228) << 10;
+constexpr size_t kTotalMemory = size_t(143771) << 20;         // an H200's 141 GiB as reported by the driver
+
+thread_local cudaError_t last_error = cudaSuccess;
+std::mutex mu;
+std::map<void*, size_t> device_blocks;      // cudaMalloc'ed pointer -> bytes
+std::set<void*> host_blocks;                // cudaHostAlloc'ed
+std::map<const void*, int> max_dynamic_shared;  // per kernel, set by cudaFuncSetAttribute
+size_t device_bytes = 0;
+
+struct Stream {};
+struct Event {
+  unsigned flags = 0;
+  bool recorded = false;
+  std::chrono::steady_clock::time_point when;
+};
+std::set<const void*> streams, events;
+
+cudaError_t fail(cudaError_t e) {
+  last_error = e;
+  return e;
+}
+
+}  // namespace
+
+// ---- errors
+const char* cudaGetErrorString(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
+  }
+  return "unknown error";
+}
+const char* cudaGetErrorName(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+  }
+  return "cudaErrorUnknown";
+}
+cudaError_t cudaGetLastError() {
+  cudaError_t e = last_error;
+  last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return last_error; }
+
+// ---- device
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof prop->name, "cuda_emu (emulated on the CPU, H200-like)");
+  prop->totalGlobalMem = kTotalMemory;
+  prop->sharedMemPerBlock = kDefaultSharedPerBlock;
+  prop->regsPerBlock = 65536;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->maxThreadsDim[0] = 1024; prop->maxThreadsDim[1] = 1024; prop->maxThreadsDim[2] = 64;
+  prop->maxGridSize[0] = 2147483647; prop->maxGridSize[1] = 65535; prop->maxGridSize[2] = 65535;
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 132;
+  prop->sharedMemPerMultiprocessor = kSharedPerSm;
+  prop->sharedMemPerBlockOptin = kOptinSharedPerBlock;
+  prop->l2CacheSize = 60 << 20;
+  prop->memoryBusWidth = 6144;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(kDefaultSharedPerBlock); break;
+    case cudaDevAttrWarpSize: *value = 32; break;
+    case cudaDevAttrMultiProcessorCount: *value = 132; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = int(kSharedPerSm); break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = int(kOptinSharedPerBlock); break;
+    default: return fail(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard<std::mutex> g(mu);
+  *total_bytes = kTotalMemory;
+  *free_bytes = kTotalMemory > device_bytes ? kTotalMemory - device_bytes : 0;
+  return cudaSuccess;
+}
+
+// ---- memory
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  if (!ptr) return fail(cudaErrorInvalidValue);
+  void* p = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);  // cudaMalloc aligns to 256
+  if (!p) return fail(cudaErrorMemoryAllocation);
+  std::memset(p, 0xff, bytes);  // uninitialised device memory: NaN as f32 and bf16
+  std::lock_guard<std::mutex> g(mu);
+  device_blocks[p] = bytes;
+  device_bytes += bytes;
+  *ptr = p;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  std::lock_guard<std::mutex> g(mu);
+  auto it = device_blocks.find(ptr);
+  if (it == device_blocks.end()) return fail(cudaErrorInvalidValue);
+  device_bytes -= it->second;
+  device_blocks.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned) {
+  if (!ptr) return fail(cudaErrorInvalidValue);
+  void* p = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
+  if (!p) return fail(cudaErrorMemoryAllocation);
+  std::lock_guard<std::mutex> g(mu);
+  host_blocks.insert(p);
+  *ptr = p;
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** ptr, size_t bytes) { return cudaHostAlloc(ptr, bytes, cudaHostAllocDefault); }
+cudaError_t cudaFreeHost(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  std::lock_guard<std::mutex> g(mu);
+  if (!host_blocks.erase(ptr)) return fail(cudaErrorInvalidValue);
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (unsigned(kind) > cudaMemcpyDefault || (bytes && (!dst || !src))) return fail(cudaErrorInvalidValue);
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  if (bytes && !dst) return fail(cudaErrorInvalidValue);
+  if (bytes) std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) { return cudaMemset(dst, value, bytes); }
+
+// ---- streams and events (synchronous: work is complete when the call returns)
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, cudaStreamDefault); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
+  auto* s = new Stream;
+  std::lock_guard<std::mutex> g(mu);
+  streams.insert(s);
+  *stream = reinterpret_cast<cudaStream_t>(s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  std::lock_guard<std::mutex> g(mu);
+  if (!streams.erase(stream)) return fail(cudaErrorInvalidResourceHandle);
+  delete reinterpret_cast<Stream*>(stream);
+  return cudaSuccess;
+}
+static bool valid_stream(cudaStream_t stream) {
+  std::lock_guard<std::mutex> g(mu);
+  return !stream || streams.count(stream);
+}
+static Event* event_of(cudaEvent_t event) {
+  std::lock_guard<std::mutex> g(mu);
+  return events.count(event) ? reinterpret_cast<Event*>(event) : nullptr;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  return valid_stream(stream) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
+  return valid_stream(stream) && event_of(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
+  auto* e = new Event;
+  e->flags = flags;
+  std::lock_guard<std::mutex> g(mu);
+  events.insert(e);
+  *event = reinterpret_cast<cudaEvent_t>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  std::lock_guard<std::mutex> g(mu);
+  if (!events.erase(event)) return fail(cudaErrorInvalidResourceHandle);
+  delete reinterpret_cast<Event*>(event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  Event* e = event_of(event);
+  if (!e || !valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+  e->recorded = true;
+  e->when = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return event_of(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  return event_of(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  Event *a = event_of(start), *b = event_of(end);
+  if (!a || !b || (a->flags & cudaEventDisableTiming) || (b->flags & cudaEventDisableTiming))
+    return fail(cudaErrorInvalidResourceHandle);
+  if (!a->recorded || !b->recorded) return fail(cudaErrorInvalidResourceHandle);
+  *ms = std::chrono::duration<float, std::milli>(b->when - a->when).count();
+  return cudaSuccess;
+}
+
+// ---- kernel attributes and the launch check
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (!func) return fail(cudaErrorInvalidValue);
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || size_t(value) > kOptinSharedPerBlock) return fail(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> g(mu);
+    max_dynamic_shared[func] = value;
+    return cudaSuccess;
+  }
+  if (attr == cudaFuncAttributePreferredSharedMemoryCarveout) return cudaSuccess;
+  return fail(cudaErrorInvalidValue);
+}
+
+namespace cuda_emu {
+
+int check_launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes) {
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64)
+    return cudaErrorInvalidConfiguration;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+    return cudaErrorInvalidConfiguration;
+  size_t limit = kDefaultSharedPerBlock;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = max_dynamic_shared.find(kernel);
+    if (it != max_dynamic_shared.end()) limit = size_t(it->second);
+  }
+  if (shared_bytes > limit) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+void set_last_error(int err) { last_error = cudaError_t(err); }
+
+}  // namespace cuda_emu
