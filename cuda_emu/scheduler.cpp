@@ -42,6 +42,7 @@ struct Fiber {
   int shfl_src = 0;
   // WMMA operations since the last warp-wide sync point
   uint64_t op_hash = 0, op_count = 0;
+  size_t mma_count = 0;
 };
 
 struct WarpState {
@@ -51,6 +52,8 @@ struct WarpState {
   const char* what = nullptr;
   const char* file = nullptr;
   int line = 0;
+  std::vector<MmaSlot> mma;  // products since the last sync point (see next_mma_slot)
+  size_t mma_used = 0;
 };
 
 struct BlockRun {
@@ -93,7 +96,14 @@ void check_warp_ops(size_t w) {
       fault(nq::str("warp ", w, ": lanes ", first->linear % 32, " and ", l, " issued different WMMA operations (",
                     first->op_count, " vs ", f.op_count, " since the last sync point): WMMA needs the whole warp"));
   }
-  for (int l = 0; l < ws.lanes; ++l) lane_fiber(w, l).op_hash = lane_fiber(w, l).op_count = 0;
+  for (int l = 0; l < ws.lanes; ++l) {
+    Fiber& f = lane_fiber(w, l);
+    f.op_hash = f.op_count = 0;
+    f.mma_count = 0;
+  }
+  WarpState& mutable_ws = run->warps[w];
+  for (size_t i = 0; i < mutable_ws.mma_used; ++i) mutable_ws.mma[i].filled = false;
+  mutable_ws.mma_used = 0;
 }
 
 void release_warp(size_t w) {
@@ -212,6 +222,7 @@ std::string describe_waiters() {
 void run_block(BlockRun& b) {
   for (int t = 0; t < b.n_threads; ++t) {
     Fiber& f = fibers[size_t(t)];
+    f.mma_count = 0;
     if (!f.stack) f.stack = new_stack();
     f.state = State::Ready;
     f.op_hash = f.op_count = 0;
@@ -304,6 +315,18 @@ void note_warp_op(uint64_t op_hash) {
   ++me.op_count;
 }
 
+MmaSlot& next_mma_slot() {
+  Fiber& me = *current;
+  WarpState& ws = warp_of(me);
+  size_t i = me.mma_count++;
+  if (ws.mma.size() <= i) ws.mma.resize(i + 1);
+  if (ws.mma_used <= i) {
+    ws.mma_used = i + 1;
+    ws.mma[i].filled = false;
+  }
+  return ws.mma[i];
+}
+
 SharedPointer dynamic_shared_memory() { return SharedPointer{run->shared}; }
 
 void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*), void* ctx) {
@@ -338,7 +361,11 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes
         blockIdx = {x, y, z};
         std::memset(shared, 0xff, shared_bytes + kSharedGuardBytes);  // poison: NaN as f32 and bf16
         b.block_arrived = b.block_exited = 0;
-        for (WarpState& ws : b.warps) ws.arrived = ws.exited = 0;
+        for (WarpState& ws : b.warps) {
+          ws.arrived = ws.exited = 0;
+          for (size_t i = 0; i < ws.mma_used; ++i) ws.mma[i].filled = false;
+          ws.mma_used = 0;
+        }
         run_block(b);
         if (!b.failure.empty()) {
           run = nullptr;

@@ -81,6 +81,16 @@ int lane_id();  // threadIdx linearised, mod 32
 // Folds one WMMA operation (kind, address, ldm, layout, line) into the lane's record;
 // the lanes of a warp must have equal records at every warp-wide sync point.
 void note_warp_op(uint64_t op_hash);
+// The calling lane's next WMMA product, shared by the lanes of its warp: the first
+// lane to reach the k-th product since the warp's last sync point computes it and
+// fills the slot; the others reuse the result when their inputs are bit-identical
+// (they are, unless a race changed the memory between the lanes' loads).
+struct MmaSlot {
+  bool filled;
+  float in[3][256];  // a, b, c
+  float out[256];
+};
+MmaSlot& next_mma_slot();
 
 // The launch's dynamic shared memory (`extern __shared__ T name[]` is rewritten to use it).
 struct SharedPointer {
