@@ -86,6 +86,10 @@ BlockRun* run = nullptr;    // the block being run
 Fiber* current = nullptr;   // the fiber running now
 std::mutex launch_mutex;    // one launch at a time (static __shared__ arrays are shared)
 
+bool same_site(const char* file_a, int line_a, const char* file_b, int line_b) {
+  return line_a == line_b && (file_a == file_b || std::strcmp(file_a, file_b) == 0);
+}
+
 std::string where(const Fiber& f) {
   return nq::str("thread (", f.tid.x, ",", f.tid.y, ",", f.tid.z, ")");
 }
@@ -152,7 +156,7 @@ void arrive_warp(unsigned mask, bool is_shuffle, const char* what, const char* f
     ws.what = what;
     ws.file = file;
     ws.line = line;
-  } else if (ws.is_shuffle != is_shuffle || (is_shuffle && (ws.line != line || std::strcmp(ws.file, file) != 0))) {
+  } else if (ws.is_shuffle != is_shuffle || (is_shuffle && !same_site(ws.file, ws.line, file, line))) {
     fault(nq::str("warp ", w, ": lane ", me.linear % 32, " reached ", what, " at ", file, ":", line,
                   " while other lanes wait at ", ws.what, " at ", ws.file, ":", ws.line));
   }
@@ -290,13 +294,12 @@ void run_block(BlockRun& b) {
       return;
     }
   }
-  if (b.shared) {
-    for (size_t i = 0; i < kSharedGuardBytes; ++i)
-      if (b.shared[b.shared_bytes + i] != 0xff) {
-        b.failure = nq::str("wrote past the end of its ", b.shared_bytes, " bytes of dynamic shared memory (byte +", i,
-                            " after the end)");
-        return;
-      }
+  static const std::vector<unsigned char> poison(kSharedGuardBytes, 0xff);
+  if (std::memcmp(b.shared + b.shared_bytes, poison.data(), kSharedGuardBytes) != 0) {
+    size_t i = 0;
+    while (b.shared[b.shared_bytes + i] == 0xff) ++i;
+    b.failure = nq::str("wrote past the end of its ", b.shared_bytes, " bytes of dynamic shared memory (byte +", i,
+                        " after the end)");
   }
 }
 
@@ -309,7 +312,7 @@ void sync_block(const char* file, int line) {
   if (run->block_arrived == 0) {
     run->block_file = file;
     run->block_line = line;
-  } else if (run->block_line != line || std::strcmp(run->block_file, file) != 0) {
+  } else if (!same_site(run->block_file, run->block_line, file, line)) {
     fault(nq::str("__syncthreads at ", file, ":", line, " while other threads wait at __syncthreads at ",
                   run->block_file, ":", run->block_line));
   }

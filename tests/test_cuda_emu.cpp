@@ -1,0 +1,292 @@
+// The emulated GPU itself (cuda_emu/, build/emu only): that a launch computes
+// what CUDA specifies (thread indices, shuffles, WMMA, cuBLASLt against naive
+// double loops) and that each rule the emulator enforces fails with an
+// nq::Error naming kernel, block, thread and the broken rule (so a pass of the
+// GPU tests under the emulator means these rules held). Kernels are written
+// here as host functions and launched through the emulator's launcher (what
+// cuda_emu/rewrite.sed turns `<<<...>>>` into). Other builds compile nothing.
+#include <doctest/doctest.h>
+
+#ifdef NQ_CUDA_EMU
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "runtime/error.h"
+
+#define LAUNCH(kernel, ...) ::cuda_emu::launch(kernel, #kernel, __FILE__, __LINE__)(__VA_ARGS__)
+
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+__global__ void write_indices(int* out) {
+  int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  int b = blockIdx.x + gridDim.x * blockIdx.y;
+  out[b * blockDim.x * blockDim.y * blockDim.z + t] = b * 1000 + t;
+}
+
+// shuffles: out[4 * t + i] = xor 3, down 5, up 2, idx 7 of value 100 + lane
+__global__ void shuffles(int* out) {
+  int lane = threadIdx.x & 31, v = 100 + lane;
+  out[4 * threadIdx.x + 0] = __shfl_xor_sync(0xffffffffu, v, 3);
+  out[4 * threadIdx.x + 1] = __shfl_down_sync(0xffffffffu, v, 5);
+  out[4 * threadIdx.x + 2] = __shfl_up_sync(0xffffffffu, v, 2);
+  out[4 * threadIdx.x + 3] = __shfl_sync(0xffffffffu, v, 7);
+}
+
+__global__ void divergent_barrier() {
+  if (threadIdx.x < 16) return;
+  __syncthreads();
+}
+__global__ void shuffle_after_return(float* out) {
+  if (threadIdx.x == 5) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+__global__ void shuffle_in_partial_warp(float* out) { out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1); }
+__global__ void mixed_barriers() {
+  if (threadIdx.x == 0) __syncthreads();
+  else __syncwarp();
+}
+
+// Each lane writes its slot of shared memory, then reads its neighbour's, with or without __syncwarp.
+__global__ void neighbour_dynamic(float* out, bool sync) {
+  float* slots = ::cuda_emu::dynamic_shared_memory();
+  int lane = threadIdx.x;
+  slots[lane] = float(lane);
+  if (sync) __syncwarp();
+  out[lane] = slots[(lane + 1) % 32];
+}
+__global__ void overflow_shared(int n) {
+  unsigned char* smem = ::cuda_emu::dynamic_shared_memory();
+  if (threadIdx.x == 0) smem[n] = 1;
+}
+
+// One warp: D [16, 16] = A [16, 16] B (B column-major when b_col), bf16 in, f32 out.
+__global__ void wmma_product(float* d, const __nv_bfloat16* a, const __nv_bfloat16* b, bool b_col) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 0.5f);
+  wmma::load_matrix_sync(fa, a, 16);
+  if (b_col) {
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::mma_sync(acc, fa, fb, acc);
+  } else {
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+__global__ void wmma_load(const __nv_bfloat16* p, unsigned ldm) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, p, ldm);
+}
+__global__ void wmma_half_warp(const __nv_bfloat16* p) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  if ((threadIdx.x & 31) < 16) wmma::load_matrix_sync(fa, p, 16);
+  __syncwarp();
+}
+__global__ void vector_atomic(float* p) { atomicAdd(reinterpret_cast<float4*>(p), make_float4(1, 2, 3, 4)); }
+__global__ void nothing() {}
+
+std::string launch_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const nq::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("cuda_emu: thread and block indices cover the grid, each thread once") {
+  dim3 grid(3, 2), block(4, 2, 3);
+  std::vector<int> out(6 * 24, -1);
+  LAUNCH(write_indices, grid, block)(out.data());
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  for (int b = 0; b < 6; ++b)
+    for (int t = 0; t < 24; ++t) CHECK(out[size_t(b * 24 + t)] == b * 1000 + t);
+}
+
+TEST_CASE("cuda_emu: shuffles return the source lane's value (out of range: the caller's own)") {
+  std::vector<int> out(64 * 4, -1);
+  LAUNCH(shuffles, 1, 64)(out.data());
+  for (int t = 0; t < 64; ++t) {
+    int lane = t & 31;
+    CAPTURE(t);
+    CHECK(out[size_t(4 * t + 0)] == 100 + (lane ^ 3));
+    CHECK(out[size_t(4 * t + 1)] == 100 + (lane + 5 < 32 ? lane + 5 : lane));
+    CHECK(out[size_t(4 * t + 2)] == 100 + (lane >= 2 ? lane - 2 : lane));
+    CHECK(out[size_t(4 * t + 3)] == 100 + 7);
+  }
+}
+
+TEST_CASE("cuda_emu: barrier and shuffle rules fail with the kernel, block, thread and line") {
+  std::string e = launch_error([] { LAUNCH(divergent_barrier, 2, 64)(); });
+  CHECK(e.find("kernel divergent_barrier (launched at tests/test_cuda_emu.cpp:") == 0);
+  CHECK(e.find("block (0,0,0)") != std::string::npos);
+  CHECK(e.find("__syncthreads at tests/test_cuda_emu.cpp:") != std::string::npos);
+  CHECK(e.find("reached by 48 of 64 threads; the other 16 returned") != std::string::npos);
+
+  std::vector<float> out(64);
+  e = launch_error([&] { LAUNCH(shuffle_after_return, 1, 32)(out.data()); });
+  CHECK(e.find("lane 5 returned while its warp waits in __shfl_xor_sync") != std::string::npos);
+  e = launch_error([&] { LAUNCH(shuffle_in_partial_warp, 1, 48)(out.data()); });
+  CHECK(e.find("thread (32,0,0): __shfl_xor_sync at") != std::string::npos);
+  CHECK(e.find("warp 1, which has only 16 threads") != std::string::npos);
+  e = launch_error([] { LAUNCH(mixed_barriers, 1, 32)(); });
+  CHECK(e.find("deadlock: no thread can proceed; thread (0,0,0) waits at __syncthreads") != std::string::npos);
+
+  // A failed launch leaves the emulator usable: the next one runs normally.
+  std::vector<int> idx(32, -1);
+  LAUNCH(write_indices, 1, 32)(idx.data());
+  CHECK(idx[31] == 31);
+}
+
+TEST_CASE("cuda_emu: a missing __syncwarp reads poisoned shared memory; with it, the data") {
+  std::vector<float> out(32);
+  LAUNCH(neighbour_dynamic, 1, 32, 32 * sizeof(float))(out.data(), false);
+  CHECK(std::isnan(out[0]));  // lane 0 reads lane 1's slot before lane 1 ran
+  LAUNCH(neighbour_dynamic, 1, 32, 32 * sizeof(float))(out.data(), true);
+  for (int l = 0; l < 32; ++l) CHECK(out[size_t(l)] == float((l + 1) % 32));
+  std::string e = launch_error([] { LAUNCH(overflow_shared, 1, 32, 64)(64); });
+  CHECK(e.find("wrote past the end of its 64 bytes of dynamic shared memory") != std::string::npos);
+}
+
+TEST_CASE("cuda_emu: launch configurations the GPU refuses set the error and run nothing") {
+  std::vector<int> out(2048, -1);
+  LAUNCH(write_indices, 1, 1025)(out.data());
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  CHECK(out[0] == -1);
+  LAUNCH(write_indices, dim3(1, 65536), 32)(out.data());
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  LAUNCH(nothing, 1, 32, 64 << 10)();  // over 48 KiB without the attribute
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  CHECK(cudaFuncSetAttribute(nothing, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10) == cudaSuccess);
+  LAUNCH(nothing, 1, 32, 64 << 10)();
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(cudaFuncSetAttribute(nothing, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10) == cudaErrorInvalidValue);
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  CHECK(cudaGetLastError() == cudaSuccess);  // read and cleared
+}
+
+TEST_CASE("cuda_emu: WMMA computes A B + C and enforces alignment, ldm and whole-warp use") {
+  alignas(32) __nv_bfloat16 a[256], b[256];
+  alignas(32) float d[256];
+  for (int i = 0; i < 256; ++i) {
+    a[i] = __float2bfloat16_rn(std::sin(0.37f * float(i)));
+    b[i] = __float2bfloat16_rn(std::cos(0.11f * float(i)));
+  }
+  for (bool b_col : {false, true}) {
+    CAPTURE(b_col);
+    std::fill(d, d + 256, NAN);
+    LAUNCH(wmma_product, 1, 32)(d, a, b, b_col);
+    double worst = 0;
+    for (int r = 0; r < 16; ++r)
+      for (int c = 0; c < 16; ++c) {
+        double want = 0.5;
+        for (int k = 0; k < 16; ++k)
+          want += double(__bfloat162float(a[r * 16 + k])) * __bfloat162float(b_col ? b[c * 16 + k] : b[k * 16 + c]);
+        worst = std::max(worst, std::fabs(double(d[r * 16 + c]) - want));
+      }
+    CHECK(worst < 1e-5);  // f32 accumulation of exact bf16 products
+  }
+  std::string e = launch_error([&] { LAUNCH(wmma_load, 1, 32)(a + 8, 16u); });
+  CHECK(e.find("wmma::load_matrix_sync at tests/test_cuda_emu.cpp:") != std::string::npos);
+  CHECK(e.find("is not 32-byte aligned") != std::string::npos);
+  e = launch_error([&] { LAUNCH(wmma_load, 1, 32)(a, 12u); });
+  CHECK(e.find("ldm 12 (24 bytes) is not a multiple of 16 bytes") != std::string::npos);
+  e = launch_error([&] { LAUNCH(wmma_half_warp, 1, 32)(a); });
+  CHECK(e.find("lanes 0 and 16 issued different WMMA operations") != std::string::npos);
+  alignas(16) float acc[8] = {};
+  e = launch_error([&] { LAUNCH(vector_atomic, 1, 1)(acc + 2); });
+  CHECK(e.find("atomicAdd(float4*): address not 16-byte aligned") != std::string::npos);
+  LAUNCH(vector_atomic, 1, 3)(acc + 4);
+  CHECK(acc[4] == 3.0f);
+  CHECK(acc[7] == 12.0f);
+}
+
+namespace {
+struct LtLayout {
+  cublasLtMatrixLayout_t d = nullptr;
+  LtLayout(cudaDataType t, uint64_t rows, uint64_t cols, int64_t ld) { cublasLtMatrixLayoutCreate(&d, t, rows, cols, ld); }
+  ~LtLayout() { cublasLtMatrixLayoutDestroy(d); }
+};
+}  // namespace
+
+TEST_CASE("cuda_emu: cuBLASLt follows its descriptors (order, ld, transposes, batches, beta) and checks them") {
+  // D [m, n] = 2 op(A) op(B) + 0.5 C, A stored [k, m] column-major (op = T), B [k, n] row-major, 2 batches.
+  const int m = 5, n = 3, k = 7, batch = 2;
+  const int64_t lda = k + 1, ldb = n + 2, ldc = m, stride_a = lda * m, stride_b = ldb * k, stride_c = m * n;
+  std::vector<float> a(size_t(stride_a * batch)), b(size_t(stride_b * batch)), c(size_t(stride_c * batch)), d(c.size());
+  for (size_t i = 0; i < a.size(); ++i) a[i] = std::sin(0.3f * float(i));
+  for (size_t i = 0; i < b.size(); ++i) b[i] = std::cos(0.7f * float(i));
+  for (size_t i = 0; i < c.size(); ++i) c[i] = 0.1f * float(i);
+  LtLayout la(CUDA_R_32F, k, m, lda), lb(CUDA_R_32F, k, n, ldb), lc(CUDA_R_32F, m, n, ldc);
+  int32_t row = CUBLASLT_ORDER_ROW, count = batch;
+  REQUIRE(cublasLtMatrixLayoutSetAttribute(lb.d, CUBLASLT_MATRIX_LAYOUT_ORDER, &row, sizeof row) == CUBLAS_STATUS_SUCCESS);
+  for (auto [l, stride] : {std::pair<LtLayout*, int64_t>{&la, stride_a}, {&lb, stride_b}, {&lc, stride_c}}) {
+    REQUIRE(cublasLtMatrixLayoutSetAttribute(l->d, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count) ==
+            CUBLAS_STATUS_SUCCESS);
+    REQUIRE(cublasLtMatrixLayoutSetAttribute(l->d, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                             sizeof stride) == CUBLAS_STATUS_SUCCESS);
+  }
+  // an attribute of the wrong size (int64 batch count) is refused, as by cuBLASLt
+  int64_t wide = batch;
+  CHECK(cublasLtMatrixLayoutSetAttribute(la.d, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &wide, sizeof wide) ==
+        CUBLAS_STATUS_INVALID_VALUE);
+  cublasLtMatmulDesc_t op;
+  REQUIRE(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+  cublasOperation_t t = CUBLAS_OP_T;
+  REQUIRE(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t) == CUBLAS_STATUS_SUCCESS);
+  cublasLtHandle_t h;
+  cublasLtCreate(&h);
+  const float alpha = 2.0f, beta = 0.5f;
+  CHECK(cublasLtMatmul(h, op, &alpha, a.data(), la.d, b.data(), lb.d, &beta, c.data(), lc.d, d.data(), lc.d, nullptr,
+                       nullptr, 0, nullptr) == CUBLAS_STATUS_SUCCESS);
+  double worst = 0;
+  for (int bi = 0; bi < batch; ++bi)
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double s = 0;
+        for (int kk = 0; kk < k; ++kk) s += double(a[bi * stride_a + kk + i * lda]) * b[bi * stride_b + kk * ldb + j];
+        double want = 2 * s + 0.5 * c[bi * stride_c + i + j * ldc];
+        worst = std::max(worst, std::fabs(want - d[bi * stride_c + i + j * ldc]));
+      }
+  CHECK(worst < 1e-5);
+  // op(A) [m, k] against op(B) [k + 1, n]: the shapes do not fit
+  LtLayout wrong_b(CUDA_R_32F, k + 1, n, k + 1);
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulPreferenceCreate(&pref);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = -1;
+  CHECK(cublasLtMatmulAlgoGetHeuristic(h, op, la.d, wrong_b.d, lc.d, lc.d, pref, 1, &result, &found) ==
+        CUBLAS_STATUS_INVALID_VALUE);
+  CHECK(found == 0);
+  // an algorithm chosen for 256-byte aligned buffers refuses a 4-byte aligned one
+  LtLayout la1(CUDA_R_32F, k, m, lda), lb1(CUDA_R_32F, k, n, k), lc1(CUDA_R_32F, m, n, m);
+  REQUIRE(cublasLtMatmulAlgoGetHeuristic(h, op, la1.d, lb1.d, lc1.d, lc1.d, pref, 1, &result, &found) ==
+          CUBLAS_STATUS_SUCCESS);
+  REQUIRE(found == 1);
+  float* dev = nullptr;
+  REQUIRE(cudaMalloc(&dev, 4096) == cudaSuccess);  // 256-byte aligned
+  CHECK(cublasLtMatmul(h, op, &alpha, dev, la1.d, dev + 256, lb1.d, &beta, dev + 512, lc1.d, dev + 512, lc1.d,
+                       &result.algo, nullptr, 0, nullptr) == CUBLAS_STATUS_SUCCESS);
+  CHECK(cublasLtMatmul(h, op, &alpha, dev + 1, la1.d, dev + 256, lb1.d, &beta, dev + 512, lc1.d, dev + 512, lc1.d,
+                       &result.algo, nullptr, 0, nullptr) == CUBLAS_STATUS_INVALID_VALUE);
+  cudaFree(dev);
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatmulDescDestroy(op);
+  cublasLtDestroy(h);
+}
+
+#endif  // NQ_CUDA_EMU
