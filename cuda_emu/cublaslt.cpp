@@ -43,7 +43,6 @@ template <typename T> bool take(T& field, const void* buf, size_t size) {
   return true;
 }
 
-size_t type_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : t == CUDA_R_64F ? 8 : 2; }
 
 float load(cudaDataType_t t, const void* base, size_t index) {
   switch (t) {

@@ -166,9 +166,26 @@ cudaError_t cudaFreeHost(void* ptr) {
   std::free(ptr);
   return cudaSuccess;
 }
+// Whether [p, p + bytes) lies inside one cudaMalloc'ed block.
+static bool on_device(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> g(mu);
+  auto it = device_blocks.upper_bound(const_cast<void*>(p));
+  if (it == device_blocks.begin()) return false;
+  --it;
+  const char *base = static_cast<const char*>(it->first), *q = static_cast<const char*>(p);
+  return q >= base && q + bytes <= base + std::max<size_t>(it->second, 1);
+}
+// The kind must name where the pointers are (host memory is anything not from cudaMalloc),
+// as the GPU's runtime refuses a device pointer passed as host memory and vice versa.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (unsigned(kind) > cudaMemcpyDefault || (bytes && (!dst || !src))) return fail(cudaErrorInvalidValue);
-  if (bytes) std::memmove(dst, src, bytes);
+  if (!bytes) return cudaSuccess;
+  if (kind != cudaMemcpyDefault) {
+    const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (on_device(dst, bytes) != dst_dev || on_device(src, bytes) != src_dev) return fail(cudaErrorInvalidValue);
+  }
+  std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {

@@ -179,6 +179,22 @@ TEST_CASE("cuda_emu: launch configurations the GPU refuses set the error and run
   CHECK(cudaGetLastError() == cudaSuccess);  // read and cleared
 }
 
+TEST_CASE("cuda_emu: cudaMemcpy checks that its kind says where the pointers are") {
+  float host[4] = {1, 2, 3, 4}, back[4] = {};
+  float* dev = nullptr;
+  REQUIRE(cudaMalloc(&dev, sizeof host) == cudaSuccess);
+  CHECK(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(cudaMemcpy(back, dev, sizeof host, cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(back[3] == 4.0f);
+  CHECK(cudaMemcpy(back, dev, sizeof host, cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
+  CHECK(cudaMemcpy(dev, host, sizeof host, cudaMemcpyDeviceToDevice) == cudaErrorInvalidValue);
+  CHECK(cudaMemcpy(dev + 1, dev, sizeof host, cudaMemcpyDeviceToDevice) == cudaErrorInvalidValue);  // runs past the block
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  CHECK(cudaFree(dev) == cudaSuccess);
+  CHECK(cudaFree(dev) == cudaErrorInvalidValue);  // not a live block any more
+  cudaGetLastError();
+}
+
 TEST_CASE("cuda_emu: WMMA computes A B + C and enforces alignment, ldm and whole-warp use") {
   alignas(32) __nv_bfloat16 a[256], b[256];
   alignas(32) float d[256];

@@ -2,7 +2,8 @@
 // uses, run on the host (cuda_emu/runtime.cpp), plus the device built-ins
 // (cuda_emu/device.h) and the launcher (cuda_emu/launch.h). See cuda_emu/emu.h.
 //   memory:  cudaMalloc/cudaFree are host allocations poisoned with 0xff;
-//            cudaMemcpy(Async) in any direction is memcpy; cudaHostAlloc is host memory.
+//            cudaMemcpy(Async) is memmove, after checking that the kind says where the
+//            pointers are (device = inside a cudaMalloc block); cudaHostAlloc is host memory.
 //   streams and events: everything runs synchronously at the call, so any
 //            recorded order is trivially kept; events record the host time.
 //   device:  one device, "cuda_emu (H200-like)": cc 9.0, 132 SMs, 228 KiB shared
