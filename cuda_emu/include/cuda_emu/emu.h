@@ -9,8 +9,8 @@
 // limits, dynamic shared memory <= 48 KiB unless cudaFuncSetAttribute raised the
 // limit, <= 227 KiB ever); a bad configuration sets the error cudaGetLastError
 // returns and runs nothing. Otherwise the grid's blocks run one after another,
-// and each block as blockDim cooperative threads: user-level fibers
-// (ucontext) on one OS thread, each with its own stack, its own copy of the
+// and each block as blockDim cooperative threads: user-level fibers on one OS
+// thread (cuda_emu/scheduler.cpp), each with its own stack, its own copy of the
 // kernel's arguments and its own threadIdx. A fiber runs until it reaches a
 // barrier (__syncthreads, __syncwarp, a shuffle) or returns; the scheduler then
 // resumes the next fiber, warp by warp, lane by lane in order. Why fibers and
@@ -29,7 +29,8 @@
 //   16 bytes, lanes of a warp issuing different WMMA operations; 16-byte atomics
 //   on unaligned addresses; writes past the end of dynamic shared memory (guard
 //   bytes after the launch's buffer); cuBLASLt descriptors that do not fit
-//   (shapes, leading dims, attribute sizes, pointer alignment vs the algorithm).
+//   (shapes, leading dims, attribute sizes, pointer alignment vs the algorithm);
+//   cudaMemcpy kinds that misname where the pointers are.
 // Device memory (cudaMalloc), dynamic shared memory (per block) are poisoned
 // with 0xff bytes (NaN as f32 and bf16), so unwritten data shows up in results.
 //
