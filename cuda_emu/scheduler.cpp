@@ -1,7 +1,9 @@
 // cuda_emu: runs a grid on the CPU (see cuda_emu/emu.h for what it proves).
 // Blocks run one after another; a block's threads are fibers on the calling OS
 // thread, resumed warp by warp, lane by lane, each running until it reaches a
-// barrier or returns. Fiber k (k < 1024) is created once with makecontext and
+// barrier or returns; every other block (and every other launch) runs its
+// warps and lanes in descending order, so that a missing barrier shows whether
+// the data flows to higher or to lower threads. Fiber k (k < 1024) is created once with makecontext and
 // then loops, running CUDA thread k of every block; switches are _setjmp /
 // _longjmp: no system call, unlike swapcontext, which saves the signal mask
 // (the `gpu train*` tests took 5 min with swapcontext, 39 s with this). This
@@ -85,6 +87,7 @@ std::vector<Fiber> fibers;  // kMaxThreads, stacks allocated on first use
 BlockRun* run = nullptr;    // the block being run
 Fiber* current = nullptr;   // the fiber running now
 std::mutex launch_mutex;    // one launch at a time (static __shared__ arrays are shared)
+uint64_t launches = 0;      // launches so far (alternates the lane order of single-block grids)
 
 bool same_site(const char* file_a, int line_a, const char* file_b, int line_b) {
   return line_a == line_b && (file_a == file_b || std::strcmp(file_a, file_b) == 0);
@@ -257,7 +260,8 @@ std::string describe_waiters() {
   return s.str();
 }
 
-void run_block(BlockRun& b) {
+// Runs the block's threads; `reverse`: warps and lanes in descending order.
+void run_block(BlockRun& b, bool reverse) {
   for (int t = 0; t < b.n_threads; ++t) {
     Fiber& f = fibers[size_t(t)];
     f.mma_count = 0;
@@ -267,11 +271,13 @@ void run_block(BlockRun& b) {
   int done = 0;
   while (done < b.n_threads) {
     bool progress = false;
-    for (size_t w = 0; w < b.warps.size(); ++w) {
+    for (size_t i = 0; i < b.warps.size(); ++i) {
+      const size_t w = reverse ? b.warps.size() - 1 - i : i;
+      const int lanes = b.warps[w].lanes;
       for (bool again = true; again;) {  // keep running this warp while any of its lanes can
         again = false;
-        for (int l = 0; l < b.warps[w].lanes; ++l) {
-          Fiber& f = lane_fiber(w, l);
+        for (int j = 0; j < lanes; ++j) {
+          Fiber& f = lane_fiber(w, reverse ? lanes - 1 - j : j);
           if (f.state != State::Ready) continue;
           resume(f);
           if (!b.failure.empty()) return;
@@ -382,6 +388,7 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes
   blockDim = block;
   gridDim = grid;
   run = &b;
+  const uint64_t parity = launches++;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
@@ -393,7 +400,7 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes
           for (size_t i = 0; i < ws.mma_used; ++i) ws.mma[i].filled = false;
           ws.mma_used = 0;
         }
-        run_block(b);
+        run_block(b, (parity + x + y + z) % 2 == 1);
         if (!b.failure.empty()) {
           for (Fiber& f : fibers)
             if (!f.parked) f.booted = false;  // abandoned inside the kernel: start afresh next time

@@ -61,7 +61,7 @@ __global__ void neighbour_dynamic(float* out, bool sync) {
   int lane = threadIdx.x;
   slots[lane] = float(lane);
   if (sync) __syncwarp();
-  out[lane] = slots[(lane + 1) % 32];
+  out[blockIdx.x * 32 + lane] = slots[(lane + 1) % 32];
 }
 __global__ void overflow_shared(int n) {
   unsigned char* smem = ::cuda_emu::dynamic_shared_memory();
@@ -153,11 +153,17 @@ TEST_CASE("cuda_emu: barrier and shuffle rules fail with the kernel, block, thre
 }
 
 TEST_CASE("cuda_emu: a missing __syncwarp reads poisoned shared memory; with it, the data") {
-  std::vector<float> out(32);
-  LAUNCH(neighbour_dynamic, 1, 32, 32 * sizeof(float))(out.data(), false);
-  CHECK(std::isnan(out[0]));  // lane 0 reads lane 1's slot before lane 1 ran
-  LAUNCH(neighbour_dynamic, 1, 32, 32 * sizeof(float))(out.data(), true);
-  for (int l = 0; l < 32; ++l) CHECK(out[size_t(l)] == float((l + 1) % 32));
+  // Blocks alternate between ascending and descending lane order: in one block lane 0,
+  // in the other lane 31 reads its neighbour's slot before the neighbour wrote it.
+  std::vector<float> out(64);
+  LAUNCH(neighbour_dynamic, 2, 32, 32 * sizeof(float))(out.data(), false);
+  int nans = 0;
+  for (float x : out) nans += std::isnan(x);
+  CHECK(nans == 2);
+  CHECK(std::isnan(out[0]) != std::isnan(out[32]));
+  CHECK(std::isnan(out[31]) != std::isnan(out[63]));
+  LAUNCH(neighbour_dynamic, 2, 32, 32 * sizeof(float))(out.data(), true);
+  for (int t = 0; t < 64; ++t) CHECK(out[size_t(t)] == float((t % 32 + 1) % 32));
   std::string e = launch_error([] { LAUNCH(overflow_shared, 1, 32, 64)(64); });
   CHECK(e.find("wrote past the end of its 64 bytes of dynamic shared memory") != std::string::npos);
 }

@@ -13,13 +13,15 @@
 // thread (cuda_emu/scheduler.cpp), each with its own stack, its own copy of the
 // kernel's arguments and its own threadIdx. A fiber runs until it reaches a
 // barrier (__syncthreads, __syncwarp, a shuffle) or returns; the scheduler then
-// resumes the next fiber, warp by warp, lane by lane in order. Why fibers and
+// resumes the next fiber, warp by warp, lane by lane in order (ascending in every
+// other block, descending in the others). Why fibers and
 // not one std::thread per CUDA thread: a barrier costs a user-space context
 // switch instead of waking hundreds of OS threads on 2 cores (blocks of 256
 // threads with thousands of barriers stay fast), and the interleaving is
 // deterministic, so a failure reproduces exactly. Between two barriers the lanes
 // run strictly one after another: a thread that reads shared data another thread
-// writes later in the same phase (a missing barrier) reads the poison, not the data.
+// writes later in the same phase (a missing barrier) reads the poison, not the
+// data; with both orders, that holds whichever way the data flows.
 //
 // What it checks, as errors naming kernel, block, thread and source line:
 //   __syncthreads reached by only some threads (others returned) or at different
