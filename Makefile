@@ -71,7 +71,7 @@ HAVE_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 ifeq ($(MAKELEVEL),0)
 ifeq ($(filter deps fixtures clean model,$(MAKECMDGOALS)),)
   $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),$(if $(filter emu,$(CUDA)),✓ CUDA: emulated on the CPU by cuda_emu/ (__CUDA_ARCH__=$(EMU_ARCH); build/emu),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build))))
-  $(info $(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped)))
+  $(info $(if $(filter emu,$(CUDA)),✓ GPU: the emulated one (GPU tests run on the CPU),$(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped; make test runs them emulated))))
   $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h $(if $(DEPS_ROOT),$(DEPS_ROOT)/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h)),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
   $(info ✓ OpenMP: $(shell nproc) threads available)
 endif
