@@ -353,7 +353,7 @@ TEST_CASE("memory plan from the config alone == the plan of the built model (fix
   }
 }
 
-#define GPU_TEST(name) NQ_GPU_TEST("gpu plan " #name, name)
+#define GPU_TEST(name) NQ_GPU_TEST("gpu train " #name, name)  // runs in tools/gpu_check.sh train (T1)
 
 GPU_TEST(config_only_plan_equals_the_plan_of_the_model_on_the_gpu) {
   for (const char* dir : kPlanModels) {

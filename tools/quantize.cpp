@@ -27,7 +27,7 @@ const char* kHelp =
     "  --random P           a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b) or a config.json:\n"
     "                       every tensor ~ normal(0, initializer_range), norms 1, rounded to the\n"
     "                       config's dtype, projections quantized, written one by one (qwen3-8b:\n"
-    "                       ~4.6 GB of files, ~4 GB of host memory)\n"
+    "                       6.1 GB of files, under 4 GB of host memory)\n"
     "  --seed S             Philox seed of the weights (default 0; same seed, same files)\n"
     "  --layers N           override num_hidden_layers (small test models of a preset's shapes)\n"
     "  --tokenizer DIR      tokenizer files copied beside the weights (default: the Qwen3 tokenizer\n"

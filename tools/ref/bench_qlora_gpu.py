@@ -12,7 +12,7 @@ and number of steps.
 The model (no download): both sides load the same pre-quantized 4-bit folder
 that `./quantize --random PRESET` writes once into .cache/bench/<preset>/
 (random init, NF4 double quant, bf16 embeddings, the Qwen3 tokenizer that
-`make` unpacks; ~0.5 GB for qwen3-0.6b, ~4.6 GB for qwen3-8b, written tensor
+`make` unpacks; 0.54 GB for qwen3-0.6b, 6.1 GB for qwen3-8b, written tensor
 by tensor in about 4 GB of host memory). The Python side loads it with
 from_pretrained, as the seed loads a 4-bit model; ours reads the NF4 tensors
 as stored (no f32 copy of the model ever exists).
