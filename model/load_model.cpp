@@ -85,8 +85,7 @@ Decoder build_decoder(LoadedModel& m, DecoderOptions options, bool nf4_base) {
   m.weights.clear();  // the decoder holds the tensors now: quantize_nf4 below frees the dense copies
   m.nf4.clear();
   if (nf4_base)
-    for (Linear* l : model.linears())
-      if (!l->is_nf4()) l->quantize_nf4();
+    for (Linear* l : model.linears()) l->quantize_nf4();  // no-op for the stored NF4 projections
   return model;
 }
 
