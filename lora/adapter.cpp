@@ -8,6 +8,7 @@
 
 #include "model/bnb_checkpoint.h"
 #include "model/decoder.h"
+#include "model/device.h"
 #include "runtime/safetensors.h"
 
 namespace nq {
@@ -123,8 +124,15 @@ std::vector<Linear*> select_targets(Decoder& model, const std::vector<std::strin
   return picked;
 }
 
+// New adapters are made on the host; on a model already on the GPU they follow
+// it there (to_device moves only what is not on the device yet).
+static void adapters_to_model_device(Decoder& model) {
+  if (model_device(model) != Device::CPU) to_device(model, model_device(model));
+}
+
 std::vector<Var> attach_adapters(Decoder& model, const AdapterConfig& cfg) {
   for (Linear* l : select_targets(model, cfg.target_modules)) l->attach_lora(cfg.lora);
+  adapters_to_model_device(model);
   return adapter_parameters(model);
 }
 
@@ -148,6 +156,7 @@ void save_peft_adapter(const std::string& dir, Decoder& model, const AdapterConf
   for (Linear* l : model.linears()) {
     if (!l->has_lora()) continue;
     saved.target_modules.push_back(l->name());
+    // Host copies when the adapters are on the GPU.
     tensors.emplace_back(kPeftPrefix + l->name() + ".lora_A.weight", l->lora().A.value().to(Device::CPU));
     tensors.emplace_back(kPeftPrefix + l->name() + ".lora_B.weight", l->lora().B.value().to(Device::CPU));
   }
@@ -203,6 +212,7 @@ AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
       dst.copy_from(v);
     }
   }
+  adapters_to_model_device(model);
   return cfg;
 }
 

@@ -39,18 +39,21 @@ std::vector<bool> select_target_names(const std::vector<std::string>& modules, c
 
 // Attaches fresh adapters (PEFT init from the RNG stream) to the selected
 // projections; returns the trainable parameters in model order (A, B per module).
+// The adapters are drawn on the host and live where the model is: attaching
+// after to_device(model, Device::CUDA) puts them on the GPU (NF4 bases; a dense
+// base must be f32, so attach before moving a --no-quant model).
 std::vector<Var> attach_adapters(Decoder& model, const AdapterConfig& cfg);
 
 // Every attached adapter's parameters, in model order.
 std::vector<Var> adapter_parameters(Decoder& model);
 
 // Writes adapter_config.json + adapter_model.safetensors into `dir` (created if
-// missing; each file written atomically).
+// missing; each file written atomically) from host copies of the adapters.
 void save_peft_adapter(const std::string& dir, Decoder& model, const AdapterConfig& cfg);
 
 // Reads a PEFT adapter directory, attaches adapters to the modules it names and
-// loads their weights; errors name the file and the tensor (missing, wrong shape,
-// unknown module).
+// loads their weights (where the model is, as attach_adapters); errors name the
+// file and the tensor (missing, wrong shape, unknown module).
 AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model);
 
 }  // namespace nq

@@ -1,7 +1,13 @@
 // to_device: every weight of a Decoder moved to a device in the dtype of the
-// table in model/device.h.
+// table in model/device.h; and choosing the device to run on.
 #include "model/device.h"
 
+#include <omp.h>
+
+#include "runtime/device_copy.h"
+#ifdef NQ_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace nq {
 namespace {
@@ -64,6 +70,36 @@ void to_device(Decoder& model, Device device) {
     for (Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
       move_linear(*l, device);
   }
+}
+
+Device model_device(const Decoder& model) { return model.lm_head().value().device(); }
+
+Device select_device(const std::string& name, const std::string& flag) {
+#ifdef NQ_CUDA
+  const bool built_with_cuda = true;
+#else
+  const bool built_with_cuda = false;
+#endif
+  if (name == "cpu") return Device::CPU;
+  if (name == "auto") return built_with_cuda && cuda_available() ? Device::CUDA : Device::CPU;
+  NQ_CHECK(name == "cuda", flag, " must be auto, cpu or cuda, got '", name, "'");
+  NQ_CHECK(built_with_cuda, flag, " cuda: this build has no CUDA (nvcc was not found when it was compiled; ",
+           "rebuild with nvcc on the PATH, or use ", flag, " cpu)");
+  NQ_CHECK(cuda_available(), flag, " cuda: no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES, ",
+           "or use ", flag, " cpu)");
+  return Device::CUDA;
+}
+
+std::string device_summary(Device device) {
+  if (device == Device::CPU) return str("cpu, ", omp_get_max_threads(), " threads");
+#ifdef NQ_CUDA
+  int index = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&index) == cudaSuccess && cudaGetDeviceProperties(&prop, index) == cudaSuccess)
+    return str("cuda (", prop.name, ", ", format_bytes(prop.totalGlobalMem), ")");
+  cudaGetLastError();  // clear the error: the summary is informative only
+#endif
+  return "cuda";
 }
 
 }  // namespace nq

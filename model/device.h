@@ -11,11 +11,26 @@
 // before the move still refers to the moved tensors; gradients are dropped.
 // After to_device(model, Device::CUDA), forward_loss() and backward() run the
 // same Decoder code, the kernels:: calls dispatching to kernels/cuda/.
+//
+// Choosing the device (./train --device): "auto" is cuda when this build has
+// CUDA and a device is visible, else cpu.
 #pragma once
+#include <string>
+
 #include "model/decoder.h"
 
 namespace nq {
 
 void to_device(Decoder& model, Device device);
+
+// The device the model's weights are on.
+Device model_device(const Decoder& model);
+
+// "auto" | "cpu" | "cuda" -> the device to run on. "cuda" in a CPU-only build or
+// without a visible device, or any other name, is an Error naming `flag` and why.
+Device select_device(const std::string& name, const std::string& flag);
+
+// One line for the log: "cuda (NVIDIA H200, 139.8 GiB)" or "cpu, 16 threads".
+std::string device_summary(Device device);
 
 }  // namespace nq

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "autograd/ops.h"
 #include "kernels/kernels.h"
@@ -18,6 +19,24 @@ KVCache::KVCache(const ModelConfig& config, int64_t capacity)
     keys_.push_back(Tensor::empty({capacity, num_kv_heads_, head_dim_}));
     values_.push_back(Tensor::empty({capacity, num_kv_heads_, head_dim_}));
   }
+}
+
+void KVCache::reserve(int64_t n) {
+  if (n <= capacity_) return;
+  const int64_t grown = std::max(n, 2 * capacity_), row = num_kv_heads_ * head_dim_;
+  for (std::vector<Tensor>* cache : {&keys_, &values_})
+    for (Tensor& t : *cache) {
+      Tensor bigger = Tensor::empty({grown, num_kv_heads_, head_dim_});
+      std::copy_n(t.data<float>(), length_ * row, bigger.data<float>());
+      t = bigger;
+    }
+  capacity_ = grown;
+}
+
+void KVCache::truncate(int64_t n) {
+  NQ_CHECK(n >= 0 && n <= length_, "KVCache::truncate: ", n, " is outside [0, ", length_, "]");
+  length_ = n;
+  tokens_.resize(size_t(n));
 }
 
 Tensor KVCache::attend(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v) {
@@ -67,7 +86,10 @@ Tensor KVCache::attend(int64_t layer, const Tensor& q, const Tensor& k, const Te
   return out;
 }
 
-void KVCache::advance(int64_t n) { length_ += n; }
+void KVCache::advance(const std::vector<int32_t>& ids) {
+  length_ += int64_t(ids.size());
+  tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+}
 
 Tensor forward_cached(const Decoder& model, const std::vector<int32_t>& ids, KVCache& cache) {
   NoGrad no_grad;
@@ -75,8 +97,7 @@ Tensor forward_cached(const Decoder& model, const std::vector<int32_t>& ids, KVC
   const int64_t n = int64_t(ids.size());
   NQ_CHECK(n > 0, "forward_cached: no tokens");
   for (int32_t id : ids) NQ_CHECK(id >= 0 && id < c.vocab_size, "generate: token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
-  NQ_CHECK(cache.length() + n <= cache.capacity(), "generate: ", cache.length() + n,
-           " tokens exceed the KV cache capacity of ", cache.capacity());
+  cache.reserve(cache.length() + n);
   std::vector<int32_t> pos(n);
   std::iota(pos.begin(), pos.end(), int32_t(cache.length()));
   Tensor positions = Tensor::from_ids(pos, {n});
@@ -88,7 +109,7 @@ Tensor forward_cached(const Decoder& model, const std::vector<int32_t>& ids, KVC
     };
     x = model.layer_forward(i, x, positions, cached);
   }
-  cache.advance(n);
+  cache.advance(ids);
   Var h = model.final_norm(x);                                              // [n, D]
   return kernels::matmul(h.value(), model.lm_head().value(), false, true);  // [n, V]
 }
@@ -128,14 +149,27 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplingOptions& 
   return order[keep - 1];
 }
 
+int64_t reusable_prefix(const KVCache& cache, const std::vector<int32_t>& prompt) {
+  // Run at least the prompt's last token: its logits choose the first new token.
+  const std::vector<int32_t>& held = cache.tokens();
+  const int64_t limit = std::min(int64_t(held.size()), int64_t(prompt.size()) - 1);
+  int64_t n = 0;
+  while (n < limit && held[size_t(n)] == prompt[size_t(n)]) ++n;
+  return n;
+}
+
 std::vector<int32_t> generate(const Decoder& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                              const std::function<void(int32_t)>& on_token) {
+                              const std::function<void(int32_t)>& on_token, KVCache* reuse) {
   NQ_CHECK(!prompt.empty(), "generate: the prompt is empty");
   NQ_CHECK(options.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0");
   const int64_t V = model.config().vocab_size;
-  KVCache cache(model.config(), int64_t(prompt.size()) + options.max_new_tokens);
+  std::optional<KVCache> own;
+  KVCache& cache = reuse ? *reuse : own.emplace(model.config(), int64_t(prompt.size()) + options.max_new_tokens);
+  const int64_t common = reusable_prefix(cache, prompt);
+  cache.truncate(common);
   std::vector<int32_t> out;
-  Tensor logits = forward_cached(model, prompt, cache);  // prefill: [prompt, V]
+  Tensor logits = forward_cached(model, std::vector<int32_t>(prompt.begin() + std::ptrdiff_t(common), prompt.end()),
+                                 cache);  // prefill: [prompt - common, V]
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
     const float* last = logits.data<float>() + (logits.size(0) - 1) * V;
     const int32_t next = sample_token(last, V, options.sampling, uint64_t(step));

@@ -1,12 +1,12 @@
-// AdamW: the per-tensor scalars, the span loop, and the optimizer over a list
-// of Vars (state, skipping, checkpoints). The per-element arithmetic is in
+// AdamW: the per-tensor scalars, the span loop, and the CPU optimizer over a
+// list of Vars (states and checkpoints: adamw_state.h). The per-element arithmetic is in
 // adamw_update.h. Results match torch in fp32 up to its sqrt: torch's CPU sqrt
 // goes through MKL's vector math, which is not always correctly rounded.
 #include "optim/adamw.h"
-#include "optim/adamw_state.h"
 
 #include <cmath>
-#include <set>
+
+#include "optim/clip.h"
 
 namespace nq {
 
@@ -29,80 +29,32 @@ AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t step) {
 }
 
 void adamw_update_span(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                       const AdamWScalars& s) {
+                       const AdamWScalars& s, float grad_scale) {
+  // g * grad_scale is rounded to f32 (no FMA contraction: -ffp-contract=off), as torch's
+  // grad.mul_(coef) stores it; x * 1.0f == x, so grad_scale = 1 uses g as it is.
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t i = 0; i < n; ++i) adamw_update_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], s);
+  for (int64_t i = 0; i < n; ++i) adamw_update_element(param[i], grad[i] * grad_scale, exp_avg[i], exp_avg_sq[i], s);
 }
 
-AdamW::AdamW(std::vector<Var> params, AdamWConfig cfg) : params_(std::move(params)), cfg_(cfg) {
-  NQ_CHECK(cfg.beta1 >= 0.0 && cfg.beta1 < 1.0 && cfg.beta2 >= 0.0 && cfg.beta2 < 1.0,
-           "AdamW: betas must be in [0, 1), got (", cfg.beta1, ", ", cfg.beta2, ")");
-  NQ_CHECK(cfg.eps >= 0.0, "AdamW: eps must be >= 0, got ", cfg.eps);
-  NQ_CHECK(cfg.weight_decay >= 0.0, "AdamW: weight_decay must be >= 0, got ", cfg.weight_decay);
-  std::set<std::string> seen;
+AdamW::AdamW(std::vector<Var> params, AdamWConfig cfg)
+    : AdamWOptimizer(std::move(params), cfg, "AdamW", Device::CPU,
+                     "the CPU optimizer needs f32 cpu master weights (PagedAdamW, optim/paged_adamw.h, on cuda)") {
   for (size_t i = 0; i < params_.size(); ++i) {
-    const Var& p = params_[i];
-    NQ_CHECK(p.defined(), "AdamW: parameter ", i, " is undefined");
-    std::string name = p.name().empty() ? str("param.", i) : p.name();
-    NQ_CHECK(p.value().dtype() == DType::F32 && p.value().device() == Device::CPU,
-             "AdamW: parameter ", name, " is ", p.value().desc(), "; the CPU optimizer needs f32 cpu master weights");
-    NQ_CHECK(seen.insert(name).second, "AdamW: two parameters are named ", name);
-    state_.push_back({name, Tensor(), Tensor(), 0});
+    state_[i].exp_avg = Tensor::zeros(params_[i].shape(), DType::F32, Device::CPU, MemCategory::Optimizer);
+    state_[i].exp_avg_sq = Tensor::zeros(params_[i].shape(), DType::F32, Device::CPU, MemCategory::Optimizer);
   }
 }
 
-void AdamW::ensure_state(size_t i) {
-  ParamState& st = state_[i];
-  if (st.exp_avg.defined()) return;
-  const Shape& shape = params_[i].shape();
-  st.exp_avg = Tensor::zeros(shape, DType::F32, Device::CPU, MemCategory::Optimizer);
-  st.exp_avg_sq = Tensor::zeros(shape, DType::F32, Device::CPU, MemCategory::Optimizer);
-}
-
-void AdamW::step(double lr) {
-  NQ_CHECK(std::isfinite(lr) && lr >= 0.0, "AdamW: learning rate must be finite and >= 0, got ", lr);
-  for (size_t i = 0; i < params_.size(); ++i) {
+void AdamW::step(double lr, float grad_scale) {
+  for (size_t i : params_with_grad(lr)) {
     const Var& p = params_[i];
-    const Tensor& g = p.grad();
-    if (!g.defined()) continue;
-    NQ_CHECK(g.shape() == p.shape() && g.dtype() == DType::F32 && g.device() == Device::CPU,
-             "AdamW: gradient of ", state_[i].name, " is ", g.desc(), ", parameter is ", p.value().desc());
-    ensure_state(i);
-    ParamState& st = state_[i];
+    Moments& st = state_[i];
     st.step += 1;
-    adamw_update_span(p.value().data<float>(), g.data<float>(), st.exp_avg.data<float>(),
-                      st.exp_avg_sq.data<float>(), p.value().numel(), adamw_scalars(cfg_, lr, st.step));
+    adamw_update_span(p.value().data<float>(), p.grad().data<float>(), st.exp_avg.data<float>(),
+                      st.exp_avg_sq.data<float>(), p.value().numel(), adamw_scalars(cfg_, lr, st.step), grad_scale);
   }
 }
 
-void AdamW::zero_grad() {
-  for (Var& p : params_) p.zero_grad();
-}
-
-std::map<std::string, Tensor> AdamW::state_dict() const {
-  OptimizerState out;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const ParamState& st = state_[i];
-    const Shape& shape = params_[i].shape();
-    // A parameter that never had a gradient saves zero moments (what it would start from).
-    put_adamw_state(out, st.name, st.exp_avg.defined() ? st.exp_avg.clone() : Tensor::zeros(shape),
-                    st.exp_avg_sq.defined() ? st.exp_avg_sq.clone() : Tensor::zeros(shape), st.step);
-  }
-  return out;
-}
-
-void AdamW::load_state_dict(const std::map<std::string, Tensor>& state) {
-  // Validate everything before changing anything, so a bad file leaves the optimizer intact.
-  std::vector<std::pair<std::string, Shape>> expected;
-  for (size_t i = 0; i < params_.size(); ++i) expected.emplace_back(state_[i].name, params_[i].shape());
-  const std::vector<int64_t> steps = check_adamw_state(state, expected, "AdamW::load_state_dict");
-  for (size_t i = 0; i < params_.size(); ++i) {
-    ParamState& st = state_[i];
-    ensure_state(i);
-    st.exp_avg.copy_from(state.at(st.name + ".exp_avg"));
-    st.exp_avg_sq.copy_from(state.at(st.name + ".exp_avg_sq"));
-    st.step = steps[i];
-  }
-}
+double AdamW::grad_global_norm() const { return nq::grad_global_norm(params_); }
 
 }  // namespace nq

@@ -10,50 +10,26 @@
 // The update itself is in optim/adamw_update.h: per-tensor scalars computed
 // once in double (as torch does) and a per-element function over raw spans, so
 // the paged variant (states in pinned host memory streamed through a GPU pool)
-// and a CUDA kernel run the same arithmetic. This class holds the states and
-// walks the parameters.
+// and a CUDA kernel run the same arithmetic. The states and their checkpoint
+// form are optim/adamw_state.h's; this class walks the parameters on the CPU.
 #pragma once
-#include <cstdint>
-#include <map>
-#include <string>
 #include <vector>
 
-#include "autograd/var.h"
-#include "optim/adamw_update.h"
+#include "optim/adamw_state.h"
 
 namespace nq {
 
-class AdamW {
+class AdamW : public AdamWOptimizer {
  public:
   // params: the trainable leaves (f32, CPU). Their names key the saved state;
   // an unnamed parameter is called "param.<index>". Names must be unique.
   AdamW(std::vector<Var> params, AdamWConfig cfg);
 
-  // Updates every parameter that has a gradient (those without one are skipped
-  // and their step count does not advance, as in torch) with learning rate lr.
-  void step(double lr);
-  void zero_grad();
-
-  const std::vector<Var>& params() const { return params_; }
-  const AdamWConfig& config() const { return cfg_; }
-  int64_t step_count(size_t i) const { return state_[i].step; }
-
-  // Checkpoint state: "<name>.exp_avg", "<name>.exp_avg_sq" (f32, the parameter's
-  // shape) and "<name>.step" (i64 [1]) per parameter. load_state checks that every
-  // entry is present with the right shape and dtype.
-  std::map<std::string, Tensor> state_dict() const;
-  void load_state_dict(const std::map<std::string, Tensor>& state);
-
- private:
-  struct ParamState {
-    std::string name;
-    Tensor exp_avg, exp_avg_sq;  // f32, MemCategory::Optimizer; allocated at the first step
-    int64_t step = 0;
-  };
-  void ensure_state(size_t i);
-  std::vector<Var> params_;
-  std::vector<ParamState> state_;
-  AdamWConfig cfg_;
+  // grad_scale == 1 is plain AdamW; otherwise each element's gradient is
+  // g * grad_scale rounded to f32 first, so step(lr, clip_scale(norm, max))
+  // equals clip_grad_norm(params, max) followed by step(lr) bit for bit.
+  void step(double lr, float grad_scale = 1.0f) override;
+  double grad_global_norm() const override;  // optim/clip.h's, over params()
 };
 
 }  // namespace nq

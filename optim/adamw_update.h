@@ -43,8 +43,9 @@ NQ_HD void adamw_update_element(float& param, float grad, float& exp_avg, float&
   exp_avg_sq = v;
 }
 
-// One tensor's update, in place over n elements of param, exp_avg, exp_avg_sq (host memory).
+// One tensor's update, in place over n elements of param, exp_avg, exp_avg_sq (host
+// memory), with grad * grad_scale (rounded to f32) as the gradient.
 void adamw_update_span(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                       const AdamWScalars& s);
+                       const AdamWScalars& s, float grad_scale);
 
 }  // namespace nq

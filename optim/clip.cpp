@@ -27,12 +27,16 @@ float grad_global_norm(const std::vector<Var>& params) {
   return float(std::sqrt(sum_sq));
 }
 
+float clip_scale(double norm, double max_norm) {
+  NQ_CHECK(max_norm > 0.0 && std::isfinite(max_norm), "clip: max_norm must be > 0, got ", max_norm);
+  const float coef = float(max_norm) / (float(norm) + 1e-6f);
+  return coef < 1.0f ? coef : 1.0f;  // torch clamps to 1.0 (multiplying by 1 changes nothing)
+}
+
 float clip_grad_norm(const std::vector<Var>& params, float max_norm) {
-  NQ_CHECK(max_norm > 0.0f && std::isfinite(max_norm), "clip_grad_norm: max_norm must be > 0, got ", max_norm);
-  float total = grad_global_norm(params);
-  if (!std::isfinite(total)) return total;
-  float coef = max_norm / (total + 1e-6f);
-  if (coef >= 1.0f) return total;  // torch multiplies by the clamped 1.0: no change
+  const float total = grad_global_norm(params);
+  const float coef = clip_scale(total, max_norm);
+  if (!std::isfinite(total) || coef == 1.0f) return total;
   for (const Var& p : params) {
     const Tensor& g = p.grad();
     if (!g.defined()) continue;

@@ -3,11 +3,8 @@
 // adamw_scalars() and the per-element update adamw_update_element(), shared
 // with the CPU AdamW.
 #include "optim/paged_adamw.h"
-#include "optim/adamw_state.h"
 
 #include <algorithm>
-#include <cmath>
-#include <set>
 
 #include "runtime/cuda_runtime.h"
 #ifdef NQ_CUDA
@@ -41,30 +38,18 @@ struct PagedAdamW::Pipeline {};
 #endif
 
 PagedAdamW::PagedAdamW(std::vector<Var> params, AdamWConfig cfg, PagedAdamWOptions options)
-    : params_(std::move(params)), cfg_(cfg), options_(options) {
-  NQ_CHECK(cfg.beta1 >= 0.0 && cfg.beta1 < 1.0 && cfg.beta2 >= 0.0 && cfg.beta2 < 1.0,
-           "PagedAdamW: betas must be in [0, 1), got (", cfg.beta1, ", ", cfg.beta2, ")");
-  NQ_CHECK(cfg.eps >= 0.0 && cfg.weight_decay >= 0.0, "PagedAdamW: eps and weight_decay must be >= 0, got ",
-           cfg.eps, ", ", cfg.weight_decay);
+    : AdamWOptimizer(std::move(params), cfg, "PagedAdamW", Device::CUDA,
+                     "the paged optimizer needs f32 cuda master weights (use AdamW, optim/adamw.h, on the cpu)"),
+      options_(options) {
   NQ_CHECK(options_.n_pages >= 2, "PagedAdamW: the pool needs at least 2 pages to overlap copies, got ",
            options_.n_pages);
   NQ_CHECK(options_.page_bytes >= 4096 && options_.page_bytes % 8 == 0,
            "PagedAdamW: page_bytes must be a multiple of 8 and >= 4096, got ", options_.page_bytes);
-  std::set<std::string> seen;
   for (size_t i = 0; i < params_.size(); ++i) {
-    const Var& p = params_[i];
-    NQ_CHECK(p.defined(), "PagedAdamW: parameter ", i, " is undefined");
-    std::string name = p.name().empty() ? str("param.", i) : p.name();
-    NQ_CHECK(p.value().dtype() == DType::F32 && p.value().device() == Device::CUDA, "PagedAdamW: parameter ", name,
-             " is ", p.value().desc(),
-             "; the paged optimizer needs f32 cuda master weights (use AdamW, optim/adamw.h, on the cpu)");
-    NQ_CHECK(seen.insert(name).second, "PagedAdamW: two parameters are named ", name);
-    const Shape& shape = p.shape();
-    Tensor m = options_.paged ? pinned_zeros(shape, DType::F32, MemCategory::Optimizer)
-                              : Tensor::zeros(shape, DType::F32, Device::CUDA, MemCategory::Optimizer);
-    Tensor v = options_.paged ? pinned_zeros(shape, DType::F32, MemCategory::Optimizer)
-                              : Tensor::zeros(shape, DType::F32, Device::CUDA, MemCategory::Optimizer);
-    state_.push_back({name, m, v, 0});
+    const Shape& shape = params_[i].shape();
+    for (Tensor* t : {&state_[i].exp_avg, &state_[i].exp_avg_sq})
+      *t = options_.paged ? pinned_zeros(shape, DType::F32, MemCategory::Optimizer)
+                          : Tensor::zeros(shape, DType::F32, Device::CUDA, MemCategory::Optimizer);
   }
 #ifdef NQ_CUDA
   if (options_.paged) pipeline_ = std::make_unique<Pipeline>(options_.page_bytes / 8, options_.n_pages);
@@ -74,26 +59,16 @@ PagedAdamW::PagedAdamW(std::vector<Var> params, AdamWConfig cfg, PagedAdamWOptio
 PagedAdamW::~PagedAdamW() = default;
 
 void PagedAdamW::step(double lr, float grad_scale) {
-  NQ_CHECK(std::isfinite(lr) && lr >= 0.0, "PagedAdamW: learning rate must be finite and >= 0, got ", lr);
-  std::vector<size_t> todo;
+  const std::vector<size_t> todo = params_with_grad(lr);
   std::vector<AdamWScalars> scalars;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const Var& p = params_[i];
-    const Tensor& g = p.grad();
-    if (!g.defined()) continue;
-    NQ_CHECK(g.shape() == p.shape() && g.dtype() == DType::F32 && g.device() == Device::CUDA,
-             "PagedAdamW: gradient of ", state_[i].name, " is ", g.desc(), ", parameter is ", p.value().desc());
-    state_[i].step += 1;
-    todo.push_back(i);
-    scalars.push_back(adamw_scalars(cfg_, lr, state_[i].step));
-  }
+  for (size_t i : todo) scalars.push_back(adamw_scalars(cfg_, lr, ++state_[i].step));
 #ifdef NQ_CUDA
   if (options_.paged) {
     step_paged(todo, scalars, grad_scale);
     return;
   }
   for (size_t k = 0; k < todo.size(); ++k) {  // unpaged: whole tensors, states on the GPU
-    ParamState& st = state_[todo[k]];
+    Moments& st = state_[todo[k]];
     const Var& p = params_[todo[k]];
     kernels::cuda::adamw_update_span(p.value().data<float>(), p.grad().data<float>(), st.exp_avg.data<float>(),
                                      st.exp_avg_sq.data<float>(), p.value().numel(), scalars[k], grad_scale, nullptr);
@@ -112,7 +87,7 @@ void PagedAdamW::step_paged(const std::vector<size_t>& todo, const std::vector<A
   grads_ready.wait_in(pl.compute);
   int64_t page = 0;
   for (size_t k = 0; k < todo.size(); ++k) {
-    const ParamState& st = state_[todo[k]];
+    const Moments& st = state_[todo[k]];
     const Var& p = params_[todo[k]];
     const int64_t n = p.value().numel();
     for (int64_t begin = 0; begin < n; begin += pl.page_elems, ++page) {
@@ -157,39 +132,6 @@ double PagedAdamW::grad_global_norm() const {
 #else
   return 0.0;  // unreachable: no CUDA parameters exist in a CPU build
 #endif
-}
-
-float PagedAdamW::clip_scale(double norm, float max_norm) {
-  NQ_CHECK(max_norm > 0.0f && std::isfinite(max_norm), "clip: max_norm must be > 0, got ", max_norm);
-  const float coef = max_norm / (float(norm) + 1e-6f);
-  return coef < 1.0f ? coef : 1.0f;
-}
-
-void PagedAdamW::zero_grad() {
-  for (Var& p : params_) p.zero_grad();
-}
-
-std::map<std::string, Tensor> PagedAdamW::state_dict() const {
-  auto host_copy = [](const Tensor& t) {  // pageable host memory, counted as optimizer state
-    Tensor h = Tensor::empty(t.shape(), DType::F32, Device::CPU, MemCategory::Optimizer);
-    h.copy_from(t);
-    return h;
-  };
-  OptimizerState out;
-  for (const ParamState& st : state_) put_adamw_state(out, st.name, host_copy(st.exp_avg), host_copy(st.exp_avg_sq), st.step);
-  return out;
-}
-
-void PagedAdamW::load_state_dict(const std::map<std::string, Tensor>& state) {
-  std::vector<std::pair<std::string, Shape>> expected;  // validate everything before changing anything
-  for (size_t i = 0; i < state_.size(); ++i) expected.emplace_back(state_[i].name, params_[i].shape());
-  const std::vector<int64_t> steps = check_adamw_state(state, expected, "PagedAdamW::load_state_dict");
-  for (size_t i = 0; i < state_.size(); ++i) {
-    ParamState& st = state_[i];
-    st.exp_avg.copy_from(state.at(st.name + ".exp_avg"));
-    st.exp_avg_sq.copy_from(state.at(st.name + ".exp_avg_sq"));
-    st.step = steps[i];
-  }
 }
 
 }  // namespace nq

@@ -23,61 +23,39 @@
 // explicit, so its cost and its memory bound are visible.
 #pragma once
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <string>
 #include <vector>
 
-#include "autograd/var.h"
-#include "optim/adamw_update.h"
-#include "runtime/tensor.h"
+#include "optim/adamw_state.h"
 
 namespace nq {
 
 struct PagedAdamWOptions {
   bool paged = true;                        // false: states on the GPU (the reference mode)
-  int64_t page_bytes = int64_t(8) << 20;    // one GPU page: m and v of page_bytes / 8 elements
-  int n_pages = 4;                          // pool size in pages
+  int64_t page_bytes = int64_t(8) << 20;    // one GPU page: m and v of page_bytes / 8 elements (./train --optim-page-mb)
+  int n_pages = 4;                          // pool size in pages (./train --optim-pages)
   size_t pool_bytes() const { return size_t(page_bytes) * size_t(n_pages); }
 };
 
-class PagedAdamW {
+class PagedAdamW : public AdamWOptimizer {
  public:
   // params: trainable f32 leaves on a CUDA device, uniquely named (an unnamed one
   // is "param.<index>"). Throws for CPU parameters (use AdamW) and in CPU builds.
   PagedAdamW(std::vector<Var> params, AdamWConfig cfg, PagedAdamWOptions options = {});
-  ~PagedAdamW();
+  ~PagedAdamW() override;
 
   // Updates every parameter with a gradient (others keep their step count, as in
   // torch), using grad * grad_scale. Returns when the update and the state
   // downloads are complete.
-  void step(double lr, float grad_scale = 1.0f);
-  void zero_grad();
+  void step(double lr, float grad_scale = 1.0f) override;
+  // The L2 norm of all gradients on the GPU (kernels/cuda/grad_norm.cu).
+  double grad_global_norm() const override;
 
-  // Clipping on the GPU (torch.nn.utils.clip_grad_norm_): the L2 norm of all
-  // gradients (kernels/cuda/grad_norm.cu), and the factor min(max_norm / (norm + 1e-6), 1)
-  // to pass to step() as grad_scale. (optim/clip.h is the CPU version.)
-  double grad_global_norm() const;
-  static float clip_scale(double norm, float max_norm);
-
-  const std::vector<Var>& params() const { return params_; }
   const PagedAdamWOptions& options() const { return options_; }
-  int64_t step_count(size_t i) const { return state_[i].step; }
-  // Host copies of the states, as AdamW::state_dict ("<name>.exp_avg", ".exp_avg_sq", ".step").
-  std::map<std::string, Tensor> state_dict() const;
-  void load_state_dict(const std::map<std::string, Tensor>& state);
 
  private:
-  struct ParamState {
-    std::string name;
-    Tensor exp_avg, exp_avg_sq;  // pinned host (paged) or GPU (unpaged), f32, Optimizer category
-    int64_t step = 0;
-  };
   struct Pipeline;  // the pool, streams and events (CUDA builds only)
   void step_paged(const std::vector<size_t>& todo, const std::vector<AdamWScalars>& scalars, float grad_scale);
-  std::vector<Var> params_;
-  std::vector<ParamState> state_;
-  AdamWConfig cfg_;
   PagedAdamWOptions options_;
   std::unique_ptr<Pipeline> pipeline_;
 };

@@ -36,6 +36,9 @@ namespace {
 // Allocator::stats_ counts the bytes handed out; reserved_ counts what
 // cudaMalloc returned, per category. When cudaMalloc fails, the cache is
 // released and the call retried once.
+// Not stream-aware: a freed block is reused at once, which is safe because all
+// kernels run on the legacy default stream in issue order; side streams (the
+// paged optimizer's) may only touch memory that outlives their work (docs/cuda.md).
 class CudaAllocator final : public Allocator {
  public:
   void* allocate(size_t bytes, MemCategory cat) override {
@@ -133,8 +136,25 @@ class PinnedHostAllocator final : public Allocator {
   Device device() const override { return Device::CPU; }
 };
 
+// The kernels need bf16 tensor cores (WMMA bf16, cvt.rn.bf16): compute capability
+// 8.0 or newer. Checked once, on the first device allocation (every kernel needs
+// one), so an older GPU is one clear error instead of "no kernel image" per launch.
+void check_compute_capability() {
+  static const bool checked = [] {
+    int device = 0, major = 0, minor = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    NQ_CHECK(major >= 8, "device cuda: GPU ", device, " has compute capability ", major, ".", minor,
+             "; the CUDA kernels need 8.0 or newer (bf16 tensor cores)");
+    return true;
+  }();
+  (void)checked;
+}
+
 CudaAllocator& cuda_allocator() {
   NQ_CHECK(cuda_available(), "device cuda: no CUDA device is available");
+  check_compute_capability();
   static CudaAllocator cuda;
   return cuda;
 }

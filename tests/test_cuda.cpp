@@ -8,6 +8,10 @@
 //   bf16 on the GPU: 1e-2 (inputs are rounded to bf16 first and the CPU sees
 //                    the same rounded values; outputs carry one bf16 rounding,
 //                    relative 2^-9 at worst per element)
+//   bit-exact:       NF4 dequantization (f32 and bf16), f32 <-> bf16 casts, the
+//                    dropout mask (same Philox stream)
+//   AdamW:           1e-6 against the CPU optimizer (same arithmetic; nvcc may
+//                    contract a multiply-add the host build keeps separate)
 // Without a GPU every test prints `skipped: no CUDA device (<name>)` and passes;
 // a CPU-only build compiles to the same skip lines.
 #include <doctest/doctest.h>
@@ -15,8 +19,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#include "kernels/cuda/adamw_span.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/kernels.h"
 #include "quant/nf4.h"
@@ -36,6 +42,23 @@ constexpr double kTolF32 = 1e-5, kTolBf16 = 1e-2;
 double tol(DType t) { return t == DType::F32 ? kTolF32 : kTolBf16; }
 const DType kDtypes[] = {DType::F32, DType::BF16};
 
+// Bit-exact comparison of two CPU tensors: "" when every element's bytes are equal,
+// else where the first difference is (so a failure says where, not just that).
+std::string bit_difference(const Tensor& got, const Tensor& want) {
+  if (got.dtype() != want.dtype() || got.shape() != want.shape()) return str("got ", got.desc(), ", want ", want.desc());
+  size_t es = dtype_size(want.dtype());
+  const char *g = static_cast<const char*>(got.raw()), *w = static_cast<const char*>(want.raw());
+  for (int64_t i = 0; i < want.numel(); ++i)
+    if (std::memcmp(g + i * es, w + i * es, es) != 0)
+      return str("first difference at element ", i, ": got ", got.to_vector()[i], ", want ", want.to_vector()[i]);
+  return "";
+}
+#define CHECK_BIT_EXACT(got_host, want)                  \
+  do {                                                  \
+    std::string diff_ = bit_difference(got_host, want); \
+    CHECK_MESSAGE(diff_.empty(), diff_);                \
+  } while (0)
+
 #define CHECK_CLOSE(got, want, dt)                                                          \
   do {                                                                                      \
     double err_ = relative_error(got, want);                                                \
@@ -47,7 +70,7 @@ const DType kDtypes[] = {DType::F32, DType::BF16};
 
 GPU_TEST(elementwise) {
   for (DType dt : kDtypes)
-    for (int64_t n : {1, 7, 1000, 65537}) {
+    for (int64_t n : {1, 7, 1000, 65537, 300001}) {  // 300001: sum's grid (capped at 1024 blocks) strides
       CAPTURE(n);
       Tensor a = rounded_to(random_normal({n}, 1), dt), b = rounded_to(random_normal({n}, 2), dt);
       Tensor ga = to_device(a, dt), gb = to_device(b, dt);
@@ -62,6 +85,23 @@ GPU_TEST(elementwise) {
       double norm = std::sqrt(double(n));  // sum's error scales with ||a|| ~ sqrt(n)
       CHECK(std::fabs(double(s_gpu) - double(s_cpu)) <= kTolF32 * norm);
     }
+}
+
+GPU_TEST(cast_rounds_like_half_h) {
+  // f32 -> bf16 must round to nearest even exactly as runtime/half.h (the host's
+  // to_dtype): random values, plus ties (1 + 2^-8 rounds down to 1, 1 + 3 * 2^-8 up
+  // to 1 + 2^-6), values that round up to the next binade or to infinity, a subnormal.
+  Tensor x = random_normal({1000}, 25, 10.0f);
+  std::vector<float> special = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -(1.0f + 0x1p-8f), 1.99999988f, 3.4028235e38f,
+                                -3.4028235e38f, 1e-40f, 0.0f, -0.0f};
+  std::memcpy(x.data<float>(), special.data(), special.size() * sizeof(float));
+  Tensor got = k::cast(x.to(Device::CUDA), DType::BF16);
+  REQUIRE(got.dtype() == DType::BF16);
+  Tensor want = x.to_dtype(DType::BF16), got_host = got.to(Device::CPU);
+  CHECK_BIT_EXACT(got_host, want);
+  // bf16 -> f32 is exact: back to the rounded values, bit for bit.
+  Tensor back = k::cast(got, DType::F32).to(Device::CPU), want_back = want.to_dtype(DType::F32);
+  CHECK_BIT_EXACT(back, want_back);
 }
 
 GPU_TEST(matmul) {
@@ -114,7 +154,7 @@ GPU_TEST(rmsnorm) {
       k::rmsnorm_backward(dy, x, w, rstd, &dx, &dw);
       k::rmsnorm_backward(to_device(dy, dt), gx, gw, grstd, &gdx, &gdw);
       CHECK_CLOSE(gdx, dx, dt);
-      CHECK_CLOSE(gdw, dw, dt);
+      CHECK_CLOSE(gdw, dw, DType::F32);  // f32 output from the same (rounded) inputs: the f32 bound
     }
 }
 
@@ -122,10 +162,11 @@ GPU_TEST(rope) {
   for (DType dt : kDtypes)
     for (auto [N, H, Dh] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {7, 3, 64}, {40, 4, 128}}) {
       CAPTURE(N); CAPTURE(H); CAPTURE(Dh);
-      // f32: the device powf/sincosf may differ from glibc's by an ulp or two, an angle error
-      // of about pos * 1.2e-7; positions below 16 keep that under the 1e-5 bound.
-      int32_t max_pos = dt == DType::F32 ? 16 : 4096;
-      Tensor x = rounded_to(random_normal({N, H, Dh}, 12), dt), pos = random_ints({N}, 13, 0, max_pos);
+      // Positions up to Qwen3's context (40960): the kernel takes inv_freq from the CPU's
+      // rope_inv_freq, so the f32 angles are the CPU's bit for bit and only sincosf vs
+      // glibc (an ulp or two of the result) separates the two. One ulp off in an
+      // inv_freq would be an angle error of up to 2.5e-3 here, far over the f32 bound.
+      Tensor x = rounded_to(random_normal({N, H, Dh}, 12), dt), pos = random_ints({N}, 13, 0, 40960);
       Tensor gpos = pos.to(Device::CUDA);
       CHECK_CLOSE(k::rope_forward(to_device(x, dt), gpos, 1e6f), k::rope_forward(x, pos, 1e6f), dt);
       CHECK_CLOSE(k::rope_backward(to_device(x, dt), gpos, 1e6f), k::rope_backward(x, pos, 1e6f), dt);
@@ -215,52 +256,41 @@ GPU_TEST(linear_cross_entropy) {
       CHECK(std::fabs(double(gloss) - double(loss)) <= tol(dt) * std::fabs(double(loss)));
       CHECK_CLOSE(ggh, gh, dt);
       CHECK_CLOSE(ggw, gw, dt);
+      // A tied embedding: grad_w already holds the embedding's gradient (w's dtype) and is added into.
+      Tensor prior = rounded_to(random_normal({c.V, c.D}, 26, 0.01f), dt);
+      Tensor acc = prior.clone(), gacc = to_device(prior, dt);
+      k::linear_cross_entropy(h, w, labels, c.chunk, nullptr, &acc, nullptr);
+      k::linear_cross_entropy(to_device(h, dt), to_device(w, dt), labels.to(Device::CUDA), c.chunk, nullptr, &gacc,
+                              nullptr);
+      REQUIRE(gacc.dtype() == dt);
+      CHECK_CLOSE(gacc, acc, dt);
     }
 }
 
-GPU_TEST(adamw_matches_pytorch_formula) {
-  // Independent reference: torch.optim.AdamW's update written out in double.
-  namespace kc = nq::kernels::cuda;
-  kc::AdamWConfig cfg;
-  cfg.lr = 1e-2f; cfg.weight_decay = 0.1f;
-  std::vector<int64_t> sizes = {1, 3, 65537, 1000};
-  std::vector<Tensor> p, g, m, v, gp, gg, gm, gv;
-  for (size_t t = 0; t < sizes.size(); ++t) {
-    p.push_back(random_normal({sizes[t]}, 30 + t));
-    m.push_back(random_normal({sizes[t]}, 40 + t, 0.1f));
-    v.push_back(random_normal({sizes[t]}, 50 + t, 0.1f));
-    float* vp = v.back().data<float>();
-    for (int64_t i = 0; i < sizes[t]; ++i) vp[i] = vp[i] * vp[i];  // second moments are >= 0
-    gp.push_back(p[t].to(Device::CUDA)); gm.push_back(m[t].to(Device::CUDA)); gv.push_back(v[t].to(Device::CUDA));
-  }
-  const float grad_scale = 0.5f;
-  for (int64_t step = 1; step <= 3; ++step) {
-    cfg.step = step;
-    g.clear(); gg.clear();
-    for (size_t t = 0; t < sizes.size(); ++t) {
-      g.push_back(random_normal({sizes[t]}, 100 * step + t));
-      gg.push_back(g[t].to(Device::CUDA));
+GPU_TEST(adamw_update_span_matches_cpu_optimizer) {
+  // The kernel runs optim/adamw_update.h's element update; the reference is the CPU
+  // optimizer's span update (optim/adamw.cpp, held to torch.optim.AdamW by test_optim).
+  // Three steps from zero states, a clipping factor on the last, odd sizes. The bound
+  // allows nvcc's FMA contraction (the host build has -ffp-contract=off): an ulp per step.
+  AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  for (int64_t n : {1, 3, 1000, 65537}) {
+    CAPTURE(n);
+    Tensor p = random_normal({n}, 30), m = Tensor::zeros({n}), v = Tensor::zeros({n});
+    Tensor gp = p.to(Device::CUDA), gm = m.to(Device::CUDA), gv = v.to(Device::CUDA);
+    for (int64_t step = 1; step <= 3; ++step) {
+      const float grad_scale = step == 3 ? 0.37f : 1.0f;
+      const AdamWScalars sc = adamw_scalars(cfg, 1e-2, step);
+      Tensor g = random_normal({n}, 100 + step), gg = g.to(Device::CUDA);
+      kernels::cuda::adamw_update_span(gp.data<float>(), gg.data<float>(), gm.data<float>(), gv.data<float>(), n, sc,
+                                       grad_scale, nullptr);
+      float* gh = g.data<float>();
+      for (int64_t i = 0; i < n; ++i) gh[i] = gh[i] * grad_scale;  // the kernel scales the gradient in f32 first
+      adamw_update_span(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), n, sc, 1.0f);  // g pre-scaled
     }
-    kc::adamw_step(gp, gg, gm, gv, cfg, grad_scale);
-    double b1 = cfg.beta1, b2 = cfg.beta2;
-    for (size_t t = 0; t < sizes.size(); ++t) {
-      float *pp = p[t].data<float>(), *mp = m[t].data<float>(), *vp = v[t].data<float>(), *gr = g[t].data<float>();
-      for (int64_t i = 0; i < sizes[t]; ++i) {
-        double gi = double(gr[i]) * grad_scale;
-        double pi = double(pp[i]) * (1.0 - double(cfg.lr) * cfg.weight_decay);
-        double mi = b1 * mp[i] + (1 - b1) * gi, vi = b2 * vp[i] + (1 - b2) * gi * gi;
-        double mhat = mi / (1 - std::pow(b1, step)), vhat = vi / (1 - std::pow(b2, step));
-        pp[i] = float(pi - cfg.lr * mhat / (std::sqrt(vhat) + cfg.eps));
-        mp[i] = float(mi);
-        vp[i] = float(vi);
-      }
-    }
-  }
-  for (size_t t = 0; t < sizes.size(); ++t) {
-    CAPTURE(t);
-    CHECK_CLOSE(gp[t], p[t], DType::F32);
-    CHECK_CLOSE(gm[t], m[t], DType::F32);
-    CHECK_CLOSE(gv[t], v[t], DType::F32);
+    CHECK(relative_error(gp, p) <= 1e-6);
+    CHECK(relative_error(gm, m) <= 1e-6);
+    CHECK(relative_error(gv, v) <= 1e-6);
   }
 }
 
@@ -288,6 +318,9 @@ GPU_TEST(bad_input_raises_errors) {
                        doctest::Contains("labels[1] = -1 out of range [0, 11)"), Error);
   Tensor w_bf16 = to_device(random_normal({4}, 92), DType::BF16);
   CHECK_THROWS_WITH_AS(k::rmsnorm_forward(h, w_bf16, 1e-6f, nullptr), doctest::Contains("weight must be f32"), Error);
+  Tensor wide_heads = to_device(random_normal({1, 1, 1026}, 93), DType::BF16);
+  CHECK_THROWS_WITH_AS(k::rope_forward(wide_heads, Tensor::from_ids({0}, {1}).to(Device::CUDA), 1e6f),
+                       doctest::Contains("head_dim 1026 of x [1, 1, 1026] exceeds the GPU kernel's 512"), Error);
 }
 
 // ---- NF4 -------------------------------------------------------------------
@@ -298,8 +331,8 @@ namespace {
 struct Nf4Case {
   Nf4Tensor q;
   kernels::cuda::Nf4DeviceTensor d;
-  Nf4Case(int64_t out, int64_t in, uint64_t seed, bool double_quant = true)
-      : q(quantize_nf4(random_normal({out, in}, seed, 0.02f).data<float>(), out, in, 64, double_quant)),
+  Nf4Case(int64_t out, int64_t in, uint64_t seed, bool double_quant = true, int64_t blocksize = 64)
+      : q(quantize_nf4(random_normal({out, in}, seed, 0.02f).data<float>(), out, in, blocksize, double_quant)),
         d(kernels::cuda::nf4_to_device(q)) {}
   const kernels::cuda::Nf4Weight& w() const { return d.view; }
   Tensor dequantized() const { return dequantize_nf4(q); }
@@ -312,15 +345,18 @@ TEST_CASE("cuda NF4 value table equals quant/nf4.h's") {
 }
 
 GPU_TEST(nf4_dequantize_bit_exact) {
-  // awkward sizes (numel not a multiple of 64, odd numel), > 256 blocks (2 nested blocks), plain absmax
+  // awkward sizes (numel not a multiple of the blocksize, odd numel), > 256 blocks (2 nested
+  // blocks), plain absmax, and the other blocksizes bitsandbytes accepts (blocks spanning rows)
+  for (int64_t blocksize : {64, 32, 128})
   for (bool double_quant : {true, false})
     for (auto [out, in] : {std::pair<int64_t, int64_t>{1, 1}, {3, 37}, {17, 127}, {96, 256}, {130, 200}}) {
-      CAPTURE(out); CAPTURE(in); CAPTURE(double_quant);
-      Nf4Case c(out, in, 70, double_quant);
+      CAPTURE(out); CAPTURE(in); CAPTURE(double_quant); CAPTURE(blocksize);
+      Nf4Case c(out, in, 70, double_quant, blocksize);
       Tensor want = c.dequantized(), got = kernels::cuda::nf4_dequantize(c.w(), DType::F32).to(Device::CPU);
-      CHECK(std::memcmp(got.raw(), want.raw(), want.nbytes()) == 0);
-      Tensor got_bf16 = kernels::cuda::nf4_dequantize(c.w(), DType::BF16);
-      CHECK(relative_error(got_bf16, want) <= kTolBf16);
+      CHECK_BIT_EXACT(got, want);
+      // bf16: the same f32 value rounded once to nearest even, so bit-exact with the host's rounding
+      Tensor got_bf16 = kernels::cuda::nf4_dequantize(c.w(), DType::BF16).to(Device::CPU);
+      CHECK_BIT_EXACT(got_bf16, want.to_dtype(DType::BF16));
     }
 }
 
@@ -341,6 +377,19 @@ GPU_TEST(nf4_matmul) {
         CHECK(ey <= bound);
         CHECK(edx <= bound);
       }
+}
+
+GPU_TEST(nf4_matmul_rejects_mismatched_shapes) {
+  namespace kc = nq::kernels::cuda;
+  Nf4Case c(3, 37, 83);
+  Tensor x = to_device(random_normal({2, 38}, 84), DType::BF16);
+  CHECK_THROWS_WITH_AS(kc::nf4_matmul(x, c.w()), doctest::Contains("nf4_matmul: x [2, 38] does not end in 37"), Error);
+  CHECK_THROWS_WITH_AS(kc::nf4_matmul_dx(x, c.w()), doctest::Contains("nf4_matmul_dx: x [2, 38] does not end in 3"),
+                       Error);
+  // the low-rank term: B must be [out, r] = [3, r]; here it is [4, 2]
+  Tensor x_ok = to_device(random_normal({2, 37}, 85), DType::BF16);
+  kc::LowRankTerm bad{to_device(random_normal({2, 2}, 86), DType::BF16), to_device(random_normal({4, 2}, 87), DType::BF16)};
+  CHECK_THROWS_WITH_AS(kc::nf4_matmul(x_ok, c.w(), &bad), doctest::Contains("low-rank term a [2, 2], w [4, 2]"), Error);
 }
 
 GPU_TEST(lora_nf4_forward_backward) {

@@ -36,7 +36,7 @@ TEST_CASE("messages: the chat template's assistant tokens are the trained ones")
   Example ex;
   ex.messages = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "2+2?"}, {"assistant", "4"}};
   EncodeOptions opt;
-  opt.chat_template = ChatTemplateKind::ChatML;
+  opt.chat.kind = ChatTemplateKind::ChatML;
   Sample s = encode_example(tok, ex, DataFormat::Messages, opt);
   CHECK(tok.decode(s.ids) ==
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!"
@@ -48,6 +48,27 @@ TEST_CASE("messages: the chat template's assistant tokens are the trained ones")
   opt = EncodeOptions{};  // Qwen3: the last assistant turn carries the empty think block, trained on too
   Sample q = encode_example(tok, ex, DataFormat::Messages, opt);
   CHECK(tok.decode(pick(q, 1)) == "Hello!<|im_end|><think>\n\n</think>\n\n4<|im_end|>");
+}
+
+TEST_CASE("messages: a template's default system message is rendered as the model's chat format renders it, untrained") {
+  // SmolLM2-style ChatML: a system turn is added when the conversation has none
+  // (ChatFormat::render, checked against transformers' apply_chat_template in
+  // test_gguf_model.cpp); training samples get it too, as TRL renders them.
+  const Tokenizer& tok = qwen3();
+  EncodeOptions opt;
+  opt.chat = ChatFormat{ChatTemplateKind::ChatML, "You are a test model."};
+  Example ex;
+  ex.messages = {{"user", "Hi"}, {"assistant", "Hello!"}};
+  Sample s = encode_example(tok, ex, DataFormat::Messages, opt);
+  CHECK(s.ids == opt.chat.render(tok, ex.messages, false).ids);
+  CHECK(tok.decode(s.ids) == "<|im_start|>system\nYou are a test model.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                             "<|im_start|>assistant\nHello!<|im_end|>\n");
+  CHECK(tok.decode(pick(s, 1)) == "Hello!<|im_end|>");
+  // A conversation with its own system message keeps it and gets no second one.
+  ex.messages.insert(ex.messages.begin(), ChatMessage{"system", "Be brief."});
+  CHECK(tok.decode(encode_example(tok, ex, DataFormat::Messages, opt).ids) ==
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!"
+        "<|im_end|>\n");
 }
 
 TEST_CASE("prompt-completion, alpaca and text: plain text, EOS appended, loss on the completion") {
@@ -72,7 +93,7 @@ TEST_CASE("prompt-completion, alpaca and text: plain text, EOS appended, loss on
   CHECK(encode_example(tok, terminated, DataFormat::PromptCompletion, opt).ids == want);
 
   opt.prompt_completion_chat = true;
-  opt.chat_template = ChatTemplateKind::ChatML;
+  opt.chat.kind = ChatTemplateKind::ChatML;
   Sample chat = encode_example(tok, pc, DataFormat::PromptCompletion, opt);
   CHECK(tok.decode(chat.ids) == "<|im_start|>user\nThe capital of France is<|im_end|>\n<|im_start|>assistant\n"
                                 " Paris.<|im_end|>\n");
@@ -103,7 +124,7 @@ TEST_CASE("load_dataset truncates from the right, drops untrained samples, count
       "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n"
       "{\"messages\": [{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \"4\"}]}\n");
   EncodeOptions opt;
-  opt.chat_template = ChatTemplateKind::ChatML;
+  opt.chat.kind = ChatTemplateKind::ChatML;
   opt.max_length = 16;  // line 1 renders to 19 tokens, line 4 to 15
   Dataset d = load_dataset(path, tok, opt, BadLinePolicy::Skip);
   CHECK(d.format == DataFormat::Messages);

@@ -246,7 +246,7 @@ TEST_CASE("KV-cache logits equal the full forward, prefill and token by token") 
   const int64_t T = int64_t(ids.size()), V = model.config().vocab_size;
   Tensor full = model.logits(batch_of(Tensor::from_ids(ids, {1, T}))).view({T, V});
 
-  KVCache cache(model.config(), T);
+  KVCache cache(model.config(), 3);  // grows twice on the way (3 -> 10 -> 20), keeping what it holds
   Tensor prefill = forward_cached(model, std::vector<int32_t>(ids.begin(), ids.begin() + 10), cache);  // [10, V]
   CHECK(max_rel_error(prefill, full.slice(0, 10)) <= 1e-5);
   for (int64_t t = 10; t < T; ++t) {
@@ -254,7 +254,46 @@ TEST_CASE("KV-cache logits equal the full forward, prefill and token by token") 
     CHECK(max_rel_error(step, full.slice(t, t + 1)) <= 1e-5);
   }
   CHECK(cache.length() == T);
-  CHECK_THROWS_WITH_AS(forward_cached(model, {1}, cache), "generate: 18 tokens exceed the KV cache capacity of 17", Error);
+  CHECK(cache.capacity() == 20);
+  CHECK(cache.tokens() == ids);
+  // Truncated, the cache recomputes from there: the logits are the full forward's again.
+  cache.truncate(12);
+  CHECK(cache.tokens() == std::vector<int32_t>(ids.begin(), ids.begin() + 12));
+  Tensor again = forward_cached(model, std::vector<int32_t>(ids.begin() + 12, ids.end()), cache);
+  CHECK(max_rel_error(again, full.slice(12, T)) <= 1e-5);
+  CHECK_THROWS_WITH_AS(cache.truncate(T + 1), "KVCache::truncate: 18 is outside [0, 17]", Error);
+}
+
+TEST_CASE("a kept KV cache (chat turns): generate reuses the shared prefix and chooses the tokens a fresh cache chooses") {
+  Decoder model = Decoder::load(kFixtures + "qwen3_tied");
+  SafetensorsFile ref = SafetensorsFile::open(kFixtures + "qwen3_tied/reference.safetensors");
+  const std::vector<int32_t> ids = ids_of(ref.get("input_ids").slice(0, 1));
+  GenerateOptions opts;
+  opts.max_new_tokens = 6;
+  KVCache cache(model.config(), 8);
+  const std::vector<int32_t> turn1(ids.begin(), ids.begin() + 8);
+  const std::vector<int32_t> reply1 = generate(model, turn1, opts, {}, &cache);
+  CHECK(reply1 == generate(model, turn1, opts));
+  // The cache holds the prompt and the reply but its last token (never run).
+  std::vector<int32_t> held = turn1;
+  held.insert(held.end(), reply1.begin(), reply1.end() - 1);
+  CHECK(cache.tokens() == held);
+
+  // Turn 2 extends the conversation: everything cached is reused.
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), reply1.begin(), reply1.end());
+  turn2.insert(turn2.end(), ids.begin() + 8, ids.end());
+  CHECK(reusable_prefix(cache, turn2) == int64_t(held.size()));
+  CHECK(generate(model, turn2, opts, {}, &cache) == generate(model, turn2, opts));
+
+  // A prompt that parts from the cached text at token 4 (an earlier turn rendered
+  // differently) is recomputed from there.
+  std::vector<int32_t> turn3 = turn2;
+  turn3[4] = turn3[4] == 1 ? 2 : 1;
+  CHECK(reusable_prefix(cache, turn3) == 4);
+  CHECK(generate(model, turn3, opts, {}, &cache) == generate(model, turn3, opts));
+  // The same prompt again: all but its last token are reused.
+  CHECK(reusable_prefix(cache, turn3) == int64_t(turn3.size()) - 1);
 }
 
 TEST_CASE("a packed row with segment ids and restarted positions equals separate rows") {

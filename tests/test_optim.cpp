@@ -1,8 +1,10 @@
 // optim/: AdamW, clipping and LR schedules against torch / transformers
 // (tests/fixtures/optim/optim.json from tools/ref/make_optim_fixtures.py), plus
-// state save/load and the accumulation scaling against a direct computation.
+// state save/load, the Optimizer interface's folded clipping against
+// clip-then-step, and the accumulation scaling against a direct computation.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -10,6 +12,7 @@
 #include "optim/accumulation.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
+#include "optim/optimizer.h"
 #include "optim/schedule.h"
 
 using namespace nq;
@@ -148,7 +151,79 @@ TEST_CASE("clip_grad_norm matches torch.nn.utils.clip_grad_norm_") {
     for (size_t i = 0; i < params.size(); ++i)
       CHECK(max_rel_err(params[i].grad().data<float>(), c["clipped"][i].get<std::vector<float>>()) < 1e-6);
   }
-  CHECK_THROWS_WITH_AS(clip_grad_norm({}, 0.0f), "clip_grad_norm: max_norm must be > 0, got 0", Error);
+  CHECK_THROWS_WITH_AS(clip_grad_norm({}, 0.0f), "clip: max_norm must be > 0, got 0", Error);
+}
+
+TEST_CASE("clip_scale is torch's min(max_norm / (norm + 1e-6), 1) in f32; bad max_norm refused") {
+  for (const json& c : optim_fixture()["clip"]) {
+    const float total = c["total_norm"].get<float>(), max_norm = c["max_norm"].get<float>();
+    const float want = std::min(max_norm / (total + 1e-6f), 1.0f);
+    CHECK(clip_scale(total, max_norm) == want);
+  }
+  CHECK(clip_scale(0.5, 1.0) == 1.0f);
+  CHECK(clip_scale(0.0, 1.0) == 1.0f);
+  CHECK_THROWS_WITH_AS(clip_scale(1.0, 0.0), "clip: max_norm must be > 0, got 0", Error);
+  CHECK_THROWS_WITH_AS(clip_scale(1.0, -2.0), "clip: max_norm must be > 0, got -2", Error);
+}
+
+TEST_CASE("AdamW through the Optimizer interface: step(lr, clip_scale) equals clip_grad_norm then step, bit for bit") {
+  for (const json& c : optim_fixture()["adamw"]) {
+    CAPTURE(c["name"].get<std::string>());
+    // max_norm between the smallest and the largest gradient norm of the run: some steps clip, some do not.
+    std::vector<Var> probe = make_params(c);
+    std::vector<float> norms;
+    for (const json& g : c["grads"]) {
+      set_grads(probe, g);
+      norms.push_back(grad_global_norm(probe));
+    }
+    const float max_norm = 0.5f * (*std::min_element(norms.begin(), norms.end()) +
+                                   *std::max_element(norms.begin(), norms.end()));
+    std::vector<Var> clipped = make_params(c), scaled = make_params(c);
+    AdamW reference(clipped, config_of(c));
+    AdamW opt(scaled, config_of(c));
+    Optimizer& through_interface = opt;
+    int clipped_steps = 0;
+    for (size_t step = 0; step < c["lrs"].size(); ++step) {
+      CAPTURE(step);
+      const double lr = c["lrs"][step].get<double>();
+      set_grads(clipped, c["grads"][step]);
+      set_grads(scaled, c["grads"][step]);
+      const float total = clip_grad_norm(clipped, max_norm);  // scales the gradients in place
+      reference.step(lr);
+      const double norm = through_interface.grad_global_norm();
+      CHECK(norm == double(total));
+      const float scale = clip_scale(norm, max_norm);
+      clipped_steps += scale < 1.0f;
+      through_interface.step(lr, scale);  // the gradients stay as they are
+      for (size_t i = 0; i < scaled.size(); ++i) CHECK(scaled[i].value().to_vector() == clipped[i].value().to_vector());
+    }
+    CHECK(clipped_steps > 0);
+    CHECK(clipped_steps < int(c["lrs"].size()));
+    OptimizerState a = reference.state_dict(), b = through_interface.state_dict();
+    REQUIRE(a.size() == b.size());
+    for (const auto& [key, t] : a) {
+      CAPTURE(key);
+      CHECK(t.dtype() == b.at(key).dtype());
+      if (t.dtype() == DType::F32) CHECK(t.to_vector() == b.at(key).to_vector());
+      else CHECK(t.data<int64_t>()[0] == b.at(key).data<int64_t>()[0]);
+    }
+  }
+}
+
+TEST_CASE("Optimizer: unnamed parameters are saved as param.<index>; zero_grad clears every gradient") {
+  std::vector<Var> params = {Var(Tensor::zeros({2}), true), Var(Tensor::zeros({3}), true, "b")};
+  AdamW opt(params, AdamWConfig{});
+  Optimizer& o = opt;
+  CHECK(o.param_name(0) == "param.0");
+  CHECK(o.param_name(1) == "b");
+  const OptimizerState st = o.state_dict();
+  CHECK(st.count("param.0.exp_avg") == 1);
+  CHECK(st.count("b.step") == 1);
+  CHECK(st.size() == 6);
+  params[0].impl()->grad = Tensor::full({2}, 1.0f);
+  params[1].impl()->grad = Tensor::full({3}, 1.0f);
+  o.zero_grad();
+  for (const Var& p : o.params()) CHECK_FALSE(p.grad().defined());
 }
 
 TEST_CASE("LR schedules match transformers' get_*_schedule_with_warmup") {

@@ -10,21 +10,32 @@
 // Run control (resume, checkpoints, options, bad input) runs the whole train()
 // on a tiny random Qwen3 written into a temp folder with the small test BPE
 // tokenizer (tests/fixtures/tokenizer/gpt2, which has the ChatML tokens).
+//
+// On a GPU (skipped without one): train() with --device cuda against the same
+// run on the CPU, per-step losses within the bf16 tolerance of
+// docs/gpu_training.md (2e-2 relative; gradient norms 5e-2, implied by the
+// per-tensor gradient bound); paged and unpaged GPU AdamW bit-identical;
+// checkpoints moving between the devices.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 #include <sstream>
 
 #include "lora/adapter.h"
 #include "model/decoder.h"
+#include "model/device.h"
 #include "optim/schedule.h"
+#include "runtime/device_copy.h"
 #include "runtime/philox.h"
 #include "runtime/safetensors.h"
+#include "tests/gpu_test.h"
 #include "tests/temp_dir.h"
 #include "model/tokenizer.h"
+#include "optim/adamw.h"
 #include "training/checkpoint.h"
 #include "training/encode.h"
 #include "training/trainer.h"
@@ -140,6 +151,7 @@ struct TinyRun {
     cfg.max_length = 48;
     cfg.seed = 7;
     cfg.no_progress = true;
+    cfg.device = "cpu";  // the reference run; the GPU tests below set cuda
   }
 };
 
@@ -344,7 +356,36 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
   CHECK(parse_error({"--model", "m", "--data", "d", "--lr", "inf"}).find("--lr must be a finite number > 0") == 0);
   CHECK(parse_error({"--model", "m", "--data", "d", "--lr", "nan"}).find("--lr must be a finite number > 0") == 0);
   CHECK(parse_error({"--model", "m", "--data", "d", "--schedule", "step"}).find("--schedule: ") == 0);
-  CHECK(parse_error({"--model", "m", "--data", "d", "--device", "cuda"}).find("--device cuda: ") == 0);
+  CHECK(parse_error({"--model", "m", "--data", "d", "--device", "gpu"}) ==
+        "--device must be auto, cpu or cuda, got 'gpu'");
+#ifdef NQ_CUDA
+  if (!cuda_available())
+    CHECK(parse_error({"--model", "m", "--data", "d", "--device", "cuda"}) ==
+          "--device cuda: no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --device cpu)");
+#else
+  CHECK(parse_error({"--model", "m", "--data", "d", "--device", "cuda"}) ==
+        "--device cuda: this build has no CUDA (nvcc was not found when it was compiled; rebuild with nvcc on the "
+        "PATH, or use --device cpu)");
+#endif
+  CHECK(parse_error({"--model", "m", "--data", "d", "--optim", "sgd"}) ==
+        "--optim must be adamw or paged_adamw, got 'sgd'");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--optim-pages", "1"}) ==
+        "--optim-pages must be in [2, 256] (2 overlap a copy with an update), got 1");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--optim-pages", "many"}) ==
+        "--optim-pages: expected an integer, got 'many'");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--optim-page-mb", "0"}) ==
+        "--optim-page-mb must be in [1, 1024], got 0");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--optim-page-mb", "2048"}) ==
+        "--optim-page-mb must be in [1, 1024], got 2048");
+  CHECK(parse_error({"--model", "m", "--data", "d", "--optim-page-mb", "1.5"}) ==
+        "--optim-page-mb: expected an integer, got '1.5'");
+  // --help documents the device and the GPU optimizer's flags.
+  const std::string help = train_help();
+  CHECK(help.find("CPU only") == std::string::npos);
+  CHECK(help.find("--device S") != std::string::npos);
+  CHECK(help.find("--optim-pages N") != std::string::npos);
+  CHECK(help.find("--optim-page-mb N") != std::string::npos);
+  CHECK(help.find("(default paged_adamw)") != std::string::npos);
   CHECK(parse_error({"--model", "m", "--data", "d", "--epochs"}) == "--epochs needs a value (see --help)");
   CHECK(parse_error({"--model", "m", "--data", "d", "--eval-data", "e", "--eval-split", "0.1"}) ==
         "--eval-data and --eval-split exclude each other");
@@ -352,7 +393,7 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
   TempDir tmp;
   write_file(tmp / "c.json", R"({"model": "m", "data": "d", "r": 8, "targets": ["q_proj", "v_proj"], "packing": true})");
   std::string config = tmp / "c.json";
-  std::vector<std::string> args{"train", "--config", config, "--r", "32", "--optim", "paged_adamw"};
+  std::vector<std::string> args{"train", "--config", config, "--r", "32", "--optim", "adamw", "--optim-pages", "6"};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   TrainConfig cfg;
@@ -361,6 +402,9 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
   CHECK(cfg.packing);
   CHECK(cfg.targets == std::vector<std::string>{"q_proj", "v_proj"});
   CHECK(cfg.lr == 2e-4);  // untouched default
+  CHECK(cfg.optim == "adamw");
+  CHECK(cfg.optim_pages == 6);
+  CHECK(cfg.optim_page_mb == 8);
   // The config round-trips through its JSON (the checkpoint copy).
   TrainConfig back;
   back.apply_json(cfg.to_json(), "copy");
@@ -433,6 +477,7 @@ TEST_CASE("trainer: samples longer than --max-length are truncated and counted; 
   CHECK(longer > 0);
   CHECK(longer < 16);
   CHECK(s.find(str("; ", longer, " truncated to 64 tokens")) != std::string::npos);
+  CHECK(s.find(str("device: cpu, ", omp_get_max_threads(), " threads")) != std::string::npos);
   CHECK(s.find("memory plan") != std::string::npos);
   CHECK(s.find("memory: plan vs measured peak") != std::string::npos);
   // Every metrics line has the documented fields.
@@ -444,3 +489,134 @@ TEST_CASE("trainer: samples longer than --max-length are truncated and counted; 
     CHECK(j["tokens"].get<int64_t>() > 0);
   }
 }
+
+// ---- GPU: train() with --device cuda (each prints `skipped: no CUDA device` without one) ----
+
+#define GPU_TEST(name) NQ_GPU_TEST("gpu train: trainer " #name, name)
+
+namespace {
+
+void check_close_to(const std::vector<StepMetrics>& got, const std::vector<StepMetrics>& want) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("step ", got[i].step, ": loss ", got[i].loss, " vs ", want[i].loss, ", grad_norm ", got[i].grad_norm, " vs ",
+         want[i].grad_norm);
+    CHECK(got[i].step == want[i].step);
+    CHECK(got[i].tokens == want[i].tokens);  // the same batches
+    CHECK(got[i].lr == want[i].lr);
+    CHECK(rel_diff(got[i].loss, want[i].loss) <= 2e-2);
+    CHECK(rel_diff(got[i].grad_norm, want[i].grad_norm) <= 5e-2);
+  }
+}
+
+}  // namespace
+
+GPU_TEST(cuda_matches_cpu_and_writes_a_loadable_adapter) {
+  TinyRun cpu, gpu;
+  cpu.cfg.max_steps = gpu.cfg.max_steps = 3;
+  gpu.cfg.device = "cuda";
+  const TrainResult a = run(cpu.cfg);
+  std::ostringstream log;
+  const TrainResult b = train(gpu.cfg, log);
+  MESSAGE(log.str());
+  CHECK(log.str().find("device: cuda (") != std::string::npos);
+  CHECK(log.str().find("memory: plan vs measured peak") != std::string::npos);
+  check_close_to(b.steps, a.steps);
+  CHECK(b.steps.back().mem_bytes > 0);  // the CUDA allocator's peak
+
+  // The adapter, written from host copies, loads into a model on the GPU (after
+  // to_device: the adapters are created there) and runs.
+  SafetensorsFile file = SafetensorsFile::open(gpu.cfg.out + "/adapter_model.safetensors");
+  CHECK(file.names().size() == 28);
+  Decoder model = Decoder::load(gpu.cfg.model);
+  for (Linear* l : model.linears()) l->quantize_nf4();
+  to_device(model, Device::CUDA);
+  load_peft_adapter(gpu.cfg.out, model);
+  double b_norm = 0;
+  for (Linear* l : model.linears()) {
+    for (auto [suffix, var] : {std::pair<const char*, Var>{".lora_A.weight", l->lora().A}, {".lora_B.weight", l->lora().B}}) {
+      INFO(l->name(), suffix);
+      CHECK(var.value().device() == Device::CUDA);
+      const std::vector<float> got = var.value().to_vector(), want = file.get("base_model.model." + l->name() + suffix).to_vector();
+      CHECK(got == want);
+      if (std::string(suffix) == ".lora_B.weight")
+        for (float x : got) b_norm += double(x) * x;
+    }
+  }
+  CHECK(b_norm > 0);  // B started at zero: the run trained it
+  DecoderBatch batch;
+  batch.ids = Tensor::from_ids({1, 2, 3, 4, 5, 6}, {1, 6}).to(Device::CUDA);
+  batch.labels = batch.ids;
+  CHECK(std::isfinite(model.forward_loss(batch).value().to_vector()[0]));
+}
+
+GPU_TEST(paged_and_unpaged_adamw_give_bit_identical_adapters) {
+  TinyRun paged, unpaged;
+  for (TinyRun* t : {&paged, &unpaged}) {
+    t->cfg.max_steps = 3;
+    t->cfg.device = "cuda";
+  }
+  paged.cfg.optim = "paged_adamw";
+  paged.cfg.optim_pages = 2;
+  paged.cfg.optim_page_mb = 1;
+  unpaged.cfg.optim = "adamw";
+  const TrainResult a = run(paged.cfg), b = run(unpaged.cfg);
+  REQUIRE(a.steps.size() == 3);
+  REQUIRE(b.steps.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(a.steps[i].loss == b.steps[i].loss);
+    CHECK(a.steps[i].grad_norm == b.steps[i].grad_norm);
+  }
+  SafetensorsFile fa = SafetensorsFile::open(paged.cfg.out + "/adapter_model.safetensors");
+  SafetensorsFile fb = SafetensorsFile::open(unpaged.cfg.out + "/adapter_model.safetensors");
+  REQUIRE(fa.names() == fb.names());
+  for (const std::string& key : fa.names()) {
+    INFO(key);
+    CHECK(fa.get(key).to_vector() == fb.get(key).to_vector());
+  }
+  // The optimizer states too: the checkpoint form is the same whichever memory held them.
+  SafetensorsFile oa = SafetensorsFile::open(paged.cfg.out + "/checkpoint-3/optimizer.safetensors");
+  SafetensorsFile ob = SafetensorsFile::open(unpaged.cfg.out + "/checkpoint-3/optimizer.safetensors");
+  REQUIRE(oa.names() == ob.names());
+  for (const std::string& key : oa.names()) {
+    INFO(key);
+    const Tensor x = oa.get(key), y = ob.get(key);
+    REQUIRE(x.dtype() == y.dtype());
+    if (x.dtype() == DType::F32) CHECK(x.to_vector() == y.to_vector());
+    else CHECK(x.data<int64_t>()[0] == y.data<int64_t>()[0]);
+  }
+}
+
+GPU_TEST(checkpoints_resume_across_devices) {
+  TinyRun reference;  // 6 steps on the CPU, uninterrupted
+  const TrainResult straight = run(reference.cfg);
+  REQUIRE(straight.steps.size() == 6);
+  const std::vector<StepMetrics> last_three(straight.steps.begin() + 3, straight.steps.end());
+  for (const char* from : {"cuda", "cpu"}) {
+    const std::string to = std::string(from) == "cuda" ? "cpu" : "cuda";
+    CAPTURE(from);
+    TinyRun t;
+    t.cfg.device = from;
+    const TrainResult first = run(t.cfg, {[](const StepMetrics& m) { if (m.step == 3) request_stop(); }});
+    REQUIRE(first.interrupted);
+    REQUIRE(first.last_checkpoint == t.cfg.out + "/checkpoint-3");
+    TrainConfig again = t.cfg;
+    again.device = to;
+    again.resume = first.last_checkpoint;
+    const TrainResult second = run(again);
+    REQUIRE(second.steps.size() == 3);
+    CHECK(second.steps.front().step == 4);
+    // Continuing sensibly: the resumed steps track the CPU run's within the bf16 tolerance.
+    check_close_to(second.steps, last_three);
+    // The optimizer state came along: every parameter counts 6 steps (AdamW's bias corrections depend on it).
+    SafetensorsFile opt = SafetensorsFile::open(t.cfg.out + "/checkpoint-6/optimizer.safetensors");
+    int counted = 0;
+    for (const std::string& key : opt.names())
+      if (key.size() > 5 && key.compare(key.size() - 5, 5, ".step") == 0) {
+        CHECK(opt.get(key).data<int64_t>()[0] == 6);
+        ++counted;
+      }
+    CHECK(counted == 28);
+  }
+}
+

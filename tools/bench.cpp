@@ -35,6 +35,7 @@
 #ifdef NQ_CUDA
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/adamw_span.h"
 #include "kernels/cuda/gemm.h"
 #include "runtime/cuda_check.h"
 #endif
@@ -210,16 +211,20 @@ std::vector<Kernel> make_kernels() {
                               3 * 2.0 * s.rows() * s.vocab * s.hidden, s.rows(), s.vocab, s.hidden, 1};
                 }});
 #ifdef NQ_CUDA
-  // GPU-only: the optimizer kernels (tests/test_cuda.cpp checks them against the PyTorch formula).
+  // GPU-only: the optimizer kernels (tests/test_cuda.cpp checks them against the CPU optimizer).
+  // adamw: the update the paged optimizer runs (kernels/cuda/adamw_span.h), over n parameters.
   ks.push_back({"adamw", "--n", false,
                 [=](const Shapes& s, uint64_t seed) {
                   std::vector<Input> in;
                   for (int i = 0; i < 4; ++i) in.push_back({vec(s, seed + i).host, false});
+                  float* v = in[3].host.data<float>();  // second moments are >= 0
+                  for (int64_t i = 0; i < s.n; ++i) v[i] = v[i] * v[i];
                   return in;
                 },
                 [](const std::vector<Tensor>& in, const Shapes&) {
-                  kernels::cuda::AdamWConfig cfg;
-                  kernels::cuda::adamw_step({in[0]}, {in[1]}, {in[2]}, {in[3]}, cfg);
+                  AdamWScalars scalars = adamw_scalars(AdamWConfig{}, 1e-3, 1);
+                  kernels::cuda::adamw_update_span(in[0].data<float>(), in[1].data<float>(), in[2].data<float>(),
+                                                   in[3].data<float>(), in[0].numel(), scalars, 1.0f, nullptr);
                   return std::vector<Tensor>{in[0]};
                 },
                 [](const Shapes& s) { return Cost{4.0 * 4 * s.n + 3.0 * 4 * s.n, 12.0 * s.n}; }});

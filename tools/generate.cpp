@@ -101,22 +101,26 @@ std::vector<int32_t> parse_ids(const std::string& text) {
 
 // Generates after `prompt`, streaming text (or ids without a tokenizer); returns the new ids.
 std::vector<int32_t> run_generation(const Decoder& model, const Tokenizer* tok, const std::vector<int32_t>& prompt,
-                                    const GenerateOptions& gen) {
+                                    const GenerateOptions& gen, KVCache* cache = nullptr) {
   using clock = std::chrono::steady_clock;
   auto start = clock::now(), first = start, last = start;
   size_t n = 0;
+  // The prompt tokens already in a kept cache are not run again (generate.h).
+  const size_t reused = cache && !prompt.empty() ? size_t(reusable_prefix(*cache, prompt)) : 0;
   std::vector<int32_t> out = generate(model, prompt, gen, [&](int32_t id) {
     last = clock::now();
     if (n++ == 0) first = last;
     if (tok) std::fputs(tok->decode_token(id).c_str(), stdout);
     else std::printf("%d ", id);
     std::fflush(stdout);
-  });
+  }, cache);
   std::printf("\n");
   std::fflush(stdout);  // the reply's end before the speed line on stderr
   auto seconds = [](clock::duration d) { return std::chrono::duration<double>(d).count(); };
   if (n > 0) {
-    std::fprintf(stderr, "[prefill %zu tokens: %.1f tok/s", prompt.size(), prompt.size() / seconds(first - start));
+    const size_t run = prompt.size() - reused;
+    std::fprintf(stderr, "[prefill %zu tokens: %.1f tok/s", run, run / seconds(first - start));
+    if (reused > 0) std::fprintf(stderr, " (%zu earlier tokens from the KV cache)", reused);
     if (n > 1) std::fprintf(stderr, ", decode %zu tokens: %.2f tok/s", n - 1, (n - 1) / seconds(last - first));
     std::fprintf(stderr, "]\n");
   }
@@ -129,14 +133,17 @@ void print_ids(const std::vector<int32_t>& ids) {
 }
 
 // The chat loop: one user message per stdin line, the whole conversation re-rendered
-// with the chat template each turn. A terminal gets a "> " prompt on stderr; piped
-// input is echoed to stdout so the output reads as a transcript.
+// with the chat template each turn; the KV cache is kept across turns, so only the
+// new turn's tokens are run (generate.h). A terminal gets a "> " prompt on stderr;
+// piped input is echoed to stdout so the output reads as a transcript.
 void chat_loop(const Decoder& model, const Tokenizer& tok, const ChatFormat& format, const std::string& system,
                const GenerateOptions& gen) {
   const bool interactive = isatty(STDIN_FILENO);
   std::vector<ChatMessage> history;
+  KVCache cache(model.config(), 256);
   auto reset = [&] {
     history.clear();
+    cache.truncate(0);
     if (!system.empty()) history.push_back({"system", system});
   };
   reset();
@@ -158,7 +165,7 @@ void chat_loop(const Decoder& model, const Tokenizer& tok, const ChatFormat& for
     NQ_CHECK(int64_t(prompt.size()) + gen.max_new_tokens <= model.config().max_position_embeddings,
              "the conversation (", prompt.size(), " tokens) + --max-new-tokens exceeds the model's context of ",
              model.config().max_position_embeddings, " tokens; /reset it");
-    std::vector<int32_t> reply = run_generation(model, &tok, prompt, gen);
+    std::vector<int32_t> reply = run_generation(model, &tok, prompt, gen, &cache);
     history.push_back({"assistant", tok.decode(reply)});
   }
 }

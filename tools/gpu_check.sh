@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/gpu_check.sh: the whole GPU check in one go, for a lent machine (H200).
 #   1. detect the GPU (nvidia-smi) and its compute capability
-#   2. check the Debian build dependencies (installs carried .deb files from ./.debs if any)
+#   2. the Debian build dependencies: installed ones, else the headers and libraries
+#      carried in .carry/deps.tar.xz (tools/gpu_prepare.sh), unpacked into /tmp/nqdeps
 #   3. make -j16 for that architecture only (CUDA_ARCH=<cc>)
 #   4. build/cuda/test_all (every CUDA kernel against the CPU kernels), then the CUDA
 #      tests again under compute-sanitizer memcheck (out-of-bounds / misaligned accesses)
@@ -9,26 +10,32 @@
 #   6. tools/ref/bench_attention.py (PyTorch SDPA flash) beside ./bench attention, if torch imports
 #   7. a short summary table, printed last
 # Every step runs under `timeout`; the limits add up to 350 s, under 6 minutes.
-# Full logs go to $OUT when it is set (the device tool copies it back), else build/gpu_check/.
+# Logs go to build/gpu_check/<mode>/; when $OUT is set (the device tool copies it back,
+# 8 files at most) it gets two files per mode: summary-<mode>.txt and logs-<mode>.tar.gz.
+# Both modes in one device call (the machine stays warm only 30 s between calls):
+#   tools/gpu_check.sh; tools/gpu_check.sh train
 # Usage (repository root):  tools/gpu_check.sh          (the kernel checks above)
 #                           tools/gpu_check.sh train    (build + the GPU training section below:
 #                                                        steps T1-T3; limits add up to 345 s)
 #
-# The lent machine has no network. If its image lacks the Debian build packages
-# (the script says which headers are missing), download them here and carry them:
-#   echo /.debs/ >> .git/info/exclude; mkdir -p .debs; cd .debs; apt-get download \
-#     libopenblas-dev libopenblas0 libopenblas0-pthread libopenblas-pthread-dev libgfortran5 \
-#     doctest-dev nlohmann-json3-dev libutf8proc-dev libutf8proc2 libpcre2-dev libpcre2-8-0 \
-#     libpcre2-16-0 libpcre2-32-0 libpcre2-posix3
-# (names as in Debian 12, this build machine; from a machine with the same release
-# as the GPU image, whose Python 3.12 suggests Ubuntu 24.04: names may differ), then run
-# with carry [".debs"]; step 2 installs them with dpkg -i.
+# The lent machine has no network: before calling it, run tools/gpu_prepare.sh here
+# (it writes .carry/deps.tar.xz, the build dependencies, and .carry/bnb.tar.xz,
+# bitsandbytes for the Python side of `train`) and call the device with carry [".carry"].
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-kernels}
 case "$MODE" in kernels|train) ;; *) echo "error: unknown mode '$MODE' (kernels or train)"; exit 1 ;; esac
-LOG=${OUT:-build/gpu_check}
-mkdir -p "$LOG"
+LOG=build/gpu_check/$MODE
+rm -rf "$LOG" && mkdir -p "$LOG"
+# finish: the summary and a tarball of every log into $OUT (when set), then exit with $1.
+finish() {
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    [ -f "$LOG/summary.txt" ] && cp "$LOG/summary.txt" "$OUT/summary-$MODE.txt"
+    tar czf "$OUT/logs-$MODE.tar.gz" -C "$LOG" .
+  fi
+  exit "$1"
+}
 SUMMARY=()
 FAILED=0
 
@@ -49,7 +56,6 @@ step() {
 }
 
 # 1. GPU
-# (at most 7 log files land in $LOG: the device tool brings back 8 files at most)
 if ! GPU_INFO=$(nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader 2>&1); then
   echo "error: nvidia-smi found no GPU: $GPU_INFO"; exit 1
 fi
@@ -57,20 +63,33 @@ GPU=$(echo "$GPU_INFO" | head -1)
 CC=$(echo "$GPU" | cut -d, -f2 | tr -d ' .')
 echo "GPU: $GPU  (building for sm_$CC)"
 
-# 2. build dependencies (no network on the lent machine: carried .debs only)
-if ls .debs/*.deb > /dev/null 2>&1; then dpkg -i .debs/*.deb > /tmp/gpu_check_debs.log 2>&1 || echo "warning: dpkg -i .debs failed (see /tmp/gpu_check_debs.log)"; fi
-missing=""
-for h in cblas.h doctest/doctest.h nlohmann/json.hpp utf8proc.h pcre2.h; do
-  found=$(find /usr/include /usr/local/include -path "*$h" 2>/dev/null | head -1)
-  [ -n "$found" ] || missing="$missing $h"
-done
-if [ -n "$missing" ]; then
-  echo "error: missing headers:$missing (run 'make deps' with network, or carry the .deb files in .debs/)"
+# 2. build dependencies: installed, or carried (no network on the lent machine)
+have_headers() {
+  local root=${1:-} h
+  for h in x86_64-linux-gnu/cblas.h doctest/doctest.h nlohmann/json.hpp utf8proc.h pcre2.h; do
+    if [ -n "$root" ]; then
+      [ -e "$root/usr/include/$h" ] || [ -e "$root/usr/include/x86_64-linux-gnu/openblas-pthread/$(basename "$h")" ] || return 1
+    else
+      [ -e "/usr/include/$h" ] || [ -e "/usr/include/$(basename "$h")" ] || return 1
+    fi
+  done
+}
+MAKE_DEPS=()
+if have_headers; then
+  echo "build dependencies: installed"
+elif [ -f .carry/deps.tar.xz ]; then
+  mkdir -p /tmp/nqdeps && tar xJf .carry/deps.tar.xz -C /tmp/nqdeps
+  have_headers /tmp/nqdeps || { echo "error: .carry/deps.tar.xz lacks a header (rerun tools/gpu_prepare.sh)"; exit 1; }
+  MAKE_DEPS=(DEPS_ROOT=/tmp/nqdeps)
+  echo "build dependencies: carried (.carry/deps.tar.xz unpacked into /tmp/nqdeps)"
+else
+  echo "error: the build dependencies are not installed and .carry/deps.tar.xz is missing:"
+  echo "       run tools/gpu_prepare.sh on a machine with network and call the device with carry [\".carry\"]"
   exit 1
 fi
 
 # 3-4. build and test
-step build 125 make -j16 CUDA=1 CUDA_ARCH="$CC" all || { echo "build failed: see $LOG/build.log"; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+step build 125 make -j16 CUDA=1 CUDA_ARCH="$CC" "${MAKE_DEPS[@]}" all || { echo "build failed: see $LOG/build.log"; printf '%s\n' "${SUMMARY[@]}" | tee "$LOG/summary.txt"; finish 1; }
 if [ "$MODE" = kernels ]; then
 step test_all 45 ./build/cuda/test_all
 if command -v compute-sanitizer > /dev/null; then
@@ -98,16 +117,14 @@ fi
 #       plan-vs-measured lines (asserted within 10%), paged AdamW bit-identity,
 #       QLoRA loss/LoRA gradients vs the CPU, allocator accounting
 #   T2. tools/ref/bench_qlora_gpu.py qwen3-0.6b: transformers + bitsandbytes + PEFT
-#       vs ./finetune --device cuda, tokens/s and peak GPU memory
+#       vs ./train --device cuda, tokens/s and peak GPU memory
 #   T3. the same, qwen3-8b, Python side only (our side needs a 16 GB checkpoint
 #       folder written and loaded first: run it by hand with --sides ours)
-# bitsandbytes is not installed on the lent machine: a wheel carried in .whl/
-# (python3 -m pip download ... bitsandbytes==0.50.2, see /work/.library/device/README.md)
-# is installed into /tmp/site for these steps.
+# bitsandbytes is not installed on the lent machine: tools/gpu_prepare.sh packs it
+# into .carry/bnb.tar.xz, unpacked here into /tmp/site (on PYTHONPATH for these steps).
 if [ "$MODE" = train ]; then
-  if ls .whl/bitsandbytes-*.whl > /dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      .whl/*.whl > "$LOG/whl.log" 2>&1 || echo "warning: installing .whl/ failed (see whl.log)"
+  if ! python3 -c "import bitsandbytes" > /dev/null 2>&1 && [ -f .carry/bnb.tar.xz ]; then
+    mkdir -p /tmp/site && tar xJf .carry/bnb.tar.xz -C /tmp/site
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   step gpu_train_tests 60 ./build/cuda/test_all -tc="gpu train*" -s
@@ -156,4 +173,4 @@ fi
   fi
   [ "$FAILED" = 0 ] && echo "gpu_check: all steps passed" || echo "gpu_check: SOME STEPS FAILED (logs in $LOG)"
 } | tee "$LOG/summary.txt"
-exit "$FAILED"
+finish "$FAILED"

@@ -78,7 +78,7 @@ void ensure_writable_dir(const std::string& dir, const std::string& flag) {
 }
 
 std::string save_checkpoint(const std::string& out_dir, Decoder& model, const AdapterConfig& adapter,
-                            const AdamW& optimizer, const TrainerState& state, const TrainConfig& config) {
+                            const Optimizer& optimizer, const TrainerState& state, const TrainConfig& config) {
   const std::string name = str("checkpoint-", state.step);
   const std::string final_dir = out_dir + "/" + name, tmp = out_dir + "/." + name + ".tmp";
   std::error_code ec;
@@ -125,7 +125,7 @@ TrainConfig read_checkpoint_config(const std::string& dir) {
   return cfg;
 }
 
-TrainerState load_checkpoint_state(const std::string& dir, AdamW& optimizer) {
+TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer) {
   const std::string path = dir + "/trainer_state.json";
   json j = read_json(path);
   TrainerState s;

@@ -2,7 +2,9 @@
 // stopped, in one folder OUT/checkpoint-STEP/:
 //
 //   adapter_config.json, adapter_model.safetensors   the LoRA weights (PEFT format: loadable by peft too)
-//   optimizer.safetensors     AdamW moments + step count per parameter (optim/adamw.h state_dict)
+//   optimizer.safetensors     AdamW moments + step count per parameter (Optimizer::state_dict: the
+//                             same form from the CPU AdamW and the GPU PagedAdamW, so a checkpoint
+//                             written on one device resumes on the other)
 //   trainer_state.json        {"step", "rng_seed", "rng_offset", "data_epoch", "data_index", "tokens_seen"}
 //   train_config.json         the run's TrainConfig (training/train_config.h)
 //
@@ -20,7 +22,7 @@
 #include <string>
 
 #include "lora/adapter.h"
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
 #include "runtime/rng.h"
 #include "training/batch.h"
 #include "training/train_config.h"
@@ -39,7 +41,7 @@ struct TrainerState {
 // Writes OUT/checkpoint-<state.step>/ atomically (replacing one of the same
 // step) and returns its path.
 std::string save_checkpoint(const std::string& out_dir, Decoder& model, const AdapterConfig& adapter,
-                            const AdamW& optimizer, const TrainerState& state, const TrainConfig& config);
+                            const Optimizer& optimizer, const TrainerState& state, const TrainConfig& config);
 
 // The config a checkpoint was trained with (train_config.json).
 TrainConfig read_checkpoint_config(const std::string& dir);
@@ -47,7 +49,7 @@ TrainConfig read_checkpoint_config(const std::string& dir);
 // Reads trainer_state.json and loads optimizer.safetensors into `optimizer`
 // (whose parameters must be the adapter loaded from the same folder with
 // load_peft_adapter). Errors name the file and the field or tensor.
-TrainerState load_checkpoint_state(const std::string& dir, AdamW& optimizer);
+TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer);
 
 // Creates `dir` if needed and checks that a file can be written in it; the
 // error names `flag` (e.g. "--out") and the OS reason.

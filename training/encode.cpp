@@ -20,7 +20,7 @@ void append_eos(std::vector<int32_t>& ids, const Tokenizer& tok, DataFormat form
 }
 
 Sample chat_sample(const Tokenizer& tok, const std::vector<ChatMessage>& messages, const EncodeOptions& opt) {
-  RenderedChat chat = render_chat(tok, messages, opt.chat_template, /*add_generation_prompt=*/false);
+  RenderedChat chat = opt.chat.render(tok, messages, /*add_generation_prompt=*/false);
   Sample s;
   s.ids = std::move(chat.ids);
   s.trained = opt.train_on_prompt ? std::vector<uint8_t>(s.ids.size(), 1) : std::move(chat.assistant_mask);

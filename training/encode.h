@@ -2,8 +2,8 @@
 // and load_dataset, the whole JSONL -> samples step the trainer calls.
 //
 // What each format becomes, and which tokens the loss trains on (trained = 1):
-//   messages           the chat template (model/chat_template.h); trained on the
-//                      assistant answers and their closing <|im_end|> (the
+//   messages           the chat template (model/chat_format.h: with the model's
+//                      default system message, if any); trained on the assistant answers and their closing <|im_end|> (the
 //                      template's assistant_mask), or on everything with train_on_prompt.
 //   prompt-completion  encode(prompt) ++ encode(completion) ++ [EOS], plain text
 //                      as TRL does for non-conversational data; trained on the
@@ -24,7 +24,7 @@
 #include <cstdint>
 #include <string>
 
-#include "model/chat_template.h"
+#include "model/chat_format.h"
 #include "training/data.h"
 
 namespace nq {
@@ -33,7 +33,9 @@ struct EncodeOptions {
   int64_t max_length = 1024;
   bool train_on_prompt = false;        // loss on every token, not just answers / completions
   bool prompt_completion_chat = false; // prompt-completion / alpaca rendered as a user/assistant chat
-  ChatTemplateKind chat_template = ChatTemplateKind::Qwen3;
+  // The model's chat format: its template and the default system message it adds
+  // to conversations without one (as apply_chat_template does, so as TRL trains).
+  ChatFormat chat{ChatTemplateKind::Qwen3, ""};
 };
 
 // Tokenizes one example of `format` (not yet truncated).

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/device.h"
 #include "optim/schedule.h"
 #include "runtime/error.h"
 #include "training/data.h"
@@ -55,7 +56,9 @@ const std::vector<Option>& options() {
       {"grad-accum", Kind::Int, NQ_FIELD(grad_accum), "micro-batches per optimizer step"},
       {"max-length", Kind::Int, NQ_FIELD(max_length), "tokens per sample (longer ones are truncated) / packed row"},
       {"packing", Kind::Bool, NQ_FIELD(packing), "pack several samples per row (attention stays within a sample)"},
-      {"optim", Kind::Str, NQ_FIELD(optim), "adamw | paged_adamw (paged only matters on a GPU: on the CPU = adamw)"},
+      {"optim", Kind::Str, NQ_FIELD(optim), "paged_adamw (m, v in host memory, paged through a GPU pool) | adamw (in GPU memory)"},
+      {"optim-pages", Kind::Int, NQ_FIELD(optim_pages), "paged_adamw on cuda: pages in the GPU pool (2 to 256)"},
+      {"optim-page-mb", Kind::Int, NQ_FIELD(optim_page_mb), "paged_adamw on cuda: MiB per page (1 to 1024)"},
       {"weight-decay", Kind::Float, NQ_FIELD(weight_decay), "AdamW decoupled weight decay"},
       {"max-grad-norm", Kind::Float, NQ_FIELD(max_grad_norm), "clip the global gradient norm (0: off)"},
       {"seed", Kind::UInt, NQ_FIELD(seed), "seed of the LoRA init, dropout and shuffling"},
@@ -63,7 +66,7 @@ const std::vector<Option>& options() {
       {"eval-every", Kind::Int, NQ_FIELD(eval_every), "eval loss every N steps (0: only at the end)"},
       {"save-every", Kind::Int, NQ_FIELD(save_every), "checkpoint every N steps (0: only at the end)"},
       {"no-grad-checkpoint", Kind::Bool, NQ_FIELD(no_grad_checkpoint), "keep every layer's activations (faster, more memory)"},
-      {"device", Kind::Str, NQ_FIELD(device), "auto | cpu | cuda (this version trains on the CPU only)"},
+      {"device", Kind::Str, NQ_FIELD(device), "auto | cpu | cuda (auto: cuda when built with CUDA and a GPU is visible)"},
       {"on-bad-line", Kind::Str, NQ_FIELD(on_bad_line), "error | skip a malformed JSONL line"},
       {"no-quant", Kind::Bool, NQ_FIELD(no_quant), "keep the base weights dense f32 (debugging; not QLoRA)"},
       {"threads", Kind::Int, NQ_FIELD(threads), "CPU threads (0: all cores)"},
@@ -238,10 +241,10 @@ void TrainConfig::validate() const {
   NQ_CHECK(eval_split < 1 || eval_split == std::floor(eval_split),
            "--eval-split must be a fraction below 1 or a whole count, got ", eval_split);
   NQ_CHECK(eval_data.empty() || eval_split == 0, "--eval-data and --eval-split exclude each other");
-  NQ_CHECK(device == "auto" || device == "cpu" || device == "cuda", "--device must be auto, cpu or cuda, got '",
-           device, "'");
-  NQ_CHECK(device != "cuda",
-           "--device cuda: this version of ./train runs the training loop on the CPU only (use --device cpu)");
+  NQ_CHECK(optim_pages >= 2 && optim_pages <= 256, "--optim-pages must be in [2, 256] (2 overlap a copy with ",
+           "an update), got ", optim_pages);
+  NQ_CHECK(optim_page_mb >= 1 && optim_page_mb <= 1024, "--optim-page-mb must be in [1, 1024], got ", optim_page_mb);
+  select_device(device, "--device");  // cuda in a CPU build or without a GPU: the error says which
   try {
     parse_bad_line_policy(on_bad_line);
   } catch (const Error& e) {
@@ -250,8 +253,12 @@ void TrainConfig::validate() const {
 }
 
 std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
-  static const std::set<std::string> irrelevant = {"out", "metrics", "resume", "eval_data", "log_every",
-                                                    "eval_every", "save_every", "threads", "no_progress", "device"};
+  // The device and the optimizer's memory layout do not count either: a checkpoint
+  // written on the GPU resumes on the CPU, and paged / unpaged AdamW update alike.
+  static const std::set<std::string> irrelevant = {"out",        "metrics",     "resume",        "eval_data",
+                                                    "log_every",  "eval_every",  "save_every",    "threads",
+                                                    "no_progress", "device",     "optim",         "optim_pages",
+                                                    "optim_page_mb"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();
@@ -298,7 +305,8 @@ std::string train_help() {
   std::string s =
       "usage: ./train --model DIR --data FILE.jsonl [options]\n"
       "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
-      "target projections are trained with AdamW. Writes the PEFT adapter to --out.\n\n"
+      "target projections are trained with AdamW, on the GPU when there is one (--device).\n"
+      "Writes the PEFT adapter to --out.\n\n"
       "  --config FILE.json          options as a JSON object (keys: the flags below, _ for -);\n"
       "                              flags given on the command line override it\n";
   for (const Option& o : options()) {

@@ -6,7 +6,8 @@
 // --help, the flag parser, the JSON reader and the checkpoint's copy of the
 // config cannot drift apart. Precedence: defaults < --config file < flags.
 // The defaults follow the seed's TRL SFTConfig + PEFT LoraConfig (r 16,
-// alpha 32, dropout 0.05, all-linear, lr 2e-4, cosine, 1 epoch, clip 1.0).
+// alpha 32, dropout 0.05, all-linear, lr 2e-4, cosine, 1 epoch, clip 1.0,
+// paged_adamw).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -40,7 +41,10 @@ struct TrainConfig {
   int64_t grad_accum = 1;
   int64_t max_length = 1024;
   bool packing = false;
-  std::string optim = "adamw";      // adamw | paged_adamw (on the CPU both are plain AdamW)
+  std::string optim = "paged_adamw";  // paged_adamw | adamw: where AdamW keeps m and v on a GPU
+                                    // (host memory paged through a GPU pool | GPU memory); on the CPU both are AdamW
+  int64_t optim_pages = 4;          // paged_adamw on cuda: pages in the GPU pool ...
+  int64_t optim_page_mb = 8;        // ... of this many MiB each (m and v of page_mb * 2^17 elements)
   double weight_decay = 0;
   double max_grad_norm = 1.0;       // 0: no clipping
   uint64_t seed = 42;

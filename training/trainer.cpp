@@ -10,17 +10,22 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <utility>
 
 #include "autograd/var.h"
 #include "lora/adapter.h"
 #include "model/chat_format.h"
+#include "model/device.h"
 #include "model/load_model.h"
 #include "model/memory_plan.h"
 #include "model/tokenizer.h"
 #include "optim/accumulation.h"
+#include "optim/adamw.h"
 #include "optim/clip.h"
+#include "optim/paged_adamw.h"
 #include "optim/schedule.h"
+#include "runtime/cuda_runtime.h"
 #include "runtime/rng.h"
 #include "training/checkpoint.h"
 #include "training/encode.h"
@@ -49,32 +54,56 @@ class DropoutOff {
   std::vector<std::pair<LoraLinear*, float>> saved_;
 };
 
-std::string bytes_line(const char* what, int64_t bytes) { return str("  ", what, format_bytes(size_t(bytes)), "\n"); }
+// The GPU optimizer's paging (--optim, --optim-pages, --optim-page-mb).
+PagedAdamWOptions paging_options(const TrainConfig& cfg) {
+  PagedAdamWOptions o;
+  o.paged = cfg.optim == "paged_adamw";
+  o.n_pages = int(cfg.optim_pages);
+  o.page_bytes = cfg.optim_page_mb << 20;
+  return o;
+}
+
+// AdamW where the parameters are: the CPU AdamW, or on cuda PagedAdamW (paged,
+// or with its states in GPU memory). Both follow torch's arithmetic.
+std::unique_ptr<Optimizer> make_optimizer(const std::vector<Var>& params, const TrainConfig& cfg, Device device) {
+  const AdamWConfig adamw{0.9, 0.999, 1e-8, cfg.weight_decay};
+  if (device == Device::CUDA) return std::make_unique<PagedAdamW>(params, adamw, paging_options(cfg));
+  return std::make_unique<AdamW>(params, adamw);
+}
+
+// Allocated bytes per category on the device the steps run on (current and peak).
+MemStats device_memory(Device device) {
+  return device == Device::CUDA ? cuda_memory_stats().allocated : allocator_for(Device::CPU).stats();
+}
+void reset_device_peak(Device device) {
+  if (device == Device::CUDA) cuda_reset_peak_memory();
+  else allocator_for(Device::CPU).reset_peak();
+}
 
 }  // namespace
 
 void request_stop() { g_stop_requested.store(true); }
 
-DecoderBatch decoder_batch(const Batch& b) {
+DecoderBatch decoder_batch(const Batch& b, Device device) {
   DecoderBatch d;
-  d.ids = b.input_ids.view({b.B, b.T});
-  d.labels = b.labels.view({b.B, b.T});
+  d.ids = b.input_ids.view({b.B, b.T}).to(device);
+  d.labels = b.labels.view({b.B, b.T}).to(device);
   d.labels_shifted = true;
-  d.positions = b.positions.view({b.B, b.T});
-  d.segment_ids = b.segment_ids.view({b.B, b.T});
+  d.positions = b.positions.view({b.B, b.T}).to(device);
+  d.segment_ids = b.segment_ids.view({b.B, b.T}).to(device);
   return d;
 }
 
 int64_t count_targets(const DecoderBatch& batch) {
   NQ_CHECK(batch.labels_shifted, "count_targets: labels must be shifted (training/batch.h convention)");
-  Tensor labels = batch.labels.to(Device::CPU);
+  Tensor labels = batch.labels.to(Device::CPU);  // a copy when the batch is on the GPU
   const int32_t* l = labels.data<int32_t>();
   int64_t n = 0;
   for (int64_t i = 0; i < labels.numel(); ++i) n += l[i] != kIgnoreLabel;
   return n;
 }
 
-StepResult train_step(const Decoder& model, AdamW& optimizer, const std::vector<DecoderBatch>& micro, double lr,
+StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vector<DecoderBatch>& micro, double lr,
                       double max_grad_norm, int64_t step) {
   std::vector<int64_t> targets;
   StepResult r;
@@ -86,22 +115,22 @@ StepResult train_step(const Decoder& model, AdamW& optimizer, const std::vector<
   for (size_t i = 0; i < micro.size(); ++i) {
     if (targets[i] == 0) continue;  // all padding: contributes nothing
     const double scale = micro_batch_loss_scale(AccumulationNorm::Tokens, targets[i], r.targets, int64_t(micro.size()));
-    Var loss = model.forward_loss(micro[i]);  // [1], mean over its targets
-    const double li = loss.value().to_vector()[0];
+    Var loss = model.forward_loss(micro[i]);  // [1] f32 on the model's device, mean over its targets
+    const double li = loss.value().to_vector()[0];  // read on the host
     NQ_CHECK(std::isfinite(li), "step ", step, ": loss is ", li, " (micro-batch ", i + 1, " of ", micro.size(),
              "); training diverged or the data is broken; lower --lr or check the data");
     r.loss += scale * li;
-    backward(loss, Tensor::full({1}, float(scale)));
+    backward(loss, Tensor::full({1}, float(scale), loss.value().device()));
   }
 
-  const std::vector<Var>& params = optimizer.params();
-  r.grad_norm = max_grad_norm > 0 ? clip_grad_norm(params, float(max_grad_norm)) : grad_global_norm(params);
+  // Clipping: the factor min(max_norm / (norm + 1e-6), 1) is applied inside the update.
+  r.grad_norm = optimizer.grad_global_norm();
   if (!std::isfinite(r.grad_norm)) {
     optimizer.zero_grad();
     throw Error(str("step ", step, ": gradient norm is ", r.grad_norm, " (loss ", r.loss,
                     "); training diverged; lower --lr"));
   }
-  optimizer.step(lr);
+  optimizer.step(lr, max_grad_norm > 0 ? clip_scale(r.grad_norm, max_grad_norm) : 1.0f);
   optimizer.zero_grad();
   return r;
 }
@@ -111,6 +140,7 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
   LoaderOptions opt = options;
   opt.shuffle = false;
   DataLoader loader(samples, subset, opt);
+  const Device device = model_device(model);
   DropoutOff no_dropout(model);
   NoGrad no_grad;
   double sum = 0;
@@ -118,7 +148,7 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
   for (int64_t i = 0, n = loader.batches_in_epoch(0); i < n; ++i) {
     Batch b = loader.next();
     if (b.n_targets == 0) continue;
-    sum += double(model.forward_loss(decoder_batch(b)).value().to_vector()[0]) * double(b.n_targets);
+    sum += double(model.forward_loss(decoder_batch(b, device)).value().to_vector()[0]) * double(b.n_targets);
     e.targets += b.n_targets;
   }
   e.loss = e.targets > 0 ? sum / double(e.targets) : NAN;
@@ -159,6 +189,7 @@ TrainData load_train_data(const TrainConfig& cfg, const Tokenizer& tok, const En
 
 TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks& hooks) {
   cfg.validate();
+  const Device device = select_device(cfg.device, "--device");
   if (cfg.threads > 0) {
     omp_set_num_threads(int(cfg.threads));
     openblas_set_num_threads(int(cfg.threads));
@@ -176,10 +207,10 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
              "\" differs from the checkpoint's train_config.json; resuming needs the same settings");
   }
   MetricsWriter metrics(metrics_path, /*append=*/!cfg.resume.empty());
-  log << "device: cpu, " << omp_get_max_threads() << " threads (this version trains on the CPU only)" << (cfg.optim == "paged_adamw" ?
-      "; paged_adamw = adamw on the CPU (paging only matters for GPU memory)" : "") << "\n";
+  log << "device: " << device_summary(device)
+      << (device == Device::CPU && cfg.optim == "paged_adamw" ? "; paged_adamw = adamw on the cpu" : "") << "\n";
 
-  // ---- model: load, quantize, adapters
+  // ---- model: load, quantize, adapters (on the CPU), then to the device
   rng_seed(cfg.seed);
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
@@ -194,8 +225,9 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   adapter.base_model_name_or_path = cfg.model;
   if (cfg.resume.empty()) attach_adapters(model, adapter);
   else load_peft_adapter(cfg.resume, model);
+  to_device(model, device);  // NF4 codes as they are, bf16 embeddings, f32 norms and LoRA masters
   std::vector<Var> params = adapter_parameters(model);
-  AdamW optimizer(params, AdamWConfig{0.9, 0.999, 1e-8, cfg.weight_decay});
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(params, cfg, device);
   int64_t n_trainable = 0;
   for (const Var& p : params) n_trainable += p.value().numel();
   log << "model: " << model.config().summary() << (cfg.no_quant ? ", dense f32 base" : ", NF4 base") << ", "
@@ -205,11 +237,9 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   // ---- data
   EncodeOptions enc;
   enc.max_length = cfg.max_length;
-  enc.chat_template = loaded.chat ? loaded.chat->kind : ChatFormat::for_config(model.config()).kind;
+  enc.chat = loaded.chat ? *loaded.chat : ChatFormat::for_config(model.config());
   if (!loaded.chat) log << "note: " << loaded.chat_error << "; chats use the " << model.config().model_type
                         << " default template\n";
-  if (loaded.chat && !loaded.chat->default_system.empty())
-    log << "note: the model's template adds a default system message; training samples are rendered without it\n";
   TrainData data = load_train_data(cfg, tok, enc);
   log << "data: " << cfg.data << " (" << data_format_name(data.train.format) << "): " << data.train_subset.size()
       << " training samples, " << data.eval_subset.size() << " eval; " << data.train.truncated << " truncated to "
@@ -242,7 +272,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   // ---- resume
   TrainerState state;
   if (!cfg.resume.empty()) {
-    state = load_checkpoint_state(cfg.resume, optimizer);
+    state = load_checkpoint_state(cfg.resume, *optimizer);
     NQ_CHECK(state.step < total_steps, "--resume ", cfg.resume, ": the checkpoint is at step ", state.step,
              " and the run has ", total_steps, " steps; nothing left to do");
     rng_state() = state.rng;
@@ -255,7 +285,16 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   shape.batch = cfg.batch_size;
   shape.seq = cfg.max_length;
   shape.ce_chunk_rows = dopt.ce_chunk_rows;
+  const PagedAdamWOptions paging = paging_options(cfg);
+  shape.paged_optimizer = paging.paged;  // the plan reads these two on cuda only
+  shape.optimizer_pool_bytes = paging.pool_bytes();
   const MemoryPlan plan = plan_memory(model, shape);
+  log << "optimizer: " << (device == Device::CPU ? "AdamW, m and v in host memory"
+                           : paging.paged ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
+                                                paging.n_pages, " x ", format_bytes(size_t(paging.page_bytes)))
+                                          : std::string("AdamW, m and v in GPU memory"))
+      << "; plan for batch " << shape.batch << " x " << shape.seq << " tokens, gradient checkpointing "
+      << (dopt.checkpointing ? "on" : "off") << "\n";
   log << plan.table() << "\n";
   log << total_steps << " steps of " << cfg.grad_accum << " x " << cfg.batch_size << " rows, lr " << cfg.lr << " ("
       << cfg.schedule << ", warmup " << schedule.warmup_steps << ")\n";
@@ -263,8 +302,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   // ---- loop
   TrainResult result;
   ProgressBar bar(log, total_steps, !cfg.no_progress && &log == &std::cout && isatty(STDOUT_FILENO), cfg.log_every);
-  Allocator& alloc = allocator_for(Device::CPU);
-  alloc.reset_peak();
+  reset_device_peak(device);  // from here on the peaks are the training steps'
   const auto t_start = Clock::now();
   const int64_t first_step = state.step + 1;
   auto run_eval = [&](int64_t step) {
@@ -275,7 +313,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     log << "eval at step " << step << ": loss " << e.loss << " over " << e.targets << " tokens\n";
   };
   auto checkpoint = [&]() {
-    result.last_checkpoint = save_checkpoint(cfg.out, model, adapter, optimizer, state, cfg);
+    result.last_checkpoint = save_checkpoint(cfg.out, model, adapter, *optimizer, state, cfg);  // host copies
     return result.last_checkpoint;
   };
   for (int64_t step = first_step; step <= total_steps; ++step) {
@@ -287,15 +325,15 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
       batches.push_back(loader.next());
       tokens += batches.back().n_tokens;
     }
-    for (const Batch& b : batches) micro.push_back(decoder_batch(b));
+    for (const Batch& b : batches) micro.push_back(decoder_batch(b, device));
     const double lr = schedule.lr(step - 1);
-    StepResult r = train_step(model, optimizer, micro, lr, cfg.max_grad_norm, step);
+    StepResult r = train_step(model, *optimizer, micro, lr, cfg.max_grad_norm, step);
 
     state.step = step;
     state.rng = rng_state();
     state.data = loader.position();
     state.tokens_seen += tokens;
-    const MemStats mem = alloc.stats();
+    const MemStats mem = device_memory(device);
     StepMetrics m;
     m.step = step;
     m.loss = r.loss;
@@ -333,7 +371,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
 
   run_eval(state.step);
   log << "checkpoint " << checkpoint() << "\n";
-  save_peft_adapter(cfg.out, model, adapter);
+  save_peft_adapter(cfg.out, model, adapter);  // copies the adapters to the host
   result.adapter_dir = cfg.out;
   const double elapsed = seconds_since(t_start);
   int64_t run_tokens = 0;

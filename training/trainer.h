@@ -1,13 +1,16 @@
 // The QLoRA trainer: ./train's whole job, from a TrainConfig to a PEFT adapter.
 //
 //   load the model -> quantize every linear to NF4 (frozen) -> attach LoRA to
-//   the targets -> tokenize the data -> for each optimizer step:
-//     K micro-batches: loss_i (mean CE over its n_i targets), backward of
-//       loss_i * n_i / N  (N = targets of all K): the gradient of
-//       L = sum of all token CEs of the window / N, as transformers' Trainer
-//     clip the global gradient norm -> AdamW on the adapter parameters with
-//     lr(step) from the schedule -> metrics line, progress, eval, checkpoint
-//   -> final eval, checkpoint and the PEFT adapter in --out.
+//   the targets (or load them: --resume) -> move the model to the device
+//   (--device: cpu, or cuda with bf16 activations) -> tokenize the data -> for
+//   each optimizer step:
+//     K micro-batches moved to the device: loss_i (mean CE over its n_i
+//       targets), backward of loss_i * n_i / N  (N = targets of all K): the
+//       gradient of L = sum of all token CEs of the window / N, as transformers' Trainer
+//     the global gradient norm -> AdamW on the adapter parameters (CPU AdamW,
+//     or PagedAdamW on the GPU) with lr(step) from the schedule and the
+//     clipping factor -> metrics line, progress, eval, checkpoint
+//   -> final eval, checkpoint and the PEFT adapter in --out (written from host copies).
 // docs/training.md walks through it with the math.
 #pragma once
 #include <cstdint>
@@ -18,15 +21,16 @@
 #include <vector>
 
 #include "model/decoder.h"
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
 #include "training/batch.h"
 #include "training/progress.h"
 #include "training/train_config.h"
 
 namespace nq {
 
-// A loader batch as the decoder takes it: [B, T] views, labels already shifted.
-DecoderBatch decoder_batch(const Batch& b);
+// A loader batch as the decoder takes it, on `device`: [B, T] tensors (views on
+// the cpu, copies on cuda), labels already shifted.
+DecoderBatch decoder_batch(const Batch& b, Device device);
 
 // Counted targets (labels != -100) of a batch whose labels are shifted.
 int64_t count_targets(const DecoderBatch& batch);
@@ -37,19 +41,21 @@ struct StepResult {
   int64_t targets = 0;   // counted targets of the window
 };
 
-// One optimizer step over the micro-batches (labels_shifted = true): scaled
-// backward of each, clip to max_grad_norm (0: no clipping), AdamW with `lr`,
+// One optimizer step over the micro-batches (labels_shifted = true, on the
+// model's device): scaled backward of each, the gradient norm, the optimizer
+// step with `lr` and the clipping factor for max_grad_norm (0: no clipping),
 // zero the gradients. A non-finite loss or gradient norm throws before the
 // parameters change, naming `step`.
-StepResult train_step(const Decoder& model, AdamW& optimizer, const std::vector<DecoderBatch>& micro, double lr,
+StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vector<DecoderBatch>& micro, double lr,
                       double max_grad_norm, int64_t step);
 
 struct EvalLoss {
   double loss = 0;      // token-weighted mean CE
   int64_t targets = 0;
 };
-// One pass over `subset` of `samples` in file order, without gradients and with
-// LoRA dropout off (as model.eval() in PyTorch); consumes no random numbers.
+// One pass over `subset` of `samples` in file order, on the model's device,
+// without gradients and with LoRA dropout off (as model.eval() in PyTorch);
+// consumes no random numbers.
 EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
                           const LoaderOptions& options);
 

@@ -11,7 +11,7 @@ void rope_rotate(const T* x, const int32_t* positions, T theta, int direction, T
                  int64_t Dh) {
   int64_t half = Dh / 2;
   std::vector<T> inv_freq(half);
-  for (int64_t i = 0; i < half; ++i) inv_freq[i] = T(1) / std::pow(theta, T(2 * i) / T(Dh));
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = rope_inv_freq(theta, i, Dh);
 #pragma omp parallel if (N * H * Dh > (1 << 15))
   {
     std::vector<T> cos_a(half), sin_a(half);  // this token's angles, shared by its H heads

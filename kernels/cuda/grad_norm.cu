@@ -1,8 +1,9 @@
 // Global gradient norm for clipping: sqrt(sum over tensors of sum_i g_i^2),
 // over a list of f32 tensors in one multi-tensor launch.
-// Launch: chunk table as in adamw.cu, one 512-thread block per chunk; each
-// block reduces its chunk in f32 and writes one double partial; the host adds
-// the partials in double and takes the square root.
+// Launch: every tensor is cut into chunks of kChunkElems; a table of chunks
+// (pointers already offset) goes to the device and one 512-thread block reduces
+// each chunk in f32 and writes one double partial; the host adds the partials
+// in double and takes the square root. One launch covers all LoRA gradients.
 //   ./bench grad_norm --n 16777216
 #include <cmath>
 

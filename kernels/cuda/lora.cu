@@ -52,6 +52,9 @@ void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const
                        Tensor* dx, Tensor* grad_a, Tensor* grad_b) {
   check_lora(x, w, lora, "lora_nf4_backward");
   int64_t M = x.numel() / w.in, r = lora.a.size(0);
+  NQ_CHECK(u.shape() == (Shape{M, r}) && u.dtype() == x.dtype() && dy.numel() == M * w.out,
+           "lora_nf4_backward: dy ", dy.shape().str(), " and saved u ", u.desc(), " do not fit x ", x.shape().str(),
+           " (expected u [", M, ", ", r, "], dy [..., ", w.out, "])");
   Tensor dy2 = dy.view({M, w.out}), x2 = x.view({M, w.in});
   Tensor v = matmul(dy2, lora.b, false, false);  // [M, r]
   if (grad_b) {

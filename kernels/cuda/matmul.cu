@@ -82,6 +82,14 @@ uint32_t alignment_of(const void* p) {
 
 void gemm(const GemmArgs& g) {
   if (g.m == 0 || g.n == 0) return;
+  if (g.k == 0) {  // empty inner dimension: C = beta * C (beta 0 or 1) without asking cuBLASLt
+    NQ_CHECK(g.beta == 0.0f || g.beta == 1.0f, "matmul: k = 0 with beta ", g.beta, " is not supported");
+    if (g.beta == 0.0f)
+      for (int64_t b = 0; b < g.batch; ++b)
+        CUDA_CHECK(cudaMemset(static_cast<char*>(g.c) + b * g.stride_c * dtype_size(g.c_type), 0,
+                              size_t(g.m * g.n) * dtype_size(g.c_type)));
+    return;
+  }
   LtState& s = lt();
   // cuBLASLt's op(first) = our op(B)^T (an n x k column-major matrix); stored
   // layouts are the transposes of our row-major buffers.
@@ -125,9 +133,11 @@ void gemm(const GemmArgs& g) {
       cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(s.handle, op, first.desc, second.desc, out.desc, out.desc,
                                                          pref, 1, &result, &found);
       cublasLtMatmulPreferenceDestroy(pref);
-      CUBLAS_CHECK(st);
-      NQ_CHECK(found > 0, "matmul: cuBLASLt has no algorithm for [", g.m, ", ", g.k, "] x [", g.k, ", ", g.n,
-               "] with types ", dtype_name(g.a_type), " x ", dtype_name(g.b_type), " -> ", dtype_name(g.c_type));
+      // (not CUBLAS_CHECK(st): its message would name the variable, not the call)
+      NQ_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "matmul: cuBLASLt has no algorithm for [", g.m, ", ", g.k,
+               "] x [", g.k, ", ", g.n, "] (batch ", g.batch, ") with types ", dtype_name(g.a_type), " x ",
+               dtype_name(g.b_type), " -> ", dtype_name(g.c_type), " (cublasLtMatmulAlgoGetHeuristic: ",
+               cublasGetStatusString(st), ", at ", __FILE__, ":", __LINE__, ")");
       algo = result.algo;
       s.algos.emplace(key, algo);
     }
@@ -149,10 +159,6 @@ void matmul_into(Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool
     g.stride_a = rows(a) * cols(a);
     g.stride_b = rows(b) * cols(b);
     g.stride_c = g.m * g.n;
-  }
-  if (g.k == 0) {  // empty inner dimension: C = 0 (+ C)
-    if (!accumulate) CUDA_CHECK(cudaMemset(c.raw(), 0, c.nbytes()));
-    return;
   }
   gemm(g);
 }

@@ -157,12 +157,21 @@ __global__ void nf4_gemv_dx_kernel(T* dx, const T* dy, Nf4Weight w, int M) {
 template <bool kTransposed>
 static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra, const char* op) {
   int64_t K = kTransposed ? w.out : w.in, N = kTransposed ? w.in : w.out;
+  NQ_CHECK(x.ndim() >= 1 && x.size(-1) == K, op, ": x ", x.shape().str(), " does not end in ", K,
+           " (NF4 weight [", w.out, ", ", w.in, "])");
   int64_t M = K ? x.numel() / K : 0;
   Shape shape = x.shape();
   shape.dims[shape.ndim - 1] = N;
   Tensor out = Tensor::empty(shape, x.dtype(), Device::CUDA);
   if (M == 0 || N == 0) return out;
   int64_t R = extra ? extra->a.size(-1) : 0;
+  if (extra) {
+    // forward: a [M, r], w = B [out, r];  transposed: a [M, r], w = A [r, in]
+    Shape want_w = kTransposed ? Shape{R, N} : Shape{N, R};
+    NQ_CHECK(extra->a.numel() == M * R && extra->w.shape() == want_w, op, ": low-rank term a ",
+             extra->a.shape().str(), ", w ", extra->w.shape().str(), " does not fit x ", x.shape().str(),
+             " (expected a [", M, ", r], w ", kTransposed ? "[r, in]" : "[out, r]", ")");
+  }
   if (K + R == 0) { CUDA_CHECK(cudaMemset(out.raw(), 0, out.nbytes())); return out; }
   dispatch_float(x, op, [&](auto tag) {
     using T = decltype(tag);
@@ -178,7 +187,10 @@ static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm
         // E(n, j): forward E = B [out, r] (row n); transposed E(n, j) = A[j, n], A [r, in].
         ext = {ptr<T>(extra->a), ptr<T>(extra->w), R, kTransposed ? 1 : R, kTransposed ? N : 1, extra->scale};
       }
-      dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned((M + kTileM - 1) / kTileM));
+      int64_t m_tiles = (M + kTileM - 1) / kTileM;
+      NQ_CHECK(m_tiles <= 65535, op, ": ", M, " rows exceed the GEMM grid (gridDim.y <= 65535 tiles of ", kTileM,
+               "); split the batch");
+      dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned(m_tiles));
       nf4_gemm_kernel<kTransposed, T><<<grid, kGemmThreads>>>(ptr<T>(out), ptr<T>(x), w, M, N, K, ext);
     }
     NQ_LAUNCH_CHECK();

@@ -3,7 +3,7 @@
 // these for CUDA tensors; they assume checked input (and re-check only what
 // the dispatch cannot: ids/labels on the device, the dtypes below). Each
 // function is implemented in the kernels/cuda/*.cu file of its op. The GPU-only
-// functions at the end (NF4, LoRA, optimizer) are called directly.
+// functions at the end (NF4, LoRA, gradient norm) are called directly.
 //
 // Dtypes on the GPU. "T" below is f32 or bf16 (activations are bf16 in
 // training; f32 works everywhere too, for tests and LoRA master weights). All
@@ -16,7 +16,7 @@
 //   attention:                q, k, v, o, dO and grads T;  lse f32;  segment_ids i32
 //   linear_cross_entropy:     h, w both T, labels i32; grad_h T; grad_w accumulated in its own
 //                             dtype when defined, else allocated as f32 zeros [V, D]
-//   adamw_step, global_grad_norm: f32 only
+//   global_grad_norm: f32 only
 // Backward functions allocate the gradient tensors they are given pointers to.
 #pragma once
 #include <cstdint>
@@ -135,17 +135,8 @@ void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const
                        Tensor* dx, Tensor* grad_a, Tensor* grad_b);
 
 // ---- optimizer (GPU side of optim/; not in kernels.h) ------------------------
-// One AdamW step, torch.optim.AdamW semantics, for a list of parameters in a
-// single multi-tensor launch. params, grads, m, v: f32 CUDA tensors, pairwise
-// the same numel. g = grad * grad_scale (the clipping factor); step t >= 1:
-//   p -= lr*wd*p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
-//   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
-struct AdamWConfig {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.01f;
-  int64_t step = 1;
-};
-void adamw_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& m,
-                const std::vector<Tensor>& v, const AdamWConfig& cfg, float grad_scale = 1.0f);
+// The AdamW update itself is kernels/cuda/adamw_span.h (optim/adamw_update.h's
+// arithmetic, the CPU optimizer's, run per element on a span of device memory).
 // sqrt(sum of squares) over every element of every tensor (f32 CUDA tensors),
 // f32 within a block of 65536 elements, f64 across blocks.
 double global_grad_norm(const std::vector<Tensor>& grads);

@@ -1,6 +1,9 @@
 // Rotary position embedding, rotate-half (NeoX / HF Llama-Qwen) layout.
 // x [N, H, Dh] (f32/bf16), positions [N] i32. For i < Dh/2:
 //   inv_freq_i = theta^(-2i/Dh),  angle = pos[n] * inv_freq_i   (f32, as HF)
+// inv_freq is computed on the host by the CPU kernel's rope_inv_freq and passed
+// as a kernel argument: the device powf is not correctly rounded, and one ulp of
+// inv_freq is an angle error of pos * 6e-8 rad (2e-3 at position 32k).
 //   y[i]      = x[i] cos - x[i + Dh/2] sin
 //   y[i+Dh/2] = x[i + Dh/2] cos + x[i] sin
 // Backward rotates by -angle (the rotation matrix's inverse is its transpose),
@@ -8,19 +11,25 @@
 // Launch: one thread per rotation pair (n, h, i), grid-stride, 256 threads.
 // The output may alias the input (each thread reads its pair before writing).
 //   ./bench rope --tokens 16384 --heads 16 --head-dim 128
+#include "kernels/cpu/rope.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace nq::kernels::cuda {
 
+// inv_freq_i for i < Dh/2, by value in the kernel's parameters (Dh <= 2 * kMaxRopePairs).
+constexpr int kMaxRopePairs = 256;
+struct RopeFreqs {
+  float inv_freq[kMaxRopePairs];
+};
+
 template <typename T>
-__global__ void rope_kernel(T* y, const T* x, const int32_t* positions, int64_t N, int64_t H, int64_t Dh, float theta,
-                            float sign) {
+__global__ void rope_kernel(T* y, const T* x, const int32_t* positions, int64_t N, int64_t H, int64_t Dh,
+                            RopeFreqs freqs, float sign) {
   int64_t half = Dh / 2, pairs = N * H * half;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
     int64_t i = p % half, nh = p / half, n = nh / H;
-    float inv_freq = 1.0f / powf(theta, float(2 * i) / float(Dh));
-    float angle = float(positions[n]) * inv_freq, s, c;
+    float angle = float(positions[n]) * freqs.inv_freq[i], s, c;
     sincosf(angle, &s, &c);
     s *= sign;
     int64_t base = nh * Dh;
@@ -35,9 +44,14 @@ static Tensor rope(const Tensor& x, const Tensor& positions, float theta, float 
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
   int64_t pairs = N * H * (Dh / 2);
   if (pairs == 0) return y;
+  NQ_CHECK(Dh / 2 <= kMaxRopePairs, op, ": head_dim ", Dh, " of x ", x.shape().str(), " exceeds the GPU kernel's ",
+           2 * kMaxRopePairs);
+  RopeFreqs freqs{};
+  for (int64_t i = 0; i < Dh / 2; ++i) freqs.inv_freq[i] = cpu::rope_inv_freq(theta, i, Dh);
   dispatch_float(x, op, [&](auto tag) {
     using T = decltype(tag);
-    rope_kernel<T><<<grid_for(pairs, 256), 256>>>(ptr<T>(y), ptr<T>(x), ptr<int32_t>(positions), N, H, Dh, theta, sign);
+    rope_kernel<T><<<grid_for(pairs, 256), 256>>>(ptr<T>(y), ptr<T>(x), ptr<int32_t>(positions), N, H, Dh, freqs,
+                                                  sign);
     NQ_LAUNCH_CHECK();
   });
   return y;
