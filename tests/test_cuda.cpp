@@ -204,39 +204,57 @@ GPU_TEST(dropout_same_mask_as_cpu) {
     }
 }
 
+namespace {
+struct AttnCase { int64_t B, T, Hq, Hkv, Dh; bool segments; };
+
+// Forward and backward of one case on both devices, inputs rounded to dt first.
+// The GPU backward takes the GPU forward's o and lse, as in training.
+void check_attention_case(const AttnCase& c, DType dt) {
+  CAPTURE(c.B); CAPTURE(c.T); CAPTURE(c.Hq); CAPTURE(c.Hkv); CAPTURE(c.Dh); CAPTURE(c.segments);
+  int64_t N = c.B * c.T;
+  Tensor q = rounded_to(random_normal({N, c.Hq, c.Dh}, 18), dt);
+  Tensor kk = rounded_to(random_normal({N, c.Hkv, c.Dh}, 19), dt);
+  Tensor v = rounded_to(random_normal({N, c.Hkv, c.Dh}, 20), dt);
+  Tensor dout = rounded_to(random_normal({N, c.Hq, c.Dh}, 21), dt);
+  Tensor seg, gseg;
+  if (c.segments) {  // three packed samples per row: segment = position * 3 / T
+    std::vector<int32_t> s(N);
+    for (int64_t i = 0; i < N; ++i) s[i] = int32_t((i % c.T) * 3 / c.T);
+    seg = Tensor::from_ids(s, {N});
+    gseg = seg.to(Device::CUDA);
+  }
+  Tensor lse, glse;
+  Tensor o = k::attention_forward(q, kk, v, c.B, c.T, seg, &lse);
+  Tensor gq = to_device(q, dt), gk = to_device(kk, dt), gv = to_device(v, dt);
+  Tensor go = k::attention_forward(gq, gk, gv, c.B, c.T, gseg, &glse);
+  CHECK_CLOSE(go, o, dt);
+  CHECK_CLOSE(glse, lse, dt);  // bf16: the softmax sum adds bf16-rounded probabilities
+  Tensor dq, dk, dv, gdq, gdk, gdv;
+  k::attention_backward(dout, q, kk, v, o, lse, c.B, c.T, seg, &dq, &dk, &dv);
+  k::attention_backward(to_device(dout, dt), gq, gk, gv, go, glse, c.B, c.T, gseg, &gdq, &gdk, &gdv);
+  CHECK_CLOSE(gdq, dq, dt);
+  CHECK_CLOSE(gdk, dk, dt);
+  CHECK_CLOSE(gdv, dv, dt);
+}
+}  // namespace
+
 GPU_TEST(attention) {
-  struct Case { int64_t B, T, Hq, Hkv, Dh; bool segments; };
   for (DType dt : kDtypes)
-    // bf16 with Dh 64 or 128 runs the tensor-core forward; f32 and Dh 32 the CUDA-core one.
-    for (Case c : {Case{1, 1, 1, 1, 64, false}, Case{2, 19, 4, 2, 64, false}, Case{1, 70, 4, 1, 128, true},
-                   Case{1, 9, 2, 1, 32, true}, Case{1, 130, 2, 1, 128, false},
-                   Case{2, 33, 2, 2, 128, true}}) {
-      CAPTURE(c.B); CAPTURE(c.T); CAPTURE(c.Hq); CAPTURE(c.Hkv); CAPTURE(c.Dh); CAPTURE(c.segments);
-      int64_t N = c.B * c.T;
-      Tensor q = rounded_to(random_normal({N, c.Hq, c.Dh}, 18), dt);
-      Tensor kk = rounded_to(random_normal({N, c.Hkv, c.Dh}, 19), dt);
-      Tensor v = rounded_to(random_normal({N, c.Hkv, c.Dh}, 20), dt);
-      Tensor dout = rounded_to(random_normal({N, c.Hq, c.Dh}, 21), dt);
-      Tensor seg, gseg;
-      if (c.segments) {  // three packed samples per row: segment = position * 3 / T
-        std::vector<int32_t> s(N);
-        for (int64_t i = 0; i < N; ++i) s[i] = int32_t((i % c.T) * 3 / c.T);
-        seg = Tensor::from_ids(s, {N});
-        gseg = seg.to(Device::CUDA);
-      }
-      Tensor lse, glse;
-      Tensor o = k::attention_forward(q, kk, v, c.B, c.T, seg, &lse);
-      Tensor gq = to_device(q, dt), gk = to_device(kk, dt), gv = to_device(v, dt);
-      Tensor go = k::attention_forward(gq, gk, gv, c.B, c.T, gseg, &glse);
-      CHECK_CLOSE(go, o, dt);
-      CHECK_CLOSE(glse, lse, dt);  // bf16: the softmax sum adds bf16-rounded probabilities
-      Tensor dq, dk, dv, gdq, gdk, gdv;
-      k::attention_backward(dout, q, kk, v, o, lse, c.B, c.T, seg, &dq, &dk, &dv);
-      k::attention_backward(to_device(dout, dt), gq, gk, gv, go, glse, c.B, c.T, gseg, &gdq, &gdk, &gdv);
-      CHECK_CLOSE(gdq, dq, dt);
-      CHECK_CLOSE(gdk, dk, dt);
-      CHECK_CLOSE(gdv, dv, dt);
-    }
+    // bf16 with Dh 64 or 128 runs the tensor-core kernels; f32 and Dh 32 the CUDA-core ones.
+    for (AttnCase c : {AttnCase{1, 1, 1, 1, 64, false}, AttnCase{2, 19, 4, 2, 64, false},
+                       AttnCase{1, 70, 4, 1, 128, true}, AttnCase{1, 9, 2, 1, 32, true},
+                       AttnCase{1, 130, 2, 1, 128, false}, AttnCase{2, 33, 2, 2, 128, true}})
+      check_attention_case(c, dt);
+}
+
+// The tiled tensor-core forward and backward (bf16, Dh 64 / 128): T below,
+// at and across the 64-row tiles (padding rows and keys), two sequences, GQA
+// groups of 2 and 1, packed segments whose boundaries fall inside tiles.
+GPU_TEST(attention_tiled) {
+  for (int64_t Dh : {64, 128})
+    for (int64_t T : {1, 17, 64, 100, 200})
+      for (int64_t Hq : {4, 2})
+        for (bool segments : {false, true}) check_attention_case(AttnCase{2, T, Hq, 2, Dh, segments}, DType::BF16);
 }
 
 GPU_TEST(linear_cross_entropy) {
@@ -270,7 +288,8 @@ GPU_TEST(linear_cross_entropy) {
 GPU_TEST(adamw_update_span_matches_cpu_optimizer) {
   // The kernel runs optim/adamw_update.h's element update; the reference is the CPU
   // optimizer's span update (optim/adamw.cpp, held to torch.optim.AdamW by test_optim).
-  // Three steps from zero states, a clipping factor on the last, odd sizes. The bound
+  // Three steps from zero states, a clipping factor on the last (both sides scale g in
+  // f32 before the update), odd sizes. The bound
   // allows nvcc's FMA contraction (the host build has -ffp-contract=off): an ulp per step.
   AdamWConfig cfg;
   cfg.weight_decay = 0.1;
@@ -284,9 +303,7 @@ GPU_TEST(adamw_update_span_matches_cpu_optimizer) {
       Tensor g = random_normal({n}, 100 + step), gg = g.to(Device::CUDA);
       kernels::cuda::adamw_update_span(gp.data<float>(), gg.data<float>(), gm.data<float>(), gv.data<float>(), n, sc,
                                        grad_scale, nullptr);
-      float* gh = g.data<float>();
-      for (int64_t i = 0; i < n; ++i) gh[i] = gh[i] * grad_scale;  // the kernel scales the gradient in f32 first
-      adamw_update_span(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), n, sc, 1.0f);  // g pre-scaled
+      adamw_update_span(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), n, sc, grad_scale);
     }
     CHECK(relative_error(gp, p) <= 1e-6);
     CHECK(relative_error(gm, m) <= 1e-6);

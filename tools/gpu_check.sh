@@ -113,9 +113,12 @@ fi
 # ======================================================================== GPU training
 # (section owned by the GPU-training work: optim/paged_adamw, model/device,
 # model/memory_plan, runtime/cuda_runtime; runs with `tools/gpu_check.sh train`)
-#   T1. tests/test_gpu_train.cpp on the GPU, -s: the memory plan table and the
-#       plan-vs-measured lines (asserted within 10%), paged AdamW bit-identity,
-#       QLoRA loss/LoRA gradients vs the CPU, allocator accounting
+#   T1. the "gpu train*" tests, -s: tests/test_gpu_train.cpp (the memory plan table and
+#       the plan-vs-measured lines, asserted within 10%; paged AdamW bit-identity;
+#       QLoRA loss/LoRA gradients vs the CPU; allocator accounting) and the trainer's
+#       GPU tests in tests/test_trainer.cpp (cuda vs cpu losses over 3 steps, paged vs
+#       unpaged bit-identical, resume across devices); then ./train --device cuda on a
+#       fixture model
 #   T2. tools/ref/bench_qlora_gpu.py qwen3-0.6b: transformers + bitsandbytes + PEFT
 #       vs ./train --device cuda, tokens/s and peak GPU memory
 #   T3. the same, qwen3-8b, Python side only (our side needs a 16 GB checkpoint
@@ -128,6 +131,9 @@ if [ "$MODE" = train ]; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   step gpu_train_tests 60 ./build/cuda/test_all -tc="gpu train*" -s
+  # ./train end to end on the GPU (fixture model): device line, memory plan vs measured, checkpoints, adapter
+  step train_tiny 30 ./train --model tests/fixtures/model/qwen3_tied --data tests/fixtures/tokenizer/chats.jsonl \
+    --out /tmp/train_tiny --device cuda --max-steps 3 --max-length 64 --eval-split 4 --save-every 2 --no-progress
   if python3 -c "import torch, bitsandbytes, peft, transformers; assert torch.cuda.is_available()" > "$LOG/py_import.log" 2>&1; then
     export PYTHONUNBUFFERED=1
     step qlora_0.6b 110 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-0.6b --batch 4 --seq 512 --steps 3

@@ -12,20 +12,23 @@
 // Backward, with P_ij = exp(s_ij - lse_i) recomputed and D_i = dO_i . o_i:
 //   dV_j = sum_i P_ij dO_i,   dS_ij = P_ij (dO_i . v_j - D_i)
 //   dQ_i = scale sum_j dS_ij k_j,   dK_j = scale sum_i dS_ij q_i
-// Forward, bf16 with head_dim 64 or 128: the tiled tensor-core kernel of
-// attention_flash.cuh (64 queries x 64 keys per step, WMMA / mma.sync).
-// Everything else (f32, other head dims, and the whole backward) runs the
-// straightforward CUDA-core kernels below: one warp per (row, head); each lane
+// bf16 with head_dim 64 or 128 (16-byte aligned): the tiled tensor-core kernels,
+// forward in attention_flash.cuh (64 queries x 64 keys per step), backward in
+// attention_flash_bwd.cuh (FlashAttention-2: block per 64 keys, dQ by f32 atomics).
+// Everything else (f32, other head dims) runs the straightforward CUDA-core
+// kernels below, the readable version of both: one warp per (row, head); each lane
 // holds Dh/32 elements of its vectors in registers (Dh <= 256), dot products
 // are warp sums. Forward and dQ: warp per (query row, query head); dK/dV: warp
 // per (key row, kv head), looping over the query heads of its group, so no
 // atomics are needed. K/V rows are read from global memory (served by L2).
-// A tiled tensor-core backward is future work (docs/cuda.md).
 //   ./bench attention --batch 1 --seq 4096 --heads 16 --kv-heads 8 --head-dim 128   (and attention_bwd)
 #include <cmath>
+#include <initializer_list>
 #include <type_traits>
 
 #include "kernels/cuda/attention_flash.cuh"
+#include "kernels/cuda/attention_flash_bwd.cuh"
+#include "kernels/cuda/cast.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -175,6 +178,13 @@ static AttnShape shape_of(const Tensor& q, const Tensor& k, int64_t B, int64_t T
 }
 static unsigned blocks_for(int64_t warps) { return unsigned((warps + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 static const int32_t* seg_ptr(const Tensor& seg) { return seg.defined() ? ptr<int32_t>(seg) : nullptr; }
+// The tiled kernels take bf16, head_dim 64 or 128, and 16-byte aligned tiles (they load 8 bf16 at a time).
+static bool tiled(const AttnShape& s, DType dtype, std::initializer_list<const Tensor*> tiles) {
+  if (dtype != DType::BF16 || (s.Dh != 64 && s.Dh != 128)) return false;
+  for (const Tensor* t : tiles)
+    if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;
+  return true;
+}
 
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
                          const Tensor& segment_ids, Tensor* lse) {
@@ -184,8 +194,7 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int6
   if (lse) *lse = lse_t;
   int64_t items = B * T * s.Hq;
   if (items == 0) return o;
-  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; };
-  if (q.dtype() == DType::BF16 && (s.Dh == 64 || s.Dh == 128) && aligned(q) && aligned(k) && aligned(v)) {
+  if (tiled(s, q.dtype(), {&q, &k, &v})) {
     auto launch = s.Dh == 64 ? flash::launch_forward<64> : flash::launch_forward<128>;
     launch(ptr<bf16>(o), ptr<float>(lse_t), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), seg_ptr(segment_ids), B, T,
            s.Hq, s.Hkv, s.scale);
@@ -206,14 +215,22 @@ void attention_backward(const Tensor& grad_o, const Tensor& q, const Tensor& k, 
                         const Tensor& lse, int64_t B, int64_t T, const Tensor& segment_ids, Tensor* grad_q,
                         Tensor* grad_k, Tensor* grad_v) {
   AttnShape s = shape_of(q, k, B, T);
-  Tensor dq = Tensor::empty(q.shape(), q.dtype(), Device::CUDA);
   Tensor dk = Tensor::empty(k.shape(), k.dtype(), Device::CUDA);
   Tensor dv = Tensor::empty(v.shape(), v.dtype(), Device::CUDA);
   Tensor delta = Tensor::empty({B * T, s.Hq}, DType::F32, Device::CUDA, MemCategory::Workspace);
-  if (grad_q) *grad_q = dq;
   if (grad_k) *grad_k = dk;
   if (grad_v) *grad_v = dv;
-  if (B * T == 0) return;
+  if (tiled(s, q.dtype(), {&q, &k, &v, &grad_o})) {
+    // dQ is summed over key tiles by f32 atomics, then rounded to bf16 once.
+    Tensor dq_acc = Tensor::empty(q.shape(), DType::F32, Device::CUDA, MemCategory::Workspace);
+    auto launch = s.Dh == 64 ? flash::bwd::launch_backward<64> : flash::bwd::launch_backward<128>;
+    launch(ptr<bf16>(dk), ptr<bf16>(dv), ptr<float>(dq_acc), ptr<float>(delta), ptr<bf16>(grad_o), ptr<bf16>(q),
+           ptr<bf16>(k), ptr<bf16>(v), ptr<bf16>(o), ptr<float>(lse), seg_ptr(segment_ids), B, T, s.Hq, s.Hkv, s.scale);
+    if (grad_q) *grad_q = cast(dq_acc, DType::BF16);
+    return;
+  }
+  Tensor dq = Tensor::empty(q.shape(), q.dtype(), Device::CUDA);
+  if (grad_q) *grad_q = dq;
   dispatch_float(q, "attention_backward", [&](auto tag) {
     using T_ = decltype(tag);
     dispatch_head_dim(s.Dh, [&](auto per_lane) {

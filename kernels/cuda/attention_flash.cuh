@@ -40,10 +40,11 @@ struct Layout {
 };
 
 // rows [r0, r0 + 64) of a [N, H, Dh] tensor's head h into smem [64][Ld]; rows >= r_end are zero.
-template <int Dh>
+// Called by all `Threads` threads of the block (128 in the forward, 256 in the backward).
+template <int Dh, int Threads = kThreads>
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t r0, int64_t r_end, int64_t H, int64_t h) {
   constexpr int kVecs = Dh / 8;  // 16-byte vectors per row
-  for (int e = threadIdx.x; e < kRows * kVecs; e += kThreads) {
+  for (int e = threadIdx.x; e < kRows * kVecs; e += Threads) {
     int r = e / kVecs, c = (e % kVecs) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r0 + r < r_end) v = *reinterpret_cast<const uint4*>(src + ((r0 + r) * H + h) * Dh + c);
