@@ -1,5 +1,6 @@
-// transformers + bitsandbytes 4-bit checkpoints, read into the decoder and written
-// by ./quantize; and the plumbing of a Hugging Face model directory that ./quantize
+// transformers + bitsandbytes 4-bit checkpoints, read into the decoder (./train,
+// ./merge) and written by ./quantize, from a dense model or, with --random, from a
+// config alone; and the plumbing of a Hugging Face model directory that ./quantize
 // and ./merge share (config.json edits, tokenizer files carried over).
 //
 // A 4-bit checkpoint is an ordinary HF directory whose config.json carries
