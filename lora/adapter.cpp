@@ -84,13 +84,12 @@ std::string AdapterConfig::to_json() const {
   return j.dump(2) + "\n";
 }
 
-std::vector<Linear*> select_targets(Decoder& model, const std::vector<std::string>& targets) {
-  std::vector<Linear*> all = model.linears(), picked;
+std::vector<bool> select_target_names(const std::vector<std::string>& modules, const std::vector<std::string>& targets) {
   NQ_CHECK(!targets.empty(), "lora: no target modules given");
   bool all_linear = targets.size() == 1 && targets[0] == "all-linear";
   std::set<std::string> matched;
-  for (Linear* l : all) {
-    const std::string& name = l->name();
+  std::vector<bool> picked;
+  for (const std::string& name : modules) {
     bool hit = all_linear;
     for (const std::string& t : targets) {
       if (name == t || (name.size() > t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0 &&
@@ -99,19 +98,29 @@ std::vector<Linear*> select_targets(Decoder& model, const std::vector<std::strin
         matched.insert(t);
       }
     }
-    if (hit) picked.push_back(l);
+    picked.push_back(hit);
   }
   if (!all_linear) {
     for (const std::string& t : targets) {
       if (matched.count(t)) continue;
       std::set<std::string> names;
-      for (Linear* l : all) names.insert(short_name(l->name()));
+      for (const std::string& m : modules) names.insert(short_name(m));
       std::string list;
       for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
       throw Error(str("lora: target module \"", t, "\" matches no module; the model has: ", list,
-                      " (or full names like ", all.empty() ? "" : all[0]->name(), ", or all-linear)"));
+                      " (or full names like ", modules.empty() ? "" : modules[0], ", or all-linear)"));
     }
   }
+  return picked;
+}
+
+std::vector<Linear*> select_targets(Decoder& model, const std::vector<std::string>& targets) {
+  std::vector<Linear*> all = model.linears(), picked;
+  std::vector<std::string> names;
+  for (Linear* l : all) names.push_back(l->name());
+  const std::vector<bool> hit = select_target_names(names, targets);
+  for (size_t i = 0; i < all.size(); ++i)
+    if (hit[i]) picked.push_back(all[i]);
   return picked;
 }
 

@@ -33,6 +33,9 @@ struct AdapterConfig {
 // The projections `targets` selects; an error lists the module names that exist
 // when a target matches nothing.
 std::vector<Linear*> select_targets(Decoder& model, const std::vector<std::string>& targets);
+// The same rule on module names ("model.layers.0.self_attn.q_proj", ...): picked[i]
+// for modules[i] (the config-only memory plan selects without a model).
+std::vector<bool> select_target_names(const std::vector<std::string>& modules, const std::vector<std::string>& targets);
 
 // Attaches fresh adapters (PEFT init from the RNG stream) to the selected
 // projections; returns the trainable parameters in model order (A, B per module).

@@ -1,12 +1,15 @@
 // bitsandbytes 4-bit checkpoints in and out, and HF directory plumbing (see bnb_checkpoint.h).
 #include "model/bnb_checkpoint.h"
 
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "runtime/half.h"
 #include "runtime/safetensors.h"
 
 namespace nq {
@@ -56,6 +59,43 @@ Nf4Weights read_nf4_weights(const SafetensorsDir& file, const ModelConfig& confi
     nf4[spec.name] = std::make_shared<const Nf4Tensor>(std::move(q));
   }
   return nf4;
+}
+
+// config.json = `config_json` (a model's config.json text) with `quant`'s quantization_config added.
+void write_bnb_config_json(const std::string& dir, const std::string& config_json, const Bnb4bitConfig& quant) {
+  json j;
+  try {
+    j = json::parse(config_json);
+  } catch (const json::exception& e) {
+    throw Error(str(dir, ": the source config.json is not valid JSON: ", e.what()));
+  }
+  j["quantization_config"] = json::parse(quant.to_json());
+  write_text_file(dir + "/config.json", j.dump(2) + "\n");
+}
+
+// One f32 value rounded to `dtype` (round to nearest even), as its 16-bit pattern.
+uint16_t half_bits(float x, DType dtype) { return dtype == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x); }
+float half_value(uint16_t h, DType dtype) { return dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h); }
+
+// t (f32) rounded in place to the nearest value of `dtype` (f32: unchanged).
+void round_to_dtype(Tensor& t, DType dtype) {
+  if (dtype == DType::F32) return;
+  float* x = t.data<float>();
+  const int64_t n = t.numel();
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i) x[i] = half_value(half_bits(x[i], dtype), dtype);
+}
+
+// t (f32) stored as `dtype` (a threaded Tensor::to_dtype: the 8B embeddings are 622M values).
+Tensor cast_for_saving(const Tensor& t, DType dtype) {
+  if (dtype == DType::F32) return t;
+  Tensor out = Tensor::empty(t.shape(), dtype, Device::CPU, MemCategory::Weights);
+  const float* x = t.data<float>();
+  uint16_t* h = out.data_u16();
+  const int64_t n = t.numel();
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i) h[i] = half_bits(x[i], dtype);
+  return out;
 }
 
 }  // namespace
@@ -110,17 +150,18 @@ std::optional<Bnb4bitConfig> read_bnb_4bit_config(const std::string& config_path
 
 // ---------------------------------------------------------------- loading
 
-Decoder load_hf_decoder(const std::string& dir, DecoderOptions options) {
-  const std::string config_path = dir + "/config.json";
-  ModelConfig config = ModelConfig::from_file(config_path);
-  if (!read_bnb_4bit_config(config_path)) return Decoder::load(dir, options);
-
+HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config) {
+  HfWeights w;
+  if (!read_bnb_4bit_config(dir + "/config.json")) {
+    w.dense = load_weights(dir, config);
+    return w;
+  }
   SafetensorsDir file = SafetensorsDir::open(dir);
-  Nf4Weights nf4 = read_nf4_weights(file, config);
+  w.nf4 = read_nf4_weights(file, config);
   std::vector<ParamSpec> dense_specs;
   std::set<std::string> expected;
   for (const ParamSpec& spec : parameter_specs(config)) {
-    if (nf4.count(spec.name)) {
+    if (w.nf4.count(spec.name)) {
       expected.insert(spec.name);
       for (const char* suffix : kNf4Suffixes) expected.insert(spec.name + suffix);
     } else {
@@ -129,8 +170,14 @@ Decoder load_hf_decoder(const std::string& dir, DecoderOptions options) {
     }
   }
   check_no_unexpected_tensors(file, expected, config, dir);
-  TensorMap dense = read_f32_tensors(file, dense_specs, dir);
-  return Decoder(std::move(config), dense, options, nf4);
+  w.dense = read_f32_tensors(file, dense_specs, dir);
+  return w;
+}
+
+Decoder load_hf_decoder(const std::string& dir, DecoderOptions options) {
+  ModelConfig config = ModelConfig::from_file(dir + "/config.json");
+  HfWeights w = load_hf_weights(dir, config);
+  return Decoder(std::move(config), w.dense, options, w.nf4);
 }
 
 // ---------------------------------------------------------------- quantizing and saving
@@ -166,16 +213,70 @@ void save_bnb_4bit(const std::string& dir, const std::string& config_json, const
     NQ_CHECK(it != dense.end(), dir, ": no tensor for ", spec.name, " to save");
     tensors.emplace_back(spec.name, it->second.dtype() == dtype ? it->second : it->second.to_dtype(dtype));
   }
-  json j;
-  try {
-    j = json::parse(config_json);
-  } catch (const json::exception& e) {
-    throw Error(str("save_bnb_4bit: the source config.json is not valid JSON: ", e.what()));
-  }
-  j["quantization_config"] = json::parse(quant.to_json());
   make_dir(dir);
   save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
-  write_text_file(dir + "/config.json", j.dump(2) + "\n");
+  write_bnb_config_json(dir, config_json, quant);
+}
+
+RandomCheckpointReport write_random_bnb_checkpoint(const std::string& dir, const ModelConfig& config, uint64_t seed,
+                                                   const std::function<void(const std::string&)>& progress) {
+  const DType dtype = dtype_of_torch_name(config.torch_dtype, "config torch_dtype");
+  const std::vector<ParamSpec> specs = parameter_specs(config);
+  // Shard k: 0 = the embeddings, 1..L = layer k-1, L+1 = the final norm (+ lm_head).
+  auto shard_of = [&](const std::string& name) -> int64_t {
+    if (name.rfind("model.layers.", 0) == 0) return 1 + std::stoll(name.substr(13));
+    return name == "model.embed_tokens.weight" ? 0 : config.num_layers + 1;
+  };
+  const int64_t n_shards = config.num_layers + 2;
+  auto shard_name = [&](int64_t k) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "model-%05lld-of-%05lld.safetensors", (long long)k + 1, (long long)n_shards);
+    return std::string(buf);
+  };
+  make_dir(dir);
+  RandomCheckpointReport report;
+  json weight_map = json::object();
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t offset = 0;  // the Philox stream position, as random_weights() advances it
+  size_t next = 0;
+  for (int64_t k = 0; k < n_shards; ++k) {
+    std::vector<std::pair<std::string, Tensor>> tensors;  // this shard's, in the file's order
+    for (; next < specs.size() && shard_of(specs[next].name) == k; ++next) {
+      const ParamSpec& spec = specs[next];
+      Tensor w = random_parameter(spec, seed, offset, config.initializer_range);  // f32 [spec.shape]
+      if (is_projection_weight(spec.name)) {
+        round_to_dtype(w, dtype);  // the values a model created in `dtype` holds, then NF4
+        Nf4Tensor q = quantize_nf4(w.data<float>(), w.size(0), w.size(1), 64, true, spec.name);
+        q.dtype = config.torch_dtype;
+        report.quantized_params += q.numel();
+        for (auto& [name, t] : nf4_to_state_dict(q, spec.name)) tensors.emplace_back(name, t);
+      } else {
+        report.dense_params += w.numel();
+        tensors.emplace_back(spec.name, cast_for_saving(w, dtype));
+      }
+    }
+    for (const auto& [name, t] : tensors) {
+      weight_map[name] = shard_name(k);
+      report.bytes += t.nbytes();
+    }
+    save_safetensors(dir + "/" + shard_name(k), tensors, {{"format", "pt"}});
+    ++report.shards;
+    if (progress) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const std::string what = k == 0 ? "embeddings" : k <= config.num_layers ? str("layer ", k - 1) :
+                               config.tie_word_embeddings ? "final norm" : "final norm + lm_head";
+      char line[160];
+      std::snprintf(line, sizeof line, "[%lld/%lld] %s: %s written, %.2f GB so far, %.1f s", (long long)k + 1,
+                    (long long)n_shards, what.c_str(), shard_name(k).c_str(), double(report.bytes) / 1e9, s);
+      progress(line);
+    }
+  }
+  json index = {{"metadata", {{"total_size", report.bytes}}}, {"weight_map", weight_map}};
+  write_text_file(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+  Bnb4bitConfig quant;
+  quant.compute_dtype = config.torch_dtype;  // compute in the model's dtype, as the seed's BitsAndBytesConfig
+  write_bnb_config_json(dir, config.to_hf_json(), quant);
+  return report;
 }
 
 QuantizeReport quantize_checkpoint(const std::string& src, const std::string& dst, int64_t blocksize,

@@ -1,5 +1,6 @@
-// transformers + bitsandbytes 4-bit checkpoints, read into the decoder and written
-// by ./quantize; and the plumbing of a Hugging Face model directory that ./quantize
+// transformers + bitsandbytes 4-bit checkpoints, read into the decoder (./train,
+// ./merge) and written by ./quantize, from a dense model or, with --random, from a
+// config alone; and the plumbing of a Hugging Face model directory that ./quantize
 // and ./merge share (config.json edits, tokenizer files carried over).
 //
 // A 4-bit checkpoint is an ordinary HF directory whose config.json carries
@@ -17,6 +18,7 @@
 // Which projections are 4-bit is read per tensor (a quant_state entry), so modules
 // transformers kept dense (llm_int8_skip_modules) load densely.
 #pragma once
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,9 +41,16 @@ struct Bnb4bitConfig {
 // error naming the file and the field.
 std::optional<Bnb4bitConfig> read_bnb_4bit_config(const std::string& config_path);
 
-// A HF model directory, dense or bitsandbytes 4-bit: the projections of a 4-bit
-// checkpoint get their NF4 weights directly (no dense copy ever exists), the other
-// tensors load as f32. Errors name the file and the tensor.
+// The weights of a HF model directory, dense or bitsandbytes 4-bit: the projections
+// a 4-bit checkpoint stores as NF4 go to `nf4` as they are (no dense copy ever
+// exists), every other tensor to `dense` as f32. Errors name the file and the tensor.
+struct HfWeights {
+  TensorMap dense;
+  Nf4Weights nf4;  // empty for a dense checkpoint
+};
+HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config);
+
+// The decoder of a HF model directory (load_hf_weights), NF4 projections in place.
 Decoder load_hf_decoder(const std::string& dir, DecoderOptions options = {});
 
 // NF4 (quant/nf4.h) of every projection weight in `weights`, which are removed from
@@ -69,6 +78,24 @@ struct QuantizeReport {
 };
 QuantizeReport quantize_checkpoint(const std::string& src, const std::string& dst, int64_t blocksize = 64,
                                    bool double_quant = true);
+
+// ./quantize --random: a random-init 4-bit checkpoint of `config` written straight
+// into `dir`, tensor by tensor (host memory: about one tensor's f32 and one layer's
+// NF4, so an 8B model needs ~4 GB, not 32). Each tensor is random_parameter() of
+// model/weights.h (normal(0, config.initializer_range), norms 1: transformers'
+// _init_weights) rounded to the config's dtype, as a model created in that dtype
+// holds it; projections are then quantized (quantize_nf4, double quant, blocksize
+// 64: what transformers + bitsandbytes would save), the rest kept in that dtype.
+// Files: one safetensors shard per layer (+ one for the embeddings, one for the
+// final norm and lm_head), model.safetensors.index.json, config.json with the
+// quantization_config. `progress` gets one line per shard written.
+struct RandomCheckpointReport {
+  int64_t quantized_params = 0, dense_params = 0;
+  uint64_t bytes = 0;  // tensor bytes over all shards
+  int shards = 0;
+};
+RandomCheckpointReport write_random_bnb_checkpoint(const std::string& dir, const ModelConfig& config, uint64_t seed,
+                                                   const std::function<void(const std::string&)>& progress = {});
 
 // ---------------------------------------------------------------- HF directory plumbing
 

@@ -1,6 +1,8 @@
 // config.json parsing, validation and the Qwen3 presets (see config.h).
 #include "model/config.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -64,9 +66,20 @@ void validate(const ModelConfig& c, const std::string& source) {
   NQ_CHECK(c.head_dim % 2 == 0, source, ": head_dim must be even for RoPE, got ", c.head_dim);
   NQ_CHECK(c.rope_theta > 0, source, ": rope_theta must be > 0");
   NQ_CHECK(c.rms_norm_eps > 0, source, ": rms_norm_eps must be > 0");
+  NQ_CHECK(c.initializer_range > 0, source, ": initializer_range must be > 0");
   if (c.bos_token_id >= c.vocab_size) throw Error(str(source, ": bos_token_id ", c.bos_token_id, " >= vocab_size"));
   for (int32_t e : c.eos_token_ids)
     NQ_CHECK(e >= 0 && e < c.vocab_size, source, ": eos_token_id ", e, " is outside the vocabulary [0, ", c.vocab_size, ")");
+}
+
+// The shortest decimal that reads back as `f` (1e-06, not 9.999999974752427e-07), as a JSON number.
+json shortest(float f) {
+  char buf[32];
+  for (int digits = 1; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, double(f));
+    if (std::strtof(buf, nullptr) == f) break;
+  }
+  return json(std::strtod(buf, nullptr));
 }
 
 }  // namespace
@@ -111,6 +124,7 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.max_position_embeddings = optional<int64_t>(j, "max_position_embeddings", source, qwen3 ? 32768 : 2048);
   // transformers < 5 writes "torch_dtype", >= 5 writes "dtype".
   c.torch_dtype = optional<std::string>(j, "torch_dtype", source, optional<std::string>(j, "dtype", source, "float32"));
+  c.initializer_range = optional<float>(j, "initializer_range", source, 0.02f);
   c.bos_token_id = optional<int32_t>(j, "bos_token_id", source, -1);
   c.eos_token_ids = eos_ids(j, source);
 
@@ -169,6 +183,36 @@ ModelConfig ModelConfig::preset(const std::string& name) {
   c.bos_token_id = 151643;
   c.eos_token_ids = {151645};
   return c;
+}
+
+std::string ModelConfig::to_hf_json() const {
+  const bool qwen3 = model_type == "qwen3";
+  json j = {{"architectures", {qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM"}},
+            {"model_type", model_type},
+            {"hidden_size", hidden_size},
+            {"intermediate_size", intermediate_size},
+            {"num_hidden_layers", num_layers},
+            {"num_attention_heads", num_heads},
+            {"num_key_value_heads", num_kv_heads},
+            {"head_dim", head_dim},
+            {"vocab_size", vocab_size},
+            {"hidden_act", "silu"},
+            {"rms_norm_eps", shortest(rms_norm_eps)},
+            {"rope_parameters", {{"rope_theta", shortest(rope_theta)}, {"rope_type", "default"}}},
+            {"tie_word_embeddings", tie_word_embeddings},
+            {"attention_bias", attention_bias},
+            {"attention_dropout", 0.0},
+            {"max_position_embeddings", max_position_embeddings},
+            {"initializer_range", shortest(initializer_range)},
+            {"dtype", torch_dtype},
+            {"use_cache", true}};
+  if (qwen3) j["use_sliding_window"] = false;
+  if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
+  else j["bos_token_id"] = nullptr;
+  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
+  else if (eos_token_ids.empty()) j["eos_token_id"] = nullptr;
+  else j["eos_token_id"] = eos_token_ids;
+  return j.dump(2) + "\n";
 }
 
 std::vector<std::string> ModelConfig::preset_names() { return {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"}; }

@@ -30,6 +30,7 @@ struct ModelConfig {
   bool attention_bias = false;       // q/k/v/o projections carry a bias
   int64_t max_position_embeddings = 0;
   std::string torch_dtype = "float32";  // dtype of the stored weights ("bfloat16", ...)
+  float initializer_range = 0.02f;      // std of the normal init (transformers' _init_weights)
   int32_t bos_token_id = -1;            // -1: none
   std::vector<int32_t> eos_token_ids;   // may be several (generation stops on any)
   std::optional<bool> add_bos_token;    // from a GGUF vocabulary; unset: decided by model_type
@@ -41,6 +42,9 @@ struct ModelConfig {
   // Parses HF config.json text; `source` names the file in error messages.
   static ModelConfig from_json(const std::string& text, const std::string& source);
   static ModelConfig from_file(const std::string& path);
+  // The config.json transformers writes for this model (Qwen3ForCausalLM / LlamaForCausalLM):
+  // from_json(to_hf_json()) gives back this config.
+  std::string to_hf_json() const;
   // "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b" (the official config.json values).
   static ModelConfig preset(const std::string& name);
   static std::vector<std::string> preset_names();

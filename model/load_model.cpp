@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "model/bnb_checkpoint.h"
 #include "model/gguf_model.h"
 #include "runtime/error.h"
 
@@ -41,7 +42,9 @@ LoadedModel load_hf_dir(const std::string& dir) {
   LoadedModel m;
   m.source = dir;
   m.config = ModelConfig::from_file(dir + "/config.json");
-  m.weights = load_weights(dir, m.config);
+  HfWeights w = load_hf_weights(dir, m.config);
+  m.weights = std::move(w.dense);
+  m.nf4 = std::move(w.nf4);
   if (std::filesystem::exists(dir + "/tokenizer.json")) m.tokenizer = Tokenizer::from_file(dir + "/tokenizer.json");
   set_chat_format(m, hf_chat_template(dir), dir + "/tokenizer_config.json chat_template");
   return m;
@@ -73,6 +76,17 @@ const ChatFormat& LoadedModel::chat_format() const {
 
 bool is_gguf_path(const std::string& path) {
   return path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+}
+
+Decoder build_decoder(LoadedModel& m, DecoderOptions options, bool nf4_base) {
+  NQ_CHECK(nf4_base || m.nf4.empty(), m.source, ": a 4-bit (bitsandbytes NF4) checkpoint cannot be a dense f32 base; ",
+           "give its dense original or keep the NF4 base");
+  Decoder model(m.config, m.weights, options, m.nf4);
+  m.weights.clear();  // the decoder holds the tensors now: quantize_nf4 below frees the dense copies
+  m.nf4.clear();
+  if (nf4_base)
+    for (Linear* l : model.linears()) l->quantize_nf4();  // no-op for the stored NF4 projections
+  return model;
 }
 
 LoadedModel load_model(const std::string& path) {

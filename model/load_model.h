@@ -1,13 +1,15 @@
 // One entry point for every program (./generate, ./eval, ./train): a model from
 // either a Hugging Face directory (config.json, *.safetensors, tokenizer.json,
-// tokenizer_config.json) or a llama.cpp .gguf file (model/gguf_model.h).
-// Both end in the same things: config, HF-named f32 weights, tokenizer, chat format.
+// tokenizer_config.json; dense or a bitsandbytes 4-bit checkpoint) or a llama.cpp
+// .gguf file (model/gguf_model.h). All end in the same things: config, HF-named
+// f32 weights (+ the NF4 projections of a 4-bit checkpoint), tokenizer, chat format.
 #pragma once
 #include <optional>
 #include <string>
 
 #include "model/chat_format.h"
 #include "model/config.h"
+#include "model/decoder.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
 
@@ -16,7 +18,8 @@ namespace nq {
 struct LoadedModel {
   std::string source;                  // the path given
   ModelConfig config;
-  TensorMap weights;                   // f32 [out, in] by HF name (check_weights passed)
+  TensorMap weights;                   // f32 by HF name (check_weights passed with `nf4`)
+  Nf4Weights nf4;                      // the projections of a 4-bit checkpoint, as stored; else empty
   std::optional<Tokenizer> tokenizer;  // absent for a HF directory without tokenizer.json
   // From the chat template (else the config's default); an unrecognised template
   // does not stop the model from loading, only chat_format() throws then.
@@ -29,5 +32,11 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path);
 
 bool is_gguf_path(const std::string& path);
+
+// The decoder of `m` with its weights moved in (m.weights and m.nf4 are emptied).
+// nf4_base: every projection NF4 (QLoRA): a 4-bit checkpoint's as stored, so an 8B
+// model never exists in f32 on the host; the others quantized here (blocksize 64,
+// double quant). !nf4_base: a dense f32 base; a 4-bit checkpoint is then an error.
+Decoder build_decoder(LoadedModel& m, DecoderOptions options, bool nf4_base);
 
 }  // namespace nq

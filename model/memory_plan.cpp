@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "lora/adapter.h"
 #include "quant/nf4_linear.h"
 
 namespace nq {
@@ -37,31 +38,19 @@ std::string MemoryPlan::compare(const MemStats& measured) const {
   return s;
 }
 
-MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
+namespace {
+
+void check_shape(const TrainShape& shape) {
   NQ_CHECK(shape.batch > 0 && shape.seq > 0 && shape.ce_chunk_rows > 0, "memory plan: batch, seq and ce_chunk_rows ",
            "must be positive, got ", shape.batch, ", ", shape.seq, ", ", shape.ce_chunk_rows);
-  const ModelConfig& c = model.config();
-  const Device device = model.lm_head().value().device();
-  const bool gpu = device == Device::CUDA;
+}
+
+// Every term after the weights and adapters, which the two entry points sum their own way:
+// `weights` and `lora` bytes, `adapters` adapted projections of rank `rank`.
+MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, int64_t rank, int64_t adapters,
+                           bool checkpointing, const TrainShape& shape, bool gpu) {
   MemoryPlan plan;
   auto& bytes = plan.bytes;
-
-  // Weights and adapters: the actual tensors.
-  size_t weights = 0, lora = 0;
-  int64_t rank = 0, adapters = 0;
-  for (const Var& p : model.parameters()) weights += p.value().nbytes();
-  for (Linear* l : model.linears()) {
-    if (l->is_nf4()) {
-      const Nf4Tensor& q = *l->nf4();
-      for (const Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code})
-        if (t->defined()) weights += t->nbytes();
-    }
-    if (l->has_lora()) {
-      lora += l->lora().A.value().nbytes() + l->lora().B.value().nbytes();
-      rank = l->lora().A.shape()[0];
-      ++adapters;
-    }
-  }
   bytes[size_t(MemCategory::Weights)] = weights;
   bytes[size_t(MemCategory::LoRA)] = lora;
   bytes[size_t(MemCategory::Optimizer)] = gpu && shape.paged_optimizer ? shape.optimizer_pool_bytes : 2 * lora;
@@ -74,7 +63,7 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
   const size_t lora_per_layer = L ? size_t(adapters) / L : 0;  // adapted projections per layer (7 = all-linear)
   const size_t layer_outputs =
       N * (a * (5 * D + 4 * Hq * Dh + 4 * Hkv * Dh + 3 * F + lora_per_layer * r) + f32 * (2 * Hq + Hkv + 3));
-  if (model.options().checkpointing) {  // saved inputs + one layer recomputed at a time
+  if (checkpointing) {  // saved inputs + one layer recomputed at a time
     plan.saved_layer_inputs = L * N * D * a;
     plan.recomputed_layer = layer_outputs;
   } else {  // every layer keeps its op outputs until its backward
@@ -93,6 +82,96 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
   const size_t nf4_tile = gpu ? 0 : size_t(kNf4DefaultTileRows) * std::max(D, F) * f32;
   bytes[size_t(MemCategory::Workspace)] = std::max(loss_chunk, nf4_tile);
   return plan;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
+  check_shape(shape);
+  const Device device = model.lm_head().value().device();
+
+  // Weights and adapters: the actual tensors.
+  size_t weights = 0, lora = 0;
+  int64_t rank = 0, adapters = 0;
+  for (const Var& p : model.parameters()) weights += p.value().nbytes();
+  for (Linear* l : model.linears()) {
+    if (l->is_nf4()) {
+      const Nf4Tensor& q = *l->nf4();
+      for (const Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code})
+        if (t->defined()) weights += t->nbytes();
+    }
+    if (l->has_lora()) {
+      lora += l->lora().A.value().nbytes() + l->lora().B.value().nbytes();
+      rank = l->lora().A.shape()[0];
+      ++adapters;
+    }
+  }
+  return plan_from_sizes(model.config(), weights, lora, rank, adapters, model.options().checkpointing, shape,
+                         device == Device::CUDA);
+}
+
+size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant) {
+  const size_t numel = size_t(out) * size_t(in), blocks = (numel + size_t(blocksize) - 1) / size_t(blocksize);
+  const size_t packed = (numel + 1) / 2;
+  if (!double_quant) return packed + 4 * blocks;
+  return packed + blocks + 4 * ((blocks + 255) / 256) + 4 * 256;  // u8 codes, nested absmax, nested code
+}
+
+MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device) {
+  check_shape(shape);
+  NQ_CHECK(qlora.r > 0, "memory plan: the LoRA rank must be positive, got ", qlora.r);
+  const bool gpu = device == Device::CUDA;
+  // The dtype model/device.h gives each dense tensor (f32 everywhere on the CPU).
+  auto dense_bytes = [&](const ParamSpec& spec) {
+    const size_t n = size_t(spec.shape.numel());
+    return !gpu || ends_with(spec.name, "norm.weight") ? 4 * n : 2 * n;
+  };
+  size_t weights = 0, lora = 0;
+  std::vector<std::string> modules;
+  std::vector<Shape> module_shapes;
+  for (const ParamSpec& spec : parameter_specs(config)) {
+    const bool projection = is_projection_weight(spec.name);
+    if (projection) {
+      modules.push_back(spec.name.substr(0, spec.name.size() - 7));  // minus ".weight"
+      module_shapes.push_back(spec.shape);
+    }
+    weights += projection && qlora.nf4_base
+                   ? nf4_bytes(spec.shape[0], spec.shape[1], qlora.blocksize, true)
+                   : dense_bytes(spec);
+  }
+  const std::vector<bool> picked = select_target_names(modules, qlora.targets);
+  int64_t adapters = 0;
+  for (size_t i = 0; i < modules.size(); ++i) {
+    if (!picked[i]) continue;
+    lora += 4 * size_t(qlora.r) * size_t(module_shapes[i][0] + module_shapes[i][1]);  // A [r, in] + B [out, r], f32
+    ++adapters;
+  }
+  return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.checkpointing, shape, gpu);
+}
+
+int64_t longest_fitting_seq(const ModelConfig& config, const QloraShape& qlora, TrainShape shape, Device device,
+                            size_t budget) {
+  shape.batch = 1;
+  auto fits = [&](int64_t seq) {
+    shape.seq = seq;
+    return plan_memory(config, qlora, shape, device).total() <= budget;
+  };
+  if (!fits(1)) return 0;
+  int64_t lo = 1, hi = 2;  // fits(lo), and hi is doubled until it does not
+  while (fits(hi)) {
+    lo = hi;
+    NQ_CHECK(hi < (int64_t(1) << 40), "memory plan: every sequence length fits in ", format_bytes(budget));
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
 }
 
 }  // namespace nq

@@ -19,9 +19,15 @@
 //                on the CPU at least one NF4 dequantization tile (128 rows of max(D, F) f32)
 // The categories match what the allocator measures (runtime/allocator.h), so
 // compare() can set the plan beside the measured peaks line by line.
+//
+// Every term is a function of the config, the adapter settings and the shape (NF4
+// sizes follow from [out, in] and the blocksize), so the plan also exists without
+// a model: plan_memory(config, ...) answers "how much GPU memory will Qwen3-8B at
+// seq 2048 take" before anything is downloaded or written (./inspect plan).
 #pragma once
 #include <array>
 #include <string>
+#include <vector>
 
 #include "model/decoder.h"
 #include "runtime/allocator.h"
@@ -49,5 +55,28 @@ struct MemoryPlan {
 // The plan for `model` as it is now (after to_device and attach_adapters: the
 // weights and adapters are summed from their actual tensors) on its device.
 MemoryPlan plan_memory(Decoder& model, const TrainShape& shape);
+
+// What the config-only plan assumes the model will be (./train's defaults).
+struct QloraShape {
+  int64_t r = 16;                                  // LoRA rank
+  std::vector<std::string> targets{"all-linear"};  // adapted projections (lora/adapter.h rule)
+  bool nf4_base = true;                            // false: dense bases (--no-quant)
+  int64_t blocksize = 64;                          // NF4 block, double-quantized
+  bool checkpointing = true;                       // per-layer gradient checkpointing
+};
+
+// The same plan from the config alone, for a model on `device` holding the dtypes
+// of model/device.h (GPU: bf16 embeddings / dense bases, f32 norms; CPU: all f32):
+// equal to plan_memory(model, shape) of that model built, quantized, adapted and moved.
+MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device);
+
+// Bytes of an NF4 weight [out, in] as quantize_nf4 stores it: packed codes, block
+// absmax (u8 codes with double quant, else f32), nested absmax and code (double quant).
+size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant);
+
+// The longest T (batch 1, other settings as given) whose planned total is at most
+// `budget` bytes; 0 when not even T = 1 fits. The plan grows with T, so a bisection.
+int64_t longest_fitting_seq(const ModelConfig& config, const QloraShape& qlora, TrainShape shape, Device device,
+                            size_t budget);
 
 }  // namespace nq

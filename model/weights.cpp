@@ -132,29 +132,39 @@ TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSp
   return weights;
 }
 
+Tensor random_parameter(const ParamSpec& spec, uint64_t seed, uint64_t& offset, float init_std) {
+  Tensor t = Tensor::empty(spec.shape, DType::F32, Device::CPU, MemCategory::Weights);
+  float* w = t.data<float>();
+  const int64_t n = t.numel();
+  if (ends_with(spec.name, "norm.weight")) {
+    for (int64_t i = 0; i < n; ++i) w[i] = 1.0f;
+  } else if (ends_with(spec.name, ".bias")) {
+    for (int64_t i = 0; i < n; ++i) w[i] = 0.0f;
+  } else {
+    // Box-Muller: Philox block b (four uniforms u0..u3) -> elements 4b..4b+3, the
+    // pairs (u0, u1) and (u2, u3) each giving r cos(theta), r sin(theta).
+    const int64_t blocks = (n + 3) / 4;
+#pragma omp parallel for
+    for (int64_t b = 0; b < blocks; ++b) {
+      const Philox4 u = philox4x32_10(offset + uint64_t(b), seed);
+      for (int pair = 0; pair < 2; ++pair) {
+        const float u1 = u32_to_uniform(u.v[2 * pair]), u2 = u32_to_uniform(u.v[2 * pair + 1]);
+        const float r = std::sqrt(-2.0f * std::log(1.0f - u1));  // 1 - u1 in (0, 1]
+        const float theta = 6.28318530718f * u2;
+        const int64_t i = 4 * b + 2 * pair;
+        if (i < n) w[i] = init_std * r * std::cos(theta);
+        if (i + 1 < n) w[i + 1] = init_std * r * std::sin(theta);
+      }
+    }
+    offset += uint64_t(blocks);  // Philox blocks used
+  }
+  return t;
+}
+
 TensorMap random_weights(const ModelConfig& config, uint64_t seed, float init_std) {
   TensorMap weights;
   uint64_t offset = 0;  // a private Philox stream: parameter k uses the range after parameter k-1
-  for (const ParamSpec& spec : parameter_specs(config)) {
-    Tensor t = Tensor::empty(spec.shape, DType::F32, Device::CPU, MemCategory::Weights);
-    float* w = t.data<float>();
-    const int64_t n = t.numel();
-    if (ends_with(spec.name, "norm.weight")) {
-      for (int64_t i = 0; i < n; ++i) w[i] = 1.0f;
-    } else if (ends_with(spec.name, ".bias")) {
-      for (int64_t i = 0; i < n; ++i) w[i] = 0.0f;
-    } else {
-      // Box-Muller: two uniforms -> one standard normal.
-#pragma omp parallel for
-      for (int64_t i = 0; i < n; ++i) {
-        float u1 = philox_uniform(seed, offset, 2 * uint64_t(i)), u2 = philox_uniform(seed, offset, 2 * uint64_t(i) + 1);
-        float r = std::sqrt(-2.0f * std::log(1.0f - u1));  // 1 - u1 in (0, 1]
-        w[i] = init_std * r * std::cos(6.28318530718f * u2);
-      }
-      offset += (2 * uint64_t(n) + 3) / 4;  // Philox blocks used
-    }
-    weights[spec.name] = t;
-  }
+  for (const ParamSpec& spec : parameter_specs(config)) weights[spec.name] = random_parameter(spec, seed, offset, init_std);
   return weights;
 }
 

@@ -59,5 +59,10 @@ TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSp
 // HF-style init: linears and embeddings ~ N(0, init_std) from the seeded Philox
 // stream, norms = 1, biases = 0.
 TensorMap random_weights(const ModelConfig& config, uint64_t seed, float init_std = 0.02f);
+// One parameter of that init, f32 [spec.shape]: drawn from the Philox stream (seed,
+// offset), `offset` advanced past the blocks used. Called for every spec of
+// parameter_specs() in order from offset 0, it yields random_weights() tensor by
+// tensor (./quantize --random writes 8B models this way, one tensor in memory).
+Tensor random_parameter(const ParamSpec& spec, uint64_t seed, uint64_t& offset, float init_std);
 
 }  // namespace nq

@@ -47,10 +47,7 @@ int run(int argc, char** argv) {
 
   LoadedModel loaded = load_model(model_path);
   NQ_CHECK(loaded.tokenizer.has_value(), model_path, ": no tokenizer (tokenizer.json / GGUF vocabulary)");
-  Decoder model(loaded.config, loaded.weights);
-  loaded.weights.clear();  // the Decoder holds them now
-  if (!no_quant)
-    for (Linear* linear : model.linears()) linear->quantize_nf4();
+  Decoder model = build_decoder(loaded, {}, /*nf4_base=*/!no_quant);  // a 4-bit checkpoint's NF4 as stored
   if (!adapter.empty()) load_peft_adapter(adapter, model);
   const Tokenizer& tok = *loaded.tokenizer;
   auto start = std::chrono::steady_clock::now();

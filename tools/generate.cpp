@@ -182,13 +182,12 @@ int run(int argc, char** argv) {
     model = std::make_unique<Decoder>(config, random_weights(config, 0));
   } else {
     loaded = load_model(f.model);
-    model = std::make_unique<Decoder>(loaded->config, loaded->weights);
-    loaded->weights.clear();  // the Decoder holds them now
+    model = std::make_unique<Decoder>(build_decoder(*loaded, {}, /*nf4_base=*/!f.no_quant));
   }
   const ModelConfig& config = model->config();
   std::fprintf(stderr, "%s\n", config.summary().c_str());
   if (!f.no_quant) {
-    for (Linear* linear : model->linears()) linear->quantize_nf4();
+    for (Linear* linear : model->linears()) linear->quantize_nf4();  // no-op where already NF4
     std::fprintf(stderr, "base projections quantized to NF4 (--no-quant keeps them fp32)\n");
   }
   if (!f.adapter.empty()) {

@@ -1,8 +1,11 @@
 // ./quantize: a Hugging Face model directory -> a bitsandbytes NF4 4-bit checkpoint
 // (model/bnb_checkpoint.h) that transformers loads with from_pretrained and that
-// load_hf_decoder (./merge) reads without a dense copy. Every decoder projection becomes
-// NF4 (double-quantized by default); embeddings, norms and lm_head keep the model's dtype.
+// load_hf_decoder (./merge, ./train) reads without a dense copy. Every decoder projection
+// becomes NF4 (double-quantized by default); embeddings, norms and lm_head keep the model's dtype.
+// With --random PRESET, the checkpoint of a random-init model of that size, written
+// tensor by tensor straight from the config (Qwen3-8B-scale runs without a download).
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "model/bnb_checkpoint.h"
@@ -14,16 +17,64 @@ using namespace nq;
 
 const char* kHelp =
     "usage: ./quantize --model DIR --out DIR [--blocksize 64] [--no-double-quant]\n"
+    "       ./quantize --random PRESET|CONFIG.json --out DIR [--seed 0] [--layers N] [--tokenizer DIR]\n"
     "  --model DIR          dense HF model folder (config.json + *.safetensors)\n"
     "  --out DIR            where the 4-bit checkpoint goes (created; files in it are replaced)\n"
     "  --blocksize N        weights per NF4 block: a power of two in [32, 4096] (default 64,\n"
     "                       the only size transformers' BitsAndBytesConfig produces)\n"
-    "  --no-double-quant    keep the block absmax in f32 (bnb_4bit_use_double_quant = false)\n";
+    "  --no-double-quant    keep the block absmax in f32 (bnb_4bit_use_double_quant = false)\n"
+    "random-init checkpoints (no download; NF4 double quant, blocksize 64):\n"
+    "  --random P           a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b) or a config.json:\n"
+    "                       every tensor ~ normal(0, initializer_range), norms 1, rounded to the\n"
+    "                       config's dtype, projections quantized, written one by one (qwen3-8b:\n"
+    "                       6.1 GB of files, under 4 GB of host memory)\n"
+    "  --seed S             Philox seed of the weights (default 0; same seed, same files)\n"
+    "  --layers N           override num_hidden_layers (small test models of a preset's shapes)\n"
+    "  --tokenizer DIR      tokenizer files copied beside the weights (default: the Qwen3 tokenizer\n"
+    "                       build/fixtures/qwen3-tokenizer next to this program, which `make`\n"
+    "                       unpacks from tests/fixtures/tokenizer/qwen3; 'none': no tokenizer)\n";
+
+// The default --tokenizer: build/fixtures/qwen3-tokenizer beside this program (the repository root).
+std::string default_tokenizer_dir() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ((ec ? std::filesystem::path(".") : exe.parent_path()) / "build/fixtures/qwen3-tokenizer").string();
+}
+
+int run_random(const std::string& source, const std::string& out, uint64_t seed, int64_t layers,
+               std::string tokenizer, bool tokenizer_given) {
+  ModelConfig config = source.size() > 5 && source.compare(source.size() - 5, 5, ".json") == 0
+                           ? ModelConfig::from_file(source)
+                           : ModelConfig::preset(source);
+  if (layers > 0) config.num_layers = layers;
+  if (!tokenizer_given) tokenizer = default_tokenizer_dir();
+  if (tokenizer != "none")  // before minutes of writing
+    NQ_CHECK(std::filesystem::is_regular_file(tokenizer + "/tokenizer.json"), "--tokenizer ", tokenizer,
+             ": no tokenizer.json there", tokenizer_given ? "" : " (run `make` to unpack the Qwen3 tokenizer from "
+             "tests/fixtures, give --tokenizer DIR, or --tokenizer none)");
+  std::printf("writing a random %s (%s, seed %llu) to %s\n", source.c_str(), config.summary().c_str(),
+              (unsigned long long)seed, out.c_str());
+  const RandomCheckpointReport r = write_random_bnb_checkpoint(out, config, seed, [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  });
+  std::printf("wrote %lld NF4 parameters and %lld dense (%s) in %d shards, %.2f GB, + config.json, "
+              "model.safetensors.index.json\n",
+              (long long)r.quantized_params, (long long)r.dense_params, config.torch_dtype.c_str(), r.shards,
+              double(r.bytes) / 1e9);
+  if (tokenizer != "none") {
+    const std::vector<std::string> copied = copy_tokenizer_files(tokenizer, out);
+    std::string names;
+    for (const std::string& n : copied) names += " " + n;
+    std::printf("tokenizer from %s:%s\n", tokenizer.c_str(), names.c_str());
+  }
+  return 0;
+}
 
 int run(int argc, char** argv) {
-  std::string model, out;
-  int64_t blocksize = 64;
-  bool double_quant = true;
+  std::string model, out, random, tokenizer;
+  int64_t blocksize = 64, layers = 0, seed = 0;
+  bool double_quant = true, tokenizer_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") return std::fputs(kHelp, stdout), 0;
@@ -31,9 +82,22 @@ int run(int argc, char** argv) {
     else if (a == "--out") out = cli::value(argc, argv, i);
     else if (a == "--blocksize") blocksize = cli::to_int(a, cli::value(argc, argv, i));
     else if (a == "--no-double-quant") double_quant = false;
+    else if (a == "--random") random = cli::value(argc, argv, i);
+    else if (a == "--seed") seed = cli::to_int(a, cli::value(argc, argv, i));
+    else if (a == "--layers") layers = cli::to_int(a, cli::value(argc, argv, i));
+    else if (a == "--tokenizer") tokenizer = cli::value(argc, argv, i), tokenizer_given = true;
     else throw Error(str("unknown flag '", a, "' (see --help)"));
   }
-  NQ_CHECK(!model.empty() && !out.empty(), "give --model DIR and --out DIR (see --help)");
+  if (!random.empty()) {
+    NQ_CHECK(model.empty(), "give --model DIR or --random PRESET, not both (see --help)");
+    NQ_CHECK(!out.empty(), "give --out DIR (see --help)");
+    NQ_CHECK(seed >= 0, "--seed: expected a non-negative integer, got ", seed);
+    NQ_CHECK(layers >= 0, "--layers: expected a positive integer, got ", layers);
+    NQ_CHECK(blocksize == 64 && double_quant, "--random writes blocksize 64 with double quant (as transformers); ",
+             "drop --blocksize / --no-double-quant");
+    return run_random(random, out, uint64_t(seed), layers, tokenizer, tokenizer_given);
+  }
+  NQ_CHECK(!model.empty() && !out.empty(), "give --model DIR and --out DIR, or --random PRESET and --out DIR (see --help)");
   NQ_CHECK(blocksize >= 32 && blocksize <= 4096 && (blocksize & (blocksize - 1)) == 0,
            "--blocksize: expected a power of two in [32, 4096], got ", blocksize);
 

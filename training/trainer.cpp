@@ -215,13 +215,10 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
   auto t_load = Clock::now();
-  LoadedModel loaded = load_model(cfg.model);  // HF folder or .gguf: config, f32 weights, tokenizer, chat format
+  LoadedModel loaded = load_model(cfg.model);  // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
-  Decoder model(loaded.config, loaded.weights, dopt);
-  loaded.weights.clear();  // the decoder holds the tensors now: quantize_nf4 below frees the dense copies
+  Decoder model = build_decoder(loaded, dopt, /*nf4_base=*/!cfg.no_quant);  // a 4-bit checkpoint's NF4 as stored
   const Tokenizer& tok = *loaded.tokenizer;
-  if (!cfg.no_quant)
-    for (Linear* l : model.linears()) l->quantize_nf4();
   AdapterConfig adapter;
   adapter.lora = {cfg.r, float(cfg.alpha), float(cfg.dropout), cfg.rslora};
   adapter.target_modules = cfg.targets;

@@ -2,74 +2,102 @@
 stack (transformers Qwen3 + bitsandbytes NF4 double quant, bf16 compute + PEFT
 all-linear r=16 + gradient checkpointing + bitsandbytes PagedAdamW32bit, the
 optimizer transformers' `optim="paged_adamw_32bit"` builds) against
-./train --device cuda, same random-init model, batch, sequence length and
-number of steps.
+./train --device cuda --optim paged_adamw, same model, batch, sequence length
+and number of steps.
 
-  python3 tools/ref/bench_qlora_gpu.py [--preset qwen3-0.6b] [--batch 4] [--seq 512] [--steps 5] [--sides python,ours]
+  python3 tools/ref/bench_qlora_gpu.py [--preset qwen3-0.6b] [--batch 1] [--seq 2048] [--steps 3]
+                                       [--warmup 1] [--sides python,ours]
+  python3 tools/ref/bench_qlora_gpu.py --max-context [--preset qwen3-8b] [--fit-gb 80] [--time-limit 300]
 
-The model is random-init (no download). The Python side builds it directly on
-the GPU in bf16 and swaps every decoder linear for a bitsandbytes Linear4bit
-(what from_pretrained(quantization_config=BitsAndBytesConfig(...)) does);
-ours needs a checkpoint folder, so with `ours` in --sides the script writes it
-once to .cache/bench/<preset>/ (bf16 safetensors, the Qwen3 tokenizer beside it
-from build/fixtures/qwen3-tokenizer, unpacked by `make`). qwen3-8b is a 16 GB
-folder: minutes to write and load, outside tools/gpu_check.sh's budget.
+The model (no download): both sides load the same pre-quantized 4-bit folder
+that `./quantize --random PRESET` writes once into .cache/bench/<preset>/
+(random init, NF4 double quant, bf16 embeddings, the Qwen3 tokenizer that
+`make` unpacks; 0.54 GB for qwen3-0.6b, 6.1 GB for qwen3-8b, written tensor
+by tensor in about 4 GB of host memory). The Python side loads it with
+from_pretrained, as the seed loads a 4-bit model; ours reads the NF4 tensors
+as stored (no f32 copy of the model ever exists).
 
 Each side runs in its own process. tokens/s: the tokens of the timed steps
 (after --warmup steps) over their wall time, torch.cuda.synchronize()d.
 Peak GPU memory: torch.cuda.max_memory_allocated() for Python; for ours the
 largest `gpu_mem_bytes` (else `mem_bytes`) in the trainer's metrics.jsonl,
-the CUDA allocator's allocated peak (runtime/cuda_runtime.h).
-Needs torch with CUDA, transformers, peft and bitsandbytes (carried as a wheel
-in .whl/ on the lent machine: see tools/gpu_check.sh).
+the CUDA allocator's allocated peak (runtime/cuda_runtime.h). `wall` is the
+whole side, process start to exit (imports, loading, steps).
+
+Time budget of the default run (0.6B, batch 1 x 2048, 1 + 3 steps), estimated:
+writing the folder once ~26 s of one core here (2-core build machine,
+`time ./quantize --random qwen3-0.6b`), a few seconds with 16 cores; ./train
+loads it in 2 s on the CPU; a step is ~7 TFLOP (6 x 0.6e9 x 2048, x4/3 with
+recomputation), well under a second on an H200 even at 10% of its bf16 peak;
+the Python side's import + CUDA init + load is ~15-30 s. So each side is
+expected at ~20-40 s, under the ~90 s budget; the printed `wall` column
+measures it.
+
+--max-context (ours only): the longest sequence (batch 1) that trains one step
+with a measured peak within --fit-gb GiB. `./inspect plan --fit-gb` predicts it
+from the config; the mode then trains one step at increasing fractions of that
+prediction (and a little beyond), each a fresh ./train, until one fails, its
+measured peak exceeds the budget, or --time-limit runs out. One step of
+qwen3-8b at ~130K tokens is tens of PFLOP of attention alone: minutes; with a
+short time limit the mode reports how far it got.
+
+Needs torch with CUDA, transformers, peft and bitsandbytes for the Python side
+(bitsandbytes carried as a wheel in .whl/ on the lent machine: see tools/gpu_check.sh).
 """
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
 
-from bench_common import PRESETS, ROOT, VOCAB, qwen3_config, write_data, write_model
+from bench_common import ROOT, write_data
+
+PRESETS = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"]
 
 
-def quantize_linears(model, compute_dtype):
-    """Every decoder nn.Linear -> bnb Linear4bit (NF4, double quant), as BitsAndBytesConfig loading does."""
-    import bitsandbytes as bnb
-    import torch
-    for name, module in list(model.model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                      compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
-                                      device="meta")
-                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
-                                             quant_type="nf4", module=q)
-                if child.bias is not None:
-                    q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-                setattr(module, child_name, q.cuda())  # .cuda() quantizes the not-yet-quantized Params4bit
-                del child
-    torch.cuda.empty_cache()
+def ensure_model(preset):
+    """.cache/bench/<preset>/: the 4-bit random checkpoint both sides load (written once)."""
+    path = ROOT / ".cache" / "bench" / preset
+    config = path / "config.json"
+    if config.exists() and "quantization_config" in json.loads(config.read_text()) and \
+            (path / "model.safetensors.index.json").exists():
+        return path
+    quantize = ROOT / "quantize"
+    if not quantize.exists():
+        sys.exit(f"{quantize} is missing: run `make` first")
+    tmp = path.with_name(preset + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    # the Qwen3 tokenizer: ./quantize's default (build/fixtures/qwen3-tokenizer, unpacked by make)
+    subprocess.run([str(quantize), "--random", preset, "--seed", "0", "--out", str(tmp)], check=True,
+                   stdout=sys.stderr)
+    shutil.rmtree(path, ignore_errors=True)  # e.g. a dense bf16 folder an older version of this script wrote
+    tmp.rename(path)
+    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return path
 
 
 def run_python(args):
-    """Child process: the Python stack. Prints one JSON line."""
+    """Child process: the seed's stack on the pre-quantized folder. Prints one JSON line."""
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen3ForCausalLM(qwen3_config(args.preset)).to(torch.bfloat16)
-    quantize_linears(model, torch.bfloat16)
-    # What from_pretrained(quantization_config=...) sets; prepare_model_for_kbit_training reads it to
-    # turn gradient checkpointing on (and, as in the seed, casts the non-4-bit weights to f32).
-    model.is_loaded_in_4bit = True
+    # config.json's quantization_config: NF4, double quant, bf16 compute (what ./quantize --random writes)
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16, device_map={"": 0})
+    n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert n4 == 7 * model.config.num_hidden_layers, f"{n4} Linear4bit modules: not loaded as 4-bit"
+    # As in the seed: gradient checkpointing on, the non-4-bit weights cast to f32.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
     opt = bnb.optim.PagedAdamW32bit([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    ids = torch.randint(0, VOCAB, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).cuda()
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq),
+                        generator=torch.Generator().manual_seed(0)).cuda()
     torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.warmup + args.steps):
@@ -87,69 +115,140 @@ def run_python(args):
                       "peak_bytes": torch.cuda.max_memory_allocated(), "loss": loss.item()}))
 
 
-def run_ours(args, model_dir):
-    data = model_dir / "data.jsonl"
-    write_data(data, 64, args.seq)
-    metrics = model_dir / "metrics_gpu.jsonl"
+def train_ours(args, model_dir, seq, steps, tag, timeout=None):
+    """./train --device cuda on model_dir: {"tokens_per_s", "peak_bytes", "loss", "rows"} or {"error"}."""
+    lines = max(2, 2 * args.batch * steps)  # each longer than seq tokens: packing fills every row
+    data = model_dir / f"data_{lines}x{seq}.jsonl"
+    if not data.exists():
+        write_data(data, lines, seq)
+    metrics = model_dir / f"metrics_{tag}.jsonl"
     metrics.unlink(missing_ok=True)
-    binary = ROOT / args.binary
-    cmd = [str(binary), "--model", str(model_dir), "--data", str(data), "--out", str(model_dir / "out_gpu"),
-           "--max-steps", str(args.warmup + args.steps), "--batch-size", str(args.batch), "--max-length",
-           str(args.seq), "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4",
-           "--schedule", "constant", "--optim", "paged_adamw", "--metrics", str(metrics), "--save-every", "0",
-           "--device", "cuda", "--no-progress"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    sys.stderr.write(p.stdout[-4000:])
+    cmd = [str(ROOT / args.binary), "--model", str(model_dir), "--data", str(data), "--out",
+           str(model_dir / f"out_{tag}"), "--max-steps", str(steps), "--batch-size", str(args.batch),
+           "--max-length", str(seq), "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4",
+           "--schedule", "constant", "--metrics", str(metrics), "--save-every", "0", "--no-progress",
+           "--device", "cuda", "--optim", "paged_adamw"]  # the GPU trainer (tools/train.cpp, training/trainer.h)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s"}
+    sys.stderr.write(p.stdout[-3000:])
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "step_time_s" in r]
-    timed = rows[args.warmup:]
+    if not rows:
+        return {"error": f"{metrics} holds no step"}
+    return {"rows": rows, "peak_bytes": max(r.get("gpu_mem_bytes", r.get("mem_bytes", 0)) for r in rows),
+            "loss": rows[-1].get("loss")}
+
+
+def run_ours(args, model_dir):
+    r = train_ours(args, model_dir, args.seq, args.warmup + args.steps, "bench")
+    if "error" in r:
+        return r
+    timed = r.pop("rows")[args.warmup:]
     if not timed:
-        return {"error": f"{metrics} holds {len(rows)} steps, fewer than warm-up + 1"}
-    peak = max(r.get("gpu_mem_bytes", r.get("mem_bytes", 0)) for r in rows)
-    return {"tokens_per_s": sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed),
-            "peak_bytes": peak, "loss": timed[-1].get("loss")}
+        return {"error": "fewer than warm-up + 1 steps"}
+    r["tokens_per_s"] = sum(x["tokens"] for x in timed) / sum(x["step_time_s"] for x in timed)
+    return r
+
+
+def planned(preset, seq, fit_gb=None):
+    """./inspect plan --json: the config-only memory plan (model/memory_plan.h)."""
+    cmd = [str(ROOT / "inspect"), "plan", "--preset", preset, "--seq", str(seq), "--batch", "1", "--json"]
+    if fit_gb:
+        cmd += ["--fit-gb", str(fit_gb)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def max_context(args):
+    """Ours only: the longest seq that trains one step within --fit-gb GiB, guided by the plan."""
+    args.batch = 1
+    t_start = time.perf_counter()
+    model_dir = ensure_model(args.preset)
+    budget = args.fit_gb * 2**30
+    predicted = planned(args.preset, 2048, args.fit_gb)["fit_seq"]
+    print(f"plan: longest seq (batch 1) within {args.fit_gb:g} GiB for {args.preset}: {predicted} tokens")
+    tries = sorted({max(256, int(predicted * f) // 256 * 256) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.03)})
+    print(f"{'seq':>8s}{'plan':>12s}{'measured':>12s}{'step s':>9s}  result")
+    best = None
+    for seq in tries:
+        left = args.time_limit - (time.perf_counter() - t_start)
+        if left < 20:
+            print(f"{seq:8d}  not tried: --time-limit {args.time_limit:g} s reached")
+            break
+        plan = planned(args.preset, seq)["total_bytes"]
+        r = train_ours(args, model_dir, seq, 1, f"ctx{seq}", timeout=left)
+        if "error" in r:
+            print(f"{seq:8d}{plan / 2**30:9.2f} GiB{'':>12s}{'':>9s}  failed: {r['error']}")
+            break
+        step_s = r["rows"][0]["step_time_s"]
+        fits = r["peak_bytes"] <= budget
+        print(f"{seq:8d}{plan / 2**30:9.2f} GiB{r['peak_bytes'] / 2**30:9.2f} GiB{step_s:9.1f}  "
+              f"{'trained, fits' if fits else 'trained, over the budget'} (plan/measured {plan / r['peak_bytes']:.3f})")
+        if not fits:
+            break
+        best = seq
+    if best:
+        print(f"longest context trained in one step within {args.fit_gb:g} GiB: {best} tokens "
+              f"(tried up to {tries[-1]}; the plan predicts {predicted})")
+    else:
+        print(f"no context trained within {args.fit_gb:g} GiB")
+    return 0 if best else 1
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="qwen3-0.6b", choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps")
+    ap.add_argument("--preset", default=None, choices=PRESETS, help="default qwen3-0.6b (qwen3-8b with --max-context)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--sides", default="python,ours", help="comma list of python, ours")
     ap.add_argument("--binary", default="train", help="our trainer program, relative to the repository root")
+    ap.add_argument("--max-context", action="store_true", help="ours only: the longest seq within --fit-gb")
+    ap.add_argument("--fit-gb", type=float, default=80.0, help="--max-context: the GPU memory budget in GiB")
+    ap.add_argument("--time-limit", type=float, default=300.0, help="--max-context: seconds for all tries")
     ap.add_argument("--child-python", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_python:
         return run_python(args)
+    if args.max_context:
+        args.preset = args.preset or "qwen3-8b"
+        return max_context(args)
+    args.preset = args.preset or "qwen3-0.6b"
     sides = args.sides.split(",")
+    model_dir = ensure_model(args.preset)
 
-    results = {}
+    results, walls = {}, {}
     if "ours" in sides:
-        model_dir = ROOT / ".cache" / "bench" / args.preset
-        model_dir.mkdir(parents=True, exist_ok=True)
-        write_model(args.preset, model_dir, device="cuda")
+        t0 = time.perf_counter()
         results["nanoqlora ./" + args.binary] = run_ours(args, model_dir)
+        walls["nanoqlora ./" + args.binary] = time.perf_counter() - t0
     if "python" in sides:
-        p = subprocess.run([sys.executable, __file__, "--child-python", "--preset", args.preset, "--batch",
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, __file__, "--child-python", "--model-dir", str(model_dir), "--batch",
                             str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--warmup",
-                            str(args.warmup)], capture_output=True, text=True)
+                            str(args.warmup)], capture_output=True, text=True, env=dict(os.environ))
+        walls["transformers+bnb+peft"] = time.perf_counter() - t0
         if p.returncode != 0:
             results["transformers+bnb+peft"] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
         else:
             results["transformers+bnb+peft"] = json.loads(p.stdout.strip().splitlines()[-1])
 
-    print(f"QLoRA step on the GPU, {args.preset}, batch {args.batch} x seq {args.seq}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps")
-    print(f"{'':28s}{'tokens/s':>12s}{'peak GPU mem':>16s}")
+    plan = planned(args.preset, args.seq) if args.batch == 1 else None
+    print(f"QLoRA step on the GPU, {args.preset} (4-bit random init, {model_dir}), batch {args.batch} x seq "
+          f"{args.seq}, {args.warmup} warm-up + {args.steps} timed steps")
+    print(f"{'':28s}{'tokens/s':>12s}{'peak GPU mem':>16s}{'wall':>8s}")
     for name, r in results.items():
         if "error" in r:
             print(f"{name:28s}  failed: {r['error']}")
         else:
-            print(f"{name:28s}{r['tokens_per_s']:12.1f}{r['peak_bytes'] / 2**30:13.2f} GiB")
+            print(f"{name:28s}{r['tokens_per_s']:12.1f}{r['peak_bytes'] / 2**30:13.2f} GiB{walls[name]:7.0f}s")
+    if plan:
+        print(f"{'plan (./inspect plan)':28s}{'':12s}{plan['total_bytes'] / 2**30:13.2f} GiB")
     ok = [r for r in results.values() if "error" not in r]
     if len(ok) == 2:
         ours, py = ok
