@@ -9,11 +9,7 @@
 
 namespace nq {
 
-size_t MemoryPlan::total() const {
-  size_t t = 0;
-  for (size_t b : bytes) t += b;
-  return t;
-}
+size_t MemoryPlan::total() const { return std::max(loss_phase, backward_phase); }
 
 std::string MemoryPlan::table() const {
   std::string s = "memory plan (predicted peak):\n";
@@ -21,7 +17,8 @@ std::string MemoryPlan::table() const {
   s += str("    activations = saved layer inputs ", format_bytes(saved_layer_inputs), " + recomputed layer ",
            format_bytes(recomputed_layer), " + its backward ", format_bytes(layer_backward), " + top ",
            format_bytes(top), " + lora grads ", format_bytes(lora_grads), "\n");
-  s += str("  total ", format_bytes(total()));
+  s += str("  total ", format_bytes(total()), " = max(while the loss runs ", format_bytes(loss_phase),
+           ", during a layer's backward ", format_bytes(backward_phase), ")");
   return s;
 }
 
@@ -81,6 +78,16 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
   const size_t loss_chunk = R * V * f32 + (gpu ? R * V * a + N * f32 : 0);
   const size_t nf4_tile = gpu ? 0 : size_t(kNf4DefaultTileRows) * std::max(D, F) * f32;
   bytes[size_t(MemCategory::Workspace)] = std::max(loss_chunk, nf4_tile);
+
+  // The step's peak: the categories peak at different moments, so their sum
+  // overstates it. While the loss runs, the forward's kept tensors (saved layer
+  // inputs, or every layer's outputs without checkpointing) and the top are alive
+  // with the logits chunk; during a layer's backward, all activation terms (and on
+  // the CPU an NF4 tile) but no logits. Weights, adapters and the optimizer always.
+  const size_t persistent = weights + lora + bytes[size_t(MemCategory::Optimizer)];
+  const size_t forward_kept = checkpointing ? plan.saved_layer_inputs : plan.recomputed_layer;
+  plan.loss_phase = persistent + forward_kept + plan.top + loss_chunk;
+  plan.backward_phase = persistent + bytes[size_t(MemCategory::Activations)] + nf4_tile;
   return plan;
 }
 

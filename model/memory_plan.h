@@ -17,6 +17,10 @@
 //              + LoRA gradients (kernels allocate them as activations): 1 x lora
 //   workspace    the loss's logits chunk: R * V * 4 (+ R * V * a + 4 N on the GPU), R = min(chunk, N);
 //                on the CPU at least one NF4 dequantization tile (128 rows of max(D, F) f32)
+// total        not the sum of those peaks: they happen at different moments. The logits
+//              chunk lives only while the loss runs (with the forward's kept tensors and
+//              the top), a layer's recomputed outputs and gradients only in the backward:
+//              total = weights + lora + optimizer + max(loss phase, backward phase).
 // The categories match what the allocator measures (runtime/allocator.h), so
 // compare() can set the plan beside the measured peaks line by line.
 //
@@ -45,8 +49,10 @@ struct MemoryPlan {
   std::array<size_t, size_t(MemCategory::Count)> bytes{};  // predicted peak per category
   // The pieces of the activations term (for the table and the tests).
   size_t saved_layer_inputs = 0, recomputed_layer = 0, layer_backward = 0, top = 0, lora_grads = 0;
+  // Everything alive at once while the loss runs, and during a layer's backward.
+  size_t loss_phase = 0, backward_phase = 0;
 
-  size_t total() const;
+  size_t total() const;  // the predicted peak of the whole step: max(loss_phase, backward_phase)
   size_t operator[](MemCategory c) const { return bytes[size_t(c)]; }
   std::string table() const;                        // multi-line, printed before step 1
   std::string compare(const MemStats& measured) const;  // plan vs measured peaks, per category and total

@@ -306,11 +306,12 @@ GPU_TEST(qlora_loss_and_lora_grads_match_cpu) {
   }
 }
 
-GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
-  // Qwen3-0.6B's shapes (full vocabulary) with 4 of its 28 layers: NF4 bases,
-  // all-linear r = 16, paged AdamW, batch 4 x 512, two steps.
-  ModelConfig c = ModelConfig::preset("qwen3-0.6b");
-  c.num_layers = 4;
+namespace {
+
+// Trains two steps of `c` (NF4 bases, all-linear r = 16, paged AdamW with `pool`)
+// on the GPU and checks the allocator's peaks against the memory plan: weights,
+// LoRA and optimizer exactly, the total within 10%.
+void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAdamWOptions pool) {
   Decoder model(c, random_weights(c, 1));
   for (Linear* l : model.linears()) l->quantize_nf4();
   AdapterConfig acfg;
@@ -318,19 +319,18 @@ GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
   acfg.lora.alpha = 32.0f;
   attach_adapters(model, acfg);
   to_device(model, Device::CUDA);
-  PagedAdamWOptions popt;
-  PagedAdamW opt(adapter_parameters(model), AdamWConfig{}, popt);
+  PagedAdamW opt(adapter_parameters(model), AdamWConfig{}, pool);
   TrainShape shape;
-  shape.batch = 4;
-  shape.seq = 512;
-  shape.optimizer_pool_bytes = popt.pool_bytes();
+  shape.batch = batch;
+  shape.seq = seq;
+  shape.optimizer_pool_bytes = pool.pool_bytes();
   model.options().ce_chunk_rows = shape.ce_chunk_rows;
   const MemoryPlan plan = plan_memory(model, shape);
   MESSAGE(plan.table());
   cuda_reset_peak_memory();
-  DecoderBatch batch = tiny_batch(c, shape.batch, shape.seq, Device::CUDA);
+  DecoderBatch tokens = tiny_batch(c, shape.batch, shape.seq, Device::CUDA);
   for (int step = 0; step < 2; ++step) {
-    Var loss = model.forward_loss(batch);
+    Var loss = model.forward_loss(tokens);
     backward(loss);
     loss = Var();
     opt.step(1e-4);
@@ -343,4 +343,31 @@ GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
   CHECK(measured.peak[size_t(MemCategory::Optimizer)] == plan[MemCategory::Optimizer]);
   CHECK(double(measured.peak_total) >= 0.9 * double(plan.total()));
   CHECK(double(measured.peak_total) <= 1.1 * double(plan.total()));
+}
+
+}  // namespace
+
+GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
+  // Qwen3-0.6B's shapes (full vocabulary) with 4 of its 28 layers, batch 4 x 512,
+  // the default pool (4 x 8 MiB). Too slow for the emulated GPU (make test skips it there).
+  ModelConfig c = ModelConfig::preset("qwen3-0.6b");
+  c.num_layers = 4;
+  check_memory_plan(c, 4, 512, PagedAdamWOptions{});
+}
+
+GPU_TEST(memory_plan_within_10_percent_small) {
+  // A small Qwen3 (2 layers, hidden 256, vocab 8192), batch 2 x 96, and a pool of
+  // 2 x 64 KiB, so that activations and workspace, not the pool, dominate the total.
+  ModelConfig c = ModelConfig::preset("qwen3-0.6b");
+  c.num_layers = 2;
+  c.hidden_size = 256;
+  c.intermediate_size = 768;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 64;
+  c.vocab_size = 8192;
+  PagedAdamWOptions pool;
+  pool.n_pages = 2;
+  pool.page_bytes = 64 << 10;
+  check_memory_plan(c, 2, 96, pool);
 }
