@@ -111,6 +111,24 @@ struct LaunchSite {
 };
 void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*), void* ctx);
 
+// What the scheduler is running now, for the SIGSEGV handler (async-signal-safe:
+// reads globals only). False outside run_grid; has_thread false between threads.
+struct RunningThread {
+  const LaunchSite* site;
+  uint3 block, thread;
+  bool has_thread;
+};
+bool running_thread(RunningThread& out);
+
+// Emulated device / pinned memory (cuda_emu/guard_pages.cpp): `bytes` at a 256-byte
+// aligned pointer, ending at most 255 bytes before a PROT_NONE page; nullptr when
+// out of memory. `api` names the allocation in the fault message.
+void* guarded_alloc(size_t bytes, const char* api);
+void guarded_free(void* p, size_t bytes);
+// (Re)installs the handler that reports a fault in a guard page; called at every
+// launch, cudaMemcpy, cudaMemset and cuBLASLt matmul.
+void install_fault_handler();
+
 // The configuration check of a launch: cudaSuccess or the error the GPU would give.
 int check_launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes);
 void set_last_error(int err);
