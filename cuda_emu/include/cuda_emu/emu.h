@@ -33,7 +33,22 @@
 //   bytes after the launch's buffer); cuBLASLt descriptors that do not fit
 //   (shapes, leading dims, attribute sizes, pointer alignment vs the algorithm);
 //   cudaMemcpy kinds that misname where the pointers are.
-// Device memory (cudaMalloc), dynamic shared memory (per block) are poisoned
+// Out-of-bounds accesses past the end of device memory (cudaMalloc) and pinned
+// host memory (cudaHostAlloc): each block is its own mapping, 256-byte aligned as
+// CUDA guarantees, ending right before a PROT_NONE guard page
+// (cuda_emu/guard_pages.cpp). A read or write there kills the process (SIGABRT)
+// after one line on stderr naming the kernel, launch site, block and thread
+// running and how many bytes past the end of how large a block it landed:
+//   cuda_emu: kernel K (launched at F:L), block (x,y,z), thread (x,y,z): access at
+//   0x... is N bytes past the end of a B-byte allocation (cudaMalloc at 0x...)
+// ("host code (no kernel running)" for cuBLASLt, cudaMemcpy or the host). Not
+// caught: an overrun within the <= 255 bytes of alignment slack before the guard,
+// nor within the engine's caching allocator (runtime/cuda_runtime.cpp), which asks
+// cudaMalloc for size-class-rounded blocks (512-byte steps below 1 MiB, 1/8 of an
+// octave above) and hands out tensors smaller than their block; reads before the
+// start of a block (they may land in another block's guard page and be named as
+// that block's overrun, or in mapped memory and not fault).
+// Device memory, pinned memory and dynamic shared memory (per block) are poisoned
 // with 0xff bytes (NaN as f32 and bf16), so unwritten data shows up in results.
 //
 // What a pass does NOT prove: real scheduling (warps never run concurrently
@@ -42,8 +57,9 @@
 // atomic); the memory model beyond barriers (no reordering, no caches, fences
 // are no-ops); hardware rounding of intrinsics (__expf, rsqrtf, sincosf are the
 // host's libm, the accumulation order of tensor-core MMA and of cuBLASLt
-// differs); out-of-bounds reads and misaligned plain vector loads (host memory
-// does not fault); static __shared__ arrays are plain statics (one copy reused
+// differs); out-of-bounds accesses other than past the end of a cudaMalloc /
+// cudaHostAlloc block (above), misaligned plain vector loads (host memory does
+// not fault on them); static __shared__ arrays are plain statics (one copy reused
 // by every block, not poisoned); resources (registers, occupancy, static shared
 // memory size); timing. Performance numbers from an emulated build mean nothing.
 #pragma once
