@@ -257,6 +257,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     for (int i = 0; i < 4; ++i)
       if (alignment_of(ptrs[i]) < algo->data[i]) return CUBLAS_STATUS_INVALID_VALUE;  // chosen for stricter alignment
   }
+  cuda_emu::install_fault_handler();  // reads past a buffer's end hit its guard page
   const bool ta = desc->trans_a != CUBLAS_OP_N, tb = desc->trans_b != CUBLAS_OP_N;
   std::vector<float> op_a(p.m * p.k), op_b(p.k * p.n), acc(p.n);
   for (int32_t bi = 0; bi < p.batch; ++bi) {

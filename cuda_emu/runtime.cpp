@@ -23,7 +23,7 @@ constexpr size_t kTotalMemory = size_t(143771) << 20;         // an H200's 141 G
 thread_local cudaError_t last_error = cudaSuccess;
 std::mutex mu;
 std::map<void*, size_t> device_blocks;      // cudaMalloc'ed pointer -> bytes
-std::set<void*> host_blocks;                // cudaHostAlloc'ed
+std::map<void*, size_t> host_blocks;        // cudaHostAlloc'ed pointer -> bytes
 std::map<const void*, int> max_dynamic_shared;  // per kernel, set by cudaFuncSetAttribute
 size_t device_bytes = 0;
 
@@ -128,9 +128,11 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 }
 
 // ---- memory
+// Each block ends right before a guard page (cuda_emu/guard_pages.cpp), so a kernel
+// reading or writing past it faults with a message naming the kernel thread.
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   if (!ptr) return fail(cudaErrorInvalidValue);
-  void* p = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);  // cudaMalloc aligns to 256
+  void* p = cuda_emu::guarded_alloc(bytes, "cudaMalloc");
   if (!p) return fail(cudaErrorMemoryAllocation);
   std::memset(p, 0xff, bytes);  // uninitialised device memory: NaN as f32 and bf16
   std::lock_guard<std::mutex> g(mu);
@@ -145,16 +147,17 @@ cudaError_t cudaFree(void* ptr) {
   auto it = device_blocks.find(ptr);
   if (it == device_blocks.end()) return fail(cudaErrorInvalidValue);
   device_bytes -= it->second;
+  cuda_emu::guarded_free(ptr, it->second);
   device_blocks.erase(it);
-  std::free(ptr);
   return cudaSuccess;
 }
 cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned) {
   if (!ptr) return fail(cudaErrorInvalidValue);
-  void* p = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
+  void* p = cuda_emu::guarded_alloc(bytes, "cudaHostAlloc");
   if (!p) return fail(cudaErrorMemoryAllocation);
+  std::memset(p, 0xff, bytes);
   std::lock_guard<std::mutex> g(mu);
-  host_blocks.insert(p);
+  host_blocks[p] = bytes;
   *ptr = p;
   return cudaSuccess;
 }
@@ -162,8 +165,10 @@ cudaError_t cudaMallocHost(void** ptr, size_t bytes) { return cudaHostAlloc(ptr,
 cudaError_t cudaFreeHost(void* ptr) {
   if (!ptr) return cudaSuccess;
   std::lock_guard<std::mutex> g(mu);
-  if (!host_blocks.erase(ptr)) return fail(cudaErrorInvalidValue);
-  std::free(ptr);
+  auto it = host_blocks.find(ptr);
+  if (it == host_blocks.end()) return fail(cudaErrorInvalidValue);
+  cuda_emu::guarded_free(ptr, it->second);
+  host_blocks.erase(it);
   return cudaSuccess;
 }
 // Whether [p, p + bytes) lies inside one cudaMalloc'ed block.
@@ -180,6 +185,7 @@ static bool on_device(const void* p, size_t bytes) {
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (unsigned(kind) > cudaMemcpyDefault || (bytes && (!dst || !src))) return fail(cudaErrorInvalidValue);
   if (!bytes) return cudaSuccess;
+  cuda_emu::install_fault_handler();
   if (kind != cudaMemcpyDefault) {
     const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
     const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
@@ -193,6 +199,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 }
 cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
   if (bytes && !dst) return fail(cudaErrorInvalidValue);
+  cuda_emu::install_fault_handler();
   if (bytes) std::memset(dst, value, bytes);
   return cudaSuccess;
 }

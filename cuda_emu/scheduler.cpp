@@ -80,6 +80,7 @@ struct BlockRun {
   void* ctx = nullptr;
   unsigned char* shared = nullptr;  // dynamic shared memory of the launch
   size_t shared_bytes = 0;
+  const LaunchSite* site = nullptr;
 };
 
 jmp_buf scheduler_ctx;
@@ -363,6 +364,15 @@ MmaSlot& next_mma_slot() {
 
 SharedPointer dynamic_shared_memory() { return SharedPointer{run->shared}; }
 
+bool running_thread(RunningThread& out) {
+  if (!run) return false;
+  out.site = run->site;
+  out.block = blockIdx;
+  out.has_thread = current != nullptr;
+  if (current) out.thread = current->tid;
+  return true;
+}
+
 void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*), void* ctx) {
   std::lock_guard<std::mutex> lock(launch_mutex);
   if (fibers.empty()) fibers.resize(kMaxThreads);
@@ -370,6 +380,8 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes
   b.n_threads = int(block.x * block.y * block.z);
   b.body = body;
   b.ctx = ctx;
+  b.site = &site;
+  install_fault_handler();
   for (int t = 0; t < b.n_threads; t += 32) {
     WarpState ws;
     ws.lanes = std::min(32, b.n_threads - t);

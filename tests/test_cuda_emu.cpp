@@ -13,9 +13,18 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <functional>
+#include <iostream>
 #include <vector>
 
 #include "runtime/error.h"
@@ -94,6 +103,11 @@ __global__ void wmma_half_warp(const __nv_bfloat16* p) {
   if ((threadIdx.x & 31) < 16) wmma::load_matrix_sync(fa, p, 16);
   __syncwarp();
 }
+// out[i] = in[i + shift] for i < n: with shift > 0 the last threads read past the end of `in`.
+__global__ void copy_shifted(float* out, const float* in, int n, int shift) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = in[i + shift];
+}
 __global__ void vector_atomic(float* p) { atomicAdd(reinterpret_cast<float4*>(p), make_float4(1, 2, 3, 4)); }
 __global__ void nothing() {}
 
@@ -104,6 +118,46 @@ std::string launch_error(const std::function<void()>& f) {
     return e.what();
   }
   return "(no error)";
+}
+
+// A death test: runs f in a forked child with stderr on a pipe (stdout discarded);
+// the signal that killed the child (0: none), and what it wrote to stderr.
+struct ChildResult {
+  bool aborted = false;  // killed by SIGABRT
+  int signal = 0;
+  int exit_code = -1;
+  std::string stderr_text;
+};
+ChildResult run_in_child(const std::function<void()>& f) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::cout.flush();
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    const int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
+    try {
+      f();
+    } catch (...) {
+      _exit(2);
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  ChildResult r;
+  char buf[4096];
+  for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) r.stderr_text.append(buf, size_t(got));
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
+  r.aborted = r.signal == SIGABRT;
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  return r;
 }
 
 }  // namespace
@@ -310,6 +364,79 @@ TEST_CASE("cuda_emu: cuBLASLt follows its descriptors (order, ld, transposes, ba
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatmulDescDestroy(op);
   cublasLtDestroy(h);
+}
+
+// Kept last: earlier tests expect the faulting thread of a given lane order, and the
+// launch below flips the parity that alternates the order from launch to launch.
+TEST_CASE("cuda_emu: a read past the end of a cudaMalloc block dies naming kernel, block, thread and offset") {
+  // 64 floats = 256 bytes: the block ends exactly at its guard page.
+  float *in = nullptr, *out = nullptr;
+  REQUIRE(cudaMalloc(&in, 64 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaMalloc(&out, 64 * sizeof(float)) == cudaSuccess);
+  for (int i = 0; i < 64; ++i) in[i] = float(i);
+  const int line = __LINE__ + 1;
+  const auto copy = [&](int shift) { LAUNCH(copy_shifted, 2, 32)(out, in, 64, shift); };
+
+  // Within bounds: the child exits normally, and the same launch here copies every element.
+  ChildResult ok = run_in_child([&] { copy(0); });
+  CHECK_FALSE(ok.aborted);
+  CHECK(ok.exit_code == 0);
+  CHECK(ok.stderr_text.empty());
+  copy(0);
+  for (int i = 0; i < 64; ++i) CHECK(out[i] == float(i));
+
+  // One element past the end: thread 63 of the grid (block 1, thread 31) reads in[64].
+  ChildResult bad = run_in_child([&] { copy(1); });
+  CAPTURE(bad.stderr_text);
+  CHECK(bad.aborted);
+  const std::string site = "cuda_emu: kernel copy_shifted (launched at tests/test_cuda_emu.cpp:" + std::to_string(line) +
+                           "), block (1,0,0), thread (31,0,0): access at 0x";
+  CHECK(bad.stderr_text.find(site) == 0);
+  CHECK(bad.stderr_text.find(" is 0 bytes past the end of a 256-byte allocation (cudaMalloc at 0x") !=
+        std::string::npos);
+  CHECK(std::count(bad.stderr_text.begin(), bad.stderr_text.end(), '\n') == 1);  // one line
+  cudaFree(in);
+  cudaFree(out);
+
+  // 250 floats = 1000 bytes, rounded to 1024: in[250..255] are the alignment slack (not
+  // caught), in[256] (byte 1024, thread 246 = block 7, thread 22) is the first fault.
+  REQUIRE(cudaMalloc(&in, 250 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaMalloc(&out, 250 * sizeof(float)) == cudaSuccess);
+  bad = run_in_child([&] { LAUNCH(copy_shifted, 8, 32)(out, in, 250, 10); });
+  CAPTURE(bad.stderr_text);
+  CHECK(bad.aborted);
+  CHECK(bad.stderr_text.find("block (7,0,0), thread (22,0,0): access at 0x") != std::string::npos);
+  CHECK(bad.stderr_text.find(" is 24 bytes past the end of a 1000-byte allocation (cudaMalloc at 0x") !=
+        std::string::npos);
+  cudaFree(in);
+  cudaFree(out);
+}
+
+TEST_CASE("cuda_emu: pinned host memory has a guard page too; a fault outside a kernel says so") {
+  float* pinned = nullptr;
+  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&pinned), 512, cudaHostAllocDefault) == cudaSuccess);
+  CHECK(reinterpret_cast<uintptr_t>(pinned) % 256 == 0);
+  CHECK(std::isnan(pinned[127]));  // poisoned
+  ChildResult bad = run_in_child([&] {
+    volatile float* p = pinned;  // (cudaHostAlloc installed the handler)
+    std::fprintf(stderr, "%g", double(p[128]));
+  });
+  CAPTURE(bad.stderr_text);
+  CHECK(bad.aborted);
+  CHECK(bad.stderr_text.find("cuda_emu: host code (no kernel running): access at 0x") == 0);
+  CHECK(bad.stderr_text.find(" is 0 bytes past the end of a 512-byte allocation (cudaHostAlloc at 0x") !=
+        std::string::npos);
+  CHECK(cudaFreeHost(pinned) == cudaSuccess);
+
+  // A fault outside every guard page keeps the default action: killed by SIGSEGV, no message.
+  ChildResult other = run_in_child([] {
+    void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    munmap(page, 4096);
+    cuda_emu::install_fault_handler();
+    std::fprintf(stderr, "%d", *static_cast<volatile int*>(page));
+  });
+  CHECK(other.signal == SIGSEGV);
+  CHECK(other.stderr_text.empty());
 }
 
 #endif  // NQ_CUDA_EMU

@@ -33,7 +33,22 @@
 //   bytes after the launch's buffer); cuBLASLt descriptors that do not fit
 //   (shapes, leading dims, attribute sizes, pointer alignment vs the algorithm);
 //   cudaMemcpy kinds that misname where the pointers are.
-// Device memory (cudaMalloc), dynamic shared memory (per block) are poisoned
+// Out-of-bounds accesses past the end of device memory (cudaMalloc) and pinned
+// host memory (cudaHostAlloc): each block is its own mapping, 256-byte aligned as
+// CUDA guarantees, ending right before a PROT_NONE guard page
+// (cuda_emu/guard_pages.cpp). A read or write there kills the process (SIGABRT)
+// after one line on stderr naming the kernel, launch site, block and thread
+// running and how many bytes past the end of how large a block it landed:
+//   cuda_emu: kernel K (launched at F:L), block (x,y,z), thread (x,y,z): access at
+//   0x... is N bytes past the end of a B-byte allocation (cudaMalloc at 0x...)
+// ("host code (no kernel running)" for cuBLASLt, cudaMemcpy or the host). Not
+// caught: an overrun within the <= 255 bytes of alignment slack before the guard,
+// nor within the engine's caching allocator (runtime/cuda_runtime.cpp), which asks
+// cudaMalloc for size-class-rounded blocks (512-byte steps below 1 MiB, 1/8 of an
+// octave above) and hands out tensors smaller than their block; reads before the
+// start of a block (they may land in another block's guard page and be named as
+// that block's overrun, or in mapped memory and not fault).
+// Device memory, pinned memory and dynamic shared memory (per block) are poisoned
 // with 0xff bytes (NaN as f32 and bf16), so unwritten data shows up in results.
 //
 // What a pass does NOT prove: real scheduling (warps never run concurrently
@@ -42,8 +57,9 @@
 // atomic); the memory model beyond barriers (no reordering, no caches, fences
 // are no-ops); hardware rounding of intrinsics (__expf, rsqrtf, sincosf are the
 // host's libm, the accumulation order of tensor-core MMA and of cuBLASLt
-// differs); out-of-bounds reads and misaligned plain vector loads (host memory
-// does not fault); static __shared__ arrays are plain statics (one copy reused
+// differs); out-of-bounds accesses other than past the end of a cudaMalloc /
+// cudaHostAlloc block (above), misaligned plain vector loads (host memory does
+// not fault on them); static __shared__ arrays are plain statics (one copy reused
 // by every block, not poisoned); resources (registers, occupancy, static shared
 // memory size); timing. Performance numbers from an emulated build mean nothing.
 #pragma once
@@ -110,6 +126,24 @@ struct LaunchSite {
   int line;
 };
 void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*), void* ctx);
+
+// What the scheduler is running now, for the SIGSEGV handler (async-signal-safe:
+// reads globals only). False outside run_grid; has_thread false between threads.
+struct RunningThread {
+  const LaunchSite* site;
+  uint3 block, thread;
+  bool has_thread;
+};
+bool running_thread(RunningThread& out);
+
+// Emulated device / pinned memory (cuda_emu/guard_pages.cpp): `bytes` at a 256-byte
+// aligned pointer, ending at most 255 bytes before a PROT_NONE page; nullptr when
+// out of memory. `api` names the allocation in the fault message.
+void* guarded_alloc(size_t bytes, const char* api);
+void guarded_free(void* p, size_t bytes);
+// (Re)installs the handler that reports a fault in a guard page; called at every
+// launch, cudaMemcpy, cudaMemset and cuBLASLt matmul.
+void install_fault_handler();
 
 // The configuration check of a launch: cudaSuccess or the error the GPU would give.
 int check_launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes);
