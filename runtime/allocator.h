@@ -33,7 +33,8 @@ class Allocator {
   virtual void deallocate(void* ptr, size_t bytes, MemCategory cat) = 0;
   virtual Device device() const = 0;
   MemStats stats() const { std::lock_guard<std::mutex> g(mu_); return stats_; }
-  void reset_peak() { std::lock_guard<std::mutex> g(mu_); stats_.reset_peak(); }
+  // peak := current; an allocator with more counters (the CUDA cache's reserved bytes) resets them too.
+  virtual void reset_peak() { std::lock_guard<std::mutex> g(mu_); stats_.reset_peak(); }
 
  protected:
   mutable std::mutex mu_;

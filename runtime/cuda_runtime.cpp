@@ -87,7 +87,7 @@ class CudaAllocator final : public Allocator {
     std::lock_guard<std::mutex> g(mu_);
     return CudaMemoryStats{stats_, reserved_, cached_bytes_, cuda_mallocs_, cache_hits_};
   }
-  void reset_all_peaks() {
+  void reset_peak() override {
     std::lock_guard<std::mutex> g(mu_);
     stats_.reset_peak();
     reserved_.reset_peak();
@@ -184,7 +184,7 @@ bool cuda_available() {
 }
 
 CudaMemoryStats cuda_memory_stats() { return cuda_allocator().memory_stats(); }
-void cuda_reset_peak_memory() { cuda_allocator().reset_all_peaks(); }
+void cuda_reset_peak_memory() { cuda_allocator().reset_peak(); }
 void cuda_empty_cache() { cuda_allocator().empty_cache(); }
 
 Allocator& pinned_host_allocator() {

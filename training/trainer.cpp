@@ -25,7 +25,6 @@
 #include "optim/clip.h"
 #include "optim/paged_adamw.h"
 #include "optim/schedule.h"
-#include "runtime/cuda_runtime.h"
 #include "runtime/rng.h"
 #include "training/checkpoint.h"
 #include "training/encode.h"
@@ -71,14 +70,6 @@ std::unique_ptr<Optimizer> make_optimizer(const std::vector<Var>& params, const 
   return std::make_unique<AdamW>(params, adamw);
 }
 
-// Allocated bytes per category on the device the steps run on (current and peak).
-MemStats device_memory(Device device) {
-  return device == Device::CUDA ? cuda_memory_stats().allocated : allocator_for(Device::CPU).stats();
-}
-void reset_device_peak(Device device) {
-  if (device == Device::CUDA) cuda_reset_peak_memory();
-  else allocator_for(Device::CPU).reset_peak();
-}
 
 }  // namespace
 
@@ -302,7 +293,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   // ---- loop
   TrainResult result;
   ProgressBar bar(log, total_steps, !cfg.no_progress && &log == &std::cout && isatty(STDOUT_FILENO), cfg.log_every);
-  reset_device_peak(device);  // from here on the peaks are the training steps'
+  Allocator& device_alloc = allocator_for(device);  // allocated bytes per category (CUDA: the cache's requests)
+  device_alloc.reset_peak();  // from here on the peaks are the training steps'
   const auto t_start = Clock::now();
   const int64_t first_step = state.step + 1;
   auto run_eval = [&](int64_t step) {
@@ -333,7 +325,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     state.rng = rng_state();
     state.data = loader.position();
     state.tokens_seen += tokens;
-    const MemStats mem = device_memory(device);
+    const MemStats mem = device_alloc.stats();
     StepMetrics m;
     m.step = step;
     m.loss = r.loss;
