@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "kernels/cuda/nf4.h"
 #include "lora/adapter.h"
 #include "quant/nf4_linear.h"
 
@@ -43,9 +44,9 @@ void check_shape(const TrainShape& shape) {
 }
 
 // Every term after the weights and adapters, which the two entry points sum their own way:
-// `weights` and `lora` bytes, `adapters` adapted projections of rank `rank`.
+// `weights` and `lora` bytes, `adapters` adapted projections of rank `rank`, NF4 projections or not.
 MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, int64_t rank, int64_t adapters,
-                           bool checkpointing, const TrainShape& shape, bool gpu) {
+                           bool nf4_base, bool checkpointing, const TrainShape& shape, bool gpu) {
   MemoryPlan plan;
   auto& bytes = plan.bytes;
   bytes[size_t(MemCategory::Weights)] = weights;
@@ -73,21 +74,26 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
       plan.saved_layer_inputs + plan.recomputed_layer + plan.layer_backward + plan.top + plan.lora_grads;
 
   // Workspace: the loss's chunk of logits (f32), and on the GPU its bf16 gradient and per-row losses.
-  // The CPU's NF4 GEMM dequantizes tiles of kNf4DefaultTileRows rows (never while the loss runs).
+  // The NF4 products' dequantized weights (never while the loss runs): on the CPU tiles of
+  // kNf4DefaultTileRows rows of W; on the GPU, from kNf4DequantMinRows tokens on, the whole
+  // largest projection W [out, in] in bf16 (kernels/cuda/nf4.h), one at a time.
   const size_t R = std::min(size_t(shape.ce_chunk_rows), N);
   const size_t loss_chunk = R * V * f32 + (gpu ? R * V * a + N * f32 : 0);
-  const size_t nf4_tile = gpu ? 0 : size_t(kNf4DefaultTileRows) * std::max(D, F) * f32;
-  bytes[size_t(MemCategory::Workspace)] = std::max(loss_chunk, nf4_tile);
+  const size_t largest_projection = D * std::max({F, Hq * Dh, Hkv * Dh});
+  size_t nf4_dequantized = 0;
+  if (nf4_base && !gpu) nf4_dequantized = size_t(kNf4DefaultTileRows) * std::max(D, F) * f32;
+  if (nf4_base && gpu && N >= size_t(kernels::cuda::kNf4DequantMinRows)) nf4_dequantized = largest_projection * a;
+  bytes[size_t(MemCategory::Workspace)] = std::max(loss_chunk, nf4_dequantized);
 
   // The step's peak: the categories peak at different moments, so their sum
   // overstates it. While the loss runs, the forward's kept tensors (saved layer
   // inputs, or every layer's outputs without checkpointing) and the top are alive
-  // with the logits chunk; during a layer's backward, all activation terms (and on
-  // the CPU an NF4 tile) but no logits. Weights, adapters and the optimizer always.
+  // with the logits chunk; during a layer's backward, all activation terms (and a
+  // dequantized NF4 weight or tile) but no logits. Weights, adapters and the optimizer always.
   const size_t persistent = weights + lora + bytes[size_t(MemCategory::Optimizer)];
   const size_t forward_kept = checkpointing ? plan.saved_layer_inputs : plan.recomputed_layer;
   plan.loss_phase = persistent + forward_kept + plan.top + loss_chunk;
-  plan.backward_phase = persistent + bytes[size_t(MemCategory::Activations)] + nf4_tile;
+  plan.backward_phase = persistent + bytes[size_t(MemCategory::Activations)] + nf4_dequantized;
   return plan;
 }
 
@@ -104,9 +110,11 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
   // Weights and adapters: the actual tensors.
   size_t weights = 0, lora = 0;
   int64_t rank = 0, adapters = 0;
+  bool nf4_base = false;
   for (const Var& p : model.parameters()) weights += p.value().nbytes();
   for (Linear* l : model.linears()) {
     if (l->is_nf4()) {
+      nf4_base = true;
       const Nf4Tensor& q = *l->nf4();
       for (const Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code})
         if (t->defined()) weights += t->nbytes();
@@ -117,8 +125,8 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
       ++adapters;
     }
   }
-  return plan_from_sizes(model.config(), weights, lora, rank, adapters, model.options().checkpointing, shape,
-                         device == Device::CUDA);
+  return plan_from_sizes(model.config(), weights, lora, rank, adapters, nf4_base, model.options().checkpointing,
+                         shape, device == Device::CUDA);
 }
 
 size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant) {
@@ -157,7 +165,7 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
     lora += 4 * size_t(qlora.r) * size_t(module_shapes[i][0] + module_shapes[i][1]);  // A [r, in] + B [out, r], f32
     ++adapters;
   }
-  return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.checkpointing, shape, gpu);
+  return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.nf4_base, qlora.checkpointing, shape, gpu);
 }
 
 int64_t longest_fitting_seq(const ModelConfig& config, const QloraShape& qlora, TrainShape shape, Device device,

@@ -377,19 +377,59 @@ GPU_TEST(nf4_dequantize_bit_exact) {
     }
 }
 
+// The way each path multiplies decides the tolerance: the fused tensor-core GEMM
+// (16 < M) stages x and W as bf16, the GEMV and the dequantized way multiply in
+// the input's dtype (W dequantized to it; bf16 W rounds once, like the fused tiles).
+static double nf4_matmul_bound(kernels::cuda::Nf4MatmulPath path, int64_t M, DType dt) {
+  using P = kernels::cuda::Nf4MatmulPath;
+  if (path == P::Auto) path = M >= kernels::cuda::kNf4DequantMinRows ? P::Dequantized : P::Fused;
+  return path == P::Fused && M > kernels::cuda::kNf4GemvMaxRows ? kTolBf16 : tol(dt);
+}
+
 GPU_TEST(nf4_matmul) {
-  // M <= 16 takes the GEMV path (f32 weights), larger M the tensor-core GEMM (bf16 tiles).
-  for (auto [out, in] : {std::pair<int64_t, int64_t>{3, 37}, {130, 200}, {256, 512}})
-    for (int64_t M : {1, 5, 16, 17, 100})
+  // Auto: the GEMV for M <= 16, the fused tensor-core GEMM above, W dequantized + cuBLASLt
+  // from kNf4DequantMinRows (256) rows; Fused and Dequantized force one way at every M.
+  using P = kernels::cuda::Nf4MatmulPath;
+  for (P path : {P::Auto, P::Fused, P::Dequantized})
+    for (auto [out, in] : {std::pair<int64_t, int64_t>{3, 37}, {130, 200}, {256, 512}})
+      for (int64_t M : {1, 5, 16, 17, 100, 300})
+        for (DType dt : kDtypes) {
+          CAPTURE(int(path)); CAPTURE(out); CAPTURE(in); CAPTURE(M);
+          Nf4Case c(out, in, 80);
+          Tensor w = c.dequantized();
+          double bound = nf4_matmul_bound(path, M, dt);
+          Tensor x = rounded_to(random_normal({M, in}, 81), dt), dy = rounded_to(random_normal({M, out}, 82), dt);
+          Tensor y = kernels::cuda::nf4_matmul(to_device(x, dt), c.w(), nullptr, path);
+          Tensor dx = kernels::cuda::nf4_matmul_dx(to_device(dy, dt), c.w(), nullptr, path);
+          double ey = relative_error(y, k::matmul(x, w, false, true)), edx = relative_error(dx, k::matmul(dy, w));
+          INFO("y error ", ey, ", dx error ", edx, ", bound ", bound);
+          CHECK(ey <= bound);
+          CHECK(edx <= bound);
+        }
+}
+
+GPU_TEST(nf4_matmul_low_rank_term) {
+  // y = x W^T + s a B^T and dx = dy W + s a A (the LoRA bypass riding on the NF4 product):
+  // fused as r more reduction steps, or dequantized as a second cuBLASLt product (beta = 1).
+  namespace kc = nq::kernels::cuda;
+  using P = kc::Nf4MatmulPath;
+  const int64_t r = 8;
+  const float s = 2.0f;
+  for (P path : {P::Fused, P::Dequantized})
+    for (auto [M, out, in] : {std::tuple<int64_t, int64_t, int64_t>{17, 3, 37}, {70, 130, 200}, {300, 64, 96}})
       for (DType dt : kDtypes) {
-        CAPTURE(out); CAPTURE(in); CAPTURE(M);
-        Nf4Case c(out, in, 80);
+        CAPTURE(int(path)); CAPTURE(M); CAPTURE(out); CAPTURE(in);
+        Nf4Case c(out, in, 88);
         Tensor w = c.dequantized();
-        double bound = M > 16 ? kTolBf16 : tol(dt);
-        Tensor x = rounded_to(random_normal({M, in}, 81), dt), dy = rounded_to(random_normal({M, out}, 82), dt);
-        Tensor y = kernels::cuda::nf4_matmul(to_device(x, dt), c.w());
-        Tensor dx = kernels::cuda::nf4_matmul_dx(to_device(dy, dt), c.w());
-        double ey = relative_error(y, k::matmul(x, w, false, true)), edx = relative_error(dx, k::matmul(dy, w));
+        Tensor x = rounded_to(random_normal({M, in}, 89), dt), dy = rounded_to(random_normal({M, out}, 90), dt);
+        Tensor a = rounded_to(random_normal({M, r}, 91), dt);
+        Tensor B = rounded_to(random_normal({out, r}, 92, 0.1f), dt), A = rounded_to(random_normal({r, in}, 93, 0.1f), dt);
+        kc::LowRankTerm fwd{to_device(a, dt), to_device(B, dt), s}, bwd{to_device(a, dt), to_device(A, dt), s};
+        Tensor y = kc::nf4_matmul(to_device(x, dt), c.w(), &fwd, path);
+        Tensor dx = kc::nf4_matmul_dx(to_device(dy, dt), c.w(), &bwd, path);
+        Tensor want_y = k::add(k::matmul(x, w, false, true), k::scale(k::matmul(a, B, false, true), s));
+        Tensor want_dx = k::add(k::matmul(dy, w), k::scale(k::matmul(a, A), s));
+        double bound = nf4_matmul_bound(path, M, dt), ey = relative_error(y, want_y), edx = relative_error(dx, want_dx);
         INFO("y error ", ey, ", dx error ", edx, ", bound ", bound);
         CHECK(ey <= bound);
         CHECK(edx <= bound);

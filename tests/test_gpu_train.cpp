@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "autograd/var.h"
+#include "kernels/cuda/nf4.h"
 #include "lora/adapter.h"
 #include "model/decoder.h"
 #include "model/device.h"
@@ -310,8 +311,9 @@ namespace {
 
 // Trains two steps of `c` (NF4 bases, all-linear r = 16, paged AdamW with `pool`)
 // on the GPU and checks the allocator's peaks against the memory plan: weights,
-// LoRA and optimizer exactly, the total within 10%.
-void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAdamWOptions pool) {
+// LoRA and optimizer exactly (and the workspace too with exact_workspace), the total within 10%.
+void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAdamWOptions pool,
+                       bool exact_workspace = false) {
   Decoder model(c, random_weights(c, 1));
   for (Linear* l : model.linears()) l->quantize_nf4();
   AdapterConfig acfg;
@@ -341,6 +343,7 @@ void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAd
   CHECK(measured.peak[size_t(MemCategory::Weights)] == plan[MemCategory::Weights]);
   CHECK(measured.peak[size_t(MemCategory::LoRA)] == plan[MemCategory::LoRA]);
   CHECK(measured.peak[size_t(MemCategory::Optimizer)] == plan[MemCategory::Optimizer]);
+  if (exact_workspace) CHECK(measured.peak[size_t(MemCategory::Workspace)] == plan[MemCategory::Workspace]);
   CHECK(double(measured.peak_total) >= 0.9 * double(plan.total()));
   CHECK(double(measured.peak_total) <= 1.1 * double(plan.total()));
 }
@@ -355,9 +358,11 @@ GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
   check_memory_plan(c, 4, 512, PagedAdamWOptions{});
 }
 
-GPU_TEST(memory_plan_within_10_percent_small) {
-  // A small Qwen3 (2 layers, hidden 256, vocab 8192), batch 2 x 96, and a pool of
-  // 2 x 64 KiB, so that activations and workspace, not the pool, dominate the total.
+namespace {
+
+// A small Qwen3 (2 layers, hidden 256, vocab 8192) and a pool of 2 x 64 KiB, so that
+// activations and workspace, not the pool, dominate the total.
+ModelConfig small_qwen3() {
   ModelConfig c = ModelConfig::preset("qwen3-0.6b");
   c.num_layers = 2;
   c.hidden_size = 256;
@@ -366,8 +371,33 @@ GPU_TEST(memory_plan_within_10_percent_small) {
   c.num_kv_heads = 2;
   c.head_dim = 64;
   c.vocab_size = 8192;
+  return c;
+}
+PagedAdamWOptions small_pool() {
   PagedAdamWOptions pool;
   pool.n_pages = 2;
   pool.page_bytes = 64 << 10;
-  check_memory_plan(c, 2, 96, pool);
+  return pool;
+}
+
+}  // namespace
+
+GPU_TEST(memory_plan_within_10_percent_small) {
+  check_memory_plan(small_qwen3(), 2, 96, small_pool());  // 192 tokens: the fused NF4 GEMM, no W copy
+}
+
+GPU_TEST(memory_plan_counts_the_dequantized_nf4_weight) {
+  // From kNf4DequantMinRows (256) tokens on, the NF4 matmuls dequantize W whole into the
+  // workspace (kernels/cuda/nf4.h). A small vocabulary makes that copy the workspace's
+  // peak (W [768, 256] bf16 = 384 KiB; the loss chunk 256 x 128 x 6 B + 1 KiB = 193 KiB),
+  // which the plan must then predict exactly.
+  ModelConfig c = small_qwen3();
+  c.vocab_size = 128;
+  const int64_t batch = 2, seq = kernels::cuda::kNf4DequantMinRows / 2;
+  TrainShape shape;
+  shape.batch = batch;
+  shape.seq = seq;
+  REQUIRE(plan_memory(c, QloraShape{}, shape, Device::CUDA)[MemCategory::Workspace] ==
+          size_t(c.intermediate_size * c.hidden_size * 2));
+  check_memory_plan(c, batch, seq, small_pool(), /*exact_workspace=*/true);
 }

@@ -271,6 +271,15 @@ std::vector<Kernel> make_kernels() {
                   return std::vector<Tensor>{kernels::cuda::nf4_matmul(in[0], nf4_weight(in, s))};
                 },
                 nf4_cost(1)});
+  // The two ways nf4_matmul chooses between by M (kernels/cuda/nf4.h), each forced: which is faster where.
+  using Nf4Path = kernels::cuda::Nf4MatmulPath;
+  for (auto [name, path] : {std::pair<const char*, Nf4Path>{"nf4_matmul_fused", Nf4Path::Fused},
+                            {"nf4_matmul_dequant", Nf4Path::Dequantized}})
+    ks.push_back({name, "--m --n --k", false, nf4_inputs,
+                  [=, path = path](const std::vector<Tensor>& in, const Shapes& s) {
+                    return std::vector<Tensor>{kernels::cuda::nf4_matmul(in[0], nf4_weight(in, s), nullptr, path)};
+                  },
+                  nf4_cost(1)});
   ks.push_back({"nf4_matmul_dx", "--m --n --k", false, nf4_inputs,
                 [=](const std::vector<Tensor>& in, const Shapes& s) {
                   return std::vector<Tensor>{kernels::cuda::nf4_matmul_dx(in[5], nf4_weight(in, s))};
@@ -458,7 +467,8 @@ std::vector<std::pair<std::string, Shapes>> preset_runs(const Preset& p) {
   gemm(p.heads * p.head_dim, p.hidden);   // q_proj
   gemm(p.ffn, p.hidden);                  // gate/up_proj
   gemm(p.hidden, p.ffn);                  // down_proj
-  for (const char* name : {"nf4_matmul", "nf4_matmul_dx", "lora_nf4"}) {  // gate/up_proj as NF4 (+ LoRA)
+  for (const char* name : {"nf4_matmul", "nf4_matmul_fused", "nf4_matmul_dequant", "nf4_matmul_dx", "lora_nf4"}) {
+    // gate/up_proj as NF4 (+ LoRA); nf4_matmul picks one of the next two by M
     Shapes s = base; s.m = N; s.gn = p.ffn; s.gk = p.hidden;
     runs.push_back({name, s});
   }

@@ -15,6 +15,20 @@
 
 namespace nq::kernels::cuda {
 
+// How the NF4 matmuls (nf4_matmul.cu) multiply, by the number of rows M of x:
+//   M <= kNf4GemvMaxRows                     GEMV, each weight decoded once for all rows
+//   kNf4GemvMaxRows < M < kNf4DequantMinRows  fused: the tensor-core GEMM dequantizes W tile by tile
+//   M >= kNf4DequantMinRows                  dequantized: W -> a bf16 copy in a workspace buffer
+//                                            [out, in], then cuBLASLt (as bitsandbytes does)
+// Why the switch: dequantizing costs a pass over W (read 0.5, write 2, read 2 bytes per
+// weight) whatever M is, while the GEMM's work grows with M. From a few hundred rows on,
+// that pass is small next to the product, and cuBLASLt's GEMM (wgmma on Hopper) is far
+// faster than the fused WMMA kernel; below it, re-reading a bf16 W would dominate.
+// 256 is an estimate from that arithmetic, not yet a measurement: ./bench nf4_matmul_fused
+// and nf4_matmul_dequant time both at the training shapes (tools/gpu_check.sh).
+constexpr int64_t kNf4GemvMaxRows = 16;
+constexpr int64_t kNf4DequantMinRows = 256;
+
 struct Nf4Weight {
   const uint8_t* packed = nullptr;        // [ceil(out * in / 2)]
   const uint8_t* absmax_q = nullptr;      // [n_blocks] indices into code8 (double quant)

@@ -1,8 +1,8 @@
 // NF4 (+ double quant) dequantization of a whole weight: W [out, in] as f32 or
 // bf16, with bitsandbytes' arithmetic (kernels/cuda/nf4.cuh), so the f32 output
-// is bit-identical to bitsandbytes' dequantize_4bit. The GEMMs never call this
-// (they dequantize tile by tile); it serves tests, merging LoRA into the base,
-// and as the memory-bound baseline in ./bench.
+// is bit-identical to bitsandbytes' dequantize_4bit. The NF4 matmuls call it for
+// large M (nf4.h: their Dequantized path, W -> bf16 then cuBLASLt); it also serves
+// tests, and is the memory-bound baseline in ./bench.
 // Launch: one thread per element, grid-stride, 256 threads per block.
 //   ./bench nf4_dequantize --n 4096 --k 4096    (out, in)
 #include "kernels/cuda/common.cuh"
@@ -18,8 +18,8 @@ __global__ void nf4_dequantize_kernel(T* out, Nf4Weight w) {
     out[f] = from_f32<T>(nf4_element(w, f));
 }
 
-Tensor nf4_dequantize(const Nf4Weight& w, DType dtype) {
-  Tensor out = Tensor::empty({w.out, w.in}, dtype, Device::CUDA);
+Tensor nf4_dequantize(const Nf4Weight& w, DType dtype, MemCategory category) {
+  Tensor out = Tensor::empty({w.out, w.in}, dtype, Device::CUDA, category);
   int64_t n = w.out * w.in;
   if (n == 0) return out;
   dispatch_float(out, "nf4_dequantize", [&](auto tag) {

@@ -1,11 +1,15 @@
 // Matmuls against an NF4 weight W [out, in] (bitsandbytes layout, kernels/cuda/nf4.h),
-// dequantized inside the kernel: the bf16 copy of W never exists in memory.
+// for M < 256 rows dequantized inside the kernel (no bf16 copy of W exists in memory),
+// from 256 rows on dequantized into a workspace and multiplied by cuBLASLt.
 //   forward:  y [M, out] = x [M, in] W^T        nf4_matmul
 //   backward: dx [M, in] = dy [M, out] W        nf4_matmul_dx (W read transposed)
 // x / dy are bf16 (f32 accepted, rounded to bf16 when staged); accumulation f32;
 // the output has the input's dtype.
 //
-// M > 16, tensor-core GEMM: a 128-thread block computes a 64 x 64 output tile;
+// Which way runs is chosen by M (kernels/cuda/nf4.h): GEMV, this file's fused GEMM,
+// or, for M >= kNf4DequantMinRows, W dequantized into a workspace and cuBLASLt.
+//
+// Fused, 16 < M: tensor-core GEMM: a 128-thread block computes a 64 x 64 output tile;
 // per 32-wide step of the reduction dim it stages the activation tile [64, 32]
 // (bf16) and DEQUANTIZES the weight tile [64, 32] into shared memory (NF4 code
 // -> NF4 value x block absmax -> bf16), then 4 warps (2 x 2, 32 x 32 each) run
@@ -15,14 +19,16 @@
 // the reduction: y = [x | u] [W | s B]^T, so y is written once.
 // Shapes of any size work (edges are zero-padded in shared memory).
 //
-// M <= 16, GEMV (decode, tiny batches): weight bytes dominate, so each weight
+// Fused, M <= 16: GEMV (decode, tiny batches): weight bytes dominate, so each weight
 // element is decoded once and used for all M rows. Forward: one warp per output
 // feature, lanes stride over `in`, warp-sum at the end. Backward: one thread per
 // input feature, looping over `out` (consecutive threads read consecutive bytes).
 //   ./bench nf4_matmul --m 4096 --n 4096 --k 4096   (M, out, in)    ./bench nf4_matmul --m 8 ...
+//   ./bench nf4_matmul_fused --m 2048 ...   ./bench nf4_matmul_dequant --m 2048 ...   (one way, forced)
 #include <mma.h>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/nf4.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -34,7 +40,7 @@ constexpr int kTileM = 64, kTileN = 64, kTileK = 32;
 constexpr int kStageLd = kTileK + 8;  // bf16 row stride in shared memory (multiple of 8 for WMMA)
 constexpr int kOutLd = kTileN + 4;    // f32 row stride of the epilogue tile
 constexpr int kGemmThreads = 128;
-constexpr int kGemvMaxRows = 16;
+constexpr int kGemvMaxRows = int(kNf4GemvMaxRows);
 
 // out [M, N] = a [M, K] . B, with B(k, n) = W[n, k] (forward, N = out, K = in)
 // or B(k, n) = W[k, n] (kTransposed: dx, N = in, K = out); plus, when ext.r > 0,
@@ -153,9 +159,26 @@ __global__ void nf4_gemv_dx_kernel(T* dx, const T* dy, Nf4Weight w, int M) {
     if (m < M) dx[m * w.in + i] = from_f32<T>(acc[m]);
 }
 
+// The Dequantized way: W -> x's dtype in a workspace [out, in], then out [M, N] = x . B
+// with B = W^T (forward) or W (transposed) through cuBLASLt; the low-rank term is a
+// second product added into out (beta = 1): + scale * a [M, r] . (w^T | w).
+template <bool kTransposed>
+static void nf4_product_dequantized(Tensor& out, const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra,
+                                    int64_t M, int64_t N, int64_t K) {
+  const Tensor wd = nf4_dequantize(w, x.dtype(), MemCategory::Workspace);  // [out, in], freed on return
+  gemm({x.raw(), x.dtype(), false, wd.raw(), wd.dtype(), !kTransposed, out.raw(), out.dtype(), M, N, K});
+  if (extra) {
+    const int64_t R = extra->a.size(-1);
+    // forward: w = B [out = N, r], used transposed; transposed: w = A [r, in = N], as is
+    gemm({extra->a.raw(), x.dtype(), false, extra->w.raw(), x.dtype(), !kTransposed, out.raw(), out.dtype(), M, N, R,
+          extra->scale, 1.0f});
+  }
+}
+
 // Shared driver: x [M, K] -> out [M, N]; forward K = in, N = out; transposed K = out, N = in.
 template <bool kTransposed>
-static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra, const char* op) {
+static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra, Nf4MatmulPath path,
+                          const char* op) {
   int64_t K = kTransposed ? w.out : w.in, N = kTransposed ? w.in : w.out;
   NQ_CHECK(x.ndim() >= 1 && x.size(-1) == K, op, ": x ", x.shape().str(), " does not end in ", K,
            " (NF4 weight [", w.out, ", ", w.in, "])");
@@ -173,8 +196,14 @@ static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm
              " (expected a [", M, ", r], w ", kTransposed ? "[r, in]" : "[out, r]", ")");
   }
   if (K + R == 0) { CUDA_CHECK(cudaMemset(out.raw(), 0, out.nbytes())); return out; }
+  if (extra)
+    NQ_CHECK(extra->a.dtype() == x.dtype() && extra->w.dtype() == x.dtype(), op, ": low-rank operands ",
+             extra->a.desc(), ", ", extra->w.desc(), " must have the dtype of ", x.desc());
+  if (path == Nf4MatmulPath::Auto)
+    path = M >= kNf4DequantMinRows ? Nf4MatmulPath::Dequantized : Nf4MatmulPath::Fused;
   dispatch_float(x, op, [&](auto tag) {
     using T = decltype(tag);
+    if (path == Nf4MatmulPath::Dequantized) return nf4_product_dequantized<kTransposed>(out, x, w, extra, M, N, K);
     if (M <= kGemvMaxRows && !extra && !kTransposed) {
       nf4_gemv_kernel<T><<<unsigned((N + 7) / 8), 256>>>(ptr<T>(out), ptr<T>(x), w, int(M));
     } else if (M <= kGemvMaxRows && !extra) {
@@ -182,8 +211,6 @@ static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm
     } else {
       ExtraSegment<T> ext;
       if (extra) {
-        NQ_CHECK(extra->a.dtype() == x.dtype() && extra->w.dtype() == x.dtype(), op, ": low-rank operands ",
-                 extra->a.desc(), ", ", extra->w.desc(), " must have the dtype of ", x.desc());
         // E(n, j): forward E = B [out, r] (row n); transposed E(n, j) = A[j, n], A [r, in].
         ext = {ptr<T>(extra->a), ptr<T>(extra->w), R, kTransposed ? 1 : R, kTransposed ? N : 1, extra->scale};
       }
@@ -198,11 +225,11 @@ static Tensor nf4_product(const Tensor& x, const Nf4Weight& w, const LowRankTerm
   return out;
 }
 
-Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra) {
-  return nf4_product<false>(x, w, extra, "nf4_matmul");
+Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra, Nf4MatmulPath path) {
+  return nf4_product<false>(x, w, extra, path, "nf4_matmul");
 }
-Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra) {
-  return nf4_product<true>(dy, w, extra, "nf4_matmul_dx");
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra, Nf4MatmulPath path) {
+  return nf4_product<true>(dy, w, extra, path, "nf4_matmul_dx");
 }
 
 }  // namespace nq::kernels::cuda

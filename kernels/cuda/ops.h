@@ -99,22 +99,29 @@ struct Nf4DeviceTensor {
   Nf4Weight view;
 };
 Nf4DeviceTensor nf4_to_device(const Nf4Tensor& q);
-// W [out, in] dequantized to `dtype` (f32: bit-identical to bitsandbytes' dequantize_4bit).
-Tensor nf4_dequantize(const Nf4Weight& w, DType dtype);
-// y [..., out] = x [..., in] W^T and dx [..., in] = dy [..., out] W, W dequantized
-// tile by tile inside the kernel. x, dy: bf16 (f32 is rounded to bf16 when staged,
-// except on the M <= 16 GEMV path which multiplies in f32); fp32 accumulation;
-// output in the input's dtype.
-// `extra` adds a low-rank term in the same pass (the fused LoRA bypass):
+// W [out, in] dequantized to `dtype` (f32: bit-identical to bitsandbytes' dequantize_4bit),
+// allocated in `category` (the matmuls' copy of W is Workspace).
+Tensor nf4_dequantize(const Nf4Weight& w, DType dtype, MemCategory category = MemCategory::Activations);
+// y [..., out] = x [..., in] W^T and dx [..., in] = dy [..., out] W, with M rows of x.
+// x, dy: bf16 or f32; fp32 accumulation; output in the input's dtype. Two ways (nf4.h
+// says which Auto picks by M):
+//   Fused        W dequantized inside the kernel: the GEMV for M <= 16 (multiplies in
+//                f32), else the tensor-core GEMM (x rounded to bf16 when staged, W bf16)
+//   Dequantized  W dequantized to x's dtype into a workspace [out, in], then cuBLASLt
+// `extra` adds a low-rank term (the LoRA bypass):
 //   nf4_matmul:    + scale * a [M, r] w^T,  w = B [out, r]
 //   nf4_matmul_dx: + scale * a [M, r] w,    w = A [r, in]
-// a and w in the dtype of x.
+// a and w in the dtype of x. Fused: r more steps of the same reduction (y written once);
+// Dequantized: a second cuBLASLt product accumulated into y (beta = 1).
 struct LowRankTerm {
   Tensor a, w;
   float scale = 1.0f;
 };
-Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra = nullptr);
-Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra = nullptr);
+enum class Nf4MatmulPath { Auto, Fused, Dequantized };
+Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra = nullptr,
+                  Nf4MatmulPath path = Nf4MatmulPath::Auto);
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra = nullptr,
+                     Nf4MatmulPath path = Nf4MatmulPath::Auto);
 
 // ---- LoRA over an NF4 base (lora.cu; not in kernels.h) ---------------------
 // y = x W^T + s * (dropout(x) A^T) B^T, x [M, in], A [r, in], B [out, r]: A, B
