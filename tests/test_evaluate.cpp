@@ -107,12 +107,14 @@ TEST_CASE("eval: each dataset format matches transformers (fixtures/model/qwen3_
 
 TEST_CASE("eval: ./eval's loss is the trainer's eval loss on the same file, options and adapter") {
   for (bool packing : {false, true}) {
+    const bool train_on_prompt = packing;  // two runs cover both options
     CAPTURE(packing);
     TinyRun t;
     write_file(t.tmp / "eval.jsonl", chat_jsonl(7));
     t.cfg.eval_data = t.tmp / "eval.jsonl";
     t.cfg.max_steps = 2;
     t.cfg.packing = packing;
+    t.cfg.train_on_prompt = train_on_prompt;
     std::ostringstream log;
     const TrainResult trained = train(t.cfg, log);
     REQUIRE(trained.evals.size() == 1);  // at the end

@@ -319,11 +319,24 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
   CHECK(cfg.optim == "adamw");
   CHECK(cfg.optim_pages == 6);
   CHECK(cfg.optim_page_mb == 8);
+  CHECK_FALSE(cfg.train_on_prompt);
+  CHECK_FALSE(cfg.prompt_completion_chat);
   // The config round-trips through its JSON (the checkpoint copy).
   TrainConfig back;
   back.apply_json(cfg.to_json(), "copy");
   CHECK(back.to_json() == cfg.to_json());
   CHECK(back.trajectory_difference(cfg).empty());
+  // The data options ./eval shares are ./train's flags too, and change the trajectory.
+  std::vector<std::string> data_args{"train", "--model", "m", "--data", "d", "--train-on-prompt", "--prompt-completion-chat"};
+  std::vector<char*> data_argv;
+  for (std::string& a : data_args) data_argv.push_back(a.data());
+  TrainConfig data_cfg;
+  REQUIRE(parse_train_args(int(data_argv.size()), data_argv.data(), &data_cfg));
+  CHECK(data_cfg.train_on_prompt);
+  CHECK(data_cfg.prompt_completion_chat);
+  TrainConfig plain = data_cfg;
+  plain.train_on_prompt = false;
+  CHECK(data_cfg.trajectory_difference(plain) == "train_on_prompt");
 
   write_file(tmp / "bad.json", R"({"model": "m", "data": "d", "rank": 8})");
   CHECK(parse_error({"--config", tmp / "bad.json"}) ==
