@@ -3,10 +3,11 @@ stack (transformers Qwen3 + bitsandbytes NF4 double quant, bf16 compute + PEFT
 all-linear r=16 + gradient checkpointing + bitsandbytes PagedAdamW32bit, the
 optimizer transformers' `optim="paged_adamw_32bit"` builds) against
 ./train --device cuda --optim paged_adamw, same model, batch, sequence length
-and number of steps.
+and number of steps; and ./train --optim adamw (states on the GPU), whose
+step time against the paged run is the cost of paging the optimizer states.
 
   python3 tools/ref/bench_qlora_gpu.py [--preset qwen3-0.6b] [--batch 1] [--seq 2048] [--steps 3]
-                                       [--warmup 1] [--sides python,ours]
+                                       [--warmup 1] [--sides python,ours,ours_adamw]
   python3 tools/ref/bench_qlora_gpu.py --max-context [--preset qwen3-8b] [--fit-gb 80] [--time-limit 300]
 
 The model (no download): both sides load the same pre-quantized 4-bit folder
@@ -115,8 +116,8 @@ def run_python(args):
                       "peak_bytes": torch.cuda.max_memory_allocated(), "loss": loss.item()}))
 
 
-def train_ours(args, model_dir, seq, steps, tag, timeout=None):
-    """./train --device cuda on model_dir: {"tokens_per_s", "peak_bytes", "loss", "rows"} or {"error"}."""
+def train_ours(args, model_dir, seq, steps, tag, timeout=None, optim="paged_adamw"):
+    """./train --device cuda --optim OPTIM on model_dir: {"peak_bytes", "loss", "rows"} or {"error"}."""
     lines = max(2, 2 * args.batch * steps)  # each longer than seq tokens: packing fills every row
     data = model_dir / f"data_{lines}x{seq}.jsonl"
     if not data.exists():
@@ -127,7 +128,7 @@ def train_ours(args, model_dir, seq, steps, tag, timeout=None):
            str(model_dir / f"out_{tag}"), "--max-steps", str(steps), "--batch-size", str(args.batch),
            "--max-length", str(seq), "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4",
            "--schedule", "constant", "--metrics", str(metrics), "--save-every", "0", "--no-progress",
-           "--device", "cuda", "--optim", "paged_adamw"]  # the GPU trainer (tools/train.cpp, training/trainer.h)
+           "--device", "cuda", "--optim", optim]  # the GPU trainer (tools/train.cpp, training/trainer.h)
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -143,14 +144,15 @@ def train_ours(args, model_dir, seq, steps, tag, timeout=None):
             "loss": rows[-1].get("loss")}
 
 
-def run_ours(args, model_dir):
-    r = train_ours(args, model_dir, args.seq, args.warmup + args.steps, "bench")
+def run_ours(args, model_dir, optim):
+    r = train_ours(args, model_dir, args.seq, args.warmup + args.steps, "bench_" + optim, optim=optim)
     if "error" in r:
         return r
     timed = r.pop("rows")[args.warmup:]
     if not timed:
         return {"error": "fewer than warm-up + 1 steps"}
     r["tokens_per_s"] = sum(x["tokens"] for x in timed) / sum(x["step_time_s"] for x in timed)
+    r["step_s"] = sum(x["step_time_s"] for x in timed) / len(timed)
     return r
 
 
@@ -205,7 +207,9 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--sides", default="python,ours", help="comma list of python, ours")
+    ap.add_argument("--sides", default="python,ours,ours_adamw",
+                    help="comma list of python, ours (paged AdamW, the default optimizer), "
+                         "ours_adamw (AdamW states on the GPU: the paging overhead)")
     ap.add_argument("--binary", default="train", help="our trainer program, relative to the repository root")
     ap.add_argument("--max-context", action="store_true", help="ours only: the longest seq within --fit-gb")
     ap.add_argument("--fit-gb", type=float, default=80.0, help="--max-context: the GPU memory budget in GiB")
@@ -222,11 +226,16 @@ def main():
     sides = args.sides.split(",")
     model_dir = ensure_model(args.preset)
 
+    unknown = set(sides) - {"python", "ours", "ours_adamw"}
+    if unknown:
+        sys.exit(f"error: --sides: unknown side(s) {', '.join(sorted(unknown))} (python, ours, ours_adamw)")
     results, walls = {}, {}
-    if "ours" in sides:
-        t0 = time.perf_counter()
-        results["nanoqlora ./" + args.binary] = run_ours(args, model_dir)
-        walls["nanoqlora ./" + args.binary] = time.perf_counter() - t0
+    ours_name = {"ours": f"./{args.binary} (paged AdamW)", "ours_adamw": f"./{args.binary} (AdamW on GPU)"}
+    for side, optim in (("ours", "paged_adamw"), ("ours_adamw", "adamw")):
+        if side in sides:
+            t0 = time.perf_counter()
+            results[ours_name[side]] = run_ours(args, model_dir, optim)
+            walls[ours_name[side]] = time.perf_counter() - t0
     if "python" in sides:
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, __file__, "--child-python", "--model-dir", str(model_dir), "--batch",
@@ -249,11 +258,16 @@ def main():
             print(f"{name:28s}{r['tokens_per_s']:12.1f}{r['peak_bytes'] / 2**30:13.2f} GiB{walls[name]:7.0f}s")
     if plan:
         print(f"{'plan (./inspect plan)':28s}{'':12s}{plan['total_bytes'] / 2**30:13.2f} GiB")
-    ok = [r for r in results.values() if "error" not in r]
-    if len(ok) == 2:
-        ours, py = ok
+    ok = {name: r for name, r in results.items() if "error" not in r}
+    ours, ours_adamw, py = (ok.get(ours_name["ours"]), ok.get(ours_name["ours_adamw"]),
+                            ok.get("transformers+bnb+peft"))
+    if ours and py:
         print(f"ratio ours/python: {ours['tokens_per_s'] / py['tokens_per_s']:.2f}x tokens/s, "
               f"{ours['peak_bytes'] / py['peak_bytes']:.2f}x peak memory")
+    if ours and ours_adamw:
+        print(f"paging overhead: paged AdamW step {ours['step_s'] * 1e3:.1f} ms vs AdamW on the GPU "
+              f"{ours_adamw['step_s'] * 1e3:.1f} ms ({ours['step_s'] / ours_adamw['step_s']:.3f}x); "
+              f"peak memory {ours['peak_bytes'] / 2**30:.3f} vs {ours_adamw['peak_bytes'] / 2**30:.3f} GiB")
     return 0 if len(ok) == len(results) else 1
 
 
