@@ -304,6 +304,11 @@ TEST_CASE("progress bar and metrics JSONL") {
   CHECK(std::count(text.begin(), text.end(), '\n') == 11);  // step 1, then every 10th
   CHECK(text.find('\r') == std::string::npos);
 
+  // The eval bar: batches, the loss so far, no lr.
+  ProgressBar eval_bar(plain, 10, /*tty=*/false, /*every=*/1, BarKind::Eval);
+  m.step = 3;
+  CHECK(eval_bar.line(m, 6.0) == "eval batch  3/10 [######--------------]  30% | loss 1.5000 | 5.3k tok/s | ETA 14s");
+
   std::ostringstream term;
   ProgressBar tty(term, 3, /*tty=*/true);
   for (int64_t s = 1; s <= 3; ++s) { m.step = s; tty.update(m, double(s)); }

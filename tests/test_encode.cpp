@@ -147,7 +147,7 @@ TEST_CASE("load_dataset truncates from the right, drops untrained samples, count
                        (path + ":3: messages[0].role is \"robot\" (expected system, user or assistant)").c_str(), Error);
   std::string none = write_file("none.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n");
   CHECK_THROWS_WITH_AS(load_dataset(none, tok, opt, BadLinePolicy::Error),
-                       (none + ": no samples left to train on (1 examples, 1 without a trained token after truncation "
+                       (none + ": no samples left to train on or evaluate (1 examples, 1 without a trained token after truncation "
                                "to 16 tokens, 0 bad lines skipped)").c_str(),
                        Error);
 }

@@ -17,7 +17,6 @@
 #include "lora/adapter.h"
 #include "model/config.h"
 #include "model/decoder.h"
-#include "model/evaluate.h"
 #include "model/generate.h"
 #include "model/weights.h"
 #include "runtime/safetensors.h"
@@ -551,23 +550,4 @@ TEST_CASE("random weights of a config have the checkpoint's names and shapes") {
   CHECK(std::fabs(std::sqrt(var / w.size()) - 0.02) < 0.002);
   Decoder model(c, a);
   CHECK(model.parameters().size() == a.size());
-}
-
-TEST_CASE("eval: token-weighted loss over text and chat lines matches transformers") {
-  Decoder model = Decoder::load(kFixtures + "qwen3_tied");
-  Tokenizer tok = Tokenizer::from_file(kFixtures + "qwen3_tied/tokenizer.json");
-  std::ifstream in(kFixtures + "qwen3_tied/eval_reference.json");
-  nlohmann::json want = nlohmann::json::parse(in);
-  EvalResult r = evaluate_jsonl(model, tok, kFixtures + "qwen3_tied/eval.jsonl", 2048);
-  CHECK(r.tokens == want["tokens"].get<int64_t>());
-  CHECK(r.lines == 3);  // the line without an assistant answer has no targets
-  CHECK(std::fabs(r.loss - want["loss"].get<double>()) / want["loss"].get<double>() <= 1e-5);
-
-  const fs::path bad = fs::temp_directory_path() / "nq_model_test_eval_bad.jsonl";
-  std::ofstream(bad) << "{\"text\": \"fine\"}\n\n{\"prompt\": \"x\"}\n";
-  CHECK_THROWS_WITH_AS(evaluate_jsonl(model, tok, bad.string(), 2048),
-                       (bad.string() + ":3: expected a \"text\" or \"messages\" field").c_str(), Error);
-  std::ofstream(bad) << "{\"text\": \"fine\"\n";
-  CHECK_THROWS_WITH_AS(evaluate_jsonl(model, tok, bad.string(), 2048), (bad.string() + ":1: invalid JSON").c_str(), Error);
-  fs::remove(bad);
 }

@@ -162,4 +162,14 @@ void DataLoader::set_position(DataPosition pos) {
   pos_ = pos;
 }
 
+DecoderBatch decoder_batch(const Batch& b, Device device) {
+  DecoderBatch d;
+  d.ids = b.input_ids.view({b.B, b.T}).to(device);
+  d.labels = b.labels.view({b.B, b.T}).to(device);
+  d.labels_shifted = true;
+  d.positions = b.positions.view({b.B, b.T}).to(device);
+  d.segment_ids = b.segment_ids.view({b.B, b.T}).to(device);
+  return d;
+}
+
 }  // namespace nq

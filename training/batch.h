@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/decoder.h"
 #include "runtime/tensor.h"
 #include "training/data.h"
 
@@ -47,6 +48,11 @@ Tensor shift_hf_labels(const Tensor& hf_labels, int64_t B, int64_t T);
 // rows[r] = the samples packed into row r (one each when padding). T = row
 // length; every row's total length must be <= T.
 Batch make_batch(const std::vector<std::vector<const Sample*>>& rows, int64_t T, int32_t pad_id);
+
+// A batch as the decoder takes it, on `device`: [B, T] tensors (views on the
+// cpu, copies on cuda), labels already shifted. Every batch the trainer and
+// the eval run goes through here.
+DecoderBatch decoder_batch(const Batch& b, Device device);
 
 // ---- ordering -------------------------------------------------------------
 // Fisher-Yates shuffle of 0..n-1 driven by Philox (seed, epoch): the same

@@ -96,9 +96,9 @@ Dataset load_dataset(const std::string& path, const Tokenizer& tok, const Encode
     if (!any_trained) { ++d.dropped_untrained; continue; }
     d.samples.push_back(std::move(s));
   }
-  NQ_CHECK(!d.samples.empty(), path, ": no samples left to train on (", parsed.examples.size(), " examples, ",
-           d.dropped_untrained, " without a trained token after truncation to ", opt.max_length, " tokens, ",
-           d.skipped_lines, " bad lines skipped)");
+  NQ_CHECK(!d.samples.empty(), path, ": no samples left to train on or evaluate (", parsed.examples.size(),
+           " examples, ", d.dropped_untrained, " without a trained token after truncation to ", opt.max_length,
+           " tokens, ", d.skipped_lines, " bad lines skipped)");
   return d;
 }
 

@@ -20,8 +20,8 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-ProgressBar::ProgressBar(std::ostream& out, int64_t total_steps, bool tty, int64_t every)
-    : out_(out), total_(std::max<int64_t>(1, total_steps)), every_(std::max<int64_t>(1, every)), tty_(tty) {}
+ProgressBar::ProgressBar(std::ostream& out, int64_t total_steps, bool tty, int64_t every, BarKind kind)
+    : out_(out), total_(std::max<int64_t>(1, total_steps)), every_(std::max<int64_t>(1, every)), tty_(tty), kind_(kind) {}
 
 std::string ProgressBar::line(const StepMetrics& m, double elapsed_s) const {
   constexpr int kWidth = 20;
@@ -34,10 +34,12 @@ std::string ProgressBar::line(const StepMetrics& m, double elapsed_s) const {
   if (m.tokens_per_s >= 1000) std::snprintf(tps, sizeof tps, "%.1fk", m.tokens_per_s / 1000);
   else std::snprintf(tps, sizeof tps, "%.0f", m.tokens_per_s);
   int digits = int(std::to_string(total_).size());
+  char lr[32] = "";
+  if (kind_ == BarKind::Training) std::snprintf(lr, sizeof lr, " | lr %.2e", m.lr);
   char buf[256];
-  std::snprintf(buf, sizeof buf, "step %*lld/%lld [%s] %3d%% | loss %.4f | lr %.2e | %s tok/s | ETA %s", digits,
-                (long long)m.step, (long long)total_, bar.c_str(), int(frac * 100), m.loss, m.lr, tps,
-                format_duration(eta).c_str());
+  std::snprintf(buf, sizeof buf, "%s %*lld/%lld [%s] %3d%% | loss %.4f%s | %s tok/s | ETA %s",
+                kind_ == BarKind::Training ? "step" : "eval batch", digits, (long long)m.step, (long long)total_,
+                bar.c_str(), int(frac * 100), m.loss, lr, tps, format_duration(eta).c_str());
   return buf;
 }
 

@@ -1,6 +1,7 @@
 // Training feedback: a one-line progress bar and a metrics JSONL file.
 //
-// The bar shows step/total, loss, lr, tokens/s and ETA. On a terminal it
+// The bar shows step/total, loss, lr, tokens/s and ETA (./eval's: batch/total,
+// the loss so far, tokens/s and ETA). On a terminal it
 // redraws one line in place with '\r'; when stdout is a file or a pipe (logs,
 // CI) it prints a plain line every `every` steps and on the last step instead.
 // The metrics file gets one JSON object per optimizer step:
@@ -28,23 +29,29 @@ struct StepMetrics {
 // "1h02m", "3m05s", "42s".
 std::string format_duration(double seconds);
 
+// What the bar counts: optimizer steps (with their lr) or eval batches.
+enum class BarKind { Training, Eval };
+
 class ProgressBar {
  public:
   // out: where to draw (std::cout); tty: whether `out` is a terminal
-  // (isatty(fileno(stdout)) for std::cout).
-  ProgressBar(std::ostream& out, int64_t total_steps, bool tty, int64_t every = 10);
+  // (isatty(fileno(stdout)) for std::cout). For BarKind::Eval, m.step is the
+  // batch just evaluated, m.loss the loss so far, m.lr unused.
+  ProgressBar(std::ostream& out, int64_t total_steps, bool tty, int64_t every = 10, BarKind kind = BarKind::Training);
   // elapsed_s: wall time since training started (for the ETA).
   void update(const StepMetrics& m, double elapsed_s);
   void finish();  // ends the in-place line on a terminal
 
   // The text of the line for step m (no '\r' or newline), e.g.
   // "step   12/100 [##----------------]  12% | loss 1.9300 | lr 2.00e-04 | 5.3k tok/s | ETA 1m20s"
+  // "eval batch   3/10 [######--------------]  30% | loss 1.9300 | 5.3k tok/s | ETA 14s"
   std::string line(const StepMetrics& m, double elapsed_s) const;
 
  private:
   std::ostream& out_;
   int64_t total_, every_;
   bool tty_;
+  BarKind kind_;
   bool drawn_ = false;
 };
 

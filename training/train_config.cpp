@@ -2,6 +2,7 @@
 // and the checkpoint copy (see train_config.h).
 #include "training/train_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -56,6 +57,9 @@ const std::vector<Option>& options() {
       {"grad-accum", Kind::Int, NQ_FIELD(grad_accum), "micro-batches per optimizer step"},
       {"max-length", Kind::Int, NQ_FIELD(max_length), "tokens per sample (longer ones are truncated) / packed row"},
       {"packing", Kind::Bool, NQ_FIELD(packing), "pack several samples per row (attention stays within a sample)"},
+      {"train-on-prompt", Kind::Bool, NQ_FIELD(train_on_prompt), "loss on every token, not only the answers / completions"},
+      {"prompt-completion-chat", Kind::Bool, NQ_FIELD(prompt_completion_chat),
+       "render prompt-completion and alpaca pairs as a user/assistant chat"},
       {"optim", Kind::Str, NQ_FIELD(optim), "paged_adamw (m, v in host memory, paged through a GPU pool) | adamw (in GPU memory)"},
       {"optim-pages", Kind::Int, NQ_FIELD(optim_pages), "paged_adamw on cuda: pages in the GPU pool (2 to 256)"},
       {"optim-page-mb", Kind::Int, NQ_FIELD(optim_page_mb), "paged_adamw on cuda: MiB per page (1 to 1024)"},
@@ -167,8 +171,7 @@ json field_json(TrainConfig& cfg, const Option& o) {
   return nullptr;
 }
 
-std::string default_text(const Option& o) {
-  TrainConfig defaults;
+std::string default_text(const Option& o, TrainConfig defaults) {
   json v = field_json(defaults, o);
   if (o.kind == Kind::Bool) return "";
   if (o.kind == Kind::List) {
@@ -183,6 +186,52 @@ std::string default_text(const Option& o) {
     return buf;
   }
   return v.dump();
+}
+
+// Applies the flag argv[i] (option o) and its value, advancing i past the value.
+void apply_flag(TrainConfig& cfg, const Option& o, int argc, char** argv, int& i) {
+  const std::string flag = argv[i];
+  if (o.kind == Kind::Bool) return set_from_text(cfg, o, flag, "");
+  NQ_CHECK(i + 1 < argc, flag, " needs a value (see --help)");
+  set_from_text(cfg, o, flag, argv[++i]);
+}
+
+// One --help line: "  --flag N   help (default d)".
+std::string help_line(const Option& o, const char* help, const TrainConfig& defaults) {
+  std::string flag = std::string("--") + o.name;
+  if (o.kind != Kind::Bool) flag += o.kind == Kind::Str || o.kind == Kind::List ? " S" : " N";
+  char line[256];
+  std::snprintf(line, sizeof line, "  %-26s  %s", flag.c_str(), help);
+  std::string d = default_text(o, defaults);
+  return line + (d.empty() ? "" : " (default " + d + ")") + "\n";
+}
+
+// ./eval's options: these of the table, with eval's help text where it differs.
+struct EvalOption {
+  const char* name;
+  const char* help;  // nullptr: the table's
+};
+const std::vector<EvalOption>& eval_options() {
+  static const std::vector<EvalOption> list = {
+      {"model", nullptr},
+      {"data", "JSONL to evaluate: messages | prompt-completion | alpaca | text [required]"},
+      {"max-length", "tokens per sample (longer ones are truncated, as ./train does)"},
+      {"batch-size", "rows per forward pass (the loss does not depend on it)"},
+      {"packing", "pack several samples per row (as ./train --packing; the same loss)"},
+      {"train-on-prompt", nullptr},
+      {"prompt-completion-chat", nullptr},
+      {"on-bad-line", nullptr},
+      {"device", nullptr},
+      {"no-quant", nullptr},
+      {"no-progress", "no progress bar on stderr"},
+  };
+  return list;
+}
+
+const EvalOption* find_eval_option(const std::string& name) {
+  for (const EvalOption& e : eval_options())
+    if (name == e.name) return &e;
+  return nullptr;
 }
 
 }  // namespace
@@ -290,15 +339,68 @@ bool parse_train_args(int argc, char** argv, TrainConfig* cfg) {
     if (a == "--config") { ++i; continue; }
     const Option* o = find_flag(a);
     NQ_CHECK(o != nullptr, "unknown flag '", a, "' (see --help)");
-    if (o->kind == Kind::Bool) {
-      set_from_text(*cfg, *o, a, "");
-    } else {
-      NQ_CHECK(i + 1 < argc, a, " needs a value (see --help)");
-      set_from_text(*cfg, *o, a, argv[++i]);
-    }
+    apply_flag(*cfg, *o, argc, argv, i);
   }
   cfg->validate();
   return true;
+}
+
+bool parse_eval_args(int argc, char** argv, EvalConfig* cfg) {
+  *cfg = EvalConfig();
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(eval_help().c_str(), stdout);
+      return false;
+    }
+    if (a == "--adapter") {
+      NQ_CHECK(i + 1 < argc, a, " needs a value (see --help)");
+      cfg->adapter = argv[++i];
+      continue;
+    }
+    const Option* o = find_flag(a);
+    NQ_CHECK(o != nullptr && find_eval_option(o->name) != nullptr, "unknown flag '", a, "' (see --help)");
+    apply_flag(cfg->run, *o, argc, argv, i);
+  }
+  cfg->run.validate();  // the options eval does not read are at their (valid) defaults
+  return true;
+}
+
+std::string eval_help() {
+  std::string s =
+      "usage: ./eval --model PATH --data FILE.jsonl [--adapter DIR] [options]\n"
+      "The mean next-token cross-entropy of a model (NF4 base, optionally with a LoRA adapter)\n"
+      "over a dataset, weighted by token: the number ./train reports as its eval loss for the\n"
+      "same file and options. Prints {\"loss\", \"tokens\", \"samples\", \"lines\", \"format\"} on stdout.\n\n"
+      "  --adapter DIR               a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n";
+  const EvalConfig defaults;
+  for (const EvalOption& e : eval_options()) {
+    const Option* o = find_flag(std::string("--") + e.name);
+    s += help_line(*o, e.help ? e.help : o->help, defaults.run);
+  }
+  s += "  --help                      this text\n";
+  return s;
+}
+
+EncodeOptions encode_options(const TrainConfig& cfg, const LoadedModel& model, std::ostream& log) {
+  EncodeOptions enc;
+  enc.max_length = cfg.max_length;
+  enc.train_on_prompt = cfg.train_on_prompt;
+  enc.prompt_completion_chat = cfg.prompt_completion_chat;
+  enc.chat = model.chat ? *model.chat : ChatFormat::for_config(model.config);
+  if (!model.chat)
+    log << "note: " << model.chat_error << "; chats use the " << model.config.model_type << " default template\n";
+  return enc;
+}
+
+LoaderOptions loader_options(const TrainConfig& cfg, const Tokenizer& tok) {
+  LoaderOptions o;
+  o.batch_size = cfg.batch_size;
+  o.max_length = cfg.max_length;
+  o.packing = cfg.packing;
+  o.seed = cfg.seed;
+  o.pad_id = tok.pad_id >= 0 ? tok.pad_id : std::max(tok.eos_id, 0);
+  return o;
 }
 
 std::string train_help() {
@@ -309,16 +411,7 @@ std::string train_help() {
       "Writes the PEFT adapter to --out.\n\n"
       "  --config FILE.json          options as a JSON object (keys: the flags below, _ for -);\n"
       "                              flags given on the command line override it\n";
-  for (const Option& o : options()) {
-    std::string flag = std::string("--") + o.name;
-    if (o.kind != Kind::Bool) flag += o.kind == Kind::Str || o.kind == Kind::List ? " S" : " N";
-    char line[256];
-    std::snprintf(line, sizeof line, "  %-26s  %s", flag.c_str(), o.help);
-    s += line;
-    std::string d = default_text(o);
-    if (!d.empty()) s += " (default " + d + ")";
-    s += "\n";
-  }
+  for (const Option& o : options()) s += help_line(o, o.help, TrainConfig());
   s += "  --help                      this text\n";
   return s;
 }

@@ -1,5 +1,6 @@
 // The settings of one fine-tuning run (./train), from command-line flags and/or
-// a JSON file (--config FILE.json) with the same keys.
+// a JSON file (--config FILE.json) with the same keys; and ./eval's, a subset
+// of the same table.
 //
 // Every setting is declared once, in a table (train_config.cpp): the flag
 // "--warmup-steps" and the JSON key "warmup_steps" are the same option, so
@@ -10,8 +11,13 @@
 // paged_adamw).
 #pragma once
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <vector>
+
+#include "model/load_model.h"
+#include "training/batch.h"
+#include "training/encode.h"
 
 namespace nq {
 
@@ -41,6 +47,8 @@ struct TrainConfig {
   int64_t grad_accum = 1;
   int64_t max_length = 1024;
   bool packing = false;
+  bool train_on_prompt = false;         // loss on every token, not just answers / completions (training/encode.h)
+  bool prompt_completion_chat = false;  // prompt-completion / alpaca rendered as a user/assistant chat
   std::string optim = "paged_adamw";  // paged_adamw | adamw: where AdamW keeps m and v on a GPU
                                     // (host memory paged through a GPU pool | GPU memory); on the CPU both are AdamW
   int64_t optim_pages = 4;          // paged_adamw on cuda: pages in the GPU pool ...
@@ -77,5 +85,28 @@ bool parse_train_args(int argc, char** argv, TrainConfig* cfg);
 
 // The --help text, listing every option with its default.
 std::string train_help();
+
+// ./eval's settings: the options of ./train that decide which tokens are scored
+// and how (model, data, tokenization, batching, device), spelled, parsed and
+// validated exactly as ./train's, plus the adapter to evaluate. The other
+// fields of `run` keep their defaults.
+struct EvalConfig {
+  TrainConfig run;
+  std::string adapter;  // a PEFT adapter folder; "" = the base model alone
+  EvalConfig() { run.batch_size = 8; }  // eval has no gradients to hold: bigger batches
+};
+
+// Parses ./eval's argv and validates; false when --help was given (the help is
+// then printed to stdout). A ./train flag that does not affect eval (--lr) is
+// "unknown" here.
+bool parse_eval_args(int argc, char** argv, EvalConfig* cfg);
+std::string eval_help();
+
+// What the options mean for the data path, shared by ./train and ./eval:
+// tokenization (the model's chat format, or its model type's default when the
+// template is not recognised: a note goes to `log`) ...
+EncodeOptions encode_options(const TrainConfig& cfg, const LoadedModel& model, std::ostream& log);
+// ... and batching (padding with the tokenizer's pad token, else EOS, else 0).
+LoaderOptions loader_options(const TrainConfig& cfg, const Tokenizer& tok);
 
 }  // namespace nq

@@ -15,7 +15,6 @@
 
 #include "autograd/var.h"
 #include "lora/adapter.h"
-#include "model/chat_format.h"
 #include "model/device.h"
 #include "model/load_model.h"
 #include "model/memory_plan.h"
@@ -28,6 +27,7 @@
 #include "runtime/rng.h"
 #include "training/checkpoint.h"
 #include "training/encode.h"
+#include "training/evaluate.h"
 
 namespace nq {
 
@@ -37,21 +37,6 @@ std::atomic<bool> g_stop_requested{false};
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// LoRA dropout off for a scope (evaluation), restored after.
-class DropoutOff {
- public:
-  explicit DropoutOff(Decoder& model) {
-    for (Linear* l : model.linears())
-      if (l->has_lora()) saved_.emplace_back(&l->lora(), std::exchange(l->lora().dropout, 0.0f));
-  }
-  ~DropoutOff() {
-    for (auto& [lora, p] : saved_) lora->dropout = p;
-  }
-
- private:
-  std::vector<std::pair<LoraLinear*, float>> saved_;
-};
 
 // The GPU optimizer's paging (--optim, --optim-pages, --optim-page-mb).
 PagedAdamWOptions paging_options(const TrainConfig& cfg) {
@@ -70,20 +55,9 @@ std::unique_ptr<Optimizer> make_optimizer(const std::vector<Var>& params, const 
   return std::make_unique<AdamW>(params, adamw);
 }
 
-
 }  // namespace
 
 void request_stop() { g_stop_requested.store(true); }
-
-DecoderBatch decoder_batch(const Batch& b, Device device) {
-  DecoderBatch d;
-  d.ids = b.input_ids.view({b.B, b.T}).to(device);
-  d.labels = b.labels.view({b.B, b.T}).to(device);
-  d.labels_shifted = true;
-  d.positions = b.positions.view({b.B, b.T}).to(device);
-  d.segment_ids = b.segment_ids.view({b.B, b.T}).to(device);
-  return d;
-}
 
 int64_t count_targets(const DecoderBatch& batch) {
   NQ_CHECK(batch.labels_shifted, "count_targets: labels must be shifted (training/batch.h convention)");
@@ -124,26 +98,6 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
   optimizer.step(lr, max_grad_norm > 0 ? clip_scale(r.grad_norm, max_grad_norm) : 1.0f);
   optimizer.zero_grad();
   return r;
-}
-
-EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
-                          const LoaderOptions& options) {
-  LoaderOptions opt = options;
-  opt.shuffle = false;
-  DataLoader loader(samples, subset, opt);
-  const Device device = model_device(model);
-  DropoutOff no_dropout(model);
-  NoGrad no_grad;
-  double sum = 0;
-  EvalLoss e;
-  for (int64_t i = 0, n = loader.batches_in_epoch(0); i < n; ++i) {
-    Batch b = loader.next();
-    if (b.n_targets == 0) continue;
-    sum += double(model.forward_loss(decoder_batch(b, device)).value().to_vector()[0]) * double(b.n_targets);
-    e.targets += b.n_targets;
-  }
-  e.loss = e.targets > 0 ? sum / double(e.targets) : NAN;
-  return e;
 }
 
 namespace {
@@ -226,24 +180,14 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
       << format_duration(seconds_since(t_load)) << "\n";
 
   // ---- data
-  EncodeOptions enc;
-  enc.max_length = cfg.max_length;
-  enc.chat = loaded.chat ? *loaded.chat : ChatFormat::for_config(model.config());
-  if (!loaded.chat) log << "note: " << loaded.chat_error << "; chats use the " << model.config().model_type
-                        << " default template\n";
-  TrainData data = load_train_data(cfg, tok, enc);
+  TrainData data = load_train_data(cfg, tok, encode_options(cfg, loaded, log));
   log << "data: " << cfg.data << " (" << data_format_name(data.train.format) << "): " << data.train_subset.size()
       << " training samples, " << data.eval_subset.size() << " eval; " << data.train.truncated << " truncated to "
       << cfg.max_length << " tokens, " << data.train.dropped_untrained << " without a trained token dropped, "
       << data.train.skipped_lines << " bad lines skipped\n";
   if (data.train.skipped_lines > 0) log << "  first skipped: " << data.train.first_skip_message << "\n";
 
-  LoaderOptions lopt;
-  lopt.batch_size = cfg.batch_size;
-  lopt.max_length = cfg.max_length;
-  lopt.packing = cfg.packing;
-  lopt.seed = cfg.seed;
-  lopt.pad_id = tok.pad_id >= 0 ? tok.pad_id : std::max(tok.eos_id, 0);
+  const LoaderOptions lopt = loader_options(cfg, tok);
   DataLoader loader(data.train.samples, data.train_subset, lopt);
 
   // ---- schedule

@@ -9,7 +9,7 @@
 //       gradient of L = sum of all token CEs of the window / N, as transformers' Trainer
 //     the global gradient norm -> AdamW on the adapter parameters (CPU AdamW,
 //     or PagedAdamW on the GPU) with lr(step) from the schedule and the
-//     clipping factor -> metrics line, progress, eval, checkpoint
+//     clipping factor -> metrics line, progress, eval (training/evaluate.h), checkpoint
 //   -> final eval, checkpoint and the PEFT adapter in --out (written from host copies).
 // docs/training.md walks through it with the math.
 #pragma once
@@ -28,10 +28,6 @@
 
 namespace nq {
 
-// A loader batch as the decoder takes it, on `device`: [B, T] tensors (views on
-// the cpu, copies on cuda), labels already shifted.
-DecoderBatch decoder_batch(const Batch& b, Device device);
-
 // Counted targets (labels != -100) of a batch whose labels are shifted.
 int64_t count_targets(const DecoderBatch& batch);
 
@@ -48,16 +44,6 @@ struct StepResult {
 // parameters change, naming `step`.
 StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vector<DecoderBatch>& micro, double lr,
                       double max_grad_norm, int64_t step);
-
-struct EvalLoss {
-  double loss = 0;      // token-weighted mean CE
-  int64_t targets = 0;
-};
-// One pass over `subset` of `samples` in file order, on the model's device,
-// without gradients and with LoRA dropout off (as model.eval() in PyTorch);
-// consumes no random numbers.
-EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
-                          const LoaderOptions& options);
 
 struct TrainResult {
   std::vector<StepMetrics> steps;                // the steps this call ran

@@ -12,9 +12,11 @@ For each model, tests/fixtures/model/<name>/ holds
     prompt_ids [1, 6] i32, greedy_ids [1, 32] i32   model.generate(do_sample=False)
   qwen3_untied_bias/adapter/   a PEFT LoRA adapter (all-linear, r=4, random B); its logits on
     input_ids are reference.safetensors' adapter_logits
-  qwen3_tied/eval.jsonl, eval_reference.json   ./eval's loss and token count, computed with
+  qwen3_tied/eval_<format>.jsonl, eval_reference.json   ./eval's loss and token count for
+    each dataset format (messages, text, prompt-completion, alpaca), computed with
     qwen3_tied/tokenizer.json (a copy of the small GPT-2-style tokenizer of
-    tests/fixtures/tokenizer/gpt2, ids < 1000) and Qwen3's chat template
+    tests/fixtures/tokenizer/gpt2, ids < 1000), tokenizer_config.json (EOS <|im_end|>)
+    and Qwen3's chat template
 
 Sizes are small so every fixture fits the 1.5 MB budget; head_dim differs from
 hidden/heads in the Qwen3 models on purpose. Weights get a larger init (0.1)
@@ -104,55 +106,105 @@ def reference(model, seed):
     return {k: v.contiguous() for k, v in ref.items()}
 
 
-EVAL_LINES = [
-    {"text": "The quick brown fox jumps over the lazy dog."},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
-                  {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?"},
-                  {"role": "assistant", "content": "It is 6."}]},
-    {"text": "Hello world! Tokens, numbers 12345 and symbols #@."},
-    {"messages": [{"role": "user", "content": "No answer here."}]},  # no assistant turn: no targets
-]
+# ./eval's reference: one small file per dataset format (training/data.h), the
+# tokens the loss counts as training/encode.h defines them (TRL's conventions).
+EVAL_FILES = {
+    "messages": [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+                      {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?"},
+                      {"role": "assistant", "content": "It is 6."}]},
+        {"messages": [{"role": "user", "content": "No answer here."}]},  # no assistant turn: no targets, dropped
+        {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]},
+    ],
+    "text": [
+        {"text": "The quick brown fox jumps over the lazy dog."},
+        {"text": "Hello world! Tokens, numbers 12345 and symbols #@."},
+    ],
+    "prompt-completion": [
+        {"prompt": "The capital of France is", "completion": " Paris."},
+        {"prompt": "Two plus two equals", "completion": " four, of course."},
+    ],
+    "alpaca": [
+        {"instruction": "Say hello.", "output": "Hello!"},
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    ],
+}
+EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
+
+
+def alpaca_prompt(instruction, input_text):
+    """tatsu-lab/stanford_alpaca's PROMPT_DICT (the output follows "### Response:" directly)."""
+    if input_text:
+        return ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n"
+                f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:")
+    return ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+            f"request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+
+
+def chat_labels(tok, template, messages):
+    """Qwen3's chat template; targets from just after "<|im_start|>assistant\n" through that turn's "<|im_end|>"."""
+    text = tok.apply_chat_template(messages, chat_template=template, tokenize=False, enable_thinking=False)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans, at = [], 0
+    while (at := text.find("<|im_start|>assistant\n", at)) >= 0:
+        begin = at + len("<|im_start|>assistant\n")
+        end = text.index("<|im_end|>", begin) + len("<|im_end|>")
+        spans.append((begin, end))
+        at = end
+    labels = [i if any(b <= s and e <= end for b, end in spans) else -100
+              for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])]
+    return enc["input_ids"], labels
+
+
+def example_labels(tok, template, fmt, row, eos):
+    """ids and HF labels (the token where it is a target, else -100) of one line of format fmt."""
+    if fmt == "messages":
+        return chat_labels(tok, template, row["messages"])
+    if fmt == "text":  # every token, EOS appended (TRL's language modeling)
+        ids = tok(row["text"], add_special_tokens=False)["input_ids"] + [eos]
+        return ids, list(ids)
+    if fmt == "prompt-completion":
+        prompt, completion = row["prompt"], row["completion"]
+    else:
+        prompt, completion = alpaca_prompt(row["instruction"], row.get("input", "")), row["output"]
+    # prompt ++ completion ++ EOS, encoded separately; trained on the completion and EOS
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(completion, add_special_tokens=False)["input_ids"] + [eos]
+    return p + c, [-100] * len(p) + c
 
 
 def eval_reference(model):
-    """./eval on EVAL_LINES with the small GPT-2-style tokenizer of the tokenizer fixtures
-    (ids < 1000 fit the tied model's vocabulary) and Qwen3's real chat template."""
+    """./eval on each of EVAL_FILES with the small GPT-2-style tokenizer of the tokenizer fixtures
+    (ids < 1000 fit the tied model's vocabulary), EOS <|im_end|> and Qwen3's real chat template.
+    Returns {format: {"loss", "tokens", "samples", "lines"}}: the token-weighted mean CE."""
     from transformers import PreTrainedTokenizerFast
 
     tok_dir = ROOT / "tests" / "fixtures" / "tokenizer"
     template = json.loads((tok_dir / "qwen3" / "tokenizer_config.json").read_text())["chat_template"]
     # A frozen copy next to the model, so the model dir is complete and this fixture stays
     # consistent if the tokenizer fixtures are regenerated.
-    tok_file = OUT / "qwen3_tied" / "tokenizer.json"
-    shutil.copyfile(tok_dir / "gpt2" / "tokenizer.json", tok_file)
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
-    total, count = 0.0, 0
-    for row in EVAL_LINES:
-        if "text" in row:
-            ids = tok(row["text"], add_special_tokens=False)["input_ids"]
-            labels = list(ids)
-        else:
-            text = tok.apply_chat_template(row["messages"], chat_template=template, tokenize=False,
-                                           enable_thinking=False)
-            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = enc["input_ids"]
-            # Targets: from just after "<|im_start|>assistant\n" through that turn's "<|im_end|>".
-            spans, at = [], 0
-            while (at := text.find("<|im_start|>assistant\n", at)) >= 0:
-                begin = at + len("<|im_start|>assistant\n")
-                end = text.index("<|im_end|>", begin) + len("<|im_end|>")
-                spans.append((begin, end))
-                at = end
-            labels = [i if any(b <= s and e <= end for b, end in spans) else -100
-                      for i, (s, e) in zip(ids, enc["offset_mapping"])]
-        if sum(l != -100 for l in labels[1:]) == 0:
-            continue
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-        n = sum(l != -100 for l in labels[1:])
-        total += out.loss.item() * n
-        count += n
-    return EVAL_LINES, {"loss": total / count, "tokens": count}
+    out = OUT / "qwen3_tied"
+    shutil.copyfile(tok_dir / "gpt2" / "tokenizer.json", out / "tokenizer.json")
+    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}) + "\n")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    eos = tok.convert_tokens_to_ids(EOS_TOKEN)
+    result = {}
+    for fmt, rows in EVAL_FILES.items():
+        total, count, samples = 0.0, 0, 0
+        for row in rows:
+            ids, labels = example_labels(tok, template, fmt, row, eos)
+            n = sum(l != -100 for l in labels[1:])  # position 0 is never predicted
+            if n == 0:
+                continue
+            with torch.no_grad():
+                loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+            total += loss * n
+            count += n
+            samples += 1
+        (out / f"eval_{fmt.replace('-', '_')}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        result[fmt] = {"loss": total / count, "tokens": count, "samples": samples, "lines": len(rows)}
+    return result
 
 
 def adapter_reference(model, out, seed):
@@ -208,9 +260,8 @@ def main():
         size = sum(f.stat().st_size for f in out.iterdir())
         print(f"{name}: loss {ref['loss'].item():.6f}, {len(ref)} tensors, {size / 1024:.0f} KiB")
         if name == "qwen3_tied":
-            lines, result = eval_reference(model)
-            (out / "eval.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
-            (out / "eval_reference.json").write_text(json.dumps(result) + "\n")
+            result = eval_reference(model)
+            (out / "eval_reference.json").write_text(json.dumps(result, indent=1) + "\n")
             print(f"{name}: eval {result}")
 
 

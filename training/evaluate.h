@@ -1,0 +1,70 @@
+// Evaluation: the token-weighted mean next-token cross-entropy of a model over
+// a dataset. One function computes it for the trainer (--eval-data,
+// --eval-split: the "eval loss") and for ./eval, so ./eval on the file the
+// trainer evaluated, with the same options and the adapter it wrote, prints
+// the trainer's number. docs/training.md ("Evaluation") has the math.
+//
+//   loss = Σ_samples Σ_{t : trained[t+1]} -log p(ids[t+1] | ids[0..t])  /  #targets
+//
+// The samples are load_dataset's (training/encode.h: any of the four formats,
+// the same EOS, chat template and truncation as training). Batches come from
+// the trainer's DataLoader in file order: padded rows, or packed rows with
+// --packing. Padding and the last token of each sample have no target, so the
+// sum and the count are those of the samples alone: each batch's mean CE
+// (what forward_loss returns) is weighted by its target count, and the result
+// does not depend on the batch size (up to float rounding).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "model/decoder.h"
+#include "training/batch.h"
+#include "training/encode.h"
+#include "training/train_config.h"
+
+namespace nq {
+
+struct EvalLoss {
+  double loss = 0;      // token-weighted mean CE (NaN when there is no target)
+  int64_t targets = 0;  // counted targets
+};
+
+// After each batch: where the pass is and the loss so far.
+struct EvalProgress {
+  int64_t batch = 0, batches = 0;  // batches done, batches in the pass
+  int64_t tokens = 0;              // non-padding input tokens read so far
+  EvalLoss so_far;
+};
+
+// One pass over `subset` of `samples` in file order (options.shuffle is
+// ignored), on the model's device, without gradients and with LoRA dropout off
+// (as model.eval() in PyTorch); consumes no random numbers.
+EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
+                          const LoaderOptions& options,
+                          const std::function<void(const EvalProgress&)>& on_batch = nullptr);
+
+// ./eval's whole job, as train() is ./train's: load the model (NF4 base unless
+// --no-quant), the adapter, move to --device, load_dataset(--data) with the
+// options ./train would use, evaluate_samples over all of it. `log` gets the
+// device, model and data lines and, unless --no-progress, a progress bar
+// (drawn in place when `log` is std::cerr on a terminal).
+struct EvalReport {
+  EvalLoss result;
+  DataFormat format = DataFormat::Messages;
+  int64_t lines = 0;              // non-blank lines of the file
+  int64_t samples = 0;            // samples evaluated
+  int64_t truncated = 0;          // of them, cut to --max-length
+  int64_t dropped_untrained = 0;  // lines with no target token (e.g. a chat without an answer)
+  int64_t skipped_lines = 0;      // bad lines under --on-bad-line skip
+  int64_t tokens = 0;             // input tokens read
+  double seconds = 0;             // wall time of the pass (model loading excluded)
+};
+EvalReport evaluate(const EvalConfig& cfg, std::ostream& log);
+
+// {"loss", "tokens" (counted targets), "samples", "lines", "format"}: ./eval's stdout line.
+std::string eval_report_json(const EvalReport& r);
+
+}  // namespace nq
