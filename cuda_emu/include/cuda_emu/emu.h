@@ -65,8 +65,11 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
+
+struct CUstream_st;
 
 struct uint3 {
   unsigned int x, y, z;
@@ -144,6 +147,14 @@ void guarded_free(void* p, size_t bytes);
 // (Re)installs the handler that reports a fault in a guard page; called at every
 // launch, cudaMemcpy, cudaMemset and cuBLASLt matmul.
 void install_fault_handler();
+
+// Streams (cuda_emu/streams.cpp). submit: work for the default stream (null) runs
+// now, after the pending work of every blocking stream (the legacy default-stream
+// rule); work for a created stream is queued until a synchronisation needs it.
+// Returns cudaSuccess, or cudaErrorInvalidResourceHandle when `stream` is not a live stream.
+int submit(CUstream_st* stream, std::function<void()> work);
+// Runs all queued work (cudaDeviceSynchronize; cudaFree and cudaFreeHost call it first).
+void synchronize_device();
 
 // The configuration check of a launch: cudaSuccess or the error the GPU would give.
 int check_launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes);
