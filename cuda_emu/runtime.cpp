@@ -13,7 +13,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 namespace {
 
@@ -166,15 +168,18 @@ cudaError_t cudaFreeHost(void* ptr) {
   host_blocks.erase(it);
   return cudaSuccess;
 }
-// Whether [p, p + bytes) lies inside one cudaMalloc'ed block.
-static bool on_device(const void* p, size_t bytes) {
+// Whether [p, p + bytes) lies inside one block of `blocks`.
+static bool inside(const std::map<void*, size_t>& blocks, const void* p, size_t bytes) {
   std::lock_guard<std::mutex> g(mu);
-  auto it = device_blocks.upper_bound(const_cast<void*>(p));
-  if (it == device_blocks.begin()) return false;
+  auto it = blocks.upper_bound(const_cast<void*>(p));
+  if (it == blocks.begin()) return false;
   --it;
   const char *base = static_cast<const char*>(it->first), *q = static_cast<const char*>(p);
   return q >= base && q + bytes <= base + std::max<size_t>(it->second, 1);
 }
+static bool on_device(const void* p, size_t bytes) { return inside(device_blocks, p, bytes); }
+// Host memory that is neither device nor pinned (cudaHostAlloc) memory.
+static bool pageable(const void* p, size_t bytes) { return !on_device(p, bytes) && !inside(host_blocks, p, bytes); }
 // The kind must name where the pointers are (host memory is anything not from cudaMalloc),
 // as the GPU's runtime refuses a device pointer passed as host memory and vice versa.
 static cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
@@ -185,15 +190,28 @@ static cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemc
   if (on_device(dst, bytes) != dst_dev || on_device(src, bytes) != src_dev) return cudaErrorInvalidValue;
   return cudaSuccess;
 }
-// Copies and sets are checked at the call; on a stream, the bytes move when the stream runs.
+// Copies and sets are checked at the call; on a stream, the bytes move when the stream
+// runs. Pageable host memory follows CUDA's rules for cudaMemcpyAsync: a pageable
+// source is staged at the call (the host may reuse it at once), and a copy into
+// pageable memory is complete when the call returns; pinned memory is only safe
+// to touch after a synchronisation.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
   cudaError_t e = check_copy(dst, src, bytes, kind);
   if (e != cudaSuccess) return fail(e);
   if (!bytes) return cudaSuccess;
-  e = cudaError_t(cuda_emu::submit(stream, [dst, src, bytes] {
+  std::function<void()> copy = [dst, src, bytes] {
     cuda_emu::install_fault_handler();
     std::memmove(dst, src, bytes);
-  }));
+  };
+  if (stream && pageable(src, bytes)) {
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
+    copy = [dst, staged] {
+      cuda_emu::install_fault_handler();
+      std::memmove(dst, staged->data(), staged->size());
+    };
+  }
+  e = cudaError_t(cuda_emu::submit(stream, std::move(copy)));
+  if (e == cudaSuccess && stream && pageable(dst, bytes)) e = cudaStreamSynchronize(stream);
   return e == cudaSuccess ? e : fail(e);
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {

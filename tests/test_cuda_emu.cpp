@@ -518,7 +518,7 @@ TEST_CASE("cuda_emu: streams: a kernel on B reading A's upload sees stale data u
   }
 }
 
-TEST_CASE("cuda_emu: streams: a host write to a pinned source before the sync reaches the copy; a download is stale until the sync") {
+TEST_CASE("cuda_emu: streams: a host write to a pinned source before the sync reaches the copy; a pinned download is stale until the sync") {
   PinnedFloats src(1.0f), dst(0.0f);
   DeviceFloats dev;
   Stream a;
@@ -531,6 +531,17 @@ TEST_CASE("cuda_emu: streams: a host write to a pinned source before the sync re
   CHECK(all_equal(peek(dst.p, kN), 0.0f));  // read before the sync: stale
   REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
   CHECK(all_equal(peek(dst.p, kN), 2.0f));
+
+  // Pageable memory (CUDA's rules): the source is staged at the call, the download complete at return.
+  std::vector<float> pageable(kN, 5.0f);
+  REQUIRE(cudaMemcpyAsync(dev.p, pageable.data(), kN * sizeof(float), cudaMemcpyHostToDevice, a.s) == cudaSuccess);
+  std::fill(pageable.begin(), pageable.end(), 6.0f);
+  CHECK(all_equal(peek(dev.p, kN), 2.0f));  // queued
+  REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
+  CHECK(all_equal(peek(dev.p, kN), 5.0f));
+  affine(dev.p, 1, 1, a.s);
+  REQUIRE(cudaMemcpyAsync(pageable.data(), dev.p, kN * sizeof(float), cudaMemcpyDeviceToHost, a.s) == cudaSuccess);
+  CHECK(all_equal(pageable, 6.0f));
 }
 
 TEST_CASE("cuda_emu: streams: each synchronisation runs the work it must and leaves the rest queued") {
