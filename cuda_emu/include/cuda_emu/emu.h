@@ -72,7 +72,9 @@
 // of two streams never interleaves within an operation, and where the host
 // synchronises stream A before stream B, A's earlier work runs first, as the
 // calls force: a kernel on B that misses its wait for A's copy reads the copy's
-// result then, where a GPU might have run it earlier); the memory model beyond barriers (no reordering, no caches, fences
+// result then, where a GPU might have run it earlier; default-stream work runs at
+// the call, so a side stream missing its wait for earlier default-stream work is
+// not caught); the memory model beyond barriers (no reordering, no caches, fences
 // are no-ops); hardware rounding of intrinsics (__expf, rsqrtf, sincosf are the
 // host's libm, the accumulation order of tensor-core MMA and of cuBLASLt
 // differs); out-of-bounds accesses other than past the end of a cudaMalloc /
