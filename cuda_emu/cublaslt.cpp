@@ -1,6 +1,7 @@
 // cuda_emu: cuBLASLt on the host (see include/cublasLt.h). The descriptors are
 // plain records; cublasLtMatmul validates them like the library (returning its
-// status codes) and computes D = alpha op(A) op(B) + beta C per batch:
+// status codes) and computes D = alpha op(A) op(B) + beta C per batch, at once on
+// the default stream, queued on a created one (cuda_emu/streams.cpp):
 //   op(A) [m, k], op(B) [k, n] are copied to f32 row-major buffers, then row i
 //   of D is accumulated over k in order (acc[j] += a[i, k] b[k, j]), f32 throughout,
 //   and rounded once to D's type.
@@ -240,33 +241,31 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
   return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha, const void* a,
-                              cublasLtMatrixLayout_t a_desc, const void* b, cublasLtMatrixLayout_t b_desc,
-                              const void* beta, const void* c, cublasLtMatrixLayout_t c_desc, void* d,
-                              cublasLtMatrixLayout_t d_desc, const cublasLtMatmulAlgo_t* algo, void*, size_t,
-                              cudaStream_t) {
-  if (!handle || !alpha || !beta || !a || !b || !d) return CUBLAS_STATUS_INVALID_VALUE;
+namespace {
+
+// D = alpha op(A) op(B) + beta C for a checked problem; the descriptors are copies
+// taken at the call (a queued matmul outlives the caller's descriptors, as in cuBLASLt).
+struct Matmul {
+  cublasLtMatmulDescOpaque_t desc;
+  cublasLtMatrixLayoutOpaque_t a_desc, b_desc, c_desc, d_desc;
   Problem p;
-  cublasStatus_t st = check(desc, a_desc, b_desc, c_desc, d_desc, &p);
-  if (st != CUBLAS_STATUS_SUCCESS) return st;
-  if (c == d && std::memcmp(c_desc, d_desc, sizeof *c_desc) != 0) return CUBLAS_STATUS_INVALID_VALUE;  // in place: same layout
-  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  if (be != 0.0f && !c) return CUBLAS_STATUS_INVALID_VALUE;
-  if (algo) {
-    const void* ptrs[4] = {a, b, c ? c : d, d};
-    for (int i = 0; i < 4; ++i)
-      if (alignment_of(ptrs[i]) < algo->data[i]) return CUBLAS_STATUS_INVALID_VALUE;  // chosen for stricter alignment
-  }
+  float alpha, beta;
+  const void *a, *b, *c;
+  void* d;
+  void run() const;
+};
+
+void Matmul::run() const {
   cuda_emu::install_fault_handler();  // reads past a buffer's end hit its guard page
-  const bool ta = desc->trans_a != CUBLAS_OP_N, tb = desc->trans_b != CUBLAS_OP_N;
+  const bool ta = desc.trans_a != CUBLAS_OP_N, tb = desc.trans_b != CUBLAS_OP_N;
   std::vector<float> op_a(p.m * p.k), op_b(p.k * p.n), acc(p.n);
   for (int32_t bi = 0; bi < p.batch; ++bi) {
     for (uint64_t i = 0; i < p.m; ++i)
       for (uint64_t kk = 0; kk < p.k; ++kk)
-        op_a[i * p.k + kk] = load(a_desc->type, a, ta ? offset(*a_desc, kk, i, bi) : offset(*a_desc, i, kk, bi));
+        op_a[i * p.k + kk] = load(a_desc.type, a, ta ? offset(a_desc, kk, i, bi) : offset(a_desc, i, kk, bi));
     for (uint64_t kk = 0; kk < p.k; ++kk)
       for (uint64_t j = 0; j < p.n; ++j)
-        op_b[kk * p.n + j] = load(b_desc->type, b, tb ? offset(*b_desc, j, kk, bi) : offset(*b_desc, kk, j, bi));
+        op_b[kk * p.n + j] = load(b_desc.type, b, tb ? offset(b_desc, j, kk, bi) : offset(b_desc, kk, j, bi));
     for (uint64_t i = 0; i < p.m; ++i) {
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (uint64_t kk = 0; kk < p.k; ++kk) {
@@ -275,14 +274,38 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
         for (uint64_t j = 0; j < p.n; ++j) acc[j] += x * row[j];
       }
       for (uint64_t j = 0; j < p.n; ++j) {
-        float v = al * acc[j];
-        if (be != 0.0f) v += be * load(c_desc->type, c, offset(*c_desc, i, j, bi));  // beta = 0: C is not read
-        if (desc->epilogue & CUBLASLT_EPILOGUE_BIAS) v += load(d_desc->type, desc->bias, i);
-        if (desc->epilogue == CUBLASLT_EPILOGUE_RELU || desc->epilogue == CUBLASLT_EPILOGUE_RELU_BIAS)
+        float v = alpha * acc[j];
+        if (beta != 0.0f) v += beta * load(c_desc.type, c, offset(c_desc, i, j, bi));  // beta = 0: C is not read
+        if (desc.epilogue & CUBLASLT_EPILOGUE_BIAS) v += load(d_desc.type, desc.bias, i);
+        if (desc.epilogue == CUBLASLT_EPILOGUE_RELU || desc.epilogue == CUBLASLT_EPILOGUE_RELU_BIAS)
           v = std::max(v, 0.0f);
-        store(d_desc->type, d, offset(*d_desc, i, j, bi), v);
+        store(d_desc.type, d, offset(d_desc, i, j, bi), v);
       }
     }
   }
+}
+
+}  // namespace
+
+// Checked at the call; computed then (default stream) or when the stream runs it (cuda_emu/streams.cpp).
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha, const void* a,
+                              cublasLtMatrixLayout_t a_desc, const void* b, cublasLtMatrixLayout_t b_desc,
+                              const void* beta, const void* c, cublasLtMatrixLayout_t c_desc, void* d,
+                              cublasLtMatrixLayout_t d_desc, const cublasLtMatmulAlgo_t* algo, void*, size_t,
+                              cudaStream_t stream) {
+  if (!handle || !alpha || !beta || !a || !b || !d) return CUBLAS_STATUS_INVALID_VALUE;
+  Problem p;
+  cublasStatus_t st = check(desc, a_desc, b_desc, c_desc, d_desc, &p);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  if (c == d && std::memcmp(c_desc, d_desc, sizeof *c_desc) != 0) return CUBLAS_STATUS_INVALID_VALUE;  // in place: same layout
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);  // host pointer mode
+  if (be != 0.0f && !c) return CUBLAS_STATUS_INVALID_VALUE;
+  if (algo) {
+    const void* ptrs[4] = {a, b, c ? c : d, d};
+    for (int i = 0; i < 4; ++i)
+      if (alignment_of(ptrs[i]) < algo->data[i]) return CUBLAS_STATUS_INVALID_VALUE;  // chosen for stricter alignment
+  }
+  const Matmul mm{*desc, *a_desc, *b_desc, *c_desc, *d_desc, p, al, be, a, b, c, d};
+  if (cuda_emu::submit(stream, [mm] { mm.run(); }) != cudaSuccess) return CUBLAS_STATUS_EXECUTION_FAILED;
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -1,17 +1,21 @@
-// cuda_emu: the CUDA runtime API on the host (see include/cuda_runtime.h).
-// One emulated device; memory is host memory; every call completes before it
-// returns (streams and events are bookkeeping only). The launch-configuration
-// check follows the GPU's limits so that a launch the GPU would refuse fails here too.
+// cuda_emu: the CUDA runtime API on the host (see include/cuda_runtime.h):
+// the device, memory, copies and the launch-configuration check. One emulated
+// device; memory is host memory. Default-stream (null) calls complete before
+// they return; work on a created stream is queued and runs when a
+// synchronisation needs it, streams in an adversarial order (cuda_emu/streams.cpp,
+// which also holds the stream and event API). The launch-configuration check
+// follows the GPU's limits so that a launch the GPU would refuse fails here too,
+// at the launch, whatever the stream.
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
-#include <set>
+#include <vector>
 
 namespace {
 
@@ -26,14 +30,6 @@ std::map<void*, size_t> device_blocks;      // cudaMalloc'ed pointer -> bytes
 std::map<void*, size_t> host_blocks;        // cudaHostAlloc'ed pointer -> bytes
 std::map<const void*, int> max_dynamic_shared;  // per kernel, set by cudaFuncSetAttribute
 size_t device_bytes = 0;
-
-struct Stream {};
-struct Event {
-  unsigned flags = 0;
-  bool recorded = false;
-  std::chrono::steady_clock::time_point when;
-};
-std::set<const void*> streams, events;
 
 cudaError_t fail(cudaError_t e) {
   last_error = e;
@@ -119,7 +115,6 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   }
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   std::lock_guard<std::mutex> g(mu);
   *total_bytes = kTotalMemory;
@@ -143,6 +138,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
 }
 cudaError_t cudaFree(void* ptr) {
   if (!ptr) return cudaSuccess;
+  cuda_emu::synchronize_device();  // as on the GPU, where cudaFree synchronises the device
   std::lock_guard<std::mutex> g(mu);
   auto it = device_blocks.find(ptr);
   if (it == device_blocks.end()) return fail(cudaErrorInvalidValue);
@@ -164,6 +160,7 @@ cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned) {
 cudaError_t cudaMallocHost(void** ptr, size_t bytes) { return cudaHostAlloc(ptr, bytes, cudaHostAllocDefault); }
 cudaError_t cudaFreeHost(void* ptr) {
   if (!ptr) return cudaSuccess;
+  cuda_emu::synchronize_device();
   std::lock_guard<std::mutex> g(mu);
   auto it = host_blocks.find(ptr);
   if (it == host_blocks.end()) return fail(cudaErrorInvalidValue);
@@ -171,105 +168,65 @@ cudaError_t cudaFreeHost(void* ptr) {
   host_blocks.erase(it);
   return cudaSuccess;
 }
-// Whether [p, p + bytes) lies inside one cudaMalloc'ed block.
-static bool on_device(const void* p, size_t bytes) {
+// Whether [p, p + bytes) lies inside one block of `blocks`.
+static bool inside(const std::map<void*, size_t>& blocks, const void* p, size_t bytes) {
   std::lock_guard<std::mutex> g(mu);
-  auto it = device_blocks.upper_bound(const_cast<void*>(p));
-  if (it == device_blocks.begin()) return false;
+  auto it = blocks.upper_bound(const_cast<void*>(p));
+  if (it == blocks.begin()) return false;
   --it;
   const char *base = static_cast<const char*>(it->first), *q = static_cast<const char*>(p);
   return q >= base && q + bytes <= base + std::max<size_t>(it->second, 1);
 }
+static bool on_device(const void* p, size_t bytes) { return inside(device_blocks, p, bytes); }
+// Host memory that is neither device nor pinned (cudaHostAlloc) memory.
+static bool pageable(const void* p, size_t bytes) { return !on_device(p, bytes) && !inside(host_blocks, p, bytes); }
 // The kind must name where the pointers are (host memory is anything not from cudaMalloc),
 // as the GPU's runtime refuses a device pointer passed as host memory and vice versa.
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  if (unsigned(kind) > cudaMemcpyDefault || (bytes && (!dst || !src))) return fail(cudaErrorInvalidValue);
+static cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (unsigned(kind) > cudaMemcpyDefault || (bytes && (!dst || !src))) return cudaErrorInvalidValue;
+  if (!bytes || kind == cudaMemcpyDefault) return cudaSuccess;
+  const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (on_device(dst, bytes) != dst_dev || on_device(src, bytes) != src_dev) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+// Copies and sets are checked at the call; on a stream, the bytes move when the stream
+// runs. Pageable host memory follows CUDA's rules for cudaMemcpyAsync: a pageable
+// source is staged at the call (the host may reuse it at once), and a copy into
+// pageable memory is complete when the call returns; pinned memory is only safe
+// to touch after a synchronisation.
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
+  cudaError_t e = check_copy(dst, src, bytes, kind);
+  if (e != cudaSuccess) return fail(e);
   if (!bytes) return cudaSuccess;
-  cuda_emu::install_fault_handler();
-  if (kind != cudaMemcpyDefault) {
-    const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-    const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-    if (on_device(dst, bytes) != dst_dev || on_device(src, bytes) != src_dev) return fail(cudaErrorInvalidValue);
+  std::function<void()> copy = [dst, src, bytes] {
+    cuda_emu::install_fault_handler();
+    std::memmove(dst, src, bytes);
+  };
+  if (stream && pageable(src, bytes)) {
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
+    copy = [dst, staged] {
+      cuda_emu::install_fault_handler();
+      std::memmove(dst, staged->data(), staged->size());
+    };
   }
-  std::memmove(dst, src, bytes);
-  return cudaSuccess;
+  e = cudaError_t(cuda_emu::submit(stream, std::move(copy)));
+  if (e == cudaSuccess && stream && pageable(dst, bytes)) e = cudaStreamSynchronize(stream);
+  return e == cudaSuccess ? e : fail(e);
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
 }
-cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream) {
   if (bytes && !dst) return fail(cudaErrorInvalidValue);
-  cuda_emu::install_fault_handler();
-  if (bytes) std::memset(dst, value, bytes);
-  return cudaSuccess;
+  if (!bytes) return cudaSuccess;
+  cudaError_t e = cudaError_t(cuda_emu::submit(stream, [dst, value, bytes] {
+    cuda_emu::install_fault_handler();
+    std::memset(dst, value, bytes);
+  }));
+  return e == cudaSuccess ? e : fail(e);
 }
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) { return cudaMemset(dst, value, bytes); }
-
-// ---- streams and events (synchronous: work is complete when the call returns)
-cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, cudaStreamDefault); }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
-  auto* s = new Stream;
-  std::lock_guard<std::mutex> g(mu);
-  streams.insert(s);
-  *stream = reinterpret_cast<cudaStream_t>(s);
-  return cudaSuccess;
-}
-cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  std::lock_guard<std::mutex> g(mu);
-  if (!streams.erase(stream)) return fail(cudaErrorInvalidResourceHandle);
-  delete reinterpret_cast<Stream*>(stream);
-  return cudaSuccess;
-}
-static bool valid_stream(cudaStream_t stream) {
-  std::lock_guard<std::mutex> g(mu);
-  return !stream || streams.count(stream);
-}
-static Event* event_of(cudaEvent_t event) {
-  std::lock_guard<std::mutex> g(mu);
-  return events.count(event) ? reinterpret_cast<Event*>(event) : nullptr;
-}
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  return valid_stream(stream) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
-}
-cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
-  return valid_stream(stream) && event_of(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
-}
-cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
-  auto* e = new Event;
-  e->flags = flags;
-  std::lock_guard<std::mutex> g(mu);
-  events.insert(e);
-  *event = reinterpret_cast<cudaEvent_t>(e);
-  return cudaSuccess;
-}
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  std::lock_guard<std::mutex> g(mu);
-  if (!events.erase(event)) return fail(cudaErrorInvalidResourceHandle);
-  delete reinterpret_cast<Event*>(event);
-  return cudaSuccess;
-}
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  Event* e = event_of(event);
-  if (!e || !valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
-  e->recorded = true;
-  e->when = std::chrono::steady_clock::now();
-  return cudaSuccess;
-}
-cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return event_of(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
-}
-cudaError_t cudaEventQuery(cudaEvent_t event) {
-  return event_of(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
-}
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  Event *a = event_of(start), *b = event_of(end);
-  if (!a || !b || (a->flags & cudaEventDisableTiming) || (b->flags & cudaEventDisableTiming))
-    return fail(cudaErrorInvalidResourceHandle);
-  if (!a->recorded || !b->recorded) return fail(cudaErrorInvalidResourceHandle);
-  *ms = std::chrono::duration<float, std::milli>(b->when - a->when).count();
-  return cudaSuccess;
-}
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) { return cudaMemsetAsync(dst, value, bytes, nullptr); }
 
 // ---- kernel attributes and the launch check
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {

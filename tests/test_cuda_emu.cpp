@@ -25,6 +25,7 @@
 #include <cstring>
 #include <functional>
 #include <iostream>
+#include <memory>
 #include <vector>
 
 #include "runtime/error.h"
@@ -438,6 +439,279 @@ TEST_CASE("cuda_emu: pinned host memory has a guard page too; a fault outside a 
   });
   CHECK(other.signal == SIGSEGV);
   CHECK(other.stderr_text.empty());
+}
+
+// ---- streams and events (cuda_emu/streams.cpp): work on a created stream is queued
+// and runs when a synchronisation needs it, unordered streams in reverse issue order.
+
+namespace {
+
+__global__ void affine_in_place(float* x, int n, float mul, float add) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = x[i] * mul + add;
+}
+
+// Emulated device (or pinned) memory read directly by the host: no CUDA call, so
+// nothing queued runs; shows what the memory holds at this point.
+std::vector<float> peek(const float* p, int n) { return std::vector<float>(p, p + n); }
+bool all_equal(const std::vector<float>& v, float x) {
+  return std::all_of(v.begin(), v.end(), [x](float y) { return y == x; });
+}
+
+constexpr int kN = 64;  // floats per buffer in these tests: grids of 2 x 32 threads
+
+// Device buffers of kN floats, set to 0 (a default-stream memset, complete at once).
+struct DeviceFloats {
+  float* p = nullptr;
+  DeviceFloats() {
+    REQUIRE(cudaMalloc(&p, kN * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMemset(p, 0, kN * sizeof(float)) == cudaSuccess);
+  }
+  ~DeviceFloats() { cudaFree(p); }
+};
+struct PinnedFloats {
+  float* p = nullptr;
+  explicit PinnedFloats(float fill) {
+    REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&p), kN * sizeof(float), cudaHostAllocDefault) == cudaSuccess);
+    std::fill(p, p + kN, fill);
+  }
+  ~PinnedFloats() { cudaFreeHost(p); }
+};
+struct Stream {
+  cudaStream_t s = nullptr;
+  explicit Stream(unsigned flags = cudaStreamNonBlocking) { REQUIRE(cudaStreamCreateWithFlags(&s, flags) == cudaSuccess); }
+  ~Stream() { cudaStreamDestroy(s); }
+};
+struct Event {
+  cudaEvent_t e = nullptr;
+  explicit Event(unsigned flags = cudaEventDisableTiming) { REQUIRE(cudaEventCreateWithFlags(&e, flags) == cudaSuccess); }
+  ~Event() { cudaEventDestroy(e); }
+};
+// x := x * mul + add on `stream`.
+void affine(float* x, float mul, float add, cudaStream_t stream) {
+  LAUNCH(affine_in_place, 2, 32, 0, stream)(x, kN, mul, add);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+}
+
+}  // namespace
+
+TEST_CASE("cuda_emu: streams: a kernel on B reading A's upload sees stale data unless B waits for A's event") {
+  PinnedFloats host(7.0f);
+  DeviceFloats in, out;
+  Stream a, b;
+  Event uploaded;
+  for (bool with_event : {false, true}) {
+    CAPTURE(with_event);
+    REQUIRE(cudaMemset(in.p, 0, kN * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMemset(out.p, 0xff, kN * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMemcpyAsync(in.p, host.p, kN * sizeof(float), cudaMemcpyHostToDevice, a.s) == cudaSuccess);
+    if (with_event) {
+      REQUIRE(cudaEventRecord(uploaded.e, a.s) == cudaSuccess);
+      REQUIRE(cudaStreamWaitEvent(b.s, uploaded.e, 0) == cudaSuccess);
+    }
+    LAUNCH(copy_shifted, 2, 32, 0, b.s)(out.p, in.p, kN, 0);
+    CHECK(std::isnan(peek(out.p, kN)[0]));  // queued: nothing ran yet
+    CHECK(all_equal(peek(in.p, kN), 0.0f));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    CHECK(all_equal(peek(in.p, kN), 7.0f));  // the upload ran either way
+    CHECK(all_equal(peek(out.p, kN), with_event ? 7.0f : 0.0f));  // without the event, before it
+  }
+}
+
+TEST_CASE("cuda_emu: streams: a host write to a pinned source before the sync reaches the copy; a pinned download is stale until the sync") {
+  PinnedFloats src(1.0f), dst(0.0f);
+  DeviceFloats dev;
+  Stream a;
+  REQUIRE(cudaMemcpyAsync(dev.p, src.p, kN * sizeof(float), cudaMemcpyHostToDevice, a.s) == cudaSuccess);
+  std::fill(src.p, src.p + kN, 2.0f);  // the hazard: the copy has not read the source yet
+  REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
+  CHECK(all_equal(peek(dev.p, kN), 2.0f));  // the copy read the new value (a GPU may read either)
+
+  REQUIRE(cudaMemcpyAsync(dst.p, dev.p, kN * sizeof(float), cudaMemcpyDeviceToHost, a.s) == cudaSuccess);
+  CHECK(all_equal(peek(dst.p, kN), 0.0f));  // read before the sync: stale
+  REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
+  CHECK(all_equal(peek(dst.p, kN), 2.0f));
+
+  // Pageable memory (CUDA's rules): the source is staged at the call, the download complete at return.
+  std::vector<float> pageable(kN, 5.0f);
+  REQUIRE(cudaMemcpyAsync(dev.p, pageable.data(), kN * sizeof(float), cudaMemcpyHostToDevice, a.s) == cudaSuccess);
+  std::fill(pageable.begin(), pageable.end(), 6.0f);
+  CHECK(all_equal(peek(dev.p, kN), 2.0f));  // queued
+  REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
+  CHECK(all_equal(peek(dev.p, kN), 5.0f));
+  affine(dev.p, 1, 1, a.s);
+  REQUIRE(cudaMemcpyAsync(pageable.data(), dev.p, kN * sizeof(float), cudaMemcpyDeviceToHost, a.s) == cudaSuccess);
+  CHECK(all_equal(pageable, 6.0f));
+}
+
+TEST_CASE("cuda_emu: streams: each synchronisation runs the work it must and leaves the rest queued") {
+  DeviceFloats x, y, z;
+  Stream a, b;
+  Event e;
+
+  SUBCASE("cudaStreamSynchronize: that stream only; cudaEventSynchronize: up to the record") {
+    affine(x.p, 1, 1, a.s);  // x = 1
+    REQUIRE(cudaEventRecord(e.e, a.s) == cudaSuccess);
+    affine(x.p, 10, 0, a.s);  // x = 10
+    affine(y.p, 1, 1, b.s);   // y = 1
+    REQUIRE(cudaStreamSynchronize(b.s) == cudaSuccess);
+    CHECK(all_equal(peek(y.p, kN), 1.0f));
+    CHECK(all_equal(peek(x.p, kN), 0.0f));
+    REQUIRE(cudaEventSynchronize(e.e) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 1.0f));
+    REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 10.0f));
+  }
+  SUBCASE("cudaStreamWaitEvent waits for the record as of the call, not a later re-record") {
+    affine(x.p, 1, 1, a.s);  // x = 1
+    REQUIRE(cudaEventRecord(e.e, a.s) == cudaSuccess);
+    REQUIRE(cudaStreamWaitEvent(b.s, e.e, 0) == cudaSuccess);
+    LAUNCH(copy_shifted, 2, 32, 0, b.s)(y.p, x.p, kN, 0);  // y = x
+    affine(x.p, 10, 0, a.s);  // x = 10
+    REQUIRE(cudaEventRecord(e.e, a.s) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(b.s) == cudaSuccess);
+    CHECK(all_equal(peek(y.p, kN), 1.0f));
+    CHECK(all_equal(peek(x.p, kN), 1.0f));  // not needed by b: still queued
+    REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 10.0f));
+  }
+  SUBCASE("cudaDeviceSynchronize, cudaFree, cudaFreeHost, cudaStreamDestroy, cudaEventQuery, a default-stream wait") {
+    affine(x.p, 1, 1, a.s);
+    affine(y.p, 1, 1, b.s);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 1.0f));
+    CHECK(all_equal(peek(y.p, kN), 1.0f));
+    affine(x.p, 1, 1, a.s);
+    float* block = nullptr;
+    REQUIRE(cudaMalloc(&block, 256) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 1.0f));  // cudaMalloc does not synchronise
+    REQUIRE(cudaFree(block) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 2.0f));
+    affine(x.p, 1, 1, a.s);
+    REQUIRE(cudaMallocHost(reinterpret_cast<void**>(&block), 256) == cudaSuccess);
+    REQUIRE(cudaFreeHost(block) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 3.0f));
+    {
+      Stream c;
+      affine(x.p, 1, 1, c.s);
+      CHECK(all_equal(peek(x.p, kN), 3.0f));
+    }  // cudaStreamDestroy
+    CHECK(all_equal(peek(x.p, kN), 4.0f));
+    affine(x.p, 1, 1, a.s);
+    REQUIRE(cudaEventRecord(e.e, a.s) == cudaSuccess);
+    CHECK(cudaEventQuery(e.e) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 5.0f));
+    affine(x.p, 1, 1, a.s);
+    REQUIRE(cudaEventRecord(e.e, a.s) == cudaSuccess);
+    REQUIRE(cudaStreamWaitEvent(nullptr, e.e, 0) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 6.0f));
+  }
+  SUBCASE("the legacy default stream waits for blocking streams, not for non-blocking ones") {
+    Stream blocking(cudaStreamDefault);
+    affine(x.p, 1, 1, blocking.s);
+    affine(y.p, 1, 1, a.s);
+    LAUNCH(copy_shifted, 2, 32)(z.p, x.p, kN, 0);  // default stream: z = x, after the blocking stream's work
+    CHECK(all_equal(peek(z.p, kN), 1.0f));
+    CHECK(all_equal(peek(y.p, kN), 0.0f));
+    affine(x.p, 1, 1, blocking.s);
+    REQUIRE(cudaMemset(z.p, 0, kN * sizeof(float)) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 2.0f));
+    CHECK(all_equal(peek(y.p, kN), 0.0f));
+  }
+  SUBCASE("timing events: the time of the record's run; not ready while queued") {
+    Event t0(cudaEventDefault), t1(cudaEventDefault);
+    REQUIRE(cudaEventRecord(t0.e, a.s) == cudaSuccess);
+    affine(x.p, 1, 1, a.s);
+    REQUIRE(cudaEventRecord(t1.e, a.s) == cudaSuccess);
+    float ms = -1;
+    CHECK(cudaEventElapsedTime(&ms, t0.e, t1.e) == cudaErrorNotReady);
+    CHECK(cudaGetLastError() == cudaErrorNotReady);
+    REQUIRE(cudaEventSynchronize(t1.e) == cudaSuccess);
+    CHECK(cudaEventElapsedTime(&ms, t0.e, t1.e) == cudaSuccess);
+    CHECK(ms >= 0.0f);
+    CHECK(cudaEventElapsedTime(&ms, t0.e, e.e) == cudaErrorInvalidResourceHandle);  // e: no timing
+    cudaGetLastError();
+  }
+  SUBCASE("launch errors at the launch; a kernel fault at the synchronisation that runs it") {
+    LAUNCH(affine_in_place, 1, 1025, 0, a.s)(x.p, kN, 1.0f, 1.0f);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+    LAUNCH(divergent_barrier, 2, 64, 0, a.s)();
+    CHECK(cudaGetLastError() == cudaSuccess);
+    const std::string err = launch_error([&] { cudaStreamSynchronize(a.s); });
+    CHECK(err.find("kernel divergent_barrier (launched at tests/test_cuda_emu.cpp:") == 0);
+    CHECK(err.find("reached by 48 of 64 threads") != std::string::npos);
+    affine(x.p, 1, 1, a.s);  // the stream goes on; the refused launch never ran
+    REQUIRE(cudaStreamSynchronize(a.s) == cudaSuccess);
+    CHECK(all_equal(peek(x.p, kN), 1.0f));
+    cudaStream_t gone = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&gone, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaStreamDestroy(gone) == cudaSuccess);
+    CHECK(cudaMemsetAsync(x.p, 0, 4, gone) == cudaErrorInvalidResourceHandle);
+    CHECK(cudaStreamSynchronize(gone) == cudaErrorInvalidResourceHandle);
+    cudaGetLastError();
+  }
+}
+
+TEST_CASE("cuda_emu: streams: cuBLASLt on a stream runs at the sync, from descriptors copied at the call") {
+  // D [2, 2] = A B, column-major: A = [[1, 2], [3, 4]], B = I.
+  const float a_host[4] = {1, 3, 2, 4}, b_host[4] = {1, 0, 0, 1}, alpha = 1.0f, beta = 0.0f;
+  DeviceFloats a, b, d;
+  REQUIRE(cudaMemcpy(a.p, a_host, sizeof a_host, cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemcpy(b.p, b_host, sizeof b_host, cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemset(d.p, 0xff, sizeof a_host) == cudaSuccess);
+  Stream s;
+  cublasLtHandle_t h;
+  cublasLtCreate(&h);
+  cublasLtMatmulDesc_t op;
+  REQUIRE(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+  {
+    LtLayout l(CUDA_R_32F, 2, 2, 2);
+    CHECK(cublasLtMatmul(h, op, &alpha, a.p, l.d, b.p, l.d, &beta, d.p, l.d, d.p, l.d, nullptr, nullptr, 0, s.s) ==
+          CUBLAS_STATUS_SUCCESS);
+  }  // the layout is gone before the matmul runs
+  cublasLtMatmulDescDestroy(op);
+  CHECK(std::isnan(peek(d.p, 4)[0]));
+  REQUIRE(cudaStreamSynchronize(s.s) == cudaSuccess);
+  const std::vector<float> got = peek(d.p, 4);
+  for (int i = 0; i < 4; ++i) CHECK(got[size_t(i)] == a_host[i]);
+  cublasLtDestroy(h);
+}
+
+TEST_CASE("cuda_emu: streams: upload -> compute -> download through two slots is right with its events, wrong without") {
+  // Six pages of kN floats stream through two device slots, as the paged optimizer does:
+  // upload (page p into slot p % 2), x := 2x + 1, download. The upload into a slot must
+  // wait for the download of the page that used it before (the slot is reused).
+  constexpr int kPages = 6, kSlots = 2;
+  for (bool wait_for_slot : {true, false}) {
+    CAPTURE(wait_for_slot);
+    std::vector<std::unique_ptr<PinnedFloats>> pages;
+    for (int p = 0; p < kPages; ++p) pages.push_back(std::make_unique<PinnedFloats>(float(p)));
+    DeviceFloats slots[kSlots];
+    Stream upload, compute, download;
+    Event uploaded[kSlots], computed[kSlots], downloaded[kSlots];
+    for (int p = 0; p < kPages; ++p) {
+      const int s = p % kSlots;
+      if (wait_for_slot && p >= kSlots) REQUIRE(cudaStreamWaitEvent(upload.s, downloaded[s].e, 0) == cudaSuccess);
+      REQUIRE(cudaMemcpyAsync(slots[s].p, pages[size_t(p)]->p, kN * sizeof(float), cudaMemcpyHostToDevice,
+                              upload.s) == cudaSuccess);
+      REQUIRE(cudaEventRecord(uploaded[s].e, upload.s) == cudaSuccess);
+      REQUIRE(cudaStreamWaitEvent(compute.s, uploaded[s].e, 0) == cudaSuccess);
+      affine(slots[s].p, 2, 1, compute.s);
+      REQUIRE(cudaEventRecord(computed[s].e, compute.s) == cudaSuccess);
+      REQUIRE(cudaStreamWaitEvent(download.s, computed[s].e, 0) == cudaSuccess);
+      REQUIRE(cudaMemcpyAsync(pages[size_t(p)]->p, slots[s].p, kN * sizeof(float), cudaMemcpyDeviceToHost,
+                              download.s) == cudaSuccess);
+      REQUIRE(cudaEventRecord(downloaded[s].e, download.s) == cudaSuccess);
+    }
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    int right = 0;
+    for (int p = 0; p < kPages; ++p) right += all_equal(peek(pages[size_t(p)]->p, kN), 2.0f * float(p) + 1.0f);
+    // Without the wait, the upload stream (its next copy always issued after the compute
+    // waiting for its last record) runs all six uploads first: each slot holds the last page
+    // uploaded into it (4, 5), computed three times, and downloaded into three pages.
+    CHECK(right == (wait_for_slot ? kPages : 0));
+    if (!wait_for_slot) CHECK(all_equal(peek(pages[0]->p, kN), ((4.0f * 2 + 1) * 2 + 1) * 2 + 1));
+  }
 }
 
 #endif  // NQ_CUDA_EMU

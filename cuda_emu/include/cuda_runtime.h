@@ -4,8 +4,10 @@
 //   memory:  cudaMalloc/cudaFree are host allocations poisoned with 0xff;
 //            cudaMemcpy(Async) is memmove, after checking that the kind says where the
 //            pointers are (device = inside a cudaMalloc block); cudaHostAlloc is host memory.
-//   streams and events: everything runs synchronously at the call, so any
-//            recorded order is trivially kept; events record the host time.
+//   streams and events: default-stream work runs at the call; work on a created
+//            stream is queued and runs at the synchronisation that needs it, unordered
+//            streams in reverse issue order (cuda_emu/streams.cpp); events record the
+//            host time at which their record ran.
 //   device:  one device, "cuda_emu (H200-like)": cc 9.0, 132 SMs, 228 KiB shared
 //            memory per SM, 227 KiB opt-in per block, 48 KiB by default.
 #pragma once

@@ -23,6 +23,20 @@
 // writes later in the same phase (a missing barrier) reads the poison, not the
 // data; with both orders, that holds whichever way the data flows.
 //
+// Streams and events (cuda_emu/streams.cpp). Default-stream (null) work runs
+// at the call. Work on a created stream (launches, cudaMemcpyAsync,
+// cudaMemsetAsync, cublasLtMatmul, event records and waits) is queued and runs
+// as late as possible: when a synchronisation needs it (cudaStreamSynchronize,
+// cudaEventSynchronize/Query, cudaDeviceSynchronize, cudaFree/cudaFreeHost,
+// cudaStreamDestroy, a default-stream operation for blocking streams: the legacy
+// rule) and, among the streams allowed to advance, the one whose next operation
+// was issued last first. So a missing cudaStreamWaitEvent runs the two streams'
+// work in reverse program order, a host write to a pinned source reaches a copy
+// issued before it, a host read of an async download before the sync sees the old
+// bytes, and a block reused while a stream still uses it is overwritten under it.
+// The launch configuration is checked at the launch; a kernel fault in queued work
+// is thrown by the synchronisation that runs it. One host thread drives the emulator.
+//
 // What it checks, as errors naming kernel, block, thread and source line:
 //   __syncthreads reached by only some threads (others returned) or at different
 //   lines; shuffles where a lane of the 32 is missing (exited, or beyond
@@ -51,10 +65,16 @@
 // Device memory, pinned memory and dynamic shared memory (per block) are poisoned
 // with 0xff bytes (NaN as f32 and bf16), so unwritten data shows up in results.
 //
-// What a pass does NOT prove: real scheduling (warps never run concurrently
-// here, so races that barriers would expose only under true parallelism, and
-// inter-block races on global memory, stay hidden: atomics are trivially
-// atomic); the memory model beyond barriers (no reordering, no caches, fences
+// What a pass does NOT prove: real scheduling inside a kernel (warps never run
+// concurrently here, so races that barriers would expose only under true
+// parallelism, and inter-block races on global memory, stay hidden: atomics are
+// trivially atomic); stream orders other than the one adversarial schedule (work
+// of two streams never interleaves within an operation, and where the host
+// synchronises stream A before stream B, A's earlier work runs first, as the
+// calls force: a kernel on B that misses its wait for A's copy reads the copy's
+// result then, where a GPU might have run it earlier; default-stream work runs at
+// the call, so a side stream missing its wait for earlier default-stream work is
+// not caught); the memory model beyond barriers (no reordering, no caches, fences
 // are no-ops); hardware rounding of intrinsics (__expf, rsqrtf, sincosf are the
 // host's libm, the accumulation order of tensor-core MMA and of cuBLASLt
 // differs); out-of-bounds accesses other than past the end of a cudaMalloc /
@@ -65,8 +85,11 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
+
+struct CUstream_st;
 
 struct uint3 {
   unsigned int x, y, z;
@@ -144,6 +167,14 @@ void guarded_free(void* p, size_t bytes);
 // (Re)installs the handler that reports a fault in a guard page; called at every
 // launch, cudaMemcpy, cudaMemset and cuBLASLt matmul.
 void install_fault_handler();
+
+// Streams (cuda_emu/streams.cpp). submit: work for the default stream (null) runs
+// now, after the pending work of every blocking stream (the legacy default-stream
+// rule); work for a created stream is queued until a synchronisation needs it.
+// Returns cudaSuccess, or cudaErrorInvalidResourceHandle when `stream` is not a live stream.
+int submit(CUstream_st* stream, std::function<void()> work);
+// Runs all queued work (cudaDeviceSynchronize; cudaFree and cudaFreeHost call it first).
+void synchronize_device();
 
 // The configuration check of a launch: cudaSuccess or the error the GPU would give.
 int check_launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes);

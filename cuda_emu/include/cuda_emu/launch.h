@@ -1,9 +1,13 @@
 // cuda_emu: the target of the rewritten launch syntax (cuda_emu/rewrite.sed):
 //   kernel<<<grid, block, smem, stream>>>(args)
 //   -> ::cuda_emu::launch(kernel, "kernel", __FILE__, __LINE__)(grid, block, smem, stream)(args)
-// The arguments are converted to the kernel's parameter types once, and every
-// CUDA thread runs the kernel on its own copy of them (as on the GPU, where a
-// kernel may modify its by-value parameters per thread).
+// The configuration is checked at the launch (a refused one sets the error and
+// runs nothing, as on the GPU). The arguments are converted to the kernel's
+// parameter types once, at the launch, and every CUDA thread runs the kernel on
+// its own copy of them (as on the GPU, where a kernel may modify its by-value
+// parameters per thread). On the default stream the grid runs before the launch
+// returns; on a created stream it is queued with its arguments and configuration
+// (cuda_emu/streams.cpp) and runs when a synchronisation needs it.
 #pragma once
 #include <tuple>
 #include <type_traits>
@@ -11,21 +15,23 @@
 
 #include "cuda_emu/emu.h"
 
-struct CUstream_st;
-
 namespace cuda_emu {
 
 template <typename... P> class ConfiguredLaunch {
  public:
-  ConfiguredLaunch(void (*kernel)(P...), LaunchSite site, dim3 grid, dim3 block, size_t shared_bytes)
-      : kernel_(kernel), site_(site), grid_(grid), block_(block), shared_bytes_(shared_bytes) {}
+  ConfiguredLaunch(void (*kernel)(P...), LaunchSite site, dim3 grid, dim3 block, size_t shared_bytes,
+                   CUstream_st* stream)
+      : kernel_(kernel), site_(site), grid_(grid), block_(block), shared_bytes_(shared_bytes), stream_(stream) {}
 
   template <typename... A> void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
     int err = check_launch(reinterpret_cast<const void*>(kernel_), grid_, block_, shared_bytes_);
     if (err != 0) return set_last_error(err);  // nothing runs, as on the GPU
     Params params{kernel_, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
-    run_grid(site_, grid_, block_, shared_bytes_, &ConfiguredLaunch::thread_body, &params);
+    err = submit(stream_, [params, site = site_, grid = grid_, block = block_, shared_bytes = shared_bytes_]() mutable {
+      run_grid(site, grid, block, shared_bytes, &ConfiguredLaunch::thread_body, &params);
+    });
+    if (err != 0) set_last_error(err);
   }
 
  private:
@@ -42,13 +48,14 @@ template <typename... P> class ConfiguredLaunch {
   LaunchSite site_;
   dim3 grid_, block_;
   size_t shared_bytes_;
+  CUstream_st* stream_;
 };
 
 template <typename... P> class Launch {
  public:
   Launch(void (*kernel)(P...), LaunchSite site) : kernel_(kernel), site_(site) {}
-  ConfiguredLaunch<P...> operator()(dim3 grid, dim3 block, size_t shared_bytes = 0, CUstream_st* = nullptr) const {
-    return ConfiguredLaunch<P...>(kernel_, site_, grid, block, shared_bytes);
+  ConfiguredLaunch<P...> operator()(dim3 grid, dim3 block, size_t shared_bytes = 0, CUstream_st* stream = nullptr) const {
+    return ConfiguredLaunch<P...>(kernel_, site_, grid, block, shared_bytes, stream);
   }
 
  private:
