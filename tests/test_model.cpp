@@ -21,6 +21,7 @@
 #include "model/weights.h"
 #include "runtime/safetensors.h"
 #include "training/batch.h"
+#include "tests/temp_dir.h"
 
 using namespace nq;
 namespace fs = std::filesystem;
@@ -79,14 +80,13 @@ std::map<std::string, Tensor> loss_and_grads(const Decoder& model, const Decoder
 }
 
 // A scratch copy of a fixture model directory, to break on purpose.
+// (A TempDir: mkdtemp names it, so concurrent test runs never share one.)
 struct ScratchDir {
-  fs::path path;
+  TempDir dir;
+  fs::path path{dir.path};
   explicit ScratchDir(const std::string& model) {
-    path = fs::temp_directory_path() / ("nq_model_test_" + model + "_" + std::to_string(std::rand()));
-    fs::create_directories(path);
     for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(kFixtures + model + "/" + f, path / f);
   }
-  ~ScratchDir() { fs::remove_all(path); }
   std::string str() const { return path.string(); }
   void write(const std::string& file, const std::string& text) const { std::ofstream(path / file, std::ios::binary) << text; }
   std::string read(const std::string& file) const {
