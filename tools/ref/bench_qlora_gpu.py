@@ -250,14 +250,15 @@ def main():
     plan = planned(args.preset, args.seq) if args.batch == 1 else None
     print(f"QLoRA step on the GPU, {args.preset} (4-bit random init, {model_dir}), batch {args.batch} x seq "
           f"{args.seq}, {args.warmup} warm-up + {args.steps} timed steps")
-    print(f"{'':28s}{'tokens/s':>12s}{'peak GPU mem':>16s}{'wall':>8s}")
+    w = max([28] + [len(name) + 2 for name in results])
+    print(f"{'':{w}s}{'tokens/s':>12s}{'peak GPU mem':>16s}{'wall':>8s}")
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:28s}  failed: {r['error']}")
+            print(f"{name:{w}s}  failed: {r['error']}")
         else:
-            print(f"{name:28s}{r['tokens_per_s']:12.1f}{r['peak_bytes'] / 2**30:13.2f} GiB{walls[name]:7.0f}s")
+            print(f"{name:{w}s}{r['tokens_per_s']:12.1f}{r['peak_bytes'] / 2**30:13.2f} GiB{walls[name]:7.0f}s")
     if plan:
-        print(f"{'plan (./inspect plan)':28s}{'':12s}{plan['total_bytes'] / 2**30:13.2f} GiB")
+        print(f"{'plan (./inspect plan)':{w}s}{'':12s}{plan['total_bytes'] / 2**30:13.2f} GiB")
     ok = {name: r for name, r in results.items() if "error" not in r}
     ours, ours_adamw, py = (ok.get(ours_name["ours"]), ok.get(ours_name["ours_adamw"]),
                             ok.get("transformers+bnb+peft"))
