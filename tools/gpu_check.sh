@@ -6,10 +6,11 @@
 #   3. make -j16 for that architecture only (CUDA_ARCH=<cc>)
 #   4. build/cuda/test_all (every CUDA kernel against the CPU kernels), then the CUDA
 #      tests again under compute-sanitizer memcheck (out-of-bounds / misaligned accesses)
-#   5. ./bench all at Qwen3-0.6B and Qwen3-8B shapes (CSV)
+#   5. ./bench all at Qwen3-0.6B and Qwen3-8B shapes (CSV), and the NF4 matmul's two ways
+#      (fused dequant-GEMM vs dequantize + cuBLASLt) over M, to set kNf4DequantMinRows
 #   6. tools/ref/bench_attention.py (PyTorch SDPA flash) beside ./bench attention, if torch imports
 #   7. a short summary table, printed last
-# Every step runs under `timeout`; the limits add up to 350 s, under 6 minutes.
+# Every step runs under `timeout`; the limits add up to 365 s, about 6 minutes.
 # Logs go to build/gpu_check/<mode>/; when $OUT is set (the device tool copies it back,
 # 8 files at most) it gets two files per mode: summary-<mode>.txt and logs-<mode>.tar.gz.
 # Both modes in one device call (the machine stays warm only 30 s between calls):
@@ -103,7 +104,16 @@ fi
 
 # 5. kernel benchmarks at the two model shapes
 step bench_0.6b 45 ./bench all --shapes qwen3-0.6b --iters 10 --csv
-step bench_8b 65 ./bench all --shapes qwen3-8b --iters 10 --csv
+step bench_8b 55 ./bench all --shapes qwen3-8b --iters 10 --csv
+# kernels/cuda/nf4.h switches from the fused kernel to dequantize + cuBLASLt at
+# kNf4DequantMinRows = 256 rows, an estimate: time both ways over M at Qwen3-0.6B's
+# gate/up_proj shape [3072, 1024] (each ./bench prints a CSV header, then its row).
+step nf4_crossover 25 bash -c 'echo "M,fused_ms,dequant_ms"
+  for m in 16 32 64 128 256 512 1024 2048 4096; do
+    f=$(./bench nf4_matmul_fused --m $m --n 3072 --k 1024 --iters 10 --csv | awk -F, "NR == 2 {print \$3}")
+    d=$(./bench nf4_matmul_dequant --m $m --n 3072 --k 1024 --iters 10 --csv | awk -F, "NR == 2 {print \$3}")
+    echo "$m,$f,$d"
+  done'
 
 # 6. attention next to PyTorch's flash attention (same shape)
 if python3 -c "import torch; assert torch.cuda.is_available()" > /dev/null 2>&1; then
@@ -182,6 +192,12 @@ fi
       shape = $2; gsub(/"/, "", shape);
       printf "%-14s %-44.44s %9.3f ms %7.0f GB/s %7.1f TF/s  %-11s %s\n", $1, shape, $3, $4, $5, frac, $8 }' "$f"
   done
+  if [ -f "$LOG/nf4_crossover.log" ]; then
+    echo "-- NF4 matmul [M, 1024] x [3072, 1024]^T: fused kernel vs dequantize + cuBLASLt (switch now at M = 256)"
+    awk -F, 'NR > 1 && $2 != "" && $3 != "" {
+      printf "M %5d  fused %8.4f ms  dequant %8.4f ms  faster: %s\n", $1, $2, $3, ($2 < $3) ? "fused" : "dequant" }' \
+      "$LOG/nf4_crossover.log"
+  fi
   if [ -f "$LOG/attn_torch.log" ] && [ -f "$LOG/bench_0.6b.log" ]; then
     ours_f=$(awk -F, '$1 == "attention" {print $3; exit}' "$LOG/bench_0.6b.log")
     ours_b=$(awk -F, '$1 == "attention_bwd" {print $3; exit}' "$LOG/bench_0.6b.log")
