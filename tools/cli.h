@@ -1,5 +1,5 @@
 // Small helpers shared by the programs in tools/: reading flag values with
-// errors that name the flag, the OpenMP wait policy, and the main() wrapper that turns an nq::Error
+// errors that name the flag, idle threads that sleep, and the main() wrapper that turns an nq::Error
 // into one line on stderr and exit status 1.
 #pragma once
 #include <unistd.h>
@@ -8,22 +8,38 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <utility>
 
 #include "runtime/error.h"
 
 namespace nq::cli {
 
+// Idle worker threads should sleep, not spin, on a machine with few cores.
 // libgomp's default wait policy keeps OpenMP worker threads spinning after each
 // parallel region; between them OpenBLAS runs its own threads, which then fight
 // the spinners for the same cores (perf: ~30% of the time in libgomp). PASSIVE
 // lets idle workers sleep: 1.5-2.7x more tokens/s measured on 2 cores for
-// ./train (docs/training.md), up to 8x for ./generate's decoding. libgomp reads
-// the variable once, when it loads, so the program re-executes itself with it
-// set (unless the user chose a policy). Called first thing in main().
-inline void prefer_passive_omp_wait(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
+// ./train (docs/training.md), up to 8x for ./generate's decoding. OpenBLAS's own
+// thread pool likewise calls sched_yield in a loop for 2^28 cycles after each
+// GEMM (OPENBLAS_THREAD_TIMEOUT, default 28, minimum 4); with 4 its threads go
+// to sleep at once: 4 steps of the demo ./train took 0.87x the wall time (system
+// time 8.2 -> 1.9 s), ./generate unchanged (1.03x the wall time, 0.64x the CPU
+// time). Both libraries read their variable once, when they load, so the program
+// re-executes itself with them set (each unless the user set it). Called first
+// thing in main().
+inline void let_idle_threads_sleep(char** argv) {
+  bool set = false;
+  for (const auto& [name, value] : {std::pair<const char*, const char*>{"OMP_WAIT_POLICY", "PASSIVE"},
+                                    {"OPENBLAS_THREAD_TIMEOUT", "4"}})
+    if (std::getenv(name) == nullptr) set = setenv(name, value, 1) == 0 || set;
+  if (!set) return;
+  // exec this program's own file by its path (not /proc/self/exe, which would
+  // rename the process "exe" in ps and top); returns only on failure: run as we are
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return;
+  self[n] = '\0';
+  execv(self, argv);
 }
 
 // The value after argv[i] (advancing i); "--flag needs a value" when absent.

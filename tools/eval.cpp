@@ -26,6 +26,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  nq::cli::prefer_passive_omp_wait(argv);
+  nq::cli::let_idle_threads_sleep(argv);
   return nq::cli::run_main([&] { return run(argc, argv); });
 }
