@@ -399,20 +399,28 @@ TEST_CASE("linear_cross_entropy gradients match finite differences") {
 
 // ---------------------------------------------------------------- dropout
 TEST_CASE("dropout keeps element i iff philox_uniform >= p, scales by 1/(1-p); backward applies the same mask") {
-  const int64_t n = 100000;
+  // 1037: a partial chunk of Philox blocks at the end (the CPU kernel draws 8 blocks = 32
+  // elements at a time), below the size where it goes parallel; 300005 above it.
   const float p = 0.3f;
-  std::vector<double> x = randn(n, 28);
-  Tensor y = kernels::dropout_forward(f32(x, {n}), p, 1234, 77);
-  Tensor gx = kernels::dropout_backward(f32(x, {n}), p, 1234, 77);
-  std::vector<double> yv = values(y), gv = values(gx);
-  int64_t kept = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    bool keep = philox_uniform(1234, 77, i) >= p;
-    kept += keep;
-    REQUIRE(yv[i] == (keep ? double(float(x[i]) * (1.0f / (1.0f - p))) : 0.0));
-    REQUIRE(gv[i] == yv[i]);
+  std::vector<double> x;
+  std::vector<double> yv;
+  for (int64_t n : {int64_t(1037), int64_t(300005)}) {
+    CAPTURE(n);
+    x = randn(n, 28);
+    Tensor y = kernels::dropout_forward(f32(x, {n}), p, 1234, 77);
+    Tensor gx = kernels::dropout_backward(f32(x, {n}), p, 1234, 77);
+    yv = values(y);
+    std::vector<double> gv = values(gx);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      bool keep = philox_uniform(1234, 77, i) >= p;
+      kept += keep;
+      REQUIRE(yv[i] == (keep ? double(float(x[i]) * (1.0f / (1.0f - p))) : 0.0));
+      REQUIRE(gv[i] == yv[i]);
+    }
+    CHECK(std::fabs(double(kept) / n - (1 - p)) < 0.03);
   }
-  CHECK(std::fabs(double(kept) / n - (1 - p)) < 0.01);
+  const int64_t n = int64_t(x.size());
   // another offset draws another mask
   CHECK(values(kernels::dropout_forward(f32(x, {n}), p, 1234, 78)) != yv);
 
