@@ -52,10 +52,13 @@ ifeq ($(CUDA),1)
   # compute_cap "9.0" -> "90"; several GPUs -> unique list
   GPU_ARCH := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '.' | sort -u | tr '\n' ' ')
   CUDA_ARCH ?= $(if $(strip $(GPU_ARCH)),$(strip $(GPU_ARCH)),80 90)
+  # cuBLASLt is not linked: kernels/cuda/matmul.cu opens it at the first GEMM (linking
+  # it costs every program ~212 MB of resident memory at start, GPU or not).
   NVCCFLAGS := -O3 -std=c++17 -I. -Xcompiler -fopenmp --expt-relaxed-constexpr -lineinfo \
-               $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) -MMD -MP
+               $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) -MMD -MP \
+               -DNQ_CUDA_LIB_DIR='"$(CUDA_HOME)/lib64"'
   CXXFLAGS += -DNQ_CUDA=1 -I$(CUDA_HOME)/include
-  LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart
+  LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -ldl
 endif
 ifeq ($(CUDA),emu)
   # The engine with NQ_CUDA, against cuda_emu/include's stand-ins for the CUDA headers.

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kernels/cuda/adamw_span.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/kernels.h"
 #include "quant/nf4.h"
@@ -356,6 +357,17 @@ struct Nf4Case {
 };
 
 }  // namespace
+
+#ifdef NQ_CUDA
+TEST_CASE("cuda cuBLASLt opens on first use with every function the GEMMs call") {
+  // No GPU needed: dlopen + dlsym of each function (kernels/cuda/matmul.cu); on the
+  // emulated GPU the table holds cuda_emu's linked functions. Throws, naming the
+  // paths tried or the missing function, if the library is absent or too old.
+  const std::string library = kernels::cuda::cublaslt_library();
+  MESSAGE("cuBLASLt: ", library);
+  CHECK(!library.empty());
+}
+#endif
 
 TEST_CASE("cuda NF4 value table equals quant/nf4.h's") {
   for (int i = 0; i < 16; ++i) CHECK(kernels::cuda::kNf4Values[i] == kNf4Code[i]);

@@ -81,7 +81,7 @@ struct cublasLtMatmulHeuristicResult_t {
   int reserved[4];
 };
 
-const char* cublasGetStatusString(cublasStatus_t status);
+const char* cublasLtGetStatusString(cublasStatus_t status);
 cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle);
 cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle);
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* layout, cudaDataType type, uint64_t rows,

@@ -6,6 +6,7 @@
 // cuBLASLt accepts: bf16 x bf16 -> bf16/f32, f32 x f32 -> f32).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "runtime/dtype.h"
 
@@ -22,5 +23,9 @@ struct GemmArgs {
 
 // Runs on the default stream; throws nq::Error naming the failing cuBLASLt call.
 void gemm(const GemmArgs& g);
+
+// The cuBLASLt library the GEMMs use, opened on first use (matmul.cu says why it
+// is not linked); throws nq::Error listing the paths tried when it cannot be opened.
+std::string cublaslt_library();
 
 }  // namespace nq::kernels::cuda

@@ -8,8 +8,17 @@
 //
 // The cuBLASLt handle, a 32 MiB workspace and the chosen algorithm per shape
 // are created once and cached (the heuristic query costs tens of microseconds).
+//
+// cuBLASLt is opened with dlopen at the first GEMM, not linked: a program linked
+// with it carries ~212 MB more resident memory from its start (an empty main()
+// linked with -lcublasLt: 212 MB vs 1 MB peak RSS), which every CPU-only run of
+// ./train, ./eval or ./tokenize would pay. The emulated GPU (cuda_emu/) links its
+// own cuBLASLt into the program, so there the table holds those functions.
 //   ./bench matmul --m 4096 --n 4096 --k 4096
 #include <cublasLt.h>
+#ifndef NQ_CUDA_EMU
+#include <dlfcn.h>
+#endif
 
 #include <map>
 #include <mutex>
@@ -19,15 +28,67 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
 
+namespace nq::kernels::cuda {
+
+namespace {
+
+// The cuBLASLt functions this file calls, as pointers: api().cublasLtMatmul(...).
+#define NQ_CUBLASLT_FUNCTIONS(X)                                                              \
+  X(cublasLtCreate) X(cublasLtGetStatusString)                                                \
+  X(cublasLtMatrixLayoutCreate) X(cublasLtMatrixLayoutSetAttribute) X(cublasLtMatrixLayoutDestroy) \
+  X(cublasLtMatmulDescCreate) X(cublasLtMatmulDescSetAttribute) X(cublasLtMatmulDescDestroy)  \
+  X(cublasLtMatmulPreferenceCreate) X(cublasLtMatmulPreferenceSetAttribute)                   \
+  X(cublasLtMatmulPreferenceDestroy) X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul)
+struct CublasLtApi {
+#define NQ_DECLARE_POINTER(f) decltype(&::f) f = nullptr;
+  NQ_CUBLASLT_FUNCTIONS(NQ_DECLARE_POINTER)
+#undef NQ_DECLARE_POINTER
+  std::string library;  // the file opened, or "linked" (cuda_emu)
+};
+
+CublasLtApi load_cublaslt() {
+  CublasLtApi api;
+#ifdef NQ_CUDA_EMU
+#define NQ_TAKE_ADDRESS(f) api.f = &::f;
+  NQ_CUBLASLT_FUNCTIONS(NQ_TAKE_ADDRESS)
+#undef NQ_TAKE_ADDRESS
+  api.library = "linked (cuda_emu)";
+#else
+  // The toolkit's copy first (NQ_CUDA_LIB_DIR, set by the Makefile), then the loader's search path.
+  const std::string soname = "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR);
+  void* lib = nullptr;
+  std::string tried;
+  for (const std::string& path : {std::string(NQ_CUDA_LIB_DIR) + "/" + soname, soname}) {
+    lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (lib) { api.library = path; break; }
+    tried += str("\n  ", path, ": ", dlerror());
+  }
+  NQ_CHECK(lib, "cuBLASLt could not be opened (the GPU's GEMMs need it):", tried);
+#define NQ_LOOK_UP(f)                                                                          \
+  api.f = reinterpret_cast<decltype(&::f)>(dlsym(lib, #f));                                    \
+  NQ_CHECK(api.f, api.library, " has no function " #f " (cuBLASLt older than the headers?)");
+  NQ_CUBLASLT_FUNCTIONS(NQ_LOOK_UP)
+#undef NQ_LOOK_UP
+#endif
+  return api;
+}
+
+const CublasLtApi& api() {
+  static const CublasLtApi loaded = load_cublaslt();  // once; a failure is rethrown on each call
+  return loaded;
+}
+
+}  // namespace
+
+std::string cublaslt_library() { return api().library; }
+
 #define CUBLAS_CHECK(call)                                                                  \
   do {                                                                                      \
     cublasStatus_t st_ = (call);                                                            \
     if (st_ != CUBLAS_STATUS_SUCCESS)                                                       \
       throw ::nq::Error(::nq::str(#call, " failed at ", __FILE__, ":", __LINE__, ": ",      \
-                                  cublasGetStatusString(st_)));                             \
+                                  api().cublasLtGetStatusString(st_)));                     \
   } while (0)
-
-namespace nq::kernels::cuda {
 
 static cudaDataType_t lt_type(DType t) {
   switch (t) {
@@ -45,14 +106,14 @@ constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 struct Layout {
   cublasLtMatrixLayout_t desc = nullptr;
   Layout(DType t, int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&desc, lt_type(t), uint64_t(rows), uint64_t(cols), ld));
+    CUBLAS_CHECK(api().cublasLtMatrixLayoutCreate(&desc, lt_type(t), uint64_t(rows), uint64_t(cols), ld));
     if (batch > 1) {
       int32_t count = int32_t(batch);
-      CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(desc, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
-      CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(desc, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+      CUBLAS_CHECK(api().cublasLtMatrixLayoutSetAttribute(desc, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      CUBLAS_CHECK(api().cublasLtMatrixLayoutSetAttribute(desc, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
     }
   }
-  ~Layout() { cublasLtMatrixLayoutDestroy(desc); }
+  ~Layout() { api().cublasLtMatrixLayoutDestroy(desc); }
 };
 
 struct LtState {
@@ -62,7 +123,7 @@ struct LtState {
   // (shape, transposes, types, batch) -> algorithm chosen by the heuristic
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int, int, uint32_t, uint32_t, int64_t>, cublasLtMatmulAlgo_t> algos;
   LtState() {
-    CUBLAS_CHECK(cublasLtCreate(&handle));
+    CUBLAS_CHECK(api().cublasLtCreate(&handle));
     CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
   }
 };
@@ -100,11 +161,11 @@ void gemm(const GemmArgs& g) {
   Layout out(g.c_type, g.n, g.m, g.n, g.batch, g.stride_c);
 
   cublasLtMatmulDesc_t op = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  struct OpGuard { cublasLtMatmulDesc_t d; ~OpGuard() { cublasLtMatmulDescDestroy(d); } } op_guard{op};
+  CUBLAS_CHECK(api().cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  struct OpGuard { cublasLtMatmulDesc_t d; ~OpGuard() { api().cublasLtMatmulDescDestroy(d); } } op_guard{op};
   cublasOperation_t ta = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  CUBLAS_CHECK(api().cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  CUBLAS_CHECK(api().cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
 
   uint32_t align_first = alignment_of(g.b), align_second = alignment_of(g.a), align_c = alignment_of(g.c);
   auto key = std::make_tuple(g.m, g.n, g.k, int(g.trans_a) + 2 * int(g.trans_b), int(g.a_type) + 8 * int(g.b_type),
@@ -117,32 +178,32 @@ void gemm(const GemmArgs& g) {
       algo = it->second;
     } else {
       cublasLtMatmulPreference_t pref = nullptr;
-      CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      CUBLAS_CHECK(api().cublasLtMatmulPreferenceCreate(&pref));
       size_t ws = kWorkspaceBytes;
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first,
+      CUBLAS_CHECK(api().cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+      CUBLAS_CHECK(api().cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first,
                                                         sizeof(align_first)));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second,
+      CUBLAS_CHECK(api().cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second,
                                                         sizeof(align_second)));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+      CUBLAS_CHECK(api().cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
                                                         sizeof(align_c)));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+      CUBLAS_CHECK(api().cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
                                                         sizeof(align_c)));
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
-      cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(s.handle, op, first.desc, second.desc, out.desc, out.desc,
+      cublasStatus_t st = api().cublasLtMatmulAlgoGetHeuristic(s.handle, op, first.desc, second.desc, out.desc, out.desc,
                                                          pref, 1, &result, &found);
-      cublasLtMatmulPreferenceDestroy(pref);
+      api().cublasLtMatmulPreferenceDestroy(pref);
       // (not CUBLAS_CHECK(st): its message would name the variable, not the call)
       NQ_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "matmul: cuBLASLt has no algorithm for [", g.m, ", ", g.k,
                "] x [", g.k, ", ", g.n, "] (batch ", g.batch, ") with types ", dtype_name(g.a_type), " x ",
                dtype_name(g.b_type), " -> ", dtype_name(g.c_type), " (cublasLtMatmulAlgoGetHeuristic: ",
-               cublasGetStatusString(st), ", at ", __FILE__, ":", __LINE__, ")");
+               api().cublasLtGetStatusString(st), ", at ", __FILE__, ":", __LINE__, ")");
       algo = result.algo;
       s.algos.emplace(key, algo);
     }
   }
-  CUBLAS_CHECK(cublasLtMatmul(s.handle, op, &g.alpha, g.b, first.desc, g.a, second.desc, &g.beta, g.c, out.desc,
+  CUBLAS_CHECK(api().cublasLtMatmul(s.handle, op, &g.alpha, g.b, first.desc, g.a, second.desc, &g.beta, g.c, out.desc,
                               g.c, out.desc, &algo, s.workspace, kWorkspaceBytes, 0));
 }
 
