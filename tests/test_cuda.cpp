@@ -463,9 +463,10 @@ GPU_TEST(nf4_matmul_rejects_mismatched_shapes) {
 
 GPU_TEST(lora_nf4_forward_backward) {
   // Reference: the same bypass from CPU kernels (matmul, dropout, scale, add).
+  // M = 300 takes the NF4 matmuls' dequantized way (kNf4DequantMinRows), the others the fused one.
   namespace kc = nq::kernels::cuda;
   for (float p : {0.0f, 0.25f})
-    for (auto [M, out, in] : {std::tuple<int64_t, int64_t, int64_t>{5, 3, 37}, {70, 130, 200}})
+    for (auto [M, out, in] : {std::tuple<int64_t, int64_t, int64_t>{5, 3, 37}, {70, 130, 200}, {300, 64, 96}})
       for (DType dt : kDtypes) {
         CAPTURE(p); CAPTURE(M); CAPTURE(out); CAPTURE(in);
         const int64_t r = 8;
