@@ -10,14 +10,14 @@
 #      (fused dequant-GEMM vs dequantize + cuBLASLt) over M, to set kNf4DequantMinRows
 #   6. tools/ref/bench_attention.py (PyTorch SDPA flash) beside ./bench attention, if torch imports
 #   7. a short summary table, printed last
-# Every step runs under `timeout`; the limits add up to 365 s, about 6 minutes.
+# Every step runs under `timeout`; the limits add up to 355 s, about 6 minutes.
 # Logs go to build/gpu_check/<mode>/; when $OUT is set (the device tool copies it back,
 # 8 files at most) it gets two files per mode: summary-<mode>.txt and logs-<mode>.tar.gz.
 # Both modes in one device call (the machine stays warm only 30 s between calls):
 #   tools/gpu_check.sh; tools/gpu_check.sh train
 # Usage (repository root):  tools/gpu_check.sh          (the kernel checks above)
 #                           tools/gpu_check.sh train    (build + the GPU training section below:
-#                                                        T1-T2; limits add up to 220 s + the build)
+#                                                        T1-T2; limits add up to 240 s + the build)
 #                           tools/gpu_check.sh big      (build + Qwen3-8B: T3-T4; 450 s + the build)
 # With 15 minutes of device time per session, run kernels and train first (one call:
 # `tools/gpu_check.sh; tools/gpu_check.sh train`), then big in a second call if time is left.
@@ -97,13 +97,13 @@ step build 125 make -j16 CUDA=1 CUDA_ARCH="$CC" "${MAKE_DEPS[@]}" all || { echo 
 if [ "$MODE" = kernels ]; then
 step test_all 45 ./build/cuda/test_all
 if command -v compute-sanitizer > /dev/null; then
-  step memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 1 ./build/cuda/test_all -tc="cuda*"
+  step memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 1 ./build/cuda/test_all -tc="cuda*"
 else
   echo "compute-sanitizer not on the PATH: skipping memcheck"
 fi
 
 # 5. kernel benchmarks at the two model shapes
-step bench_0.6b 45 ./bench all --shapes qwen3-0.6b --iters 10 --csv
+step bench_0.6b 40 ./bench all --shapes qwen3-0.6b --iters 10 --csv
 step bench_8b 55 ./bench all --shapes qwen3-8b --iters 10 --csv
 # kernels/cuda/nf4.h switches from the fused kernel to dequantize + cuBLASLt at
 # kNf4DequantMinRows = 256 rows, an estimate: time both ways over M at Qwen3-0.6B's
@@ -129,7 +129,7 @@ fi
 #       QLoRA loss/LoRA gradients vs the CPU; allocator accounting) and the trainer's
 #       GPU tests in tests/test_trainer.cpp (cuda vs cpu losses over 3 steps, paged vs
 #       unpaged bit-identical, resume across devices); then ./train --device cuda on a
-#       fixture model
+#       fixture model, and ./eval of its adapter on the GPU beside the CPU
 #   T2. tools/ref/bench_qlora_gpu.py qwen3-0.6b, batch 1 x seq 2048 (the issue's goal shape):
 #       transformers + bitsandbytes + PEFT vs ./train --device cuda on the same random-init
 #       4-bit folder (./quantize --random), tokens/s and peak GPU memory, with the plan;
@@ -156,6 +156,9 @@ if [ "$MODE" = train ]; then
   step gpu_train_tests 60 ./build/cuda/test_all -tc="gpu train*" -s
   step train_tiny 30 ./train --model tests/fixtures/model/qwen3_tied --data tests/fixtures/tokenizer/chats.jsonl \
     --out /tmp/train_tiny --device cuda --max-steps 3 --max-length 64 --eval-split 4 --save-every 2 --no-progress
+  # ./eval of that adapter on the GPU and on the CPU: the same loss up to bf16 (training/evaluate.h)
+  step eval_tiny 20 bash -c 'for d in cuda cpu; do echo "--device $d: $(./eval --model tests/fixtures/model/qwen3_tied \
+    --data tests/fixtures/tokenizer/chats.jsonl --adapter /tmp/train_tiny --max-length 64 --device $d --no-progress)"; done'
   step qlora_0.6b 130 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-0.6b --batch 1 --seq 2048 --steps 3 \
     --sides "$SIDES,ours_adamw"
 fi
@@ -182,6 +185,7 @@ fi
   done
   [ -f "$LOG/max_ctx.log" ] && grep -E "^plan:|^longest context|^no context" "$LOG/max_ctx.log"
   [ -f "$LOG/train_tiny.log" ] && grep -E "^device:|plan|measured" "$LOG/train_tiny.log" | head -12
+  [ -f "$LOG/eval_tiny.log" ] && grep -E "^--device" "$LOG/eval_tiny.log"
   [ -f "$LOG/gpu_train_tests.log" ] && grep -A7 "plan vs measured" "$LOG/gpu_train_tests.log"
   for preset in 0.6b 8b; do
     f="$LOG/bench_$preset.log"
