@@ -61,9 +61,9 @@ CublasLtApi load_cublaslt() {
   for (const std::string& path : {std::string(NQ_CUDA_LIB_DIR) + "/" + soname, soname}) {
     lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (lib) { api.library = path; break; }
-    tried += str("\n  ", path, ": ", dlerror());
+    tried += str(tried.empty() ? "" : "; ", path, ": ", dlerror());
   }
-  NQ_CHECK(lib, "cuBLASLt could not be opened (the GPU's GEMMs need it):", tried);
+  NQ_CHECK(lib, "cuBLASLt could not be opened (the GPU's GEMMs need it): ", tried);
 #define NQ_LOOK_UP(f)                                                                          \
   api.f = reinterpret_cast<decltype(&::f)>(dlsym(lib, #f));                                    \
   NQ_CHECK(api.f, api.library, " has no function " #f " (cuBLASLt older than the headers?)");
@@ -74,7 +74,7 @@ CublasLtApi load_cublaslt() {
 }
 
 const CublasLtApi& api() {
-  static const CublasLtApi loaded = load_cublaslt();  // once; a failure is rethrown on each call
+  static const CublasLtApi loaded = load_cublaslt();  // once (after a failure, tried and thrown again)
   return loaded;
 }
 
