@@ -59,8 +59,11 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
                F = size_t(c.intermediate_size), Hq = size_t(c.num_heads), Hkv = size_t(c.num_kv_heads),
                Dh = size_t(c.head_dim), r = size_t(rank), V = size_t(c.vocab_size);
   const size_t lora_per_layer = L ? size_t(adapters) / L : 0;  // adapted projections per layer (7 = all-linear)
-  // A layer's op outputs that some backward keeps (docs/gpu_training.md lists them): the
-  // q/k norm outputs, o_proj's and down_proj's outputs are consumed at once and freed.
+  // The recomputed layer's tensors alive at the step's peak, per token. The counts here
+  // (4 D, 3 Hq Dh, 3 Hkv Dh, 3 F, the LoRA u's, f32 row statistics) and the backward's
+  // below (2 D + 2 F) are fitted to the allocator's measured peaks (tests/test_gpu_train.cpp:
+  // 1.01-1.02x with checkpointing); which tensors are alive at that moment depends on the
+  // order in which backward() releases nodes, which the formula does not follow tensor by tensor.
   const size_t layer_outputs =
       N * (a * (4 * D + 3 * Hq * Dh + 3 * Hkv * Dh + 3 * F + lora_per_layer * r) + f32 * (2 * Hq + Hkv + 2));
   if (checkpointing) {  // saved inputs + one layer recomputed at a time
@@ -69,9 +72,7 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
   } else {  // every layer keeps its op outputs until its backward
     plan.recomputed_layer = L * layer_outputs;
   }
-  // The MLP's backward at its widest: d_act, d_gate, d_up while act is already freed (net
-  // 2F), the residual's gradient and one input gradient (2D).
-  plan.layer_backward = N * a * (2 * D + 2 * F);
+  plan.layer_backward = N * a * (2 * D + 2 * F);  // gradients in flight in that layer (fitted, above)
   plan.top = 3 * N * D * a;
   plan.lora_grads = lora;
   bytes[size_t(MemCategory::Activations)] =
