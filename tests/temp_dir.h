@@ -32,6 +32,17 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
   f.write(bytes.data(), std::streamsize(bytes.size()));
 }
 
+// The message of the nq::Error that fn() throws, or "(no error)".
+template <typename Fn>
+std::string thrown_message(Fn&& fn) {
+  try {
+    fn();
+  } catch (const nq::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
 // The message of open(path) for a file holding `bytes` ("" when it opens); the
 // message must name the file.
 template <typename Open>

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "tests/temp_dir.h"
 
 #define LAUNCH(kernel, ...) ::cuda_emu::launch(kernel, #kernel, __FILE__, __LINE__)(__VA_ARGS__)
 
@@ -112,15 +113,6 @@ __global__ void copy_shifted(float* out, const float* in, int n, int shift) {
 __global__ void vector_atomic(float* p) { atomicAdd(reinterpret_cast<float4*>(p), make_float4(1, 2, 3, 4)); }
 __global__ void nothing() {}
 
-std::string launch_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const nq::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 // A death test: runs f in a forked child with stderr on a pipe (stdout discarded);
 // the signal that killed the child (0: none), and what it wrote to stderr.
 struct ChildResult {
@@ -186,22 +178,22 @@ TEST_CASE("cuda_emu: shuffles return the source lane's value (out of range: the 
 }
 
 TEST_CASE("cuda_emu: barrier and shuffle rules fail with the kernel, block, thread and line") {
-  std::string e = launch_error([] { LAUNCH(divergent_barrier, 2, 64)(); });
+  std::string e = thrown_message([] { LAUNCH(divergent_barrier, 2, 64)(); });
   CHECK(e.find("kernel divergent_barrier (launched at tests/test_cuda_emu.cpp:") == 0);
   CHECK(e.find("block (0,0,0)") != std::string::npos);
   CHECK(e.find("__syncthreads at tests/test_cuda_emu.cpp:") != std::string::npos);
   CHECK(e.find("reached by 48 of 64 threads; the other 16 returned") != std::string::npos);
 
   std::vector<float> out(64);
-  e = launch_error([&] { LAUNCH(shuffle_after_return, 1, 32)(out.data()); });
+  e = thrown_message([&] { LAUNCH(shuffle_after_return, 1, 32)(out.data()); });
   CHECK(e.find("lane 5 returned while its warp waits in __shfl_xor_sync") != std::string::npos);
-  e = launch_error([&] { LAUNCH(shuffle_in_partial_warp, 1, 48)(out.data()); });
+  e = thrown_message([&] { LAUNCH(shuffle_in_partial_warp, 1, 48)(out.data()); });
   // The first lane of warp 1 to reach the shuffle: 32, or 47 when this launch runs its
   // lanes in descending order (the order alternates from launch to launch).
   CHECK((e.find("thread (32,0,0): __shfl_xor_sync at") != std::string::npos ||
          e.find("thread (47,0,0): __shfl_xor_sync at") != std::string::npos));
   CHECK(e.find("warp 1, which has only 16 threads") != std::string::npos);
-  e = launch_error([] { LAUNCH(mixed_barriers, 1, 32)(); });
+  e = thrown_message([] { LAUNCH(mixed_barriers, 1, 32)(); });
   CHECK(e.find("deadlock: no thread can proceed; thread (0,0,0) waits at __syncthreads") != std::string::npos);
 
   // A failed launch leaves the emulator usable: the next one runs normally.
@@ -223,7 +215,7 @@ TEST_CASE("cuda_emu: a missing __syncwarp reads poisoned shared memory; with it,
   CHECK(std::isnan(out[31]) != std::isnan(out[63]));  // lane 31 misses only in the descending block
   LAUNCH(neighbour_dynamic, 2, 32, 32 * sizeof(float))(out.data(), true);
   for (int t = 0; t < 64; ++t) CHECK(out[size_t(t)] == float((t % 32 + 1) % 32));
-  std::string e = launch_error([] { LAUNCH(overflow_shared, 1, 32, 64)(64); });
+  std::string e = thrown_message([] { LAUNCH(overflow_shared, 1, 32, 64)(64); });
   CHECK(e.find("wrote past the end of its 64 bytes of dynamic shared memory") != std::string::npos);
 }
 
@@ -281,15 +273,15 @@ TEST_CASE("cuda_emu: WMMA computes A B + C and enforces alignment, ldm and whole
       }
     CHECK(worst < 1e-5);  // f32 accumulation of exact bf16 products
   }
-  std::string e = launch_error([&] { LAUNCH(wmma_load, 1, 32)(a + 8, 16u); });
+  std::string e = thrown_message([&] { LAUNCH(wmma_load, 1, 32)(a + 8, 16u); });
   CHECK(e.find("wmma::load_matrix_sync at tests/test_cuda_emu.cpp:") != std::string::npos);
   CHECK(e.find("is not 32-byte aligned") != std::string::npos);
-  e = launch_error([&] { LAUNCH(wmma_load, 1, 32)(a, 12u); });
+  e = thrown_message([&] { LAUNCH(wmma_load, 1, 32)(a, 12u); });
   CHECK(e.find("ldm 12 (24 bytes) is not a multiple of 16 bytes") != std::string::npos);
-  e = launch_error([&] { LAUNCH(wmma_half_warp, 1, 32)(a); });
+  e = thrown_message([&] { LAUNCH(wmma_half_warp, 1, 32)(a); });
   CHECK(e.find("lanes 0 and 16 issued different WMMA operations") != std::string::npos);
   alignas(16) float acc[8] = {};
-  e = launch_error([&] { LAUNCH(vector_atomic, 1, 1)(acc + 2); });
+  e = thrown_message([&] { LAUNCH(vector_atomic, 1, 1)(acc + 2); });
   CHECK(e.find("atomicAdd(float4*): address not 16-byte aligned") != std::string::npos);
   LAUNCH(vector_atomic, 1, 3)(acc + 4);
   CHECK(acc[4] == 3.0f);
@@ -637,7 +629,7 @@ TEST_CASE("cuda_emu: streams: each synchronisation runs the work it must and lea
     CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
     LAUNCH(divergent_barrier, 2, 64, 0, a.s)();
     CHECK(cudaGetLastError() == cudaSuccess);
-    const std::string err = launch_error([&] { cudaStreamSynchronize(a.s); });
+    const std::string err = thrown_message([&] { cudaStreamSynchronize(a.s); });
     CHECK(err.find("kernel divergent_barrier (launched at tests/test_cuda_emu.cpp:") == 0);
     CHECK(err.find("reached by 48 of 64 threads") != std::string::npos);
     affine(x.p, 1, 1, a.s);  // the stream goes on; the refused launch never ran

@@ -40,25 +40,10 @@ EvalReport eval_quiet(const EvalConfig& cfg) {
   return evaluate(cfg, log);
 }
 
-std::string eval_error(const EvalConfig& cfg) {
-  try {
-    eval_quiet(cfg);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+std::string eval_error(const EvalConfig& cfg) { return thrown_message([&] { eval_quiet(cfg); }); }
 
 std::string parse_error(std::vector<std::string> args) {
-  std::vector<char*> argv{const_cast<char*>("eval")};
-  for (std::string& a : args) argv.push_back(a.data());
-  EvalConfig cfg;
-  try {
-    parse_eval_args(int(argv.size()), argv.data(), &cfg);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
+  return flag_error<EvalConfig>("eval", std::move(args), parse_eval_args);
 }
 
 // ./eval's settings for the tiny run's model and `data`, as its flags would give them.

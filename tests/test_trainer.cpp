@@ -74,25 +74,10 @@ TrainResult run(const TrainConfig& cfg, const TrainerHooks& hooks = {}) {
   return train(cfg, log, hooks);
 }
 
-std::string train_error(const TrainConfig& cfg) {
-  try {
-    run(cfg);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+std::string train_error(const TrainConfig& cfg) { return thrown_message([&] { run(cfg); }); }
 
 std::string parse_error(std::vector<std::string> args) {
-  std::vector<char*> argv{const_cast<char*>("train")};
-  for (std::string& a : args) argv.push_back(a.data());
-  TrainConfig cfg;
-  try {
-    parse_train_args(int(argv.size()), argv.data(), &cfg);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
+  return flag_error<TrainConfig>("train", std::move(args), parse_train_args);
 }
 
 }  // namespace

@@ -81,6 +81,16 @@ inline std::string chat_jsonl(int n = 16) {
   return s;
 }
 
+// The error a program's flag parser (parse_train_args, parse_eval_args) gives for
+// `args` after argv[0] = `program`, or "(no error)".
+template <typename Config, typename Parse>
+std::string flag_error(const char* program, std::vector<std::string> args, Parse parse) {
+  std::vector<char*> argv{const_cast<char*>(program)};
+  for (std::string& a : args) argv.push_back(a.data());
+  Config cfg;
+  return thrown_message([&] { parse(int(argv.size()), argv.data(), &cfg); });
+}
+
 // A temp folder with the tiny model and data, and a config that trains on them.
 struct TinyRun {
   TempDir tmp;
