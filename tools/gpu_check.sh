@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# tools/gpu_check.sh: the whole GPU check in one go, for a lent machine (H200).
+# tools/gpu_check.sh: the whole GPU check in one go, on a machine with an NVIDIA GPU
+# (written for an H200; any sm_80+ GPU works).
 #   1. detect the GPU (nvidia-smi) and its compute capability
 #   2. the Debian build dependencies: installed ones, else the headers and libraries
 #      carried in .carry/deps.tar.xz (tools/gpu_prepare.sh), unpacked into /tmp/nqdeps
@@ -11,20 +12,18 @@
 #   6. tools/ref/bench_attention.py (PyTorch SDPA flash) beside ./bench attention, if torch imports
 #   7. a short summary table, printed last
 # Every step runs under `timeout`; the limits add up to 355 s, about 6 minutes.
-# Logs go to build/gpu_check/<mode>/; when $OUT is set (the device tool copies it back,
-# 8 files at most) it gets two files per mode: summary-<mode>.txt and logs-<mode>.tar.gz.
-# Both modes in one device call (the machine stays warm only 30 s between calls):
-#   tools/gpu_check.sh; tools/gpu_check.sh train
+# Logs go to build/gpu_check/<mode>/; when $OUT is set, two files per mode are also
+# written there: summary-<mode>.txt and logs-<mode>.tar.gz.
+# Both modes in one go:  tools/gpu_check.sh; tools/gpu_check.sh train
 # Usage (repository root):  tools/gpu_check.sh          (the kernel checks above)
 #                           tools/gpu_check.sh train    (build + the GPU training section below:
 #                                                        T1-T2; limits add up to 240 s + the build)
 #                           tools/gpu_check.sh big      (build + Qwen3-8B: T3-T4; 450 s + the build)
-# With 15 minutes of device time per session, run kernels and train first (one call:
-# `tools/gpu_check.sh; tools/gpu_check.sh train`), then big in a second call if time is left.
+# kernels + train take about 10 minutes together; big about 8 more.
 #
-# The lent machine has no network: before calling it, run tools/gpu_prepare.sh here
+# On a GPU machine without network, run tools/gpu_prepare.sh first where there is network
 # (it writes .carry/deps.tar.xz, the build dependencies, and .carry/bnb.tar.xz,
-# bitsandbytes for the Python side of `train`) and call the device with carry [".carry"].
+# bitsandbytes for the Python side of `train`) and copy .carry/ along with the checkout.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-kernels}
@@ -67,7 +66,7 @@ GPU=$(echo "$GPU_INFO" | head -1)
 CC=$(echo "$GPU" | cut -d, -f2 | tr -d ' .')
 echo "GPU: $GPU  (building for sm_$CC)"
 
-# 2. build dependencies: installed, or carried (no network on the lent machine)
+# 2. build dependencies: installed, or carried (for a GPU machine without network)
 have_headers() {
   local root=${1:-} h
   for h in x86_64-linux-gnu/cblas.h doctest/doctest.h nlohmann/json.hpp utf8proc.h pcre2.h; do
@@ -139,7 +138,7 @@ fi
 #       so a slow disk shows as its own line rather than eating the benchmark's time
 #   (big) T4. ours only: the longest context for qwen3-8b that trains one step in 80 GiB,
 #       starting from the memory plan's prediction
-# bitsandbytes is not installed on the lent machine: tools/gpu_prepare.sh packs it
+# bitsandbytes may be missing on a machine without network: tools/gpu_prepare.sh packs it
 # into .carry/bnb.tar.xz, unpacked here into /tmp/site (on PYTHONPATH for these steps).
 if [ "$MODE" != kernels ]; then
   if ! python3 -c "import bitsandbytes" > /dev/null 2>&1 && [ -f .carry/bnb.tar.xz ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/gpu_prepare.sh: run HERE, on a machine with network, before a lent GPU
+# tools/gpu_prepare.sh: run HERE, on a machine with network, before a GPU
 # machine (which has none) runs tools/gpu_check.sh. Writes .carry/ (git-ignored):
 #
 #   .carry/deps.tar.xz  the Debian build dependencies, unpacked with `dpkg -x`
@@ -10,12 +10,11 @@
 #                       the machine lacks the headers.
 #   .carry/bnb.tar.xz   bitsandbytes (tools/ref/requirements.txt's version), the
 #                       package folder of its manylinux wheel with the CUDA 13
-#                       libraries only (the wheel's ten CUDA/ROCm builds weigh 130 MB;
-#                       the device tool carries 64 MiB). gpu_check.sh unpacks it into
+#                       libraries only (the wheel's ten CUDA/ROCm builds weigh 130 MB). gpu_check.sh unpacks it into
 #                       /tmp/site and puts that on PYTHONPATH for tools/ref/bench_qlora_gpu.py.
 #
-# Then call the device with carry [".carry"] and the command `tools/gpu_check.sh`
-# (or `tools/gpu_check.sh train`). Both archives together are about 15 MB.
+# Then copy the checkout with .carry/ to the GPU machine and run `tools/gpu_check.sh`
+# (or `tools/gpu_check.sh train`) there. Both archives together are about 15 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.carry
@@ -60,4 +59,4 @@ find "$WORK/site/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name 'libbitsandb
 ls "$WORK"/site/bitsandbytes/libbitsandbytes_cuda13*.so > /dev/null
 (cd "$WORK/site" && tar cJf - .) > "$CARRY/bnb.tar.xz"
 echo "wrote $CARRY/bnb.tar.xz ($(du -h "$CARRY/bnb.tar.xz" | cut -f1)): bitsandbytes $BNB (CUDA 13 builds)"
-echo "next: the device tool's run with carry [\".carry\"] and command \"tools/gpu_check.sh\""
+echo "next: copy the checkout with .carry/ to the GPU machine and run tools/gpu_check.sh there"
