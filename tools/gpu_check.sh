@@ -87,7 +87,7 @@ elif [ -f .carry/deps.tar.xz ]; then
   echo "build dependencies: carried (.carry/deps.tar.xz unpacked into /tmp/nqdeps)"
 else
   echo "error: the build dependencies are not installed and .carry/deps.tar.xz is missing:"
-  echo "       run tools/gpu_prepare.sh on a machine with network and call the device with carry [\".carry\"]"
+  echo "       run tools/gpu_prepare.sh on a machine with network and copy .carry/ here"
   exit 1
 fi
 
