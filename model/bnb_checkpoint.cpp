@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "runtime/half.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace nq {
 

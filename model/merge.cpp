@@ -1,12 +1,12 @@
 // W' = W + s B A for every adapted projection (see merge.h).
-#include "lora/merge.h"
+#include "model/merge.h"
 
 #include <nlohmann/json.hpp>
 
 #include "kernels/kernels.h"
 #include "model/bnb_checkpoint.h"
 #include "model/decoder.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace nq {
 

@@ -1,5 +1,5 @@
 // Adapter targeting and the PEFT on-disk format (see adapter.h).
-#include "lora/adapter.h"
+#include "model/adapters.h"
 
 #include <cmath>
 #include <map>
@@ -9,7 +9,7 @@
 #include "model/bnb_checkpoint.h"
 #include "model/decoder.h"
 #include "model/device.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace nq {
 
