@@ -1,0 +1,137 @@
+// The PEFT adapter files (see peft_adapter.h).
+#include "formats/peft_adapter.h"
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <tuple>
+
+#include "formats/hf_files.h"
+#include "formats/safetensors.h"
+
+namespace nq {
+
+using json = nlohmann::json;
+
+static const char* kPeftPrefix = "base_model.model.";
+
+AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
+  const std::string text = read_text_file(path);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(str(path, ": invalid JSON: ", e.what()));
+  }
+  NQ_CHECK(j.is_object(), path, ": adapter config must be a JSON object");
+  auto field = [&](const char* key) -> const json& {
+    NQ_CHECK(j.contains(key) && !j[key].is_null(), path, ": missing field \"", key, "\"");
+    return j[key];
+  };
+  // PEFT writes null for unset optional fields: treat null like absent.
+  auto opt = [&](const char* key, auto fallback) {
+    return j.contains(key) && !j[key].is_null() ? j[key].get<decltype(fallback)>() : fallback;
+  };
+  AdapterConfig c;
+  try {
+    const std::string type = opt("peft_type", std::string("LORA"));
+    NQ_CHECK(type == "LORA", path, ": peft_type \"", type, "\" is not supported (only LORA)");
+    NQ_CHECK(!opt("use_dora", false), path, ": use_dora is not supported");
+    c.lora.r = field("r").get<int64_t>();
+    c.lora.alpha = field("lora_alpha").get<float>();
+    c.lora.dropout = opt("lora_dropout", 0.0f);
+    c.lora.use_rslora = opt("use_rslora", false);
+    const json& t = field("target_modules");
+    c.target_modules = t.is_string() ? std::vector<std::string>{t.get<std::string>()} : t.get<std::vector<std::string>>();
+    c.base_model_name_or_path = opt("base_model_name_or_path", std::string());
+    NQ_CHECK(opt("rank_pattern", json::object()).empty() && opt("alpha_pattern", json::object()).empty(),
+             path, ": rank_pattern / alpha_pattern are not supported");
+  } catch (const json::exception& e) {
+    throw Error(str(path, ": mistyped field: ", e.what()));
+  }
+  NQ_CHECK(c.lora.r > 0, path, ": r must be positive, got ", c.lora.r);
+  return c;
+}
+
+std::string AdapterConfig::to_json() const {
+  // The fields peft writes for a plain LoRA adapter (others left at peft's defaults).
+  json j = {{"peft_type", "LORA"},
+            {"task_type", "CAUSAL_LM"},
+            {"base_model_name_or_path", base_model_name_or_path},
+            {"r", lora.r},
+            {"lora_alpha", lora.alpha},
+            {"lora_dropout", lora.dropout},
+            {"target_modules", target_modules},
+            {"use_rslora", lora.use_rslora},
+            {"use_dora", false},
+            {"bias", "none"},
+            {"fan_in_fan_out", false},
+            {"inference_mode", true},
+            {"init_lora_weights", true},
+            {"modules_to_save", nullptr},
+            {"layers_to_transform", nullptr},
+            {"layers_pattern", nullptr},
+            {"rank_pattern", json::object()},
+            {"alpha_pattern", json::object()},
+            {"revision", nullptr}};
+  return j.dump(2) + "\n";
+}
+
+void write_peft_adapter(const std::string& dir, const AdapterConfig& cfg,
+                        const std::vector<std::pair<std::string, PeftLoraWeights>>& modules) {
+  make_dir(dir);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& [module, w] : modules) {
+    tensors.emplace_back(kPeftPrefix + module + ".lora_A.weight", w.A);
+    tensors.emplace_back(kPeftPrefix + module + ".lora_B.weight", w.B);
+  }
+  NQ_CHECK(!tensors.empty(), dir, ": the model has no LoRA adapters to save");
+  save_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
+  write_text_file(dir + "/adapter_config.json", cfg.to_json());  // atomic like the tensors
+}
+
+std::map<std::string, PeftLoraWeights> read_peft_weights(const std::string& dir, const AdapterConfig& cfg,
+                                                         const std::map<std::string, PeftModuleShape>& modules) {
+  SafetensorsFile file = SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  std::set<std::string> seen;
+  for (const std::string& key : file.names()) {
+    bool lora_weight = false;
+    for (const char* which : {".lora_A.weight", ".lora_B.weight"}) {
+      std::string w = which;
+      if (key.size() <= w.size() || key.compare(key.size() - w.size(), w.size(), w) != 0) continue;
+      lora_weight = true;
+      std::string module = key.substr(0, key.size() - w.size());
+      NQ_CHECK(module.rfind(kPeftPrefix, 0) == 0, dir, "/adapter_model.safetensors: tensor ", key,
+               " does not start with \"", kPeftPrefix, "\" (not a PEFT causal-LM adapter)");
+      module = module.substr(std::string(kPeftPrefix).size());
+      NQ_CHECK(modules.count(module), dir, "/adapter_model.safetensors: tensor ", key,
+               " is for module ", module, ", which this model does not have");
+      seen.insert(module);
+    }
+    // Anything else (modules_to_save copies, DoRA magnitudes, embedding adapters)
+    // would change the model in ways this loader does not implement.
+    NQ_CHECK(lora_weight, dir, "/adapter_model.safetensors: tensor ", key,
+             " is not a lora_A / lora_B weight (only plain LoRA on linear layers is supported)");
+  }
+  NQ_CHECK(!seen.empty(), dir, "/adapter_model.safetensors: no lora_A / lora_B tensors");
+  std::map<std::string, PeftLoraWeights> weights;
+  for (const std::string& module : seen) {
+    const PeftModuleShape& shape = modules.at(module);
+    PeftLoraWeights& w = weights[module];
+    for (auto [suffix, value, rows, cols] :
+         {std::tuple<const char*, Tensor*, int64_t, int64_t>{".lora_A.weight", &w.A, cfg.lora.r, shape.in},
+          {".lora_B.weight", &w.B, shape.out, cfg.lora.r}}) {
+      std::string key = kPeftPrefix + module + suffix;
+      NQ_CHECK(file.has(key), dir, "/adapter_model.safetensors: missing tensor ", key);
+      Tensor t = file.get(key);
+      NQ_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16, dir,
+               "/adapter_model.safetensors: tensor ", key, " has dtype ", dtype_name(t.dtype()),
+               " (expected F32, BF16 or F16)");
+      NQ_CHECK(t.shape() == Shape({rows, cols}), dir, "/adapter_model.safetensors: tensor ", key, " has shape ",
+               t.shape().str(), ", expected [", rows, ", ", cols, "]");
+      *value = t.dtype() == DType::F32 ? t.clone() : t.to_dtype(DType::F32);  // owned: not the file's mapping
+    }
+  }
+  return weights;
+}
+
+}  // namespace nq
