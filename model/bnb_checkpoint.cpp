@@ -1,16 +1,15 @@
-// bitsandbytes 4-bit checkpoints in and out, and HF directory plumbing (see bnb_checkpoint.h).
+// bitsandbytes 4-bit checkpoints into and out of a model (see bnb_checkpoint.h).
 #include "model/bnb_checkpoint.h"
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
+#include "formats/hf_files.h"
+#include "formats/safetensors.h"
 #include "runtime/half.h"
-#include "runtime/safetensors.h"
 
 namespace nq {
 
@@ -18,59 +17,17 @@ using json = nlohmann::json;
 
 namespace {
 
-json read_json_file(const std::string& path) {
-  const std::string text = read_text_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(str(path, ": invalid JSON: ", e.what()));
-  }
-}
-
-// The suffixes of a serialized Linear4bit weight besides the packed bytes at "<name>".
-const char* const kNf4Suffixes[] = {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
-                                    ".quant_state.bitsandbytes__nf4"};
-const char* const kQuantStateSuffix = ".quant_state.bitsandbytes__nf4";
-
 // The NF4 weights of the projections stored 4-bit in `file` (quant_state present).
 Nf4Weights read_nf4_weights(const SafetensorsDir& file, const ModelConfig& config) {
   Nf4Weights nf4;
   for (const ParamSpec& spec : parameter_specs(config)) {
-    if (!is_projection_weight(spec.name) || !file.has(spec.name + kQuantStateSuffix)) continue;
-    std::map<std::string, Tensor> sd;
-    sd[spec.name] = file.get(spec.name);
-    for (const char* suffix : kNf4Suffixes)
-      if (file.has(spec.name + suffix)) sd[spec.name + suffix] = file.get(spec.name + suffix);
-    Nf4Tensor q;
-    try {
-      q = nf4_from_state_dict(sd, spec.name);
-    } catch (const Error& e) {
-      throw Error(str(file.file_of(spec.name).path(), ": ", e.what()));
-    }
+    if (!is_projection_weight(spec.name) || !has_nf4_tensor(file, spec.name)) continue;
+    Nf4Tensor q = read_nf4_tensor(file, spec.name);
     NQ_CHECK(Shape({q.out, q.in}) == spec.shape, file.file_of(spec.name).path(), ": 4-bit tensor ", spec.name,
              " has shape [", q.out, ", ", q.in, "], expected ", spec.shape.str());
-    // Owned copies: the decoder's weights must not alias the read-only mapping.
-    q.packed = q.packed.clone();
-    q.absmax = q.absmax.clone();
-    if (q.double_quant) {
-      q.nested_absmax = q.nested_absmax.clone();
-      q.nested_code = q.nested_code.clone();
-    }
     nf4[spec.name] = std::make_shared<const Nf4Tensor>(std::move(q));
   }
   return nf4;
-}
-
-// config.json = `config_json` (a model's config.json text) with `quant`'s quantization_config added.
-void write_bnb_config_json(const std::string& dir, const std::string& config_json, const Bnb4bitConfig& quant) {
-  json j;
-  try {
-    j = json::parse(config_json);
-  } catch (const json::exception& e) {
-    throw Error(str(dir, ": the source config.json is not valid JSON: ", e.what()));
-  }
-  j["quantization_config"] = json::parse(quant.to_json());
-  write_text_file(dir + "/config.json", j.dump(2) + "\n");
 }
 
 // One f32 value rounded to `dtype` (round to nearest even), as its 16-bit pattern.
@@ -100,54 +57,6 @@ Tensor cast_for_saving(const Tensor& t, DType dtype) {
 
 }  // namespace
 
-// ---------------------------------------------------------------- quantization_config
-
-std::string Bnb4bitConfig::to_json() const {
-  // The fields (and defaults) of transformers' BitsAndBytesConfig.to_dict() for 4-bit NF4.
-  json j = {{"_load_in_4bit", true},
-            {"_load_in_8bit", false},
-            {"bnb_4bit_compute_dtype", compute_dtype},
-            {"bnb_4bit_quant_storage", "uint8"},
-            {"bnb_4bit_quant_type", "nf4"},
-            {"bnb_4bit_use_double_quant", double_quant},
-            {"llm_int8_enable_fp32_cpu_offload", false},
-            {"llm_int8_has_fp16_weight", false},
-            {"llm_int8_skip_modules", nullptr},
-            {"llm_int8_threshold", 6.0},
-            {"load_in_4bit", true},
-            {"load_in_8bit", false},
-            {"quant_method", "bitsandbytes"}};
-  return j.dump();
-}
-
-std::optional<Bnb4bitConfig> read_bnb_4bit_config(const std::string& config_path) {
-  const json j = read_json_file(config_path);
-  auto it = j.find("quantization_config");
-  if (it == j.end() || it->is_null()) return std::nullopt;
-  const json& q = *it;
-  const std::string where = config_path + ": quantization_config";
-  NQ_CHECK(q.is_object(), where, " must be an object");
-  try {
-    const std::string method = q.value("quant_method", std::string("bitsandbytes"));
-    NQ_CHECK(method == "bitsandbytes", where, ".quant_method \"", method,
-             "\" is not supported (only bitsandbytes NF4 4-bit)");
-    NQ_CHECK(!q.value("load_in_8bit", false), where,
-             ".load_in_8bit is true; 8-bit (LLM.int8) checkpoints are not supported (only NF4 4-bit)");
-    NQ_CHECK(q.value("load_in_4bit", false), where, ".load_in_4bit is not true; only NF4 4-bit is supported");
-    const std::string type = q.value("bnb_4bit_quant_type", std::string("fp4"));  // transformers' default
-    NQ_CHECK(type == "nf4", where, ".bnb_4bit_quant_type \"", type, "\" is not supported (only nf4)");
-    const std::string storage = q.value("bnb_4bit_quant_storage", std::string("uint8"));
-    NQ_CHECK(storage == "uint8", where, ".bnb_4bit_quant_storage \"", storage, "\" is not supported (only uint8)");
-    Bnb4bitConfig c;
-    c.double_quant = q.value("bnb_4bit_use_double_quant", false);
-    const json& cd = q.value("bnb_4bit_compute_dtype", json("float32"));
-    if (cd.is_string()) c.compute_dtype = cd.get<std::string>();
-    return c;
-  } catch (const json::exception& e) {
-    throw Error(str(where, ": mistyped field: ", e.what()));
-  }
-}
-
 // ---------------------------------------------------------------- loading
 
 HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config) {
@@ -162,8 +71,7 @@ HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config) {
   std::set<std::string> expected;
   for (const ParamSpec& spec : parameter_specs(config)) {
     if (w.nf4.count(spec.name)) {
-      expected.insert(spec.name);
-      for (const char* suffix : kNf4Suffixes) expected.insert(spec.name + suffix);
+      for (const std::string& name : nf4_tensor_names(spec.name)) expected.insert(name);
     } else {
       dense_specs.push_back(spec);
       expected.insert(spec.name);
@@ -304,71 +212,6 @@ QuantizeReport quantize_checkpoint(const std::string& src, const std::string& ds
   copy_tokenizer_files(src, dst);
   report.bytes_after = std::filesystem::file_size(dst + "/model.safetensors");
   return report;
-}
-
-// ---------------------------------------------------------------- HF directory plumbing
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path);
-  NQ_CHECK(f.good(), path, ": cannot read");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-DType dtype_of_torch_name(const std::string& name, const std::string& what) {
-  if (name == "float32") return DType::F32;
-  if (name == "bfloat16") return DType::BF16;
-  if (name == "float16") return DType::F16;
-  throw Error(str(what, ": dtype \"", name, "\" is not supported (float32, bfloat16, float16)"));
-}
-
-const char* torch_name_of_dtype(DType dtype) {
-  switch (dtype) {
-    case DType::F32: return "float32";
-    case DType::BF16: return "bfloat16";
-    case DType::F16: return "float16";
-    default: throw Error(str("no torch float dtype for ", dtype_name(dtype)));
-  }
-}
-
-std::vector<std::string> copy_tokenizer_files(const std::string& src, const std::string& dst) {
-  std::vector<std::string> copied;
-  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                           "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json"}) {
-    const std::filesystem::path from = std::filesystem::path(src) / name;
-    if (!std::filesystem::is_regular_file(from)) continue;
-    std::error_code ec;
-    std::filesystem::copy_file(from, std::filesystem::path(dst) / name,
-                               std::filesystem::copy_options::overwrite_existing, ec);
-    NQ_CHECK(!ec, from.string(), ": cannot copy to ", dst, ": ", ec.message());
-    copied.push_back(name);
-  }
-  return copied;
-}
-
-void check_not_same_dir(const std::string& src, const std::string& dst) {
-  std::error_code ec;
-  NQ_CHECK(!std::filesystem::equivalent(src, dst, ec), dst, ": the output directory is the input model ", src,
-           "; give another --out");
-}
-
-void make_dir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  NQ_CHECK(!ec && std::filesystem::is_directory(dir), dir, ": cannot create the directory",
-           ec ? ": " + ec.message() : "");
-}
-
-void write_text_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << text;
-    f.flush();
-    NQ_CHECK(f.good(), tmp, ": write failed");
-  }
-  NQ_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, path, ": cannot rename ", tmp);
 }
 
 }  // namespace nq

@@ -16,7 +16,7 @@
 #include <string>
 
 #include "model/config.h"
-#include "model/gguf.h"
+#include "formats/gguf.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
 

@@ -7,7 +7,7 @@
 
 #include "runtime/half.h"
 #include "runtime/philox.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace nq {
 namespace {

@@ -1,4 +1,4 @@
-// A minimal GGUF writer for tests, independent of the reader (model/gguf.h):
+// A minimal GGUF writer for tests, independent of the reader (formats/gguf.h):
 // appends little-endian fields to byte strings and lays the file out as the
 // format says. Tests build valid files with it and then corrupt them.
 #pragma once
@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gguf.h"
+#include "formats/gguf.h"
 
 struct GGUFBuilder {
   std::string kv, infos, data;

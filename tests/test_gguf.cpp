@@ -9,7 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "model/gguf.h"
+#include "formats/gguf.h"
 #include "tests/gguf_builder.h"
 #include "tests/temp_dir.h"
 

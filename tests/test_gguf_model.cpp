@@ -28,7 +28,7 @@
 #include "model/gguf_model.h"
 #include "model/load_model.h"
 #include "runtime/half.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "tests/gguf_builder.h"
 #include "tests/temp_dir.h"
 

@@ -19,10 +19,10 @@
 
 #include "autograd/var.h"
 #include "kernels/cuda/nf4.h"
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "model/decoder.h"
 #include "model/device.h"
-#include "model/memory_plan.h"
+#include "training/memory_plan.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/paged_adamw.h"

@@ -14,12 +14,12 @@
 #include <numeric>
 
 #include "autograd/ops.h"
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/decoder.h"
 #include "model/generate.h"
 #include "model/weights.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "training/batch.h"
 #include "tests/temp_dir.h"
 
@@ -485,7 +485,7 @@ TEST_CASE("weights: missing tensor, wrong shape, unexpected tensor, truncated fi
       Decoder::load(dir.str());
       FAIL("a truncated safetensors file loaded");
     } catch (const Error& e) {
-      // The reader (runtime/safetensors.h) names the file, the tensor and the cause.
+      // The reader (formats/safetensors.h) names the file, the tensor and the cause.
       const std::string msg = e.what();
       CHECK(msg.rfind(dir.str() + "/model.safetensors: tensor '", 0) == 0);
       CHECK(msg.find("file truncated?") != std::string::npos);

@@ -14,7 +14,7 @@
 #include "quant/nf4.h"
 #include "quant/nf4_linear.h"
 #include "runtime/rng.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 
 using namespace nq;
 using nlohmann::json;

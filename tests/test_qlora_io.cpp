@@ -17,13 +17,13 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
-#include "lora/adapter.h"
-#include "lora/merge.h"
+#include "model/adapters.h"
+#include "model/merge.h"
 #include "model/bnb_checkpoint.h"
 #include "model/decoder.h"
 #include "runtime/philox.h"
 #include "runtime/rng.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "temp_dir.h"
 
 using namespace nq;

@@ -15,13 +15,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "model/bnb_checkpoint.h"
 #include "model/device.h"
 #include "model/load_model.h"
-#include "model/memory_plan.h"
+#include "training/memory_plan.h"
 #include "runtime/half.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "tests/gpu_test.h"
 #include "tests/temp_dir.h"
 #include "training/trainer.h"

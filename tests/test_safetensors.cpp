@@ -12,7 +12,7 @@
 #include <random>
 
 #include "runtime/half.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "tests/temp_dir.h"
 
 using namespace nq;

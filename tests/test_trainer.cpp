@@ -25,13 +25,13 @@
 #include <omp.h>
 #include <sstream>
 
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "model/decoder.h"
 #include "model/device.h"
 #include "optim/schedule.h"
 #include "runtime/device_copy.h"
 #include "runtime/philox.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "tests/gpu_test.h"
 #include "tests/temp_dir.h"
 #include "tests/tiny_run.h"

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "runtime/philox.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "tests/temp_dir.h"
 #include "training/train_config.h"
 

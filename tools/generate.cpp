@@ -15,7 +15,7 @@
 #include <string>
 #include <unistd.h>
 
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "model/chat_template.h"
 #include "model/decoder.h"
 #include "model/generate.h"

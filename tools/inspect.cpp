@@ -2,7 +2,7 @@
 // arrays summarised) and a count of tensor types; for safetensors (a file or a
 // directory with model.safetensors[.index.json]), every tensor's dtype and shape.
 // ./inspect plan: the training memory plan of a model from its config alone
-// (model/memory_plan.h), and the longest context that fits a memory budget.
+// (training/memory_plan.h), and the longest context that fits a memory budget.
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -11,10 +11,10 @@
 #include <string>
 
 #include "model/bnb_checkpoint.h"
-#include "model/gguf.h"
-#include "model/memory_plan.h"
+#include "formats/gguf.h"
+#include "training/memory_plan.h"
 #include "optim/paged_adamw.h"
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 #include "tools/cli.h"
 
 using namespace nq;

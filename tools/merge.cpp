@@ -1,12 +1,12 @@
 // ./merge: base model + PEFT LoRA adapter -> one dense checkpoint without adapter.
-// Each adapted projection becomes W' = W + s * B A (lora/merge.h); an NF4 base
+// Each adapted projection becomes W' = W + s * B A (model/merge.h); an NF4 base
 // (bitsandbytes 4-bit checkpoint) is dequantized first. The result (bf16 by
 // default) is a plain Hugging Face directory: transformers, ./generate, ./quantize.
 #include <cstdio>
 #include <string>
 
-#include "lora/adapter.h"
-#include "lora/merge.h"
+#include "model/adapters.h"
+#include "model/merge.h"
 #include "model/bnb_checkpoint.h"
 #include "tools/cli.h"
 

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace nq {
 

@@ -21,7 +21,7 @@
 #include <functional>
 #include <string>
 
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "optim/optimizer.h"
 #include "runtime/rng.h"
 #include "training/batch.h"

@@ -13,7 +13,7 @@
 #include <utility>
 
 #include "autograd/var.h"
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "model/device.h"
 #include "model/load_model.h"
 #include "training/progress.h"

@@ -14,10 +14,10 @@
 #include <utility>
 
 #include "autograd/var.h"
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "model/device.h"
 #include "model/load_model.h"
-#include "model/memory_plan.h"
+#include "training/memory_plan.h"
 #include "model/tokenizer.h"
 #include "optim/accumulation.h"
 #include "optim/adamw.h"
@@ -215,7 +215,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     log << "resumed from " << cfg.resume << " at step " << state.step << "\n";
   }
 
-  // ---- memory plan (model/memory_plan.h; the formulas: docs/gpu_training.md)
+  // ---- memory plan (training/memory_plan.h; the formulas: docs/gpu_training.md)
   TrainShape shape;
   shape.batch = cfg.batch_size;
   shape.seq = cfg.max_length;

@@ -1,34 +1,20 @@
-// LoRA adapters on a Decoder, and the PEFT file format both ways.
+// LoRA adapters on a Decoder: targeting, attaching, and saving / loading them as PEFT
+// adapter files (the file format itself: formats/peft_adapter.h).
 //
 // Targets follow PEFT: "all-linear" selects every projection of the decoder
 // (q, k, v, o, gate, up, down; never lm_head); otherwise a module is selected
 // when its full name equals a target or ends with "." + target ("q_proj"
 // selects model.layers.*.self_attn.q_proj).
-//
-// On disk (what peft's save_pretrained writes and from_pretrained reads):
-//   adapter_config.json        {"peft_type": "LORA", "r", "lora_alpha", "lora_dropout",
-//                               "target_modules", "use_rslora", "base_model_name_or_path", ...}
-//   adapter_model.safetensors  base_model.model.<module>.lora_A.weight  [r, in]  f32
-//                              base_model.model.<module>.lora_B.weight  [out, r] f32
 #pragma once
 #include <string>
 #include <vector>
 
-#include "lora/lora_linear.h"
+#include "formats/peft_adapter.h"
 
 namespace nq {
 
 class Decoder;
 class Linear;
-
-struct AdapterConfig {
-  LoraConfig lora;
-  std::vector<std::string> target_modules{"all-linear"};
-  std::string base_model_name_or_path;
-
-  static AdapterConfig from_json_file(const std::string& path);  // adapter_config.json
-  std::string to_json() const;
-};
 
 // The projections `targets` selects; an error lists the module names that exist
 // when a target matches nothing.

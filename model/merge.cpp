@@ -1,12 +1,12 @@
-// W' = W + s B A for every adapted projection (see merge.h).
-#include "lora/merge.h"
+// W' = W + s B A for every adapted projection of a Decoder (see merge.h).
+#include "model/merge.h"
 
 #include <nlohmann/json.hpp>
 
-#include "kernels/kernels.h"
-#include "model/bnb_checkpoint.h"
+#include "formats/hf_files.h"
+#include "formats/safetensors.h"
+#include "lora/lora_merge.h"
 #include "model/decoder.h"
-#include "runtime/safetensors.h"
 
 namespace nq {
 
@@ -18,14 +18,7 @@ TensorMap merged_weights(Decoder& model) {
     if (!is_projection_weight(p.name())) out[p.name()] = p.value().to(Device::CPU).clone();
   for (Linear* l : model.linears()) {
     Tensor w = l->dense_weight().to(Device::CPU).clone();  // [out, in] f32 (NF4 dequantized)
-    if (l->has_lora()) {
-      const LoraLinear& lora = l->lora();
-      const Tensor a = lora.A.value().to(Device::CPU), b = lora.B.value().to(Device::CPU);  // [r, in], [out, r]
-      const Tensor delta = kernels::matmul(b, a);                                        // B A: [out, in]
-      float* wp = w.data<float>();
-      const float* dp = delta.data<float>();
-      for (int64_t i = 0; i < w.numel(); ++i) wp[i] += lora.scaling * dp[i];
-    }
+    if (l->has_lora()) merge_lora_into(w, l->lora());  // W + s B A
     out[l->name() + ".weight"] = w;
   }
   return out;

@@ -1,10 +1,8 @@
-// Merging LoRA adapters into the base weights, for a plain dense checkpoint (./merge).
-//
-// An adapted projection computes y = x W^T + s * (x A^T) B^T = x (W + s B A)^T, so
-//   W' = W + s * B A          W, W' [out, in], B [out, r], A [r, in], s = alpha / r
-// gives the same outputs without the adapter (dropout is off at inference). An NF4
-// base is dequantized first (W = dequant(NF4)), as PEFT's merge_and_unload does,
-// and the merged weight is kept dense instead of being quantized again.
+// Merging a Decoder's LoRA adapters into its base weights, for a plain dense
+// checkpoint (./merge). Each adapted projection becomes W' = W + s * B A
+// (lora/lora_merge.h). An NF4 base is dequantized first (W = dequant(NF4)), as PEFT's
+// merge_and_unload does, and the merged weight is kept dense instead of being
+// quantized again.
 #pragma once
 #include <string>
 

@@ -1,5 +1,5 @@
 // safetensors reader (mmap, validated header) and atomic writer; see safetensors.h.
-#include "runtime/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "runtime/name_list.h"
+#include "formats/name_list.h"
 
 namespace nq {
 

@@ -1,26 +1,18 @@
-// Adapter targeting and the PEFT on-disk format (see adapter.h).
-#include "lora/adapter.h"
+// The PEFT adapter files (see peft_adapter.h).
+#include "formats/peft_adapter.h"
 
-#include <cmath>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 
-#include "model/bnb_checkpoint.h"
-#include "model/decoder.h"
-#include "model/device.h"
-#include "runtime/safetensors.h"
+#include "formats/hf_files.h"
+#include "formats/safetensors.h"
 
 namespace nq {
 
 using json = nlohmann::json;
 
 static const char* kPeftPrefix = "base_model.model.";
-
-static std::string short_name(const std::string& module) {
-  size_t dot = module.rfind('.');
-  return dot == std::string::npos ? module : module.substr(dot + 1);
-}
 
 AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
   const std::string text = read_text_file(path);
@@ -84,94 +76,22 @@ std::string AdapterConfig::to_json() const {
   return j.dump(2) + "\n";
 }
 
-std::vector<bool> select_target_names(const std::vector<std::string>& modules, const std::vector<std::string>& targets) {
-  NQ_CHECK(!targets.empty(), "lora: no target modules given");
-  bool all_linear = targets.size() == 1 && targets[0] == "all-linear";
-  std::set<std::string> matched;
-  std::vector<bool> picked;
-  for (const std::string& name : modules) {
-    bool hit = all_linear;
-    for (const std::string& t : targets) {
-      if (name == t || (name.size() > t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0 &&
-                        name[name.size() - t.size() - 1] == '.')) {
-        hit = true;
-        matched.insert(t);
-      }
-    }
-    picked.push_back(hit);
-  }
-  if (!all_linear) {
-    for (const std::string& t : targets) {
-      if (matched.count(t)) continue;
-      std::set<std::string> names;
-      for (const std::string& m : modules) names.insert(short_name(m));
-      std::string list;
-      for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
-      throw Error(str("lora: target module \"", t, "\" matches no module; the model has: ", list,
-                      " (or full names like ", modules.empty() ? "" : modules[0], ", or all-linear)"));
-    }
-  }
-  return picked;
-}
-
-std::vector<Linear*> select_targets(Decoder& model, const std::vector<std::string>& targets) {
-  std::vector<Linear*> all = model.linears(), picked;
-  std::vector<std::string> names;
-  for (Linear* l : all) names.push_back(l->name());
-  const std::vector<bool> hit = select_target_names(names, targets);
-  for (size_t i = 0; i < all.size(); ++i)
-    if (hit[i]) picked.push_back(all[i]);
-  return picked;
-}
-
-// New adapters are made on the host; on a model already on the GPU they follow
-// it there (to_device moves only what is not on the device yet).
-static void adapters_to_model_device(Decoder& model) {
-  if (model_device(model) != Device::CPU) to_device(model, model_device(model));
-}
-
-std::vector<Var> attach_adapters(Decoder& model, const AdapterConfig& cfg) {
-  for (Linear* l : select_targets(model, cfg.target_modules)) l->attach_lora(cfg.lora);
-  adapters_to_model_device(model);
-  return adapter_parameters(model);
-}
-
-std::vector<Var> adapter_parameters(Decoder& model) {
-  std::vector<Var> params;
-  for (Linear* l : model.linears()) {
-    if (!l->has_lora()) continue;
-    params.push_back(l->lora().A);
-    params.push_back(l->lora().B);
-  }
-  return params;
-}
-
-void save_peft_adapter(const std::string& dir, Decoder& model, const AdapterConfig& cfg) {
+void write_peft_adapter(const std::string& dir, const AdapterConfig& cfg,
+                        const std::vector<std::pair<std::string, PeftLoraWeights>>& modules) {
   make_dir(dir);
   std::vector<std::pair<std::string, Tensor>> tensors;
-  // target_modules: the full names of the adapted modules, as PEFT writes them after
-  // injection (a shorthand like "all-linear" is only meaningful before).
-  AdapterConfig saved = cfg;
-  saved.target_modules.clear();
-  for (Linear* l : model.linears()) {
-    if (!l->has_lora()) continue;
-    saved.target_modules.push_back(l->name());
-    // Host copies when the adapters are on the GPU.
-    tensors.emplace_back(kPeftPrefix + l->name() + ".lora_A.weight", l->lora().A.value().to(Device::CPU));
-    tensors.emplace_back(kPeftPrefix + l->name() + ".lora_B.weight", l->lora().B.value().to(Device::CPU));
+  for (const auto& [module, w] : modules) {
+    tensors.emplace_back(kPeftPrefix + module + ".lora_A.weight", w.A);
+    tensors.emplace_back(kPeftPrefix + module + ".lora_B.weight", w.B);
   }
   NQ_CHECK(!tensors.empty(), dir, ": the model has no LoRA adapters to save");
   save_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
-  write_text_file(dir + "/adapter_config.json", saved.to_json());  // atomic like the tensors
+  write_text_file(dir + "/adapter_config.json", cfg.to_json());  // atomic like the tensors
 }
 
-AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
-  AdapterConfig cfg = AdapterConfig::from_json_file(dir + "/adapter_config.json");
+std::map<std::string, PeftLoraWeights> read_peft_weights(const std::string& dir, const AdapterConfig& cfg,
+                                                         const std::map<std::string, PeftModuleShape>& modules) {
   SafetensorsFile file = SafetensorsFile::open(dir + "/adapter_model.safetensors");
-  std::map<std::string, Linear*> by_name;
-  for (Linear* l : model.linears()) by_name[l->name()] = l;
-  // Attach to every module the file has weights for (peft may list the targets
-  // as short or full names; the tensors are the ground truth).
   std::set<std::string> seen;
   for (const std::string& key : file.names()) {
     bool lora_weight = false;
@@ -183,7 +103,7 @@ AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
       NQ_CHECK(module.rfind(kPeftPrefix, 0) == 0, dir, "/adapter_model.safetensors: tensor ", key,
                " does not start with \"", kPeftPrefix, "\" (not a PEFT causal-LM adapter)");
       module = module.substr(std::string(kPeftPrefix).size());
-      NQ_CHECK(by_name.count(module), dir, "/adapter_model.safetensors: tensor ", key,
+      NQ_CHECK(modules.count(module), dir, "/adapter_model.safetensors: tensor ", key,
                " is for module ", module, ", which this model does not have");
       seen.insert(module);
     }
@@ -193,12 +113,13 @@ AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
              " is not a lora_A / lora_B weight (only plain LoRA on linear layers is supported)");
   }
   NQ_CHECK(!seen.empty(), dir, "/adapter_model.safetensors: no lora_A / lora_B tensors");
+  std::map<std::string, PeftLoraWeights> weights;
   for (const std::string& module : seen) {
-    Linear* l = by_name[module];
-    l->attach_lora(cfg.lora);
-    for (auto [suffix, var, rows, cols] :
-         {std::tuple<const char*, Var*, int64_t, int64_t>{".lora_A.weight", &l->lora().A, cfg.lora.r, l->in_features()},
-          {".lora_B.weight", &l->lora().B, l->out_features(), cfg.lora.r}}) {
+    const PeftModuleShape& shape = modules.at(module);
+    PeftLoraWeights& w = weights[module];
+    for (auto [suffix, value, rows, cols] :
+         {std::tuple<const char*, Tensor*, int64_t, int64_t>{".lora_A.weight", &w.A, cfg.lora.r, shape.in},
+          {".lora_B.weight", &w.B, shape.out, cfg.lora.r}}) {
       std::string key = kPeftPrefix + module + suffix;
       NQ_CHECK(file.has(key), dir, "/adapter_model.safetensors: missing tensor ", key);
       Tensor t = file.get(key);
@@ -207,13 +128,10 @@ AdapterConfig load_peft_adapter(const std::string& dir, Decoder& model) {
                " (expected F32, BF16 or F16)");
       NQ_CHECK(t.shape() == Shape({rows, cols}), dir, "/adapter_model.safetensors: tensor ", key, " has shape ",
                t.shape().str(), ", expected [", rows, ", ", cols, "]");
-      Tensor v = t.dtype() == DType::F32 ? t.clone() : t.to_dtype(DType::F32);
-      Tensor dst = var->value();  // shares storage with the parameter
-      dst.copy_from(v);
+      *value = t.dtype() == DType::F32 ? t.clone() : t.to_dtype(DType::F32);  // owned: not the file's mapping
     }
   }
-  adapters_to_model_device(model);
-  return cfg;
+  return weights;
 }
 
 }  // namespace nq

@@ -1,10 +1,10 @@
 // GGUF container reader: header, typed metadata, tensor infos, fp32 decoding.
 // See gguf.h for the layout.
-#include "model/gguf.h"
+#include "formats/gguf.h"
 
 #include <cstring>
 
-#include "runtime/name_list.h"
+#include "formats/name_list.h"
 
 namespace nq {
 

@@ -1,11 +1,11 @@
 // The memory plan's formula (see memory_plan.h) and its printing.
-#include "model/memory_plan.h"
+#include "training/memory_plan.h"
 
 #include <algorithm>
 #include <cstdio>
 
 #include "kernels/cuda/nf4.h"
-#include "lora/adapter.h"
+#include "model/adapters.h"
 #include "quant/nf4_linear.h"
 
 namespace nq {

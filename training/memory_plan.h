@@ -65,7 +65,7 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape);
 // What the config-only plan assumes the model will be (./train's defaults).
 struct QloraShape {
   int64_t r = 16;                                  // LoRA rank
-  std::vector<std::string> targets{"all-linear"};  // adapted projections (lora/adapter.h rule)
+  std::vector<std::string> targets{"all-linear"};  // adapted projections (model/adapters.h rule)
   bool nf4_base = true;                            // false: dense bases (--no-quant)
   int64_t blocksize = 64;                          // NF4 block, double-quantized
   bool checkpointing = true;                       // per-layer gradient checkpointing

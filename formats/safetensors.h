@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "runtime/mapped_file.h"
+#include "formats/mapped_file.h"
 #include "runtime/tensor.h"
 
 namespace nq {

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "quant/gguf_blocks.h"
-#include "runtime/mapped_file.h"
+#include "formats/mapped_file.h"
 #include "runtime/tensor.h"
 
 namespace nq {

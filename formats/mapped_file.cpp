@@ -1,5 +1,5 @@
 // mmap of a whole file, read-only and private (see mapped_file.h).
-#include "runtime/mapped_file.h"
+#include "formats/mapped_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
