@@ -102,9 +102,10 @@ TEST_DATA := build/fixtures/qwen3-tokenizer/tokenizer.json build/fixtures/qwen3-
 .PHONY: all deps test test-emu run fixtures clean model
 all: $(PROGS) $(BUILD)/test_all
 
+# Rebuilt from scratch: `ar rcs` alone keeps members whose sources were moved or deleted.
 $(BUILD)/libnanoqlora.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
-	ar rcs $@ $^
+	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(@D)
