@@ -244,12 +244,12 @@ void FlagTable::set_from_text(const Flag& f, const std::string& text) {
   }
 }
 
-bool FlagTable::parse(int argc, char** argv) {
+bool FlagTable::parse(int argc, char** argv, std::FILE* help_out) {
   const std::string see = " (see " + help_command_ + ")";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::fputs(help().c_str(), stdout);
+      std::fputs(help().c_str(), help_out);
       return false;
     }
   }

@@ -29,6 +29,7 @@
 // include it from above. It depends on nothing but runtime/error.h.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 #include <deque>
 #include <set>
 #include <string>
@@ -89,8 +90,8 @@ class FlagTable {
   void set_epilog(std::string text) { epilog_ = std::move(text); }
 
   // Parses argv[1..argc): false when --help / -h was given (the help is then printed
-  // to stdout and nothing else is parsed); throws nq::Error (one line) for a bad argument.
-  bool parse(int argc, char** argv);
+  // to `help_out` and nothing else is parsed); throws nq::Error (one line) for a bad argument.
+  bool parse(int argc, char** argv, std::FILE* help_out = stdout);
   // Whether a flag was given (on the command line or, with --config, in the file).
   bool given(const std::string& name) const { return given_.count(name) > 0; }
 
