@@ -135,7 +135,8 @@ $(PROGS): %: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
 	$(CXX) $^ -o $@ $(LDLIBS)
 endif
 
-$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA)
+# The programs too (order-only): tests/test_programs.cpp runs them.
+$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA) $(PROGS)
 	$(CXX) $^ -o $@ $(LDLIBS)
 
 # Test data committed compressed (xz), unpacked under build/fixtures (TEST_DATA) before tests run.

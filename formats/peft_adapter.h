@@ -21,7 +21,7 @@ namespace nq {
 
 struct AdapterConfig {
   LoraConfig lora;
-  std::vector<std::string> target_modules{"all-linear"};
+  std::vector<std::string> target_modules{kDefaultLoraTargets};
   std::string base_model_name_or_path;
 
   static AdapterConfig from_json_file(const std::string& path);  // adapter_config.json

@@ -19,10 +19,19 @@
 
 namespace nq {
 
+// The LoRA settings everything starts from (./train's flags, an AdapterConfig, the
+// memory plan of ./inspect plan): the seed's PEFT LoraConfig(r=16, lora_alpha=32,
+// lora_dropout=0.05, target_modules="all-linear"). PEFT's own default rank is 8;
+// the project follows the seed. Defined here once; the others take theirs from these.
+inline constexpr int64_t kDefaultLoraRank = 16;
+inline constexpr double kDefaultLoraAlpha = 32;
+inline constexpr double kDefaultLoraDropout = 0.05;
+inline constexpr const char* kDefaultLoraTargets = "all-linear";
+
 struct LoraConfig {
-  int64_t r = 8;
-  float alpha = 16.0f;
-  float dropout = 0.0f;
+  int64_t r = kDefaultLoraRank;
+  float alpha = float(kDefaultLoraAlpha);
+  float dropout = float(kDefaultLoraDropout);
   bool use_rslora = false;
   float scaling() const;  // alpha / r, or alpha / sqrt(r) with rsLoRA
 };

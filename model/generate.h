@@ -61,7 +61,7 @@ struct SamplingOptions {
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingOptions& options, uint64_t step);
 
 struct GenerateOptions {
-  int64_t max_new_tokens = 128;
+  int64_t max_new_tokens = 256;  // ./generate --max-new-tokens's default too
   SamplingOptions sampling;
   std::vector<int32_t> stop_ids;  // eos, <|im_end|>: generation ends on any (it is not returned)
 };

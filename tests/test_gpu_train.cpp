@@ -60,6 +60,7 @@ Decoder tiny_qlora_model() {
   AdapterConfig cfg;
   cfg.lora.r = 8;
   cfg.lora.alpha = 16.0f;
+  cfg.lora.dropout = 0.0f;
   std::vector<Var> params = attach_adapters(model, cfg);
   uint32_t seed = 7;
   for (Var& p : params)
@@ -319,6 +320,7 @@ void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAd
   AdapterConfig acfg;
   acfg.lora.r = 16;
   acfg.lora.alpha = 32.0f;
+  acfg.lora.dropout = 0.0f;
   attach_adapters(model, acfg);
   to_device(model, Device::CUDA);
   PagedAdamW opt(adapter_parameters(model), AdamWConfig{}, pool);

@@ -142,7 +142,7 @@ TEST_CASE("lora: forward and dX, dA, dB against a naive reference and finite dif
 
 TEST_CASE("lora: bad shapes and settings raise errors") {
   Tensor w = Tensor::zeros({4, 6});
-  LoraLinear l = make_lora_linear(w, LoraConfig{}, "o_proj");
+  LoraLinear l = make_lora_linear(w, LoraConfig{8, 16.0f, 0.0f, false}, "o_proj");
   CHECK_THROWS_WITH_AS(lora_linear(Var(Tensor::zeros({2, 5})), l),
                        "lora_linear: x [2, 5] does not match the layer [4, 6] (last dim must be 6)", Error);
   CHECK_THROWS_WITH_AS(make_lora_linear(w, LoraConfig{8, 16.0f, 1.0f, false}, "o_proj"),

@@ -305,6 +305,7 @@ TEST_CASE("adapter: save -> load is bit-identical, with PEFT's key names and con
   AdapterConfig cfg;
   cfg.lora.r = 16;
   cfg.lora.alpha = 32.0f;
+  cfg.lora.dropout = 0.0f;  // PEFT's file's
   cfg.base_model_name_or_path = "model";
   save_peft_adapter(tmp / "a", model, cfg);
   // same names, shapes and bytes as PEFT's own file
@@ -506,6 +507,7 @@ TEST_CASE("peft interop: write our adapter, logits and merged model to build/pef
   AdapterConfig cfg;
   cfg.lora.r = 4;
   cfg.lora.alpha = 8.0f;
+  cfg.lora.dropout = 0.0f;
   cfg.target_modules = {"q_proj", "v_proj", "o_proj", "down_proj"};
   cfg.base_model_name_or_path = "model";
   Decoder dense = load_hf_decoder(kDense);

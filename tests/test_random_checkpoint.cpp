@@ -310,6 +310,8 @@ void check_plans_agree(const std::string& dir, const QloraShape& q, const TrainS
   Decoder model = build_decoder(m, opt, q.nf4_base);
   AdapterConfig acfg;
   acfg.lora.r = q.r;
+  acfg.lora.alpha = 16.0f;
+  acfg.lora.dropout = 0.0f;
   acfg.target_modules = q.targets;
   attach_adapters(model, acfg);
   if (device == Device::CUDA) to_device(model, device);

@@ -1,11 +1,12 @@
-// Small helpers shared by the programs in tools/: reading flag values with
-// errors that name the flag, idle threads that sleep, and the main() wrapper that turns an nq::Error
-// into one line on stderr and exit status 1.
+// Small helpers shared by the programs in tools/: idle threads that sleep, the
+// default tokenizer folder, and the main() wrapper that turns an nq::Error into
+// one line on stderr and exit status 1. Flags: training/flags.h.
 #pragma once
 #include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <utility>
@@ -42,24 +43,13 @@ inline void let_idle_threads_sleep(char** argv) {
   execv(self, argv);
 }
 
-// The value after argv[i] (advancing i); "--flag needs a value" when absent.
-inline std::string value(int argc, char** argv, int& i) {
-  NQ_CHECK(i + 1 < argc, argv[i], " needs a value (see --help)");
-  return argv[++i];
-}
-
-inline int64_t to_int(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  long long v = std::strtoll(text.c_str(), &end, 10);
-  NQ_CHECK(!text.empty() && *end == '\0', flag, ": expected an integer, got '", text, "'");
-  return v;
-}
-
-inline double to_float(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  double v = std::strtod(text.c_str(), &end);
-  NQ_CHECK(!text.empty() && *end == '\0', flag, ": expected a number, got '", text, "'");
-  return v;
+// The default tokenizer of ./tokenize and ./quantize --random: the Qwen3 tokenizer
+// that `make` unpacks into build/fixtures/qwen3-tokenizer, beside this program
+// (the repository root), wherever it is run from.
+inline std::string default_tokenizer_dir() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ((ec ? std::filesystem::path(".") : exe.parent_path()) / "build/fixtures/qwen3-tokenizer").string();
 }
 
 // main() body: runs `fn`, reporting nq::Error (and anything else thrown) as "error: ..." with exit 1.

@@ -5,9 +5,8 @@
 // built-in text with Adam written inline; the loss falls from ln(vocab) towards
 // zero, then the model greedily completes a prompt.
 //
-//   ./demo [--steps N] [--lr X] [--seed S] [--checkpoint]
+//   ./demo [--steps N] [--lr X] [--seed S] [--checkpoint]   (flags: training/flags.h)
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +18,8 @@
 #include "autograd/ops.h"
 #include "kernels/kernels.h"
 #include "runtime/rng.h"
+#include "tools/cli.h"
+#include "training/flags.h"
 
 using namespace nq;
 
@@ -37,40 +38,20 @@ struct Options {
   bool checkpoint = false;
 };
 
-void print_help() {
-  std::printf(
+// false: --help was printed.
+bool parse_args(int argc, char** argv, Options* o) {
+  FlagTable t(
       "usage: ./demo [--steps N] [--lr X] [--seed S] [--checkpoint]\n"
       "Trains a one-layer character transformer on a built-in text with the nanoqlora engine\n"
-      "(CPU, fp32) and prints the loss as it falls.\n"
-      "  --steps N      optimizer steps (default 300)\n"
-      "  --lr X         Adam learning rate (default 0.003)\n"
-      "  --seed S       seed for initialisation and batches (default 1)\n"
-      "  --checkpoint   recompute the transformer block in backward (gradient checkpointing)\n");
-}
-
-// Parses a number for `flag`, or throws an nq::Error naming it.
-template <typename T> T parse_number(const std::string& flag, const char* text) {
-  NQ_CHECK(text, flag, ": missing value");
-  char* end = nullptr;
-  errno = 0;
-  double v = std::strtod(text, &end);
-  NQ_CHECK(end != text && *end == '\0' && errno == 0, flag, ": not a number: '", text, "'");
-  return T(v);
-}
-
-Options parse_args(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    const char* next = i + 1 < argc ? argv[i + 1] : nullptr;
-    if (a == "--help" || a == "-h") { print_help(); std::exit(0); }
-    else if (a == "--steps") { o.steps = parse_number<int64_t>(a, next); ++i; NQ_CHECK(o.steps > 0, "--steps: must be positive"); }
-    else if (a == "--lr") { o.lr = parse_number<float>(a, next); ++i; NQ_CHECK(o.lr > 0, "--lr: must be positive"); }
-    else if (a == "--seed") { o.seed = parse_number<uint64_t>(a, next); ++i; }
-    else if (a == "--checkpoint") o.checkpoint = true;
-    else throw Error(str("unknown argument '", a, "' (try --help)"));
-  }
-  return o;
+      "(CPU, fp32) and prints the loss as it falls.\n");
+  t.add("steps", &o->steps, "optimizer steps");
+  t.add("lr", &o->lr, "Adam learning rate", "X");
+  t.add("seed", &o->seed, "seed for initialisation and batches", "S");
+  t.add("checkpoint", &o->checkpoint, "recompute the transformer block in backward (gradient checkpointing)");
+  if (!t.parse(argc, argv)) return false;
+  NQ_CHECK(o->steps > 0, "--steps: must be positive");
+  NQ_CHECK(o->lr > 0, "--lr: must be positive");
+  return true;
 }
 
 // Model sizes: D hidden, Hq query heads sharing Hkv kv heads of Dh, MLP width F.
@@ -208,10 +189,8 @@ int run(const Options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse_args(argc, argv));
-  } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  return nq::cli::run_main([&] {
+    Options opt;
+    return parse_args(argc, argv, &opt) ? run(opt) : 0;
+  });
 }

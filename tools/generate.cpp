@@ -5,7 +5,7 @@
 // without --prompt is a chat on stdin that keeps the conversation (/reset, /quit).
 // The base projections run in NF4 (as QLoRA trains them) unless --no-quant;
 // --adapter applies a PEFT LoRA adapter. Prints prefill and decode speed
-// (tokens/s) to stderr.
+// (tokens/s) to stderr. Flags: one table (generate_flags, training/flags.h).
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -18,83 +18,82 @@
 #include "model/adapters.h"
 #include "model/chat_template.h"
 #include "model/decoder.h"
+#include "model/device.h"
 #include "model/generate.h"
 #include "model/load_model.h"
 #include "model/tokenizer.h"
 #include "tools/cli.h"
+#include "training/flags.h"
 
 namespace {
 
 using namespace nq;
 
-const char* kHelp =
-    "usage: ./generate --model PATH [--prompt TEXT | --prompt-ids \"1 2 3\"] [--chat] [--system TEXT]\n"
-    "                  [--adapter DIR] [--no-quant] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n"
-    "  --model PATH         HF model folder (config.json, *.safetensors, tokenizer.json for text)\n"
-    "                       or a llama.cpp .gguf file (llama / qwen3; e.g. `make model` for SmolLM2)\n"
-    "  --preset NAME        instead of --model: random weights of qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b\n"
-    "                       (speed measurements; needs --prompt-ids)\n"
-    "  --prompt TEXT        the prompt text (BOS first only when the model wants it: llama configs, GGUF add_bos_token)\n"
-    "  --prompt-ids IDS     the prompt as token ids, space separated\n"
-    "  --chat               render the prompt as a user message with the chat template;\n"
-    "                       without --prompt: chat, one user message per stdin line (the conversation is\n"
-    "                       kept; /reset forgets it, /quit or Ctrl-D ends; piped stdin is echoed as a transcript)\n"
-    "  --system TEXT        system message for --chat\n"
-    "  --adapter DIR        apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
-    "  --no-quant           keep the base weights dense fp32 (default: NF4 4-bit, as QLoRA trains them)\n"
-    "  --max-new-tokens N   tokens to generate at most (default 256); stops early at eos / <|im_end|>\n"
-    "  --greedy             argmax decoding (the default)\n"
-    "  --temperature T      sample from softmax(logits / T) (turns sampling on; default 1)\n"
-    "  --top-k K            sample among the K most likely tokens (default 0 = all)\n"
-    "  --top-p P            then among the smallest set of probability >= P (default 1)\n"
-    "  --seed S             sampling seed (default 0)\n"
-    "  --print-ids          print the generated ids on a last line\n";
-
 struct Flags {
   std::string model, preset, prompt, prompt_ids, system, adapter;
-  bool has_prompt = false, chat = false, print_ids = false, no_quant = false;
-  GenerateOptions gen;
+  bool chat = false, print_ids = false, no_quant = false, greedy = false;
+  bool has_prompt = false;  // --prompt given (an empty prompt is one)
+  std::string device = kDefaultDevice;
+  GenerateOptions gen;      // defaults: model/generate.h's
 };
 
-Flags parse(int argc, char** argv) {
-  Flags f;
-  f.gen.max_new_tokens = 256;
-  bool greedy_flag = false, sampling_flag = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--model") f.model = cli::value(argc, argv, i);
-    else if (a == "--preset") f.preset = cli::value(argc, argv, i);
-    else if (a == "--prompt") f.prompt = cli::value(argc, argv, i), f.has_prompt = true;
-    else if (a == "--prompt-ids") f.prompt_ids = cli::value(argc, argv, i);
-    else if (a == "--system") f.system = cli::value(argc, argv, i);
-    else if (a == "--chat") f.chat = true;
-    else if (a == "--adapter") f.adapter = cli::value(argc, argv, i);
-    else if (a == "--no-quant") f.no_quant = true;
-    else if (a == "--print-ids") f.print_ids = true;
-    else if (a == "--max-new-tokens") f.gen.max_new_tokens = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--greedy") greedy_flag = true;
-    else if (a == "--temperature") f.gen.sampling.temperature = float(cli::to_float(a, cli::value(argc, argv, i))), sampling_flag = true;
-    else if (a == "--top-p") f.gen.sampling.top_p = float(cli::to_float(a, cli::value(argc, argv, i))), sampling_flag = true;
-    else if (a == "--top-k") f.gen.sampling.top_k = cli::to_int(a, cli::value(argc, argv, i)), sampling_flag = true;
-    else if (a == "--seed") f.gen.sampling.seed = uint64_t(cli::to_int(a, cli::value(argc, argv, i)));
-    else throw Error(str("unknown flag '", a, "' (see --help)"));
-  }
+// The flags, each declared once (training/flags.h): parsing, errors and --help.
+FlagTable generate_flags(Flags& f) {
+  FlagTable t(
+      "usage: ./generate --model PATH [--prompt TEXT | --prompt-ids \"1 2 3\"] [--chat] [--system TEXT]\n"
+      "                  [--adapter DIR] [--no-quant] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n");
+  t.add("model", &f.model,
+        "HF model folder (config.json, *.safetensors, tokenizer.json for text)\n"
+        "or a llama.cpp .gguf file (llama / qwen3; e.g. `make model` for SmolLM2)",
+        "PATH");
+  t.add("preset", &f.preset,
+        "instead of --model: random weights of qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b\n"
+        "(speed measurements; needs --prompt-ids)",
+        "NAME");
+  t.add("prompt", &f.prompt,
+        "the prompt text (BOS first only when the model wants it: llama configs, GGUF add_bos_token)", "TEXT");
+  t.add("prompt-ids", &f.prompt_ids, "the prompt as token ids, space separated", "IDS");
+  t.add("chat", &f.chat,
+        "render the prompt as a user message with the chat template;\n"
+        "without --prompt: chat, one user message per stdin line (the conversation is\n"
+        "kept; /reset forgets it, /quit or Ctrl-D ends; piped stdin is echoed as a transcript)");
+  t.add("system", &f.system, "system message for --chat", "TEXT");
+  t.add("adapter", &f.adapter, "apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)", "DIR");
+  t.add("no-quant", &f.no_quant, "keep the base weights dense fp32 (default: NF4 4-bit, as QLoRA trains them)");
+  add_device_flag(t, &f.device);
+  t.add("max-new-tokens", &f.gen.max_new_tokens, "tokens to generate at most; stops early at eos / <|im_end|>");
+  t.add("greedy", &f.greedy, "argmax decoding (the default)");
+  t.add("temperature", &f.gen.sampling.temperature, "sample from softmax(logits / T) (turns sampling on)", "T");
+  t.add("top-k", &f.gen.sampling.top_k, "sample among the K most likely tokens (0 = all)", "K");
+  t.add("top-p", &f.gen.sampling.top_p, "then among the smallest set of probability >= P", "P");
+  t.add("seed", &f.gen.sampling.seed, "sampling seed", "S");
+  t.add("print-ids", &f.print_ids, "print the generated ids on a last line");
+  return t;
+}
+
+// false: --help was printed.
+bool parse(int argc, char** argv, Flags* out) {
+  Flags& f = *out;
+  FlagTable t = generate_flags(f);
+  if (!t.parse(argc, argv)) return false;
+  f.has_prompt = t.given("prompt");
+  const bool sampling_flag = t.given("temperature") || t.given("top-p") || t.given("top-k");
   NQ_CHECK(f.model.empty() != f.preset.empty(), "give exactly one of --model DIR or --preset NAME (see --help)");
-  NQ_CHECK(!(greedy_flag && sampling_flag), "--greedy cannot be combined with --temperature / --top-p / --top-k");
+  NQ_CHECK(!(f.greedy && sampling_flag), "--greedy cannot be combined with --temperature / --top-p / --top-k");
   NQ_CHECK(!(f.has_prompt && !f.prompt_ids.empty()), "give --prompt or --prompt-ids, not both");
   NQ_CHECK(f.gen.max_new_tokens > 0, "--max-new-tokens must be > 0");
   NQ_CHECK(f.gen.sampling.temperature > 0, "--temperature must be > 0");
   NQ_CHECK(f.gen.sampling.top_p > 0 && f.gen.sampling.top_p <= 1, "--top-p must be in (0, 1]");
   NQ_CHECK(f.gen.sampling.top_k >= 0, "--top-k must be >= 0");
   f.gen.sampling.greedy = !sampling_flag;
-  return f;
+  return true;
 }
 
 std::vector<int32_t> parse_ids(const std::string& text) {
   std::istringstream in(text);
   std::vector<int32_t> ids;
   std::string word;
-  while (in >> word) ids.push_back(int32_t(cli::to_int("--prompt-ids", word)));
+  while (in >> word) ids.push_back(int32_t(parse_int_flag("--prompt-ids", word)));
   NQ_CHECK(!ids.empty(), "--prompt-ids: no ids given");
   return ids;
 }
@@ -171,9 +170,16 @@ void chat_loop(const Decoder& model, const Tokenizer& tok, const ChatFormat& for
 }
 
 int run(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return std::fputs(kHelp, stdout), 0;
-  Flags f = parse(argc, argv);
+  Flags f;
+  if (!parse(argc, argv, &f)) return 0;  // --help
+  // Decoding runs on the CPU (model/generate.h: the KV cache and its attention are
+  // host code), so the device the flag names must be one generation can use:
+  // auto picks the CPU here even with a GPU visible, and cuda is refused up front.
+  const Device device = select_device(f.device, "--device");
+  NQ_CHECK(device == Device::CPU || f.device == "auto", "--device cuda: ./generate decodes on the CPU only ",
+           "(model/generate.h: the KV cache is host memory); use --device cpu");
+  std::fprintf(stderr, "device: %s%s\n", device_summary(Device::CPU).c_str(),
+               device == Device::CUDA ? " (--device auto: decoding runs on the CPU only)" : "");
 
   std::unique_ptr<Decoder> model;
   std::optional<LoadedModel> loaded;

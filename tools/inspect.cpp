@@ -3,81 +3,76 @@
 // directory with model.safetensors[.index.json]), every tensor's dtype and shape.
 // ./inspect plan: the training memory plan of a model from its config alone
 // (training/memory_plan.h), and the longest context that fits a memory budget.
+// Flags: one table per command (training/flags.h).
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "model/bnb_checkpoint.h"
 #include "formats/gguf.h"
+#include "model/device.h"
 #include "training/memory_plan.h"
 #include "optim/paged_adamw.h"
 #include "formats/safetensors.h"
 #include "tools/cli.h"
+#include "training/flags.h"
+#include "training/train_config.h"
 
 using namespace nq;
 
-static const char* kUsage =
-    "usage: ./inspect [--tensors] FILE\n"
-    "       ./inspect plan (--preset NAME | --model DIR) [--seq 2048] [--batch 1] [--fit-gb G] ...\n"
-    "  FILE       a .gguf file, a .safetensors file, or a directory holding\n"
-    "             model.safetensors or model.safetensors.index.json + shards\n"
-    "  --tensors  GGUF: list every tensor (name, type, logical shape), not just counts\n"
-    "  plan       the memory a QLoRA training step will take (./inspect plan --help)\n";
+static std::string join(const std::vector<std::string>& items) {
+  std::string s;
+  for (const std::string& item : items) s += (s.empty() ? "" : ",") + item;
+  return s;
+}
 
-static const char* kPlanUsage =
-    "usage: ./inspect plan (--preset NAME | --model DIR) [options]\n"
-    "The predicted peak memory of one QLoRA training step (the table ./train prints before\n"
-    "step 1), from the model's config alone: nothing is loaded or allocated.\n"
-    "  --preset NAME         qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b\n"
-    "  --model DIR           a HF model folder (only its config.json is read)\n"
-    "  --seq T               tokens per row (default 2048)\n"
-    "  --batch B             rows per micro-batch (default 1)\n"
-    "  --r R                 LoRA rank (default 16)\n"
-    "  --targets LIST        comma-separated target modules (default all-linear)\n"
-    "  --device cuda|cpu     where the step runs (default cuda: bf16 activations, paged AdamW)\n"
-    "  --no-quant            dense bases instead of NF4\n"
-    "  --no-grad-checkpoint  keep every layer's activations\n"
-    "  --ce-chunk N          rows of logits at once in the loss (default 1024)\n"
-    "  --fit-gb G            also print the longest sequence (batch 1) whose planned total fits\n"
-    "                        in G GiB (2^30 bytes)\n"
-    "  --json                one JSON line instead of the table (scripts)\n";
-
-// ./inspect plan ...: argv[0] is "plan".
+// ./inspect plan ...: argv[0] is "plan". The defaults are ./train's (TrainConfig's
+// --max-length, --batch-size and --device; the LoRA ones are QloraShape's, which
+// are lora/lora_linear.h's as ./train's are), so a bare plan is the table ./train
+// prints before step 1 with its defaults.
 static int run_plan(int argc, char** argv) {
-  std::string preset, model_dir, device_flag = "cuda", targets = "all-linear";
+  const TrainConfig train_defaults;
+  std::string preset, model_dir, device_flag = train_defaults.device;
   TrainShape shape;
-  shape.seq = 2048;
+  shape.seq = train_defaults.max_length;
+  shape.batch = train_defaults.batch_size;
   QloraShape qlora;
+  bool no_quant = false, no_grad_checkpoint = false, as_json = false;
   double fit_gb = 0;
-  bool as_json = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") return fputs(kPlanUsage, stdout), 0;
-    if (a == "--preset") preset = cli::value(argc, argv, i);
-    else if (a == "--model") model_dir = cli::value(argc, argv, i);
-    else if (a == "--seq") shape.seq = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--batch") shape.batch = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--r") qlora.r = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--targets") targets = cli::value(argc, argv, i);
-    else if (a == "--device") device_flag = cli::value(argc, argv, i);
-    else if (a == "--no-quant") qlora.nf4_base = false;
-    else if (a == "--no-grad-checkpoint") qlora.checkpointing = false;
-    else if (a == "--ce-chunk") shape.ce_chunk_rows = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--fit-gb") fit_gb = cli::to_float(a, cli::value(argc, argv, i));
-    else if (a == "--json") as_json = true;
-    else throw Error(str("unknown flag '", a, "' (see ./inspect plan --help)"));
-  }
+  FlagTable t(
+      "usage: ./inspect plan (--preset NAME | --model DIR) [options]\n"
+      "The predicted peak memory of one QLoRA training step (the table ./train prints before\n"
+      "step 1), from the model's config alone: nothing is loaded or allocated.\n",
+      "./inspect plan --help");
+  t.add("preset", &preset, "qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b", "NAME");
+  t.add("model", &model_dir, "a HF model folder (only its config.json is read)", "DIR");
+  t.add("seq", &shape.seq, "tokens per row (./train --max-length)", "T");
+  t.add("batch", &shape.batch, "rows per micro-batch (./train --batch-size)", "B");
+  t.add("r", &qlora.r, "LoRA rank", "R");
+  t.add("targets", &qlora.targets, "comma-separated target modules", "LIST");
+  add_device_flag(t, &device_flag).help +=
+      ";\nthe device the step is planned for: cuda plans bf16 activations and paged AdamW,\n"
+      "and needs no GPU here (nothing runs)";
+  t.add("no-quant", &no_quant, "dense bases instead of NF4");
+  t.add("no-grad-checkpoint", &no_grad_checkpoint, "keep every layer's activations");
+  t.add("ce-chunk", &shape.ce_chunk_rows, "rows of logits at once in the loss");
+  t.add("fit-gb", &fit_gb,
+        "also print the longest sequence (batch 1) whose planned total fits\n"
+        "in G GiB (2^30 bytes); 0: not asked",
+        "G");
+  t.add("json", &as_json, "one JSON line instead of the table (scripts)");
+  if (!t.parse(argc, argv)) return 0;  // --help
+  qlora.nf4_base = !no_quant;
+  qlora.checkpointing = !no_grad_checkpoint;
   NQ_CHECK(preset.empty() != model_dir.empty(), "give --preset NAME or --model DIR (see ./inspect plan --help)");
-  NQ_CHECK(device_flag == "cuda" || device_flag == "cpu", "--device: expected cuda or cpu, got '", device_flag, "'");
   NQ_CHECK(fit_gb >= 0, "--fit-gb: expected a positive size in GiB, got ", fit_gb);
-  qlora.targets.clear();
-  std::stringstream list(targets);
-  for (std::string t; std::getline(list, t, ',');)
-    if (!t.empty()) qlora.targets.push_back(t);
-  const Device device = device_flag == "cuda" ? Device::CUDA : Device::CPU;
+  // A plan is arithmetic on a config: --device cuda plans a GPU step on any machine.
+  // auto is the device ./train would pick here (select_device, model/device.h).
+  const Device device = device_flag == "auto" ? select_device(device_flag, "--device")
+                                              : device_flag == "cuda" ? Device::CUDA : Device::CPU;
+  device_flag = device == Device::CUDA ? "cuda" : "cpu";
   shape.paged_optimizer = device == Device::CUDA;
   shape.optimizer_pool_bytes = PagedAdamWOptions{}.pool_bytes();
 
@@ -108,7 +103,7 @@ static int run_plan(int argc, char** argv) {
   printf("%s: %s\n", source.c_str(), config.summary().c_str());
   printf("QLoRA step on %s: batch %lld x seq %lld, %s bases, LoRA r %lld on %s, %s, %s\n", device_flag.c_str(),
          (long long)shape.batch, (long long)shape.seq, qlora.nf4_base ? "NF4" : "dense", (long long)qlora.r,
-         targets.c_str(), qlora.checkpointing ? "gradient checkpointing" : "no checkpointing",
+         join(qlora.targets).c_str(), qlora.checkpointing ? "gradient checkpointing" : "no checkpointing",
          device == Device::CUDA ? "paged AdamW" : "AdamW");
   printf("%s\n", plan.table().c_str());
   if (fit_gb > 0) {
@@ -176,26 +171,28 @@ static void inspect_safetensors(const std::string& path) {
   }
 }
 
+static int run_file(int argc, char** argv) {
+  bool list_tensors = false;
+  std::vector<std::string> paths;
+  FlagTable t(
+      "usage: ./inspect [--tensors] FILE\n"
+      "       ./inspect plan (--preset NAME | --model DIR) [--seq T] [--batch B] [--fit-gb G] ...\n"
+      "  plan                        the memory a QLoRA training step will take (./inspect plan --help)\n");
+  t.positionals("FILE",  &paths,
+                "a .gguf file, a .safetensors file, or a directory holding\n"
+                "model.safetensors or model.safetensors.index.json + shards");
+  t.add("tensors", &list_tensors, "GGUF: list every tensor (name, type, logical shape), not just counts");
+  if (!t.parse(argc, argv)) return 0;  // --help
+  NQ_CHECK(!paths.empty(), "give a FILE (see --help)");
+  NQ_CHECK(paths.size() == 1, "one FILE only (got ", paths[0], " and ", paths[1], ")");
+  const std::string& path = paths[0];
+  const bool gguf = path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+  if (gguf) inspect_gguf(path, list_tensors);
+  else inspect_safetensors(path);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "plan") return cli::run_main([&] { return run_plan(argc - 1, argv + 1); });
-  bool list_tensors = false;
-  std::string path;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h" || a == "--help") { fputs(kUsage, stdout); return 0; }
-    if (a == "--tensors") { list_tensors = true; continue; }
-    if (!a.empty() && a[0] == '-') { fprintf(stderr, "error: unknown flag %s\n%s", a.c_str(), kUsage); return 1; }
-    if (!path.empty()) { fprintf(stderr, "error: one FILE only (got %s and %s)\n", path.c_str(), a.c_str()); return 1; }
-    path = a;
-  }
-  if (path.empty()) { fputs(kUsage, stderr); return 1; }
-  try {
-    bool gguf = path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
-    if (gguf) inspect_gguf(path, list_tensors);
-    else inspect_safetensors(path);
-  } catch (const Error& e) {
-    fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  return cli::run_main([&] { return run_file(argc, argv); });
 }

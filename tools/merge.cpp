@@ -2,6 +2,8 @@
 // Each adapted projection becomes W' = W + s * B A (model/merge.h); an NF4 base
 // (bitsandbytes 4-bit checkpoint) is dequantized first. The result (bf16 by
 // default) is a plain Hugging Face directory: transformers, ./generate, ./quantize.
+// The merge is host arithmetic in f32 (model/merge.h), so ./merge has no --device.
+// Flags: one table (training/flags.h).
 #include <cstdio>
 #include <string>
 
@@ -9,33 +11,25 @@
 #include "model/merge.h"
 #include "model/bnb_checkpoint.h"
 #include "tools/cli.h"
+#include "training/flags.h"
 
 namespace {
 
 using namespace nq;
 
-const char* kHelp =
-    "usage: ./merge --model DIR --adapter DIR --out DIR [--dtype bf16|f32]\n"
-    "  --model DIR      the base: a HF model folder, dense or bitsandbytes 4-bit (NF4 is dequantized)\n"
-    "  --adapter DIR    a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors),\n"
-    "                   e.g. the one ./train writes\n"
-    "  --out DIR        where the merged model goes (created; files in it are replaced)\n"
-    "  --dtype T        bf16 (default) or f32: the dtype of every written tensor\n";
-
 int run(int argc, char** argv) {
   std::string model_dir, adapter_dir, out, dtype_flag = "bf16";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") return std::fputs(kHelp, stdout), 0;
-    if (a == "--model") model_dir = cli::value(argc, argv, i);
-    else if (a == "--adapter") adapter_dir = cli::value(argc, argv, i);
-    else if (a == "--out") out = cli::value(argc, argv, i);
-    else if (a == "--dtype") dtype_flag = cli::value(argc, argv, i);
-    else throw Error(str("unknown flag '", a, "' (see --help)"));
-  }
+  FlagTable t("usage: ./merge --model DIR --adapter DIR --out DIR [--dtype bf16|f32]\n");
+  t.add("model", &model_dir, "the base: a HF model folder, dense or bitsandbytes 4-bit (NF4 is dequantized)", "DIR");
+  t.add("adapter", &adapter_dir,
+        "a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors),\n"
+        "e.g. the one ./train writes",
+        "DIR");
+  t.add("out", &out, "where the merged model goes (created; files in it are replaced)", "DIR");
+  t.add_choice("dtype", &dtype_flag, {"bf16", "f32"}, "the dtype of every written tensor", "T");
+  if (!t.parse(argc, argv)) return 0;  // --help
   NQ_CHECK(!model_dir.empty() && !adapter_dir.empty() && !out.empty(),
            "give --model DIR, --adapter DIR and --out DIR (see --help)");
-  NQ_CHECK(dtype_flag == "bf16" || dtype_flag == "f32", "--dtype: expected bf16 or f32, got '", dtype_flag, "'");
   const DType dtype = dtype_flag == "bf16" ? DType::BF16 : DType::F32;
 
   Decoder model = load_hf_decoder(model_dir);

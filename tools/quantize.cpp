@@ -4,50 +4,25 @@
 // becomes NF4 (double-quantized by default); embeddings, norms and lm_head keep the model's dtype.
 // With --random PRESET, the checkpoint of a random-init model of that size, written
 // tensor by tensor straight from the config (Qwen3-8B-scale runs without a download).
+// Flags: one table (training/flags.h).
 #include <cstdio>
 #include <filesystem>
 #include <string>
 
 #include "model/bnb_checkpoint.h"
 #include "tools/cli.h"
+#include "training/flags.h"
 
 namespace {
 
 using namespace nq;
 
-const char* kHelp =
-    "usage: ./quantize --model DIR --out DIR [--blocksize 64] [--no-double-quant]\n"
-    "       ./quantize --random PRESET|CONFIG.json --out DIR [--seed 0] [--layers N] [--tokenizer DIR]\n"
-    "  --model DIR          dense HF model folder (config.json + *.safetensors)\n"
-    "  --out DIR            where the 4-bit checkpoint goes (created; files in it are replaced)\n"
-    "  --blocksize N        weights per NF4 block: a power of two in [32, 4096] (default 64,\n"
-    "                       the only size transformers' BitsAndBytesConfig produces)\n"
-    "  --no-double-quant    keep the block absmax in f32 (bnb_4bit_use_double_quant = false)\n"
-    "random-init checkpoints (no download; NF4 double quant, blocksize 64):\n"
-    "  --random P           a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b) or a config.json:\n"
-    "                       every tensor ~ normal(0, initializer_range), norms 1, rounded to the\n"
-    "                       config's dtype, projections quantized, written one by one (qwen3-8b:\n"
-    "                       6.1 GB of files, under 4 GB of host memory)\n"
-    "  --seed S             Philox seed of the weights (default 0; same seed, same files)\n"
-    "  --layers N           override num_hidden_layers (small test models of a preset's shapes)\n"
-    "  --tokenizer DIR      tokenizer files copied beside the weights (default: the Qwen3 tokenizer\n"
-    "                       build/fixtures/qwen3-tokenizer next to this program, which `make`\n"
-    "                       unpacks from tests/fixtures/tokenizer/qwen3; 'none': no tokenizer)\n";
-
-// The default --tokenizer: build/fixtures/qwen3-tokenizer beside this program (the repository root).
-std::string default_tokenizer_dir() {
-  std::error_code ec;
-  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ((ec ? std::filesystem::path(".") : exe.parent_path()) / "build/fixtures/qwen3-tokenizer").string();
-}
-
 int run_random(const std::string& source, const std::string& out, uint64_t seed, int64_t layers,
-               std::string tokenizer, bool tokenizer_given) {
+               const std::string& tokenizer, bool tokenizer_given) {
   ModelConfig config = source.size() > 5 && source.compare(source.size() - 5, 5, ".json") == 0
                            ? ModelConfig::from_file(source)
                            : ModelConfig::preset(source);
   if (layers > 0) config.num_layers = layers;
-  if (!tokenizer_given) tokenizer = default_tokenizer_dir();
   if (tokenizer != "none")  // before minutes of writing
     NQ_CHECK(std::filesystem::is_regular_file(tokenizer + "/tokenizer.json"), "--tokenizer ", tokenizer,
              ": no tokenizer.json there", tokenizer_given ? "" : " (run `make` to unpack the Qwen3 tokenizer from "
@@ -72,30 +47,40 @@ int run_random(const std::string& source, const std::string& out, uint64_t seed,
 }
 
 int run(int argc, char** argv) {
-  std::string model, out, random, tokenizer;
-  int64_t blocksize = 64, layers = 0, seed = 0;
-  bool double_quant = true, tokenizer_given = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") return std::fputs(kHelp, stdout), 0;
-    if (a == "--model") model = cli::value(argc, argv, i);
-    else if (a == "--out") out = cli::value(argc, argv, i);
-    else if (a == "--blocksize") blocksize = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--no-double-quant") double_quant = false;
-    else if (a == "--random") random = cli::value(argc, argv, i);
-    else if (a == "--seed") seed = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--layers") layers = cli::to_int(a, cli::value(argc, argv, i));
-    else if (a == "--tokenizer") tokenizer = cli::value(argc, argv, i), tokenizer_given = true;
-    else throw Error(str("unknown flag '", a, "' (see --help)"));
-  }
+  std::string model, out, random, tokenizer = cli::default_tokenizer_dir();
+  int64_t blocksize = 64, layers = 0;  // blocksize: transformers' BitsAndBytesConfig's (quantize_checkpoint's default)
+  uint64_t seed = 0;
+  bool no_double_quant = false;
+  FlagTable t(
+      "usage: ./quantize --model DIR --out DIR [--blocksize 64] [--no-double-quant]\n"
+      "       ./quantize --random PRESET|CONFIG.json --out DIR [--seed 0] [--layers N] [--tokenizer DIR]\n");
+  t.add("model", &model, "dense HF model folder (config.json + *.safetensors)", "DIR");
+  t.add("out", &out, "where the 4-bit checkpoint goes (created; files in it are replaced)", "DIR");
+  t.add("blocksize", &blocksize,
+        "weights per NF4 block: a power of two in [32, 4096]\n"
+        "(64 is the only size transformers' BitsAndBytesConfig produces)");
+  t.add("no-double-quant", &no_double_quant, "keep the block absmax in f32 (bnb_4bit_use_double_quant = false)");
+  t.add("random", &random,
+        "random-init checkpoint (no download; NF4 double quant, blocksize 64) of a preset\n"
+        "(qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b) or a config.json: every tensor\n"
+        "~ normal(0, initializer_range), norms 1, rounded to the config's dtype, projections\n"
+        "quantized, written one by one (qwen3-8b: 6.1 GB of files, under 4 GB of host memory)",
+        "P");
+  t.add("seed", &seed, "--random: Philox seed of the weights (same seed, same files)", "S");
+  t.add("layers", &layers, "--random: override num_hidden_layers (small test models of a preset's shapes; 0: the config's)");
+  Flag& tok = t.add("tokenizer", &tokenizer,
+                    "--random: tokenizer files copied beside the weights ('none': no tokenizer)\n", "DIR");
+  tok.default_text = "the Qwen3 tokenizer build/fixtures/qwen3-tokenizer next to this program,\n"
+                     "which `make` unpacks from tests/fixtures/tokenizer/qwen3";
+  if (!t.parse(argc, argv)) return 0;  // --help
+  const bool double_quant = !no_double_quant;
   if (!random.empty()) {
     NQ_CHECK(model.empty(), "give --model DIR or --random PRESET, not both (see --help)");
     NQ_CHECK(!out.empty(), "give --out DIR (see --help)");
-    NQ_CHECK(seed >= 0, "--seed: expected a non-negative integer, got ", seed);
     NQ_CHECK(layers >= 0, "--layers: expected a positive integer, got ", layers);
     NQ_CHECK(blocksize == 64 && double_quant, "--random writes blocksize 64 with double quant (as transformers); ",
              "drop --blocksize / --no-double-quant");
-    return run_random(random, out, uint64_t(seed), layers, tokenizer, tokenizer_given);
+    return run_random(random, out, seed, layers, tokenizer, t.given("tokenizer"));
   }
   NQ_CHECK(!model.empty() && !out.empty(), "give --model DIR and --out DIR, or --random PRESET and --out DIR (see --help)");
   NQ_CHECK(blocksize >= 32 && blocksize <= 4096 && (blocksize & (blocksize - 1)) == 0,

@@ -2,6 +2,7 @@
 // per line (JSONL), so it composes with data pipelines and checks against HF.
 //   ./tokenize --tokenizer DIR [--jsonl]   {"text": "..."} -> {"ids": [...]}
 //   ./tokenize --tokenizer DIR --decode    {"ids": [...]}  -> {"text": "..."}
+// Flags: one table (training/flags.h).
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -10,17 +11,12 @@
 
 #include "model/tokenizer.h"
 #include "runtime/error.h"
+#include "tools/cli.h"
+#include "training/flags.h"
 
 namespace {
 
-const char* kHelp =
-    "usage: ./tokenize --tokenizer DIR [--jsonl | --decode] [--stats]\n"
-    "  --tokenizer DIR  folder holding tokenizer.json (and tokenizer_config.json), or the file itself\n"
-    "                   (default: build/fixtures/qwen3-tokenizer, unpacked by make)\n"
-    "  --jsonl          encode: each stdin line {\"text\": \"...\"} -> {\"ids\": [...]} on stdout (default)\n"
-    "  --decode         decode: each stdin line {\"ids\": [...]} -> {\"text\": \"...\"}\n"
-    "  --stats          print lines, MB of text and MB/s of encode/decode alone to stderr\n"
-    "Special tokens written in the text (<|im_start|>, ...) are matched; no BOS/EOS is added.\n";
+using namespace nq;
 
 void append_ids(std::string& out, const std::vector<int32_t>& ids) {
   out += "{\"ids\": [";
@@ -32,19 +28,18 @@ void append_ids(std::string& out, const std::vector<int32_t>& ids) {
 }
 
 int run(int argc, char** argv) {
-  std::string dir = "build/fixtures/qwen3-tokenizer";
-  bool decode = false, stats = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") { std::cout << kHelp; return 0; }
-    if (a == "--tokenizer") {
-      NQ_CHECK(i + 1 < argc, "--tokenizer needs a folder");
-      dir = argv[++i];
-    } else if (a == "--jsonl") decode = false;
-    else if (a == "--decode") decode = true;
-    else if (a == "--stats") stats = true;
-    else throw nq::Error(nq::str("unknown flag '", a, "' (see --help)"));
-  }
+  std::string dir = cli::default_tokenizer_dir();
+  bool jsonl = false, decode = false, stats = false;
+  FlagTable t("usage: ./tokenize --tokenizer DIR [--jsonl | --decode] [--stats]\n");
+  Flag& tokenizer = t.add("tokenizer", &dir,
+                          "folder holding tokenizer.json (and tokenizer_config.json), or the file itself\n", "DIR");
+  tokenizer.default_text = "build/fixtures/qwen3-tokenizer beside this program, unpacked by make";
+  t.add("jsonl", &jsonl, "encode: each stdin line {\"text\": \"...\"} -> {\"ids\": [...]} on stdout (the default)");
+  t.add("decode", &decode, "decode: each stdin line {\"ids\": [...]} -> {\"text\": \"...\"}");
+  t.add("stats", &stats, "print lines, MB of text and MB/s of encode/decode alone to stderr");
+  t.set_epilog("Special tokens written in the text (<|im_start|>, ...) are matched; no BOS/EOS is added.\n");
+  if (!t.parse(argc, argv)) return 0;  // --help
+  NQ_CHECK(!(jsonl && decode), "give --jsonl or --decode, not both");
   bool is_file = dir.size() >= 5 && dir.compare(dir.size() - 5, 5, ".json") == 0;
   nq::Tokenizer tok = nq::Tokenizer::from_file(is_file ? dir : dir + "/tokenizer.json");
 
@@ -93,11 +88,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const nq::Error& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return nq::cli::run_main([&] { return run(argc, argv); }); }

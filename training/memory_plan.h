@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "lora/lora_linear.h"
 #include "model/decoder.h"
 #include "runtime/allocator.h"
 
@@ -40,7 +41,7 @@ namespace nq {
 
 struct TrainShape {
   int64_t batch = 1, seq = 512;   // B, T
-  int64_t ce_chunk_rows = 1024;   // DecoderOptions::ce_chunk_rows
+  int64_t ce_chunk_rows = DecoderOptions{}.ce_chunk_rows;  // rows of logits at once in the loss
   bool paged_optimizer = true;    // GPU only: states in host memory
   size_t optimizer_pool_bytes = size_t(32) << 20;  // PagedAdamWOptions::pool_bytes()
 };
@@ -64,8 +65,8 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape);
 
 // What the config-only plan assumes the model will be (./train's defaults).
 struct QloraShape {
-  int64_t r = 16;                                  // LoRA rank
-  std::vector<std::string> targets{"all-linear"};  // adapted projections (model/adapters.h rule)
+  int64_t r = kDefaultLoraRank;                          // LoRA rank (lora/lora_linear.h's default)
+  std::vector<std::string> targets{kDefaultLoraTargets};  // adapted projections (model/adapters.h rule)
   bool nf4_base = true;                            // false: dense bases (--no-quant)
   int64_t blocksize = 64;                          // NF4 block, double-quantized
   bool checkpointing = true;                       // per-layer gradient checkpointing

@@ -1,5 +1,5 @@
-// TrainConfig: one table of options serves the flags, the JSON keys, --help
-// and the checkpoint copy (see train_config.h).
+// TrainConfig: one table of options (training/flags.h's mechanism) serves the
+// flags, the JSON keys, --help and the checkpoint copy (see train_config.h).
 #include "training/train_config.h"
 
 #include <algorithm>
@@ -15,247 +15,109 @@
 #include "optim/schedule.h"
 #include "runtime/error.h"
 #include "training/data.h"
+#include "training/flags.h"
 
 namespace nq {
 
 using json = nlohmann::json;
 
+// The table: every setting of TrainConfig once, as a flag of the generic
+// mechanism (training/flags.h) bound to `cfg`, with JSON keys (the flag with _
+// for -) for --config files and the checkpoint copy.
+FlagTable train_flags(TrainConfig& cfg) {
+  FlagTable t(
+      "usage: ./train --model DIR --data FILE.jsonl [options]\n"
+      "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
+      "target projections are trained with AdamW, on the GPU when there is one (--device).\n"
+      "Writes the PEFT adapter to --out.\n\n");
+  t.json_keys_from_names();
+  t.enable_config_file();
+  t.add("model", &cfg.model, "HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file [required]");
+  t.add("data", &cfg.data, "training JSONL: messages | prompt-completion | alpaca | text [required]");
+  t.add("eval-data", &cfg.eval_data, "held-out JSONL for the eval loss");
+  t.add("eval-split", &cfg.eval_split, "hold out this fraction (< 1) or count (>= 1) of --data instead");
+  t.add("out", &cfg.out, "output folder: PEFT adapter, checkpoint-STEP/, metrics.jsonl");
+  t.add("metrics", &cfg.metrics, "metrics JSONL, one line per optimizer step (default OUT/metrics.jsonl)");
+  t.add("resume", &cfg.resume, "continue from a checkpoint folder (OUT/checkpoint-STEP)");
+  t.add("r", &cfg.r, "LoRA rank");
+  t.add("alpha", &cfg.alpha, "LoRA alpha (scaling alpha / r)");
+  t.add("dropout", &cfg.dropout, "LoRA dropout on the adapter input");
+  t.add("targets", &cfg.targets, "all-linear, or a comma list of module names (q_proj,v_proj)");
+  t.add("rslora", &cfg.rslora, "rank-stabilised scaling alpha / sqrt(r)");
+  t.add("lr", &cfg.lr, "peak learning rate");
+  t.add("schedule", &cfg.schedule, "constant | linear | cosine (after warmup)");
+  t.add("warmup-steps", &cfg.warmup_steps, "linear warmup steps (wins over --warmup-ratio)");
+  t.add("warmup-ratio", &cfg.warmup_ratio, "warmup as a fraction of the total steps");
+  t.add("epochs", &cfg.epochs, "passes over the training data");
+  t.add("max-steps", &cfg.max_steps, "optimizer steps to run (0: from --epochs)");
+  t.add("batch-size", &cfg.batch_size, "rows per micro-batch");
+  t.add("grad-accum", &cfg.grad_accum, "micro-batches per optimizer step");
+  t.add("max-length", &cfg.max_length, "tokens per sample (longer ones are truncated) / packed row");
+  t.add("packing", &cfg.packing, "pack several samples per row (attention stays within a sample)");
+  t.add("train-on-prompt", &cfg.train_on_prompt, "loss on every token, not only the answers / completions");
+  t.add("prompt-completion-chat", &cfg.prompt_completion_chat,
+        "render prompt-completion and alpaca pairs as a user/assistant chat");
+  t.add_choice("optim", &cfg.optim, {"adamw", "paged_adamw"},
+               "paged_adamw (m, v in host memory, paged through a GPU pool) | adamw (in GPU memory)");
+  t.add("optim-pages", &cfg.optim_pages, "paged_adamw on cuda: pages in the GPU pool (2 to 256)");
+  t.add("optim-page-mb", &cfg.optim_page_mb, "paged_adamw on cuda: MiB per page (1 to 1024)");
+  t.add("weight-decay", &cfg.weight_decay, "AdamW decoupled weight decay");
+  t.add("max-grad-norm", &cfg.max_grad_norm, "clip the global gradient norm (0: off)");
+  t.add("seed", &cfg.seed, "seed of the LoRA init, dropout and shuffling");
+  t.add("log-every", &cfg.log_every, "print a progress line every N steps (when not a terminal)");
+  t.add("eval-every", &cfg.eval_every, "eval loss every N steps (0: only at the end)");
+  t.add("save-every", &cfg.save_every, "checkpoint every N steps (0: only at the end)");
+  t.add("no-grad-checkpoint", &cfg.no_grad_checkpoint, "keep every layer's activations (faster, more memory)");
+  add_device_flag(t, &cfg.device);
+  t.add("on-bad-line", &cfg.on_bad_line, "error | skip a malformed JSONL line");
+  t.add("no-quant", &cfg.no_quant, "keep the base weights dense f32 (debugging; not QLoRA)");
+  t.add("threads", &cfg.threads, "CPU threads (0: all cores)");
+  t.add("no-progress", &cfg.no_progress, "no progress bar (metrics file and summary only)");
+  return t;
+}
+
 namespace {
 
-enum class Kind { Str, Int, UInt, Float, Bool, List };
-
-struct Option {
-  const char* name;  // flag without "--"; the JSON key is the same with '_' for '-'
-  Kind kind;
-  void* (*field)(TrainConfig&);
-  const char* help;
-};
-
-#define NQ_FIELD(member) [](TrainConfig& c) -> void* { return &c.member; }
-
-const std::vector<Option>& options() {
-  static const std::vector<Option> table = {
-      {"model", Kind::Str, NQ_FIELD(model), "HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file [required]"},
-      {"data", Kind::Str, NQ_FIELD(data), "training JSONL: messages | prompt-completion | alpaca | text [required]"},
-      {"eval-data", Kind::Str, NQ_FIELD(eval_data), "held-out JSONL for the eval loss"},
-      {"eval-split", Kind::Float, NQ_FIELD(eval_split), "hold out this fraction (< 1) or count (>= 1) of --data instead"},
-      {"out", Kind::Str, NQ_FIELD(out), "output folder: PEFT adapter, checkpoint-STEP/, metrics.jsonl"},
-      {"metrics", Kind::Str, NQ_FIELD(metrics), "metrics JSONL, one line per optimizer step (default OUT/metrics.jsonl)"},
-      {"resume", Kind::Str, NQ_FIELD(resume), "continue from a checkpoint folder (OUT/checkpoint-STEP)"},
-      {"r", Kind::Int, NQ_FIELD(r), "LoRA rank"},
-      {"alpha", Kind::Float, NQ_FIELD(alpha), "LoRA alpha (scaling alpha / r)"},
-      {"dropout", Kind::Float, NQ_FIELD(dropout), "LoRA dropout on the adapter input"},
-      {"targets", Kind::List, NQ_FIELD(targets), "all-linear, or a comma list of module names (q_proj,v_proj)"},
-      {"rslora", Kind::Bool, NQ_FIELD(rslora), "rank-stabilised scaling alpha / sqrt(r)"},
-      {"lr", Kind::Float, NQ_FIELD(lr), "peak learning rate"},
-      {"schedule", Kind::Str, NQ_FIELD(schedule), "constant | linear | cosine (after warmup)"},
-      {"warmup-steps", Kind::Int, NQ_FIELD(warmup_steps), "linear warmup steps (wins over --warmup-ratio)"},
-      {"warmup-ratio", Kind::Float, NQ_FIELD(warmup_ratio), "warmup as a fraction of the total steps"},
-      {"epochs", Kind::Int, NQ_FIELD(epochs), "passes over the training data"},
-      {"max-steps", Kind::Int, NQ_FIELD(max_steps), "optimizer steps to run (0: from --epochs)"},
-      {"batch-size", Kind::Int, NQ_FIELD(batch_size), "rows per micro-batch"},
-      {"grad-accum", Kind::Int, NQ_FIELD(grad_accum), "micro-batches per optimizer step"},
-      {"max-length", Kind::Int, NQ_FIELD(max_length), "tokens per sample (longer ones are truncated) / packed row"},
-      {"packing", Kind::Bool, NQ_FIELD(packing), "pack several samples per row (attention stays within a sample)"},
-      {"train-on-prompt", Kind::Bool, NQ_FIELD(train_on_prompt), "loss on every token, not only the answers / completions"},
-      {"prompt-completion-chat", Kind::Bool, NQ_FIELD(prompt_completion_chat),
-       "render prompt-completion and alpaca pairs as a user/assistant chat"},
-      {"optim", Kind::Str, NQ_FIELD(optim), "paged_adamw (m, v in host memory, paged through a GPU pool) | adamw (in GPU memory)"},
-      {"optim-pages", Kind::Int, NQ_FIELD(optim_pages), "paged_adamw on cuda: pages in the GPU pool (2 to 256)"},
-      {"optim-page-mb", Kind::Int, NQ_FIELD(optim_page_mb), "paged_adamw on cuda: MiB per page (1 to 1024)"},
-      {"weight-decay", Kind::Float, NQ_FIELD(weight_decay), "AdamW decoupled weight decay"},
-      {"max-grad-norm", Kind::Float, NQ_FIELD(max_grad_norm), "clip the global gradient norm (0: off)"},
-      {"seed", Kind::UInt, NQ_FIELD(seed), "seed of the LoRA init, dropout and shuffling"},
-      {"log-every", Kind::Int, NQ_FIELD(log_every), "print a progress line every N steps (when not a terminal)"},
-      {"eval-every", Kind::Int, NQ_FIELD(eval_every), "eval loss every N steps (0: only at the end)"},
-      {"save-every", Kind::Int, NQ_FIELD(save_every), "checkpoint every N steps (0: only at the end)"},
-      {"no-grad-checkpoint", Kind::Bool, NQ_FIELD(no_grad_checkpoint), "keep every layer's activations (faster, more memory)"},
-      {"device", Kind::Str, NQ_FIELD(device), "auto | cpu | cuda (auto: cuda when built with CUDA and a GPU is visible)"},
-      {"on-bad-line", Kind::Str, NQ_FIELD(on_bad_line), "error | skip a malformed JSONL line"},
-      {"no-quant", Kind::Bool, NQ_FIELD(no_quant), "keep the base weights dense f32 (debugging; not QLoRA)"},
-      {"threads", Kind::Int, NQ_FIELD(threads), "CPU threads (0: all cores)"},
-      {"no-progress", Kind::Bool, NQ_FIELD(no_progress), "no progress bar (metrics file and summary only)"},
-  };
-  return table;
-}
-
-#undef NQ_FIELD
-
-std::string json_key(const char* name) {
-  std::string k = name;
-  for (char& ch : k) if (ch == '-') ch = '_';
-  return k;
-}
-
-const Option* find_flag(const std::string& flag) {
-  for (const Option& o : options())
-    if (flag == std::string("--") + o.name) return &o;
-  return nullptr;
-}
-
-const Option* find_key(const std::string& key) {
-  for (const Option& o : options())
-    if (key == json_key(o.name)) return &o;
-  return nullptr;
-}
-
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream ss(text);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-// Sets an option from flag text; `what` ("--lr") names it in errors.
-void set_from_text(TrainConfig& cfg, const Option& o, const std::string& what, const std::string& text) {
-  void* f = o.field(cfg);
-  char* end = nullptr;
-  switch (o.kind) {
-    case Kind::Str: *static_cast<std::string*>(f) = text; break;
-    case Kind::List: *static_cast<std::vector<std::string>*>(f) = split_list(text); break;
-    case Kind::Int: {
-      long long v = std::strtoll(text.c_str(), &end, 10);
-      NQ_CHECK(!text.empty() && *end == '\0', what, ": expected an integer, got '", text, "'");
-      *static_cast<int64_t*>(f) = v;
-      break;
-    }
-    case Kind::UInt: {
-      unsigned long long v = std::strtoull(text.c_str(), &end, 10);
-      NQ_CHECK(!text.empty() && text[0] != '-' && *end == '\0', what, ": expected a non-negative integer, got '", text, "'");
-      *static_cast<uint64_t*>(f) = v;
-      break;
-    }
-    case Kind::Float: {
-      double v = std::strtod(text.c_str(), &end);
-      NQ_CHECK(!text.empty() && *end == '\0', what, ": expected a number, got '", text, "'");
-      *static_cast<double*>(f) = v;
-      break;
-    }
-    case Kind::Bool: *static_cast<bool*>(f) = true; break;
-  }
-}
-
-void set_from_json(TrainConfig& cfg, const Option& o, const std::string& what, const json& v) {
-  void* f = o.field(cfg);
-  auto expect = [&](bool ok, const char* type) { NQ_CHECK(ok, what, ": expected ", type, ", got ", v.dump()); };
-  switch (o.kind) {
-    case Kind::Str: expect(v.is_string(), "a string"); *static_cast<std::string*>(f) = v.get<std::string>(); break;
-    case Kind::List:
-      if (v.is_string()) {
-        *static_cast<std::vector<std::string>*>(f) = split_list(v.get<std::string>());
-      } else {
-        expect(v.is_array(), "a string or a list of strings");
-        std::vector<std::string> items;
-        for (const json& e : v) { expect(e.is_string(), "a list of strings"); items.push_back(e.get<std::string>()); }
-        *static_cast<std::vector<std::string>*>(f) = items;
-      }
-      break;
-    case Kind::Int: expect(v.is_number_integer(), "an integer"); *static_cast<int64_t*>(f) = v.get<int64_t>(); break;
-    case Kind::UInt: expect(v.is_number_unsigned(), "a non-negative integer"); *static_cast<uint64_t*>(f) = v.get<uint64_t>(); break;
-    case Kind::Float: expect(v.is_number(), "a number"); *static_cast<double*>(f) = v.get<double>(); break;
-    case Kind::Bool: expect(v.is_boolean(), "true or false"); *static_cast<bool*>(f) = v.get<bool>(); break;
-  }
-}
-
-json field_json(TrainConfig& cfg, const Option& o) {
-  void* f = o.field(cfg);
-  switch (o.kind) {
-    case Kind::Str: return *static_cast<std::string*>(f);
-    case Kind::List: return *static_cast<std::vector<std::string>*>(f);
-    case Kind::Int: return *static_cast<int64_t*>(f);
-    case Kind::UInt: return *static_cast<uint64_t*>(f);
-    case Kind::Float: return *static_cast<double*>(f);
-    case Kind::Bool: return *static_cast<bool*>(f);
-  }
-  return nullptr;
-}
-
-std::string default_text(const Option& o, TrainConfig defaults) {
-  json v = field_json(defaults, o);
-  if (o.kind == Kind::Bool) return "";
-  if (o.kind == Kind::List) {
-    std::string s;
-    for (const json& e : v) s += (s.empty() ? "" : ",") + e.get<std::string>();
-    return s;
-  }
-  if (v.is_string()) return v.get<std::string>().empty() ? "" : v.get<std::string>();
-  if (o.kind == Kind::Float) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v.get<double>());
-    return buf;
-  }
-  return v.dump();
-}
-
-// Applies the flag argv[i] (option o) and its value, advancing i past the value.
-void apply_flag(TrainConfig& cfg, const Option& o, int argc, char** argv, int& i) {
-  const std::string flag = argv[i];
-  if (o.kind == Kind::Bool) return set_from_text(cfg, o, flag, "");
-  NQ_CHECK(i + 1 < argc, flag, " needs a value (see --help)");
-  set_from_text(cfg, o, flag, argv[++i]);
-}
-
-// One --help line: "  --flag N   help (default d)".
-std::string help_line(const Option& o, const char* help, const TrainConfig& defaults) {
-  std::string flag = std::string("--") + o.name;
-  if (o.kind != Kind::Bool) flag += o.kind == Kind::Str || o.kind == Kind::List ? " S" : " N";
-  char line[256];
-  std::snprintf(line, sizeof line, "  %-26s  %s", flag.c_str(), help);
-  std::string d = default_text(o, defaults);
-  return line + (d.empty() ? "" : " (default " + d + ")") + "\n";
-}
-
-// ./eval's options: these of the table, with eval's help text where it differs.
+// ./eval's options: these of ./train's table, with eval's help text where it differs.
 struct EvalOption {
   const char* name;
-  const char* help;  // nullptr: the table's
+  const char* help;  // "": the table's
 };
-const std::vector<EvalOption>& eval_options() {
-  static const std::vector<EvalOption> list = {
-      {"model", nullptr},
-      {"data", "JSONL to evaluate: messages | prompt-completion | alpaca | text [required]"},
-      {"max-length", "tokens per sample (longer ones are truncated, as ./train does)"},
-      {"batch-size", "rows per forward pass (the loss does not depend on it)"},
-      {"packing", "pack several samples per row (as ./train --packing; the same loss)"},
-      {"train-on-prompt", nullptr},
-      {"prompt-completion-chat", nullptr},
-      {"on-bad-line", nullptr},
-      {"device", nullptr},
-      {"no-quant", nullptr},
-      {"no-progress", "no progress bar on stderr"},
-  };
-  return list;
-}
-
-const EvalOption* find_eval_option(const std::string& name) {
-  for (const EvalOption& e : eval_options())
-    if (name == e.name) return &e;
-  return nullptr;
-}
+const EvalOption kEvalOptions[] = {
+    {"model", ""},
+    {"data", "JSONL to evaluate: messages | prompt-completion | alpaca | text [required]"},
+    {"max-length", "tokens per sample (longer ones are truncated, as ./train does)"},
+    {"batch-size", "rows per forward pass (the loss does not depend on it)"},
+    {"packing", "pack several samples per row (as ./train --packing; the same loss)"},
+    {"train-on-prompt", ""},
+    {"prompt-completion-chat", ""},
+    {"on-bad-line", ""},
+    {"device", ""},
+    {"no-quant", ""},
+    {"no-progress", "no progress bar on stderr"},
+};
 
 }  // namespace
 
+FlagTable eval_flags(EvalConfig& cfg) {
+  FlagTable t(
+      "usage: ./eval --model PATH --data FILE.jsonl [--adapter DIR] [options]\n"
+      "The mean next-token cross-entropy of a model (NF4 base, optionally with a LoRA adapter)\n"
+      "over a dataset, weighted by token: the number ./train reports as its eval loss for the\n"
+      "same file and options. Prints {\"loss\", \"tokens\", \"samples\", \"lines\", \"format\"} on stdout.\n\n");
+  t.add("adapter", &cfg.adapter, "a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)", "DIR");
+  const FlagTable run = train_flags(cfg.run);  // bound to cfg.run: eval's defaults (batch 8) are shown
+  for (const EvalOption& e : kEvalOptions) t.add_copy(*run.find(e.name), e.help);
+  return t;
+}
+
 void TrainConfig::apply_json(const std::string& json_text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    throw Error(str(source, ": invalid JSON: ", e.what()));
-  }
-  NQ_CHECK(j.is_object(), source, ": a config must be a JSON object of option keys");
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    const Option* o = find_key(it.key());
-    NQ_CHECK(o != nullptr, source, ": unknown key \"", it.key(), "\" (keys are the flags of --help with _ for -)");
-    set_from_json(*this, *o, str(source, ": \"", it.key(), "\""), it.value());
-  }
+  train_flags(*this).apply_json(json_text, source);
 }
 
 std::string TrainConfig::to_json() const {
   TrainConfig copy = *this;
-  json j = json::object();
-  for (const Option& o : options()) j[json_key(o.name)] = field_json(copy, o);
-  return j.dump(1) + "\n";
+  return train_flags(copy).to_json();
 }
 
 void TrainConfig::validate() const {
@@ -316,70 +178,21 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
 
 bool parse_train_args(int argc, char** argv, TrainConfig* cfg) {
   *cfg = TrainConfig();
-  // Pass 1: --help and --config (the file goes under the flags, wherever it appears).
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(train_help().c_str(), stdout);
-      return false;
-    }
-    if (a == "--config") {
-      NQ_CHECK(i + 1 < argc, "--config needs a value (see --help)");
-      const std::string path = argv[++i];
-      std::ifstream f(path);
-      NQ_CHECK(f.good(), "--config ", path, ": cannot read the file");
-      std::stringstream ss;
-      ss << f.rdbuf();
-      cfg->apply_json(ss.str(), path);
-    }
-  }
-  // Pass 2: every other flag.
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--config") { ++i; continue; }
-    const Option* o = find_flag(a);
-    NQ_CHECK(o != nullptr, "unknown flag '", a, "' (see --help)");
-    apply_flag(*cfg, *o, argc, argv, i);
-  }
+  if (!train_flags(*cfg).parse(argc, argv)) return false;  // --help
   cfg->validate();
   return true;
 }
 
 bool parse_eval_args(int argc, char** argv, EvalConfig* cfg) {
   *cfg = EvalConfig();
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(eval_help().c_str(), stdout);
-      return false;
-    }
-    if (a == "--adapter") {
-      NQ_CHECK(i + 1 < argc, a, " needs a value (see --help)");
-      cfg->adapter = argv[++i];
-      continue;
-    }
-    const Option* o = find_flag(a);
-    NQ_CHECK(o != nullptr && find_eval_option(o->name) != nullptr, "unknown flag '", a, "' (see --help)");
-    apply_flag(cfg->run, *o, argc, argv, i);
-  }
+  if (!eval_flags(*cfg).parse(argc, argv)) return false;  // --help
   cfg->run.validate();  // the options eval does not read are at their (valid) defaults
   return true;
 }
 
 std::string eval_help() {
-  std::string s =
-      "usage: ./eval --model PATH --data FILE.jsonl [--adapter DIR] [options]\n"
-      "The mean next-token cross-entropy of a model (NF4 base, optionally with a LoRA adapter)\n"
-      "over a dataset, weighted by token: the number ./train reports as its eval loss for the\n"
-      "same file and options. Prints {\"loss\", \"tokens\", \"samples\", \"lines\", \"format\"} on stdout.\n\n"
-      "  --adapter DIR               a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n";
-  const EvalConfig defaults;
-  for (const EvalOption& e : eval_options()) {
-    const Option* o = find_flag(std::string("--") + e.name);
-    s += help_line(*o, e.help ? e.help : o->help, defaults.run);
-  }
-  s += "  --help                      this text\n";
-  return s;
+  EvalConfig defaults;
+  return eval_flags(defaults).help();
 }
 
 EncodeOptions encode_options(const TrainConfig& cfg, const LoadedModel& model, std::ostream& log) {
@@ -404,16 +217,8 @@ LoaderOptions loader_options(const TrainConfig& cfg, const Tokenizer& tok) {
 }
 
 std::string train_help() {
-  std::string s =
-      "usage: ./train --model DIR --data FILE.jsonl [options]\n"
-      "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
-      "target projections are trained with AdamW, on the GPU when there is one (--device).\n"
-      "Writes the PEFT adapter to --out.\n\n"
-      "  --config FILE.json          options as a JSON object (keys: the flags below, _ for -);\n"
-      "                              flags given on the command line override it\n";
-  for (const Option& o : options()) s += help_line(o, o.help, TrainConfig());
-  s += "  --help                      this text\n";
-  return s;
+  TrainConfig defaults;
+  return train_flags(defaults).help();
 }
 
 }  // namespace nq

@@ -2,22 +2,27 @@
 // a JSON file (--config FILE.json) with the same keys; and ./eval's, a subset
 // of the same table.
 //
-// Every setting is declared once, in a table (train_config.cpp): the flag
+// Every setting is declared once, in a table (train_flags in train_config.cpp,
+// on the mechanism every program uses: training/flags.h): the flag
 // "--warmup-steps" and the JSON key "warmup_steps" are the same option, so
 // --help, the flag parser, the JSON reader and the checkpoint's copy of the
 // config cannot drift apart. Precedence: defaults < --config file < flags.
-// The defaults follow the seed's TRL SFTConfig + PEFT LoraConfig (r 16,
-// alpha 32, dropout 0.05, all-linear, lr 2e-4, cosine, 1 epoch, clip 1.0,
-// paged_adamw).
+// The defaults follow the seed's TRL SFTConfig + PEFT LoraConfig (lr 2e-4,
+// cosine, 1 epoch, clip 1.0, paged_adamw; the LoRA ones, r 16, alpha 32,
+// dropout 0.05, all-linear, are lora/lora_linear.h's kDefaultLora*, and the
+// GPU pool's those of PagedAdamWOptions).
 #pragma once
 #include <cstdint>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "lora/lora_linear.h"
 #include "model/load_model.h"
+#include "optim/paged_adamw.h"
 #include "training/batch.h"
 #include "training/encode.h"
+#include "training/flags.h"
 
 namespace nq {
 
@@ -31,10 +36,10 @@ struct TrainConfig {
   std::string metrics;     // metrics JSONL ("" = <out>/metrics.jsonl)
   std::string resume;      // a checkpoint directory to continue from
   // ---- LoRA
-  int64_t r = 16;
-  double alpha = 32;
-  double dropout = 0.05;
-  std::vector<std::string> targets{"all-linear"};
+  int64_t r = kDefaultLoraRank;
+  double alpha = kDefaultLoraAlpha;
+  double dropout = kDefaultLoraDropout;
+  std::vector<std::string> targets{kDefaultLoraTargets};
   bool rslora = false;
   // ---- optimisation
   double lr = 2e-4;
@@ -51,8 +56,8 @@ struct TrainConfig {
   bool prompt_completion_chat = false;  // prompt-completion / alpaca rendered as a user/assistant chat
   std::string optim = "paged_adamw";  // paged_adamw | adamw: where AdamW keeps m and v on a GPU
                                     // (host memory paged through a GPU pool | GPU memory); on the CPU both are AdamW
-  int64_t optim_pages = 4;          // paged_adamw on cuda: pages in the GPU pool ...
-  int64_t optim_page_mb = 8;        // ... of this many MiB each (m and v of page_mb * 2^17 elements)
+  int64_t optim_pages = PagedAdamWOptions{}.n_pages;                // paged_adamw on cuda: pages in the GPU pool ...
+  int64_t optim_page_mb = PagedAdamWOptions{}.page_bytes >> 20;     // ... of this many MiB each (m and v of page_mb * 2^17 elements)
   double weight_decay = 0;
   double max_grad_norm = 1.0;       // 0: no clipping
   uint64_t seed = 42;
@@ -61,7 +66,7 @@ struct TrainConfig {
   int64_t eval_every = 0;           // 0: eval only at the end
   int64_t save_every = 0;           // 0: checkpoint only at the end
   bool no_grad_checkpoint = false;
-  std::string device = "auto";      // auto | cpu | cuda
+  std::string device = kDefaultDevice;  // auto | cpu | cuda (training/flags.h's --device)
   std::string on_bad_line = "error";  // error | skip
   bool no_quant = false;            // dense f32 base (debugging)
   int64_t threads = 0;              // 0: all cores (OpenMP default)
@@ -78,6 +83,9 @@ struct TrainConfig {
   // logging and run length do not count.
   std::string trajectory_difference(const TrainConfig& other) const;
 };
+
+// The table of ./train's flags bound to `cfg` (defaults shown: cfg's values now).
+FlagTable train_flags(TrainConfig& cfg);
 
 // Parses argv (defaults < --config FILE < flags) and validates. Returns false
 // when --help was given (the help text is then printed to stdout).
@@ -100,6 +108,7 @@ struct EvalConfig {
 // then printed to stdout). A ./train flag that does not affect eval (--lr) is
 // "unknown" here.
 bool parse_eval_args(int argc, char** argv, EvalConfig* cfg);
+FlagTable eval_flags(EvalConfig& cfg);  // ./eval's table bound to `cfg`: --adapter + train_flags' shared ones
 std::string eval_help();
 
 // What the options mean for the data path, shared by ./train and ./eval:

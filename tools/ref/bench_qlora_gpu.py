@@ -158,7 +158,7 @@ def run_ours(args, model_dir, optim):
 
 def planned(preset, seq, fit_gb=None):
     """./inspect plan --json: the config-only memory plan (training/memory_plan.h)."""
-    cmd = [str(ROOT / "inspect"), "plan", "--preset", preset, "--seq", str(seq), "--batch", "1", "--json"]
+    cmd = [str(ROOT / "inspect"), "plan", "--preset", preset, "--seq", str(seq), "--batch", "1", "--device", "cuda", "--json"]
     if fit_gb:
         cmd += ["--fit-gb", str(fit_gb)]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)

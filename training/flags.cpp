@@ -1,0 +1,338 @@
+// FlagTable: one declaration per setting serves the parser, --help and the JSON
+// keys (see flags.h).
+#include "training/flags.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "runtime/error.h"
+
+namespace nq {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::string key_of(const std::string& name) {
+  std::string k = name;
+  for (char& ch : k)
+    if (ch == '-') ch = '_';
+  return k;
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// "a or b", "a, b or c"
+std::string choice_list(const std::vector<std::string>& choices) {
+  std::string s;
+  for (size_t i = 0; i < choices.size(); ++i)
+    s += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + choices[i];
+  return s;
+}
+
+bool is_choice(const Flag& f, const std::string& v) {
+  for (const std::string& c : f.choices)
+    if (c == v) return true;
+  return false;
+}
+
+std::string format_double(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// The variable's value as --help shows it ("" = nothing shown: bools, empty strings).
+std::string value_text(const Flag& f) {
+  switch (f.kind) {
+    case FlagKind::Str:
+    case FlagKind::Choice: return *static_cast<const std::string*>(f.field);
+    case FlagKind::List: {
+      std::string s;
+      for (const std::string& e : *static_cast<const std::vector<std::string>*>(f.field)) s += (s.empty() ? "" : ",") + e;
+      return s;
+    }
+    case FlagKind::Int: return std::to_string(*static_cast<const int64_t*>(f.field));
+    case FlagKind::UInt: return std::to_string(*static_cast<const uint64_t*>(f.field));
+    case FlagKind::Float: return format_double(*static_cast<const double*>(f.field));
+    case FlagKind::Float32: return format_double(double(*static_cast<const float*>(f.field)));
+    case FlagKind::Bool: return "";
+  }
+  return "";
+}
+
+json value_json(const Flag& f) {
+  switch (f.kind) {
+    case FlagKind::Str:
+    case FlagKind::Choice: return *static_cast<const std::string*>(f.field);
+    case FlagKind::List: return *static_cast<const std::vector<std::string>*>(f.field);
+    case FlagKind::Int: return *static_cast<const int64_t*>(f.field);
+    case FlagKind::UInt: return *static_cast<const uint64_t*>(f.field);
+    case FlagKind::Float: return *static_cast<const double*>(f.field);
+    case FlagKind::Float32: return double(*static_cast<const float*>(f.field));
+    case FlagKind::Bool: return *static_cast<const bool*>(f.field);
+  }
+  return nullptr;
+}
+
+void set_from_json(const Flag& f, const std::string& what, const json& v) {
+  auto expect = [&](bool ok, const std::string& type) { NQ_CHECK(ok, what, ": expected ", type, ", got ", v.dump()); };
+  switch (f.kind) {
+    case FlagKind::Str: expect(v.is_string(), "a string"); *static_cast<std::string*>(f.field) = v.get<std::string>(); break;
+    case FlagKind::Choice:
+      expect(v.is_string() && is_choice(f, v.get<std::string>()), choice_list(f.choices));
+      *static_cast<std::string*>(f.field) = v.get<std::string>();
+      break;
+    case FlagKind::List:
+      if (v.is_string()) {
+        *static_cast<std::vector<std::string>*>(f.field) = split_list(v.get<std::string>());
+      } else {
+        expect(v.is_array(), "a string or a list of strings");
+        std::vector<std::string> items;
+        for (const json& e : v) {
+          expect(e.is_string(), "a list of strings");
+          items.push_back(e.get<std::string>());
+        }
+        *static_cast<std::vector<std::string>*>(f.field) = items;
+      }
+      break;
+    case FlagKind::Int: expect(v.is_number_integer(), "an integer"); *static_cast<int64_t*>(f.field) = v.get<int64_t>(); break;
+    case FlagKind::UInt:
+      expect(v.is_number_unsigned(), "a non-negative integer");
+      *static_cast<uint64_t*>(f.field) = v.get<uint64_t>();
+      break;
+    case FlagKind::Float: expect(v.is_number(), "a number"); *static_cast<double*>(f.field) = v.get<double>(); break;
+    case FlagKind::Float32: expect(v.is_number(), "a number"); *static_cast<float*>(f.field) = v.get<float>(); break;
+    case FlagKind::Bool: expect(v.is_boolean(), "true or false"); *static_cast<bool*>(f.field) = v.get<bool>(); break;
+  }
+}
+
+// "  --flag N                    help (default d)", help lines after the first indented under it.
+std::string help_line(const std::string& flag_text, const std::string& help, const std::string& default_text) {
+  // a help ending in '\n' puts the default on a line of its own
+  const bool own_line = !help.empty() && help.back() == '\n';
+  std::string text = help + (default_text.empty() ? "" : (own_line ? "" : " ") + ("(default " + default_text + ")"));
+  if (!text.empty() && text.back() == '\n') text.pop_back();
+  char head[256];
+  std::snprintf(head, sizeof head, "  %-26s  ", flag_text.c_str());
+  std::string out = head;
+  for (char ch : text) out += ch == '\n' ? std::string("\n") + std::string(30, ' ') : std::string(1, ch);
+  return out + "\n";
+}
+
+}  // namespace
+
+int64_t parse_int_flag(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  NQ_CHECK(!text.empty() && *end == '\0' && errno == 0, flag, ": expected an integer, got '", text, "'");
+  return v;
+}
+
+uint64_t parse_uint_flag(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+  NQ_CHECK(!text.empty() && text[0] != '-' && *end == '\0' && errno == 0, flag,
+           ": expected a non-negative integer, got '", text, "'");
+  return v;
+}
+
+double parse_float_flag(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  NQ_CHECK(!text.empty() && *end == '\0', flag, ": expected a number, got '", text, "'");
+  return v;
+}
+
+FlagTable::FlagTable(std::string usage, std::string help_command)
+    : usage_(std::move(usage)), help_command_(std::move(help_command)) {}
+
+Flag& FlagTable::declare(Flag flag) {
+  NQ_CHECK(find(flag.name) == nullptr, "flag table: --", flag.name, " is declared twice");
+  if (json_keys_) flag.json_key = key_of(flag.name);
+  flag.default_text = value_text(flag);
+  flags_.push_back(std::move(flag));
+  return flags_.back();
+}
+
+Flag& FlagTable::add(const std::string& name, std::string* field, const std::string& help, const std::string& metavar) {
+  return declare({name, FlagKind::Str, field, help, metavar, "", "", {}});
+}
+Flag& FlagTable::add(const std::string& name, std::vector<std::string>* field, const std::string& help,
+                     const std::string& metavar) {
+  return declare({name, FlagKind::List, field, help, metavar, "", "", {}});
+}
+Flag& FlagTable::add(const std::string& name, int64_t* field, const std::string& help, const std::string& metavar) {
+  return declare({name, FlagKind::Int, field, help, metavar, "", "", {}});
+}
+Flag& FlagTable::add(const std::string& name, uint64_t* field, const std::string& help, const std::string& metavar) {
+  return declare({name, FlagKind::UInt, field, help, metavar, "", "", {}});
+}
+Flag& FlagTable::add(const std::string& name, double* field, const std::string& help, const std::string& metavar) {
+  return declare({name, FlagKind::Float, field, help, metavar, "", "", {}});
+}
+Flag& FlagTable::add(const std::string& name, float* field, const std::string& help, const std::string& metavar) {
+  return declare({name, FlagKind::Float32, field, help, metavar, "", "", {}});
+}
+Flag& FlagTable::add(const std::string& name, bool* field, const std::string& help) {
+  return declare({name, FlagKind::Bool, field, help, "", "", "", {}});
+}
+Flag& FlagTable::add_choice(const std::string& name, std::string* field, std::vector<std::string> choices,
+                            const std::string& help, const std::string& metavar) {
+  Flag f{name, FlagKind::Choice, field, help, metavar, "", "", std::move(choices)};
+  NQ_CHECK(is_choice(f, *field), "flag table: --", name, "'s default '", *field, "' is not one of ", choice_list(f.choices));
+  return declare(std::move(f));
+}
+
+Flag& FlagTable::add_copy(const Flag& flag, const std::string& help) {
+  NQ_CHECK(find(flag.name) == nullptr, "flag table: --", flag.name, " is declared twice");
+  Flag f = flag;  // the default is the other table's (the variable may have moved on since)
+  if (!help.empty()) f.help = help;
+  f.json_key = json_keys_ ? key_of(f.name) : "";
+  flags_.push_back(std::move(f));
+  return flags_.back();
+}
+
+void FlagTable::positionals(const std::string& name, std::vector<std::string>* out, const std::string& help) {
+  positionals_ = out;
+  positional_name_ = name;
+  positional_help_ = help;
+}
+
+void FlagTable::json_keys_from_names() {
+  json_keys_ = true;
+  for (Flag& f : flags_) f.json_key = key_of(f.name);
+}
+
+void FlagTable::enable_config_file() {
+  NQ_CHECK(find("config") == nullptr, "flag table: --config is declared as a setting");
+  config_file_ = true;
+}
+
+const Flag* FlagTable::find(const std::string& name) const {
+  for (const Flag& f : flags_)
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+void FlagTable::set_from_text(const Flag& f, const std::string& text) {
+  const std::string flag = "--" + f.name;
+  switch (f.kind) {
+    case FlagKind::Str: *static_cast<std::string*>(f.field) = text; break;
+    case FlagKind::Choice:
+      NQ_CHECK(is_choice(f, text), flag, " must be ", choice_list(f.choices), ", got '", text, "'");
+      *static_cast<std::string*>(f.field) = text;
+      break;
+    case FlagKind::List: *static_cast<std::vector<std::string>*>(f.field) = split_list(text); break;
+    case FlagKind::Int: *static_cast<int64_t*>(f.field) = parse_int_flag(flag, text); break;
+    case FlagKind::UInt: *static_cast<uint64_t*>(f.field) = parse_uint_flag(flag, text); break;
+    case FlagKind::Float: *static_cast<double*>(f.field) = parse_float_flag(flag, text); break;
+    case FlagKind::Float32: *static_cast<float*>(f.field) = float(parse_float_flag(flag, text)); break;
+    case FlagKind::Bool: *static_cast<bool*>(f.field) = true; break;
+  }
+}
+
+bool FlagTable::parse(int argc, char** argv, std::FILE* help_out) {
+  const std::string see = " (see " + help_command_ + ")";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(help().c_str(), help_out);
+      return false;
+    }
+  }
+  // Pass 1: --config (the file goes under the flags, wherever it appears).
+  if (config_file_) {
+    for (int i = 1; i < argc; ++i) {
+      if (std::string(argv[i]) != "--config") continue;
+      NQ_CHECK(i + 1 < argc, "--config needs a value", see);
+      const std::string path = argv[++i];
+      std::ifstream file(path);
+      NQ_CHECK(file.good(), "--config ", path, ": cannot read the file");
+      std::stringstream text;
+      text << file.rdbuf();
+      apply_json(text.str(), path);
+    }
+  }
+  // Pass 2: every flag, in order (a later one wins).
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (config_file_ && a == "--config") {
+      ++i;
+      continue;
+    }
+    if (a.size() < 2 || a[0] != '-') {
+      NQ_CHECK(positionals_ != nullptr, "unexpected argument '", a, "'", see);
+      positionals_->push_back(a);
+      continue;
+    }
+    const Flag* f = a.compare(0, 2, "--") == 0 ? find(a.substr(2)) : nullptr;
+    NQ_CHECK(f != nullptr, "unknown flag '", a, "'", see);
+    if (f->kind == FlagKind::Bool) {
+      set_from_text(*f, "");
+    } else {
+      NQ_CHECK(i + 1 < argc, a, " needs a value", see);
+      set_from_text(*f, argv[++i]);
+    }
+    given_.insert(f->name);
+  }
+  return true;
+}
+
+std::string FlagTable::help() const {
+  std::string s = usage_;
+  if (positionals_) s += help_line(positional_name_, positional_help_, "");
+  if (config_file_)
+    s += help_line("--config FILE.json",
+                   "options as a JSON object (keys: the flags below, _ for -);\n"
+                   "flags given on the command line override it",
+                   "");
+  for (const Flag& f : flags_)
+    s += help_line("--" + f.name + (f.kind == FlagKind::Bool ? "" : " " + f.metavar), f.help, f.default_text);
+  s += help_line("--help", "this text", "");
+  return s + epilog_;
+}
+
+void FlagTable::apply_json(const std::string& json_text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(json_text);
+  } catch (const json::exception& e) {
+    throw Error(str(source, ": invalid JSON: ", e.what()));
+  }
+  NQ_CHECK(j.is_object(), source, ": a config must be a JSON object of option keys");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const Flag* f = nullptr;
+    for (const Flag& g : flags_)
+      if (!g.json_key.empty() && g.json_key == it.key()) f = &g;
+    NQ_CHECK(f != nullptr, source, ": unknown key \"", it.key(), "\" (keys are the flags of --help with _ for -)");
+    set_from_json(*f, str(source, ": \"", it.key(), "\""), it.value());
+    given_.insert(f->name);
+  }
+}
+
+std::string FlagTable::to_json() const {
+  json j = json::object();
+  for (const Flag& f : flags_)
+    if (!f.json_key.empty()) j[f.json_key] = value_json(f);
+  return j.dump(1) + "\n";
+}
+
+Flag& add_device_flag(FlagTable& table, std::string* device) {
+  return table.add_choice("device", device, {"auto", "cpu", "cuda"},
+                          "auto | cpu | cuda (auto: cuda when built with CUDA and a GPU is visible)");
+}
+
+}  // namespace nq
