@@ -1,7 +1,10 @@
 // CUDA kernels against the CPU kernels (the fp32 reference), through
 // kernels/kernels.h on both sides: same random inputs (never zeros), several
 // shapes including awkward ones, GPU outputs NaN-poisoned at allocation
-// (tests/main.cpp turns poisoning on for every device).
+// (tests/main.cpp turns poisoning on for every device). Every op of the registry
+// (kernels/registry.h) runs in its device mode here, at its Mode::Device shapes
+// and in both activation dtypes; the tests after it are the ones no registration
+// expresses (cast rounding specials, the optimizer, bad input, NF4, LoRA).
 //
 // Error = ||gpu - cpu|| / ||cpu|| over the whole output. Bounds:
 //   f32 on the GPU:  1e-5 (same math, different summation order / libm)
@@ -9,7 +12,8 @@
 //                    the same rounded values; outputs carry one bf16 rounding,
 //                    relative 2^-9 at worst per element)
 //   bit-exact:       NF4 dequantization (f32 and bf16), f32 <-> bf16 casts, the
-//                    dropout mask (same Philox stream)
+//                    dropout mask (same Philox stream), the cross-entropy's row count
+// (each registration names its outputs' bounds: kernels/ops/*.cpp)
 //   AdamW:           1e-6 against the CPU optimizer (same arithmetic; nvcc may
 //                    contract a multiply-add the host build keeps separate)
 // Without a GPU every test prints `skipped: no CUDA device (<name>)` and passes;
@@ -26,6 +30,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "quant/nf4.h"
 #include "runtime/cuda_compare.h"
 #include "runtime/device_copy.h"
@@ -69,23 +74,27 @@ std::string bit_difference(const Tensor& got, const Tensor& want) {
 
 }  // namespace
 
-GPU_TEST(elementwise) {
-  for (DType dt : kDtypes)
-    for (int64_t n : {1, 7, 1000, 65537, 300001}) {  // 300001: sum's grid (capped at 1024 blocks) strides
-      CAPTURE(n);
-      Tensor a = rounded_to(random_normal({n}, 1), dt), b = rounded_to(random_normal({n}, 2), dt);
-      Tensor ga = to_device(a, dt), gb = to_device(b, dt);
-      CHECK_CLOSE(k::add(ga, gb), k::add(a, b), dt);
-      CHECK_CLOSE(k::mul(ga, gb), k::mul(a, b), dt);
-      CHECK_CLOSE(k::scale(ga, -0.37f), k::scale(a, -0.37f), dt);
-      Tensor acc = a.clone(), gacc = ga.clone();
-      k::add_inplace(acc, b);
-      k::add_inplace(gacc, gb);
-      CHECK_CLOSE(gacc, acc, dt);
-      float s_cpu = k::sum(a), s_gpu = k::sum(ga);
-      double norm = std::sqrt(double(n));  // sum's error scales with ||a|| ~ sqrt(n)
-      CHECK(std::fabs(double(s_gpu) - double(s_cpu)) <= kTolF32 * norm);
+GPU_TEST(registry_device_every_op) {
+  namespace reg = nq::kernels::registry;
+  for (const reg::Op& op : reg::ops()) {
+    if (!op.has_cpu) continue;  // GPU-only ops have their own tests below
+    SUBCASE(op.name.c_str()) {
+      std::vector<reg::Dims> shapes = op.shapes(reg::Mode::Device);
+      CHECK(shapes.size() >= 3);
+      for (const reg::Dims& d : shapes)
+        for (DType dt : kDtypes) {
+          if (!(d.dtypes & (dt == DType::F32 ? 1 : 2))) continue;
+          CAPTURE(reg::describe_case(op, d));
+          CAPTURE(dtype_name(dt));
+          std::vector<reg::Check> checks = reg::check_device(op, d, Device::CUDA, dt);
+          CHECK(!checks.empty());
+          for (const reg::Check& c : checks) {
+            INFO(c.what, ": error ", c.error, " (bound ", c.bound, ")");
+            CHECK(c.ok);
+          }
+        }
     }
+  }
 }
 
 GPU_TEST(cast_rounds_like_half_h) {
@@ -105,186 +114,6 @@ GPU_TEST(cast_rounds_like_half_h) {
   CHECK_BIT_EXACT(back, want_back);
 }
 
-GPU_TEST(matmul) {
-  struct Case { int64_t batch, m, n, k; };
-  for (DType dt : kDtypes)
-    for (Case c : {Case{0, 1, 1, 1}, Case{0, 17, 33, 65}, Case{0, 128, 96, 256}, Case{3, 5, 7, 9}})
-      for (int trans = 0; trans < 4; ++trans) {
-        bool ta = trans & 1, tb = trans & 2;
-        CAPTURE(c.m); CAPTURE(c.n); CAPTURE(c.k); CAPTURE(c.batch); CAPTURE(ta); CAPTURE(tb);
-        Shape sa = ta ? Shape{c.k, c.m} : Shape{c.m, c.k}, sb = tb ? Shape{c.n, c.k} : Shape{c.k, c.n};
-        if (c.batch) { sa = Shape{c.batch, sa[0], sa[1]}; sb = Shape{c.batch, sb[0], sb[1]}; }
-        Tensor a = rounded_to(random_normal(sa, 3), dt), b = rounded_to(random_normal(sb, 4), dt);
-        Tensor want = k::matmul(a, b, ta, tb);
-        CHECK_CLOSE(k::matmul(to_device(a, dt), to_device(b, dt), ta, tb), want, dt);
-        // accumulate: C = A B + C0
-        Tensor c0 = rounded_to(random_normal(want.shape(), 5), dt), gc = to_device(c0, dt);
-        k::matmul_into(c0, a, b, ta, tb, true);
-        k::matmul_into(gc, to_device(a, dt), to_device(b, dt), ta, tb, true);
-        CHECK_CLOSE(gc, c0, dt);
-      }
-}
-
-GPU_TEST(embedding) {
-  for (DType dt : kDtypes)
-    for (auto [N, V, D] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {37, 11, 65}, {300, 1000, 128}}) {
-      CAPTURE(N); CAPTURE(V); CAPTURE(D);
-      Tensor table = rounded_to(random_normal({V, D}, 6), dt), ids = random_ints({N}, 7, 0, int32_t(V));
-      Tensor gids = ids.to(Device::CUDA);
-      CHECK_CLOSE(k::embedding_forward(to_device(table, dt), gids), k::embedding_forward(table, ids), dt);
-      Tensor dy = rounded_to(random_normal({N, D}, 8), dt);
-      // both sides add the same (already rounded) values in f32: the f32 bound applies
-      CHECK_CLOSE(k::embedding_backward(to_device(dy, dt), gids, V), k::embedding_backward(dy, ids, V), DType::F32);
-    }
-}
-
-GPU_TEST(rmsnorm) {
-  // [N, D] hidden-state shapes and the per-head q/k norm shape [N*H, Dh].
-  for (DType dt : kDtypes)
-    for (auto [N, D] : {std::pair<int64_t, int64_t>{1, 1}, {3, 17}, {33, 1000}, {16 * 8, 128}}) {
-      CAPTURE(N); CAPTURE(D);
-      Tensor x = rounded_to(random_normal({N, D}, 9, 3.0f), dt), w = random_normal({D}, 10);
-      Tensor dy = rounded_to(random_normal({N, D}, 11), dt);
-      Tensor rstd, grstd;
-      Tensor y = k::rmsnorm_forward(x, w, 1e-6f, &rstd);
-      Tensor gx = to_device(x, dt), gw = w.to(Device::CUDA);
-      Tensor gy = k::rmsnorm_forward(gx, gw, 1e-6f, &grstd);
-      CHECK_CLOSE(gy, y, dt);
-      CHECK_CLOSE(grstd, rstd, DType::F32);
-      Tensor dx, dw, gdx, gdw;
-      k::rmsnorm_backward(dy, x, w, rstd, &dx, &dw);
-      k::rmsnorm_backward(to_device(dy, dt), gx, gw, grstd, &gdx, &gdw);
-      CHECK_CLOSE(gdx, dx, dt);
-      CHECK_CLOSE(gdw, dw, DType::F32);  // f32 output from the same (rounded) inputs: the f32 bound
-    }
-}
-
-GPU_TEST(rope) {
-  for (DType dt : kDtypes)
-    for (auto [N, H, Dh] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {7, 3, 64}, {40, 4, 128}}) {
-      CAPTURE(N); CAPTURE(H); CAPTURE(Dh);
-      // Positions up to Qwen3's context (40960): the kernel takes inv_freq from the CPU's
-      // rope_inv_freq, so the f32 angles are the CPU's bit for bit and only sincosf vs
-      // glibc (an ulp or two of the result) separates the two. One ulp off in an
-      // inv_freq would be an angle error of up to 2.5e-3 here, far over the f32 bound.
-      Tensor x = rounded_to(random_normal({N, H, Dh}, 12), dt), pos = random_ints({N}, 13, 0, 40960);
-      Tensor gpos = pos.to(Device::CUDA);
-      CHECK_CLOSE(k::rope_forward(to_device(x, dt), gpos, 1e6f), k::rope_forward(x, pos, 1e6f), dt);
-      CHECK_CLOSE(k::rope_backward(to_device(x, dt), gpos, 1e6f), k::rope_backward(x, pos, 1e6f), dt);
-    }
-}
-
-GPU_TEST(swiglu) {
-  for (DType dt : kDtypes)
-    for (int64_t n : {1, 129, 70001}) {
-      CAPTURE(n);
-      Tensor g = rounded_to(random_normal({n}, 14, 2.0f), dt), u = rounded_to(random_normal({n}, 15), dt);
-      Tensor dy = rounded_to(random_normal({n}, 16), dt);
-      Tensor gg = to_device(g, dt), gu = to_device(u, dt);
-      CHECK_CLOSE(k::swiglu_forward(gg, gu), k::swiglu_forward(g, u), dt);
-      Tensor dg, du, gdg, gdu;
-      k::swiglu_backward(dy, g, u, &dg, &du);
-      k::swiglu_backward(to_device(dy, dt), gg, gu, &gdg, &gdu);
-      CHECK_CLOSE(gdg, dg, dt);
-      CHECK_CLOSE(gdu, du, dt);
-    }
-}
-
-GPU_TEST(dropout_same_mask_as_cpu) {
-  for (DType dt : kDtypes)
-    for (int64_t n : {1, 5, 4099}) {
-      CAPTURE(n);
-      Tensor x = rounded_to(random_normal({n}, 17), dt);
-      Tensor y = k::dropout_forward(x, 0.3f, 1234, 77), gy = k::dropout_forward(to_device(x, dt), 0.3f, 1234, 77);
-      std::vector<float> a = y.to_vector(), b = gy.to_vector();
-      int64_t mismatched_mask = 0;
-      for (int64_t i = 0; i < n; ++i) mismatched_mask += (a[i] == 0.0f) != (b[i] == 0.0f);
-      CHECK(mismatched_mask == 0);
-      CHECK_CLOSE(gy, y, dt);
-      CHECK_CLOSE(k::dropout_backward(to_device(x, dt), 0.3f, 1234, 77), k::dropout_backward(x, 0.3f, 1234, 77), dt);
-    }
-}
-
-namespace {
-struct AttnCase { int64_t B, T, Hq, Hkv, Dh; bool segments; };
-
-// Forward and backward of one case on both devices, inputs rounded to dt first.
-// The GPU backward takes the GPU forward's o and lse, as in training.
-void check_attention_case(const AttnCase& c, DType dt) {
-  CAPTURE(c.B); CAPTURE(c.T); CAPTURE(c.Hq); CAPTURE(c.Hkv); CAPTURE(c.Dh); CAPTURE(c.segments);
-  int64_t N = c.B * c.T;
-  Tensor q = rounded_to(random_normal({N, c.Hq, c.Dh}, 18), dt);
-  Tensor kk = rounded_to(random_normal({N, c.Hkv, c.Dh}, 19), dt);
-  Tensor v = rounded_to(random_normal({N, c.Hkv, c.Dh}, 20), dt);
-  Tensor dout = rounded_to(random_normal({N, c.Hq, c.Dh}, 21), dt);
-  Tensor seg, gseg;
-  if (c.segments) {  // three packed samples per row: segment = position * 3 / T
-    std::vector<int32_t> s(N);
-    for (int64_t i = 0; i < N; ++i) s[i] = int32_t((i % c.T) * 3 / c.T);
-    seg = Tensor::from_ids(s, {N});
-    gseg = seg.to(Device::CUDA);
-  }
-  Tensor lse, glse;
-  Tensor o = k::attention_forward(q, kk, v, c.B, c.T, seg, &lse);
-  Tensor gq = to_device(q, dt), gk = to_device(kk, dt), gv = to_device(v, dt);
-  Tensor go = k::attention_forward(gq, gk, gv, c.B, c.T, gseg, &glse);
-  CHECK_CLOSE(go, o, dt);
-  CHECK_CLOSE(glse, lse, dt);  // bf16: the softmax sum adds bf16-rounded probabilities
-  Tensor dq, dk, dv, gdq, gdk, gdv;
-  k::attention_backward(dout, q, kk, v, o, lse, c.B, c.T, seg, &dq, &dk, &dv);
-  k::attention_backward(to_device(dout, dt), gq, gk, gv, go, glse, c.B, c.T, gseg, &gdq, &gdk, &gdv);
-  CHECK_CLOSE(gdq, dq, dt);
-  CHECK_CLOSE(gdk, dk, dt);
-  CHECK_CLOSE(gdv, dv, dt);
-}
-}  // namespace
-
-GPU_TEST(attention) {
-  for (DType dt : kDtypes)
-    // bf16 with Dh 64 or 128 runs the tensor-core kernels; f32 and Dh 32 the CUDA-core ones.
-    for (AttnCase c : {AttnCase{1, 1, 1, 1, 64, false}, AttnCase{2, 19, 4, 2, 64, false},
-                       AttnCase{1, 70, 4, 1, 128, true}, AttnCase{1, 9, 2, 1, 32, true},
-                       AttnCase{1, 130, 2, 1, 128, false}, AttnCase{2, 33, 2, 2, 128, true}})
-      check_attention_case(c, dt);
-}
-
-// The tiled tensor-core forward and backward (bf16, Dh 64 / 128): T below,
-// at and across the 64-row tiles (padding rows and keys), two sequences, GQA
-// groups of 2 and 1, packed segments whose boundaries fall inside tiles.
-GPU_TEST(attention_tiled) {
-  for (int64_t Dh : {64, 128})
-    for (int64_t T : {1, 17, 64, 100, 200})
-      for (int64_t Hq : {4, 2})
-        for (bool segments : {false, true}) check_attention_case(AttnCase{2, T, Hq, 2, Dh, segments}, DType::BF16);
-}
-
-GPU_TEST(linear_cross_entropy) {
-  struct Case { int64_t N, D, V, chunk; };
-  for (DType dt : kDtypes)
-    for (Case c : {Case{1, 8, 5, 1}, Case{37, 64, 1000, 16}, Case{64, 128, 4099, 64}}) {
-      CAPTURE(c.N); CAPTURE(c.D); CAPTURE(c.V); CAPTURE(c.chunk);
-      Tensor h = rounded_to(random_normal({c.N, c.D}, 22), dt), w = rounded_to(random_normal({c.V, c.D}, 23, 0.1f), dt);
-      Tensor labels = random_ints({c.N}, 24, 0, int32_t(c.V));
-      if (c.N > 2) labels.data<int32_t>()[1] = -100;  // one ignored row
-      Tensor gh, gw, ggh, ggw;
-      int64_t count = 0, gcount = 0;
-      float loss = k::linear_cross_entropy(h, w, labels, c.chunk, &gh, &gw, &count);
-      float gloss = k::linear_cross_entropy(to_device(h, dt), to_device(w, dt), labels.to(Device::CUDA), c.chunk,
-                                            &ggh, &ggw, &gcount);
-      CHECK(gcount == count);
-      CHECK(std::fabs(double(gloss) - double(loss)) <= tol(dt) * std::fabs(double(loss)));
-      CHECK_CLOSE(ggh, gh, dt);
-      CHECK_CLOSE(ggw, gw, dt);
-      // A tied embedding: grad_w already holds the embedding's gradient (w's dtype) and is added into.
-      Tensor prior = rounded_to(random_normal({c.V, c.D}, 26, 0.01f), dt);
-      Tensor acc = prior.clone(), gacc = to_device(prior, dt);
-      k::linear_cross_entropy(h, w, labels, c.chunk, nullptr, &acc, nullptr);
-      k::linear_cross_entropy(to_device(h, dt), to_device(w, dt), labels.to(Device::CUDA), c.chunk, nullptr, &gacc,
-                              nullptr);
-      REQUIRE(gacc.dtype() == dt);
-      CHECK_CLOSE(gacc, acc, dt);
-    }
-}
 
 GPU_TEST(adamw_update_span_matches_cpu_optimizer) {
   // The kernel runs optim/adamw_update.h's element update; the reference is the CPU
