@@ -379,11 +379,18 @@ PerfRow perf(const Op& op, Direction dir, const Dims& d, Device dev, int iters, 
     sets.push_back(set);
   }
   // A backward reads its forward's outputs (saved statistics): computed once per copy, untimed.
+  // (or timed with it: timed_with_forward).
   std::vector<std::vector<Tensor>> saved(copies);
-  if (backward)
+  const bool with_forward = backward && pass.timed_with_forward;
+  if (backward && !with_forward)
     for (int i = 0; i < copies; ++i) saved[i] = op.forward.run(sets[i], {}, d);
   Timer timer{dev};
-  r.seconds = timer.median([&](int i) { pass.run(sets[i % copies], saved[i % copies], d); }, 3, iters);
+  r.seconds = timer.median(
+      [&](int i) {
+        const std::vector<Tensor>& set = sets[i % copies];
+        pass.run(set, with_forward ? op.forward.run(set, {}, d) : saved[i % copies], d);
+      },
+      3, iters);
   r.gbps = c.bytes / r.seconds * 1e-9;
   r.tflops = c.flops / r.seconds * 1e-12;
   if (dev == Device::CUDA) {

@@ -93,6 +93,7 @@ struct Pass {
   std::vector<Tol> tols;  // one per output
   CostOf cost;
   std::function<std::vector<Tol>(const Dims& d)> tols_at;  // instead of tols, when the outputs depend on the variant
+  bool timed_with_forward = false;  // backward: perf times forward + backward (as the reference benchmark does)
   Pass() = default;
   Pass(Run r, std::vector<Tol> t, CostOf c) : run(std::move(r)), tols(std::move(t)), cost(std::move(c)) {}
   explicit operator bool() const { return bool(run); }

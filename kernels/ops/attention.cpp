@@ -125,7 +125,9 @@ void register_attention(std::vector<Op>& ops) {
                    return std::vector<Tensor>{dq, dk, dv};
                  },
                  {by_dtype(), by_dtype(), by_dtype()},
-                 [](const Dims& d, double act) { return attention_cost(d, act, 5); }};
+                 [](const Dims& d, double act) { return attention_cost(d, act, 2 + 5); }};
+  // ./bench attention_bwd times forward + backward, as tools/ref/bench_attention.py's "fwd+bwd"
+  op.backward.timed_with_forward = true;
   op.naive = [](const std::vector<Tensor>& in, const Dims& d) {
     std::vector<double> o, lse;
     attention_reference(d, doubles(in[0]), doubles(in[1]), doubles(in[2]),
