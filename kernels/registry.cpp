@@ -156,6 +156,7 @@ std::vector<Tensor> concat(std::vector<Tensor> a, const std::vector<Tensor>& b) 
 
 // Where an input goes for a run with activations of dtype `act` on `device`.
 Tensor placed(const Input& in, Device device, DType act) {
+  if (in.host_only) return in.host;
   if (device == Device::CPU) return in.activation ? rounded_to(in.host, act) : in.host.clone();
   return in.activation ? to_device(in.host, act) : in.host.to(device);
 }

@@ -42,6 +42,11 @@ struct Dims {
   double theta = 1e6;                    // RoPE base
   int32_t max_position = 4096;           // RoPE positions drawn from [0, max_position)
   double p = 0.1;                        // dropout probability
+  int nf4_path = 0;                      // NF4 matmuls: 0 Auto, 1 Fused, 2 Dequantized (Nf4MatmulPath)
+  int64_t rank = 0;                      // low-rank (LoRA) term's r; 0: none
+  int64_t blocksize = 64;                // NF4 quantization block
+  bool double_quant = true;              // NF4 absmax quantized again (bitsandbytes' double quant)
+  int steps = 1;                         // optimizer steps
   int dtypes = 3;                        // device mode: bit 1 f32, bit 2 bf16 activations
 };
 
@@ -59,6 +64,7 @@ std::string describe_case(const Op& op, const Dims& d);
 struct Input {
   Tensor host;
   bool activation = true;
+  bool host_only = false;  // stays on the host on every device (a scalar the run reads, e.g. NF4's offset)
 };
 
 // How one output is compared in device mode (and in ./bench's validation).
@@ -134,6 +140,7 @@ struct Op {
   std::string name;
   std::vector<std::string> dims;  // the Dims fields it reads (its ./bench flags)
   bool has_cpu = true;            // false: GPU only (nothing to time or hold it to on the CPU)
+  bool bench_only = false;        // a ./bench entry whose checks are another op's (a forced variant)
   Dims bench;                     // ./bench OP's default shape
   std::function<std::vector<Dims>(Mode)> shapes;               // test shapes, awkward sizes included
   std::function<std::vector<Dims>(const ModelDims&)> model_shapes;  // ./bench all: one training step's
