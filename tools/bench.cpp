@@ -27,18 +27,10 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/ops.h"
 #include "kernels/kernels.h"
 #include "runtime/cuda_compare.h"
+#include "runtime/cuda_runtime.h"
 #include "runtime/device_copy.h"
-
-#ifdef NQ_CUDA
-#include <cuda_runtime.h>
-
-#include "kernels/cuda/adamw_span.h"
-#include "kernels/cuda/gemm.h"
-#include "runtime/cuda_check.h"
-#endif
 
 using namespace nq;
 namespace k = nq::kernels;
@@ -210,7 +202,6 @@ std::vector<Kernel> make_kernels() {
                   return Cost{kAct * double(s.rows() * s.hidden * 2 + s.vocab * s.hidden) + 4.0 * s.vocab * s.hidden,
                               3 * 2.0 * s.rows() * s.vocab * s.hidden, s.rows(), s.vocab, s.hidden, 1};
                 }});
-#ifdef NQ_CUDA
   // GPU-only: the optimizer kernels (tests/test_cuda.cpp checks them against the CPU optimizer).
   // adamw: the update the paged optimizer runs (kernels/cuda/adamw_span.h), over n parameters.
   ks.push_back({"adamw", "--n", false,
@@ -223,15 +214,15 @@ std::vector<Kernel> make_kernels() {
                 },
                 [](const std::vector<Tensor>& in, const Shapes&) {
                   AdamWScalars scalars = adamw_scalars(AdamWConfig{}, 1e-3, 1);
-                  kernels::cuda::adamw_update_span(in[0].data<float>(), in[1].data<float>(), in[2].data<float>(),
-                                                   in[3].data<float>(), in[0].numel(), scalars, 1.0f, nullptr);
+                  Tensor param = in[0], exp_avg = in[2], exp_avg_sq = in[3];
+                  k::adamw_update(param, in[1], exp_avg, exp_avg_sq, scalars, 1.0f);
                   return std::vector<Tensor>{in[0]};
                 },
                 [](const Shapes& s) { return Cost{4.0 * 4 * s.n + 3.0 * 4 * s.n, 12.0 * s.n}; }});
   ks.push_back({"grad_norm", "--n", false,
                 [=](const Shapes& s, uint64_t seed) { return std::vector<Input>{{vec(s, seed).host, false}}; },
                 [](const std::vector<Tensor>& in, const Shapes&) {
-                  return std::vector<Tensor>{Tensor::full({1}, float(kernels::cuda::global_grad_norm({in[0]})))};
+                  return std::vector<Tensor>{Tensor::full({1}, float(k::global_grad_norm({in[0]})))};
                 },
                 [](const Shapes& s) { return Cost{4.0 * s.n, 2.0 * s.n}; }});
   // NF4: W [out = --n, in = --k] as random bitsandbytes state (any bytes are valid codes).
@@ -250,11 +241,11 @@ std::vector<Kernel> make_kernels() {
                               {random_normal({16, s.gk}, seed + 6, 0.1f)}, {random_normal({s.gn, 16}, seed + 7, 0.1f)}};
   };
   auto nf4_weight = [](const std::vector<Tensor>& in, const Shapes& s) {
-    kernels::cuda::Nf4Weight w;
-    w.packed = static_cast<const uint8_t*>(in[1].raw());
-    w.absmax_q = static_cast<const uint8_t*>(in[2].raw());
-    w.code8 = static_cast<const float*>(in[3].raw());
-    w.nested_absmax = static_cast<const float*>(in[4].raw());
+    Nf4Tensor w;  // double quant, blocks of 64, nested blocks of 256
+    w.packed = in[1];
+    w.absmax = in[2];
+    w.nested_code = in[3];
+    w.nested_absmax = in[4];
     w.offset = 0.01f;
     w.out = s.gn;
     w.in = s.gk;
@@ -268,38 +259,37 @@ std::vector<Kernel> make_kernels() {
   };
   ks.push_back({"nf4_matmul", "--m --n --k", false, nf4_inputs,
                 [=](const std::vector<Tensor>& in, const Shapes& s) {
-                  return std::vector<Tensor>{kernels::cuda::nf4_matmul(in[0], nf4_weight(in, s))};
+                  return std::vector<Tensor>{k::nf4_matmul(in[0], nf4_weight(in, s))};
                 },
                 nf4_cost(1)});
   // The two ways nf4_matmul chooses between by M (kernels/cuda/nf4.h), each forced: which is faster where.
-  using Nf4Path = kernels::cuda::Nf4MatmulPath;
+  using Nf4Path = k::Nf4MatmulPath;
   for (auto [name, path] : {std::pair<const char*, Nf4Path>{"nf4_matmul_fused", Nf4Path::Fused},
                             {"nf4_matmul_dequant", Nf4Path::Dequantized}})
     ks.push_back({name, "--m --n --k", false, nf4_inputs,
                   [=, path = path](const std::vector<Tensor>& in, const Shapes& s) {
-                    return std::vector<Tensor>{kernels::cuda::nf4_matmul(in[0], nf4_weight(in, s), nullptr, path)};
+                    return std::vector<Tensor>{k::nf4_matmul(in[0], nf4_weight(in, s), nullptr, path)};
                   },
                   nf4_cost(1)});
   ks.push_back({"nf4_matmul_dx", "--m --n --k", false, nf4_inputs,
                 [=](const std::vector<Tensor>& in, const Shapes& s) {
-                  return std::vector<Tensor>{kernels::cuda::nf4_matmul_dx(in[5], nf4_weight(in, s))};
+                  return std::vector<Tensor>{k::nf4_matmul_dx(in[5], nf4_weight(in, s))};
                 },
                 nf4_cost(1)});
   ks.push_back({"nf4_dequantize", "--n --k", false, nf4_inputs,
                 [=](const std::vector<Tensor>& in, const Shapes& s) {
-                  return std::vector<Tensor>{kernels::cuda::nf4_dequantize(nf4_weight(in, s), DType::BF16)};
+                  return std::vector<Tensor>{k::nf4_dequantize(nf4_weight(in, s), DType::BF16)};
                 },
                 [](const Shapes& s) { return Cost{2.5 * s.gn * s.gk, 0}; }});
   ks.push_back({"lora_nf4", "--m --n --k", false, nf4_inputs,  // forward + backward, r = 16
                 [=](const std::vector<Tensor>& in, const Shapes& s) {
-                  kernels::cuda::LoraParams lora{in[6], in[7], 2.0f, 0.0f, 1, 0};
+                  k::LoraParams lora{in[6], in[7], 2.0f, 0.0f, 1, 0};
                   Tensor u, dx, da, db;
-                  Tensor y = kernels::cuda::lora_nf4_forward(in[0], nf4_weight(in, s), lora, &u);
-                  kernels::cuda::lora_nf4_backward(in[5], in[0], u, nf4_weight(in, s), lora, &dx, &da, &db);
+                  Tensor y = k::lora_nf4_forward(in[0], nf4_weight(in, s), lora, &u);
+                  k::lora_nf4_backward(in[5], in[0], u, nf4_weight(in, s), lora, &dx, &da, &db);
                   return std::vector<Tensor>{y, dx, da, db};
                 },
                 nf4_cost(2)});
-#endif
   return ks;
 }
 
@@ -307,22 +297,7 @@ std::vector<Kernel> make_kernels() {
 struct Timer {
   Device device;
   double seconds(const std::function<void()>& fn) const {
-#ifdef NQ_CUDA
-    if (device == Device::CUDA) {
-      cudaEvent_t start, stop;
-      CUDA_CHECK(cudaEventCreate(&start));
-      CUDA_CHECK(cudaEventCreate(&stop));
-      CUDA_CHECK(cudaEventRecord(start));
-      fn();
-      CUDA_CHECK(cudaEventRecord(stop));
-      CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      CUDA_CHECK(cudaEventDestroy(start));
-      CUDA_CHECK(cudaEventDestroy(stop));
-      return ms * 1e-3;
-    }
-#endif
+    if (device == Device::CUDA) return cuda_time_seconds(fn);  // CUDA events around the call
     auto t0 = std::chrono::steady_clock::now();
     fn();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -343,36 +318,22 @@ Tensor on_device(const Input& in, Device d) {
 
 // Copy bandwidth (read + write bytes per second) of cudaMemcpy device-to-device on 1 GiB.
 double copy_bandwidth() {
-#ifdef NQ_CUDA
   size_t bytes = size_t(1) << 30;
   Tensor a = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA, MemCategory::Workspace);
   Tensor b = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CUDA, MemCategory::Workspace);
   Timer timer{Device::CUDA};
-  double t = timer.median([&](int) { CUDA_CHECK(cudaMemcpy(b.raw(), a.raw(), bytes, cudaMemcpyDeviceToDevice)); }, 2, 7);
+  double t = timer.median([&](int) { device_copy(b.raw(), Device::CUDA, a.raw(), Device::CUDA, bytes); }, 2, 7);
   return 2.0 * double(bytes) / t;
-#else
-  return 0;
-#endif
 }
 
 // cuBLASLt bf16 GEMM rate (FLOP/s) on C[m, n] = A[m, k] B[n, k]^T, `batch` times.
 double gemm_rate(const Cost& c) {
-#ifdef NQ_CUDA
   int64_t batch = std::max<int64_t>(1, c.gemm_batch);
-  Tensor a = to_device(random_normal({batch * c.gemm_m, c.gemm_k}, 7), DType::BF16);
-  Tensor b = to_device(random_normal({batch * c.gemm_n, c.gemm_k}, 8), DType::BF16);
-  Tensor out = Tensor::empty({batch * c.gemm_m, c.gemm_n}, DType::BF16, Device::CUDA);
-  kernels::cuda::GemmArgs g{a.raw(), DType::BF16, false, b.raw(), DType::BF16, true, out.raw(), DType::BF16,
-                            c.gemm_m, c.gemm_n, c.gemm_k};
-  g.batch = batch;
-  g.stride_a = c.gemm_m * c.gemm_k;
-  g.stride_b = c.gemm_n * c.gemm_k;
-  g.stride_c = c.gemm_m * c.gemm_n;
-  double t = Timer{Device::CUDA}.median([&](int) { kernels::cuda::gemm(g); }, 3, 10);
+  Tensor a = to_device(random_normal({batch, c.gemm_m, c.gemm_k}, 7), DType::BF16);
+  Tensor b = to_device(random_normal({batch, c.gemm_n, c.gemm_k}, 8), DType::BF16);
+  Tensor out = Tensor::empty({batch, c.gemm_m, c.gemm_n}, DType::BF16, Device::CUDA);
+  double t = Timer{Device::CUDA}.median([&](int) { k::matmul_into(out, a, b, false, true, false); }, 3, 10);
   return 2.0 * batch * c.gemm_m * c.gemm_n * c.gemm_k / t;
-#else
-  return 0;
-#endif
 }
 
 Shapes clipped(Shapes s) {
