@@ -50,6 +50,11 @@ std::string describe_case(const Op& op, const Dims& d) {
   if (d.theta != defaults.theta) out += str(" theta=", d.theta);
   if (d.max_position != defaults.max_position) out += str(" max_position=", d.max_position);
   if (d.p != defaults.p) out += str(" p=", d.p);
+  if (d.nf4_path) out += d.nf4_path == 1 ? " fused" : " dequantized";
+  if (d.rank) out += str(" rank=", d.rank);
+  if (d.blocksize != defaults.blocksize) out += str(" blocksize=", d.blocksize);
+  if (!d.double_quant) out += " plain-absmax";
+  if (d.steps != defaults.steps) out += str(" steps=", d.steps);
   return out;
 }
 
@@ -70,7 +75,7 @@ const std::vector<Op>& ops() {
     family::register_rope(list);
     family::register_attention(list);
     family::register_cross_entropy(list);
-    family::register_gpu_only(list);
+    family::register_qlora(list);
     return list;
   }();
   return all;

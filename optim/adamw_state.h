@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "optim/adamw_update.h"
+#include "kernels/adamw_math.h"
 #include "optim/optimizer.h"
 
 namespace nq {

@@ -6,11 +6,8 @@
 
 #include <algorithm>
 
+#include "kernels/kernels.h"
 #include "runtime/cuda_runtime.h"
-#ifdef NQ_CUDA
-#include "kernels/cuda/adamw_span.h"
-#include "kernels/cuda/ops.h"
-#endif
 
 namespace nq {
 
@@ -70,8 +67,8 @@ void PagedAdamW::step(double lr, float grad_scale) {
   for (size_t k = 0; k < todo.size(); ++k) {  // unpaged: whole tensors, states on the GPU
     Moments& st = state_[todo[k]];
     const Var& p = params_[todo[k]];
-    kernels::cuda::adamw_update_span(p.value().data<float>(), p.grad().data<float>(), st.exp_avg.data<float>(),
-                                     st.exp_avg_sq.data<float>(), p.value().numel(), scalars[k], grad_scale, nullptr);
+    Tensor param = p.value();
+    kernels::adamw_update(param, p.grad(), st.exp_avg, st.exp_avg_sq, scalars[k], grad_scale);
   }
 #endif
 }
@@ -105,8 +102,10 @@ void PagedAdamW::step_paged(const std::vector<size_t>& todo, const std::vector<A
       pl.uploaded[s]->record(pl.upload);
       // compute: once the page is on the GPU
       pl.uploaded[s]->wait_in(pl.compute);
-      kernels::cuda::adamw_update_span(p.value().data<float>() + begin, p.grad().data<float>() + begin, dev_m,
-                                       dev_v, count, scalars[k], grad_scale, pl.compute.handle());
+      Tensor param = p.value().view({n}).slice(begin, begin + count);
+      Tensor m = pl.slot_m[s].slice(0, count), v = pl.slot_v[s].slice(0, count);
+      kernels::adamw_update(param, p.grad().view({n}).slice(begin, begin + count), m, v, scalars[k], grad_scale,
+                            &pl.compute);
       pl.computed[s]->record(pl.compute);
       // download: once the update is done
       pl.computed[s]->wait_in(pl.download);
@@ -127,11 +126,7 @@ double PagedAdamW::grad_global_norm() const {
   std::vector<Tensor> grads;
   for (const Var& p : params_)
     if (p.grad().defined()) grads.push_back(p.grad());
-#ifdef NQ_CUDA
-  return kernels::cuda::global_grad_norm(grads);
-#else
-  return 0.0;  // unreachable: no CUDA parameters exist in a CPU build
-#endif
+  return kernels::global_grad_norm(grads);
 }
 
 }  // namespace nq

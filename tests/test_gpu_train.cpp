@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "autograd/var.h"
-#include "kernels/cuda/nf4.h"
+#include "kernels/kernels.h"
 #include "lora/adapter.h"
 #include "model/decoder.h"
 #include "model/device.h"
@@ -387,13 +387,15 @@ GPU_TEST(memory_plan_within_10_percent_small) {
 }
 
 GPU_TEST(memory_plan_counts_the_dequantized_nf4_weight) {
-  // From kNf4DequantMinRows (256) tokens on, the NF4 matmuls dequantize W whole into the
-  // workspace (kernels/cuda/nf4.h). A small vocabulary makes that copy the workspace's
-  // peak (W [768, 256] bf16 = 384 KiB; the loss chunk 256 x 128 x 6 B + 1 KiB = 193 KiB),
-  // which the plan must then predict exactly.
+  // From 256 tokens on, the NF4 matmuls dequantize W whole into the workspace
+  // (kernels.h: nf4_matmul_workspace_bytes, kernels/cuda/nf4.h). A small vocabulary makes
+  // that copy the workspace's peak (W [768, 256] bf16 = 384 KiB; the loss chunk
+  // 256 x 128 x 6 B + 1 KiB = 193 KiB), which the plan must then predict exactly.
   ModelConfig c = small_qwen3();
   c.vocab_size = 128;
-  const int64_t batch = 2, seq = kernels::cuda::kNf4DequantMinRows / 2;
+  const int64_t batch = 2, seq = 128;
+  REQUIRE(kernels::nf4_matmul_workspace_bytes(batch * seq - 1, 768, 256, DType::BF16, Device::CUDA) == 0);
+  REQUIRE(kernels::nf4_matmul_workspace_bytes(batch * seq, 768, 256, DType::BF16, Device::CUDA) == 768 * 256 * 2);
   TrainShape shape;
   shape.batch = batch;
   shape.seq = seq;

@@ -17,7 +17,7 @@ void register_rmsnorm(std::vector<Op>& ops);
 void register_rope(std::vector<Op>& ops);
 void register_attention(std::vector<Op>& ops);
 void register_cross_entropy(std::vector<Op>& ops);  // linear_cross_entropy
-void register_gpu_only(std::vector<Op>& ops);       // CUDA builds: adamw, grad_norm, nf4_*, lora_nf4
+void register_qlora(std::vector<Op>& ops);          // nf4_matmul (+ forced ways), nf4_dequantize, lora_nf4, adamw, grad_norm
 
 // A tensor's values in double (f32 or i32 host tensors).
 std::vector<double> doubles(const Tensor& t);
