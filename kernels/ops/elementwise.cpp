@@ -1,4 +1,4 @@
-// Registrations: the elementwise ops (add, add_inplace, mul, sum), SwiGLU and dropout.
+// Registrations: the elementwise ops (add, add_inplace, mul, sum), SwiGLU, dropout and scale.
 #include <cmath>
 
 #include "kernels/cpu/dropout.h"
@@ -203,6 +203,28 @@ void register_elementwise(std::vector<Op>& ops) {
         return g;
       };
       return p;
+    };
+    ops.push_back(op);
+  }
+
+  {  // scale: s * a, s = -0.37 (an f32 product of two floats: bit-exact against the double loop)
+    constexpr float kS = -0.37f;
+    Op op;
+    op.name = "scale";
+    op.dims = {"n"};
+    op.bench = with_n(1 << 24);
+    op.shapes = [](Mode mode) { return pick(mode, with_n({1, 17, 100003}), {}, with_n({1, 7, 1000, 65537, 300001})); };
+    op.model_shapes = [](const ModelDims& m) { return std::vector<Dims>{with_n(m.seq * m.hidden)}; };
+    op.inputs = [](const Dims& d, uint64_t seed) { return std::vector<Input>{{random_normal({d.n}, seed)}}; };
+    op.forward = {[](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims&) {
+                    return std::vector<Tensor>{kernels::scale(in[0], kS)};
+                  },
+                  {by_dtype()},
+                  [](const Dims& d, double act) { return Cost{2 * act * d.n, double(d.n)}; }};
+    op.naive = [](const std::vector<Tensor>& in, const Dims&) {
+      std::vector<double> y = doubles(in[0]);
+      for (double& v : y) v *= double(kS);
+      return std::vector<Expected>{{0, y, 0}};
     };
     ops.push_back(op);
   }

@@ -10,7 +10,7 @@
 
 namespace nq::kernels::registry::family {
 
-void register_elementwise(std::vector<Op>& ops);  // add, add_inplace, mul, sum, swiglu, dropout
+void register_elementwise(std::vector<Op>& ops);  // add, add_inplace, mul, sum, swiglu, dropout, scale
 void register_matmul(std::vector<Op>& ops);       // matmul (and matmul_into)
 void register_embedding(std::vector<Op>& ops);
 void register_rmsnorm(std::vector<Op>& ops);
