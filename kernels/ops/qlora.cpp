@@ -27,11 +27,39 @@ Dims nf4(int64_t m, int64_t out, int64_t in, int path = 0, int64_t rank = 0) {
 Nf4MatmulPath path_of(const Dims& d) { return Nf4MatmulPath(d.nf4_path); }
 
 // Inputs: [0] x [m, k], [1] dy [m, n], [2..5] W's packed nibbles, absmax, nested absmax
-// and code (quant/nf4.h's quantize_nf4 of N(0, 0.02^2) weights; without double quant the
+// and code (quant/nf4.h's quantize_nf4 of N(0, 0.02^2) weights, or random state above
+// kQuantizeMaxWeights; without double quant the
 // nested two are unused one-element tensors), [6] the offset (host), then with a
 // low-rank term [7] a [m, r], [8] B [n, r], [9] A [r, k].
+// Above 4M weights (./bench's shapes, where quantizing on the CPU would take seconds)
+// W is random bitsandbytes state instead: any bytes are valid codes.
+constexpr int64_t kQuantizeMaxWeights = int64_t(1) << 22;
+Nf4Tensor random_nf4_state(const Dims& d, uint64_t seed) {
+  auto bytes = [](int64_t n, uint64_t sd) {
+    Tensor ints = random_ints({n}, sd, 0, 256), t = Tensor::empty({n}, DType::U8);
+    for (int64_t i = 0; i < n; ++i) t.data<uint8_t>()[i] = uint8_t(ints.data<int32_t>()[i]);
+    return t;
+  };
+  Nf4Tensor q;
+  q.out = d.n;
+  q.in = d.k;
+  q.blocksize = d.blocksize;
+  q.double_quant = true;
+  q.packed = bytes((q.numel() + 1) / 2, seed + 10);
+  q.absmax = bytes(q.n_blocks(), seed + 11);
+  q.nested_code = random_normal({256}, seed + 12, 0.5f);
+  q.nested_absmax = random_normal({(q.n_blocks() + q.nested_blocksize - 1) / q.nested_blocksize}, seed + 13, 0.05f);
+  for (int64_t i = 0; i < q.nested_absmax.numel(); ++i)
+    q.nested_absmax.data<float>()[i] = std::fabs(q.nested_absmax.data<float>()[i]);
+  q.offset = 0.01f;
+  return q;
+}
+
 std::vector<Input> nf4_inputs(const Dims& d, uint64_t seed) {
-  Nf4Tensor q = quantize_nf4(random_normal({d.n, d.k}, seed, 0.02f).data<float>(), d.n, d.k, d.blocksize, d.double_quant);
+  Nf4Tensor q = d.n * d.k > kQuantizeMaxWeights
+                    ? random_nf4_state(d, seed)
+                    : quantize_nf4(random_normal({d.n, d.k}, seed, 0.02f).data<float>(), d.n, d.k, d.blocksize,
+                                   d.double_quant);
   Tensor unused = Tensor::full({1}, 1.0f);
   std::vector<Input> in{{random_normal({d.m, d.k}, seed + 1)},
                         {random_normal({d.m, d.n}, seed + 2)},
