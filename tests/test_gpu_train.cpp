@@ -25,7 +25,6 @@
 #include "model/memory_plan.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
-#include "optim/paged_adamw.h"
 #include "model/weights.h"
 #include "runtime/cuda_compare.h"
 #include "runtime/cuda_runtime.h"
@@ -88,11 +87,15 @@ DecoderBatch tiny_batch(const ModelConfig& c, int64_t B, int64_t T, Device devic
 
 // ---- CPU: always run ----------------------------------------------------------
 
-TEST_CASE("paged AdamW refuses cpu parameters with a clear error") {
+TEST_CASE("AdamW on the GPU (Paged, Device placement) refuses cpu parameters with a clear error") {
   Var p(Tensor::from_vector({1, 2, 3}, {3}), true, "w");
-  CHECK_THROWS_WITH_AS(PagedAdamW({p}, AdamWConfig{}),
-                       doctest::Contains("PagedAdamW: parameter w is f32[3] cpu; the paged optimizer needs f32 cuda"),
-                       Error);
+  AdamWOptions paged, on_device;
+  paged.placement = AdamWPlacement::Paged;
+  on_device.placement = AdamWPlacement::Device;
+  CHECK_THROWS_WITH_AS(AdamW({p}, AdamWConfig{}, paged),
+                       doctest::Contains("AdamW: parameter w is f32[3] cpu; Paged placement needs f32 cuda"), Error);
+  CHECK_THROWS_WITH_AS(AdamW({p}, AdamWConfig{}, on_device),
+                       doctest::Contains("AdamW: parameter w is f32[3] cpu; Device placement needs f32 cuda"), Error);
 }
 
 TEST_CASE("cuda_size_class: at least the request, multiples of 512, under 12.5% rounding above 1 MiB") {
@@ -227,17 +230,18 @@ GPU_TEST(paged_adamw_bit_identical_to_unpaged) {
   for (const Var& p : make_params()) cpu_params.push_back(Var(p.value().to(Device::CPU), true, p.name()));
   AdamWConfig cfg;
   cfg.weight_decay = 0.01;
-  PagedAdamWOptions paged_opt;
+  AdamWOptions paged_opt;
+  paged_opt.placement = AdamWPlacement::Paged;
   paged_opt.page_bytes = 4096;
   paged_opt.n_pages = 3;
-  PagedAdamWOptions plain_opt;
-  plain_opt.paged = false;
+  AdamWOptions plain_opt;
+  plain_opt.placement = AdamWPlacement::Device;
   const size_t opt_before = cuda_memory_stats().allocated.current[size_t(MemCategory::Optimizer)];
-  PagedAdamW paged(paged_params, cfg, paged_opt);
+  AdamW paged(paged_params, cfg, paged_opt);
   // The paged optimizer's GPU memory is its pool, whatever the parameter count.
   CHECK(cuda_memory_stats().allocated.current[size_t(MemCategory::Optimizer)] - opt_before == paged_opt.pool_bytes());
-  PagedAdamW plain(plain_params, cfg, plain_opt);
-  AdamW cpu(cpu_params, cfg);  // the reference: torch's arithmetic on the CPU
+  AdamW plain(plain_params, cfg, plain_opt);
+  AdamW cpu(cpu_params, cfg);  // Host placement, the reference: torch's arithmetic on the CPU
   for (int step = 0; step < 3; ++step) {
     for (size_t i = 0; i < sizes.size(); ++i) {
       Tensor g = Tensor::from_vector(lcg_values(sizes[i], uint32_t(1000 * step + i), 0.1f), {sizes[i]});
@@ -309,10 +313,16 @@ GPU_TEST(qlora_loss_and_lora_grads_match_cpu) {
 
 namespace {
 
+AdamWOptions paged_pool() {  // the trainer's default: Paged, 4 pages of 8 MiB
+  AdamWOptions pool;
+  pool.placement = AdamWPlacement::Paged;
+  return pool;
+}
+
 // Trains two steps of `c` (NF4 bases, all-linear r = 16, paged AdamW with `pool`)
 // on the GPU and checks the allocator's peaks against the memory plan: weights,
 // LoRA and optimizer exactly (and the workspace too with exact_workspace), the total within 10%.
-void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAdamWOptions pool,
+void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, AdamWOptions pool,
                        bool exact_workspace = false) {
   Decoder model(c, random_weights(c, 1));
   for (Linear* l : model.linears()) l->quantize_nf4();
@@ -321,7 +331,7 @@ void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAd
   acfg.lora.alpha = 32.0f;
   attach_adapters(model, acfg);
   to_device(model, Device::CUDA);
-  PagedAdamW opt(adapter_parameters(model), AdamWConfig{}, pool);
+  AdamW opt(adapter_parameters(model), AdamWConfig{}, pool);
   TrainShape shape;
   shape.batch = batch;
   shape.seq = seq;
@@ -355,7 +365,7 @@ GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
   // the default pool (4 x 8 MiB). Too slow for the emulated GPU (make test skips it there).
   ModelConfig c = ModelConfig::preset("qwen3-0.6b");
   c.num_layers = 4;
-  check_memory_plan(c, 4, 512, PagedAdamWOptions{});
+  check_memory_plan(c, 4, 512, paged_pool());
 }
 
 namespace {
@@ -373,8 +383,8 @@ ModelConfig small_qwen3() {
   c.vocab_size = 8192;
   return c;
 }
-PagedAdamWOptions small_pool() {
-  PagedAdamWOptions pool;
+AdamWOptions small_pool() {
+  AdamWOptions pool = paged_pool();
   pool.n_pages = 2;
   pool.page_bytes = 64 << 10;
   return pool;
