@@ -19,6 +19,7 @@
 
 #include "autograd/var.h"
 #include "kernels/kernels.h"
+#include "quant/nf4.h"
 #include "lora/adapter.h"
 #include "model/decoder.h"
 #include "model/device.h"
@@ -214,6 +215,41 @@ GPU_TEST(allocator_accounting) {
     CHECK(pinned_host_allocator().stats().current_total == p0.current_total + 4000);
   }
   CHECK(pinned_host_allocator().stats().current_total == p0.current_total);
+}
+
+GPU_TEST(kernels_h_nf4_and_lora_ops_on_the_gpu_match_their_cpu_twins) {
+  // The ops as the model calls them: kernels.h with an Nf4Tensor whose tensors were
+  // moved to the GPU (the view is built inside kernels/cuda/). f32 inputs; the fused
+  // GEMM stages x and W as bf16, so the bound is bf16's.
+  const int64_t out = 40, in = 72, M = 24, r = 4;
+  Nf4Tensor q = quantize_nf4(random_normal({out, in}, 5, 0.05f).data<float>(), out, in);
+  Nf4Tensor gq = q;
+  for (Tensor* t : {&gq.packed, &gq.absmax, &gq.nested_absmax, &gq.nested_code}) *t = t->to(Device::CUDA);
+  CHECK(std::memcmp(kernels::nf4_dequantize(gq, DType::F32).to(Device::CPU).raw(),
+                    kernels::nf4_dequantize(q, DType::F32).raw(), size_t(out * in) * 4) == 0);
+  const Tensor x = random_normal({M, in}, 6), dy = random_normal({M, out}, 7);
+  CHECK(relative_error(kernels::nf4_matmul(x.to(Device::CUDA), gq), kernels::nf4_matmul(x, q)) <= 2e-2);
+  CHECK(relative_error(kernels::nf4_matmul_dx(dy.to(Device::CUDA), gq), kernels::nf4_matmul_dx(dy, q)) <= 2e-2);
+  for (float p : {0.0f, 0.25f}) {
+    CAPTURE(p);
+    kernels::LoraParams lp{random_normal({r, in}, 8, 0.2f), random_normal({out, r}, 9, 0.2f), 2.0f, p, 3, 1000};
+    kernels::LoraParams glp = lp;
+    glp.a = lp.a.to(Device::CUDA);
+    glp.b = lp.b.to(Device::CUDA);
+    Tensor u, gu, dx, da, db, gdx, gda, gdb;
+    const Tensor y = kernels::lora_nf4_forward(x, q, lp, &u);
+    const Tensor gy = kernels::lora_nf4_forward(x.to(Device::CUDA), gq, glp, &gu);
+    CHECK(relative_error(gy, y) <= 2e-2);
+    CHECK(relative_error(gu, u) <= 1e-5);  // u = dropout(x) A^T: cuBLASLt in f32
+    kernels::lora_nf4_backward(dy, x, u, q, lp, &dx, &da, &db);
+    kernels::lora_nf4_backward(dy.to(Device::CUDA), x.to(Device::CUDA), gu, gq, glp, &gdx, &gda, &gdb);
+    CHECK(relative_error(gdx, dx) <= 2e-2);
+    CHECK(relative_error(gda, da) <= 1e-5);
+    CHECK(relative_error(gdb, db) <= 1e-5);
+  }
+  CHECK_THROWS_WITH_AS(kernels::nf4_matmul(x, gq), doctest::Contains("nf4_matmul: x is f32[24, 72] cpu but the NF4 "
+                                                                     "weight is on cuda (move the model with to_device)"),
+                       Error);
 }
 
 GPU_TEST(paged_adamw_bit_identical_to_unpaged) {

@@ -203,7 +203,7 @@ std::vector<Kernel> make_kernels() {
                               3 * 2.0 * s.rows() * s.vocab * s.hidden, s.rows(), s.vocab, s.hidden, 1};
                 }});
   // GPU-only: the optimizer kernels (tests/test_cuda.cpp checks them against the CPU optimizer).
-  // adamw: the update the paged optimizer runs (kernels/cuda/adamw_span.h), over n parameters.
+  // adamw: the update every AdamW placement runs (kernels::adamw_update), over n parameters.
   ks.push_back({"adamw", "--n", false,
                 [=](const Shapes& s, uint64_t seed) {
                   std::vector<Input> in;
