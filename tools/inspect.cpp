@@ -13,7 +13,7 @@
 #include "model/bnb_checkpoint.h"
 #include "model/gguf.h"
 #include "model/memory_plan.h"
-#include "optim/paged_adamw.h"
+#include "optim/adamw.h"
 #include "runtime/safetensors.h"
 #include "tools/cli.h"
 
@@ -79,7 +79,7 @@ static int run_plan(int argc, char** argv) {
     if (!t.empty()) qlora.targets.push_back(t);
   const Device device = device_flag == "cuda" ? Device::CUDA : Device::CPU;
   shape.paged_optimizer = device == Device::CUDA;
-  shape.optimizer_pool_bytes = PagedAdamWOptions{}.pool_bytes();
+  shape.optimizer_pool_bytes = AdamWOptions{}.pool_bytes();
 
   ModelConfig config;
   std::string source = preset;
