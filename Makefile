@@ -81,7 +81,7 @@ endif
 endif
 
 # ---------------------------------------------------------------- sources
-LIB_DIRS  := runtime autograd kernels kernels/cpu quant formats model lora optim training $(if $(filter emu,$(CUDA)),cuda_emu)
+LIB_DIRS  := runtime autograd kernels kernels/cpu kernels/ops quant formats model lora optim training $(if $(filter emu,$(CUDA)),cuda_emu)
 LIB_SRCS  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
 # One build folder per configuration (cpu, cuda, emu), so switching rebuilds everything.
 BUILD     := build/$(if $(filter 1,$(CUDA)),cuda,$(if $(filter emu,$(CUDA)),emu,cpu))

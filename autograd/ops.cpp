@@ -128,6 +128,14 @@ Var add_bias(const Var& y, const Var& bias) {
   });
 }
 
+Var nf4_linear(const Var& x, std::shared_ptr<const Nf4Tensor> w) {
+  NQ_CHECK(w != nullptr, "nf4_linear: null NF4 weight");
+  Tensor y = kernels::nf4_matmul(x.value(), *w);
+  return record("nf4_linear", std::move(y), {x}, [w](const Tensor& gy) -> std::vector<Tensor> {
+    return {kernels::nf4_matmul_dx(gy, *w)};
+  });
+}
+
 Var embedding(const Var& table, const Tensor& ids) {
   int64_t V = table.value().size(0);
   return record("embedding", kernels::embedding_forward(table.value(), ids), {table}, [ids, V](const Tensor& g) {

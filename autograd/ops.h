@@ -2,7 +2,10 @@
 // backward lambda (its derivative), recorded with record() in autograd/var.h.
 // Shapes as in kernels/kernels.h.
 #pragma once
+#include <memory>
+
 #include "autograd/var.h"
+#include "quant/nf4.h"
 
 namespace nq {
 
@@ -15,6 +18,10 @@ Var reshape(const Var& a, Shape shape);       // a view, gradient reshaped back
 Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
 Var linear(const Var& x, const Var& w, const Var& bias = Var());  // x [N, in], w [out, in] -> x w^T + b
 Var add_bias(const Var& y, const Var& bias);  // y [..., out] + bias [out] (for NF4 / LoRA bases)
+// x [..., in] -> x W^T [..., out] for a frozen NF4 weight W [out, in] (kernels::nf4_matmul,
+// backward nf4_matmul_dx): gradient for x only. Here, not in quant/: quant/ holds the codec,
+// below kernels/; an op over Vars sits above both. w is kept alive by the backward.
+Var nf4_linear(const Var& x, std::shared_ptr<const Nf4Tensor> w);
 Var embedding(const Var& table, const Tensor& ids);
 Var rmsnorm(const Var& x, const Var& w, float eps);
 Var rope(const Var& x, const Tensor& positions, float theta);

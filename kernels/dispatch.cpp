@@ -5,16 +5,22 @@
 #include <algorithm>
 #include <initializer_list>
 
+#include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/grad_norm.h"
+#include "kernels/cpu/lora_nf4.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/nf4_matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
+#include "kernels/cuda/nf4.h"  // the NF4 matmuls' row thresholds (plain constants, every build)
 #include "kernels/kernels.h"
+#include "runtime/cuda_runtime.h"
 #ifdef NQ_CUDA
 #include "kernels/cuda/cast.h"
 #include "kernels/cuda/ops.h"
@@ -369,6 +375,160 @@ Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t o
   Tensor grad_x = Tensor::empty(grad_y.shape());
   cpu::dropout_apply(grad_y.data<float>(), grad_x.data<float>(), grad_y.numel(), p, seed, offset);
   return grad_x;
+}
+
+// ---- NF4 matmuls ----------------------------------------------------------------
+static Shape with_last(const Shape& s, int64_t last) {
+  Shape o = s;
+  o.dims[o.ndim - 1] = last;
+  return o;
+}
+// The device W's tensors are on (packed decides; the GPU view checks the others).
+static Device nf4_device(const char* op, const Nf4Tensor& w) {
+  NQ_CHECK(w.packed.defined(), op, ": the NF4 weight [", w.out, ", ", w.in, "] has no packed codes");
+  return w.packed.device();
+}
+// Checks x [..., features] against W [out, in] (shape, dtype, device) and returns its rows M.
+static int64_t check_nf4_input(const char* op, const char* name, const Tensor& x, int64_t features,
+                               const Nf4Tensor& w) {
+  check_float(op, name, x);
+  NQ_CHECK(x.ndim() >= 1 && x.size(-1) == features, op, ": ", name, " ", x.shape().str(),
+           " does not match the NF4 weight [", w.out, ", ", w.in, "] (last dim must be ", features, ")");
+  NQ_CHECK(nf4_device(op, w) == x.device(), op, ": ", name, " is ", x.desc(), " but the NF4 weight is on ",
+           device_name(w.packed.device()), " (move the model with to_device)");
+  return features ? x.numel() / features : 0;
+}
+// The low-rank term: a [M, r], w [n, r] (forward, n = out) or [r, n] (dx, n = in), in x's dtype and device.
+static void check_low_rank(const char* op, const LowRankTerm& t, const Tensor& x, int64_t M, int64_t n,
+                           bool transposed) {
+  check_ndim(op, "low-rank a", t.a, 2);
+  check_ndim(op, "low-rank w", t.w, 2);
+  const int64_t r = t.a.size(1);
+  const Shape want_w = transposed ? Shape{r, n} : Shape{n, r};
+  NQ_CHECK(t.a.size(0) == M && t.w.shape() == want_w, op, ": low-rank term a ", t.a.shape().str(), ", w ",
+           t.w.shape().str(), " does not fit x ", x.shape().str(), " (expected a [", M, ", r], w ",
+           transposed ? "[r, in]" : "[out, r]", ")");
+  NQ_CHECK(t.a.dtype() == x.dtype() && t.w.dtype() == x.dtype(), op, ": low-rank operands ", t.a.desc(), ", ",
+           t.w.desc(), " must have the dtype of ", x.desc());
+  check_same_device(op, {&x, &t.a, &t.w});
+}
+// out [M, n] += (scale * a) w^T (forward) or (scale * a) w (dx), on the CPU.
+static void add_low_rank_cpu(Tensor& out, const LowRankTerm& t, int64_t M, int64_t n, bool transposed) {
+  Tensor scaled = Tensor::empty(t.a.shape());
+  cpu::scale(t.a.data<float>(), t.scale, scaled.data<float>(), t.a.numel());
+  cpu::matmul(scaled.data<float>(), t.w.data<float>(), out.data<float>(), 1, M, n, t.a.size(1), false, !transposed,
+              /*accumulate=*/true);
+}
+static Tensor cpu_tile(const Nf4Tensor& w) {  // one tile of W's rows, f32, counted as workspace
+  return Tensor::empty({std::min(kNf4CpuTileRows, w.out), w.in}, DType::F32, Device::CPU, MemCategory::Workspace);
+}
+
+Tensor nf4_matmul(const Tensor& x, const Nf4Tensor& w, const LowRankTerm* extra, Nf4MatmulPath path) {
+  const char* op = "nf4_matmul";
+  const int64_t M = check_nf4_input(op, "x", x, w.in, w);
+  if (extra) check_low_rank(op, *extra, x, M, w.out, false);
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(nf4_matmul, x, cuda::nf4_device_view(w), extra, path);
+  Tensor y = Tensor::empty(with_last(x.shape(), w.out));  // [..., out]
+  if (M == 0) return y;
+  Tensor tile = cpu_tile(w);
+  cpu::nf4_matmul(x.data<float>(), w, y.data<float>(), M, kNf4CpuTileRows, tile.data<float>());
+  if (extra) add_low_rank_cpu(y, *extra, M, w.out, false);
+  return y;
+}
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Tensor& w, const LowRankTerm* extra, Nf4MatmulPath path) {
+  const char* op = "nf4_matmul_dx";
+  const int64_t M = check_nf4_input(op, "dy", dy, w.out, w);
+  if (extra) check_low_rank(op, *extra, dy, M, w.in, true);
+  if (dy.device() == Device::CUDA) NQ_RUN_CUDA(nf4_matmul_dx, dy, cuda::nf4_device_view(w), extra, path);
+  Tensor dx = Tensor::zeros(with_last(dy.shape(), w.in));  // [..., in]
+  if (M == 0) return dx;
+  Tensor tile = cpu_tile(w);
+  cpu::nf4_matmul_dx(dy.data<float>(), w, dx.data<float>(), M, kNf4CpuTileRows, tile.data<float>());
+  if (extra) add_low_rank_cpu(dx, *extra, M, w.in, true);
+  return dx;
+}
+Tensor nf4_dequantize(const Nf4Tensor& w, DType dtype) {
+  if (nf4_device("nf4_dequantize", w) == Device::CUDA) {
+    NQ_CHECK(dtype == DType::F32 || dtype == DType::BF16, "nf4_dequantize: the GPU gives f32 or bf16, not ",
+             dtype_name(dtype));
+    NQ_RUN_CUDA(nf4_dequantize, cuda::nf4_device_view(w), dtype);
+  }
+  NQ_CHECK(dtype == DType::F32, "nf4_dequantize: the cpu gives f32 (the reference dtype), not ", dtype_name(dtype));
+  return dequantize_nf4(w);
+}
+size_t nf4_matmul_workspace_bytes(int64_t M, int64_t out, int64_t in, DType dtype, Device device) {
+  if (M <= 0) return 0;
+  if (device == Device::CPU) return size_t(std::min(kNf4CpuTileRows, out) * in) * sizeof(float);
+  return M >= cuda::kNf4DequantMinRows ? size_t(out * in) * dtype_size(dtype) : 0;
+}
+
+// ---- LoRA over an NF4 base ---------------------------------------------------------
+// Checks x against W and the adapter (A [r, in], B [out, r] in x's dtype and device); returns M.
+static int64_t check_lora_nf4(const char* op, const Tensor& x, const Nf4Tensor& w, const LoraParams& lora) {
+  const int64_t M = check_nf4_input(op, "x", x, w.in, w);
+  check_ndim(op, "A", lora.a, 2);
+  check_ndim(op, "B", lora.b, 2);
+  const int64_t r = lora.a.size(0);
+  NQ_CHECK(lora.a.size(1) == w.in && lora.b.shape() == (Shape{w.out, r}), op, ": A ", lora.a.shape().str(),
+           " and B ", lora.b.shape().str(), " do not fit the NF4 weight [", w.out, ", ", w.in,
+           "] (expected A [r, in], B [out, r])");
+  NQ_CHECK(lora.a.dtype() == x.dtype() && lora.b.dtype() == x.dtype(), op, ": A ", lora.a.desc(), " and B ",
+           lora.b.desc(), " must have the dtype of x ", x.desc());
+  check_same_device(op, {&x, &lora.a, &lora.b});
+  NQ_CHECK(lora.dropout >= 0.0f && lora.dropout < 1.0f, op, ": dropout must be in [0, 1), got ", lora.dropout);
+  return M;
+}
+Tensor lora_nf4_forward(const Tensor& x, const Nf4Tensor& w, const LoraParams& lora, Tensor* u) {
+  check_lora_nf4("lora_nf4_forward", x, w, lora);
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(lora_nf4_forward, x, cuda::nf4_device_view(w), lora, u);
+  return cpu::lora_nf4_forward(x, w, lora, u);
+}
+void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Tensor& w, const LoraParams& lora,
+                       Tensor* dx, Tensor* grad_a, Tensor* grad_b) {
+  const char* op = "lora_nf4_backward";
+  const int64_t M = check_lora_nf4(op, x, w, lora);
+  check_float(op, "dy", dy);
+  check_defined(op, "u", u);
+  NQ_CHECK(dy.size(-1) == w.out && dy.numel() == M * w.out && u.shape() == (Shape{M, lora.a.size(0)}) &&
+               u.dtype() == x.dtype() && dy.dtype() == x.dtype(),
+           op, ": dy ", dy.desc(), " and saved u ", u.desc(), " do not fit x ", x.desc(), " (expected dy [..., ",
+           w.out, "] and u [", M, ", ", lora.a.size(0), "] in x's dtype)");
+  check_same_device(op, {&x, &dy, &u});
+  if (x.device() == Device::CUDA)
+    NQ_RUN_CUDA(lora_nf4_backward, dy, x, u, cuda::nf4_device_view(w), lora, dx, grad_a, grad_b);
+  cpu::lora_nf4_backward(dy, x, u, w, lora, dx, grad_a, grad_b);
+}
+
+// ---- optimizer ---------------------------------------------------------------------
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWScalars& s,
+                  float grad_scale, const CudaStream* stream) {
+  const char* op = "adamw_update";
+  const Tensor* args[] = {&param, &grad, &exp_avg, &exp_avg_sq};
+  for (const Tensor* t : args) {
+    check_defined(op, "an argument", *t);
+    NQ_CHECK(t->dtype() == DType::F32 && t->numel() == param.numel(), op, ": param, grad, exp_avg, exp_avg_sq ",
+             "must be f32 with one element count, got ", t->desc(), " for param ", param.desc());
+  }
+  check_same_device(op, {&param, &grad, &exp_avg, &exp_avg_sq});
+  if (param.device() == Device::CUDA)
+    NQ_RUN_CUDA(adamw_update_span, param.data<float>(), grad.data<float>(), exp_avg.data<float>(),
+                exp_avg_sq.data<float>(), param.numel(), s, grad_scale, stream ? stream->handle() : nullptr);
+  NQ_CHECK(stream == nullptr, op, ": a stream is for cuda tensors, the tensors are on the cpu");
+  cpu::adamw_update_span(param.data<float>(), grad.data<float>(), exp_avg.data<float>(), exp_avg_sq.data<float>(),
+                         param.numel(), s, grad_scale);
+}
+double global_grad_norm(const std::vector<Tensor>& grads) {
+  const char* op = "global_grad_norm";
+  if (grads.empty()) return 0.0;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    check_defined(op, "a gradient", grads[i]);
+    NQ_CHECK(grads[i].dtype() == DType::F32 && grads[i].device() == grads[0].device(), op, ": tensor ", i, " is ",
+             grads[i].desc(), ", expected f32 on ", device_name(grads[0].device()));
+  }
+  if (grads[0].device() == Device::CUDA) NQ_RUN_CUDA(global_grad_norm, grads);
+  std::vector<cpu::FloatSpan> spans;
+  for (const Tensor& g : grads) spans.push_back({g.data<float>(), g.numel()});
+  return double(cpu::global_l2_norm(spans));
 }
 
 }  // namespace nq::kernels

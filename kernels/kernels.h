@@ -4,14 +4,23 @@
 // (kernels/cpu/, fp32, the readable reference) or the CUDA kernel
 // (kernels/cuda/, bf16 activations with fp32 accumulation) for the tensors'
 // device. The autograd ops (autograd/ops.h) and the CUDA-vs-CPU test harness
-// are written against this API only.
+// are written against this API only: nothing above kernels/ calls kernels/cuda/
+// or needs to know whether this build has CUDA.
 //
 // Conventions: rows-major, contiguous. N = tokens (B*T flattened), D = hidden,
 // H = heads, Dh = head_dim, V = vocab. Integer tensors are i32.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "kernels/adamw_math.h"
+#include "quant/nf4.h"
 #include "runtime/tensor.h"
+
+namespace nq {
+class CudaStream;  // runtime/cuda_runtime.h
+}
 
 namespace nq::kernels {
 
@@ -80,5 +89,76 @@ float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& label
 // keep element i iff philox_uniform(seed, offset, i) >= p; kept values scale by 1/(1-p).
 Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset);
 Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t offset);
+
+// ---- matmuls against a frozen NF4 weight (QLoRA's base, quant/nf4.h) --------
+// W [out, in] is never dequantized whole on the CPU: kNf4CpuTileRows rows at a
+// time are dequantized into a Workspace buffer [kNf4CpuTileRows, in] f32 and
+// multiplied (cblas_sgemm). The GPU dequantizes W inside its kernels or, for
+// many rows, into a Workspace copy first (`path`, below).
+//   nf4_matmul:    y [..., out] = x [..., in] W^T   (+ scale * a [M, r] w^T,  w = B [out, r])
+//   nf4_matmul_dx: dx [..., in] = dy [..., out] W   (+ scale * a [M, r] w,    w = A [r, in])
+// M = rows of x (leading dims flattened). The optional low-rank term is the
+// LoRA bypass: a and w in x's dtype; on the CPU it is added as (scale * a) w^T
+// accumulated into y. W is frozen: there is no gradient for it. The tensors of W
+// must be on x's device (model/device.h moves them).
+// `path` matters only on the GPU (CPU: one way, the tile loop): Auto picks by M
+// (kernels/cuda/nf4.h: the fused kernels below kNf4DequantMinRows rows, W
+// dequantized into a Workspace copy + cuBLASLt from there on); Fused and
+// Dequantized force one way (tests and ./bench compare them).
+constexpr int64_t kNf4CpuTileRows = 128;
+struct LowRankTerm {
+  Tensor a, w;
+  float scale = 1.0f;
+};
+enum class Nf4MatmulPath { Auto, Fused, Dequantized };
+Tensor nf4_matmul(const Tensor& x, const Nf4Tensor& w, const LowRankTerm* extra = nullptr,
+                  Nf4MatmulPath path = Nf4MatmulPath::Auto);
+Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Tensor& w, const LowRankTerm* extra = nullptr,
+                     Nf4MatmulPath path = Nf4MatmulPath::Auto);
+// W [out, in] as a `dtype` tensor on W's device (f32 bit-identical to bitsandbytes'
+// dequantize_4bit; the GPU also gives bf16, the CPU only f32).
+Tensor nf4_dequantize(const Nf4Tensor& w, DType dtype);
+// The Workspace bytes one nf4_matmul / nf4_matmul_dx with M rows of x in `dtype`
+// over W [out, in] takes on `device` (the memory plan's term, from the same
+// constants the products use): CPU, one tile min(kNf4CpuTileRows, out) x in f32;
+// GPU, W whole in x's dtype when Auto takes the Dequantized way (M >= 256), else 0.
+size_t nf4_matmul_workspace_bytes(int64_t M, int64_t out, int64_t in, DType dtype, Device device);
+
+// ---- LoRA over an NF4 base, one fused op ------------------------------------
+// y = x W^T + s * (dropout(x) A^T) B^T      x [M, in] (leading dims flattened),
+// A [r, in], B [out, r] in x's dtype (the f32 masters' working copies), W NF4.
+// Forward: u = dropout(x) A^T [M, r] is written to *u (saved for the backward,
+// the bypass's one activation); y [..., out] = x W^T + (s u) B^T through
+// nf4_matmul's low-rank term.
+// Backward, given dy [..., out]: dB = s dy^T u [out, r] and dA = s (dy B)^T
+// dropout(x) [r, in], both f32; dx [..., in] = dy W + dropout_backward(s (dy B) A).
+// Null outputs are skipped (dx is null when x needs no gradient). The dropout
+// mask is Philox (seed, offset) over x's elements, recomputed, not stored;
+// dropout = 0 applies none.
+struct LoraParams {
+  Tensor a, b;          // [r, in], [out, r]
+  float scale = 1.0f;   // alpha / r
+  float dropout = 0.0f;
+  uint64_t seed = 0, offset = 0;
+};
+Tensor lora_nf4_forward(const Tensor& x, const Nf4Tensor& w, const LoraParams& lora, Tensor* u);
+void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Tensor& w, const LoraParams& lora,
+                       Tensor* dx, Tensor* grad_a, Tensor* grad_b);
+
+// ---- optimizer: the AdamW update and the global gradient norm ----------------
+// One AdamW step in place, element by element (kernels/adamw_math.h's
+// adamw_update_element, torch's order of operations), with grad * grad_scale
+// rounded to f32 as the gradient (1 = as is). param, grad, exp_avg, exp_avg_sq:
+// f32, contiguous, the same number of elements (spans of larger tensors through
+// Tensor::view / slice), on one device. stream (GPU only; null = the default
+// stream): the launch is asynchronous on it. On the CPU stream must be null.
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWScalars& s,
+                  float grad_scale = 1.0f, const CudaStream* stream = nullptr);
+// sqrt(sum over every element of every tensor of g^2), as torch's
+// clip_grad_norm_ (norm_type 2) computes it: f32 tensors on one device. CPU:
+// each tensor's norm in double rounded to f32, the norm of those norms in
+// double, rounded to f32. GPU: f32 within blocks of 65536 elements, double
+// across blocks. No tensors: 0.
+double global_grad_norm(const std::vector<Tensor>& grads);
 
 }  // namespace nq::kernels

@@ -9,20 +9,16 @@
 //   gh = s * gy B              [N, r]
 //   dA = gh^T xd               [r, in]
 //   dX = base^T(gy) + dropout_backward(gh A)   [N, in]
-// On the GPU, A and B stay f32 master weights; each forward makes working
-// copies in x's dtype (bf16) and the gradients come back f32. An NF4 base runs
-// the fused CUDA kernels (kernels/cuda/lora.cu: the bypass rides in the NF4
-// GEMM's pass), a dense base the same kernels:: calls as the CPU.
+// A and B stay f32 master weights; each forward makes working copies in x's
+// dtype (bf16 on the GPU; the same tensors on the cpu) and the gradients come
+// back f32. An NF4 base is kernels::lora_nf4_forward / _backward (the bypass
+// rides in the NF4 product on the GPU), a dense base the kernels:: matmuls below.
 #include "lora/lora_linear.h"
 
 #include <cmath>
 
 #include "kernels/kernels.h"
-#include "quant/nf4_linear.h"
 #include "runtime/rng.h"
-#ifdef NQ_CUDA
-#include "kernels/cuda/ops.h"
-#endif
 
 namespace nq {
 
@@ -31,7 +27,7 @@ float LoraConfig::scaling() const {
   return use_rslora ? alpha / std::sqrt(float(r)) : alpha / float(r);
 }
 
-static LoraLinear make_adapter(int64_t out, int64_t in, const LoraConfig& cfg, const std::string& name) {
+LoraLinear make_lora_linear(int64_t out, int64_t in, const LoraConfig& cfg, const std::string& name) {
   NQ_CHECK(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, "lora ", name, ": dropout must be in [0, 1), got ", cfg.dropout);
   LoraLinear l;
   l.in = in;
@@ -50,76 +46,64 @@ static LoraLinear make_adapter(int64_t out, int64_t in, const LoraConfig& cfg, c
   return l;
 }
 
-LoraLinear make_lora_linear(std::shared_ptr<const Nf4Tensor> base, const LoraConfig& cfg, const std::string& name) {
-  NQ_CHECK(base != nullptr, "lora ", name, ": null NF4 base");
-  LoraLinear l = make_adapter(base->out, base->in, cfg, name);
-  l.nf4_base = std::move(base);
-  return l;
-}
-
-LoraLinear make_lora_linear(Tensor dense_base, const LoraConfig& cfg, const std::string& name) {
-  NQ_CHECK(dense_base.defined() && dense_base.ndim() == 2 && dense_base.dtype() == DType::F32, "lora ", name,
-           ": dense base must be an f32 [out, in] matrix, got ",
-           dense_base.defined() ? dense_base.desc() : std::string("undefined"));
-  LoraLinear l = make_adapter(dense_base.size(0), dense_base.size(1), cfg, name);
-  l.dense_base = std::move(dense_base);
-  return l;
-}
-
-#ifdef NQ_CUDA
-// The NF4-base op on the GPU: kernels/cuda/lora.cu's forward and backward.
-static Var lora_nf4_linear_cuda(const Var& x, const LoraLinear& layer) {
-  const Tensor xv = x.value();
-  const std::shared_ptr<const Nf4Tensor> nf4 = layer.nf4_base;  // keeps the device tensors alive
-  const kernels::cuda::Nf4Weight w = nf4_device_view(*nf4);
-  kernels::cuda::LoraParams lp;
-  lp.a = kernels::cast(layer.A.value(), xv.dtype());  // [r, in] working copy
-  lp.b = kernels::cast(layer.B.value(), xv.dtype());  // [out, r] working copy
-  lp.scale = layer.scaling;
-  lp.dropout = layer.dropout;
-  lp.seed = rng_state().seed;
-  lp.offset = lp.dropout > 0.0f ? rng_reserve(uint64_t(xv.numel())) : 0;
-  Tensor u;  // [N, r], saved for the backward
-  Tensor y = kernels::cuda::lora_nf4_forward(xv, w, lp, &u);
-  const bool need_dx = x.requires_grad();
-  return record("lora_linear", std::move(y), {x, layer.A, layer.B},
-                [=](const Tensor& grad_y) -> std::vector<Tensor> {
-                  Tensor dx, dA, dB;  // dA [r, in], dB [out, r] f32
-                  kernels::cuda::lora_nf4_backward(grad_y, xv, u, w, lp, need_dx ? &dx : nullptr, &dA, &dB);
-                  (void)nf4;
-                  return {dx, dA, dB};
-                });
-}
-#endif
-
-Var lora_linear(const Var& x, const LoraLinear& layer) {
-  const Tensor& xv = x.value();
+// What both bases share: the checks, the working copies of A and B in x's dtype,
+// the scaling and the dropout mask's Philox range (reserved here, once per forward).
+static kernels::LoraParams bypass_params(const Tensor& xv, const LoraLinear& layer) {
   NQ_CHECK(xv.ndim() >= 1 && xv.size(-1) == layer.in, "lora_linear: x ", xv.shape().str(),
            " does not match the layer [", layer.out, ", ", layer.in, "] (last dim must be ", layer.in, ")");
   NQ_CHECK(layer.A.value().device() == xv.device(), "lora_linear: x is ", xv.desc(), " but the adapter is ",
            layer.A.value().desc(), " (move the model with to_device)");
-#ifdef NQ_CUDA
-  if (layer.nf4_base && xv.device() == Device::CUDA) return lora_nf4_linear_cuda(x, layer);
-#endif
+  kernels::LoraParams lp;
+  lp.dropout = layer.dropout;
+  lp.scale = layer.scaling;
+  lp.seed = rng_state().seed;
+  lp.offset = lp.dropout > 0.0f ? rng_reserve(uint64_t(xv.numel())) : 0;
+  lp.a = kernels::cast(layer.A.value(), xv.dtype());  // [r, in] working copy
+  lp.b = kernels::cast(layer.B.value(), xv.dtype());  // [out, r] working copy
+  return lp;
+}
+
+Var lora_linear(const Var& x, const std::shared_ptr<const Nf4Tensor>& nf4_base, const LoraLinear& layer) {
+  NQ_CHECK(nf4_base && nf4_base->out == layer.out && nf4_base->in == layer.in, "lora_linear: the NF4 base ",
+           nf4_base ? str("[", nf4_base->out, ", ", nf4_base->in, "]") : std::string("(null)"),
+           " does not match the adapter [", layer.out, ", ", layer.in, "]");
+  const Tensor xv = x.value();
+  const kernels::LoraParams lp = bypass_params(xv, layer);
+  Tensor u;  // [N, r], saved for the backward
+  Tensor y = kernels::lora_nf4_forward(xv, *nf4_base, lp, &u);
+  const std::shared_ptr<const Nf4Tensor> w = nf4_base;  // kept alive by the backward
+  const bool need_dx = x.requires_grad();               // e.g. false right after the frozen embedding
+  return record("lora_linear", std::move(y), {x, layer.A, layer.B},
+                [=](const Tensor& grad_y) -> std::vector<Tensor> {
+                  Tensor dx, dA, dB;  // dA [r, in], dB [out, r] f32
+                  kernels::lora_nf4_backward(grad_y, xv, u, *w, lp, need_dx ? &dx : nullptr, &dA, &dB);
+                  return {dx, dA, dB};
+                });
+}
+
+Var lora_linear(const Var& x, const Tensor& dense_base, const LoraLinear& layer) {
+  NQ_CHECK(dense_base.defined() && dense_base.shape() == (Shape{layer.out, layer.in}), "lora_linear: the dense base ",
+           dense_base.defined() ? dense_base.desc() : std::string("(undefined)"), " does not match the adapter [",
+           layer.out, ", ", layer.in, "]");
+  const Tensor& xv = x.value();
+  const kernels::LoraParams lp = bypass_params(xv, layer);
   const int64_t N = xv.numel() / layer.in;
   Shape out_shape = xv.shape();
   out_shape.dims[out_shape.ndim - 1] = layer.out;
   const Tensor x2 = xv.view({N, layer.in});  // [N, in]
 
-  const float p = layer.dropout, s = layer.scaling;
-  const uint64_t seed = rng_state().seed, offset = p > 0.0f ? rng_reserve(uint64_t(x2.numel())) : 0;
+  const float p = lp.dropout, s = lp.scale;
+  const uint64_t seed = lp.seed, offset = lp.offset;
   auto dropped = [=](const Tensor& t) { return p > 0.0f ? kernels::dropout_forward(t, p, seed, offset) : t; };
 
-  // y = base(x) + s * (xd A^T) B^T
-  Tensor y = layer.nf4_base ? nf4_linear_forward(x2, *layer.nf4_base) : kernels::matmul(x2, layer.dense_base, false, true);
-  // Working copies of the f32 masters in x's dtype (the same tensors on the cpu).
-  const Tensor A = kernels::cast(layer.A.value(), xv.dtype()), B = kernels::cast(layer.B.value(), xv.dtype());
+  // y = x W^T + s * (xd A^T) B^T
+  Tensor y = kernels::matmul(x2, dense_base, false, true);
+  const Tensor A = lp.a, B = lp.b;
   Tensor h = kernels::matmul(dropped(x2), A, false, true);  // [N, r]
   kernels::matmul_into(y, kernels::scale(h, s), B, false, true, /*accumulate=*/true);
 
   // Saved for backward: x, h and the weights (the mask is recomputed from its offset).
-  const Tensor dense = layer.dense_base;
-  const std::shared_ptr<const Nf4Tensor> nf4 = layer.nf4_base;
+  const Tensor dense = dense_base;
   const int64_t out = layer.out;
   const bool need_dx = x.requires_grad();  // e.g. false right after the frozen embedding
   return record("lora_linear", y.view(out_shape), {x, layer.A, layer.B},
@@ -131,7 +115,7 @@ Var lora_linear(const Var& x, const LoraLinear& layer) {
                   Tensor dA = kernels::cast(kernels::matmul(gh, dropped(x2), true, false), DType::F32);  // [r, in]
                   if (!need_dx) return {Tensor(), dA, dB};
                   Tensor gxd = kernels::matmul(gh, A);                                     // [N, in]
-                  Tensor dX = nf4 ? nf4_linear_backward(gy, *nf4) : kernels::matmul(gy, dense);  // [N, in]
+                  Tensor dX = kernels::matmul(gy, dense);                                  // [N, in]
                   kernels::add_inplace(dX, p > 0.0f ? kernels::dropout_backward(gxd, p, seed, offset) : gxd);
                   return {dX.view(xv.shape()), dA, dB};
                 });

@@ -4,10 +4,8 @@
 
 #include <omp.h>
 
+#include "runtime/cuda_runtime.h"
 #include "runtime/device_copy.h"
-#ifdef NQ_CUDA
-#include <cuda_runtime.h>
-#endif
 
 namespace nq {
 namespace {
@@ -47,10 +45,9 @@ void move_linear(Linear& l, Device device) {
     q->absmax = moved_raw(q->absmax, device);
     q->nested_absmax = moved_raw(q->nested_absmax, device);
     q->nested_code = moved_raw(q->nested_code, device);
-    l.set_nf4(q);  // re-bases an attached adapter on the moved weight
+    l.set_nf4(q);
   } else {
     move_var(l.weight(), device, DType::BF16, MemCategory::Weights);
-    if (l.has_lora()) l.lora().dense_base = l.weight().value();
   }
   if (l.has_lora()) {
     move_var(l.lora().A, device, DType::F32, MemCategory::LoRA);
@@ -75,11 +72,7 @@ void to_device(Decoder& model, Device device) {
 Device model_device(const Decoder& model) { return model.lm_head().value().device(); }
 
 Device select_device(const std::string& name, const std::string& flag) {
-#ifdef NQ_CUDA
-  const bool built_with_cuda = true;
-#else
-  const bool built_with_cuda = false;
-#endif
+  const bool built_with_cuda = cuda_built();
   if (name == "cpu") return Device::CPU;
   if (name == "auto") return built_with_cuda && cuda_available() ? Device::CUDA : Device::CPU;
   NQ_CHECK(name == "cuda", flag, " must be auto, cpu or cuda, got '", name, "'");
@@ -92,14 +85,8 @@ Device select_device(const std::string& name, const std::string& flag) {
 
 std::string device_summary(Device device) {
   if (device == Device::CPU) return str("cpu, ", omp_get_max_threads(), " threads");
-#ifdef NQ_CUDA
-  int index = 0;
-  cudaDeviceProp prop{};
-  if (cudaGetDevice(&index) == cudaSuccess && cudaGetDeviceProperties(&prop, index) == cudaSuccess)
-    return str("cuda (", prop.name, ", ", format_bytes(prop.totalGlobalMem), ")");
-  cudaGetLastError();  // clear the error: the summary is informative only
-#endif
-  return "cuda";
+  const std::string gpu = cuda_device_description();
+  return gpu.empty() ? "cuda" : str("cuda (", gpu, ")");
 }
 
 }  // namespace nq

@@ -2,7 +2,6 @@
 #include "model/linear.h"
 
 #include "autograd/ops.h"
-#include "quant/nf4_linear.h"
 
 namespace nq {
 
@@ -33,7 +32,10 @@ Var Linear::forward(const Var& x) const {
   NQ_CHECK(x.shape().ndim == 2 && x.shape()[1] == in_, "Linear ", name_, ": input must be [N, ", in_, "], got ",
            x.shape().str());
   if (!lora_ && !nf4_) return linear(x, weight_, bias_);
-  Var y = lora_ ? lora_linear(x, *lora_) : nf4_linear(x, nf4_);
+  Var y;  // [N, out]: the base, with the adapter's bypass over it when one is attached
+  if (!lora_) y = nf4_linear(x, nf4_);
+  else if (nf4_) y = lora_linear(x, nf4_, *lora_);
+  else y = lora_linear(x, weight_.value(), *lora_);
   return bias_.defined() ? add_bias(y, bias_) : y;
 }
 
@@ -48,14 +50,10 @@ void Linear::set_nf4(std::shared_ptr<const Nf4Tensor> weight) {
            weight ? weight->out : 0, ", ", weight ? weight->in : 0, "] does not match [", out_, ", ", in_, "]");
   nf4_ = std::move(weight);
   weight_ = Var();  // frees the dense copy
-  if (lora_) {
-    lora_->dense_base = Tensor();
-    lora_->nf4_base = nf4_;
-  }
 }
 
 void Linear::attach_lora(const LoraConfig& cfg) {
-  lora_ = nf4_ ? make_lora_linear(nf4_, cfg, name_) : make_lora_linear(weight_.value(), cfg, name_);
+  lora_ = make_lora_linear(out_, in_, cfg, name_);
 }
 
 Tensor Linear::dense_weight() const { return nf4_ ? dequantize_nf4(*nf4_) : weight_.value(); }

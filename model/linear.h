@@ -4,8 +4,9 @@
 // its Hugging Face module name ("model.layers.0.self_attn.q_proj"), so that
 // adapters can target it by name. The frozen base weight W [out, in] is either
 // dense f32 or NF4 (QLoRA: quantize_nf4() replaces the dense copy, which is
-// then freed). With a LoRA adapter attached, forward() is the fused LoRA op
-// (lora/lora_linear.h): y = base(x) + s * (dropout(x) A^T) B^T.
+// then freed); the Linear holds the one copy of it. With a LoRA adapter
+// attached (the adapter alone: A, B, scaling, dropout), forward() is the fused
+// LoRA op over this base (lora/lora_linear.h): y = base(x) + s * (dropout(x) A^T) B^T.
 #pragma once
 #include <memory>
 #include <optional>
@@ -28,10 +29,10 @@ class Linear {
   Var forward(const Var& x) const;  // x [N, in] -> [N, out]
 
   // QLoRA base: NF4 with double quantization (bitsandbytes layout). The dense
-  // weight is dropped. A LoRA adapter attached before is re-based on the NF4 weight.
+  // weight is dropped (an attached adapter keeps working: it holds no base).
   void quantize_nf4(int64_t blocksize = 64);
   void set_nf4(std::shared_ptr<const Nf4Tensor> weight);  // e.g. from a bitsandbytes checkpoint
-  // Attaches a fresh adapter (PEFT init: A ~ U(+-1/sqrt(in)) from the RNG stream, B = 0).
+  // Attaches a fresh adapter of this layer's shape (PEFT init: A ~ U(+-1/sqrt(in)) from the RNG stream, B = 0).
   void attach_lora(const LoraConfig& cfg);
   void detach_lora() { lora_.reset(); }
 

@@ -1,30 +1,25 @@
-// Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_ semantics).
-// Per-tensor norms are accumulated in double and rounded to f32, as torch's
-// f32 norm kernels produce an f32 result; the total is the norm of the norms.
+// Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_ semantics). The
+// norm is kernels::global_grad_norm's: per-tensor norms accumulated in double and
+// rounded to f32, as torch's f32 norm kernels produce an f32 result; the total is
+// the norm of the norms.
 #include "optim/clip.h"
 
 #include <cmath>
 
+#include "kernels/kernels.h"
+
 namespace nq {
 
-static float tensor_l2_norm(const Tensor& g) {
-  const float* x = g.data<float>();
-  double sum_sq = 0.0;
-  for (int64_t i = 0, n = g.numel(); i < n; ++i) sum_sq += double(x[i]) * double(x[i]);
-  return float(std::sqrt(sum_sq));
-}
-
 float grad_global_norm(const std::vector<Var>& params) {
-  double sum_sq = 0.0;
+  std::vector<Tensor> grads;
   for (const Var& p : params) {
     const Tensor& g = p.grad();
     if (!g.defined()) continue;
     NQ_CHECK(g.dtype() == DType::F32 && g.device() == Device::CPU,
              "grad_global_norm: gradient of ", p.name(), " is ", g.desc(), ", expected f32 cpu");
-    double norm = tensor_l2_norm(g);
-    sum_sq += norm * norm;
+    grads.push_back(g);
   }
-  return float(std::sqrt(sum_sq));
+  return float(kernels::global_grad_norm(grads));  // the CPU's value is an f32 (see kernels.h)
 }
 
 float clip_scale(double norm, double max_norm) {

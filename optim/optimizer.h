@@ -1,6 +1,6 @@
 // The optimizer as the trainer sees it, whichever device the parameters and
-// the optimizer's states live on: AdamW (optim/adamw.h, CPU) and PagedAdamW
-// (optim/paged_adamw.h, GPU) both implement it, with the same checkpoint form.
+// the optimizer's states live on: AdamW (optim/adamw.h) implements it, with its
+// moments on the host, on the GPU or paged through a GPU pool, one checkpoint form.
 //
 // One step of the trainer, on either device:
 //

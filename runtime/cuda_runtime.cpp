@@ -183,6 +183,32 @@ bool cuda_available() {
   return n > 0;
 }
 
+bool cuda_built() { return true; }
+
+std::string cuda_device_description() {
+  int index = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&index) == cudaSuccess && cudaGetDeviceProperties(&prop, index) == cudaSuccess)
+    return str(prop.name, ", ", format_bytes(prop.totalGlobalMem));
+  cudaGetLastError();  // clear the error: the description is informative only
+  return "";
+}
+
+double cuda_time_seconds(const std::function<void()>& fn) {
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  CUDA_CHECK(cudaEventRecord(start));
+  fn();
+  CUDA_CHECK(cudaEventRecord(stop));
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  return ms * 1e-3;
+}
+
 CudaMemoryStats cuda_memory_stats() { return cuda_allocator().memory_stats(); }
 void cuda_reset_peak_memory() { cuda_allocator().reset_peak(); }
 void cuda_empty_cache() { cuda_allocator().empty_cache(); }
@@ -234,6 +260,9 @@ namespace {
 }  // namespace
 
 bool cuda_available() { return false; }
+bool cuda_built() { return false; }
+std::string cuda_device_description() { return ""; }
+double cuda_time_seconds(const std::function<void()>&) { no_cuda("cuda_time_seconds"); }
 CudaMemoryStats cuda_memory_stats() { no_cuda("cuda_memory_stats"); }
 void cuda_reset_peak_memory() { no_cuda("cuda_reset_peak_memory"); }
 void cuda_empty_cache() { no_cuda("cuda_empty_cache"); }

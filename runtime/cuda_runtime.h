@@ -17,11 +17,19 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <string>
 
 #include "runtime/allocator.h"
 #include "runtime/tensor.h"
 
 namespace nq {
+
+// Whether this build has CUDA (nvcc was found when it was compiled, or the emulated GPU).
+bool cuda_built();
+// The current GPU's name and memory, "NVIDIA H200, 139.8 GiB"; "" when it cannot be
+// queried (no CUDA in this build, no device): the text is informative only.
+std::string cuda_device_description();
 
 struct CudaMemoryStats {
   MemStats allocated;          // live tensors, per category
@@ -73,6 +81,10 @@ class CudaEvent {
  private:
   void* handle_ = nullptr;
 };
+
+// Seconds the GPU takes for the work fn launches on the default stream, between two
+// timing events recorded around it (the host waits for the second).
+double cuda_time_seconds(const std::function<void()>& fn);
 
 // Asynchronous copy on `stream` (host memory must be pinned for true overlap).
 void device_copy_async(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes,

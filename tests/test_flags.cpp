@@ -13,7 +13,7 @@
 
 #include "model/adapters.h"
 #include "training/memory_plan.h"
-#include "optim/paged_adamw.h"
+#include "optim/adamw.h"
 #include "tests/temp_dir.h"
 #include "training/flags.h"
 #include "training/train_config.h"
@@ -273,8 +273,8 @@ TEST_CASE("flags: one default per setting: the LoRA ones, the targets, the GPU o
   CHECK(train.targets == std::vector<std::string>{"all-linear"});
   CHECK(adapter.target_modules == train.targets);
   CHECK(plan.targets == train.targets);
-  // ./train's pool flags are PagedAdamWOptions' defaults
-  const PagedAdamWOptions pool;
+  // ./train's pool flags are AdamWOptions' defaults
+  const AdamWOptions pool;
   CHECK(train.optim_pages == pool.n_pages);
   CHECK((train.optim_page_mb << 20) == pool.page_bytes);
   // the loss chunk of the plan is the decoder's

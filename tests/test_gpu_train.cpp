@@ -18,14 +18,14 @@
 #include <vector>
 
 #include "autograd/var.h"
-#include "kernels/cuda/nf4.h"
+#include "kernels/kernels.h"
 #include "model/adapters.h"
+#include "quant/nf4.h"
 #include "model/decoder.h"
 #include "model/device.h"
 #include "training/memory_plan.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
-#include "optim/paged_adamw.h"
 #include "model/weights.h"
 #include "runtime/cuda_compare.h"
 #include "runtime/cuda_runtime.h"
@@ -89,11 +89,15 @@ DecoderBatch tiny_batch(const ModelConfig& c, int64_t B, int64_t T, Device devic
 
 // ---- CPU: always run ----------------------------------------------------------
 
-TEST_CASE("paged AdamW refuses cpu parameters with a clear error") {
+TEST_CASE("AdamW on the GPU (Paged, Device placement) refuses cpu parameters with a clear error") {
   Var p(Tensor::from_vector({1, 2, 3}, {3}), true, "w");
-  CHECK_THROWS_WITH_AS(PagedAdamW({p}, AdamWConfig{}),
-                       doctest::Contains("PagedAdamW: parameter w is f32[3] cpu; the paged optimizer needs f32 cuda"),
-                       Error);
+  AdamWOptions paged, on_device;
+  paged.placement = AdamWPlacement::Paged;
+  on_device.placement = AdamWPlacement::Device;
+  CHECK_THROWS_WITH_AS(AdamW({p}, AdamWConfig{}, paged),
+                       doctest::Contains("AdamW: parameter w is f32[3] cpu; Paged placement needs f32 cuda"), Error);
+  CHECK_THROWS_WITH_AS(AdamW({p}, AdamWConfig{}, on_device),
+                       doctest::Contains("AdamW: parameter w is f32[3] cpu; Device placement needs f32 cuda"), Error);
 }
 
 TEST_CASE("cuda_size_class: at least the request, multiples of 512, under 12.5% rounding above 1 MiB") {
@@ -214,6 +218,41 @@ GPU_TEST(allocator_accounting) {
   CHECK(pinned_host_allocator().stats().current_total == p0.current_total);
 }
 
+GPU_TEST(kernels_h_nf4_and_lora_ops_on_the_gpu_match_their_cpu_twins) {
+  // The ops as the model calls them: kernels.h with an Nf4Tensor whose tensors were
+  // moved to the GPU (the view is built inside kernels/cuda/). f32 inputs; the fused
+  // GEMM stages x and W as bf16, so the bound is bf16's.
+  const int64_t out = 40, in = 72, M = 24, r = 4;
+  Nf4Tensor q = quantize_nf4(random_normal({out, in}, 5, 0.05f).data<float>(), out, in);
+  Nf4Tensor gq = q;
+  for (Tensor* t : {&gq.packed, &gq.absmax, &gq.nested_absmax, &gq.nested_code}) *t = t->to(Device::CUDA);
+  CHECK(std::memcmp(kernels::nf4_dequantize(gq, DType::F32).to(Device::CPU).raw(),
+                    kernels::nf4_dequantize(q, DType::F32).raw(), size_t(out * in) * 4) == 0);
+  const Tensor x = random_normal({M, in}, 6), dy = random_normal({M, out}, 7);
+  CHECK(relative_error(kernels::nf4_matmul(x.to(Device::CUDA), gq), kernels::nf4_matmul(x, q)) <= 2e-2);
+  CHECK(relative_error(kernels::nf4_matmul_dx(dy.to(Device::CUDA), gq), kernels::nf4_matmul_dx(dy, q)) <= 2e-2);
+  for (float p : {0.0f, 0.25f}) {
+    CAPTURE(p);
+    kernels::LoraParams lp{random_normal({r, in}, 8, 0.2f), random_normal({out, r}, 9, 0.2f), 2.0f, p, 3, 1000};
+    kernels::LoraParams glp = lp;
+    glp.a = lp.a.to(Device::CUDA);
+    glp.b = lp.b.to(Device::CUDA);
+    Tensor u, gu, dx, da, db, gdx, gda, gdb;
+    const Tensor y = kernels::lora_nf4_forward(x, q, lp, &u);
+    const Tensor gy = kernels::lora_nf4_forward(x.to(Device::CUDA), gq, glp, &gu);
+    CHECK(relative_error(gy, y) <= 2e-2);
+    CHECK(relative_error(gu, u) <= 1e-5);  // u = dropout(x) A^T: cuBLASLt in f32
+    kernels::lora_nf4_backward(dy, x, u, q, lp, &dx, &da, &db);
+    kernels::lora_nf4_backward(dy.to(Device::CUDA), x.to(Device::CUDA), gu, gq, glp, &gdx, &gda, &gdb);
+    CHECK(relative_error(gdx, dx) <= 2e-2);
+    CHECK(relative_error(gda, da) <= 1e-5);
+    CHECK(relative_error(gdb, db) <= 1e-5);
+  }
+  CHECK_THROWS_WITH_AS(kernels::nf4_matmul(x, gq), doctest::Contains("nf4_matmul: x is f32[24, 72] cpu but the NF4 "
+                                                                     "weight is on cuda (move the model with to_device)"),
+                       Error);
+}
+
 GPU_TEST(paged_adamw_bit_identical_to_unpaged) {
   // Sizes that cross page boundaries unevenly; pages of 4096 B = 512 elements of m and v.
   const std::vector<int64_t> sizes = {5000, 512, 1, 70001};
@@ -228,17 +267,18 @@ GPU_TEST(paged_adamw_bit_identical_to_unpaged) {
   for (const Var& p : make_params()) cpu_params.push_back(Var(p.value().to(Device::CPU), true, p.name()));
   AdamWConfig cfg;
   cfg.weight_decay = 0.01;
-  PagedAdamWOptions paged_opt;
+  AdamWOptions paged_opt;
+  paged_opt.placement = AdamWPlacement::Paged;
   paged_opt.page_bytes = 4096;
   paged_opt.n_pages = 3;
-  PagedAdamWOptions plain_opt;
-  plain_opt.paged = false;
+  AdamWOptions plain_opt;
+  plain_opt.placement = AdamWPlacement::Device;
   const size_t opt_before = cuda_memory_stats().allocated.current[size_t(MemCategory::Optimizer)];
-  PagedAdamW paged(paged_params, cfg, paged_opt);
+  AdamW paged(paged_params, cfg, paged_opt);
   // The paged optimizer's GPU memory is its pool, whatever the parameter count.
   CHECK(cuda_memory_stats().allocated.current[size_t(MemCategory::Optimizer)] - opt_before == paged_opt.pool_bytes());
-  PagedAdamW plain(plain_params, cfg, plain_opt);
-  AdamW cpu(cpu_params, cfg);  // the reference: torch's arithmetic on the CPU
+  AdamW plain(plain_params, cfg, plain_opt);
+  AdamW cpu(cpu_params, cfg);  // Host placement, the reference: torch's arithmetic on the CPU
   for (int step = 0; step < 3; ++step) {
     for (size_t i = 0; i < sizes.size(); ++i) {
       Tensor g = Tensor::from_vector(lcg_values(sizes[i], uint32_t(1000 * step + i), 0.1f), {sizes[i]});
@@ -310,10 +350,16 @@ GPU_TEST(qlora_loss_and_lora_grads_match_cpu) {
 
 namespace {
 
+AdamWOptions paged_pool() {  // the trainer's default: Paged, 4 pages of 8 MiB
+  AdamWOptions pool;
+  pool.placement = AdamWPlacement::Paged;
+  return pool;
+}
+
 // Trains two steps of `c` (NF4 bases, all-linear r = 16, paged AdamW with `pool`)
 // on the GPU and checks the allocator's peaks against the memory plan: weights,
 // LoRA and optimizer exactly (and the workspace too with exact_workspace), the total within 10%.
-void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAdamWOptions pool,
+void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, AdamWOptions pool,
                        bool exact_workspace = false) {
   Decoder model(c, random_weights(c, 1));
   for (Linear* l : model.linears()) l->quantize_nf4();
@@ -323,7 +369,7 @@ void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, PagedAd
   acfg.lora.dropout = 0.0f;
   attach_adapters(model, acfg);
   to_device(model, Device::CUDA);
-  PagedAdamW opt(adapter_parameters(model), AdamWConfig{}, pool);
+  AdamW opt(adapter_parameters(model), AdamWConfig{}, pool);
   TrainShape shape;
   shape.batch = batch;
   shape.seq = seq;
@@ -357,7 +403,7 @@ GPU_TEST(memory_plan_within_10_percent_of_the_measured_peak) {
   // the default pool (4 x 8 MiB). Too slow for the emulated GPU (make test skips it there).
   ModelConfig c = ModelConfig::preset("qwen3-0.6b");
   c.num_layers = 4;
-  check_memory_plan(c, 4, 512, PagedAdamWOptions{});
+  check_memory_plan(c, 4, 512, paged_pool());
 }
 
 namespace {
@@ -375,8 +421,8 @@ ModelConfig small_qwen3() {
   c.vocab_size = 8192;
   return c;
 }
-PagedAdamWOptions small_pool() {
-  PagedAdamWOptions pool;
+AdamWOptions small_pool() {
+  AdamWOptions pool = paged_pool();
   pool.n_pages = 2;
   pool.page_bytes = 64 << 10;
   return pool;
@@ -389,13 +435,15 @@ GPU_TEST(memory_plan_within_10_percent_small) {
 }
 
 GPU_TEST(memory_plan_counts_the_dequantized_nf4_weight) {
-  // From kNf4DequantMinRows (256) tokens on, the NF4 matmuls dequantize W whole into the
-  // workspace (kernels/cuda/nf4.h). A small vocabulary makes that copy the workspace's
-  // peak (W [768, 256] bf16 = 384 KiB; the loss chunk 256 x 128 x 6 B + 1 KiB = 193 KiB),
-  // which the plan must then predict exactly.
+  // From 256 tokens on, the NF4 matmuls dequantize W whole into the workspace
+  // (kernels.h: nf4_matmul_workspace_bytes, kernels/cuda/nf4.h). A small vocabulary makes
+  // that copy the workspace's peak (W [768, 256] bf16 = 384 KiB; the loss chunk
+  // 256 x 128 x 6 B + 1 KiB = 193 KiB), which the plan must then predict exactly.
   ModelConfig c = small_qwen3();
   c.vocab_size = 128;
-  const int64_t batch = 2, seq = kernels::cuda::kNf4DequantMinRows / 2;
+  const int64_t batch = 2, seq = 128;
+  REQUIRE(kernels::nf4_matmul_workspace_bytes(batch * seq - 1, 768, 256, DType::BF16, Device::CUDA) == 0);
+  REQUIRE(kernels::nf4_matmul_workspace_bytes(batch * seq, 768, 256, DType::BF16, Device::CUDA) == 768 * 256 * 2);
   TrainShape shape;
   shape.batch = batch;
   shape.seq = seq;

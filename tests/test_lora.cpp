@@ -57,7 +57,7 @@ TEST_CASE("lora: PEFT init (A uniform in +-1/sqrt(in) from Philox, B zero) leave
   rng_seed(5);
   const int64_t out = 24, in = 100;
   Tensor w = uniform({out, in}, 0.1f, 1);
-  LoraLinear l = make_lora_linear(w, LoraConfig{16, 32.0f, 0.0f, false}, "model.layers.0.mlp.up_proj");
+  LoraLinear l = make_lora_linear(out, in, LoraConfig{16, 32.0f, 0.0f, false}, "model.layers.0.mlp.up_proj");
   CHECK(l.A.name() == "model.layers.0.mlp.up_proj.lora_A.weight");
   CHECK(l.B.name() == "model.layers.0.mlp.up_proj.lora_B.weight");
   CHECK(l.A.shape() == Shape{16, in});
@@ -78,11 +78,11 @@ TEST_CASE("lora: PEFT init (A uniform in +-1/sqrt(in) from Philox, B zero) leave
   for (int64_t i = 0; i < l.B.value().numel(); ++i) REQUIRE(l.B.value().data<float>()[i] == 0.0f);
   // the same seed draws the same A
   rng_seed(5);
-  LoraLinear l2 = make_lora_linear(w, LoraConfig{16, 32.0f, 0.0f, false}, "x");
+  LoraLinear l2 = make_lora_linear(out, in, LoraConfig{16, 32.0f, 0.0f, false}, "x");
   CHECK(std::memcmp(l2.A.value().raw(), l.A.value().raw(), l.A.value().nbytes()) == 0);
   // B = 0: the layer is the base
   Tensor x = uniform({5, in}, 1.0f, 2);
-  Var y = lora_linear(Var(x), l);
+  Var y = lora_linear(Var(x), w, l);
   CHECK(max_rel(y.value(), reference(x, w, l.A.value(), l.B.value(), 0.0f, 0.0f, 0, 0)) < 1e-6);
   // x without grad (after the frozen embedding): A and B still get gradients
   backward(y, Tensor::full({5, out}, 1.0f));
@@ -102,20 +102,22 @@ TEST_CASE("lora: forward and dX, dA, dB against a naive reference and finite dif
       CAPTURE(p);
       rng_seed(11);
       LoraConfig cfg{r, 8.0f, p, false};
-      LoraLinear l = use_nf4 ? make_lora_linear(nf4, cfg, "q") : make_lora_linear(w, cfg, "q");
+      LoraLinear l = make_lora_linear(out, in, cfg, "q");
+      // The op over either base: the layer (model/linear.h) owns the base, the adapter does not.
+      auto layer_op = [&](const Var& xv) { return use_nf4 ? lora_linear(xv, nf4, l) : lora_linear(xv, w, l); };
       l.B.set_value(uniform({out, r}, 0.5f, 4));  // a trained-looking B, so every path is non-zero
       Var x(uniform({N, in}, 1.0f, 5), true);
       const Tensor R = uniform({N, out}, 1.0f, 6);  // L = sum(y * R), dL/dy = R
       const RngState before = rng_state();
       auto loss = [&]() {
         rng_state() = before;  // the same dropout mask every run
-        Var y = lora_linear(x, l);
+        Var y = layer_op(x);
         double L = 0;
         for (int64_t i = 0; i < y.value().numel(); ++i) L += double(y.value().data<float>()[i]) * R.data<float>()[i];
         return L;
       };
       rng_state() = before;
-      Var y = lora_linear(x, l);
+      Var y = layer_op(x);
       const uint64_t mask_offset = before.offset;
       CHECK(max_rel(y.value(), reference(x.value(), use_nf4 ? wd : w, l.A.value(), l.B.value(), l.scaling, p,
                                          before.seed, mask_offset)) < 1e-5);
@@ -142,11 +144,16 @@ TEST_CASE("lora: forward and dX, dA, dB against a naive reference and finite dif
 
 TEST_CASE("lora: bad shapes and settings raise errors") {
   Tensor w = Tensor::zeros({4, 6});
-  LoraLinear l = make_lora_linear(w, LoraConfig{8, 16.0f, 0.0f, false}, "o_proj");
-  CHECK_THROWS_WITH_AS(lora_linear(Var(Tensor::zeros({2, 5})), l),
+  LoraLinear l = make_lora_linear(4, 6, LoraConfig{8, 16.0f, 0.0f, false}, "o_proj");
+  CHECK_THROWS_WITH_AS(lora_linear(Var(Tensor::zeros({2, 5})), w, l),
                        "lora_linear: x [2, 5] does not match the layer [4, 6] (last dim must be 6)", Error);
-  CHECK_THROWS_WITH_AS(make_lora_linear(w, LoraConfig{8, 16.0f, 1.0f, false}, "o_proj"),
+  CHECK_THROWS_WITH_AS(lora_linear(Var(Tensor::zeros({2, 6})), Tensor::zeros({4, 5}), l),
+                       "lora_linear: the dense base f32[4, 5] cpu does not match the adapter [4, 6]", Error);
+  auto nf4 = std::make_shared<Nf4Tensor>(quantize_nf4(Tensor::zeros({6, 4}).data<float>(), 6, 4));
+  CHECK_THROWS_WITH_AS(lora_linear(Var(Tensor::zeros({2, 6})), nf4, l),
+                       "lora_linear: the NF4 base [6, 4] does not match the adapter [4, 6]", Error);
+  CHECK_THROWS_WITH_AS(make_lora_linear(4, 6, LoraConfig{8, 16.0f, 1.0f, false}, "o_proj"),
                        "lora o_proj: dropout must be in [0, 1), got 1", Error);
-  CHECK_THROWS_WITH_AS(make_lora_linear(w, LoraConfig{0, 16.0f, 0.0f, false}, "o_proj"),
+  CHECK_THROWS_WITH_AS(make_lora_linear(4, 6, LoraConfig{0, 16.0f, 0.0f, false}, "o_proj"),
                        "lora: rank r must be positive, got 0", Error);
 }

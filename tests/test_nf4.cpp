@@ -1,4 +1,4 @@
-// quant/nf4 and quant/nf4_linear against bitsandbytes' own outputs
+// quant/nf4 and the NF4 matmuls (kernels::nf4_matmul on the CPU) against bitsandbytes' own outputs
 // (tests/fixtures/nf4, written by tools/ref/make_nf4_fixtures.py running
 // bitsandbytes on the CPU): packed bytes, absmax (codes), nested absmax, offset,
 // dequantized values and the serialized state dict must be BIT-IDENTICAL.
@@ -10,9 +10,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "autograd/ops.h"
 #include "autograd/var.h"
+#include "kernels/cpu/nf4_matmul.h"
+#include "kernels/kernels.h"
 #include "quant/nf4.h"
-#include "quant/nf4_linear.h"
 #include "runtime/rng.h"
 #include "formats/safetensors.h"
 
@@ -249,7 +251,7 @@ TEST_CASE("nf4: a bitsandbytes Linear4bit checkpoint (safetensors) loads bit-ide
   std::remove(path.c_str());
 }
 
-// ---------------------------------------------------------------- nf4_linear
+// ---------------------------------------------------------------- nf4_matmul (CPU)
 
 namespace {
 double rel_err(const Tensor& a, const Tensor& b) {
@@ -274,9 +276,23 @@ Tensor naive_matmul(const Tensor& a, const Tensor& b, bool trans_b) {
     }
   return c;
 }
+// The CPU kernel's tile loop with `tile` rows per tile (kernels::nf4_matmul uses kNf4CpuTileRows).
+Tensor tiled_forward(const Tensor& x, const Nf4Tensor& q, int64_t tile) {
+  Tensor y = Tensor::empty({x.size(0), q.out}), buf = Tensor::empty({std::min(tile, q.out), q.in});
+  cpu::nf4_matmul(x.data<float>(), q, y.data<float>(), x.size(0), tile, buf.data<float>());
+  return y;
+}
+Tensor tiled_dx(const Tensor& dy, const Nf4Tensor& q, int64_t tile) {
+  Tensor dx = Tensor::empty({dy.size(0), q.in}), buf = Tensor::empty({std::min(tile, q.out), q.in});
+  cpu::nf4_matmul_dx(dy.data<float>(), q, dx.data<float>(), dy.size(0), tile, buf.data<float>());
+  return dx;
+}
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
 }  // namespace
 
-TEST_CASE("nf4_linear: y = x W^T and dX = dY W with W dequantized tile by tile") {
+TEST_CASE("nf4_matmul: y = x W^T and dX = dY W with W dequantized tile by tile") {
   const int64_t out = 77, in = 45, N = 9;  // numel not a multiple of 64: blocks straddle rows
   Tensor w = randn({out, in}, 0.05f, 11);
   auto q = std::make_shared<Nf4Tensor>(quantize_tensor(w, 64, true));
@@ -288,43 +304,80 @@ TEST_CASE("nf4_linear: y = x W^T and dX = dY W with W dequantized tile by tile")
   Tensor x = randn({N, in}, 1.0f, 12), gy = randn({N, out}, 1.0f, 13);
   for (int64_t tile : {1, 16, 77, 500}) {
     CAPTURE(tile);
-    CHECK(rel_err(nf4_linear_forward(x, *q, tile), naive_matmul(x, wd, true)) <= 1e-6);
-    CHECK(rel_err(nf4_linear_backward(gy, *q, tile), naive_matmul(gy, wd, false)) <= 1e-6);
+    CHECK(rel_err(tiled_forward(x, *q, tile), naive_matmul(x, wd, true)) <= 1e-6);
+    CHECK(rel_err(tiled_dx(gy, *q, tile), naive_matmul(gy, wd, false)) <= 1e-6);
   }
+  // kernels.h's ops are that loop with kNf4CpuTileRows rows per tile, bit for bit.
+  const Tensor y_op = kernels::nf4_matmul(x, *q), dx_op = kernels::nf4_matmul_dx(gy, *q);
+  CHECK(rel_err(y_op, naive_matmul(x, wd, true)) <= 1e-6);
+  CHECK(rel_err(dx_op, naive_matmul(gy, wd, false)) <= 1e-6);
+  CHECK(same_bits(y_op, tiled_forward(x, *q, kernels::kNf4CpuTileRows)));
+  CHECK(same_bits(dx_op, tiled_dx(gy, *q, kernels::kNf4CpuTileRows)));
   // The Var op: gradient for x only, and it is dY W.
   Var xv(x, true);
-  Var y = nf4_linear(xv, q, 16);
-  CHECK(rel_err(y.value(), naive_matmul(x, wd, true)) <= 1e-6);
+  Var y = nf4_linear(xv, q);
+  CHECK(same_bits(y.value(), y_op));
   backward(y, gy);
   REQUIRE(xv.grad().defined());
-  CHECK(rel_err(xv.grad(), naive_matmul(gy, wd, false)) <= 1e-6);
+  CHECK(same_bits(xv.grad(), dx_op));
   // leading dims are flattened: [3, 3, in] -> [3, 3, out]
-  CHECK(nf4_linear_forward(x.view({3, 3, in}), *q).shape() == Shape{3, 3, out});
+  CHECK(kernels::nf4_matmul(x.view({3, 3, in}), *q).shape() == Shape{3, 3, out});
+  CHECK(kernels::nf4_matmul_dx(gy.view({3, 3, out}), *q).shape() == Shape{3, 3, in});
+  // The whole weight, as the CPU dequantizes it.
+  CHECK(same_bits(kernels::nf4_dequantize(*q, DType::F32), wd));
 }
 
-TEST_CASE("nf4_linear: scratch memory stays one tile, never the whole dequantized weight") {
-  const int64_t out = 512, in = 256, tile = 32;
+TEST_CASE("nf4_matmul: the low-rank term adds scale * a w^T (forward) and scale * a w (dx)") {
+  const int64_t out = 21, in = 30, N = 7, r = 3;
+  auto q = std::make_shared<Nf4Tensor>(quantize_tensor(randn({out, in}, 0.05f, 31), 64, true));
+  const Tensor wd = dequantize_nf4(*q);
+  const Tensor x = randn({N, in}, 1.0f, 32), gy = randn({N, out}, 1.0f, 33);
+  const Tensor a = randn({N, r}, 1.0f, 34), B = randn({out, r}, 0.3f, 35), A = randn({r, in}, 0.3f, 36);
+  const float s = 0.75f;
+  // Naive: y = x W^T + s a B^T, dx = dy W + s a A, in double.
+  auto plus = [](Tensor t, const Tensor& u, float k) {
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] += k * u.data<float>()[i];
+    return t;
+  };
+  const kernels::LowRankTerm fwd{a, B, s}, bwd{a, A, s};
+  CHECK(rel_err(kernels::nf4_matmul(x, *q, &fwd), plus(naive_matmul(x, wd, true), naive_matmul(a, B, true), s)) <=
+        1e-6);
+  CHECK(rel_err(kernels::nf4_matmul_dx(gy, *q, &bwd),
+                plus(naive_matmul(gy, wd, false), naive_matmul(a, A, false), s)) <= 1e-6);
+  const kernels::LowRankTerm bad{a, A, s};  // w must be [out, r] in the forward
+  CHECK_THROWS_WITH_AS(kernels::nf4_matmul(x, *q, &bad),
+                       "nf4_matmul: low-rank term a [7, 3], w [3, 30] does not fit x [7, 30] (expected a [7, r], w "
+                       "[out, r])",
+                       Error);
+}
+
+TEST_CASE("nf4_matmul: scratch memory stays one tile, never the whole dequantized weight") {
+  const int64_t out = 512, in = 256, tile = kernels::kNf4CpuTileRows;
   Tensor w = randn({out, in}, 0.05f, 21);
   const Nf4Tensor q = quantize_tensor(w, 64, true);
   Tensor x = randn({4, in}, 1.0f, 22);
   Allocator& a = allocator_for(Device::CPU);
   a.reset_peak();
   const size_t ws0 = a.stats().current[size_t(MemCategory::Workspace)];
-  Tensor y = nf4_linear_forward(x, q, tile);
-  Tensor gx = nf4_linear_backward(y, q, tile);
+  Tensor y = kernels::nf4_matmul(x, q);
+  Tensor gx = kernels::nf4_matmul_dx(y, q);
   const size_t ws_peak = a.stats().peak[size_t(MemCategory::Workspace)] - ws0;
   CHECK(ws_peak == size_t(tile * in * sizeof(float)));
-  CHECK(ws_peak * 16 == size_t(out * in * sizeof(float)));  // 1/16 of a full f32 copy
+  CHECK(ws_peak * 4 == size_t(out * in * sizeof(float)));  // 1/4 of a full f32 copy
+  // What the memory plan counts for it.
+  CHECK(kernels::nf4_matmul_workspace_bytes(4, out, in, DType::F32, Device::CPU) == ws_peak);
 }
 
-TEST_CASE("nf4_linear: shape errors name the op and the shapes") {
+TEST_CASE("nf4_matmul: shape errors name the op and the shapes") {
   std::vector<float> w(6 * 8, 0.1f);
   auto q = std::make_shared<Nf4Tensor>(quantize_nf4(w.data(), 6, 8));
   Tensor x = Tensor::zeros({2, 7});
-  CHECK_THROWS_WITH_AS(nf4_linear_forward(x, *q),
-                       "nf4_linear: x [2, 7] does not match the NF4 weight [6, 8] (last dim must be 8)", Error);
-  CHECK_THROWS_WITH_AS(nf4_linear_backward(Tensor::zeros({2, 8}), *q),
-                       "nf4_linear: grad_y [2, 8] does not match the NF4 weight [6, 8] (last dim must be 6)", Error);
-  CHECK_THROWS_WITH_AS(nf4_linear_forward(Tensor::zeros({2, 8}), *q, 0),
-                       "nf4_linear: tile_rows must be positive, got 0", Error);
+  CHECK_THROWS_WITH_AS(kernels::nf4_matmul(x, *q),
+                       "nf4_matmul: x [2, 7] does not match the NF4 weight [6, 8] (last dim must be 8)", Error);
+  CHECK_THROWS_WITH_AS(kernels::nf4_matmul_dx(Tensor::zeros({2, 8}), *q),
+                       "nf4_matmul_dx: dy [2, 8] does not match the NF4 weight [6, 8] (last dim must be 6)", Error);
+  CHECK_THROWS_WITH_AS(tiled_forward(Tensor::zeros({2, 8}), *q, 0), "nf4_matmul: tile_rows must be positive, got 0",
+                       Error);
+  CHECK_THROWS_WITH_AS(kernels::nf4_dequantize(*q, DType::BF16),
+                       "nf4_dequantize: the cpu gives f32 (the reference dtype), not bf16", Error);
 }

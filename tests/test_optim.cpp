@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "kernels/kernels.h"
 #include "optim/accumulation.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -152,6 +154,54 @@ TEST_CASE("clip_grad_norm matches torch.nn.utils.clip_grad_norm_") {
       CHECK(max_rel_err(params[i].grad().data<float>(), c["clipped"][i].get<std::vector<float>>()) < 1e-6);
   }
   CHECK_THROWS_WITH_AS(clip_grad_norm({}, 0.0f), "clip: max_norm must be > 0, got 0", Error);
+}
+
+TEST_CASE("kernels::global_grad_norm on the CPU: per-tensor norms in double rounded to f32, then their norm") {
+  // A naive reference with the same roundings, on the torch clip fixture's gradients.
+  for (const json& c : optim_fixture()["clip"]) {
+    std::vector<Tensor> grads;
+    double sum_sq = 0.0;
+    for (size_t i = 0; i < c["shapes"].size(); ++i) {
+      grads.push_back(Tensor::from_vector(c["grads"][i].get<std::vector<float>>(), shape_of(c["shapes"][i])));
+      double t = 0.0;
+      for (float x : grads.back().to_vector()) t += double(x) * double(x);
+      const double norm = float(std::sqrt(t));
+      sum_sq += norm * norm;
+    }
+    CHECK(kernels::global_grad_norm(grads) == double(float(std::sqrt(sum_sq))));
+  }
+  CHECK(kernels::global_grad_norm({}) == 0.0);
+  CHECK_THROWS_WITH_AS(kernels::global_grad_norm({Tensor::zeros({2}), Tensor::zeros({2}, DType::I32)}),
+                       "global_grad_norm: tensor 1 is i32[2] cpu, expected f32 on cpu", Error);
+}
+
+TEST_CASE("kernels::adamw_update on the CPU is adamw_update_element per element; spans and mismatches") {
+  const AdamWConfig cfg{0.9, 0.999, 1e-8, 0.1};
+  const AdamWScalars sc = adamw_scalars(cfg, 1e-2, 3);
+  const int64_t n = 37;
+  Tensor p = Tensor::empty({n}), g = Tensor::empty({n}), m = Tensor::empty({n}), v = Tensor::empty({n});
+  for (int64_t i = 0; i < n; ++i) {
+    p.data<float>()[i] = 0.1f * float(i % 7) - 0.3f;
+    g.data<float>()[i] = 0.01f * float(i % 5) - 0.02f;
+    m.data<float>()[i] = 0.001f * float(i % 3);
+    v.data<float>()[i] = 1e-5f * float(i % 4);
+  }
+  std::vector<float> want_p = p.to_vector(), want_m = m.to_vector(), want_v = v.to_vector();
+  for (int64_t i = 0; i < n; ++i)
+    adamw_update_element(want_p[size_t(i)], g.data<float>()[i] * 0.5f, want_m[size_t(i)], want_v[size_t(i)], sc);
+  // Two spans (slices of the flat tensors), as the paged optimizer cuts them.
+  for (auto [b, e] : {std::pair<int64_t, int64_t>{0, 20}, {20, n}}) {
+    Tensor ps = p.slice(b, e), ms = m.slice(b, e), vs = v.slice(b, e);
+    kernels::adamw_update(ps, g.slice(b, e), ms, vs, sc, 0.5f);
+  }
+  CHECK(std::memcmp(p.raw(), want_p.data(), size_t(n) * 4) == 0);
+  CHECK(std::memcmp(m.raw(), want_m.data(), size_t(n) * 4) == 0);
+  CHECK(std::memcmp(v.raw(), want_v.data(), size_t(n) * 4) == 0);
+  Tensor short_m = Tensor::zeros({n - 1});
+  CHECK_THROWS_WITH_AS(kernels::adamw_update(p, g, short_m, v, sc),
+                       "adamw_update: param, grad, exp_avg, exp_avg_sq must be f32 with one element count, got "
+                       "f32[36] cpu for param f32[37] cpu",
+                       Error);
 }
 
 TEST_CASE("clip_scale is torch's min(max_norm / (norm + 1e-6), 1) in f32; bad max_norm refused") {

@@ -12,10 +12,10 @@
 
 #include "model/bnb_checkpoint.h"
 #include "formats/gguf.h"
-#include "model/device.h"
-#include "training/memory_plan.h"
-#include "optim/paged_adamw.h"
 #include "formats/safetensors.h"
+#include "model/device.h"
+#include "optim/adamw.h"
+#include "training/memory_plan.h"
 #include "tools/cli.h"
 #include "training/flags.h"
 #include "training/train_config.h"
@@ -74,7 +74,7 @@ static int run_plan(int argc, char** argv) {
                                               : device_flag == "cuda" ? Device::CUDA : Device::CPU;
   device_flag = device == Device::CUDA ? "cuda" : "cpu";
   shape.paged_optimizer = device == Device::CUDA;
-  shape.optimizer_pool_bytes = PagedAdamWOptions{}.pool_bytes();
+  shape.optimizer_pool_bytes = AdamWOptions{}.pool_bytes();
 
   ModelConfig config;
   std::string source = preset;

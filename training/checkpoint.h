@@ -3,7 +3,7 @@
 //
 //   adapter_config.json, adapter_model.safetensors   the LoRA weights (PEFT format: loadable by peft too)
 //   optimizer.safetensors     AdamW moments + step count per parameter (Optimizer::state_dict: the
-//                             same form from the CPU AdamW and the GPU PagedAdamW, so a checkpoint
+//                             same form whatever AdamW's placement (host, GPU, paged), so a checkpoint
 //                             written on one device resumes on the other)
 //   trainer_state.json        {"step", "rng_seed", "rng_offset", "data_epoch", "data_index", "tokens_seen"}
 //   train_config.json         the run's TrainConfig (training/train_config.h)

@@ -4,9 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "kernels/cuda/nf4.h"
+#include "kernels/kernels.h"
 #include "model/adapters.h"
-#include "quant/nf4_linear.h"
 
 namespace nq {
 
@@ -79,15 +78,18 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
       plan.saved_layer_inputs + plan.recomputed_layer + plan.layer_backward + plan.top + plan.lora_grads;
 
   // Workspace: the loss's chunk of logits (f32), and on the GPU its bf16 gradient and per-row losses.
-  // The NF4 products' dequantized weights (never while the loss runs): on the CPU tiles of
-  // kNf4DefaultTileRows rows of W; on the GPU, from kNf4DequantMinRows tokens on, the whole
-  // largest projection W [out, in] in bf16 (kernels/cuda/nf4.h), one at a time.
+  // The NF4 products' dequantized weights (never while the loss runs), one product at a
+  // time, the largest over the projections (kernels::nf4_matmul_workspace_bytes: on the CPU
+  // a tile of rows of W; on the GPU, from 256 tokens on, the whole W [out, in] in bf16).
   const size_t R = std::min(size_t(shape.ce_chunk_rows), N);
   const size_t loss_chunk = R * V * f32 + (gpu ? R * V * a + N * f32 : 0);
-  const size_t largest_projection = D * std::max({F, Hq * Dh, Hkv * Dh});
   size_t nf4_dequantized = 0;
-  if (nf4_base && !gpu) nf4_dequantized = size_t(kNf4DefaultTileRows) * std::max(D, F) * f32;
-  if (nf4_base && gpu && N >= size_t(kernels::cuda::kNf4DequantMinRows)) nf4_dequantized = largest_projection * a;
+  const std::pair<size_t, size_t> projections[] = {{Hq * Dh, D}, {Hkv * Dh, D}, {D, Hq * Dh}, {F, D}, {D, F}};
+  if (nf4_base)
+    for (const auto& [out, in] : projections)
+      nf4_dequantized = std::max(nf4_dequantized, kernels::nf4_matmul_workspace_bytes(
+                                                      int64_t(N), int64_t(out), int64_t(in), gpu ? DType::BF16 : DType::F32,
+                                                      gpu ? Device::CUDA : Device::CPU));
   bytes[size_t(MemCategory::Workspace)] = std::max(loss_chunk, nf4_dequantized);
 
   // The step's peak: the categories peak at different moments, so their sum

@@ -43,7 +43,7 @@ struct TrainShape {
   int64_t batch = 1, seq = 512;   // B, T
   int64_t ce_chunk_rows = DecoderOptions{}.ce_chunk_rows;  // rows of logits at once in the loss
   bool paged_optimizer = true;    // GPU only: states in host memory
-  size_t optimizer_pool_bytes = size_t(32) << 20;  // PagedAdamWOptions::pool_bytes()
+  size_t optimizer_pool_bytes = size_t(32) << 20;  // AdamWOptions::pool_bytes()
 };
 
 struct MemoryPlan {

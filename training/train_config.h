@@ -10,7 +10,7 @@
 // The defaults follow the seed's TRL SFTConfig + PEFT LoraConfig (lr 2e-4,
 // cosine, 1 epoch, clip 1.0, paged_adamw; the LoRA ones, r 16, alpha 32,
 // dropout 0.05, all-linear, are lora/lora_linear.h's kDefaultLora*, and the
-// GPU pool's those of PagedAdamWOptions).
+// GPU pool's those of AdamWOptions).
 #pragma once
 #include <cstdint>
 #include <ostream>
@@ -19,7 +19,7 @@
 
 #include "lora/lora_linear.h"
 #include "model/load_model.h"
-#include "optim/paged_adamw.h"
+#include "optim/adamw.h"
 #include "training/batch.h"
 #include "training/encode.h"
 #include "training/flags.h"
@@ -56,8 +56,8 @@ struct TrainConfig {
   bool prompt_completion_chat = false;  // prompt-completion / alpaca rendered as a user/assistant chat
   std::string optim = "paged_adamw";  // paged_adamw | adamw: where AdamW keeps m and v on a GPU
                                     // (host memory paged through a GPU pool | GPU memory); on the CPU both are AdamW
-  int64_t optim_pages = PagedAdamWOptions{}.n_pages;                // paged_adamw on cuda: pages in the GPU pool ...
-  int64_t optim_page_mb = PagedAdamWOptions{}.page_bytes >> 20;     // ... of this many MiB each (m and v of page_mb * 2^17 elements)
+  int64_t optim_pages = AdamWOptions{}.n_pages;                // paged_adamw on cuda: pages in the GPU pool ...
+  int64_t optim_page_mb = AdamWOptions{}.page_bytes >> 20;     // ... of this many MiB each (m and v of page_mb * 2^17 elements)
   double weight_decay = 0;
   double max_grad_norm = 1.0;       // 0: no clipping
   uint64_t seed = 42;

@@ -22,7 +22,6 @@
 #include "optim/accumulation.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
-#include "optim/paged_adamw.h"
 #include "optim/schedule.h"
 #include "runtime/rng.h"
 #include "training/checkpoint.h"
@@ -38,21 +37,22 @@ std::atomic<bool> g_stop_requested{false};
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// The GPU optimizer's paging (--optim, --optim-pages, --optim-page-mb).
-PagedAdamWOptions paging_options(const TrainConfig& cfg) {
-  PagedAdamWOptions o;
-  o.paged = cfg.optim == "paged_adamw";
+// Where AdamW keeps m and v (optim/adamw.h): in host memory on the cpu; on cuda in
+// GPU memory (--optim adamw) or paged through a GPU pool (--optim paged_adamw,
+// --optim-pages, --optim-page-mb).
+AdamWOptions optimizer_options(const TrainConfig& cfg, Device device) {
+  AdamWOptions o;
+  o.placement = device == Device::CPU           ? AdamWPlacement::Host
+                : cfg.optim == "paged_adamw" ? AdamWPlacement::Paged
+                                             : AdamWPlacement::Device;
   o.n_pages = int(cfg.optim_pages);
   o.page_bytes = cfg.optim_page_mb << 20;
   return o;
 }
 
-// AdamW where the parameters are: the CPU AdamW, or on cuda PagedAdamW (paged,
-// or with its states in GPU memory). Both follow torch's arithmetic.
 std::unique_ptr<Optimizer> make_optimizer(const std::vector<Var>& params, const TrainConfig& cfg, Device device) {
   const AdamWConfig adamw{0.9, 0.999, 1e-8, cfg.weight_decay};
-  if (device == Device::CUDA) return std::make_unique<PagedAdamW>(params, adamw, paging_options(cfg));
-  return std::make_unique<AdamW>(params, adamw);
+  return std::make_unique<AdamW>(params, adamw, optimizer_options(cfg, device));
 }
 
 }  // namespace
@@ -220,12 +220,12 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   shape.batch = cfg.batch_size;
   shape.seq = cfg.max_length;
   shape.ce_chunk_rows = dopt.ce_chunk_rows;
-  const PagedAdamWOptions paging = paging_options(cfg);
-  shape.paged_optimizer = paging.paged;  // the plan reads these two on cuda only
+  const AdamWOptions paging = optimizer_options(cfg, device);
+  shape.paged_optimizer = paging.placement == AdamWPlacement::Paged;  // the plan reads these two on cuda only
   shape.optimizer_pool_bytes = paging.pool_bytes();
   const MemoryPlan plan = plan_memory(model, shape);
   log << "optimizer: " << (device == Device::CPU ? "AdamW, m and v in host memory"
-                           : paging.paged ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
+                           : shape.paged_optimizer ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
                                                 paging.n_pages, " x ", format_bytes(size_t(paging.page_bytes)))
                                           : std::string("AdamW, m and v in GPU memory"))
       << "; plan for batch " << shape.batch << " x " << shape.seq << " tokens, gradient checkpointing "

@@ -7,8 +7,8 @@
 //     K micro-batches moved to the device: loss_i (mean CE over its n_i
 //       targets), backward of loss_i * n_i / N  (N = targets of all K): the
 //       gradient of L = sum of all token CEs of the window / N, as transformers' Trainer
-//     the global gradient norm -> AdamW on the adapter parameters (CPU AdamW,
-//     or PagedAdamW on the GPU) with lr(step) from the schedule and the
+//     the global gradient norm -> AdamW on the adapter parameters (moments in
+//     host memory, GPU memory or paged through a GPU pool) with lr(step) from the schedule and the
 //     clipping factor -> metrics line, progress, eval (training/evaluate.h), checkpoint
 //   -> final eval, checkpoint and the PEFT adapter in --out (written from host copies).
 // docs/training.md walks through it with the math.

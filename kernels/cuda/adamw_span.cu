@@ -1,10 +1,10 @@
-// AdamW over one span of device memory: each thread runs optim/adamw_update.h's
+// AdamW over one span of device memory: each thread runs kernels/adamw_math.h's
 // adamw_update_element (the CPU optimizer's arithmetic, NQ_HD) on its elements,
 // so results are bit-identical however the elements are split into spans or
 // pages (elements are independent), and equal to the CPU AdamW wherever CUDA's
 // sqrtf, division and fmaf round like the host's (IEEE, -prec-sqrt/-prec-div default).
-#include "kernels/cuda/adamw_span.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace nq::kernels::cuda {
 

@@ -1,6 +1,8 @@
-// The AdamW update of one tensor, as plain arithmetic over spans: the part the
-// CPU optimizer (optim/adamw.h), the paged optimizer and a CUDA kernel share.
-// Formulas and torch's order of operations: docs/optim.md.
+// The arithmetic of one AdamW update, shared by the CPU kernel
+// (kernels/cpu/adamw.cpp) and the CUDA kernel (kernels/cuda/adamw_span.cu),
+// which kernels::adamw_update (kernels/kernels.h) dispatches between: the
+// per-tensor scalars, computed once in double as torch does, and the
+// per-element update. Formulas and torch's order of operations: docs/optim.md.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -27,10 +29,27 @@ struct AdamWScalars {
   float eps;
   float neg_step_size;       // -lr / (1 - b1^t)
 };
-AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t step);
+
+// The scalars of the update at step `step` (1 for the first) with learning rate lr.
+// torch keeps beta/lr as Python floats (double) and converts each scalar to f32
+// when it multiplies an f32 tensor; the bias corrections stay in double until then.
+inline AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t step) {
+  double b1 = cfg.beta1, b2 = cfg.beta2;
+  double bias_correction1 = 1.0 - std::pow(b1, double(step));
+  double bias_correction2 = 1.0 - std::pow(b2, double(step));
+  AdamWScalars s;
+  s.decay = float(1.0 - lr * double(cfg.weight_decay));
+  s.one_minus_beta1 = float(1.0 - b1);
+  s.beta2 = float(b2);
+  s.one_minus_beta2 = float(1.0 - b2);
+  s.bias_correction2_sqrt = float(std::sqrt(bias_correction2));
+  s.eps = float(cfg.eps);
+  s.neg_step_size = float(-(lr / bias_correction1));
+  return s;
+}
 
 // One element's update, in torch's order of operations (torch/optim/adam.py,
-// _single_tensor_adam, decoupled_weight_decay=True). NQ_HD: a CUDA kernel runs
+// _single_tensor_adam, decoupled_weight_decay=True). NQ_HD: the CUDA kernel runs
 // exactly this arithmetic. torch's CPU lerp_ and addcmul_ use fused
 // multiply-adds; so do we.
 NQ_HD void adamw_update_element(float& param, float grad, float& exp_avg, float& exp_avg_sq, const AdamWScalars& s) {
@@ -42,10 +61,5 @@ NQ_HD void adamw_update_element(float& param, float grad, float& exp_avg, float&
   exp_avg = m;
   exp_avg_sq = v;
 }
-
-// One tensor's update, in place over n elements of param, exp_avg, exp_avg_sq (host
-// memory), with grad * grad_scale (rounded to f32) as the gradient.
-void adamw_update_span(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                       const AdamWScalars& s, float grad_scale);
 
 }  // namespace nq

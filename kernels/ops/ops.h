@@ -1,0 +1,37 @@
+// The registrations of kernels/registry.h, one function per family of ops (one
+// file each), and the small helpers they share. kernels/registry.cpp calls the
+// functions in this order, which is the order of `./bench list`.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernels/registry.h"
+#include "runtime/cuda_compare.h"
+
+namespace nq::kernels::registry::family {
+
+void register_elementwise(std::vector<Op>& ops);  // add, add_inplace, mul, sum, swiglu, dropout, scale
+void register_matmul(std::vector<Op>& ops);       // matmul (and matmul_into)
+void register_embedding(std::vector<Op>& ops);
+void register_rmsnorm(std::vector<Op>& ops);
+void register_rope(std::vector<Op>& ops);
+void register_attention(std::vector<Op>& ops);
+void register_cross_entropy(std::vector<Op>& ops);  // linear_cross_entropy
+void register_qlora(std::vector<Op>& ops);          // nf4_matmul (+ forced ways), nf4_dequantize, lora_nf4, adamw, grad_norm
+
+// A tensor's values in double (f32 or i32 host tensors).
+std::vector<double> doubles(const Tensor& t);
+std::vector<int32_t> ints(const Tensor& t);
+// sum(a * b) in double.
+double dot(const std::vector<double>& a, const std::vector<double>& b);
+// The problem's inputs `x` held where the check perturbs them; the lambdas read them.
+using Values = std::shared_ptr<std::vector<std::vector<double>>>;
+inline Values values(std::vector<std::vector<double>> x) {
+  return std::make_shared<std::vector<std::vector<double>>>(std::move(x));
+}
+// One shape list per mode: shapes_for(mode, reference, grad, device).
+inline std::vector<Dims> pick(Mode mode, std::vector<Dims> reference, std::vector<Dims> grad, std::vector<Dims> device) {
+  return mode == Mode::Reference ? reference : mode == Mode::Grad ? grad : device;
+}
+
+}  // namespace nq::kernels::registry::family
