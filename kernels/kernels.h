@@ -98,8 +98,8 @@ Tensor dropout_backward(const Tensor& grad_y, float p, uint64_t seed, uint64_t o
 //   nf4_matmul:    y [..., out] = x [..., in] W^T   (+ scale * a [M, r] w^T,  w = B [out, r])
 //   nf4_matmul_dx: dx [..., in] = dy [..., out] W   (+ scale * a [M, r] w,    w = A [r, in])
 // M = rows of x (leading dims flattened). The optional low-rank term is the
-// LoRA bypass: a and w in x's dtype; on the CPU it is added as (scale * a) w^T
-// accumulated into y. W is frozen: there is no gradient for it. The tensors of W
+// LoRA bypass: a and w in x's dtype; on the CPU (scale * a) w^T (or w) is
+// accumulated into the output by one more GEMM. W is frozen: there is no gradient for it. The tensors of W
 // must be on x's device (model/device.h moves them).
 // `path` matters only on the GPU (CPU: one way, the tile loop): Auto picks by M
 // (kernels/cuda/nf4.h: the fused kernels below kNf4DequantMinRows rows, W

@@ -1,6 +1,8 @@
 // The CUDA side of kernels/kernels.h, in namespace nq::kernels::cuda: one
-// function per kernels.h op, same signature and meaning (documented there,
-// once), implemented in the kernels/cuda/*.cu file of its op. Only
+// function per kernels.h op, with its meaning (documented there, once) and its
+// signature, except that the NF4 ops take the weight's device view (Nf4Weight,
+// below) and the AdamW update raw device spans and a cudaStream_t. Each is
+// implemented in the kernels/cuda/*.cu file of its op. Only
 // kernels/dispatch.cpp calls these (and the GPU tests); it checks the
 // arguments first, so they assume checked input and re-check only what the
 // dispatch cannot: ids/labels on the device, the dtypes below. What is GPU-only
