@@ -168,6 +168,7 @@ EMU_TEST_FILTER := -tc='cuda *,cuda_emu*,gpu train*' $(EMU_SLOW_TESTS)
 
 test: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all
+	tools/include_graph.sh --check && tools/include_graph.sh --check-cuda
 	./$(BUILD)/test_all $(if $(filter emu,$(CUDA)),$(EMU_SLOW_TESTS))
 ifneq ($(CUDA),emu)
 	@if [ "$(HAVE_GPU)" != "0" ]; then echo "(a GPU ran the CUDA tests; make test-emu runs them on the emulated GPU too)"; \

@@ -31,9 +31,15 @@ case "$mode" in
   *) echo "include_graph.sh: unknown option '$mode' (--check, --check-cuda, --help)" >&2; exit 2 ;;
 esac
 
+# The project's own sources: git's tracked and untracked-but-not-ignored files (so a
+# venv or build folder never counts), or every file outside build/ without git.
 sources() {
-  find . -path ./build -prune -o -path ./.git -prune -o -type f \
-    \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \) -print | sed 's|^\./||' | LC_ALL=C sort
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files --cached --others --exclude-standard -- '*.h' '*.cpp' '*.cu' '*.cuh'
+  else
+    find . -path ./build -prune -o -path ./.git -prune -o -type f \
+      \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \) -print | sed 's|^\./||'
+  fi | LC_ALL=C sort
 }
 
 # One line per #include "..." : "<from folder> <to folder> <file>:<line> <included path>"
