@@ -76,7 +76,7 @@ static Var lora_nf4_linear_cuda(const Var& x, const LoraLinear& layer) {
   lp.a = kernels::cast(layer.A.value(), xv.dtype());  // [r, in] working copy
   lp.b = kernels::cast(layer.B.value(), xv.dtype());  // [out, r] working copy
   lp.scale = layer.scaling;
-  lp.dropout = layer.dropout;
+  lp.dropout = is_training() ? layer.dropout : 0.0f;  // dropout in training only (autograd/var.h)
   lp.seed = rng_state().seed;
   lp.offset = lp.dropout > 0.0f ? rng_reserve(uint64_t(xv.numel())) : 0;
   Tensor u;  // [N, r], saved for the backward
@@ -106,7 +106,7 @@ Var lora_linear(const Var& x, const LoraLinear& layer) {
   out_shape.dims[out_shape.ndim - 1] = layer.out;
   const Tensor x2 = xv.view({N, layer.in});  // [N, in]
 
-  const float p = layer.dropout, s = layer.scaling;
+  const float p = is_training() ? layer.dropout : 0.0f, s = layer.scaling;  // dropout in training only (autograd/var.h)
   const uint64_t seed = rng_state().seed, offset = p > 0.0f ? rng_reserve(uint64_t(x2.numel())) : 0;
   auto dropped = [=](const Tensor& t) { return p > 0.0f ? kernels::dropout_forward(t, p, seed, offset) : t; };
 

@@ -33,7 +33,7 @@ struct LoraLinear {
   Tensor dense_base;                          // ... or this: W [out, in] f32, frozen
   Var A, B;                                   // [r, in], [out, r]: the trainable parameters
   float scaling = 1.0f;
-  float dropout = 0.0f;
+  float dropout = 0.0f;  // on x, in training mode only (is_training(), autograd/var.h)
 };
 
 // Makes the adapter for a base of shape [out, in]; `name` prefixes the

@@ -101,6 +101,7 @@ TEST_CASE("lora: forward and dX, dA, dB against a naive reference and finite dif
       CAPTURE(use_nf4);
       CAPTURE(p);
       rng_seed(11);
+      TrainingMode training;  // dropout applies in training mode only
       LoraConfig cfg{r, 8.0f, p, false};
       LoraLinear l = use_nf4 ? make_lora_linear(nf4, cfg, "q") : make_lora_linear(w, cfg, "q");
       l.B.set_value(uniform({out, r}, 0.5f, 4));  // a trained-looking B, so every path is non-zero
