@@ -169,5 +169,7 @@ TEST_CASE("generate --no-quant --adapter with an adapter trained with dropout 0.
     CAPTURE(i);
     const std::vector<int32_t> prompt = ref["prompts"][i], want = ref["greedy"][i];
     CHECK(generate(model, prompt, opts) == want);
+    TrainingMode training;  // generation is inference whatever the caller's mode
+    CHECK(generate(model, prompt, opts) == want);
   }
 }
