@@ -28,7 +28,7 @@ Var rope(const Var& x, const Tensor& positions, float theta);
 Var swiglu(const Var& gate, const Var& up);
 Var attention(const Var& q, const Var& k, const Var& v, int64_t B, int64_t T, const Tensor& segment_ids = Tensor());
 Var dropout(const Var& x, float p);           // reserves its mask from the RNG stream; identity when p == 0
-// lm_head + cross-entropy (mean over labels != -100) -> [1]. w may be the tied embedding.
+// lm_head + cross-entropy (mean over labels != kernels::kIgnoreIndex) -> [1]. w may be the tied embedding.
 Var linear_cross_entropy(const Var& h, const Var& w, const Tensor& labels, int64_t chunk_rows = 1024);
 
 }  // namespace nq

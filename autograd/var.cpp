@@ -13,6 +13,11 @@ bool grad_enabled() { return g_grad_enabled; }
 NoGrad::NoGrad() : prev_(g_grad_enabled) { g_grad_enabled = false; }
 NoGrad::~NoGrad() { g_grad_enabled = prev_; }
 
+static thread_local bool g_training = false;
+bool is_training() { return g_training; }
+TrainingMode::TrainingMode(bool training) : prev_(g_training) { g_training = training; }
+TrainingMode::~TrainingMode() { g_training = prev_; }
+
 Var::Var(Tensor value, bool requires_grad, std::string name) : impl_(std::make_shared<VarImpl>()) {
   impl_->value = std::move(value);
   impl_->requires_grad = requires_grad;
@@ -113,6 +118,7 @@ void backward(const Var& root, Tensor grad_root) {
 Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs) {
   if (!g_grad_enabled) return fn(inputs);
   RngState rng_at_start = rng_state();
+  const bool training_at_start = g_training;
   Tensor out;
   bool saw_outer = g_saw_requires_grad;
   g_saw_requires_grad = false;
@@ -126,13 +132,18 @@ Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std:
   g_saw_requires_grad = saw_outer;
   g_force_record = needs_node;
   auto finish = [&](Var v) { g_force_record = false; return v; };
-  return finish(record("checkpoint", out, inputs, [fn, inputs, rng_at_start](const Tensor& gout) {
-    // Re-run with fresh leaves standing in for the inputs, then backprop through it.
+  return finish(record("checkpoint", out, inputs, [fn, inputs, rng_at_start, training_at_start](const Tensor& gout) {
+    // Re-run with fresh leaves standing in for the inputs, then backprop through it,
+    // from the forward's RNG position and in its mode (the same dropout masks).
     std::vector<Var> fresh;
     for (const Var& v : inputs) fresh.emplace_back(v.value(), v.requires_grad());
     RngState rng_now = rng_state();
     rng_state() = rng_at_start;
-    Var y = fn(fresh);
+    Var y;
+    {
+      TrainingMode forward_mode(training_at_start);
+      y = fn(fresh);
+    }
     rng_state() = rng_now;
     std::vector<Tensor> gin(inputs.size());
     if (y.requires_grad()) {

@@ -81,9 +81,27 @@ class NoGrad {
   bool prev_;
 };
 
+// Train/eval mode: eval (off) by default; TrainingMode turns training on for
+// its scope (thread-local), as model.train() / model.eval() in PyTorch. What
+// differs between training and inference reads it (LoRA dropout is applied
+// only in training: lora/lora_linear.cpp), so every program computes in eval
+// mode unless it trains: the trainer sets it around its training steps' forward
+// and backward only (training/trainer.h), not around its evaluation.
+bool is_training();
+class TrainingMode {
+ public:
+  explicit TrainingMode(bool training = true);  // TrainingMode(false): eval inside a training scope
+  ~TrainingMode();
+  TrainingMode(const TrainingMode&) = delete;
+  TrainingMode& operator=(const TrainingMode&) = delete;
+ private:
+  bool prev_;
+};
+
 // Gradient checkpointing: runs fn(inputs) without recording, keeps only the
 // inputs, and during backward re-runs fn with recording on to get the
-// gradients. The RNG position (runtime/rng.h) is restored for the re-run, so
+// gradients. The RNG position (runtime/rng.h) and the train/eval mode of the
+// forward are restored for the re-run (whatever mode backward() runs in), so
 // dropout masks are identical; gradients equal those of fn run directly.
 // Parameters that fn uses (captured leaves) receive their gradients as usual.
 Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs);

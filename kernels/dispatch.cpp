@@ -339,8 +339,8 @@ float linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& label
   if (labels.device() == Device::CPU) {
     const int32_t* y = labels.data<int32_t>();
     for (int64_t n = 0; n < N; ++n)
-      NQ_CHECK(y[n] == cpu::kIgnoreIndex || (y[n] >= 0 && y[n] < V), op, ": labels[", n, "] = ", y[n],
-               " out of range [0, ", V, ") and not -100");
+      NQ_CHECK(y[n] == kIgnoreIndex || (y[n] >= 0 && y[n] < V), op, ": labels[", n, "] = ", y[n],
+               " out of range [0, ", V, ") and not ", kIgnoreIndex);
   }
   if (grad_w && grad_w->defined())
     NQ_CHECK(grad_w->shape() == w.shape() && grad_w->dtype() == w.dtype(), op, ": grad_w ", grad_w->desc(),

@@ -24,6 +24,10 @@ class CudaStream;  // runtime/cuda_runtime.h
 
 namespace nq::kernels {
 
+// The label of a position the loss ignores (padding, prompts, a sample's last
+// token): PyTorch's / transformers' ignore_index, so HF labels need no remapping.
+constexpr int32_t kIgnoreIndex = -100;
+
 // ---- elementwise ---------------------------------------------------------
 void add_inplace(Tensor& dst, const Tensor& src);              // dst += src (same shape)
 Tensor add(const Tensor& a, const Tensor& b);                  // a + b
@@ -76,7 +80,7 @@ void attention_backward(const Tensor& grad_o, const Tensor& q, const Tensor& k, 
                         Tensor* grad_q, Tensor* grad_k, Tensor* grad_v);
 
 // ---- lm_head fused with cross-entropy, in row chunks ------------------------
-// h [N, D], w [V, D], labels [N] (-100 = ignored). loss = mean over counted rows
+// h [N, D], w [V, D], labels [N] (kIgnoreIndex = ignored). loss = mean over counted rows
 // of -log softmax(h w^T)[label]. Logits exist for `chunk_rows` rows at a time.
 // When grad_h / grad_w are given they receive d(loss)/dh, d(loss)/dw (grad_w
 // accumulated into, so a tied embedding can share it; an undefined *grad_w

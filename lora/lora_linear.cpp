@@ -54,7 +54,7 @@ static kernels::LoraParams bypass_params(const Tensor& xv, const LoraLinear& lay
   NQ_CHECK(layer.A.value().device() == xv.device(), "lora_linear: x is ", xv.desc(), " but the adapter is ",
            layer.A.value().desc(), " (move the model with to_device)");
   kernels::LoraParams lp;
-  lp.dropout = layer.dropout;
+  lp.dropout = is_training() ? layer.dropout : 0.0f;  // dropout in training only (autograd/var.h)
   lp.scale = layer.scaling;
   lp.seed = rng_state().seed;
   lp.offset = lp.dropout > 0.0f ? rng_reserve(uint64_t(xv.numel())) : 0;

@@ -44,7 +44,7 @@ struct LoraLinear {
   int64_t in = 0, out = 0;
   Var A, B;  // [r, in], [out, r]: the trainable parameters (f32 masters)
   float scaling = 1.0f;
-  float dropout = 0.0f;
+  float dropout = 0.0f;  // on x, in training mode only (is_training(), autograd/var.h)
 };
 
 // Makes the adapter for a base of shape [out, in]; `name` prefixes the

@@ -143,24 +143,23 @@ Var Decoder::hidden(const DecoderBatch& batch) const {
 Var Decoder::forward_loss(const DecoderBatch& batch) const {
   NQ_CHECK(batch.ids.defined(), "batch: ids is missing");
   check_batch_field(batch.labels, "labels", batch.ids.shape(), false);
-  const int64_t B = batch.ids.size(0), T = batch.ids.size(1);
+  const int64_t N = batch.ids.numel();
 
-  // HF shift: position t predicts labels[t+1]; the last position of a row predicts nothing.
+  // The labels are already shifted (see DecoderBatch); they must be targets the
+  // lm_head can score, and as many counted as the batch says.
   Tensor labels = host_i32(batch.labels);
   const int32_t* label = labels.data<int32_t>();
-  std::vector<int32_t> shifted(B * T);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t n = b * T + t;
-      shifted[n] = batch.labels_shifted ? label[n] : t + 1 < T ? label[n + 1] : -100;
-    }
-  for (int32_t l : shifted)
-    NQ_CHECK(l == -100 || (l >= 0 && l < config_.vocab_size), "batch: label ", l,
-             " is neither -100 nor a token id in [0, ", config_.vocab_size, ")");
+  int64_t counted = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    NQ_CHECK(label[n] == kernels::kIgnoreIndex || (label[n] >= 0 && label[n] < config_.vocab_size), "batch: label ",
+             label[n], " is neither ", kernels::kIgnoreIndex, " nor a token id in [0, ", config_.vocab_size, ")");
+    counted += label[n] != kernels::kIgnoreIndex;
+  }
+  NQ_CHECK(counted == batch.n_targets, "batch: n_targets is ", batch.n_targets, " but ", counted,
+           " labels are counted (make batches with training/batch.h's decoder_batch or hf_decoder_batch)");
 
   Var h = hidden(batch);  // [B*T, D]
-  return linear_cross_entropy(h, lm_head_, Tensor::from_ids(shifted, {B * T}).to(batch.ids.device()),
-                              options_.ce_chunk_rows);
+  return linear_cross_entropy(h, lm_head_, batch.labels.view({N}), options_.ce_chunk_rows);
 }
 
 Tensor Decoder::logits(const DecoderBatch& batch) const {

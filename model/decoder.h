@@ -27,13 +27,17 @@
 namespace nq {
 
 // A batch of B rows of T tokens (all i32, on the model's device).
+// Labels are shifted: labels[b, t] is the target of position t (the token at
+// t+1 when it is trained), kernels::kIgnoreIndex where there is none. They are
+// made once, with their count, where the batch is made (training/batch.h:
+// decoder_batch for the trainer's batches, hf_decoder_batch from labels in the
+// Hugging Face convention); the model never shifts.
 struct DecoderBatch {
-  Tensor ids;          // [B, T] token ids
-  Tensor labels;       // [B, T], -100 = not counted. HF convention (default): labels[t] is the
-                       // token at t and the loss shifts them (position t predicts labels[t+1]).
-  bool labels_shifted = false;  // true: labels[t] already is the target of position t (training/batch.h)
-  Tensor positions;    // [B, T] RoPE positions; undefined = 0..T-1 in every row
-  Tensor segment_ids;  // [B, T] packed rows: attention stays within a segment; undefined = one per row
+  Tensor ids;             // [B, T] token ids
+  Tensor labels;          // [B, T] shifted targets (forward_loss only)
+  int64_t n_targets = 0;  // labels != kIgnoreIndex: the loss's denominator (forward_loss checks it)
+  Tensor positions;       // [B, T] RoPE positions; undefined = 0..T-1 in every row
+  Tensor segment_ids;     // [B, T] packed rows: attention stays within a segment; undefined = one per row
 };
 
 struct DecoderOptions {
@@ -60,7 +64,7 @@ class Decoder {
   // config.json + safetensors from a HF model directory (model/weights.h).
   static Decoder load(const std::string& dir, DecoderOptions options = {});
 
-  // Mean next-token cross-entropy over counted labels -> [1].
+  // Mean cross-entropy over the counted (shifted) labels -> [1].
   Var forward_loss(const DecoderBatch& batch) const;
   // Full logits [B, T, V], computed under NoGrad (tests, eval).
   Tensor logits(const DecoderBatch& batch) const;

@@ -93,6 +93,7 @@ void KVCache::advance(const std::vector<int32_t>& ids) {
 
 Tensor forward_cached(const Decoder& model, const std::vector<int32_t>& ids, KVCache& cache) {
   NoGrad no_grad;
+  TrainingMode eval_mode(false);  // inference: no LoRA dropout, even if called while training
   const ModelConfig& c = model.config();
   const int64_t n = int64_t(ids.size());
   NQ_CHECK(n > 0, "forward_cached: no tokens");

@@ -5,7 +5,7 @@
 // The layers are the decoder's own (Decoder::layer_forward, so a LoRA inside
 // Linear is applied here too); only attention differs: KVCache::attend appends
 // the new k, v of a layer and attends the new queries over the whole cache.
-// Inference only (runs under NoGrad), one sequence, on the CPU.
+// Inference only (runs under NoGrad, in eval mode: no LoRA dropout), one sequence, on the CPU.
 //
 // A cache remembers which tokens it holds, so a chat can keep it across turns:
 // each turn's prompt (the whole conversation re-rendered) starts with the tokens

@@ -200,7 +200,7 @@ TEST_CASE("demo dataset end to end: packed batches train exactly on the assistan
         if (seg[i] != current) { flush(); current = seg[i]; }
         if (seg[i] < 0) break;
         tokens.push_back(ids[i]);
-        if (labels[i] != kIgnoreLabel) targets.push_back(labels[i]);
+        if (labels[i] != kernels::kIgnoreIndex) targets.push_back(labels[i]);
       }
       flush();
     }

@@ -22,6 +22,7 @@
 #include "model/adapters.h"
 #include "quant/nf4.h"
 #include "model/decoder.h"
+#include "training/batch.h"
 #include "model/device.h"
 #include "training/memory_plan.h"
 #include "optim/adamw.h"
@@ -79,10 +80,8 @@ DecoderBatch tiny_batch(const ModelConfig& c, int64_t B, int64_t T, Device devic
     s = s * 1664525u + 1013904223u;
     id = int32_t((s >> 8) % uint32_t(c.vocab_size));
   }
-  DecoderBatch b;
-  b.ids = Tensor::from_ids(ids, {B, T}).to(device);
-  b.labels = b.ids;
-  return b;
+  const Tensor host_ids = Tensor::from_ids(ids, {B, T});
+  return hf_decoder_batch(host_ids, host_ids, device);  // labels = ids, HF convention
 }
 
 }  // namespace

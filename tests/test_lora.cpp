@@ -101,6 +101,7 @@ TEST_CASE("lora: forward and dX, dA, dB against a naive reference and finite dif
       CAPTURE(use_nf4);
       CAPTURE(p);
       rng_seed(11);
+      TrainingMode training;  // dropout applies in training mode only
       LoraConfig cfg{r, 8.0f, p, false};
       LoraLinear l = make_lora_linear(out, in, cfg, "q");
       // The op over either base: the layer (model/linear.h) owns the base, the adapter does not.

@@ -59,14 +59,18 @@ std::vector<int32_t> ids_of(const Tensor& t) {
   return std::vector<int32_t>(p, p + t.numel());
 }
 
-DecoderBatch batch_of(Tensor ids, Tensor labels = Tensor()) {
+// ids only (logits), or with labels as the DecoderBatch carries them (already shifted).
+DecoderBatch batch_of(Tensor ids, Tensor shifted_labels = Tensor(), int64_t n_targets = 0) {
   DecoderBatch b;
   b.ids = std::move(ids);
-  b.labels = std::move(labels);
+  b.labels = std::move(shifted_labels);
+  b.n_targets = n_targets;
   return b;
 }
-// The reference batch: labels = ids (shifted inside, as HF does).
-DecoderBatch reference_batch(const SafetensorsFile& ref) { return batch_of(ref.get("input_ids"), ref.get("input_ids")); }
+// The reference batch: HF labels = ids (transformers shifts them inside; we shift once, here).
+DecoderBatch reference_batch(const SafetensorsFile& ref) {
+  return hf_decoder_batch(ref.get("input_ids"), ref.get("input_ids"));
+}
 
 // Loss and every parameter's gradient, by HF name.
 std::map<std::string, Tensor> loss_and_grads(const Decoder& model, const DecoderBatch& batch, float* loss) {
@@ -122,17 +126,23 @@ TEST_CASE("decoder logits and loss match transformers") {
             std::fabs(loss - want) / want);
 
     // Right-padded row, labels -100 on the padding: only counted tokens contribute.
-    DecoderBatch padded = batch_of(ref.get("padded_ids"), ref.get("padded_labels"));
+    DecoderBatch padded = hf_decoder_batch(ref.get("padded_ids"), ref.get("padded_labels"));
     float padded_loss = model.forward_loss(padded).value().to_vector()[0];
     float padded_want = ref.get("padded_loss").to_vector()[0];
     CHECK(std::fabs(padded_loss - padded_want) / padded_want <= 1e-5);
 
-    // The same targets given already shifted (the training/batch.h convention).
+    // hf_decoder_batch's shift and count are the HF shift written out: position t's
+    // target is label t+1, none at the end of a row.
     std::vector<int32_t> labels = ids_of(ref.get("padded_labels")), targets(labels.size());
     const int64_t T = ref.entry("padded_labels").shape[1];
-    for (size_t n = 0; n < labels.size(); ++n) targets[n] = (n + 1) % T ? labels[n + 1] : -100;
-    DecoderBatch shifted = batch_of(ref.get("padded_ids"), Tensor::from_ids(targets, {2, T}));
-    shifted.labels_shifted = true;
+    int64_t counted = 0;
+    for (size_t n = 0; n < labels.size(); ++n) {
+      targets[n] = (n + 1) % T ? labels[n + 1] : kernels::kIgnoreIndex;
+      counted += targets[n] != kernels::kIgnoreIndex;
+    }
+    CHECK(ids_of(padded.labels) == targets);
+    CHECK(padded.n_targets == counted);
+    DecoderBatch shifted = batch_of(ref.get("padded_ids"), Tensor::from_ids(targets, {2, T}), counted);
     CHECK(model.forward_loss(shifted).value().to_vector()[0] == padded_loss);
   }
 }
@@ -175,6 +185,12 @@ TEST_CASE("decoder: bad batches are clear errors") {
                        "batch: labels must be [2, 3] like ids, got i32[1, 3] cpu", Error);
   CHECK_THROWS_WITH_AS(model.forward_loss(batch_of(ids, Tensor::from_ids({1, 2, 3, 4, -5, 6}, {2, 3}))),
                        "batch: label -5 is neither -100 nor a token id in [0, 256)", Error);
+  // A count that disagrees with the labels (e.g. a hand-made batch that forgot it).
+  CHECK_THROWS_WITH_AS(model.forward_loss(batch_of(ids, Tensor::from_ids({1, 2, -100, 4, 5, -100}, {2, 3}))),
+                       "batch: n_targets is 0 but 4 labels are counted (make batches with training/batch.h's "
+                       "decoder_batch or hf_decoder_batch)",
+                       Error);
+  CHECK_NOTHROW(model.forward_loss(batch_of(ids, Tensor::from_ids({1, 2, -100, 4, 5, -100}, {2, 3}), 4)));
   DecoderBatch b = batch_of(ids);
   b.positions = Tensor::from_ids({0, 1, 2}, {1, 3});
   CHECK_THROWS_WITH_AS(model.logits(b), "batch: positions must be [2, 3] like ids, got i32[1, 3] cpu", Error);
@@ -329,12 +345,7 @@ TEST_CASE("trainer batches (training/batch.h): packed and padded rows give the s
   Sample b{{ids.begin() + 6, ids.begin() + 17}, {0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}};
   Sample c{{ids.begin() + 17, ids.begin() + 26}, std::vector<uint8_t>(9, 1)};
   auto run = [&](const nq::Batch& tb) {
-    DecoderBatch db;  // the trainer's flat [B*T] tensors, its labels already shifted
-    db.ids = tb.input_ids.view({tb.B, tb.T});
-    db.labels = tb.labels.view({tb.B, tb.T});
-    db.labels_shifted = true;
-    db.positions = tb.positions.view({tb.B, tb.T});
-    db.segment_ids = tb.segment_ids.view({tb.B, tb.T});
+    DecoderBatch db = decoder_batch(tb, Device::CPU);  // the trainer's batch: labels shifted, counted
     float loss = 0;
     auto grads = loss_and_grads(model, db, &loss);
     return std::make_pair(loss, grads);

@@ -107,9 +107,8 @@ TEST_CASE("random checkpoint: transformers' config in, bitsandbytes dequantizes 
   }
   CHECK(compared == 2);
 
-  DecoderBatch batch;
-  batch.ids = bnb.get("input_ids").clone();
-  batch.labels = batch.ids;
+  const Tensor ids = bnb.get("input_ids").clone();
+  DecoderBatch batch = hf_decoder_batch(ids, ids);  // labels = ids, as transformers was given
   const double ours = model.forward_loss(batch).value().to_vector()[0];
   const double theirs = bnb.get("loss").to_vector()[0];
   MESSAGE("loss: ours ", ours, ", transformers ", theirs);

@@ -105,11 +105,7 @@ TEST_CASE("trainer: 20 QLoRA steps match transformers + bitsandbytes + PEFT + to
     const int64_t step = want["step"];
     std::vector<DecoderBatch> micro;
     for (int64_t m = (step - 1) * accum; m < step * accum; ++m) {
-      DecoderBatch b;
-      b.ids = ids.slice(m, m + 1).view({B, T});
-      b.labels = shift_hf_labels(labels.slice(m, m + 1), B, T).view({B, T});
-      b.labels_shifted = true;
-      micro.push_back(b);
+      micro.push_back(hf_decoder_batch(ids.slice(m, m + 1).view({B, T}), labels.slice(m, m + 1)));
     }
     const double lr = schedule.lr(step - 1);
     CHECK(rel_diff(lr, want["lr"]) <= 1e-12);
@@ -142,10 +138,7 @@ TEST_CASE("trainer: a non-finite loss stops with an error naming the step, param
   a.data<float>()[0] = NAN;
   const Tensor b_before = model.linears()[0]->lora().B.value().clone();
   SafetensorsFile batches = SafetensorsFile::open(kQlora + "batches.safetensors");
-  DecoderBatch b;
-  b.ids = batches.get("input_ids").slice(0, 1).view({2, 16});
-  b.labels = shift_hf_labels(batches.get("labels").slice(0, 1), 2, 16).view({2, 16});
-  b.labels_shifted = true;
+  DecoderBatch b = hf_decoder_batch(batches.get("input_ids").slice(0, 1).view({2, 16}), batches.get("labels").slice(0, 1));
   CHECK_THROWS_WITH_AS(train_step(model, optimizer, {b}, 1e-3, 1.0, 17), doctest::Contains("step 17: loss is nan"),
                        Error);
   CHECK(rel_l2(model.linears()[0]->lora().B.value(), b_before) == 0.0);
@@ -456,9 +449,8 @@ GPU_TEST(cuda_matches_cpu_and_writes_a_loadable_adapter) {
     }
   }
   CHECK(b_norm > 0);  // B started at zero: the run trained it
-  DecoderBatch batch;
-  batch.ids = Tensor::from_ids({1, 2, 3, 4, 5, 6}, {1, 6}).to(Device::CUDA);
-  batch.labels = batch.ids;
+  const Tensor ids = Tensor::from_ids({1, 2, 3, 4, 5, 6}, {1, 6});
+  DecoderBatch batch = hf_decoder_batch(ids, ids, Device::CUDA);
   CHECK(std::isfinite(model.forward_loss(batch).value().to_vector()[0]));
 }
 

@@ -11,7 +11,7 @@ namespace nq {
 
 std::vector<int32_t> shifted_labels(const Sample& s) {
   const int64_t n = int64_t(s.ids.size());
-  std::vector<int32_t> labels(size_t(n), kIgnoreLabel);
+  std::vector<int32_t> labels(size_t(n), kernels::kIgnoreIndex);
   for (int64_t t = 0; t + 1 < n; ++t)
     if (s.trained[size_t(t + 1)]) labels[size_t(t)] = s.ids[size_t(t + 1)];
   return labels;
@@ -21,7 +21,7 @@ Tensor shift_hf_labels(const Tensor& hf_labels, int64_t B, int64_t T) {
   NQ_CHECK(hf_labels.dtype() == DType::I32 && hf_labels.device() == Device::CPU && hf_labels.numel() == B * T,
            "shift_hf_labels: labels are ", hf_labels.desc(), ", expected i32 cpu with ", B, " x ", T, " elements");
   const int32_t* in = hf_labels.data<int32_t>();
-  std::vector<int32_t> out(size_t(B * T), kIgnoreLabel);
+  std::vector<int32_t> out(size_t(B * T), kernels::kIgnoreIndex);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t + 1 < T; ++t) out[size_t(b * T + t)] = in[b * T + t + 1];
   return Tensor::from_ids(out, Shape{B * T});
@@ -32,7 +32,7 @@ Batch make_batch(const std::vector<std::vector<const Sample*>>& rows, int64_t T,
   Batch b;
   b.B = int64_t(rows.size());
   b.T = T;
-  std::vector<int32_t> ids(size_t(b.B * T), pad_id), labels(size_t(b.B * T), kIgnoreLabel),
+  std::vector<int32_t> ids(size_t(b.B * T), pad_id), labels(size_t(b.B * T), kernels::kIgnoreIndex),
       positions(size_t(b.B * T), 0), segments(size_t(b.B * T), -1);
   for (int64_t r = 0; r < b.B; ++r) {
     int64_t t = r * T;  // next free slot of the row
@@ -47,7 +47,7 @@ Batch make_batch(const std::vector<std::vector<const Sample*>>& rows, int64_t T,
         labels[size_t(t + i)] = sample_labels[size_t(i)];
         positions[size_t(t + i)] = int32_t(i);
         segments[size_t(t + i)] = int32_t(k);
-        if (sample_labels[size_t(i)] != kIgnoreLabel) ++b.n_targets;
+        if (sample_labels[size_t(i)] != kernels::kIgnoreIndex) ++b.n_targets;
       }
       t += n;
       b.n_tokens += n;
@@ -166,9 +166,22 @@ DecoderBatch decoder_batch(const Batch& b, Device device) {
   DecoderBatch d;
   d.ids = b.input_ids.view({b.B, b.T}).to(device);
   d.labels = b.labels.view({b.B, b.T}).to(device);
-  d.labels_shifted = true;
+  d.n_targets = b.n_targets;
   d.positions = b.positions.view({b.B, b.T}).to(device);
   d.segment_ids = b.segment_ids.view({b.B, b.T}).to(device);
+  return d;
+}
+
+DecoderBatch hf_decoder_batch(const Tensor& ids, const Tensor& hf_labels, Device device) {
+  NQ_CHECK(ids.dtype() == DType::I32 && ids.ndim() == 2 && ids.device() == Device::CPU,
+           "hf_decoder_batch: ids are ", ids.desc(), ", expected i32 [B, T] on the cpu");
+  const int64_t B = ids.size(0), T = ids.size(1);
+  DecoderBatch d;
+  d.ids = ids.to(device);
+  const Tensor labels = shift_hf_labels(hf_labels, B, T);  // [B*T] on the cpu
+  const int32_t* l = labels.data<int32_t>();
+  for (int64_t n = 0; n < B * T; ++n) d.n_targets += l[n] != kernels::kIgnoreIndex;
+  d.labels = labels.view({B, T}).to(device);
   return d;
 }
 

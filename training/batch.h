@@ -4,8 +4,8 @@
 // Labels. The model reads input_ids[t] and its output at t predicts the next
 // token, so the label stored at t is already that target:
 //   labels[t] = ids[t+1]   if t+1 is in the same sample and trained[t+1] = 1
-//   labels[t] = -100       otherwise (ignored by the loss)
-// The last token of a sample has label -100: in a packed row it must not learn
+//   labels[t] = kernels::kIgnoreIndex (-100) otherwise (ignored by the loss)
+// The last token of a sample has no target: in a packed row it must not learn
 // to predict the first token of the next, unrelated sample.
 //
 // Padding: one sample per row, rows right-padded with pad_id to the longest
@@ -18,13 +18,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "model/decoder.h"
 #include "runtime/tensor.h"
 #include "training/data.h"
 
 namespace nq {
-
-constexpr int32_t kIgnoreLabel = -100;
 
 struct Batch {
   int64_t B = 0, T = 0;
@@ -34,15 +33,15 @@ struct Batch {
   Tensor segment_ids;  // i32 [B*T]
   int64_t n_samples = 0;
   int64_t n_tokens = 0;   // non-padding tokens
-  int64_t n_targets = 0;  // labels != -100 (the loss denominator)
+  int64_t n_targets = 0;  // labels != kIgnoreIndex (the loss denominator)
 };
 
 // Labels of one sample, shifted (see above): [ids.size()].
 std::vector<int32_t> shifted_labels(const Sample& s);
 
-// Converts labels in the Hugging Face convention (labels[t] = ids[t] or -100,
-// the model shifts) to ours: out[b, t] = hf[b, t+1], out[b, T-1] = -100.
-// hf_labels: i32 [B*T] or [B, T].
+// Converts labels in the Hugging Face convention (labels[t] = ids[t] or
+// kIgnoreIndex, the model shifts) to ours: out[b, t] = hf[b, t+1],
+// out[b, T-1] = kIgnoreIndex. hf_labels: i32 [B*T] or [B, T] on the cpu -> [B*T].
 Tensor shift_hf_labels(const Tensor& hf_labels, int64_t B, int64_t T);
 
 // rows[r] = the samples packed into row r (one each when padding). T = row
@@ -50,9 +49,15 @@ Tensor shift_hf_labels(const Tensor& hf_labels, int64_t B, int64_t T);
 Batch make_batch(const std::vector<std::vector<const Sample*>>& rows, int64_t T, int32_t pad_id);
 
 // A batch as the decoder takes it, on `device`: [B, T] tensors (views on the
-// cpu, copies on cuda), labels already shifted. Every batch the trainer and
-// the eval run goes through here.
+// cpu, copies on cuda), labels already shifted, n_targets = b.n_targets. Every
+// batch the trainer and the eval run goes through here.
 DecoderBatch decoder_batch(const Batch& b, Device device);
+
+// A DecoderBatch from ids [B, T] and labels [B, T] in the Hugging Face
+// convention (both i32 on the cpu): the labels shifted by shift_hf_labels and
+// counted here, every tensor then moved to `device`. The one way to feed
+// transformers-style (input_ids, labels) to Decoder::forward_loss.
+DecoderBatch hf_decoder_batch(const Tensor& ids, const Tensor& hf_labels, Device device = Device::CPU);
 
 // ---- ordering -------------------------------------------------------------
 // Fisher-Yates shuffle of 0..n-1 driven by Philox (seed, epoch): the same

@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
-#include <utility>
 
 #include "autograd/var.h"
 #include "model/adapters.h"
@@ -24,21 +23,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// LoRA dropout off for a scope (evaluation), restored after.
-class DropoutOff {
- public:
-  explicit DropoutOff(Decoder& model) {
-    for (Linear* l : model.linears())
-      if (l->has_lora()) saved_.emplace_back(&l->lora(), std::exchange(l->lora().dropout, 0.0f));
-  }
-  ~DropoutOff() {
-    for (auto& [lora, p] : saved_) lora->dropout = p;
-  }
-
- private:
-  std::vector<std::pair<LoraLinear*, float>> saved_;
-};
-
 }  // namespace
 
 EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
@@ -47,7 +31,7 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
   opt.shuffle = false;
   DataLoader loader(samples, subset, opt);
   const Device device = model_device(model);
-  DropoutOff no_dropout(model);
+  TrainingMode eval_mode(false);  // eval mode even when called from the trainer: no LoRA dropout
   NoGrad no_grad;
   double sum = 0;  // Σ -log p over the counted targets
   EvalProgress p;

@@ -40,8 +40,9 @@ struct EvalProgress {
 };
 
 // One pass over `subset` of `samples` in file order (options.shuffle is
-// ignored), on the model's device, without gradients and with LoRA dropout off
-// (as model.eval() in PyTorch); consumes no random numbers.
+// ignored), on the model's device, without gradients and in eval mode (no LoRA
+// dropout: TrainingMode(false), autograd/var.h, as model.eval() in PyTorch)
+// whatever mode the caller is in; consumes no random numbers.
 EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, const std::vector<int64_t>& subset,
                           const LoaderOptions& options,
                           const std::function<void(const EvalProgress&)>& on_batch = nullptr);

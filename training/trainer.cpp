@@ -59,27 +59,19 @@ std::unique_ptr<Optimizer> make_optimizer(const std::vector<Var>& params, const 
 
 void request_stop() { g_stop_requested.store(true); }
 
-int64_t count_targets(const DecoderBatch& batch) {
-  NQ_CHECK(batch.labels_shifted, "count_targets: labels must be shifted (training/batch.h convention)");
-  Tensor labels = batch.labels.to(Device::CPU);  // a copy when the batch is on the GPU
-  const int32_t* l = labels.data<int32_t>();
-  int64_t n = 0;
-  for (int64_t i = 0; i < labels.numel(); ++i) n += l[i] != kIgnoreLabel;
-  return n;
-}
-
 StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vector<DecoderBatch>& micro, double lr,
                       double max_grad_norm, int64_t step) {
-  std::vector<int64_t> targets;
   StepResult r;
-  for (const DecoderBatch& b : micro) r.targets += targets.emplace_back(count_targets(b));
+  for (const DecoderBatch& b : micro) r.targets += b.n_targets;
   NQ_CHECK(r.targets > 0, "step ", step, ": no counted targets in the ", micro.size(), " micro-batches");
+  TrainingMode training;  // LoRA dropout on, for the forwards and the backwards (checkpoint re-runs)
 
   // L = sum over the window's targets of CE / N. Micro-batch i contributes its
   // mean l_i times n_i / N; backward of that scaled loss adds its share of dL.
   for (size_t i = 0; i < micro.size(); ++i) {
-    if (targets[i] == 0) continue;  // all padding: contributes nothing
-    const double scale = micro_batch_loss_scale(AccumulationNorm::Tokens, targets[i], r.targets, int64_t(micro.size()));
+    if (micro[i].n_targets == 0) continue;  // all padding: contributes nothing
+    const double scale =
+        micro_batch_loss_scale(AccumulationNorm::Tokens, micro[i].n_targets, r.targets, int64_t(micro.size()));
     Var loss = model.forward_loss(micro[i]);  // [1] f32 on the model's device, mean over its targets
     const double li = loss.value().to_vector()[0];  // read on the host
     NQ_CHECK(std::isfinite(li), "step ", step, ": loss is ", li, " (micro-batch ", i + 1, " of ", micro.size(),

@@ -28,17 +28,15 @@
 
 namespace nq {
 
-// Counted targets (labels != -100) of a batch whose labels are shifted.
-int64_t count_targets(const DecoderBatch& batch);
-
 struct StepResult {
   double loss = 0;       // sum of token CEs over the window / counted targets
   double grad_norm = 0;  // global L2 norm before clipping
   int64_t targets = 0;   // counted targets of the window
 };
 
-// One optimizer step over the micro-batches (labels_shifted = true, on the
-// model's device): scaled backward of each, the gradient norm, the optimizer
+// One optimizer step over the micro-batches (on the model's device, each with
+// its n_targets): in training mode (TrainingMode, autograd/var.h: LoRA dropout
+// on), scaled backward of each, the gradient norm, the optimizer
 // step with `lr` and the clipping factor for max_grad_norm (0: no clipping),
 // zero the gradients. A non-finite loss or gradient norm throws before the
 // parameters change, naming `step`.

@@ -1,5 +1,5 @@
 // lm_head fused with cross-entropy, chunked over rows (the Liger-Kernel idea).
-// For row n with label y != -100, logits z = w h_n (V values):
+// For row n with label y != kIgnoreIndex (-100), logits z = w h_n (V values):
 //   loss_n = logsumexp(z) - z_y,   dloss_n/dz = softmax(z) - onehot(y)
 // loss = mean over counted rows. Per chunk of rows the [chunk, V] logits are
 // computed, turned into d(loss)/dz in place, and immediately pushed through the
@@ -7,11 +7,13 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/kernels.h"  // kIgnoreIndex
+
 namespace nq::cpu {
 
-constexpr int32_t kIgnoreIndex = -100;
+using kernels::kIgnoreIndex;
 
-// h [N, D], w [V, D], labels [N] (each in [0, V) or -100) -> mean loss (0 when no
+// h [N, D], w [V, D], labels [N] (each in [0, V) or kIgnoreIndex) -> mean loss (0 when no
 // row counts). grad_h [N, D] is written, grad_w [V, D] accumulated into; both
 // may be null (no gradient). *count = number of counted rows. `logits` is the
 // caller's workspace of min(chunk_rows, N) * V elements.

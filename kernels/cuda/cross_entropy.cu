@@ -1,6 +1,6 @@
 // lm_head fused with cross-entropy, in row chunks, so the [N, V] logits never
 // exist at once (V = 151936 for Qwen3: 16k tokens x V in f32 would be 10 GB).
-// h [N, D], w [V, D] (both f32 or both bf16), labels [N] i32 (-100 = ignored).
+// h [N, D], w [V, D] (both f32 or both bf16), labels [N] i32 (kIgnoreIndex = ignored).
 // For each chunk of R = chunk_rows rows:
 //   1. logits [R, V] f32 = h_c w^T                     (cuBLASLt, fp32 accumulate)
 //   2. one block per row: lse = log sum_j exp(logit_j) in one pass with a
@@ -19,10 +19,9 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/kernels.h"  // kIgnoreIndex
 
 namespace nq::kernels::cuda {
-
-constexpr int32_t kIgnoreIndex = -100;
 
 // Running (max, sum of exp(z - max)) pairs, merged: the softmax denominator in one pass.
 struct MaxSum {
