@@ -41,10 +41,16 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return a.defined() && b.defined() && a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
-// A dense-base LoRA layer [out 12, in 10], r 4, with a non-zero B.
+// The dense base W [out 12, in 10] of the layer below (the Linear's one copy).
+const Tensor& dense_base() {
+  static const Tensor w = uniform({12, 10}, 0.3f, 1);
+  return w;
+}
+
+// A LoRA adapter for dense_base(), r 4, with a non-zero B.
 LoraLinear layer_with_dropout(float p) {
   rng_seed(5);
-  LoraLinear l = make_lora_linear(uniform({12, 10}, 0.3f, 1), LoraConfig{4, 8.0f, p, false}, "q");
+  LoraLinear l = make_lora_linear(12, 10, LoraConfig{4, 8.0f, p, false}, "q");
   l.B.set_value(uniform({12, 4}, 0.5f, 2));
   return l;
 }
@@ -70,17 +76,17 @@ TEST_CASE("mode: LoRA dropout applies in training only; eval mode draws no rando
   const Var x(uniform({6, 10}, 1.0f, 3));
   rng_seed(9);
   const RngState before = rng_state();
-  const Tensor eval_y = lora_linear(x, dropped).value();
+  const Tensor eval_y = lora_linear(x, dense_base(), dropped).value();
   CHECK(rng_state().offset == before.offset);  // no mask reserved
-  CHECK(same_bits(eval_y, lora_linear(x, plain).value()));
+  CHECK(same_bits(eval_y, lora_linear(x, dense_base(), plain).value()));
   {
     TrainingMode training;
     rng_state() = before;
-    const Tensor train_y = lora_linear(x, dropped).value();
+    const Tensor train_y = lora_linear(x, dense_base(), dropped).value();
     CHECK(rng_state().offset > before.offset);  // the mask's range
     CHECK_FALSE(same_bits(train_y, eval_y));
     rng_state() = before;
-    CHECK(same_bits(lora_linear(x, plain).value(), eval_y));  // p = 0: training changes nothing
+    CHECK(same_bits(lora_linear(x, dense_base(), plain).value(), eval_y));  // p = 0: training changes nothing
   }
 }
 
@@ -95,7 +101,7 @@ TEST_CASE("mode: checkpoint() re-runs in the forward's mode, so a backward outsi
     Var y;
     {
       TrainingMode training;
-      auto fn = [&](const std::vector<Var>& in) { return lora_linear(in[0], l); };
+      auto fn = [&](const std::vector<Var>& in) { return lora_linear(in[0], dense_base(), l); };
       y = use_checkpoint ? checkpoint(fn, {x}) : fn({x});
     }
     backward(y, R);  // in eval mode: the re-run must still drop what the forward dropped
@@ -109,7 +115,7 @@ TEST_CASE("mode: checkpoint() re-runs in the forward's mode, so a backward outsi
   // And the masks matter: without dropout dA differs.
   const LoraLinear no_dropout = layer_with_dropout(0.0f);
   Var x(xv.clone(), true);
-  backward(lora_linear(x, no_dropout), R);
+  backward(lora_linear(x, dense_base(), no_dropout), R);
   CHECK_FALSE(same_bits(no_dropout.A.grad(), direct[1]));
 }
 

@@ -42,7 +42,7 @@ void register_cross_entropy(std::vector<Op>& ops) {
   // gradient a tied embedding leaves in grad_w (accumulate)
   op.inputs = [](const Dims& d, uint64_t seed) {
     Tensor labels = random_ints({d.tokens}, seed + 2, 0, int32_t(d.vocab));
-    for (int64_t n = 1; n < d.tokens; n += 3) labels.data<int32_t>()[n] = cpu::kIgnoreIndex;
+    for (int64_t n = 1; n < d.tokens; n += 3) labels.data<int32_t>()[n] = kIgnoreIndex;
     std::vector<Input> in{{random_normal({d.tokens, d.hidden}, seed)},
                           {random_normal({d.vocab, d.hidden}, seed + 1, 0.5f)},
                           {labels, false}};
@@ -79,9 +79,9 @@ void register_cross_entropy(std::vector<Op>& ops) {
     std::vector<double> h = doubles(in[0]), w = doubles(in[1]), gh(N * D, 0), gw(V * D, 0);
     std::vector<int32_t> labels = ints(in[2]);
     double count = 0, loss = 0;
-    for (int32_t y : labels) count += y != cpu::kIgnoreIndex;
+    for (int32_t y : labels) count += y != kIgnoreIndex;
     for (int64_t n = 0; n < N; ++n) {
-      if (labels[n] == cpu::kIgnoreIndex) continue;
+      if (labels[n] == kIgnoreIndex) continue;
       std::vector<double> z(V, 0.0);
       for (int64_t c = 0; c < V; ++c)
         for (int64_t j = 0; j < D; ++j) z[c] += h[n * D + j] * w[c * D + j];
