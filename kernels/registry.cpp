@@ -272,23 +272,9 @@ namespace {
 
 struct Timer {
   Device device;
+  // GPU: CUDA events around the call (runtime/cuda_runtime.h); CPU: the wall clock.
   double seconds(const std::function<void()>& fn) const {
-#ifdef NQ_CUDA
-    if (device == Device::CUDA) {
-      cudaEvent_t start, stop;
-      CUDA_CHECK(cudaEventCreate(&start));
-      CUDA_CHECK(cudaEventCreate(&stop));
-      CUDA_CHECK(cudaEventRecord(start));
-      fn();
-      CUDA_CHECK(cudaEventRecord(stop));
-      CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      CUDA_CHECK(cudaEventDestroy(start));
-      CUDA_CHECK(cudaEventDestroy(stop));
-      return ms * 1e-3;
-    }
-#endif
+    if (device == Device::CUDA) return cuda_time_seconds(fn);
     auto t0 = std::chrono::steady_clock::now();
     fn();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -23,6 +23,7 @@
 // outputs written once), TFLOP/s, and on the GPU the fraction of the copy
 // bandwidth (cudaMemcpy device-to-device, measured at start) for memory-bound
 // ops, or of cuBLASLt's bf16 GEMM rate on the op's GEMM shape for matmul-like ops.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -101,12 +102,14 @@ void usage() {
 }
 
 void list() {
+  int width = 0;  // the longest name, "_bwd" included: the columns line up
+  for (const reg::Op& op : reg::ops()) width = std::max(width, int(op.name.size()) + (op.backward ? 4 : 0));
   for (const reg::Op& op : reg::ops()) {
     std::string flags, devices;
     for (const std::string& d : op.dims) flags += str(flags.empty() ? "" : " ", "--", d);
     for (const std::string& d : reg::devices(op)) devices += str(devices.empty() ? "" : ",", d);
-    std::printf("%-18s %-44s %s\n", op.name.c_str(), flags.c_str(), devices.c_str());
-    if (op.backward) std::printf("%-18s %-44s %s\n", (op.name + "_bwd").c_str(), flags.c_str(), devices.c_str());
+    std::printf("%-*s %-44s %s\n", width, op.name.c_str(), flags.c_str(), devices.c_str());
+    if (op.backward) std::printf("%-*s %-44s %s\n", width, (op.name + "_bwd").c_str(), flags.c_str(), devices.c_str());
   }
 }
 
