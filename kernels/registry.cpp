@@ -10,6 +10,7 @@
 
 #include "kernels/ops/ops.h"
 #include "runtime/cuda_compare.h"
+#include "runtime/cuda_runtime.h"
 #include "runtime/device_copy.h"
 
 #ifdef NQ_CUDA
