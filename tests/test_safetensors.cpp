@@ -1,4 +1,4 @@
-// runtime/safetensors: round trip of every dtype through our writer, files
+// formats/safetensors: round trip of every dtype through our writer, files
 // written by the real `safetensors` library (single file + sharded index), and
 // every corruption the reader must refuse with a message naming file and tensor.
 #include <doctest/doctest.h>
