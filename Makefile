@@ -94,6 +94,12 @@ PROG_SRCS := $(wildcard tools/*.cpp)
 # The emulated build's programs go to build/emu/, never over the real ones in the root.
 PROGS     := $(patsubst tools/%.cpp,$(if $(filter emu,$(CUDA)),$(BUILD)/)%,$(PROG_SRCS))
 TEST_SRCS := $(wildcard tests/*.cpp)
+# The emulated build's test binary holds only the suites with GPU tests (NQ_GPU_TEST or
+# "cuda..." cases) and main.cpp: the CPU suites run in the native build, and compiling
+# them a second time for the emulator would cost minutes of every make test.
+ifeq ($(CUDA),emu)
+  TEST_SRCS := tests/main.cpp $(shell grep -lE 'NQ_GPU_TEST|TEST_CASE.{2}cuda' tests/*.cpp)
+endif
 TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
 # The real Qwen3 tokenizer and the tokenizer corpus, unpacked from tests/fixtures.
 TEST_DATA := build/fixtures/qwen3-tokenizer/tokenizer.json build/fixtures/qwen3-tokenizer/tokenizer_config.json \
@@ -135,8 +141,8 @@ $(PROGS): %: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
 	$(CXX) $^ -o $@ $(LDLIBS)
 endif
 
-# The programs too (order-only): tests/test_programs.cpp runs them.
-$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA) $(PROGS)
+# The native suite runs the programs (tests/test_programs.cpp): they are built first (order-only).
+$(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA) $(if $(filter emu,$(CUDA)),,$(PROGS))
 	$(CXX) $^ -o $@ $(LDLIBS)
 
 # Test data committed compressed (xz), unpacked under build/fixtures (TEST_DATA) before tests run.

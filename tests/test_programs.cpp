@@ -101,6 +101,8 @@ std::vector<ProgramFlags> program_flags() {
       {"inspect", {"plan"}, {"preset", "model", "seq", "batch", "r", "targets", "device", "no-quant",
                              "no-grad-checkpoint", "ce-chunk", "fit-gb", "json"}, "./inspect plan --help"},
       {"demo", {}, {"steps", "lr", "seed", "checkpoint"}, "--help"},
+      {"bench", {}, {"device", "shapes", "iters", "csv", "n", "m", "k", "tokens", "hidden", "vocab", "heads",
+                     "kv-heads", "head-dim"}, "--help"},
   };
 }
 
@@ -153,6 +155,12 @@ TEST_CASE("programs: a missing value, a bad number and a bad choice are one line
   check_one_line_error("inspect", {}, "give a FILE (see --help)");
   check_one_line_error("demo", {"--steps"}, "--steps needs a value (see --help)");
   check_one_line_error("demo", {"--lr", "x"}, "--lr: expected a number, got 'x'");
+  check_one_line_error("bench", {"rmsnorm", "--tokens"}, "--tokens needs a value (see --help)");
+  check_one_line_error("bench", {"rmsnorm", "--tokens", "x"}, "--tokens: expected an integer, got 'x'");
+  check_one_line_error("bench", {"rmsnorm", "--tokens", "0"}, "--tokens: expected a positive integer, got 0");
+  check_one_line_error("bench", {"rmsnorm", "--device", "gpu"}, "--device must be auto, cpu or cuda, got 'gpu'");
+  check_one_line_error("bench", {"nope"}, "unknown op 'nope' (./bench list shows them)");
+  check_one_line_error("bench", {"add", "mul"}, "one OP only (got add and mul)");
 }
 
 TEST_CASE("programs: ./inspect plan plans ./train's defaults on the device auto picks; cuda needs no GPU") {

@@ -2,8 +2,9 @@
 // model's shapes, on the CPU or the GPU, after checking it against the CPU reference.
 //
 //   ./bench list
-//   ./bench OP [--device cpu|cuda] [shape options] [--iters N] [--csv]
-//   ./bench all [--shapes small|qwen3-0.6b|qwen3-8b|...] [--device cpu|cuda] [--csv]
+//   ./bench OP [--device auto|cpu|cuda] [shape options] [--iters N] [--csv]
+//   ./bench all [--shapes small|qwen3-0.6b|qwen3-8b|...] [--device auto|cpu|cuda] [--csv]
+//   (flags: one table, training/flags.h; the shape flags are the registry's dims)
 //
 // The ops, their shape options, inputs, costs and model shapes are the registry's
 // (kernels/ops/*.cpp); an op with a backward is also OP_bwd (the backward alone,
@@ -26,14 +27,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <map>
 #include <string>
 #include <vector>
 
 #include "kernels/registry.h"
 #include "model/config.h"
+#include "model/device.h"
 #include "runtime/device_copy.h"
+#include "tools/cli.h"
+#include "training/flags.h"
 
 using namespace nq;
 namespace reg = nq::kernels::registry;
@@ -81,26 +83,6 @@ void print_row(const reg::PerfRow& r, bool csv) {
   std::fflush(stdout);
 }
 
-std::string flag_list() {
-  std::string out;
-  for (const auto& [name, member] : reg::dim_fields()) out += str(out.empty() ? "" : " ", "--", name);
-  return out;
-}
-
-void usage() {
-  std::printf(
-      "usage: ./bench list\n"
-      "       ./bench OP [options]\n"
-      "       ./bench all [--shapes %s] [options]\n"
-      "options:\n"
-      "  --device cpu|cuda   where to run (default: cuda when a GPU is present, else cpu)\n"
-      "  --iters N           timed runs, the median is reported (default 20 on cuda, 5 on cpu)\n"
-      "  --csv               one CSV line per result: kernel,shape,ms,GB/s,TFLOP/s,frac_copy,frac_gemm,check\n"
-      "  shape: %s\n"
-      "         (./bench list shows which options each op reads; OP_bwd times an op's backward)\n",
-      preset_list().c_str(), flag_list().c_str());
-}
-
 void list() {
   int width = 0;  // the longest name, "_bwd" included: the columns line up
   for (const reg::Op& op : reg::ops()) width = std::max(width, int(op.name.size()) + (op.backward ? 4 : 0));
@@ -128,81 +110,97 @@ const reg::Op* lookup(const std::string& name, reg::Direction* dir) {
   return nullptr;
 }
 
-}  // namespace
+// The flags of ./bench, one table (training/flags.h): the shape flags are the registry's
+// dims (kernels/registry.h), so a new dim is a new flag without an edit here.
+struct BenchFlags {
+  std::vector<std::string> what;        // OP | OP_bwd | list | all
+  std::string device = kDefaultDevice;  // auto | cpu | cuda
+  std::string shapes;                   // ./bench all: small or a ModelConfig preset
+  int64_t iters = 0;                    // 0: 20 on cuda, 5 on cpu
+  bool csv = false;
+  std::vector<int64_t> dims = std::vector<int64_t>(reg::dim_fields().size(), 0);  // 0: the op's bench shape
+};
 
-int main(int argc, char** argv) {
-  try {
-    std::vector<std::string> args(argv + 1, argv + argc);
-    if (args.empty() || args[0] == "--help" || args[0] == "-h") { usage(); return args.empty() ? 1 : 0; }
-    if (args[0] == "list") { list(); return 0; }
-    std::map<std::string, int64_t> shape_flags;  // "--tokens" -> value: what the user set
-    std::string preset_name, device_name_arg;
-    bool csv = false;
-    int iters = 0;
-    for (size_t i = 1; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      if (a == "--help" || a == "-h") { usage(); return 0; }
-      if (a == "--csv") { csv = true; continue; }
-      NQ_CHECK(i + 1 < args.size(), "option ", a, " needs a value (see ./bench --help)");
-      const std::string& v = args[++i];
-      if (a == "--shapes") { preset_name = v; continue; }
-      if (a == "--device") { device_name_arg = v; continue; }
-      bool known = a == "--iters";
-      for (const auto& [name, member] : reg::dim_fields()) known |= a == str("--", name);
-      NQ_CHECK(known, "unknown option ", a, " (see ./bench --help)");
-      char* end = nullptr;
-      long long x = std::strtoll(v.c_str(), &end, 10);
-      NQ_CHECK(end && *end == 0 && x > 0, "option ", a, ": expected a positive integer, got '", v, "'");
-      if (a == "--iters") iters = int(x);
-      else shape_flags[a] = x;
-    }
-    Device dev = cuda_available() ? Device::CUDA : Device::CPU;
-    if (!device_name_arg.empty()) {
-      NQ_CHECK(device_name_arg == "cpu" || device_name_arg == "cuda", "--device: expected cpu or cuda, got '",
-               device_name_arg, "'");
-      dev = device_name_arg == "cpu" ? Device::CPU : Device::CUDA;
-      NQ_CHECK(dev == Device::CPU || cuda_available(), "--device cuda: no CUDA device is available");
-    }
-    if (!iters) iters = dev == Device::CUDA ? 20 : 5;
-    double copy_bw = reg::copy_bandwidth(dev);
-    if (dev == Device::CUDA && !csv) std::printf("device copy bandwidth (cudaMemcpy D2D, 1 GiB): %.1f GB/s\n", copy_bw * 1e-9);
-    if (csv) std::printf("kernel,shape,ms,GB/s,TFLOP/s,frac_copy,frac_gemm,check\n");
+FlagTable bench_flags(BenchFlags& f) {
+  FlagTable t(str("usage: ./bench list\n"
+                  "       ./bench OP [options]       (OP_bwd: the op's backward)\n"
+                  "       ./bench all [--shapes ", preset_list(), "] [options]\n"
+                  "Times each op of the registry alone, after checking it against the CPU reference.\n"));
+  t.positionals("OP", &f.what, "list, all, or an op of ./bench list");
+  add_device_flag(t, &f.device);
+  t.add("shapes", &f.shapes, str("./bench all: the model whose training-step shapes are timed (", preset_list(),
+                                 "; default qwen3-0.6b on cuda, small on cpu)"), "NAME");
+  t.add("iters", &f.iters, "timed runs; the median is reported (default 20 on cuda, 5 on cpu)").default_text = "";
+  t.add("csv", &f.csv, "one CSV line per result: kernel,shape,ms,GB/s,TFLOP/s,frac_copy,frac_gemm,check");
+  for (size_t i = 0; i < reg::dim_fields().size(); ++i)
+    t.add(reg::dim_fields()[i].first, &f.dims[i], "shape dim (default: the op's own; ./bench list shows which it reads)")
+        .default_text = "";
+  return t;
+}
 
-    bool failed = false;
-    auto run = [&](const reg::Op& op, reg::Direction dir, const reg::Dims& d) {
-      reg::PerfRow r = reg::perf(op, dir, d, dev, iters, copy_bw);
-      failed |= r.check.rfind("FAIL", 0) == 0;
-      print_row(r, csv);
-    };
-    if (args[0] == "all") {
-      NQ_CHECK(shape_flags.empty(), "./bench all takes its shapes from --shapes, not from shape options");
-      if (preset_name.empty()) preset_name = dev == Device::CUDA ? "qwen3-0.6b" : "small";
-      reg::ModelDims model = preset_dims(preset_name);
-      if (!csv) std::printf("shapes %s on %s, median of %d runs\n", preset_name.c_str(), device_name(dev), iters);
-      for (const reg::Op& op : reg::ops()) {
-        if (!op.model_shapes || (dev == Device::CPU && !op.has_cpu)) continue;
-        for (const reg::Dims& d : op.model_shapes(model)) {
-          run(op, reg::Direction::Forward, d);
-          if (op.backward) run(op, reg::Direction::Backward, d);
-        }
-      }
-    } else {
-      NQ_CHECK(preset_name.empty(), "--shapes applies to `./bench all` only");
-      reg::Direction dir;
-      const reg::Op* op = lookup(args[0], &dir);
-      NQ_CHECK(op, "unknown op '", args[0], "' (./bench list shows them)");
-      NQ_CHECK(dev == Device::CUDA || op->has_cpu, args[0], " has no CPU kernel: use --device cuda");
-      reg::Dims d = op->bench;
-      for (const auto& [name, member] : reg::dim_fields()) {
-        auto it = shape_flags.find(str("--", name));
-        if (it != shape_flags.end()) d.*member = it->second;
-      }
-      NQ_CHECK(d.heads % d.kv_heads == 0, "--heads ", d.heads, " must be a multiple of --kv-heads ", d.kv_heads);
-      run(*op, dir, d);
-    }
-    return failed ? 1 : 0;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+int run(int argc, char** argv) {
+  BenchFlags f;
+  FlagTable table = bench_flags(f);
+  if (argc < 2) {  // no arguments: the help, as a usage error
+    std::fputs(table.help().c_str(), stderr);
     return 1;
   }
+  if (!table.parse(argc, argv)) return 0;
+  NQ_CHECK(f.what.size() == 1, f.what.empty() ? std::string("give an OP, list or all (see --help)")
+                                              : str("one OP only (got ", f.what[0], " and ", f.what[1], ")"));
+  const std::string& what = f.what[0];
+  if (what == "list") {
+    list();
+    return 0;
+  }
+  NQ_CHECK(f.iters >= 0, "--iters: expected a positive integer, got ", f.iters);
+  bool shape_given = false;
+  for (size_t i = 0; i < f.dims.size(); ++i) {
+    const char* name = reg::dim_fields()[i].first;
+    if (!table.given(name)) continue;
+    NQ_CHECK(f.dims[i] > 0, "--", name, ": expected a positive integer, got ", f.dims[i]);
+    shape_given = true;
+  }
+  const Device dev = select_device(f.device, "--device");
+  const int iters = int(f.iters ? f.iters : dev == Device::CUDA ? 20 : 5);
+  double copy_bw = reg::copy_bandwidth(dev);
+  if (dev == Device::CUDA && !f.csv)
+    std::printf("device copy bandwidth (cudaMemcpy D2D, 1 GiB): %.1f GB/s\n", copy_bw * 1e-9);
+  if (f.csv) std::printf("kernel,shape,ms,GB/s,TFLOP/s,frac_copy,frac_gemm,check\n");
+
+  bool failed = false;
+  auto run_one = [&](const reg::Op& op, reg::Direction dir, const reg::Dims& d) {
+    reg::PerfRow r = reg::perf(op, dir, d, dev, iters, copy_bw);
+    failed |= r.check.rfind("FAIL", 0) == 0;
+    print_row(r, f.csv);
+  };
+  if (what == "all") {
+    NQ_CHECK(!shape_given, "./bench all takes its shapes from --shapes, not from shape options");
+    const std::string preset = !f.shapes.empty() ? f.shapes : dev == Device::CUDA ? "qwen3-0.6b" : "small";
+    reg::ModelDims model = preset_dims(preset);
+    if (!f.csv) std::printf("shapes %s on %s, median of %d runs\n", preset.c_str(), device_name(dev), iters);
+    for (const reg::Op& op : reg::ops()) {
+      if (!op.model_shapes || (dev == Device::CPU && !op.has_cpu)) continue;
+      for (const reg::Dims& d : op.model_shapes(model)) {
+        run_one(op, reg::Direction::Forward, d);
+        if (op.backward) run_one(op, reg::Direction::Backward, d);
+      }
+    }
+  } else {
+    NQ_CHECK(f.shapes.empty(), "--shapes applies to `./bench all` only");
+    reg::Direction dir;
+    const reg::Op* op = lookup(what, &dir);
+    NQ_CHECK(op, "unknown op '", what, "' (./bench list shows them)");
+    NQ_CHECK(dev == Device::CUDA || op->has_cpu, what, " has no CPU kernel: use --device cuda");
+    reg::Dims d = op->bench;
+    for (size_t i = 0; i < f.dims.size(); ++i)
+      if (table.given(reg::dim_fields()[i].first)) d.*(reg::dim_fields()[i].second) = f.dims[i];
+    NQ_CHECK(d.heads % d.kv_heads == 0, "--heads ", d.heads, " must be a multiple of --kv-heads ", d.kv_heads);
+    run_one(*op, dir, d);
+  }
+  return failed ? 1 : 0;
 }
+
+}  // namespace
+
+int main(int argc, char** argv) { return nq::cli::run_main([&] { return run(argc, argv); }); }
