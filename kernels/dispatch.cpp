@@ -12,7 +12,6 @@
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/grad_norm.h"
-#include "kernels/cpu/lora_nf4.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/nf4_matmul.h"
 #include "kernels/cpu/rmsnorm.h"
@@ -478,10 +477,21 @@ static int64_t check_lora_nf4(const char* op, const Tensor& x, const Nf4Tensor& 
   NQ_CHECK(lora.dropout >= 0.0f && lora.dropout < 1.0f, op, ": dropout must be in [0, 1), got ", lora.dropout);
   return M;
 }
+// dropout(t) with the adapter's mask, t itself when p = 0 (the mask is its own backward).
+static Tensor lora_dropped(const Tensor& t, const LoraParams& lora) {
+  return lora.dropout > 0.0f ? dropout_forward(t, lora.dropout, lora.seed, lora.offset) : t;
+}
 Tensor lora_nf4_forward(const Tensor& x, const Nf4Tensor& w, const LoraParams& lora, Tensor* u) {
   check_lora_nf4("lora_nf4_forward", x, w, lora);
   if (x.device() == Device::CUDA) NQ_RUN_CUDA(lora_nf4_forward, x, cuda::nf4_device_view(w), lora, u);
-  return cpu::lora_nf4_forward(x, w, lora, u);
+  // CPU: composed of the ops above (the f32 reference the fused GPU kernels are held to).
+  const int64_t M = x.numel() / w.in;
+  const Tensor x2 = x.view({M, w.in});                                                 // [M, in]
+  Tensor h = matmul(lora_dropped(x2, lora), lora.a, false, true);                      // u = xd A^T [M, r]
+  const LowRankTerm bypass{h, lora.b, lora.scale};                                     // + (s u) B^T
+  Tensor y = nf4_matmul(x2, w, &bypass);                                               // [M, out]
+  if (u) *u = h;
+  return y.view(with_last(x.shape(), w.out));
 }
 void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Tensor& w, const LoraParams& lora,
                        Tensor* dx, Tensor* grad_a, Tensor* grad_b) {
@@ -496,7 +506,15 @@ void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const
   check_same_device(op, {&x, &dy, &u});
   if (x.device() == Device::CUDA)
     NQ_RUN_CUDA(lora_nf4_backward, dy, x, u, cuda::nf4_device_view(w), lora, dx, grad_a, grad_b);
-  cpu::lora_nf4_backward(dy, x, u, w, lora, dx, grad_a, grad_b);
+  // CPU: composed of the ops above.
+  const Tensor x2 = x.view({M, w.in}), dy2 = dy.view({M, w.out});
+  if (grad_b) *grad_b = scale(matmul(dy2, u, true, false), lora.scale);  // dB = s dy^T u [out, r]
+  const Tensor v = scale(matmul(dy2, lora.b), lora.scale);               // v = s dy B [M, r]
+  if (grad_a) *grad_a = matmul(v, lora_dropped(x2, lora), true, false);  // dA = v^T xd [r, in]
+  if (!dx) return;
+  Tensor d = nf4_matmul_dx(dy2, w);                                      // dy W [M, in]
+  add_inplace(d, lora_dropped(matmul(v, lora.a), lora));                 // + dropout_backward(v A)
+  *dx = d.view(x.shape());
 }
 
 // ---- optimizer ---------------------------------------------------------------------
