@@ -1,5 +1,6 @@
 // The bitsandbytes 4-bit checkpoint format (see bnb_4bit.h).
 #include "formats/bnb_4bit.h"
+#include "formats/json.h"
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -13,12 +14,7 @@ using json = nlohmann::json;
 namespace {
 
 json read_json_file(const std::string& path) {
-  const std::string text = read_text_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(str(path, ": invalid JSON: ", e.what()));
-  }
+  return parse_json(read_text_file(path), path);
 }
 
 // The suffixes of a serialized Linear4bit weight besides the packed bytes at "<name>".

@@ -1,5 +1,6 @@
 // The PEFT adapter files (see peft_adapter.h).
 #include "formats/peft_adapter.h"
+#include "formats/json.h"
 
 #include <nlohmann/json.hpp>
 #include <set>
@@ -16,12 +17,7 @@ static const char* kPeftPrefix = "base_model.model.";
 
 AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
   const std::string text = read_text_file(path);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(str(path, ": invalid JSON: ", e.what()));
-  }
+  const json j = parse_json(text, path);
   NQ_CHECK(j.is_object(), path, ": adapter config must be a JSON object");
   auto field = [&](const char* key) -> const json& {
     NQ_CHECK(j.contains(key) && !j[key].is_null(), path, ": missing field \"", key, "\"");

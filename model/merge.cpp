@@ -1,5 +1,6 @@
 // W' = W + s B A for every adapted projection of a Decoder (see merge.h).
 #include "model/merge.h"
+#include "formats/json.h"
 
 #include <nlohmann/json.hpp>
 
@@ -27,12 +28,7 @@ TensorMap merged_weights(Decoder& model) {
 void save_merged_model(const std::string& out_dir, Decoder& model, const std::string& source_dir, DType dtype) {
   check_not_same_dir(source_dir, out_dir);
   const std::string config_path = source_dir + "/config.json";
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(read_text_file(config_path));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(str(config_path, ": invalid JSON: ", e.what()));
-  }
+  nlohmann::json config = parse_json(read_text_file(config_path), config_path);
   config.erase("quantization_config");
   config.erase("torch_dtype");  // transformers < 5 spelling; >= 5 reads and writes "dtype"
   config["dtype"] = torch_name_of_dtype(dtype);

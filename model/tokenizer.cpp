@@ -4,6 +4,7 @@
 // applied lowest rank first with a heap. Each word's ids are cached, since natural
 // text repeats words constantly. Walkthrough: docs/tokenizer.md.
 #include "model/tokenizer.h"
+#include "formats/json.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string_view>
 #include <unordered_map>
@@ -484,11 +486,9 @@ int32_t config_token(const nlohmann::json& config, const char* key, const Tokeni
 nlohmann::json read_json(const std::string& path) {
   std::ifstream f(path);
   NQ_CHECK(f.good(), "tokenizer: cannot open ", path);
-  try {
-    return nlohmann::json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(str(path, ": invalid JSON: ", e.what()));
-  }
+  std::stringstream text;
+  text << f.rdbuf();
+  return parse_json(text.str(), path);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Checkpoint save / load (see checkpoint.h).
 #include "training/checkpoint.h"
+#include "formats/json.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -54,11 +55,7 @@ json read_json(const std::string& path) {
   NQ_CHECK(f.good(), path, ": cannot read (is this a checkpoint folder?)");
   std::stringstream ss;
   ss << f.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw Error(str(path, ": invalid JSON: ", e.what()));
-  }
+  return parse_json(ss.str(), path);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // FlagTable: one declaration per setting serves the parser, --help and the JSON
 // keys (see flags.h).
 #include "training/flags.h"
+#include "formats/json.h"
 
 #include <cerrno>
 #include <cstdio>
@@ -306,12 +307,7 @@ std::string FlagTable::help() const {
 }
 
 void FlagTable::apply_json(const std::string& json_text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    throw Error(str(source, ": invalid JSON: ", e.what()));
-  }
+  const json j = parse_json(json_text, source);
   NQ_CHECK(j.is_object(), source, ": a config must be a JSON object of option keys");
   for (auto it = j.begin(); it != j.end(); ++it) {
     const Flag* f = nullptr;

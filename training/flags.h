@@ -26,7 +26,8 @@
 // Where it lives: training/ is the lowest layer with a program's settings in it
 // (TrainConfig, whose table ./train and ./eval parse and whose JSON copy goes into
 // checkpoints), and a lower layer never includes tools/; the programs in tools/
-// include it from above. It depends on nothing but runtime/error.h.
+// include it from above. It depends on nothing but runtime/error.h and
+// formats/json.h (the --config file's parse).
 #pragma once
 #include <cstdint>
 #include <cstdio>
