@@ -39,6 +39,8 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("out", &cfg.out, "output folder: PEFT adapter, checkpoint-STEP/, metrics.jsonl");
   t.add("metrics", &cfg.metrics, "metrics JSONL, one line per optimizer step (default OUT/metrics.jsonl)");
   t.add("resume", &cfg.resume, "continue from a checkpoint folder (OUT/checkpoint-STEP)");
+  t.add_choice("report-to", &cfg.report_to, {"none", "tensorboard"},
+               "tensorboard: also TensorBoard event files in OUT/runs/<time>/ (metrics.jsonl is always written)");
   t.add("r", &cfg.r, "LoRA rank");
   t.add("alpha", &cfg.alpha, "LoRA alpha (scaling alpha / r)");
   t.add("dropout", &cfg.dropout, "LoRA dropout on the adapter input");
@@ -169,7 +171,7 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
   static const std::set<std::string> irrelevant = {"out",        "metrics",     "resume",        "eval_data",
                                                     "log_every",  "eval_every",  "save_every",    "threads",
                                                     "no_progress", "device",     "optim",         "optim_pages",
-                                                    "optim_page_mb"};
+                                                    "optim_page_mb", "report_to"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();

@@ -27,6 +27,7 @@
 #include "training/checkpoint.h"
 #include "training/encode.h"
 #include "training/evaluate.h"
+#include "training/report.h"
 
 namespace nq {
 
@@ -135,7 +136,6 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   ensure_writable_dir(cfg.out, "--out");
   for (auto [flag, path] : {std::pair<const char*, std::string>{"--data", cfg.data}, {"--eval-data", cfg.eval_data}})
     NQ_CHECK(path.empty() || std::ifstream(path).good(), flag, " ", path, ": cannot read the file");
-  const std::string metrics_path = cfg.metrics.empty() ? cfg.out + "/metrics.jsonl" : cfg.metrics;
   TrainConfig resumed_from;
   if (!cfg.resume.empty()) {
     resumed_from = read_checkpoint_config(cfg.resume);
@@ -143,7 +143,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     NQ_CHECK(diff.empty(), "--resume ", cfg.resume, ": option \"", diff,
              "\" differs from the checkpoint's train_config.json; resuming needs the same settings");
   }
-  MetricsWriter metrics(metrics_path, /*append=*/!cfg.resume.empty());
+  RunReport report(cfg, /*resumed=*/!cfg.resume.empty());  // metrics.jsonl (+ TensorBoard with --report-to)
+  if (!report.tensorboard_file().empty()) log << "tensorboard: " << report.tensorboard_file() << "\n";
   log << "device: " << device_summary(device)
       << (device == Device::CPU && cfg.optim == "paged_adamw" ? "; paged_adamw = adamw on the cpu" : "") << "\n";
 
@@ -238,6 +239,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     EvalLoss e = evaluate_samples(model, data.eval_samples(), data.eval_subset, lopt);
     result.evals.emplace_back(step, e.loss);
     if (!cfg.no_progress) bar.finish();
+    report.eval(step, e.loss, e.targets);
     log << "eval at step " << step << ": loss " << e.loss << " over " << e.targets << " tokens\n";
   };
   auto checkpoint = [&]() {
@@ -271,7 +273,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     m.step_time_s = seconds_since(t_step);
     m.tokens_per_s = double(tokens) / m.step_time_s;
     m.mem_bytes = int64_t(mem.peak_total);
-    metrics.write(m);
+    report.step(m, mem);
     result.steps.push_back(m);
     result.final_step = step;
     if (step == first_step) log << plan.compare(mem) << "\n";
@@ -283,7 +285,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
 
     if (step < total_steps && g_stop_requested.exchange(false)) {
       if (!cfg.no_progress) bar.finish();
-      log << "stopping at step " << step << " as asked; checkpoint " << checkpoint() << "\n";
+      log << "stopping at step " << step << " as asked; checkpoint " << checkpoint() << "; curves "
+          << report.write_curves() << "\n";
       result.interrupted = true;
       return result;
     }
@@ -307,6 +310,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   log << "done: " << result.steps.size() << " steps in " << format_duration(elapsed) << ", "
       << int64_t(double(run_tokens) / elapsed) << " tokens/s; adapter in " << cfg.out
       << " (adapter_config.json, adapter_model.safetensors)\n";
+  log << "curves: " << report.write_curves() << "\n";
   return result;
 }
 
