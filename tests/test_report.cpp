@@ -28,7 +28,9 @@
 #include "formats/tensorboard_events.h"
 #include "runtime/error.h"
 #include "tests/temp_dir.h"
+#include "tests/tiny_run.h"
 #include "training/curves_svg.h"
+#include "training/evaluate.h"
 #include "training/report.h"
 
 using namespace nq;
@@ -393,4 +395,64 @@ TEST_CASE("curves svg: ./plot OUT draws a run folder; a bad folder is one line a
   const std::string bad = plot.string() + " " + (tmp / "nope") + " > /dev/null 2> " + (tmp / "err");
   CHECK(WEXITSTATUS(std::system(bad.c_str())) == 1);
   CHECK(read_bytes(tmp / "err") == "error: " + (tmp / "nope") + ": not a folder\n");
+}
+
+// ---------------------------------------------------------------- the behaviour metric
+
+TEST_CASE("behaviour metric: ./eval --generate scores greedy answers by exact match or --match") {
+  test::TinyRun t;
+  EvalConfig cfg;
+  cfg.run.model = t.cfg.model;
+  cfg.run.data = t.cfg.data;
+  cfg.run.device = "cpu";
+  cfg.run.no_progress = true;
+  GenerateScoreOptions gen;
+  gen.prompts = 3;
+  gen.max_new_tokens = 6;
+  std::ostringstream log;
+  const EvalReport first = evaluate(cfg, log, gen);
+  REQUIRE(first.generated.has_value());
+  const GenerateScore& s = *first.generated;
+  CHECK(s.metric == "exact");
+  REQUIRE(s.prompts == 3);
+  REQUIRE(s.answers.size() == 3);
+  // The references are the chats' assistant answers (test::chat_jsonl: sample i has i + 1 words),
+  // without the empty <think></think> block Qwen3's template renders before each.
+  CHECK(s.answers[0].reference == "Answer: word0");
+  CHECK(s.answers[2].reference == "Answer: word0 word1 word2");
+  CHECK(s.answers[1].line == 2);
+  CHECK(s.right == 0);  // a random model does not say "Answer: ..."
+  CHECK(s.score == 0.0);
+  CHECK(log.str().find("generate: 0 of 3 answers right (exact), score 0") != std::string::npos);
+
+  // A dataset whose references are what the model answers: every answer is right.
+  std::string lines;
+  for (int i = 0; i < 3; ++i)
+    lines += nlohmann::json{{"messages", {{{"role", "user"}, {"content", str("Question number ", i, "?")}},
+                                          {{"role", "assistant"}, {"content", s.answers[size_t(i)].answer}}}}}
+                 .dump() +
+             "\n";
+  test::write_file(t.tmp / "own.jsonl", lines);
+  cfg.run.data = t.tmp / "own.jsonl";
+  const EvalReport own = evaluate(cfg, log, gen);
+  CHECK(own.generated->right == 3);
+  CHECK(own.generated->score == 1.0);
+  for (int i = 0; i < 3; ++i) CHECK(own.generated->answers[size_t(i)].answer == s.answers[size_t(i)].answer);
+  const nlohmann::json j = nlohmann::json::parse(eval_report_json(own));
+  CHECK(j["generate"] == nlohmann::json{{"metric", "exact"}, {"prompts", 3}, {"right", 3}, {"score", 1.0}});
+
+  // --match: the whole answer against a regex.
+  gen.match = "[\\s\\S]*";
+  CHECK(evaluate(cfg, log, gen).generated->right == 3);
+  gen.match = "^Arr!.*$";
+  const EvalReport none = evaluate(cfg, log, gen);
+  CHECK(none.generated->right == 0);
+  CHECK(none.generated->metric == "match /^Arr!.*$/");
+  gen.match = "([";
+  CHECK(thrown_message([&] { evaluate(cfg, log, gen); }).rfind("--match '([': not a regular expression", 0) == 0);
+  gen.match = "";
+  gen.prompts = 100;  // more than the file has: all of them
+  CHECK(evaluate(cfg, log, gen).generated->prompts == 3);
+  cfg.run.device = "cuda";  // refused: by this check on a CUDA build, by --device's own on a CPU build
+  CHECK_THROWS_AS(evaluate(cfg, log, gen), Error);
 }

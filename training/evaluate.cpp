@@ -135,6 +135,13 @@ std::string trim(const std::string& s) {
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
+// The answer a person reads: a thinking model's (Qwen3's) reasoning block, empty or not,
+// is not part of it (the text after the last "</think>"); outer whitespace trimmed.
+std::string answer_text(const std::string& s) {
+  const size_t think_end = s.rfind("</think>");
+  return trim(think_end == std::string::npos ? s : s.substr(think_end + 8));
+}
+
 }  // namespace
 
 GenerateScore generate_score(const Decoder& model, const Tokenizer& tok, const std::vector<Sample>& samples,
@@ -172,8 +179,8 @@ GenerateScore generate_score(const Decoder& model, const Tokenizer& tok, const s
     const std::vector<int32_t> prompt(s.ids.begin(), s.ids.begin() + begin);
     GeneratedAnswer a;
     a.line = s.line;
-    a.reference = trim(tok.decode(reference));
-    a.answer = trim(tok.decode(generate(model, prompt, g)));
+    a.reference = answer_text(tok.decode(reference));
+    a.answer = answer_text(tok.decode(generate(model, prompt, g)));
     a.right = pattern ? std::regex_match(a.answer, *pattern) : a.answer == a.reference;
     score.right += a.right;
     score.answers.push_back(std::move(a));

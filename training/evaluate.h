@@ -54,7 +54,9 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
 // sample's prompt is its tokens before its last trained span (for a chat: the
 // conversation up to the last assistant turn, rendered with the generation
 // prompt exactly as training renders it), the reference is that span's text
-// without its closing stop token. An answer is right when
+// without its closing stop token; of both, only the text after a "</think>"
+// counts (Qwen3's chat renders an empty reasoning block before each answer).
+// An answer is right when
 //   --match REGEX given: the answer matches it (std::regex ECMAScript, whole answer),
 //                        e.g. the pirate persona: '^Arr!.*Fair winds, matey!$'
 //   otherwise:           it equals the reference (exact match, outer whitespace trimmed),
