@@ -70,7 +70,7 @@ def summary(r):
     else:
         end = f"{len(r['steps'])} steps" if r["steps"] else "not run"
     return {"train": train, "eval": ev, "gap": (ev - train) if ev is not None and train is not None else None,
-            "first": first, "end": end, "eval_mid": r["evals"][0][1] if len(r["evals"]) > 1 else None}
+            "first": first, "end": end}
 
 
 def picture(r, docs_dir):
@@ -111,23 +111,24 @@ def main(exp_dir, page):
                      fmt(p.get("logits_max_abs_diff_vs_base"), 4), fmt(p.get("grad_norm_A"), 4),
                      fmt(p.get("grad_norm_B"), 4),
                      f"{p.get('modules_nonzero_grad_A', '–')} / {p.get('modules_nonzero_grad_B', '–')} of {p.get('modules', '–')}",
-                     fmt(r["steps"][0]["loss"] if r["steps"] else None), fmt(s["train"]), fmt(s["eval_mid"]),
-                     fmt(s["eval"]), s["end"], picture(r, docs_dir)])
+                     fmt(r["steps"][0]["loss"] if r["steps"] else None), fmt(s["train"]), fmt(s["eval"]), s["end"],
+                     picture(r, docs_dir)])
     tables["init"] = table(["init", "logits = base's at step 0", "max \\|Δlogit\\|", "‖dL/dA‖ step 0",
                             "‖dL/dB‖ step 0", "modules with dA ≠ 0 / dB ≠ 0", "loss step 1",
-                            "train loss (last 4)", "eval loss step 6", "eval loss step 12", "run", "picture"], rows)
+                            "train loss (last 4)", "eval loss", "run", "picture"], rows)
 
     rows = []
     for name, r_, alpha, rs in [(f"rank_r{r}", r, 2 * r, False) for r in [1, 4, 16, 64, 256]] + [
             ("rslora_r256", 256, 512, True)]:
+        if name not in runs:  # a reduced sweep: only the runs that were made
+            continue
         r = get(name)
         s = summary(r)
         scale = alpha / (r_ ** 0.5) if rs else alpha / r_
         rows.append([name, r_, alpha, "α/√r" if rs else "α/r", fmt(scale, 1), fmt(r["trainable"]), fmt(s["train"]),
-                     fmt(s["eval_mid"]), fmt(s["eval"]), fmt(s["gap"]), fmt(s["first"]), s["end"],
-                     picture(r, docs_dir)])
+                     fmt(s["eval"]), fmt(s["gap"]), fmt(s["first"]), s["end"], picture(r, docs_dir)])
     tables["rank"] = table(["run", "r", "alpha", "scaling", "scale", "trainable", "train loss (last 4)",
-                            "eval loss step 6", "eval loss step 12", "gap (eval − train)",
+                            "eval loss", "gap (eval − train)",
                             f"first step with loss < {THRESHOLD}", "run", "picture"], rows)
 
     rows = []
@@ -140,19 +141,18 @@ def main(exp_dir, page):
         s, g = summary(r), r["generate"]
         rows.append([targets, 16, fmt(r["trainable"]), fmt(s["train"]), fmt(s["eval"]), s["end"],
                      f"{g['generate']['right']} / {g['generate']['prompts']}" if g else "–", picture(r, docs_dir)])
-    tables["placement_format"] = table(["targets", "r", "trainable", "train loss (last 4)", "eval loss step 12",
-                                        "run", "exact match (20 eval prompts)", "picture"], rows)
+    tables["placement_format"] = table(["targets", "r", "trainable", "train loss (last 4)", "eval loss",
+                                        "run", "exact match (10 eval prompts)", "picture"], rows)
 
     rows = []
     for name, targets, rk in [("init_peft", "all-linear", 16), ("place_attention_r42", "q, k, v, o_proj", 42),
                               ("place_mlp_r26", "gate, up, down_proj", 26)]:
         r = get(name)
         s = summary(r)
-        rows.append([targets, rk, fmt(r["trainable"]), fmt(s["train"]), fmt(s["eval_mid"]), fmt(s["eval"]),
-                     fmt(s["first"]), s["end"], picture(r, docs_dir)])
-    tables["placement_budget"] = table(["targets", "r", "trainable", "train loss (last 4)", "eval loss step 6",
-                                        "eval loss step 12", f"first step with loss < {THRESHOLD}", "run", "picture"],
-                                       rows)
+        rows.append([targets, rk, fmt(r["trainable"]), fmt(s["train"]), fmt(s["eval"]), fmt(s["first"]), s["end"],
+                     picture(r, docs_dir)])
+    tables["placement_budget"] = table(["targets", "r", "trainable", "train loss (last 4)", "eval loss",
+                                        f"first step with loss < {THRESHOLD}", "run", "picture"], rows)
 
     rows = []
     for name, lr in [("init_peft", "1e-3"), ("lr_1e-2", "1e-2"), ("lr_1", "1")]:
@@ -160,7 +160,7 @@ def main(exp_dir, page):
         s = summary(r)
         gmax = max((x["grad_norm"] for x in r["steps"] if x.get("grad_norm") is not None), default=None)
         rows.append([lr, fmt(s["train"]), fmt(s["eval"]), fmt(gmax, 2), s["end"], picture(r, docs_dir)])
-    tables["lr"] = table(["lr", "train loss (last 4)", "eval loss (last)", "largest grad norm", "run", "picture"],
+    tables["lr"] = table(["lr", "train loss (last 4)", "eval loss", "largest grad norm", "run", "picture"],
                          rows)
 
     cmds = []
@@ -172,10 +172,10 @@ def main(exp_dir, page):
 
     text = page.read_text()
     for name, body in tables.items():
-        pat = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
+        pat = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?\n)?(<!-- END {name} -->)", re.S)
         if not pat.search(text):
             sys.exit(f"{page}: no <!-- BEGIN {name} --> ... <!-- END {name} --> section")
-        text = pat.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text)
     page.write_text(text)
     print(f"wrote {page} ({len(runs)} runs)")
 
