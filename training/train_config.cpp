@@ -73,6 +73,10 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("no-quant", &cfg.no_quant, "keep the base weights dense f32 (debugging; not QLoRA)");
   t.add("threads", &cfg.threads, "CPU threads (0: all cores)");
   t.add("no-progress", &cfg.no_progress, "no progress bar (metrics file and summary only)");
+  // The output folder holds one run (HF Trainer's overwrite_output_dir, save_total_limit).
+  t.add("overwrite", &cfg.overwrite, "start a new run in an --out that holds another run's checkpoints (deletes them)");
+  t.add("save-total-limit", &cfg.save_total_limit, "keep only the K newest checkpoints (0: keep all)", "K");
+  t.add("verbose", &cfg.verbose, "print the memory plan as a table (else one line after step 1)");
   return t;
 }
 
@@ -147,6 +151,7 @@ void TrainConfig::validate() const {
   NQ_CHECK(log_every >= 1, "--log-every must be >= 1, got ", log_every);
   NQ_CHECK(eval_every >= 0, "--eval-every must be >= 0, got ", eval_every);
   NQ_CHECK(save_every >= 0, "--save-every must be >= 0, got ", save_every);
+  NQ_CHECK(save_total_limit >= 0, "--save-total-limit must be >= 0, got ", save_total_limit);
   NQ_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   NQ_CHECK(eval_split >= 0 && std::isfinite(eval_split), "--eval-split must be >= 0, got ", eval_split);
   NQ_CHECK(eval_split < 1 || eval_split == std::floor(eval_split),
@@ -169,7 +174,8 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
   static const std::set<std::string> irrelevant = {"out",        "metrics",     "resume",        "eval_data",
                                                     "log_every",  "eval_every",  "save_every",    "threads",
                                                     "no_progress", "device",     "optim",         "optim_pages",
-                                                    "optim_page_mb"};
+                                                    "optim_page_mb", "max_steps",  "epochs",      "overwrite",
+                                                    "save_total_limit", "verbose"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();
