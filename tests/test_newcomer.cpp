@@ -47,7 +47,11 @@ TrainConfig command_line(std::vector<std::string> args, std::vector<std::string>
 }
 
 std::string command_line_error(std::vector<std::string> args) {
-  return thrown_message([&] { command_line(std::move(args)); });
+  std::vector<char*> argv{const_cast<char*>("train")};
+  for (std::string& a : args) argv.push_back(a.data());
+  TrainConfig cfg;
+  std::vector<std::string> notes;
+  return thrown_message([&] { parse_train_command_line(int(argv.size()), argv.data(), &cfg, &notes); });
 }
 
 std::vector<int64_t> metrics_steps(const std::string& path) {
@@ -263,7 +267,7 @@ TEST_CASE("newcomer: the log says what will happen, the memory plan in one line,
   // These chats are shorter than 48 tokens: the plan's full rows are explained, not shown bare.
   CHECK(mem_line.find("the plan is for full micro-batches of 2 x 200 tokens, step 1's largest was 2 x ") !=
         std::string::npos);
-  for (const std::string& line : {"\n  train loss   ", "\n  eval loss    ", "\n  adapter      " + t.cfg.out + "/",
+  for (const std::string& line : std::vector<std::string>{"\n  train loss   ", "\n  eval loss    ", "\n  adapter      " + t.cfg.out + "/",
                                   "\n  checkpoints  " + t.cfg.out + "/checkpoint-2",
                                   "\n  metrics      " + t.cfg.out + "/metrics.jsonl"})
     CHECK(log.find(line) != std::string::npos);
