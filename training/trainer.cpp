@@ -160,11 +160,12 @@ std::string plural(int64_t n, const std::string& one, const std::string& many) {
 
 // What the run will do, in words: "45 optimizer steps, each 4 sequences of up to 128
 // tokens (packed); lr 0.001, cosine after 3 warmup steps; about 1.5 epochs of 120 samples".
-std::string run_description(const TrainConfig& cfg, int64_t total_steps, const LrSchedule& schedule,
+std::string run_description(const TrainConfig& cfg, int64_t total_steps, int64_t steps_done, const LrSchedule& schedule,
                             const DataLoader& loader, int64_t n_samples) {
   const int64_t rows = cfg.batch_size * cfg.grad_accum;
-  std::string s = str(plural(total_steps, "optimizer step", "optimizer steps"), ", each ",
-                      plural(rows, "sequence", "sequences"));
+  std::string s = plural(total_steps, "optimizer step", "optimizer steps");
+  if (steps_done > 0) s += str(" (", steps_done, " done, continuing at step ", steps_done + 1, ")");
+  s += str(", each ", plural(rows, "sequence", "sequences"));
   if (cfg.grad_accum > 1) s += str(" (", cfg.grad_accum, " micro-batches of ", cfg.batch_size, ")");
   s += str(" of up to ", cfg.max_length, " tokens", cfg.packing ? " (packed)" : " (one sample each, padded)");
   s += str("; lr ", cfg.lr, ", ", cfg.schedule, " after ", plural(schedule.warmup_steps, "warmup step", "warmup steps"));
@@ -182,19 +183,19 @@ std::string run_description(const TrainConfig& cfg, int64_t total_steps, const L
 // The memory plan after step 1 in one line: planned peak, measured peak, ratio; a ratio
 // well under 1 comes with its reason when step 1's micro-batches were smaller than the
 // plan's B x T (padding to the longest sample, or a short last row).
-std::string memory_line(const MemoryPlan& plan, const MemStats& measured, const TrainShape& planned,
+std::string memory_line(const MemoryPlan& plan, const MemStats& measured, const TrainShape& planned, int64_t step,
                         int64_t rows, int64_t cols) {
   const double ratio = plan.total() ? double(measured.peak_total) / double(plan.total()) : 0.0;
   char r[32];
   std::snprintf(r, sizeof r, "%.2f", ratio);
-  std::string s = str("memory: peak ", format_bytes(measured.peak_total), " after step 1, ", format_bytes(plan.total()),
-                      " planned (x", r, ")");
+  std::string s = str("memory: peak ", format_bytes(measured.peak_total), " after step ", step, ", ",
+                      format_bytes(plan.total()), " planned (x", r, ")");
   const size_t act_plan = plan[MemCategory::Activations], act = measured.peak[size_t(MemCategory::Activations)];
   if (rows * cols < planned.batch * planned.seq && (ratio < 0.9 || double(act) < 0.75 * double(act_plan))) {
     char a[32];
     std::snprintf(a, sizeof a, "%.2f", act_plan ? double(act) / double(act_plan) : 0.0);
     s += str("; activations x", a, " of the plan: the plan is for full micro-batches of ", planned.batch, " x ",
-             planned.seq, " tokens, step 1's largest was ", rows, " x ", cols,
+             planned.seq, " tokens, step ", step, "'s largest was ", rows, " x ", cols,
              " (rows are padded to their longest sample; --packing fills them)");
   }
   return s;
@@ -331,7 +332,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
       << format_bytes(plan.total()) << " for micro-batches of " << shape.batch << " x " << shape.seq << " tokens"
       << (cfg.verbose ? "" : " (--verbose: the plan's table)") << "\n";
   if (cfg.verbose) log << plan.table() << "\n";
-  log << run_description(cfg, total_steps, schedule, loader, int64_t(data.train_subset.size())) << "\n";
+  log << run_description(cfg, total_steps, state.step, schedule, loader, int64_t(data.train_subset.size())) << "\n";
 
   // ---- loop
   TrainResult result;
@@ -389,7 +390,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     result.final_step = step;
     if (step == first_step) {
       if (cfg.verbose) log << plan.compare(mem) << "\n";
-      log << memory_line(plan, mem, shape, first_rows, first_cols) << "\n";
+      log << memory_line(plan, mem, shape, step, first_rows, first_cols) << "\n";
     }
     if (!cfg.no_progress) {
       const double elapsed = seconds_since(t_start);
