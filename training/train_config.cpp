@@ -27,6 +27,7 @@ using json = nlohmann::json;
 FlagTable train_flags(TrainConfig& cfg) {
   FlagTable t(
       "usage: ./train --model DIR --data FILE.jsonl [options]\n"
+      "       ./train --resume OUT/checkpoint-STEP [options]     (continue a run)\n"
       "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
       "target projections are trained with AdamW, on the GPU when there is one (--device).\n"
       "Writes the PEFT adapter to --out.\n\n");
@@ -38,7 +39,8 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("eval-split", &cfg.eval_split, "hold out this fraction (< 1) or count (>= 1) of --data instead");
   t.add("out", &cfg.out, "output folder: PEFT adapter, checkpoint-STEP/, metrics.jsonl");
   t.add("metrics", &cfg.metrics, "metrics JSONL, one line per optimizer step (default OUT/metrics.jsonl)");
-  t.add("resume", &cfg.resume, "continue from a checkpoint folder (OUT/checkpoint-STEP)");
+  t.add("resume", &cfg.resume, "continue a run from OUT/checkpoint-STEP, OUT (its newest) or last (in --out);\n"
+                               "alone it is enough: the checkpoint's train_config.json has every option", "DIR");
   t.add("r", &cfg.r, "LoRA rank");
   t.add("alpha", &cfg.alpha, "LoRA alpha (scaling alpha / r)");
   t.add("dropout", &cfg.dropout, "LoRA dropout on the adapter input");

@@ -5,17 +5,19 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <utility>
 
 #include "autograd/var.h"
+#include "formats/gguf.h"
 #include "model/adapters.h"
 #include "model/device.h"
 #include "model/load_model.h"
@@ -29,9 +31,6 @@
 #include "training/checkpoint.h"
 #include "training/encode.h"
 #include "training/evaluate.h"
-#include "formats/gguf.h"
-
-#include <filesystem>
 
 namespace nq {
 
@@ -159,7 +158,8 @@ std::string plural(int64_t n, const std::string& one, const std::string& many) {
 }
 
 // What the run will do, in words: "45 optimizer steps, each 4 sequences of up to 128
-// tokens (packed); lr 0.001, cosine after 3 warmup steps; about 1.5 epochs of 120 samples".
+// tokens (packed); lr 0.001, cosine after 3 warmup steps; --max-steps 45 is about 1.5
+// epochs of 120 samples".
 std::string run_description(const TrainConfig& cfg, int64_t total_steps, int64_t steps_done, const LrSchedule& schedule,
                             const DataLoader& loader, int64_t n_samples) {
   const int64_t rows = cfg.batch_size * cfg.grad_accum;
