@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <utility>
 
 #include "autograd/var.h"
@@ -260,8 +261,12 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   auto t_load = Clock::now();
   LoadedModel loaded = load_model(cfg.model);  // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
-  Decoder model = build_decoder(loaded, dopt, /*nf4_base=*/!cfg.no_quant);  // a 4-bit checkpoint's NF4 as stored
   const Tokenizer& tok = *loaded.tokenizer;
+  // Tokenized (the chat template rendered) before the base is quantized, the slow part of
+  // a dense model's start: an encoding error costs seconds. Stateless: no RNG is drawn.
+  std::ostringstream encode_notes;
+  TrainData data = load_train_data(cfg, tok, encode_options(cfg, loaded, encode_notes));
+  Decoder model = build_decoder(loaded, dopt, /*nf4_base=*/!cfg.no_quant);  // a 4-bit checkpoint's NF4 as stored
   AdapterConfig adapter;
   adapter.lora = {cfg.r, float(cfg.alpha), float(cfg.dropout), cfg.rslora};
   adapter.target_modules = cfg.targets;
@@ -277,8 +282,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
       << params.size() / 2 << " LoRA modules (r " << cfg.r << "), " << n_trainable << " trainable parameters; loaded in "
       << format_duration(seconds_since(t_load)) << "\n";
 
-  // ---- data
-  TrainData data = load_train_data(cfg, tok, encode_options(cfg, loaded, log));
+  // ---- data (tokenized above)
+  log << encode_notes.str();
   log << "data: " << cfg.data << " (" << data_format_name(data.train.format) << "): " << data.train_subset.size()
       << " training samples, " << data.eval_subset.size() << " eval; " << data.train.truncated << " truncated to "
       << cfg.max_length << " tokens, " << data.train.dropped_untrained << " without a trained token dropped, "
