@@ -165,7 +165,7 @@ TEST_CASE("tensorboard: RunReport writes every metric; a damaged file is refused
   mem.peak[size_t(MemCategory::Activations)] = (5u << 20) + 12345;
   mem.peak_total = mem.peak[0] + mem.peak[1];
   {
-    RunReport report(cfg, /*resumed=*/false);
+    RunReport report(cfg, /*keep_through_step=*/-1);
     CHECK(report.tensorboard_file().find(tmp.path + "/runs/") == 0);
     for (int64_t s = 1; s <= 3; ++s) {
       StepMetrics m;
@@ -252,7 +252,7 @@ TEST_CASE("tensorboard: without --report-to there is no runs/ folder; the defaul
   TrainConfig cfg;
   CHECK(cfg.report_to == "none");
   cfg.out = tmp.path;
-  RunReport report(cfg, false);
+  RunReport report(cfg, -1);
   CHECK(report.tensorboard_file().empty());
   CHECK_FALSE(fs::exists(tmp / "runs"));
 }

@@ -40,8 +40,8 @@ echo "behaviour: $SCORE_BEFORE"
 
 echo
 echo "== fine-tuning (./train): QLoRA NF4 + LoRA r=16 all-linear on data/demo_train.jsonl"
-rm -rf "$OUT"
-./train --model "$MODEL" --data data/demo_train.jsonl --eval-data data/demo_eval.jsonl --out "$OUT" \
+# --overwrite: a fresh run each time (runs/demo holds one run; ./train --help)
+./train --model "$MODEL" --data data/demo_train.jsonl --eval-data data/demo_eval.jsonl --out "$OUT" --overwrite \
   --max-steps 45 --batch-size 4 --max-length 128 --packing --lr 1e-3 --warmup-steps 3 \
   --schedule cosine --log-every 5 --eval-every 15 "$@"
 
@@ -60,5 +60,5 @@ echo "The run's curves (train and eval loss, learning rate, grad norm): $OUT/cur
 echo "  (redraw at any time, also during a run: ./plot $OUT; TensorBoard: add --report-to tensorboard)"
 
 echo
-echo "The adapter (PEFT format, loads with peft.PeftModel.from_pretrained): $(ls "$OUT" | tr '\n' ' ')"
+echo "The adapter (PEFT format; README.md \"Loading the adapter with transformers + PEFT\"): $(ls "$OUT" | tr '\n' ' ')"
 echo "Chat with it:  ./generate --model $MODEL --chat --adapter $OUT"

@@ -59,8 +59,12 @@ class ProgressBar {
 
 class MetricsWriter {
  public:
-  // Truncates (or appends to, when continuing a resumed run); throws if it cannot be opened.
-  explicit MetricsWriter(const std::string& path, bool append = false);
+  // A new run (keep_through_step < 0) truncates the file. A resumed run keeps the lines
+  // of steps 1..keep_through_step (the checkpoint's) and drops the later ones, logged
+  // after that checkpoint by a run that was then killed, and a torn last line; the
+  // resumed steps are appended, so each step is in the file once. Throws if it cannot be
+  // opened.
+  explicit MetricsWriter(const std::string& path, int64_t keep_through_step = -1);
   void write(const StepMetrics& m);                 // one line, flushed (survives a crash)
   void write_eval(int64_t step, double loss, int64_t targets);  // an eval line (targets: counted tokens)
  private:

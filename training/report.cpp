@@ -32,11 +32,11 @@ std::string run_title(const TrainConfig& cfg) {
              cfg.alpha, cfg.rslora ? " (rsLoRA)" : "", " on ", targets, ", lr ", cfg.lr, " ", cfg.schedule);
 }
 
-RunReport::RunReport(const TrainConfig& cfg, bool resumed)
+RunReport::RunReport(const TrainConfig& cfg, int64_t keep_through_step)
     : out_(cfg.out),
       metrics_path_(cfg.metrics.empty() ? cfg.out + "/metrics.jsonl" : cfg.metrics),
       title_(run_title(cfg)),
-      metrics_(metrics_path_, resumed) {
+      metrics_(metrics_path_, keep_through_step) {
   if (cfg.report_to == "tensorboard") {
     const std::string dir = tensorboard_run_dir(cfg.out);
     ensure_writable_dir(dir, "--report-to tensorboard:");

@@ -27,9 +27,10 @@ class EventFileWriter;
 
 class RunReport {
  public:
-  // Opens the metrics file (appending when `resumed`) and, with --report-to
+  // Opens the metrics file (a new run: keep_through_step < 0; a resumed one: the
+  // checkpoint's step, training/progress.h's MetricsWriter) and, with --report-to
   // tensorboard, a new event file. Throws nq::Error naming the file it cannot create.
-  RunReport(const TrainConfig& cfg, bool resumed);
+  RunReport(const TrainConfig& cfg, int64_t keep_through_step);
   ~RunReport();
 
   void step(const StepMetrics& m, const MemStats& mem);

@@ -27,6 +27,7 @@ using json = nlohmann::json;
 FlagTable train_flags(TrainConfig& cfg) {
   FlagTable t(
       "usage: ./train --model DIR --data FILE.jsonl [options]\n"
+      "       ./train --resume OUT/checkpoint-STEP [options]     (continue a run)\n"
       "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
       "target projections are trained with AdamW, on the GPU when there is one (--device).\n"
       "Writes the PEFT adapter to --out.\n\n");
@@ -38,7 +39,8 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("eval-split", &cfg.eval_split, "hold out this fraction (< 1) or count (>= 1) of --data instead");
   t.add("out", &cfg.out, "output folder: PEFT adapter, checkpoint-STEP/, metrics.jsonl");
   t.add("metrics", &cfg.metrics, "metrics JSONL, one line per optimizer step (default OUT/metrics.jsonl)");
-  t.add("resume", &cfg.resume, "continue from a checkpoint folder (OUT/checkpoint-STEP)");
+  t.add("resume", &cfg.resume, "continue a run from OUT/checkpoint-STEP, OUT (its newest) or last (in --out);\n"
+                               "alone it is enough: the checkpoint's train_config.json has every option", "DIR");
   t.add_choice("report-to", &cfg.report_to, {"none", "tensorboard"},
                "tensorboard: also TensorBoard event files in OUT/runs/<time>/ (metrics.jsonl is always written)");
   t.add("r", &cfg.r, "LoRA rank");
@@ -75,6 +77,10 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("no-quant", &cfg.no_quant, "keep the base weights dense f32 (debugging; not QLoRA)");
   t.add("threads", &cfg.threads, "CPU threads (0: all cores)");
   t.add("no-progress", &cfg.no_progress, "no progress bar (metrics file and summary only)");
+  // The output folder holds one run (HF Trainer's overwrite_output_dir, save_total_limit).
+  t.add("overwrite", &cfg.overwrite, "start a new run in an --out that holds another run's checkpoints (deletes them)");
+  t.add("save-total-limit", &cfg.save_total_limit, "keep only the K newest checkpoints (0: keep all)", "K");
+  t.add("verbose", &cfg.verbose, "print the memory plan as a table (else one line after step 1)");
   return t;
 }
 
@@ -149,6 +155,7 @@ void TrainConfig::validate() const {
   NQ_CHECK(log_every >= 1, "--log-every must be >= 1, got ", log_every);
   NQ_CHECK(eval_every >= 0, "--eval-every must be >= 0, got ", eval_every);
   NQ_CHECK(save_every >= 0, "--save-every must be >= 0, got ", save_every);
+  NQ_CHECK(save_total_limit >= 0, "--save-total-limit must be >= 0, got ", save_total_limit);
   NQ_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   NQ_CHECK(eval_split >= 0 && std::isfinite(eval_split), "--eval-split must be >= 0, got ", eval_split);
   NQ_CHECK(eval_split < 1 || eval_split == std::floor(eval_split),
@@ -171,7 +178,8 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
   static const std::set<std::string> irrelevant = {"out",        "metrics",     "resume",        "eval_data",
                                                     "log_every",  "eval_every",  "save_every",    "threads",
                                                     "no_progress", "device",     "optim",         "optim_pages",
-                                                    "optim_page_mb", "report_to"};
+                                                    "optim_page_mb", "max_steps",  "epochs",      "overwrite",
+                                                    "save_total_limit", "verbose", "report_to"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();

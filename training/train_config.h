@@ -72,6 +72,10 @@ struct TrainConfig {
   bool no_quant = false;            // dense f32 base (debugging)
   int64_t threads = 0;              // 0: all cores (OpenMP default)
   bool no_progress = false;
+  // ---- output folder and verbosity (HF Trainer's overwrite_output_dir, save_total_limit)
+  bool overwrite = false;           // a new run may replace another run's checkpoints in --out
+  int64_t save_total_limit = 0;     // keep only the K newest checkpoints (0: keep all)
+  bool verbose = false;             // the memory plan as a table, before step 1 and after it
 
   // Applies a JSON object's keys (`source` names the file in errors).
   void apply_json(const std::string& json_text, const std::string& source);
@@ -81,7 +85,8 @@ struct TrainConfig {
   void validate() const;
   // Whether this run and a checkpoint's config would produce different losses;
   // returns the first differing key ("" when they agree). Paths to outputs,
-  // logging and run length do not count.
+  // logging and run length do not count (a resumed run may be extended, as in HF
+  // Trainer: the schedule then runs to the new end).
   std::string trajectory_difference(const TrainConfig& other) const;
 };
 
