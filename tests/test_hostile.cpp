@@ -387,3 +387,60 @@ TEST_CASE("hostile: a corrupt checkpoint is refused at --resume with one line na
   }
   CHECK(run_quietly(resume).steps.size() == 2);  // the restored checkpoint resumes
 }
+
+namespace {
+
+// Rewrites the safetensors file `path` with element 0 of `tensor` set to `value`.
+void poison(const std::string& path, const std::string& tensor, float value) {
+  std::vector<std::pair<std::string, Tensor>> all;
+  {
+    SafetensorsFile f = SafetensorsFile::open(path);
+    REQUIRE(f.has(tensor));
+    for (const std::string& name : f.names()) {
+      Tensor t = f.get(name).clone();
+      if (name == tensor) t.data<float>()[0] = value;
+      all.emplace_back(name, t);
+    }
+  }
+  save_safetensors(path, all);
+}
+
+}  // namespace
+
+TEST_CASE("hostile: --detect-anomaly stops at the op where NaN/Inf appears, naming its layer; the last checkpoint stays") {
+  TinyRun t;
+  t.cfg.max_steps = 4;
+  t.cfg.save_every = 2;
+  run_quietly(t.cfg);
+  const std::string out = t.cfg.out;
+  fs::remove_all(out + "/checkpoint-4");
+  const auto checkpoint2 = snapshot(out + "/checkpoint-2");
+  const std::string adapter = read_file(out + "/adapter_model.safetensors");
+  TrainConfig resume = t.cfg;
+  resume.resume = out + "/checkpoint-2";
+
+  // A base weight with Inf (layer 1's second norm): without the flag the loss says
+  // something went wrong; with it, the first op whose output is not finite, and where.
+  const std::string model = t.tmp / "model/model.safetensors";
+  poison(model, "model.layers.1.post_attention_layernorm.weight", INFINITY);
+  const std::string plain = thrown_message([&] { run_quietly(resume); });
+  CHECK(has(plain, "step 3: loss is "));
+  resume.detect_anomaly = true;
+  std::string e = thrown_message([&] { run_quietly(resume); });
+  CHECK(has(e, "step 3 (micro-batch 1 of 2): anomaly: the output of op "));
+  CHECK(has(e, "non-finite values"));
+  CHECK(has(e, "model.layers.1.post_attention_layernorm.weight"));
+  CHECK(one_line(e));
+  // The stop changed nothing on disk: checkpoint-2 is the last good one, resumable.
+  CHECK(snapshot(out + "/checkpoint-2") == checkpoint2);
+  CHECK(read_file(out + "/adapter_model.safetensors") == adapter);
+  CHECK_FALSE(fs::exists(out + "/checkpoint-4"));
+  poison(model, "model.layers.1.post_attention_layernorm.weight", 1.0f);  // the original value (norms are 1)
+
+  // A LoRA weight with NaN in the adapter a run starts from: named too.
+  const std::string lora = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+  poison(out + "/checkpoint-2/adapter_model.safetensors", lora, NAN);
+  e = thrown_message([&] { run_quietly(resume); });
+  CHECK(has(e, "step 3 (micro-batch 1 of 2): anomaly: "));
+  CHECK(has(e, "model.layers.0.self_attn.q_proj.lora_A.weight"));
+}

@@ -73,6 +73,9 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("no-quant", &cfg.no_quant, "keep the base weights dense f32 (debugging; not QLoRA)");
   t.add("threads", &cfg.threads, "CPU threads (0: all cores)");
   t.add("no-progress", &cfg.no_progress, "no progress bar (metrics file and summary only)");
+  t.add("detect-anomaly", &cfg.detect_anomaly,
+        "stop at the first op whose output or gradient holds NaN/Inf, naming it and its layer (slow; "
+        "torch.autograd.detect_anomaly)");
   return t;
 }
 
@@ -168,7 +171,7 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
   // written on the GPU resumes on the CPU, and paged / unpaged AdamW update alike.
   static const std::set<std::string> irrelevant = {"out",        "metrics",     "resume",        "eval_data",
                                                     "log_every",  "eval_every",  "save_every",    "threads",
-                                                    "no_progress", "device",     "optim",         "optim_pages",
+                                                    "no_progress", "detect_anomaly", "device",     "optim",         "optim_pages",
                                                     "optim_page_mb"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)

@@ -71,6 +71,7 @@ struct TrainConfig {
   bool no_quant = false;            // dense f32 base (debugging)
   int64_t threads = 0;              // 0: all cores (OpenMP default)
   bool no_progress = false;
+  bool detect_anomaly = false;      // check every op's output and gradient for NaN/Inf (autograd/var.h)
 
   // Applies a JSON object's keys (`source` names the file in errors).
   void apply_json(const std::string& json_text, const std::string& source);
