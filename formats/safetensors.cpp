@@ -50,7 +50,7 @@ static uint64_t read_u64_le(const uint8_t* p) {
 
 // Parses one header entry {"dtype", "shape", "data_offsets"}; errors name the tensor.
 static SafetensorsFile::Entry parse_entry(const std::string& where, const std::string& name,
-                                          const json& j, uint64_t data_bytes) {
+                                          const json& j) {
   auto fail = [&](const std::string& why) {
     return Error(str(where, ": tensor '", name, "': ", why));
   };
@@ -81,7 +81,9 @@ static SafetensorsFile::Entry parse_entry(const std::string& where, const std::s
   e.begin = jo[0].get<uint64_t>();
   e.end = jo[1].get<uint64_t>();
   if (e.end < e.begin) throw fail(str("data_offsets [", e.begin, ", ", e.end, "] end before they begin"));
-  const uint64_t want = checked_bytes(numel, dtype_size(e.dtype), data_bytes, what);
+  // Overflow-checked here; the bytes must then equal the offsets' span, which open()
+  // checks against the data section.
+  const uint64_t want = checked_bytes(numel, dtype_size(e.dtype), UINT64_MAX, what);
   if (e.end - e.begin != want)
     throw fail(str("data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin, " bytes but ",
                    safetensors_dtype_name(e.dtype), e.shape.str(), " needs ", want));
@@ -126,7 +128,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
       }
       continue;
     }
-    Entry e = parse_entry(path, it.key(), it.value(), data_bytes);
+    Entry e = parse_entry(path, it.key(), it.value());
     NQ_CHECK(e.end <= data_bytes, path, ": tensor '", it.key(), "': data_offsets [", e.begin, ", ", e.end,
              "] run past the end of the data (", data_bytes, " bytes): file truncated?");
     f.entries_.emplace(it.key(), e);
