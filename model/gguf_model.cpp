@@ -3,6 +3,7 @@
 #include "model/gguf_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,13 @@ std::string key_error(const GGUFFile& f, const std::string& key) { return f.path
 int64_t positive(const GGUFFile& f, const std::string& key) {
   int64_t v = f.get_i64(key);
   NQ_CHECK(v > 0, key_error(f, key), " must be > 0, got ", v);
+  return v;
+}
+
+// A finite float under `key` (required): NaN would reach the JSON below as null, i.e. "unset".
+double finite(const GGUFFile& f, const std::string& key) {
+  double v = f.get_f64(key);
+  NQ_CHECK(std::isfinite(v), key_error(f, key), " is ", v, ", not a finite number");
   return v;
 }
 
@@ -94,8 +102,8 @@ ModelConfig gguf_config(const GGUFFile& f) {
   const int64_t heads = positive(f, a + "attention.head_count");
   j["num_attention_heads"] = heads;
   j["num_key_value_heads"] = f.has(a + "attention.head_count_kv") ? positive(f, a + "attention.head_count_kv") : heads;
-  j["rms_norm_eps"] = f.get_f64(a + "attention.layer_norm_rms_epsilon");
-  if (f.has(a + "rope.freq_base")) j["rope_theta"] = f.get_f64(a + "rope.freq_base");
+  j["rms_norm_eps"] = finite(f, a + "attention.layer_norm_rms_epsilon");
+  if (f.has(a + "rope.freq_base")) j["rope_theta"] = finite(f, a + "rope.freq_base");
   if (f.has(a + "context_length")) j["max_position_embeddings"] = positive(f, a + "context_length");
 
   // head_dim: attention.key_length when given, else D / heads (llama.cpp's rule).

@@ -109,7 +109,11 @@ void set_from_json(const Flag& f, const std::string& what, const json& v) {
         *static_cast<std::vector<std::string>*>(f.field) = items;
       }
       break;
-    case FlagKind::Int: expect(v.is_number_integer(), "an integer"); *static_cast<int64_t*>(f.field) = v.get<int64_t>(); break;
+    case FlagKind::Int:  // an unsigned above INT64_MAX would wrap
+      expect(v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)),
+             "an integer");
+      *static_cast<int64_t*>(f.field) = v.get<int64_t>();
+      break;
     case FlagKind::UInt:
       expect(v.is_number_unsigned(), "a non-negative integer");
       *static_cast<uint64_t*>(f.field) = v.get<uint64_t>();

@@ -76,6 +76,7 @@ struct TrainConfig {
   bool overwrite = false;           // a new run may replace another run's checkpoints in --out
   int64_t save_total_limit = 0;     // keep only the K newest checkpoints (0: keep all)
   bool verbose = false;             // the memory plan as a table, before step 1 and after it
+  bool detect_anomaly = false;      // check every op's output and gradient for NaN/Inf (autograd/var.h)
 
   // Applies a JSON object's keys (`source` names the file in errors).
   void apply_json(const std::string& json_text, const std::string& source);
