@@ -112,7 +112,7 @@ TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
 TEST_DATA := build/fixtures/qwen3-tokenizer/tokenizer.json build/fixtures/qwen3-tokenizer/tokenizer_config.json \
              build/fixtures/qwen3-tokenizer/LICENSE build/fixtures/tokenizer/corpus.jsonl
 
-.PHONY: all deps test test-emu run fixtures clean model
+.PHONY: all deps test test-emu run fixtures clean model experiments
 all: $(PROGS) $(BUILD)/test_all
 
 # Rebuilt from scratch: `ar rcs` alone keeps members whose sources were moved or deleted.
@@ -208,6 +208,14 @@ run: deps
 
 fixtures:
 	tools/ref/make_fixtures.sh
+
+# make experiments: the seed's LoRA claims measured on SmolLM2-135M (tools/experiments.sh
+# writes docs/experiments.md); not part of make test. Its one extra program stays in $(BUILD).
+$(BUILD)/lora_init_probe: $(BUILD)/tools/experiments/lora_init_probe.o $(BUILD)/libnanoqlora.a
+	$(CXX) $^ -o $@ $(LDLIBS)
+experiments: deps
+	@$(MAKE) --no-print-directory -j$(NPROC) train eval plot $(BUILD)/lora_init_probe
+	PROBE=$(BUILD)/lora_init_probe tools/experiments.sh
 
 # .cache/models/: the demo GGUF (no MODEL) or a Hugging Face repo (MODEL=org/name).
 model:

@@ -192,12 +192,14 @@ TEST_CASE("trainer: resuming from a checkpoint reproduces the uninterrupted run 
     INFO(key);
     CHECK(rel_l2(fb.get(key), fa.get(key)) == 0.0);
   }
-  // The metrics file of the resumed run continues the first one.
+  // The metrics file of the resumed run continues the first one; each eval line follows its step's.
   std::ifstream metrics(split.cfg.out + "/metrics.jsonl");
-  int lines = 0;
-  for (std::string line; std::getline(metrics, line); ++lines)
-    CHECK(nlohmann::json::parse(line)["step"].get<int>() == lines + 1);
-  CHECK(lines == 6);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(metrics, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    lines.push_back(str(j.contains("eval_loss") ? "eval " : "", j["step"].get<int>()));
+  }
+  CHECK(lines == std::vector<std::string>{"1", "2", "eval 2", "3", "4", "eval 4", "5", "6", "eval 6"});
 
   SUBCASE("resuming with a different setting is refused, naming it") {
     again.lr = 1e-3;
@@ -390,6 +392,10 @@ TEST_CASE("trainer: samples longer than --max-length are truncated and counted; 
   std::ifstream metrics(t.cfg.out + "/metrics.jsonl");
   for (std::string line; std::getline(metrics, line);) {
     nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("eval_loss")) {  // an eval line (training/progress.h)
+      CHECK(j["eval_tokens"].get<int64_t>() > 0);
+      continue;
+    }
     for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s", "mem_bytes"})
       CHECK(j.contains(key));
     CHECK(j["tokens"].get<int64_t>() > 0);

@@ -141,7 +141,8 @@ TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer)
   } catch (const json::exception& e) {
     throw Error(str(path, ": mistyped field: ", e.what()));
   }
-  NQ_CHECK(s.step >= 1 && s.data.epoch >= 0 && s.data.index >= 0, path, ": step ", s.step, ", data position (",
+  // step 0: a starting point written before any step (make experiments' LoRA initialisations)
+  NQ_CHECK(s.step >= 0 && s.data.epoch >= 0 && s.data.index >= 0, path, ": step ", s.step, ", data position (",
            s.data.epoch, ", ", s.data.index, ") out of range");
 
   const std::string opt_path = dir + "/optimizer.safetensors";

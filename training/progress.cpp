@@ -98,4 +98,10 @@ void MetricsWriter::write(const StepMetrics& m) {
   NQ_CHECK(f_.good(), path_, ": write failed (disk full?)");
 }
 
+void MetricsWriter::write_eval(int64_t step, double loss, int64_t targets) {
+  const nlohmann::json j = {{"step", step}, {"eval_loss", loss}, {"eval_tokens", targets}};
+  f_ << j.dump() << '\n' << std::flush;
+  NQ_CHECK(f_.good(), path_, ": write failed (disk full?)");
+}
+
 }  // namespace nq

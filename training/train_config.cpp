@@ -41,6 +41,8 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("metrics", &cfg.metrics, "metrics JSONL, one line per optimizer step (default OUT/metrics.jsonl)");
   t.add("resume", &cfg.resume, "continue a run from OUT/checkpoint-STEP, OUT (its newest) or last (in --out);\n"
                                "alone it is enough: the checkpoint's train_config.json has every option", "DIR");
+  t.add_choice("report-to", &cfg.report_to, {"none", "tensorboard"},
+               "tensorboard: also TensorBoard event files in OUT/runs/<time>/ (metrics.jsonl is always written)");
   t.add("r", &cfg.r, "LoRA rank");
   t.add("alpha", &cfg.alpha, "LoRA alpha (scaling alpha / r)");
   t.add("dropout", &cfg.dropout, "LoRA dropout on the adapter input");
@@ -187,7 +189,7 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
                                                     "log_every",  "eval_every",  "save_every",    "threads",
                                                     "no_progress", "device",     "optim",         "optim_pages",
                                                     "optim_page_mb", "max_steps",  "epochs",      "overwrite",
-                                                    "save_total_limit", "verbose"};
+                                                    "save_total_limit", "verbose", "report_to"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();

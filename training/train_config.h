@@ -35,6 +35,7 @@ struct TrainConfig {
   std::string out = "out"; // adapter, checkpoints
   std::string metrics;     // metrics JSONL ("" = <out>/metrics.jsonl)
   std::string resume;      // a checkpoint directory to continue from
+  std::string report_to = "none";  // none | tensorboard: also OUT/runs/<time>/events.out.tfevents.* (training/report.h)
   // ---- LoRA
   int64_t r = kDefaultLoraRank;
   double alpha = kDefaultLoraAlpha;

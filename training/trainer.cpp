@@ -32,6 +32,7 @@
 #include "training/checkpoint.h"
 #include "training/encode.h"
 #include "training/evaluate.h"
+#include "training/report.h"
 
 namespace nq {
 
@@ -204,7 +205,7 @@ std::string memory_line(const MemoryPlan& plan, const MemStats& measured, const 
 
 // The end of a run: the losses and where everything went, each under its own name.
 std::string run_summary(const TrainConfig& cfg, const TrainResult& r, double elapsed_s, int64_t run_tokens,
-                        const std::string& metrics_path) {
+                        const std::string& metrics_path, const std::string& curves_path) {
   char loss[64] = "";
   if (!r.steps.empty())
     std::snprintf(loss, sizeof loss, "%.4f (step %lld) -> %.4f (step %lld)", r.steps.front().loss,
@@ -221,7 +222,8 @@ std::string run_summary(const TrainConfig& cfg, const TrainResult& r, double ela
   s += str("  adapter      ", cfg.out, "/ (adapter_config.json, adapter_model.safetensors: PEFT format)\n");
   s += str("  checkpoints  ", r.last_checkpoint, r.interrupted ? str(" (continue: ./train --resume ", cfg.out, ")") : "",
            "\n");
-  s += str("  metrics      ", metrics_path, " (one line per step)");
+  s += str("  metrics      ", metrics_path, " (one line per step)\n");
+  s += str("  curves       ", curves_path, " (train/eval loss, learning rate, grad norm; ./plot ", cfg.out, " redraws it)");
   return s;
 }
 
@@ -318,7 +320,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     log << "resumed from " << resume_dir << " at step " << state.step << "\n";
   }
   // A resumed run's metrics: the steps up to the checkpoint stay, later ones (logged before a kill) go.
-  MetricsWriter metrics(metrics_path, resume_dir.empty() ? -1 : state.step);
+  RunReport report(cfg, resume_dir.empty() ? -1 : state.step);  // metrics.jsonl (+ TensorBoard with --report-to)
+  if (!report.tensorboard_file().empty()) log << "tensorboard: " << report.tensorboard_file() << "\n";
 
   // ---- memory plan (training/memory_plan.h; the formulas: docs/gpu_training.md)
   TrainShape shape;
@@ -351,6 +354,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     EvalLoss e = evaluate_samples(model, data.eval_samples(), data.eval_subset, lopt);
     result.evals.emplace_back(step, e.loss);
     if (!cfg.no_progress) bar.finish();
+    report.eval(step, e.loss, e.targets);
     log << "eval at step " << step << ": loss " << e.loss << " over " << e.targets << " tokens\n";
   };
   auto checkpoint = [&]() {
@@ -390,7 +394,7 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
     m.step_time_s = seconds_since(t_step);
     m.tokens_per_s = double(tokens) / m.step_time_s;
     m.mem_bytes = int64_t(mem.peak_total);
-    metrics.write(m);
+    report.step(m, mem);
     result.steps.push_back(m);
     result.final_step = step;
     if (step == first_step) {
@@ -409,12 +413,13 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
       const std::string dir = checkpoint();
       save_peft_adapter(cfg.out, model, adapter);
       result.adapter_dir = cfg.out;
+      const std::string curves = report.write_curves();
       result.interrupted = true;
       log << "stopped at step " << step << " of " << total_steps << " as asked: checkpoint " << dir
           << ", adapter so far in " << cfg.out << "/\n";
       int64_t run_tokens = 0;
       for (const StepMetrics& m : result.steps) run_tokens += m.tokens;
-      log << run_summary(cfg, result, seconds_since(t_start), run_tokens, metrics_path) << "\n";
+      log << run_summary(cfg, result, seconds_since(t_start), run_tokens, metrics_path, curves) << "\n";
       return result;
     }
     if (step < total_steps && cfg.eval_every > 0 && step % cfg.eval_every == 0) run_eval(step);
@@ -434,7 +439,8 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   const double elapsed = seconds_since(t_start);
   int64_t run_tokens = 0;
   for (const StepMetrics& m : result.steps) run_tokens += m.tokens;
-  log << run_summary(cfg, result, elapsed, run_tokens, metrics_path) << "\n";
+  const std::string curves = report.write_curves();
+  log << run_summary(cfg, result, elapsed, run_tokens, metrics_path, curves) << "\n";
   return result;
 }
 
