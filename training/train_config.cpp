@@ -84,6 +84,16 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("detect-anomaly", &cfg.detect_anomaly,
         "stop at the first op whose output or gradient holds NaN/Inf, naming it and its layer (slow; "
         "torch.autograd.detect_anomaly)");
+  // HF TrainingArguments / TRL SFTConfig / PEFT LoraConfig names, for an unknown flag's "did you mean"
+  // (lora_r, per_device_train_batch_size, num_train_epochs, use_rslora: nearest_name's prefix rule).
+  for (auto [hf, ours] : {std::pair<const char*, const char*>{"learning_rate", "lr"},
+                          {"gradient_accumulation_steps", "grad-accum"}, {"output_dir", "out"},
+                          {"model_name_or_path", "model"}, {"dataset", "data"}, {"max_seq_length", "max-length"},
+                          {"lr_scheduler_type", "schedule"}, {"save_steps", "save-every"},
+                          {"logging_steps", "log-every"}, {"eval_steps", "eval-every"},
+                          {"resume_from_checkpoint", "resume"}, {"overwrite_output_dir", "overwrite"},
+                          {"target_modules", "targets"}, {"lora_rank", "r"}})
+    t.also_known_as(hf, ours);
   return t;
 }
 
