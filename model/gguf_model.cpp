@@ -135,7 +135,23 @@ ModelConfig gguf_config(const GGUFFile& f) {
     if (f.has(key) && std::find(eos.begin(), eos.end(), f.get_i64(key)) == eos.end()) eos.push_back(f.get_i64(key));
   if (!eos.empty()) j["eos_token_id"] = eos;
 
-  ModelConfig c = ModelConfig::from_json(j.dump(), f.path());
+  // from_json's checks (ranges, limits) name the config.json field; say which GGUF key
+  // it came from too.
+  ModelConfig c;
+  try {
+    c = ModelConfig::from_json(j.dump(), f.path());
+  } catch (const Error& e) {
+    static const std::pair<const char*, const char*> kFrom[] = {
+        {"num_hidden_layers", "block_count"},           {"hidden_size", "embedding_length"},
+        {"intermediate_size", "feed_forward_length"},   {"num_attention_heads", "attention.head_count"},
+        {"num_key_value_heads", "attention.head_count_kv"}, {"head_dim", "attention.key_length"},
+        {"vocab_size", "vocab_size"},                   {"max_position_embeddings", "context_length"}};
+    const std::string message = e.what();
+    for (const auto& [field, key] : kFrom)
+      if (message.find(str("\"", field, "\"")) != std::string::npos && f.has(a + key))
+        throw Error(str(message, " (metadata key '", a, key, "')"));
+    throw;
+  }
   // A BOS in front of plain text only when the vocabulary asks for one (SmolLM2's does not).
   if (f.has("tokenizer.ggml.add_bos_token")) c.add_bos_token = f.get_bool("tokenizer.ggml.add_bos_token");
   else if (f.has("tokenizer.ggml.model")) c.add_bos_token = f.get_string("tokenizer.ggml.model") == "llama";

@@ -173,7 +173,7 @@ TEST_CASE("hostile: sizes a file claims are checked against limits and the file 
     b.add<uint32_t>("llama.vocab_size", GGUFValueType::U32, 16);
     b.add<uint32_t>("llama.block_count", GGUFValueType::U32, 1000000000);
   });
-  CHECK(e == dir / "m.gguf" + ": \"num_hidden_layers\" = 1000000000 is outside [1, 1024]");
+  CHECK(e == dir / "m.gguf" + ": \"num_hidden_layers\" = 1000000000 is outside [1, 1024] (metadata key 'llama.block_count')");
   // A NaN epsilon would have reached the config as JSON null, i.e. the default.
   CHECK(has(gguf_config_error(dir, [](GGUFBuilder& b) {
               b.add<float>("llama.attention.layer_norm_rms_epsilon", GGUFValueType::F32, NAN);
