@@ -156,7 +156,8 @@ def main(exp_dir, page):
                                         "picture"], rows)
 
     rows = []
-    for name, targets, rk in [("init_peft", "all-linear", 16), ("place_attention_r42", "q, k, v, o_proj", 42),
+    for name, targets, rk in [("init_peft", "all-linear", 16), ("place_qv_r85", "q_proj, v_proj", 85),
+                              ("place_attention_r42", "q, k, v, o_proj", 42),
                               ("place_mlp_r26", "gate, up, down_proj", 26)]:
         r = get(name)
         s = summary(r)
@@ -166,7 +167,7 @@ def main(exp_dir, page):
                                         f"first step with loss < {THRESHOLD}", "run", "picture"], rows)
 
     rows = []
-    for name, lr in [("init_peft", "1e-3"), ("lr_1e-2", "1e-2"), ("lr_1", "1")]:
+    for name, lr in [("init_peft", "1e-3"), ("lr_1e-2", "1e-2"), ("lr_1", "1"), ("lr_1e3", "1e3")]:
         r = get(name)
         s = summary(r)
         gmax = max((x["grad_norm"] for x in r["steps"] if x.get("grad_norm") is not None), default=None)
