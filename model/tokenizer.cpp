@@ -551,6 +551,13 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
   return tok;
 }
 
+const char* Tokenizer::split_regex_of(const std::string& pre) {
+  if (pre == "qwen2") return kQwen2Pattern;
+  if (pre == "llama-bpe" || pre == "llama3") return kLlama3Pattern;
+  if (pre == "gpt2" || pre == "smollm" || pre == "default") return kGpt2Pattern;
+  return nullptr;
+}
+
 Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std::string> merges,
                                 std::vector<int32_t> token_types, const std::string& pre_tokenizer) {
   auto impl = std::make_shared<TokenizerImpl>();

@@ -27,6 +27,10 @@ class Tokenizer {
   static Tokenizer from_vocab(std::vector<std::string> tokens, std::vector<std::string> merges,
                               std::vector<int32_t> token_types, const std::string& pre_tokenizer);
 
+  // The split regex from_vocab uses for a tokenizer.ggml.pre name, or nullptr when
+  // unsupported (the HF folder ./merge writes from a GGUF states it in tokenizer.json).
+  static const char* split_regex_of(const std::string& pre_tokenizer);
+
   std::vector<int32_t> encode(const std::string& text) const;  // special/added tokens written in text are matched; no BOS/EOS added
   // Same ids; token_begin[i] = byte offset where token i starts in normalize(text)
   // (token i ends where token i+1 starts). Throws nq::Error on invalid UTF-8.
