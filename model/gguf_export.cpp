@@ -227,12 +227,6 @@ Tensor permuted_for_llama(const Tensor& w, const std::string& gguf, const ModelC
   return out;
 }
 
-// general.architecture, general.type, the source's descriptive keys.
-void put_general(GGUFWriter& w, const ModelConfig& config, const char* type, const GGUFSourceMetadata& source) {
-  w.set("general.architecture", gguf_string(config.model_type));
-  w.set("general.type", gguf_string(type));
-  for (const auto& [key, value] : source.general) w.set(key, value);
-}
 
 }  // namespace
 
@@ -269,7 +263,9 @@ std::string write_merged_gguf(const std::string& path, const ModelConfig& config
   NQ_CHECK(config.model_type == "qwen3" || config.model_type == "llama", "GGUF export: model type '",
            config.model_type, "' is not supported (qwen3, llama)");
   GGUFWriter w;
-  put_general(w, config, "model", source);
+  w.set("general.architecture", gguf_string(config.model_type));
+  w.set("general.type", gguf_string("model"));
+  for (const auto& [key, value] : source.general) w.set(key, value);
   // The hyper-parameters, in convert_hf_to_gguf's order (TextModel, then the arch's own).
   const std::string a = config.model_type + ".";
   w.set(a + "block_count", gguf_u32(uint32_t(config.num_layers)));
@@ -320,11 +316,15 @@ std::string write_merged_gguf(const std::string& path, const ModelConfig& config
 }
 
 void write_adapter_gguf(const std::string& path, Decoder& model, const AdapterConfig& cfg,
-                        const GGUFSourceMetadata& source) {
+                        const std::string& adapter_name) {
   const ModelConfig& config = model.config();
+  // convert_lora_to_gguf.py's keys, in its order: no hyper-parameters, no vocabulary
+  // (llama.cpp takes those from the base).
   GGUFWriter w;
-  put_general(w, config, "adapter", source);
+  w.set("general.architecture", gguf_string(config.model_type));
+  w.set("general.type", gguf_string("adapter"));
   w.set("adapter.type", gguf_string("lora"));
+  w.set("general.name", gguf_string(adapter_name));
   // llama.cpp scales B A by alpha / r; PEFT by alpha / r or, with rsLoRA, alpha / sqrt(r).
   w.set("adapter.lora.alpha", gguf_f32(gguf_lora_alpha(cfg.lora)));
   w.set("general.quantization_version", gguf_u32(2));

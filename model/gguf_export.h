@@ -52,7 +52,8 @@ std::string write_merged_gguf(const std::string& path, const ModelConfig& config
 // The alpha llama.cpp needs for `lora`: alpha, or alpha * sqrt(r) under rsLoRA.
 float gguf_lora_alpha(const LoraConfig& lora);
 
+// general.name is `adapter_name` (the adapter folder's name).
 void write_adapter_gguf(const std::string& path, Decoder& model, const AdapterConfig& cfg,
-                        const GGUFSourceMetadata& source);
+                        const std::string& adapter_name);
 
 }  // namespace nq

@@ -29,14 +29,15 @@ int run(int argc, char** argv) {
   FlagTable t(
       "usage: ./merge --model BASE --adapter DIR --out DIR [--dtype bf16|f32]\n"
       "       ./merge --model BASE --adapter DIR --out FILE.gguf [--type f16] [--adapter-gguf FILE.gguf]\n"
-      "       ./merge --model BASE --adapter DIR --adapter-gguf FILE.gguf\n");
+      "       ./merge --model BASE --adapter DIR --adapter-gguf FILE.gguf\n"
+      "       ./merge --model BASE --out FILE.gguf [--type f16]   (no adapter: the base itself)\n");
   t.add("model", &model_path,
         "the base: what ./train takes, a HF model folder (dense or bitsandbytes 4-bit)\n"
         "or a .gguf file; quantized weights are dequantized before the merge",
         "PATH");
   t.add("adapter", &adapter_dir,
         "a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors),\n"
-        "e.g. the one ./train writes",
+        "e.g. the one ./train writes; without it the base is written as it is",
         "DIR");
   t.add("out", &out,
         "the merged model: a folder (created; files in it are replaced) for transformers,\n"
@@ -52,8 +53,9 @@ int run(int argc, char** argv) {
         "`llama-cli -m BASE.gguf --lora FILE.gguf` or Ollama's ADAPTER",
         "FILE");
   if (!t.parse(argc, argv)) return 0;  // --help
-  NQ_CHECK(!model_path.empty() && !adapter_dir.empty() && (!out.empty() || !adapter_gguf.empty()),
-           "give --model PATH, --adapter DIR and --out PATH and/or --adapter-gguf FILE (see --help)");
+  NQ_CHECK(!model_path.empty() && (!out.empty() || !adapter_gguf.empty()),
+           "give --model PATH and --out PATH and/or --adapter-gguf FILE (see --help)");
+  NQ_CHECK(!adapter_dir.empty() || adapter_gguf.empty(), "--adapter-gguf needs --adapter DIR");
   const bool gguf_out = is_gguf_path(out);
   NQ_CHECK(out.empty() || gguf_out || !t.given("type"), "--type is for a .gguf --out; a folder takes --dtype bf16|f32");
   NQ_CHECK(!gguf_out || !t.given("dtype"), "--dtype is for a folder --out; a .gguf takes --type (",
@@ -67,21 +69,20 @@ int run(int argc, char** argv) {
   LoadedModel loaded = load_model(model_path);
   const ModelConfig config = loaded.config;
   Decoder model = build_decoder(loaded, {}, /*nf4_base=*/!loaded.nf4.empty());  // NF4 stays as stored
-  const AdapterConfig cfg = load_peft_adapter(adapter_dir, model);
+  const AdapterConfig cfg = adapter_dir.empty() ? AdapterConfig{} : load_peft_adapter(adapter_dir, model);
   int merged = 0;
   for (Linear* l : model.linears()) merged += l->has_lora();
   const bool nf4 = model.linears()[0]->is_nf4();
-  const GGUFSourceMetadata source = (gguf_out || !adapter_gguf.empty()) ? gguf_source_metadata(model_path, config)
-                                                                         : GGUFSourceMetadata{};
   if (!adapter_gguf.empty()) {
-    write_adapter_gguf(adapter_gguf, model, cfg, source);
+    write_adapter_gguf(adapter_gguf, model, cfg, std::filesystem::path(adapter_dir).lexically_normal().filename().string());
     std::printf("wrote the adapter (%d projections, r %lld, llama.cpp alpha %g) to %s\n", merged,
                 (long long)cfg.lora.r, double(gguf_lora_alpha(cfg.lora)), adapter_gguf.c_str());
   }
   if (out.empty()) return 0;
   const char* over = nf4 ? " over the dequantized NF4 base" : is_gguf_path(model_path) ? " over the dequantized GGUF base" : "";
   if (gguf_out) {
-    const std::string types = write_merged_gguf(out, config, merged_weights(model), source, type);
+    const std::string types =
+        write_merged_gguf(out, config, merged_weights(model), gguf_source_metadata(model_path, config), type);
     std::printf("merged %d adapted projections (r %lld, scaling %g)%s into %s (%s: %s tensors)\n", merged,
                 (long long)cfg.lora.r, double(cfg.lora.scaling()), over, out.c_str(), type.c_str(), types.c_str());
   } else {
