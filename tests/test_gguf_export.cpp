@@ -193,3 +193,214 @@ TEST_CASE("gguf export: writer errors name the path or tensor; a failed write ke
   CHECK(read_bytes(path) == "previous contents");
   CHECK(!std::filesystem::exists(path + ".tmp"));
 }
+
+// ---------------------------------------------------------------- model exports
+
+#include "formats/safetensors.h"
+#include "model/adapters.h"
+#include "model/decoder.h"
+#include "model/gguf_export.h"
+#include "model/load_model.h"
+#include "model/merge.h"
+
+namespace {
+
+// FNV-1a 64 over the array's elements joined by NUL, as tools/ref/check_gguf_export.py.
+std::string fnv1a_of_array(const GGUFValue& v) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto eat = [&](const std::string& s) {
+    for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  };
+  for (size_t i = 0; i < v.array.size(); ++i) {
+    if (i) eat(std::string(1, '\0'));
+    const GGUFValue& e = v.array[i];
+    if (e.type == GGUFValueType::STRING) eat(e.s);
+    else if (e.type == GGUFValueType::I8 || e.type == GGUFValueType::I16 || e.type == GGUFValueType::I32 ||
+             e.type == GGUFValueType::I64) eat(std::to_string(e.i));
+    else eat(std::to_string(e.u));
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
+  return buf;
+}
+
+// gguf-py's GGUFValueType names.
+std::string py_type_name(GGUFValueType t) {
+  static const char* kNames[] = {"UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "FLOAT32",
+                                 "BOOL", "STRING", "ARRAY", "UINT64", "INT64", "FLOAT64"};
+  return kNames[uint32_t(t)];
+}
+
+// Our file's metadata in the fixture's form: key -> {type, value | count + fnv1a}.
+json metadata_as_json(const GGUFFile& f) {
+  json out = json::object();
+  for (const std::string& key : f.keys()) {
+    const GGUFValue& v = f.value(key);
+    json e;
+    e["type"] = json::array({py_type_name(v.type)});
+    if (v.type == GGUFValueType::ARRAY) {
+      e["type"].push_back(py_type_name(v.elem_type));
+      e["count"] = v.array.size();
+      e["fnv1a"] = fnv1a_of_array(v);
+    } else if (v.type == GGUFValueType::STRING) {
+      e["value"] = v.s;
+    } else if (v.type == GGUFValueType::BOOL) {
+      e["value"] = v.b;
+    } else if (v.type == GGUFValueType::F32 || v.type == GGUFValueType::F64) {
+      e["value"] = v.f;
+    } else {
+      e["value"] = v.type == GGUFValueType::I32 || v.type == GGUFValueType::I64 ? json(v.i) : json(v.u);
+    }
+    out[key] = e;
+  }
+  return out;
+}
+
+// A HF folder for `config`: random weights (metadata does not depend on them) and the
+// real Qwen3 tokenizer files (unpacked by make).
+void write_hf_folder(const std::string& dir, const ModelConfig& config) {
+  std::filesystem::create_directories(dir);
+  TensorMap w = random_weights(config, 1);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const ParamSpec& s : parameter_specs(config)) tensors.emplace_back(s.name, w.at(s.name));
+  save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  write_bytes(dir + "/config.json", config.to_hf_json());
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(std::string("build/fixtures/qwen3-tokenizer/") + name, dir + "/" + name);
+}
+
+const char* kSmolLM2 = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+}  // namespace
+
+TEST_CASE("gguf export: a Qwen3's metadata is what llama.cpp's convert_hf_to_gguf.py writes") {
+  const json fx = json::parse(read_bytes(fixture("gguf_export/converter_qwen3.json")));
+  TempDir dir;
+  const std::string hf = dir / "qwen3-real-tok";
+  // The converter read the config.json transformers wrote; ours is its equivalent.
+  const ModelConfig config = ModelConfig::from_json(fx["config"].dump(), "converter_qwen3.json config");
+  write_hf_folder(hf, config);
+  LoadedModel m = load_model(hf);
+  write_merged_gguf(dir / "q.gguf", m.config, m.weights, gguf_source_metadata(hf, m.config), "f32");
+  const json ours = metadata_as_json(GGUFFile::open(dir / "q.gguf"));
+  const json& ref = fx["metadata"];
+  // The differences docs/gguf_export.md explains: general.alignment (written
+  // explicitly here; 32 is also the default), and the converter's names guessed
+  // from the folder name and the parameter count (general.name's value, size_label).
+  for (const auto& [key, e] : ref.items()) {
+    if (key == "general.size_label") continue;
+    REQUIRE_MESSAGE(ours.contains(key), "converter key missing: ", key);
+    if (key == "general.name") continue;
+    CHECK_MESSAGE(ours[key] == e, key, ": ours ", ours[key].dump().substr(0, 200), " vs ", e.dump().substr(0, 200));
+  }
+  for (const auto& [key, e] : ours.items())
+    CHECK_MESSAGE((ref.contains(key) || key == "general.alignment"), "key only in ours: ", key);
+}
+
+TEST_CASE("gguf export: SmolLM2's metadata keys are the demo file's (llama.cpp's converter wrote it)") {
+  if (!std::filesystem::exists(kSmolLM2)) {
+    MESSAGE("skipped: ", kSmolLM2, " not downloaded (make model)");
+    return;
+  }
+  TempDir dir;
+  LoadedModel m = load_model(kSmolLM2);
+  write_merged_gguf(dir / "s.gguf", m.config, m.weights, gguf_source_metadata(kSmolLM2, m.config), "q8_0");
+  const GGUFFile ours = GGUFFile::open(dir / "s.gguf"), demo = GGUFFile::open(kSmolLM2);
+  const json a = metadata_as_json(ours), b = metadata_as_json(demo);
+  for (const auto& [key, e] : b.items()) {
+    REQUIRE_MESSAGE(a.contains(key), "demo key missing: ", key);
+    if (key != "general.file_type") CHECK_MESSAGE(a[key] == e, key);
+  }
+  CHECK(a["general.file_type"]["value"] == 7);  // MOSTLY_Q8_0 (the demo is Q4_1: 3)
+  for (const auto& [key, e] : a.items()) CHECK_MESSAGE((b.contains(key) || key == "general.alignment"), key);
+  // Tied embeddings: no output.weight, as the demo; every tensor of the demo is there.
+  CHECK(!ours.has_tensor("output.weight"));
+  CHECK(ours.tensors().size() == demo.tensors().size());
+  // Read back by our loader: the same config, weights within Q8_0's step of ours.
+  LoadedModel back = load_model(dir / "s.gguf");
+  CHECK(back.config.to_hf_json() == m.config.to_hf_json());
+  const Tensor& q0 = m.weights.at("model.layers.0.self_attn.q_proj.weight");
+  const Tensor& q1 = back.weights.at("model.layers.0.self_attn.q_proj.weight");
+  float worst = 0, amax = 0;
+  for (int64_t i = 0; i < q0.numel(); ++i)
+    worst = std::max(worst, std::fabs(q0.data<float>()[i] - q1.data<float>()[i])),
+    amax = std::max(amax, std::fabs(q0.data<float>()[i]));
+  CHECK(worst <= amax / 127 * 0.51f + 1e-6f);  // un-permuted back to HF order: else far larger
+}
+
+namespace {
+
+const std::string kQwen3Tied = "tests/fixtures/model/qwen3_tied";
+
+// Logits [1, T, V] of `model` on `ids`.
+Tensor logits_of(const Decoder& model, const std::vector<int32_t>& ids) {
+  DecoderBatch batch;
+  batch.ids = Tensor::from_ids(ids, Shape{1, int64_t(ids.size())});
+  return model.logits(batch);
+}
+
+}  // namespace
+
+TEST_CASE("gguf export: a model survives HF -> GGUF (f32) -> HF exactly, tokenizer and chat template included") {
+  TempDir dir;
+  LoadedModel hf = load_model(kQwen3Tied);
+  const std::vector<int32_t> ids = hf.tokenizer->encode("Hello world, 123 tokens!");
+  // What the decoder computes with (initializer_range and the like are not in a GGUF).
+  auto same_model = [&](const ModelConfig& c) {
+    CHECK(c.summary() == hf.config.summary());
+    CHECK(c.head_dim == hf.config.head_dim);
+    CHECK(c.rope_theta == hf.config.rope_theta);
+    CHECK(c.rms_norm_eps == hf.config.rms_norm_eps);
+    CHECK(c.tie_word_embeddings == hf.config.tie_word_embeddings);
+    CHECK(c.vocab_size == hf.config.vocab_size);
+  };
+  const Tensor want = logits_of(Decoder(hf.config, hf.weights), ids);
+
+  write_merged_gguf(dir / "m.gguf", hf.config, hf.weights, gguf_source_metadata(kQwen3Tied, hf.config), "f32");
+  LoadedModel g = load_model(dir / "m.gguf");
+  same_model(g.config);
+  CHECK(g.tokenizer->encode("Hello world, 123 tokens!") == ids);
+  CHECK(g.tokenizer->eos_id == hf.tokenizer->eos_id);
+  const Tensor from_gguf = logits_of(Decoder(g.config, g.weights), ids);
+  CHECK(std::memcmp(from_gguf.data<float>(), want.data<float>(), want.nbytes()) == 0);
+
+  // ./merge of a GGUF base writes a HF folder: config.json, f32 safetensors, tokenizer files.
+  Decoder model = build_decoder(g, {}, false);
+  save_merged_model(dir / "hf", model, dir / "m.gguf", DType::F32);
+  LoadedModel back = load_model(dir / "hf");
+  same_model(back.config);
+  REQUIRE(back.tokenizer.has_value());
+  CHECK(back.tokenizer->encode("Hello world, 123 tokens!<|im_end|>") ==
+        hf.tokenizer->encode("Hello world, 123 tokens!<|im_end|>"));
+  CHECK(back.tokenizer->eos_id == hf.tokenizer->eos_id);
+  CHECK(back.chat.has_value());
+  const Tensor from_folder = logits_of(Decoder(back.config, back.weights), ids);
+  CHECK(std::memcmp(from_folder.data<float>(), want.data<float>(), want.nbytes()) == 0);
+  // The same tokenizer through ./tokenize's loader, from all three.
+  CHECK(load_tokenizer(dir / "m.gguf").encode("a b c") == load_tokenizer(dir / "hf").encode("a b c"));
+  CHECK(load_tokenizer(dir / "hf/tokenizer.json").encode("a b c") == hf.tokenizer->encode("a b c"));
+}
+
+TEST_CASE("gguf export: bad input gives one-line errors naming the flag, file or tensor") {
+  TempDir dir;
+  LoadedModel hf = load_model(kQwen3Tied);
+  const GGUFSourceMetadata src = gguf_source_metadata(kQwen3Tied, hf.config);
+  CHECK(thrown_message([&] { write_merged_gguf(dir / "x.gguf", hf.config, hf.weights, src, "q5_k"); })
+            .find("--type: unsupported GGUF type 'q5_k' (supported: f32, f16, bf16, q8_0, q4_0, q4_1)") !=
+        std::string::npos);
+  std::filesystem::create_directory(dir / "taken.gguf");
+  CHECK(thrown_message([&] { write_merged_gguf(dir / "taken.gguf", hf.config, hf.weights, src, "f16"); })
+            .find("taken.gguf: is a folder") != std::string::npos);
+  TensorMap partial = hf.weights;
+  partial.erase("model.norm.weight");
+  CHECK(thrown_message([&] { write_merged_gguf(dir / "x.gguf", hf.config, partial, src, "f16"); })
+            .find("'model.norm.weight' is missing") != std::string::npos);
+  // An adapter trained for another base (SmolLM2's, 30 layers of 576) on this one.
+  Decoder model = build_decoder(hf, {}, false);
+  const std::string other = fixture("gguf_export/smollm2_adapter");
+  const std::string message = thrown_message([&] { load_peft_adapter(other, model); });
+  CHECK_MESSAGE(message.find("adapter_model.safetensors") != std::string::npos, message);
+  CHECK(message.find('\n') == std::string::npos);
+  CHECK(thrown_message([&] { write_adapter_gguf(dir / "a.gguf", model, AdapterConfig{}, "none"); })
+            .find("no LoRA adapter attached") != std::string::npos);
+}

@@ -95,8 +95,9 @@ def convert_lora(adapter, base, out):
 
 
 def fnv1a(data: bytes) -> str:
+    """FNV-1a 64 (tests/test_gguf_export.cpp computes the same over its arrays)."""
     h = 0xcbf29ce484222325
-    for b in data:  # slow in Python for big inputs; used on joined string arrays only
+    for b in data:
         h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
     return f"{h:016x}"
 
@@ -119,7 +120,7 @@ def metadata(path) -> dict:
         entry = {"type": types}
         if isinstance(v, list):
             joined = "\x00".join(map(str, v)).encode()
-            entry.update(count=len(v), sha256=hashlib.sha256(joined).hexdigest())
+            entry.update(count=len(v), fnv1a=fnv1a(joined))
             if len(v) <= 16:
                 entry["value"] = v
         else:
