@@ -404,3 +404,91 @@ TEST_CASE("gguf export: bad input gives one-line errors naming the flag, file or
   CHECK(thrown_message([&] { write_adapter_gguf(dir / "a.gguf", model, AdapterConfig{}, "none"); })
             .find("no LoRA adapter attached") != std::string::npos);
 }
+
+namespace {
+
+// Greedy continuation of `ids` by full forwards (no KV cache: the reference path).
+std::vector<int32_t> greedy_tokens(const Decoder& model, std::vector<int32_t> ids, int n) {
+  std::vector<int32_t> out;
+  for (int k = 0; k < n; ++k) {
+    const Tensor l = logits_of(model, ids);
+    const int64_t V = l.shape()[2], T = l.shape()[1];
+    const float* last = l.data<float>() + (T - 1) * V;
+    int32_t best = 0;
+    for (int64_t v = 1; v < V; ++v)
+      if (last[v] > last[best]) best = int32_t(v);
+    out.push_back(best);
+    ids.push_back(best);
+  }
+  return out;
+}
+
+// llama.cpp (llama-cpp-python) on ./merge's exports of `base` + `adapter`
+// (tests/fixtures/gguf_export/llamacpp_<name>.json, tools/ref/check_gguf_export.py)
+// against our forward of base + adapter on the same prompts.
+void compare_with_llama_cpp(const std::string& name, const std::string& base, const std::string& adapter) {
+  const std::string path = fixture("gguf_export/llamacpp_" + name + ".json");
+  if (!std::filesystem::exists(path)) {
+    MESSAGE("skipped: ", path, " not generated (tools/ref/check_gguf_export.py needs llama-cpp-python)");
+    return;
+  }
+  const json fx = json::parse(read_bytes(path));
+  LoadedModel loaded = load_model(base);
+  Decoder model = build_decoder(loaded, {}, false);
+  load_peft_adapter(adapter, model);
+  const std::vector<int64_t> sample = fx["vocab_sample"].get<std::vector<int64_t>>();
+  std::vector<Tensor> ours;
+  std::vector<std::vector<int32_t>> our_greedy;
+  for (const auto& p : fx["prompts"]) {
+    const std::vector<int32_t> ids = p.get<std::vector<int32_t>>();
+    ours.push_back(logits_of(model, ids));
+    our_greedy.push_back(greedy_tokens(model, ids, 16));
+  }
+  // Required agreement (the issue's): f32/f16 exports and an f32 base + adapter within
+  // 1e-3 of the logits' scale with 16 identical greedy tokens; q8_0/q4_0 the first 8
+  // tokens; other kinds are measured and reported.
+  struct Bound { double rel; int tokens; };
+  const std::map<std::string, Bound> bounds = {
+      {"merged f32", {1e-3, 16}}, {"merged f16", {1e-3, 16}}, {"merged q8_0", {1.0, 8}}, {"merged q4_0", {1.0, 8}}};
+  for (const auto& [kind, e] : fx["exports"].items()) {
+    double worst_rel = 0;
+    int min_same = 16;
+    for (size_t p = 0; p < ours.size(); ++p) {
+      const auto& res = e["results"][p];
+      const int64_t T = ours[p].shape()[1], V = ours[p].shape()[2];
+      double diff = 0, scale = 0;
+      for (int64_t t = 0; t < T; ++t)
+        for (size_t s = 0; s < sample.size(); ++s) {
+          const double a = ours[p].data<float>()[t * V + sample[s]], b = res["logits"][t][s].get<double>();
+          diff = std::max(diff, std::fabs(a - b));
+          scale = std::max(scale, std::fabs(a));
+        }
+      worst_rel = std::max(worst_rel, diff / scale);
+      const std::vector<int32_t> theirs = res["greedy"].get<std::vector<int32_t>>();
+      int same = 0;
+      while (same < 16 && theirs[size_t(same)] == our_greedy[p][size_t(same)]) ++same;
+      min_same = std::min(min_same, same);
+    }
+    const bool is_f32_base = kind == "base + adapter" && name == "qwen3";
+    MESSAGE(name, " ", kind, " (llama-cpp-python ", fx["llama_cpp_python"].get<std::string>(),
+            "): max |logit diff| / max |logit| = ", worst_rel, ", greedy tokens identical: ", min_same, " of 16");
+    auto b = bounds.find(kind);
+    const Bound bound = is_f32_base ? Bound{1e-3, 16} : b != bounds.end() ? b->second : Bound{1.0, 0};
+    CHECK_MESSAGE(worst_rel <= bound.rel, name, " ", kind);
+    CHECK_MESSAGE(min_same >= bound.tokens, name, " ", kind);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gguf export: llama.cpp's logits of the exports match our forward (tiny Qwen3 + rsLoRA adapter)") {
+  compare_with_llama_cpp("qwen3", kQwen3Tied, fixture("gguf_export/qwen3_adapter"));
+}
+
+TEST_CASE("gguf export: llama.cpp's logits of the exports match our forward (SmolLM2 + adapter)") {
+  if (!std::filesystem::exists(kSmolLM2)) {
+    MESSAGE("skipped: ", kSmolLM2, " not downloaded (make model)");
+    return;
+  }
+  compare_with_llama_cpp("smollm2", kSmolLM2, fixture("gguf_export/smollm2_adapter"));
+}

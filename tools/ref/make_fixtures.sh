@@ -15,4 +15,11 @@ for script in make_*.py; do
   echo "== $script"
   .venv/bin/python "$script"
 done
+# The GGUF export against llama.cpp's converters and runtime: it runs ./merge.
+if [ -x ../../merge ]; then
+  echo "== check_gguf_export.py"
+  .venv/bin/python check_gguf_export.py
+else
+  echo "== check_gguf_export.py skipped: build ./merge first (make)"
+fi
 echo "fixtures written under tests/fixtures/"
