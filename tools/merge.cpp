@@ -74,7 +74,9 @@ int run(int argc, char** argv) {
   for (Linear* l : model.linears()) merged += l->has_lora();
   const bool nf4 = model.linears()[0]->is_nf4();
   if (!adapter_gguf.empty()) {
-    write_adapter_gguf(adapter_gguf, model, cfg, std::filesystem::path(adapter_dir).lexically_normal().filename().string());
+    std::filesystem::path dir = std::filesystem::path(adapter_dir).lexically_normal();
+    if (dir.filename().empty()) dir = dir.parent_path();  // "runs/demo/"
+    write_adapter_gguf(adapter_gguf, model, cfg, dir.filename().string());
     std::printf("wrote the adapter (%d projections, r %lld, llama.cpp alpha %g) to %s\n", merged,
                 (long long)cfg.lora.r, double(gguf_lora_alpha(cfg.lora)), adapter_gguf.c_str());
   }
