@@ -75,7 +75,7 @@ std::string pre_tokenizer_name(const nlohmann::json& j, const std::string& path)
     if (split.find("\\p{N}{1,3}") != std::string::npos) return "llama-bpe";
     if (split.find("\\p{N}") != std::string::npos) return "qwen2";
   } else if (byte_level_regex) {
-    return digits ? "smollm" : "gpt2";
+    return digits ? "smollm" : "gpt-2";  // llama.cpp's name (not "gpt2")
   }
   throw Error(str(path, ": cannot name this pre-tokenizer for llama.cpp (known: Qwen2, Llama 3, SmolLM, GPT-2)"));
 }

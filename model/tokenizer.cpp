@@ -554,7 +554,7 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
 const char* Tokenizer::split_regex_of(const std::string& pre) {
   if (pre == "qwen2") return kQwen2Pattern;
   if (pre == "llama-bpe" || pre == "llama3") return kLlama3Pattern;
-  if (pre == "gpt2" || pre == "smollm" || pre == "default") return kGpt2Pattern;
+  if (pre == "gpt-2" || pre == "gpt2" || pre == "smollm" || pre == "default") return kGpt2Pattern;
   return nullptr;
 }
 
@@ -569,7 +569,7 @@ Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std
   if (pre_tokenizer == "qwen2") impl->splits.push_back(compile_regex(kQwen2Pattern, false)), impl->nfc = true;
   else if (pre_tokenizer == "llama-bpe" || pre_tokenizer == "llama3")
     impl->splits.push_back(compile_regex(kLlama3Pattern, false)), impl->ignore_merges = true;
-  else if (pre_tokenizer == "gpt2" || pre_tokenizer == "smollm" || pre_tokenizer == "default")
+  else if (pre_tokenizer == "gpt-2" || pre_tokenizer == "gpt2" || pre_tokenizer == "smollm" || pre_tokenizer == "default")
     impl->splits.push_back(compile_regex(kGpt2Pattern, false));
   else throw Error(str("GGUF vocabulary: pre-tokenizer '", pre_tokenizer, "' is not supported"));
   for (size_t r = 0; r < merges.size(); ++r) {

@@ -21,7 +21,7 @@ class Tokenizer {
   static Tokenizer from_file(const std::string& tokenizer_json_path);  // HF tokenizer.json (byte-level BPE)
   // Built from GGUF metadata (tokenizer.ggml.model = "gpt2"): tokens, merges ("a b"),
   // token types (1 normal, 3 control = special, 4 user-defined = added), and the
-  // pre-tokenizer name (tokenizer.ggml.pre: "qwen2", "llama-bpe", "gpt2", "smollm", "default").
+  // pre-tokenizer name (tokenizer.ggml.pre: "qwen2", "llama-bpe", "gpt-2", "smollm", "default").
   // eos_id/bos_id/pad_id stay -1 here: the GGUF loader sets them from tokenizer.ggml.*_token_id.
   // (from_file reads them from tokenizer_config.json next to tokenizer.json, when present.)
   static Tokenizer from_vocab(std::vector<std::string> tokens, std::vector<std::string> merges,
