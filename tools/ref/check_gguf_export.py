@@ -1,6 +1,7 @@
 """The GGUF export against llama.cpp itself: its converters and its runtime.
 
 Run after `make` (it calls ./merge):  tools/ref/.venv/bin/python tools/ref/check_gguf_export.py
+[--converters-only | --runtime-only]
 
 1. Converters. llama.cpp's convert_hf_to_gguf.py / convert_lora_to_gguf.py and its
    gguf-py, taken from the pinned llama-cpp-python sdist (LLAMA_CPP_PYTHON below,
@@ -234,8 +235,10 @@ def check_converters(work: Path):
 
 def llama_logits(model_path, lora_path, prompt_ids, vocab_sample, n_greedy=16):
     from llama_cpp import Llama
+    # KV cache in f32 (llama.cpp's default is f16, which alone moves logits by ~1e-3):
+    # the comparison is then of the weights as exported.
     llm = Llama(model_path=str(model_path), lora_path=str(lora_path) if lora_path else None, n_ctx=128,
-                logits_all=True, verbose=False, n_threads=2, seed=0)
+                logits_all=True, verbose=False, n_threads=2, seed=0, type_k=0, type_v=0)
     rows = []
     llm.reset()
     llm.eval(prompt_ids)
@@ -319,6 +322,8 @@ def main():
         if "--runtime-only" not in sys.argv:
             report = check_converters(work)
             (OUT / "converter_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        if "--converters-only" in sys.argv:
+            return
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
