@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <string>
 
-#include "formats/safetensors.h"
 #include "model/bnb_checkpoint.h"
 #include "model/load_model.h"
 #include "model/merge.h"

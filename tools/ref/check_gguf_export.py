@@ -108,10 +108,15 @@ def file_digest(path) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def reader(path):
+    import gguf
+    return path if isinstance(path, gguf.GGUFReader) else gguf.GGUFReader(str(path))
+
+
 def metadata(path) -> dict:
     """gguf-py's reading of a file's metadata: key -> {type, value | count + hash}."""
     import gguf
-    r = gguf.GGUFReader(str(path))
+    r = reader(path)
     out = {}
     for key, f in r.fields.items():
         if key.startswith("GGUF."):
@@ -131,13 +136,13 @@ def metadata(path) -> dict:
 
 
 def tensors(path) -> dict:
-    import gguf
-    r = gguf.GGUFReader(str(path))
+    r = reader(path)
     return {t.name: (t.tensor_type.name, [int(d) for d in t.shape], np.array(t.data).tobytes()) for t in r.tensors}
 
 
 def compare_files(ours, ref, what):
     """Tensor bytes must be equal; metadata differences are returned for the report."""
+    ours, ref = reader(ours), reader(ref)  # parsed once (a 151k-token vocabulary is slow to parse)
     to, tr = tensors(ours), tensors(ref)
     assert set(to) == set(tr), f"{what}: tensor names differ: {sorted(set(to) ^ set(tr))[:8]}"
     bad = [n for n in tr if to[n] != tr[n]]
@@ -196,10 +201,11 @@ def check_converters(work: Path):
         convert_hf(q, work / f"qwen3-ref-{t}.gguf", t)
         run([MERGE, "--model", q, "--out", work / f"qwen3-ours-{t}.gguf", "--type", t])
         report[f"qwen3 {t}"] = compare_files(work / f"qwen3-ours-{t}.gguf", work / f"qwen3-ref-{t}.gguf", f"qwen3 {t}")
-    meta = metadata(work / "qwen3-ref-f32.gguf")
-    (OUT / "converter_qwen3.json").write_text(json.dumps(
-        {"llama_cpp_python": LLAMA_CPP_PYTHON, "config": json.loads((q / "config.json").read_text()),
-         "metadata": meta}, indent=1, default=str) + "\n")
+        if t == "f32":
+            meta = metadata(work / "qwen3-ref-f32.gguf")
+            (OUT / "converter_qwen3.json").write_text(json.dumps(
+                {"llama_cpp_python": LLAMA_CPP_PYTHON, "config": json.loads((q / "config.json").read_text()),
+                 "metadata": meta}, indent=1, default=str) + "\n")
     ad = work / "qwen3-real-tok-adapter"
     make_peft_adapter(q, ad, r=4, alpha=8, targets="all-linear", rslora=False, seed=3)
     convert_lora(ad, q, work / "qwen3-adapter-ref.gguf")
