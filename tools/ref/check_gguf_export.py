@@ -1,7 +1,7 @@
 """The GGUF export against llama.cpp itself: its converters and its runtime.
 
 Run after `make` (it calls ./merge):  tools/ref/.venv/bin/python tools/ref/check_gguf_export.py
-[--converters-only | --runtime-only]
+[--converters-only | --runtime-only | --hf-only]
 
 1. Converters. llama.cpp's convert_hf_to_gguf.py / convert_lora_to_gguf.py and its
    gguf-py, taken from the pinned llama-cpp-python sdist (LLAMA_CPP_PYTHON below,
@@ -23,8 +23,10 @@ Run after `make` (it calls ./merge):  tools/ref/.venv/bin/python tools/ref/check
    and writes tests/fixtures/gguf_export/llamacpp_<model>.json: for each fixed prompt
    the logits at every position on a fixed sample of vocabulary ids, and the 16
    greedy tokens. tests/test_gguf_export.cpp runs our forward of base + adapter on
-   the same prompts and compares. Each export's bytes are recorded (size and FNV-1a)
-   so the test can tell that its own export today is the file llama.cpp read.
+   the same prompts and compares. Each export's size is recorded so the test can tell
+   that its own export today is the file llama.cpp read.
+3. ./merge's HF folder of the demo GGUF (f32 and bf16) in transformers: the same
+   tokens, chat template and logits as transformers' own reading of the GGUF.
 """
 import hashlib
 import json
@@ -237,6 +239,42 @@ def check_converters(work: Path):
     return report
 
 
+# ---------------------------------------------------------------- 3. ./merge's HF folder of a GGUF
+
+def check_hf_folder_of_gguf(work: Path):
+    """transformers loads the HF folder ./merge writes from the demo GGUF (bf16 and f32):
+    its logits and tokens equal transformers' own reading of the GGUF (from_pretrained(...,
+    gguf_file=...)), which tests/test_gguf_model.cpp shows equal to ours."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not SMOLLM2.exists():
+        print(f"  {SMOLLM2} missing (make model): HF folder check skipped")
+        return {}
+    print("== ./merge's HF folder of the demo GGUF, in transformers")
+    ref_tok = AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)
+    ref = AutoModelForCausalLM.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name, dtype=torch.float32)
+    texts = PROMPTS["smollm2"] + ["Numbers 12345 and 3.14, emoji 🦙, accents café"]
+    out = {}
+    for dtype in ["f32", "bf16"]:
+        folder = work / f"smollm2-hf-{dtype}"
+        run([MERGE, "--model", SMOLLM2, "--out", folder, "--dtype", dtype])
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        worst = 0.0
+        for t in texts:
+            ids = ref_tok(t, add_special_tokens=False)["input_ids"]
+            assert tok(t, add_special_tokens=False)["input_ids"] == ids, (dtype, t)
+            with torch.no_grad():
+                a = model(torch.tensor([ids])).logits
+                b = ref(torch.tensor([ids])).logits
+            worst = max(worst, float((a - b).abs().max() / b.abs().max()))
+        assert tok.chat_template == ref_tok.chat_template
+        bound = 1e-5 if dtype == "f32" else 5e-2
+        assert worst <= bound, (dtype, worst)
+        out[dtype] = worst
+        print(f"  {dtype}: same tokens and chat template; logits max |diff| / max |logit| = {worst:.3g}")
+    return out
+
+
 # ---------------------------------------------------------------- 2. llama.cpp runtime
 
 def llama_logits(model_path, lora_path, prompt_ids, vocab_sample, n_greedy=16):
@@ -325,8 +363,12 @@ def main():
         (sa / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if "--hf-only" in sys.argv:
+            check_hf_folder_of_gguf(work)
+            return
         if "--runtime-only" not in sys.argv:
             report = check_converters(work)
+            report["HF folder of the demo GGUF in transformers"] = check_hf_folder_of_gguf(work)
             (OUT / "converter_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         if "--converters-only" in sys.argv:
             return
