@@ -85,6 +85,25 @@ std::string gguf_to_hf_name(const std::string& name) {
   return "model.layers." + layer + "." + l->second;
 }
 
+std::string hf_to_gguf_name(const std::string& name) {
+  static const std::map<std::string, std::string> global = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+  };
+  auto g = global.find(name);
+  if (g != global.end()) return g->second;
+  const std::string prefix = "model.layers.";  // "model.layers.<N>.<rest>"
+  if (name.compare(0, prefix.size(), prefix) != 0) return "";
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size()) return "";
+  const std::string layer = name.substr(prefix.size(), dot - prefix.size());
+  if (layer.find_first_not_of("0123456789") != std::string::npos) return "";
+  for (const auto& [gguf, hf] : layer_names())
+    if (hf == name.substr(dot + 1)) return "blk." + layer + "." + gguf;
+  return "";
+}
+
 ModelConfig gguf_config(const GGUFFile& f) {
   const std::string arch = f.get_string("general.architecture");
   NQ_CHECK(arch == "llama" || arch == "qwen3", key_error(f, "general.architecture"), " is '", arch,

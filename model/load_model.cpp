@@ -91,6 +91,20 @@ Decoder build_decoder(LoadedModel& m, DecoderOptions options, bool nf4_base) {
   return model;
 }
 
+Tokenizer load_tokenizer(const std::string& path) {
+  NQ_CHECK(std::filesystem::exists(path), path, ": no such file or directory");
+  if (is_gguf_path(path)) {
+    const GGUFFile file = GGUFFile::open(path);
+    NQ_CHECK(file.has("tokenizer.ggml.model"), path, ": this GGUF has no vocabulary (tokenizer.ggml.*)");
+    return gguf_tokenizer(file);
+  }
+  if (std::filesystem::is_directory(path)) {
+    NQ_CHECK(std::filesystem::exists(path + "/tokenizer.json"), path, ": no tokenizer.json in this folder");
+    return Tokenizer::from_file(path + "/tokenizer.json");
+  }
+  return Tokenizer::from_file(path);
+}
+
 LoadedModel load_model(const std::string& path) {
   NQ_CHECK(std::filesystem::exists(path), path, ": no such file or directory");
   if (is_gguf_path(path)) return load_gguf(path);

@@ -588,6 +588,13 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
   return tok;
 }
 
+const char* Tokenizer::split_regex_of(const std::string& pre) {
+  if (pre == "qwen2") return kQwen2Pattern;
+  if (pre == "llama-bpe" || pre == "llama3") return kLlama3Pattern;
+  if (pre == "gpt-2" || pre == "gpt2" || pre == "smollm" || pre == "default") return kGpt2Pattern;
+  return nullptr;
+}
+
 Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std::string> merges,
                                 std::vector<int32_t> token_types, const std::string& pre_tokenizer) {
   auto impl = std::make_shared<TokenizerImpl>();
@@ -599,7 +606,7 @@ Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std
   if (pre_tokenizer == "qwen2") impl->splits.push_back(compile_regex(kQwen2Pattern, false)), impl->nfc = true;
   else if (pre_tokenizer == "llama-bpe" || pre_tokenizer == "llama3")
     impl->splits.push_back(compile_regex(kLlama3Pattern, false)), impl->ignore_merges = true;
-  else if (pre_tokenizer == "gpt2" || pre_tokenizer == "smollm" || pre_tokenizer == "default")
+  else if (pre_tokenizer == "gpt-2" || pre_tokenizer == "gpt2" || pre_tokenizer == "smollm" || pre_tokenizer == "default")
     impl->splits.push_back(compile_regex(kGpt2Pattern, false));
   else throw Error(str("GGUF vocabulary: pre-tokenizer '", pre_tokenizer, "' is not supported"));
   for (size_t r = 0; r < merges.size(); ++r) {
