@@ -117,7 +117,7 @@ TEST_CASE("hostile: JSON type confusion is one line naming the file, the key and
       "data_index": 0, "tokens_seen": 0})");
   AdamW opt({Var(Tensor::zeros({2, 2}), true, "a")}, AdamWConfig{});
   const std::string state_error = thrown_message([&] { load_checkpoint_state(dir.path, opt); });
-  CHECK(state_error == dir / "trainer_state.json" + ": \"step\" = 1e+30 is outside [1, 9223372036854775807]");
+  CHECK(state_error == dir / "trainer_state.json" + ": \"step\" = 1e+30 is outside [0, 9223372036854775807]");
 
   // tokenizer.json: a token id as a float; tokenizer_config.json: a wrong type.
   nlohmann::json tok = byte_tokenizer();
@@ -320,20 +320,22 @@ TEST_CASE("hostile: a save that fails at any byte (disk full) keeps the last che
 TEST_CASE("hostile: a stop just before a checkpoint folder is published leaves the one of the same step intact") {
   TinyRun t;
   t.cfg.max_steps = 2;
-  t.cfg.save_every = 2;
+  t.cfg.save_every = 1;
   run_quietly(t.cfg);
   const auto before = snapshot(t.cfg.out + "/checkpoint-2");
-  // The same run again saves checkpoint-2 again: stop it just before the rename.
+  // Resumed from checkpoint-1, the run saves checkpoint-2 again: stop it just before the rename.
+  TrainConfig again = t.cfg;
+  again.resume = t.cfg.out + "/checkpoint-1";
   set_checkpoint_fault_hook([](const std::string& stage) {
     if (stage == "publish") throw Error("stopped before publishing");
   });
-  const std::string e = thrown_message([&] { run_quietly(t.cfg); });
+  const std::string e = thrown_message([&] { run_quietly(again); });
   set_checkpoint_fault_hook(nullptr);
   CHECK(e == "stopped before publishing");
   CHECK(snapshot(t.cfg.out + "/checkpoint-2") == before);
   CHECK_FALSE(fs::exists(t.cfg.out + "/.checkpoint-2.tmp"));
   // Saving over it (the atomic swap) works and leaves no old copy behind.
-  run_quietly(t.cfg);
+  run_quietly(again);
   CHECK(fs::exists(t.cfg.out + "/checkpoint-2/optimizer.safetensors"));
   CHECK_FALSE(fs::exists(t.cfg.out + "/.checkpoint-2.tmp"));
   CHECK_FALSE(fs::exists(t.cfg.out + "/checkpoint-2.old"));
