@@ -14,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <ostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,9 @@ struct TrainConfig {
   std::string out = "out"; // adapter, checkpoints
   std::string metrics;     // metrics JSONL ("" = <out>/metrics.jsonl)
   std::string resume;      // a checkpoint directory to continue from
+  // ---- starting adapter: a PEFT adapter whose r, alpha, rsLoRA, dropout and
+  // targets the run takes (adopt_adapter_config) and whose A, B are the initial weights
+  std::string adapter;
   // ---- LoRA
   int64_t r = kDefaultLoraRank;
   double alpha = kDefaultLoraAlpha;
@@ -52,6 +56,7 @@ struct TrainConfig {
   int64_t grad_accum = 1;
   int64_t max_length = 1024;
   bool packing = false;
+  bool shuffle = true;              // false (--no-shuffle): every epoch in file order (docs/data.md)
   bool train_on_prompt = false;         // loss on every token, not just answers / completions (training/encode.h)
   bool prompt_completion_chat = false;  // prompt-completion / alpaca rendered as a user/assistant chat
   std::string optim = "paged_adamw";  // paged_adamw | adamw: where AdamW keeps m and v on a GPU
@@ -72,6 +77,14 @@ struct TrainConfig {
   int64_t threads = 0;              // 0: all cores (OpenMP default)
   bool no_progress = false;
 
+  // The options given on the command line or in the --config file (flag names,
+  // "r", "alpha", ...); parse_train_args fills it. Not a setting: not in to_json.
+  std::set<std::string> given;
+
+  // --adapter: reads DIR/adapter_config.json and takes its r, lora_alpha,
+  // use_rslora, lora_dropout and target_modules. An option in `given` whose
+  // value differs is an error naming both values. No-op without --adapter.
+  void adopt_adapter_config();
   // Applies a JSON object's keys (`source` names the file in errors).
   void apply_json(const std::string& json_text, const std::string& source);
   // The whole config as a JSON object (checkpoints, --config files).
@@ -88,8 +101,19 @@ struct TrainConfig {
 FlagTable train_flags(TrainConfig& cfg);
 
 // Parses argv (defaults < --config FILE < flags) and validates. Returns false
-// when --help was given (the help text is then printed to stdout).
+// when --help was given (the help text is then printed to stdout). The --config
+// file's keys may be the seed's (translate_seed_config); its warnings go to
+// stderr, one "warning: ..." line each.
 bool parse_train_args(int argc, char** argv, TrainConfig* cfg);
+
+// A --config file's JSON with the keys of transformers' TrainingArguments / TRL's
+// SFTConfig, PEFT's LoraConfig and BitsAndBytesConfig (flat, or grouped under
+// those class names) -> the same settings as ./train's own keys (which pass
+// through). Keys that only concern the Python stack go to `warnings`; values
+// ./train does not implement (bias "all", use_dora, fp4, 8-bit optimizers, ...)
+// are errors naming `source` and the key. docs/seed.md has the whole table.
+std::string translate_seed_config(const std::string& json_text, const std::string& source,
+                                  std::vector<std::string>* warnings);
 
 // The --help text, listing every option with its default.
 std::string train_help();

@@ -124,7 +124,10 @@ TrainData load_train_data(const TrainConfig& cfg, const Tokenizer& tok, const En
 
 }  // namespace
 
-TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks& hooks) {
+TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHooks& hooks) {
+  TrainConfig adopted = config;
+  adopted.adopt_adapter_config();  // --adapter: the run's LoRA settings are the file's (parse_train_args did it too)
+  const TrainConfig& cfg = adopted;
   cfg.validate();
   const Device device = select_device(cfg.device, "--device");
   if (cfg.threads > 0) {
@@ -160,8 +163,9 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   adapter.lora = {cfg.r, float(cfg.alpha), float(cfg.dropout), cfg.rslora};
   adapter.target_modules = cfg.targets;
   adapter.base_model_name_or_path = cfg.model;
-  if (cfg.resume.empty()) attach_adapters(model, adapter);
-  else load_peft_adapter(cfg.resume, model);
+  if (!cfg.resume.empty()) load_peft_adapter(cfg.resume, model);
+  else if (!cfg.adapter.empty()) load_peft_adapter(cfg.adapter, model);  // its A, B are the initial weights
+  else attach_adapters(model, adapter);
   to_device(model, device);  // NF4 codes as they are, bf16 embeddings, f32 norms and LoRA masters
   std::vector<Var> params = adapter_parameters(model);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(params, cfg, device);
