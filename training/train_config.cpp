@@ -66,7 +66,12 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("grad-accum", &cfg.grad_accum, "micro-batches per optimizer step");
   t.add("max-length", &cfg.max_length, "tokens per sample (longer ones are truncated) / packed row");
   t.add("packing", &cfg.packing, "pack several samples per row (attention stays within a sample)");
-  t.add("train-on-prompt", &cfg.train_on_prompt, "loss on every token, not only the answers / completions");
+  t.add("train-on-prompt", &cfg.train_on_prompt,
+        "loss on every token, not only the answers / completions (= --loss-on all;\n"
+        "with --loss-on trl: TRL's completion_only_loss=False)");
+  t.add_choice("loss-on", &cfg.loss_on, {"answers", "all", "trl"},
+               "answers (assistant answers / completions and their stop token) | all (every token)\n"
+               "| trl (TRL 1.16 SFTTrainer's defaults exactly: docs/data.md)");
   t.add("prompt-completion-chat", &cfg.prompt_completion_chat,
         "render prompt-completion and alpaca pairs as a user/assistant chat");
   t.add_choice("optim", &cfg.optim, {"adamw", "paged_adamw"},
@@ -102,6 +107,7 @@ const EvalOption kEvalOptions[] = {
     {"batch-size", "rows per forward pass (the loss does not depend on it)"},
     {"packing", "pack several samples per row (as ./train --packing; the same loss)"},
     {"train-on-prompt", ""},
+    {"loss-on", ""},
     {"prompt-completion-chat", ""},
     {"on-bad-line", ""},
     {"device", ""},
@@ -153,6 +159,8 @@ void TrainConfig::validate() const {
   NQ_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
   NQ_CHECK(grad_accum >= 1, "--grad-accum must be >= 1, got ", grad_accum);
   NQ_CHECK(max_length >= 2, "--max-length must be >= 2, got ", max_length);
+  NQ_CHECK(loss_on == "answers" || loss_on == "all" || loss_on == "trl",
+           "--loss-on must be answers, all or trl, got '", loss_on, "'");
   NQ_CHECK(optim == "adamw" || optim == "paged_adamw", "--optim must be adamw or paged_adamw, got '", optim, "'");
   NQ_CHECK(std::isfinite(weight_decay) && weight_decay >= 0, "--weight-decay must be >= 0, got ", weight_decay);
   NQ_CHECK(std::isfinite(max_grad_norm) && max_grad_norm >= 0, "--max-grad-norm must be >= 0, got ", max_grad_norm);
@@ -266,6 +274,8 @@ const SeedKey kSeedKeys[] = {
     {"gradient_checkpointing", SeedKeyKind::Option, "no_grad_checkpoint"},
     {"resume_from_checkpoint", SeedKeyKind::Option, "resume"},
     {"use_cpu", SeedKeyKind::Option, "device"},
+    {"assistant_only_loss", SeedKeyKind::Option, "loss_on"},
+    {"completion_only_loss", SeedKeyKind::Option, "train_on_prompt"},
     {"adam_beta1", SeedKeyKind::Check, nullptr},
     {"adam_beta2", SeedKeyKind::Check, nullptr},
     {"adam_epsilon", SeedKeyKind::Check, nullptr},
@@ -378,6 +388,18 @@ json seed_option_value(const std::string& source, const std::string& key, const 
     NQ_CHECK(v.is_boolean(), where, ": expected true or false, got ", v.dump());
     return v.get<bool>() ? "cpu" : kDefaultDevice;
   }
+  if (key == "assistant_only_loss") {
+    // False (TRL's default): whole conversations are trained, TRL's way = --loss-on trl.
+    // True: ./train's answers; TRL differs (docs/data.md: it swaps in its own Qwen3
+    // template and trains the "\n" after <|im_end|>), said once here.
+    NQ_CHECK(v.is_boolean(), where, ": expected true or false, got ", v.dump());
+    return v.get<bool>() ? "answers" : "trl";
+  }
+  if (key == "completion_only_loss") {
+    // null (TRL's default) / true: the completion only; false: every token.
+    NQ_CHECK(v.is_boolean() || v.is_null(), where, ": expected true, false or null, got ", v.dump());
+    return v.is_boolean() && !v.get<bool>();
+  }
   if (key == "save_steps" || key == "eval_steps" || key == "logging_steps") {
     // transformers also takes a float < 1 as a fraction of the run; ./train counts steps
     NQ_CHECK(v.is_number_integer(), where, ": expected a whole number of steps, got ", v.dump());
@@ -473,6 +495,10 @@ std::string translate_seed_config(const std::string& json_text, const std::strin
     if (seed) {
       option = seed->option;
       value = seed_option_value(source, key, value);
+      if (key == "assistant_only_loss" && value == "answers")
+        warnings->push_back(str(source, ": \"assistant_only_loss\" = true is ./train's --loss-on answers, which "
+                                "differs from TRL's (docs/data.md: TRL also trains the \\n after <|im_end|> and, for "
+                                "Qwen3, renders with its own training template)"));
     } else {
       option = key;  // ./train's own key (or an unknown one: the table's error names it)
       if (key == "optim") value = seed_option_value(source, key, value);
@@ -533,7 +559,8 @@ std::string eval_help() {
 EncodeOptions encode_options(const TrainConfig& cfg, const LoadedModel& model, std::ostream& log) {
   EncodeOptions enc;
   enc.max_length = cfg.max_length;
-  enc.train_on_prompt = cfg.train_on_prompt;
+  enc.train_on_prompt = cfg.train_on_prompt || cfg.loss_on == "all";
+  enc.trl_targets = cfg.loss_on == "trl";
   enc.prompt_completion_chat = cfg.prompt_completion_chat;
   enc.chat = model.chat ? *model.chat : ChatFormat::for_config(model.config);
   if (!model.chat)

@@ -58,6 +58,7 @@ struct TrainConfig {
   bool packing = false;
   bool shuffle = true;              // false (--no-shuffle): every epoch in file order (docs/data.md)
   bool train_on_prompt = false;         // loss on every token, not just answers / completions (training/encode.h)
+  std::string loss_on = "answers";      // answers | all (= train_on_prompt) | trl: which tokens are trained (docs/data.md)
   bool prompt_completion_chat = false;  // prompt-completion / alpaca rendered as a user/assistant chat
   std::string optim = "paged_adamw";  // paged_adamw | adamw: where AdamW keeps m and v on a GPU
                                     // (host memory paged through a GPU pool | GPU memory); on the CPU both are AdamW

@@ -43,6 +43,14 @@ HP = dict(r=8, lora_alpha=12, use_rslora=True, lora_dropout=0.0,
           lr=2e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8, schedule="linear", warmup_steps=2,
           batch=2, grad_accum=3, steps=8, max_length=64, max_grad_norm=1.0, seed=4321)
 
+# SmolLM2-Instruct's chat template (ChatML with a default system message), so that
+# make_trl_mask_fixtures.py can also run chats through this model.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
 WORDS = ("the a cat dog sat on mat ran far near blue red green small big house tree river stone light dark "
          "one two three four five six seven eight nine ten").split()
 
@@ -57,8 +65,12 @@ def write_model_dir(path):
     base = Qwen3ForCausalLM(cfg).float()
     base.save_pretrained(path, safe_serialization=True)
     shutil.copy(TOKENIZER, path / "tokenizer.json")
+    # tokenizer_class: without it transformers 5 picks the model type's class
+    # (Qwen2Tokenizer), which replaces this tokenizer.json's pre-tokenizer with
+    # Qwen2's (digits split one by one): AutoTokenizer would not be tokenizer.json.
     (path / "tokenizer_config.json").write_text(
-        json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}) + "\n")
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
+                    "pad_token": "<|endoftext|>", "chat_template": SMOLLM2_TEMPLATE}, indent=1) + "\n")
 
 
 def write_data(path, n, rng):
