@@ -283,11 +283,21 @@ TEST_CASE("seed config: seed keys map, warn, or refuse") {
         nlohmann::json::parse(R"({"max_steps": 0, "epochs": 3, "no_grad_checkpoint": true, "device": "cpu",
                                   "optim": "adamw", "rslora": true, "targets": ["q_proj", "v_proj"]})"));
   std::vector<std::string> warnings;
-  CHECK(translate(R"({"report_to": "tensorboard", "ddp_find_unused_parameters": false, "lr": 0.001})", &warnings) ==
-        nlohmann::json::parse(R"({"lr": 0.001})"));
-  REQUIRE(warnings.size() == 2);
-  CHECK(warnings[0].rfind("c.json: \"ddp_find_unused_parameters\" has no meaning in ./train", 0) == 0);
-  CHECK(warnings[1].rfind("c.json: \"report_to\" has no meaning in ./train", 0) == 0);
+  CHECK(translate(R"({"report_to": "tensorboard", "ddp_find_unused_parameters": false, "lr": 0.001,
+                      "dataloader_prefetch_factor": 2})", &warnings) == nlohmann::json::parse(R"({"lr": 0.001})"));
+  REQUIRE(warnings.size() == 3);
+  CHECK(warnings[0].rfind("c.json: \"dataloader_prefetch_factor\" has no meaning in ./train", 0) == 0);
+  CHECK(warnings[1].rfind("c.json: \"ddp_find_unused_parameters\" has no meaning in ./train (one device)", 0) == 0);
+  CHECK(warnings[2].rfind("c.json: \"report_to\" has no meaning in ./train", 0) == 0);
+  // The loss-mask keys (docs/data.md): TRL's assistant_only_loss=False is --loss-on trl.
+  warnings.clear();
+  CHECK(translate(R"({"assistant_only_loss": false, "completion_only_loss": false})", &warnings) ==
+        nlohmann::json::parse(R"({"loss_on": "trl", "train_on_prompt": true})"));
+  CHECK(warnings.empty());
+  CHECK(translate(R"({"assistant_only_loss": true, "completion_only_loss": null})", &warnings) ==
+        nlohmann::json::parse(R"({"loss_on": "answers", "train_on_prompt": false})"));
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0].find("differs from TRL's") != std::string::npos);
   // Values that change the maths and are not implemented.
   CHECK(error(R"({"bias": "all"})") ==
         "c.json: \"bias\": all is not supported: only the LoRA A and B are trained (bias \"none\")");

@@ -64,12 +64,17 @@ struct Setup {
 };
 
 // The tokenizer and chat format a case names.
+const Tokenizer& qwen3_tokenizer() {  // loaded once: the tests read it for many cases
+  static const Tokenizer tok = Tokenizer::from_file("build/fixtures/qwen3-tokenizer/tokenizer.json");
+  return tok;
+}
+
 Setup setup_for(const nlohmann::json& c) {
   if (c["tokenizer"] == "tiny") {
-    const LoadedModel m = load_model("tests/fixtures/trajectory/model");
+    static const LoadedModel m = load_model("tests/fixtures/trajectory/model");
     return {*m.tokenizer, *m.chat};
   }
-  Setup s{Tokenizer::from_file("build/fixtures/qwen3-tokenizer/tokenizer.json"), {}};
+  Setup s{qwen3_tokenizer(), {}};
   const std::string jinja =
       c["template"] == "trl-qwen3"
           ? read_text(kDir + "templates/qwen3_trl.jinja")
@@ -249,7 +254,7 @@ TEST_CASE("trl masks: TRL's defaults train every token of a chat; the Qwen3 answ
 
 TEST_CASE("thinking: Qwen3 chats render as apply_chat_template renders them, enable_thinking true and false") {
   const nlohmann::json fixture = read_json("tests/fixtures/thinking/renders.json");
-  const Tokenizer tok = Tokenizer::from_file("build/fixtures/qwen3-tokenizer/tokenizer.json");
+  const Tokenizer& tok = qwen3_tokenizer();
   const ChatFormat chat = ChatFormat::from_template(
       read_json("build/fixtures/qwen3-tokenizer/tokenizer_config.json")["chat_template"].get<std::string>(), "qwen3");
   REQUIRE(chat.kind == ChatTemplateKind::Qwen3);

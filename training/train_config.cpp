@@ -33,7 +33,8 @@ FlagTable train_flags(TrainConfig& cfg) {
       "usage: ./train --model DIR --data FILE.jsonl [options]\n"
       "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
       "target projections are trained with AdamW, on the GPU when there is one (--device).\n"
-      "Writes the PEFT adapter to --out.\n\n");
+      "Writes the PEFT adapter to --out. A --config file may also use the keys of TRL's SFTConfig,\n"
+      "PEFT's LoraConfig and BitsAndBytesConfig as the seed's script writes them (docs/seed.md).\n\n");
   t.json_keys_from_names();
   t.enable_config_file();
   t.add("model", &cfg.model, "HF model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file [required]");
@@ -345,9 +346,22 @@ const SeedKey kSeedKeys[] = {
     {"llm_int8_skip_modules", SeedKeyKind::Check, nullptr},
 };
 
+// Families of TrainingArguments keys about distributed runs, data workers, the hub
+// and compilers: none concerns a single-process run.
+const SeedKey kSeedPrefixes[] = {
+    {"ddp_", SeedKeyKind::Ignore, "one device"},
+    {"fsdp", SeedKeyKind::Ignore, "one device"},
+    {"deepspeed", SeedKeyKind::Ignore, "one device"},
+    {"dataloader_", SeedKeyKind::Ignore, "the data is tokenized once, in memory"},
+    {"hub_", SeedKeyKind::Ignore, "no hub access"},
+    {"torch_compile", SeedKeyKind::Ignore, "no torch"},
+};
+
 const SeedKey* find_seed_key(const std::string& name) {
   for (const SeedKey& k : kSeedKeys)
     if (name == k.name) return &k;
+  for (const SeedKey& k : kSeedPrefixes)
+    if (name.rfind(k.name, 0) == 0) return &k;
   return nullptr;
 }
 

@@ -7,6 +7,8 @@
 // "--warmup-steps" and the JSON key "warmup_steps" are the same option, so
 // --help, the flag parser, the JSON reader and the checkpoint's copy of the
 // config cannot drift apart. Precedence: defaults < --config file < flags.
+// A --config file may also be written with the seed's Python names
+// (translate_seed_config below; docs/seed.md).
 // The defaults follow the seed's TRL SFTConfig + PEFT LoraConfig (lr 2e-4,
 // cosine, 1 epoch, clip 1.0, paged_adamw; the LoRA ones, r 16, alpha 32,
 // dropout 0.05, all-linear, are lora/lora_linear.h's kDefaultLora*, and the
