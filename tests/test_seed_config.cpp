@@ -189,6 +189,16 @@ TEST_CASE("seed config: --adapter on the wrong base is a one-line error naming t
   const std::string missing = thrown_message([&] { train(cfg, log); });
   CHECK(missing.find("is for module model.layers.5.") != std::string::npos);
   CHECK(missing.find("which this model does not have") != std::string::npos);
+
+  // The other way round: a module the adapter's target_modules select has no tensors.
+  tensors.clear();
+  for (const std::string& key : init.names())
+    if (key.find("layers.1.self_attn.q_proj") == std::string::npos) tensors.emplace_back(key, init.get(key).clone());
+  save_safetensors(run.tmp / "moved/adapter_model.safetensors", tensors);
+  CHECK(thrown_message([&] { train(cfg, log); }) ==
+        "--adapter " + run.tmp / "moved" + ": adapter_model.safetensors has no tensor "
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight, which its target_modules select (an "
+        "adapter for another model?)");
 }
 
 TEST_CASE("seed config: --shuffle / --no-shuffle, the last one wins; JSON key shuffle") {

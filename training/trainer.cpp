@@ -164,8 +164,16 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   adapter.target_modules = cfg.targets;
   adapter.base_model_name_or_path = cfg.model;
   if (!cfg.resume.empty()) load_peft_adapter(cfg.resume, model);
-  else if (!cfg.adapter.empty()) load_peft_adapter(cfg.adapter, model);  // its A, B are the initial weights
-  else attach_adapters(model, adapter);
+  else if (!cfg.adapter.empty()) {
+    load_peft_adapter(cfg.adapter, model);  // its A, B are the initial weights
+    // Every module its target_modules selects must have come with weights (PEFT
+    // would start a missing one afresh: not the adapter the user gave).
+    for (Linear* l : select_targets(model, cfg.targets))
+      NQ_CHECK(l->has_lora(), "--adapter ", cfg.adapter, ": adapter_model.safetensors has no tensor base_model.model.",
+               l->name(), ".lora_A.weight, which its target_modules select (an adapter for another model?)");
+  } else {
+    attach_adapters(model, adapter);
+  }
   to_device(model, device);  // NF4 codes as they are, bf16 embeddings, f32 norms and LoRA masters
   std::vector<Var> params = adapter_parameters(model);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(params, cfg, device);
