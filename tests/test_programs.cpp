@@ -101,6 +101,7 @@ std::vector<ProgramFlags> program_flags() {
       {"inspect", {"plan"}, {"preset", "model", "seq", "batch", "r", "targets", "device", "no-quant",
                              "no-grad-checkpoint", "ce-chunk", "fit-gb", "json"}, "./inspect plan --help"},
       {"demo", {}, {"steps", "lr", "seed", "checkpoint"}, "--help"},
+      {"plot", {}, {"metrics", "output"}, "--help"},
       {"bench", {}, {"device", "shapes", "iters", "csv", "n", "m", "k", "tokens", "hidden", "vocab", "heads",
                      "kv-heads", "head-dim"}, "--help"},
   };

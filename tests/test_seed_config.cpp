@@ -293,12 +293,17 @@ TEST_CASE("seed config: seed keys map, warn, or refuse") {
         nlohmann::json::parse(R"({"max_steps": 0, "epochs": 3, "no_grad_checkpoint": true, "device": "cpu",
                                   "optim": "adamw", "rslora": true, "targets": ["q_proj", "v_proj"]})"));
   std::vector<std::string> warnings;
-  CHECK(translate(R"({"report_to": "tensorboard", "ddp_find_unused_parameters": false, "lr": 0.001,
+  CHECK(translate(R"({"run_name": "x", "ddp_find_unused_parameters": false, "lr": 0.001,
                       "dataloader_prefetch_factor": 2})", &warnings) == nlohmann::json::parse(R"({"lr": 0.001})"));
   REQUIRE(warnings.size() == 3);
   CHECK(warnings[0].rfind("c.json: \"dataloader_prefetch_factor\" has no meaning in ./train", 0) == 0);
   CHECK(warnings[1].rfind("c.json: \"ddp_find_unused_parameters\" has no meaning in ./train (one device)", 0) == 0);
-  CHECK(warnings[2].rfind("c.json: \"report_to\" has no meaning in ./train", 0) == 0);
+  CHECK(warnings[2].rfind("c.json: \"run_name\" has no meaning in ./train", 0) == 0);
+  // HF Trainer names that are ./train options too
+  CHECK(translate(R"({"report_to": ["wandb", "tensorboard"], "save_total_limit": 2, "overwrite_output_dir": true})") ==
+        nlohmann::json::parse(R"({"report_to": "tensorboard", "save_total_limit": 2, "overwrite": true})"));
+  CHECK(translate(R"({"report_to": "wandb", "save_total_limit": null})") ==
+        nlohmann::json::parse(R"({"report_to": "none", "save_total_limit": 0})"));
   // The loss-mask keys (docs/data.md): TRL's assistant_only_loss=False is --loss-on trl.
   warnings.clear();
   CHECK(translate(R"({"assistant_only_loss": false, "completion_only_loss": false})", &warnings) ==

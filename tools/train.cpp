@@ -1,14 +1,22 @@
 // ./train: QLoRA fine-tuning from the command line (flags and/or a JSON config;
 // ./train --help lists them). The work is in training/trainer.h; this file parses
-// the options and turns Ctrl-C into "finish this step, checkpoint, exit".
+// the options (training/resume.h: `--resume OUT/checkpoint-N` alone continues a
+// run) and turns Ctrl-C into "finish this step, save a checkpoint and the adapter
+// so far, exit 130" (128 + SIGINT, the shell's status for an interrupted program, so
+// a script can tell it from a finished run).
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "tools/cli.h"
+#include "training/resume.h"
 #include "training/trainer.h"
 
 namespace {
+
+constexpr int kInterruptedStatus = 128 + SIGINT;
 
 void on_sigint(int) {
   nq::request_stop();
@@ -17,11 +25,18 @@ void on_sigint(int) {
 
 int run(int argc, char** argv) {
   nq::TrainConfig cfg;
-  if (!nq::parse_train_args(argc, argv, &cfg)) return 0;  // --help
+  std::vector<std::string> notes;
+  if (!nq::parse_train_command_line(argc, argv, &cfg, &notes)) return 0;  // --help
   std::signal(SIGINT, on_sigint);
+  if (!cfg.resume.empty()) {
+    std::cout << "continuing the run of " << cfg.resume << " (its train_config.json)\n";
+    for (const std::string& n : notes) std::cout << "  changed: " << n << "\n";
+  }
   nq::TrainResult r = nq::train(cfg, std::cout);
-  if (r.interrupted) std::cout << "interrupted: continue with --resume " << r.last_checkpoint << "\n";
-  return 0;
+  if (!r.interrupted) return 0;
+  std::cout << "interrupted: saved " << r.last_checkpoint << " and the adapter so far in " << r.adapter_dir
+            << "/; continue with ./train --resume " << cfg.out << "\n";
+  return kInterruptedStatus;
 }
 
 }  // namespace

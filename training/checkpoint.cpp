@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -140,7 +141,8 @@ TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer)
   } catch (const json::exception& e) {
     throw Error(str(path, ": mistyped field: ", e.what()));
   }
-  NQ_CHECK(s.step >= 1 && s.data.epoch >= 0 && s.data.index >= 0, path, ": step ", s.step, ", data position (",
+  // step 0: a starting point written before any step (make experiments' LoRA initialisations)
+  NQ_CHECK(s.step >= 0 && s.data.epoch >= 0 && s.data.index >= 0, path, ": step ", s.step, ", data position (",
            s.data.epoch, ", ", s.data.index, ") out of range");
 
   const std::string opt_path = dir + "/optimizer.safetensors";
@@ -153,6 +155,103 @@ TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer)
     throw Error(str(opt_path, ": ", e.what()));
   }
   return s;
+}
+
+// ---- Which checkpoint, and one run per output folder
+
+const char* const kCheckpointFiles[5] = {"adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+                                         "trainer_state.json", "train_config.json"};
+
+namespace {
+
+// STEP of a folder named checkpoint-STEP (digits only), else -1: ".checkpoint-6.tmp" and
+// "checkpoint-6.old" (the save's scratch names) are not checkpoints.
+int64_t checkpoint_step(const std::string& name) {
+  const std::string prefix = "checkpoint-";
+  if (name.compare(0, prefix.size(), prefix) != 0 || name.size() == prefix.size() || name.size() > prefix.size() + 18)
+    return -1;
+  for (size_t i = prefix.size(); i < name.size(); ++i)
+    if (name[i] < '0' || name[i] > '9') return -1;
+  return std::stoll(name.substr(prefix.size()));
+}
+
+bool is_complete_checkpoint(const fs::path& dir) {
+  for (const char* file : kCheckpointFiles)
+    if (!fs::is_regular_file(dir / file)) return false;
+  return true;
+}
+
+// Every checkpoint-STEP folder, complete or not, oldest first.
+std::vector<CheckpointDir> checkpoint_folders(const std::string& out_dir) {
+  std::vector<CheckpointDir> found;
+  std::error_code ec;
+  if (!fs::is_directory(out_dir, ec)) return found;
+  for (const fs::directory_entry& e : fs::directory_iterator(out_dir, ec)) {
+    const int64_t step = checkpoint_step(e.path().filename().string());
+    if (step >= 0 && e.is_directory(ec)) found.push_back({step, (fs::path(out_dir) / e.path().filename()).string()});
+  }
+  std::sort(found.begin(), found.end(), [](const CheckpointDir& a, const CheckpointDir& b) { return a.step < b.step; });
+  return found;
+}
+
+}  // namespace
+
+std::vector<CheckpointDir> list_checkpoints(const std::string& out_dir) {
+  std::vector<CheckpointDir> complete;
+  for (const CheckpointDir& c : checkpoint_folders(out_dir))
+    if (is_complete_checkpoint(c.path)) complete.push_back(c);
+  return complete;
+}
+
+std::string resolve_resume_checkpoint(const std::string& arg, const std::string& out_dir) {
+  const std::string dir = arg == "last" ? out_dir : arg;
+  const std::string named = arg == "last" ? str("--resume last: --out ", out_dir) : str("--resume ", arg);
+  std::error_code ec;
+  NQ_CHECK(fs::is_directory(dir, ec), named, ": no such folder");
+  if (fs::exists(fs::path(dir) / "trainer_state.json", ec)) return dir;  // a checkpoint itself
+  const std::vector<CheckpointDir> complete = list_checkpoints(dir);
+  if (!complete.empty()) return complete.back().path;
+  const size_t incomplete = checkpoint_folders(dir).size();
+  throw Error(str(named, ": holds no complete checkpoint (checkpoint-STEP with ", kCheckpointFiles[3], " and ",
+                  kCheckpointFiles[2], ")", incomplete ? str("; ", incomplete, " incomplete checkpoint folders") : ""));
+}
+
+void claim_output_folder(const std::string& out_dir, bool overwrite, const std::string& metrics_path) {
+  const std::vector<CheckpointDir> found = checkpoint_folders(out_dir);
+  if (found.empty()) return;
+  if (!overwrite) {
+    const std::string which = found.size() == 1 ? fs::path(found[0].path).filename().string()
+                                                : str(found.size(), " checkpoints, ", fs::path(found[0].path).filename().string(),
+                                                      " to ", fs::path(found.back().path).filename().string());
+    throw Error(str("--out ", out_dir, " already holds a run (", which, "): continue it with --resume ", out_dir,
+                    ", replace it with --overwrite, or choose another --out"));
+  }
+  std::error_code ec;
+  std::vector<fs::path> doomed;  // collected first: deleting while iterating a folder is unspecified
+  for (const fs::directory_entry& e : fs::directory_iterator(out_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("checkpoint-", 0) == 0 || name.rfind(".checkpoint-", 0) == 0 || name == "adapter_config.json" ||
+        name == "adapter_model.safetensors")
+      doomed.push_back(e.path());
+  }
+  if (!metrics_path.empty()) doomed.push_back(metrics_path);
+  for (const fs::path& p : doomed) {
+    fs::remove_all(p, ec);
+    NQ_CHECK(!ec, "--overwrite: cannot delete ", p.string(), ": ", ec.message());
+  }
+}
+
+std::vector<std::string> prune_checkpoints(const std::string& out_dir, int64_t keep) {
+  std::vector<std::string> deleted;
+  if (keep <= 0) return deleted;
+  const std::vector<CheckpointDir> complete = list_checkpoints(out_dir);
+  for (size_t i = 0; i + size_t(keep) < complete.size(); ++i) {
+    std::error_code ec;
+    fs::remove_all(complete[i].path, ec);
+    NQ_CHECK(!ec, "--save-total-limit: cannot delete ", complete[i].path, ": ", ec.message());
+    deleted.push_back(complete[i].path);
+  }
+  return deleted;
 }
 
 }  // namespace nq

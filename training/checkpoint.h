@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "model/adapters.h"
 #include "optim/optimizer.h"
@@ -54,6 +55,34 @@ TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer)
 // Creates `dir` if needed and checks that a file can be written in it; the
 // error names `flag` (e.g. "--out") and the OS reason.
 void ensure_writable_dir(const std::string& dir, const std::string& flag);
+
+// ---- Which checkpoint, and one run per output folder (HF Trainer's rules)
+
+struct CheckpointDir {
+  int64_t step = 0;
+  std::string path;  // OUT/checkpoint-STEP
+};
+
+// The complete checkpoints in `out_dir` (checkpoint-STEP folders holding every file a
+// resume reads: kCheckpointFiles), oldest first; none when the folder does not exist.
+std::vector<CheckpointDir> list_checkpoints(const std::string& out_dir);
+extern const char* const kCheckpointFiles[5];
+
+// The checkpoint --resume ARG names (HF Trainer's resume_from_checkpoint): a checkpoint
+// folder itself (it holds trainer_state.json); an output folder, meaning its newest
+// complete checkpoint; or "last", the newest complete checkpoint in `out_dir` (--out).
+// Errors name ARG and what the folder holds.
+std::string resolve_resume_checkpoint(const std::string& arg, const std::string& out_dir);
+
+// Before a new run (no --resume) writes into `out_dir`: an error when the folder holds
+// another run's checkpoints (HF's overwrite_output_dir check); with `overwrite` that
+// run's files are deleted instead (checkpoint-*, the adapter files, `metrics_path`),
+// and nothing else in the folder.
+void claim_output_folder(const std::string& out_dir, bool overwrite, const std::string& metrics_path);
+
+// --save-total-limit K (HF's save_total_limit): deletes the oldest complete checkpoints
+// in `out_dir` beyond the `keep` newest; keep 0 keeps all. Returns the deleted paths.
+std::vector<std::string> prune_checkpoints(const std::string& out_dir, int64_t keep);
 
 // Test hook: called after each checkpoint file is written, with its name
 // ("adapter", "optimizer", "trainer_state", "train_config"); it may throw to

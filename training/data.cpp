@@ -2,6 +2,7 @@
 // first valid line, field and role validation with FILE:LINE messages.
 #include "training/data.h"
 
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -124,7 +125,42 @@ Example parse_example(const json& obj, DataFormat format) {
   return ex;
 }
 
+// The line must be UTF-8 (JSON text is): the first bad byte is named by its offset,
+// which a JSON parser would only call "invalid JSON".
+void check_utf8(const std::string& line) {
+  const size_t bad = first_invalid_utf8(line);
+  if (bad == std::string::npos) return;
+  char byte[8];
+  std::snprintf(byte, sizeof byte, "0x%02x", unsigned(static_cast<unsigned char>(line[bad])));
+  throw BadLine{str("invalid UTF-8 at byte offset ", bad, " of the line (byte ", byte,
+                    "); save the file as UTF-8")};
+}
+
 }  // namespace
+
+size_t first_invalid_utf8(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    size_t len;
+    unsigned min;  // the smallest code point of that length (shorter encodings are overlong)
+    if (c < 0x80) { ++i; continue; }
+    else if ((c & 0xE0) == 0xC0) len = 2, min = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, min = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, min = 0x10000;
+    else return i;  // a continuation byte without a lead, or 0xF8..0xFF
+    if (i + len > n) return i;
+    unsigned cp = c & (0x7F >> len);
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;  // overlong, too big, surrogate
+    i += len;
+  }
+  return std::string::npos;
+}
 
 ParsedData parse_jsonl(std::istream& in, const std::string& name, BadLinePolicy policy) {
   ParsedData out;
@@ -134,6 +170,7 @@ ParsedData parse_jsonl(std::istream& in, const std::string& name, BadLinePolicy 
     if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     try {
+      check_utf8(line);
       json obj = json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (obj.is_discarded()) throw BadLine{"invalid JSON"};
       if (!obj.is_object()) throw BadLine{str("expected a JSON object, got ", obj.type_name())};

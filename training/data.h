@@ -58,6 +58,11 @@ struct ParsedData {
 ParsedData parse_jsonl(std::istream& in, const std::string& name, BadLinePolicy policy);
 ParsedData parse_jsonl_file(const std::string& path, BadLinePolicy policy);
 
+// The byte offset of the first byte of `s` that is not valid UTF-8 (truncated or
+// overlong sequences, surrogates, code points above U+10FFFF), or npos. parse_jsonl
+// reports it as "FILE:LINE: invalid UTF-8 at byte offset N of the line (byte 0xff)".
+size_t first_invalid_utf8(const std::string& s);
+
 // The standard Alpaca prompt (tatsu-lab/stanford_alpaca PROMPT_DICT), with or
 // without input. It ends with "### Response:" and, as in Alpaca's train.py, the
 // output follows directly; the model is trained on the output.

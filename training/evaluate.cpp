@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -10,10 +11,12 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
+#include <regex>
 
 #include "autograd/var.h"
 #include "model/adapters.h"
 #include "model/device.h"
+#include "model/generate.h"
 #include "model/load_model.h"
 #include "training/progress.h"
 
@@ -51,10 +54,14 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
   return p.so_far;
 }
 
-EvalReport evaluate(const EvalConfig& cfg, std::ostream& log) {
+EvalReport evaluate(const EvalConfig& cfg, std::ostream& log, const GenerateScoreOptions& gen) {
   const TrainConfig& run = cfg.run;
   run.validate();
-  const Device device = select_device(run.device, "--device");
+  NQ_CHECK(gen.prompts >= 0, "--generate must be >= 0, got ", gen.prompts);
+  NQ_CHECK(gen.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got ", gen.max_new_tokens);
+  // Decoding runs on the CPU (as ./generate): with --generate, auto means cpu.
+  NQ_CHECK(gen.prompts == 0 || run.device != "cuda", "--generate decodes on the CPU; use --device cpu or auto");
+  const Device device = gen.prompts > 0 ? Device::CPU : select_device(run.device, "--device");
   // What can fail cheaply fails before the model is loaded.
   NQ_CHECK(std::ifstream(run.data).good(), "--data ", run.data, ": cannot read the file");
   const BadLinePolicy policy = parse_bad_line_policy(run.on_bad_line);
@@ -104,16 +111,97 @@ EvalReport evaluate(const EvalConfig& cfg, std::ostream& log) {
   for (const Sample& s : data.samples) r.tokens += int64_t(s.ids.size());
   log << r.samples << " samples, " << r.tokens << " tokens (" << r.result.targets << " targets) in "
       << format_duration(r.seconds) << ", " << int64_t(double(r.tokens) / r.seconds) << " tokens/s\n";
+  if (gen.prompts > 0) {
+    // Stop at the config's eos ids and the tokenizer's end-of-turn tokens (./generate's list).
+    std::vector<int32_t> stop = loaded.config.eos_token_ids;
+    for (int32_t id : {tok.eos_id, tok.token_id("<|im_end|>"), tok.token_id("<|endoftext|>")})
+      if (id >= 0) stop.push_back(id);
+    const auto t_gen = Clock::now();
+    r.generated = generate_score(model, tok, data.samples, gen, stop);
+    for (const GeneratedAnswer& a : r.generated->answers)
+      log << (a.right ? "  right" : "  wrong") << " (line " << a.line << "): " << nlohmann::json(a.answer).dump()
+          << (gen.match.empty() && !a.right ? "  expected " + nlohmann::json(a.reference).dump() : "") << "\n";
+    log << "generate: " << r.generated->right << " of " << r.generated->prompts << " answers right ("
+        << r.generated->metric << "), score " << r.generated->score << ", in "
+        << format_duration(std::chrono::duration<double>(Clock::now() - t_gen).count()) << "\n";
+  }
   return r;
 }
 
+namespace {
+
+std::string trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// The answer a person reads: a thinking model's (Qwen3's) reasoning block, empty or not,
+// is not part of it (the text after the last "</think>"); outer whitespace trimmed.
+std::string answer_text(const std::string& s) {
+  const size_t think_end = s.rfind("</think>");
+  return trim(think_end == std::string::npos ? s : s.substr(think_end + 8));
+}
+
+}  // namespace
+
+GenerateScore generate_score(const Decoder& model, const Tokenizer& tok, const std::vector<Sample>& samples,
+                             const GenerateScoreOptions& options, const std::vector<int32_t>& stop_ids) {
+  GenerateScore score;
+  std::optional<std::regex> pattern;
+  if (!options.match.empty()) {
+    try {
+      pattern.emplace(options.match, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw Error(str("--match '", options.match, "': not a regular expression: ", e.what()));
+    }
+    score.metric = "match /" + options.match + "/";
+  } else {
+    score.metric = "exact";
+  }
+  GenerateOptions g;
+  g.max_new_tokens = options.max_new_tokens;
+  g.sampling.greedy = true;
+  g.stop_ids = stop_ids;
+  TrainingMode eval_mode(false);
+  NoGrad no_grad;
+  const int64_t n = std::min<int64_t>(options.prompts, int64_t(samples.size()));
+  for (int64_t i = 0; i < n; ++i) {
+    const Sample& s = samples[size_t(i)];
+    // The last trained span [begin, end): the answer the sample teaches.
+    int64_t end = int64_t(s.trained.size());
+    while (end > 0 && !s.trained[size_t(end - 1)]) --end;
+    NQ_CHECK(end > 0, "sample ", i, " (line ", s.line, "): no trained token to take a reference answer from");
+    int64_t begin = end;
+    while (begin > 0 && s.trained[size_t(begin - 1)]) --begin;
+    NQ_CHECK(begin > 0, "sample ", i, " (line ", s.line, "): the answer starts at the first token; no prompt");
+    std::vector<int32_t> reference(s.ids.begin() + begin, s.ids.begin() + end);
+    while (!reference.empty() && std::count(stop_ids.begin(), stop_ids.end(), reference.back())) reference.pop_back();
+    const std::vector<int32_t> prompt(s.ids.begin(), s.ids.begin() + begin);
+    GeneratedAnswer a;
+    a.line = s.line;
+    a.reference = answer_text(tok.decode(reference));
+    a.answer = answer_text(tok.decode(generate(model, prompt, g)));
+    a.right = pattern ? std::regex_match(a.answer, *pattern) : a.answer == a.reference;
+    score.right += a.right;
+    score.answers.push_back(std::move(a));
+  }
+  score.prompts = n;
+  score.score = n > 0 ? double(score.right) / double(n) : NAN;
+  return score;
+}
+
 std::string eval_report_json(const EvalReport& r) {
-  return nlohmann::json{{"loss", r.result.loss},
-                        {"tokens", r.result.targets},
-                        {"samples", r.samples},
-                        {"lines", r.lines},
-                        {"format", data_format_name(r.format)}}
-      .dump();
+  nlohmann::json j = {{"loss", r.result.loss},
+                      {"tokens", r.result.targets},
+                      {"samples", r.samples},
+                      {"lines", r.lines},
+                      {"format", data_format_name(r.format)}};
+  if (r.generated)
+    j["generate"] = {{"metric", r.generated->metric},
+                     {"prompts", r.generated->prompts},
+                     {"right", r.generated->right},
+                     {"score", r.generated->score}};
+  return j.dump();
 }
 
 }  // namespace nq

@@ -16,11 +16,13 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "model/decoder.h"
+#include "model/tokenizer.h"
 #include "training/batch.h"
 #include "training/encode.h"
 #include "training/train_config.h"
@@ -47,6 +49,42 @@ EvalLoss evaluate_samples(Decoder& model, const std::vector<Sample>& samples, co
                           const LoaderOptions& options,
                           const std::function<void(const EvalProgress&)>& on_batch = nullptr);
 
+// The behaviour metric (./eval --generate N): the model answers the first N
+// samples greedily and a task score says how many answers are right. Each
+// sample's prompt is its tokens before its last trained span (for a chat: the
+// conversation up to the last assistant turn, rendered with the generation
+// prompt exactly as training renders it), the reference is that span's text
+// without its closing stop token; of both, only the text after a "</think>"
+// counts (Qwen3's chat renders an empty reasoning block before each answer).
+// An answer is right when
+//   --match REGEX given: the answer matches it (std::regex ECMAScript, whole answer),
+//                        e.g. the pirate persona: '^Arr!.*Fair winds, matey!$'
+//   otherwise:           it equals the reference (exact match, outer whitespace trimmed),
+//                        e.g. the format dataset's "#### 42".
+// score = right / N. Decoding is greedy, in eval mode (no LoRA dropout), with a
+// KV cache (model/generate.h), on the CPU as ./generate decodes.
+struct GenerateScoreOptions {
+  int64_t prompts = 0;          // N; 0: no generation
+  std::string match;            // "" = exact match with the reference
+  int64_t max_new_tokens = 64;  // per answer
+};
+struct GeneratedAnswer {
+  int64_t line = 0;  // the sample's line in --data (messages)
+  std::string reference, answer;
+  bool right = false;
+};
+struct GenerateScore {
+  std::string metric;  // "exact" or "match /REGEX/"
+  int64_t prompts = 0, right = 0;
+  double score = 0;    // right / prompts
+  std::vector<GeneratedAnswer> answers;
+};
+// Scores the first options.prompts of `samples` (all of them when fewer);
+// stop_ids end an answer (eos, <|im_end|>). Throws nq::Error for a bad --match
+// or a sample without a trained token.
+GenerateScore generate_score(const Decoder& model, const Tokenizer& tok, const std::vector<Sample>& samples,
+                             const GenerateScoreOptions& options, const std::vector<int32_t>& stop_ids);
+
 // ./eval's whole job, as train() is ./train's: load the model (NF4 base unless
 // --no-quant), the adapter, move to --device, load_dataset(--data) with the
 // options ./train would use, evaluate_samples over all of it. `log` gets the
@@ -62,10 +100,14 @@ struct EvalReport {
   int64_t skipped_lines = 0;      // bad lines under --on-bad-line skip
   int64_t tokens = 0;             // input tokens read
   double seconds = 0;             // wall time of the pass (model loading excluded)
+  std::optional<GenerateScore> generated;  // with --generate N
 };
-EvalReport evaluate(const EvalConfig& cfg, std::ostream& log);
+// With gen.prompts > 0 also the behaviour metric (generate_score) over the
+// first N samples of --data; `log` gets each answer.
+EvalReport evaluate(const EvalConfig& cfg, std::ostream& log, const GenerateScoreOptions& gen = {});
 
-// {"loss", "tokens" (counted targets), "samples", "lines", "format"}: ./eval's stdout line.
+// {"loss", "tokens" (counted targets), "samples", "lines", "format"}: ./eval's stdout line;
+// with --generate also "generate": {"metric", "prompts", "right", "score"}.
 std::string eval_report_json(const EvalReport& r);
 
 }  // namespace nq

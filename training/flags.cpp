@@ -3,6 +3,8 @@
 #include "training/flags.h"
 #include "formats/json.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -134,7 +136,52 @@ std::string help_line(const std::string& flag_text, const std::string& help, con
   return out + "\n";
 }
 
+// Levenshtein distance: insertions, deletions and substitutions of one character.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
 }  // namespace
+
+std::string nearest_name(const std::string& unknown, const std::vector<std::string>& names) {
+  std::string u;
+  for (char ch : unknown) u += ch == '_' ? '-' : char(std::tolower(static_cast<unsigned char>(ch)));
+  while (!u.empty() && u[0] == '-') u.erase(0, 1);
+  if (u.empty()) return "";
+  auto known = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) != names.end(); };
+  if (known(u)) return u;  // only the spelling differs: --batch_size, --LR
+  // Another program's prefix on one of ours: --lora-r, --lora-alpha, --per-device-train-batch-size.
+  for (size_t dash = u.find('-'); dash != std::string::npos; dash = u.find('-', dash + 1))
+    if (known(u.substr(dash + 1))) return u.substr(dash + 1);
+  // A typo: the closest name within a third of the length (--max-step, --epoch; not --bogus).
+  std::string best;
+  size_t best_distance = u.size() / 3 + 1;
+  for (const std::string& name : names) {
+    const size_t d = edit_distance(u, name);
+    if (d < best_distance) best = name, best_distance = d;
+  }
+  return best;
+}
+
+std::string FlagTable::unknown_flag_hint(const std::string& name) const {
+  std::vector<std::string> names;
+  for (const Flag& f : flags_) names.push_back(f.name);
+  if (config_file_) names.push_back("config");
+  names.push_back("help");
+  const std::string near = nearest_name(name, names);
+  return near.empty() ? "" : "did you mean --" + near + "? ";
+}
 
 int64_t parse_int_flag(const std::string& flag, const std::string& text) {
   char* end = nullptr;
@@ -288,8 +335,12 @@ bool FlagTable::parse(int argc, char** argv, std::FILE* help_out) {
       positionals_->push_back(a);
       continue;
     }
-    const Flag* f = a.compare(0, 2, "--") == 0 ? find(a.substr(2)) : nullptr;
-    NQ_CHECK(f != nullptr, "unknown flag '", a, "'", see);
+    const bool long_flag = a.compare(0, 2, "--") == 0;
+    const Flag* f = long_flag ? find(a.substr(2)) : nullptr;
+    NQ_CHECK(f != nullptr, "unknown flag '", a, "'",
+             long_flag && !unknown_flag_hint(a.substr(2)).empty()
+                 ? " (" + unknown_flag_hint(a.substr(2)) + "see " + help_command_ + ")"
+                 : see);
     if (f->kind == FlagKind::Bool || f->kind == FlagKind::BoolOff) {
       set_from_text(*f, "");
     } else {
@@ -323,7 +374,14 @@ void FlagTable::apply_json(const std::string& json_text, const std::string& sour
     const Flag* f = nullptr;
     for (const Flag& g : flags_)
       if (!g.json_key.empty() && g.json_key == it.key()) f = &g;
-    NQ_CHECK(f != nullptr, source, ": unknown key \"", it.key(), "\" (keys are the flags of --help with _ for -)");
+    if (f == nullptr) {
+      std::vector<std::string> keyed;  // flag names, whose keys are key_of(name)
+      for (const Flag& g : flags_)
+        if (!g.json_key.empty()) keyed.push_back(g.name);
+      const std::string near = key_of(nearest_name(it.key(), keyed));
+      throw Error(str(source, ": unknown key \"", it.key(), "\" (", near.empty() ? "" : "did you mean \"" + near + "\"? ",
+                      "keys are the flags of --help with _ for -)"));
+    }
     set_from_json(*f, str(source, ": \"", it.key(), "\""), it.value());
     given_.insert(f->name);
   }

@@ -16,6 +16,7 @@
 //
 // Errors (nq::Error, one line; the programs print "error: ..." and exit 1):
 //   unknown flag '--bogus' (see --help)
+//   unknown flag '--lora-r' (did you mean --r? see --help)   (nearest_name below)
 //   --epochs needs a value (see --help)
 //   --lr: expected a number, got 'fast'       (also "an integer", "a non-negative integer")
 //   --device must be auto, cpu or cuda, got 'gpu'
@@ -110,6 +111,7 @@ class FlagTable {
 
  private:
   Flag& declare(Flag flag);
+  std::string unknown_flag_hint(const std::string& name) const;  // "did you mean --r? " or ""
   void set_from_text(const Flag& flag, const std::string& text);
 
   std::string usage_, help_command_, epilog_;
@@ -125,6 +127,13 @@ class FlagTable {
 int64_t parse_int_flag(const std::string& flag, const std::string& text);
 uint64_t parse_uint_flag(const std::string& flag, const std::string& text);
 double parse_float_flag(const std::string& flag, const std::string& text);
+
+// The known name an unknown one most likely meant, "" when none is close: the same
+// name spelled with '_' or capitals (batch_size), a known name after another tool's
+// prefix (lora-r -> r, per-device-train-batch-size -> batch-size), else the nearest by
+// edit distance if at most a third of the length (max-step -> max-steps; bogus -> "").
+// `unknown` and `names` without the leading "--".
+std::string nearest_name(const std::string& unknown, const std::vector<std::string>& names);
 
 // The one --device flag of every program that computes: auto | cpu | cuda, with
 // one help text. The variable's default is kDefaultDevice; the program turns the

@@ -57,8 +57,34 @@ void ProgressBar::finish() {
   drawn_ = false;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path, bool append)
-    : path_(path), f_(path, append ? std::ios::app : std::ios::trunc) {
+namespace {
+
+// The lines of `path` whose "step" is at most `last_step`, in order (malformed ones dropped).
+std::string metrics_lines_through(const std::string& path, int64_t last_step) {
+  std::ifstream in(path);
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= last_step)
+      kept += line + "\n";
+  }
+  return kept;
+}
+
+}  // namespace
+
+MetricsWriter::MetricsWriter(const std::string& path, int64_t keep_through_step) : path_(path) {
+  if (keep_through_step >= 0) {  // rewritten beside and renamed over: a crash here loses no kept line
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << metrics_lines_through(path, keep_through_step);
+      out.flush();
+      NQ_CHECK(out.good(), tmp, ": write failed (disk full?)");
+    }
+    NQ_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, path, ": cannot replace it with ", tmp);
+  }
+  f_.open(path, keep_through_step >= 0 ? std::ios::app : std::ios::trunc);
   NQ_CHECK(f_.good(), path, ": cannot create metrics file");
 }
 
@@ -68,6 +94,12 @@ void MetricsWriter::write(const StepMetrics& m) {
                       {"tokens_per_s", m.tokens_per_s}, {"mem_bytes", m.mem_bytes},
                       {"tokens", m.tokens},       {"step_time_s", m.step_time_s}};
   // Non-finite numbers (a diverged loss) have no JSON spelling; nlohmann writes null.
+  f_ << j.dump() << '\n' << std::flush;
+  NQ_CHECK(f_.good(), path_, ": write failed (disk full?)");
+}
+
+void MetricsWriter::write_eval(int64_t step, double loss, int64_t targets) {
+  const nlohmann::json j = {{"step", step}, {"eval_loss", loss}, {"eval_tokens", targets}};
   f_ << j.dump() << '\n' << std::flush;
   NQ_CHECK(f_.good(), path_, ": write failed (disk full?)");
 }

@@ -7,6 +7,8 @@
 // The metrics file gets one JSON object per optimizer step:
 //   {"step": 12, "loss": 1.93, "lr": 0.0002, "grad_norm": 0.84, "tokens_per_s": 5321.4, "mem_bytes": 123456789,
 //    "tokens": 4096, "step_time_s": 0.77}
+// and one per eval, as HF Trainer's log_history keeps them apart:
+//   {"step": 15, "eval_loss": 0.318, "eval_tokens": 965}
 #pragma once
 #include <cstdint>
 #include <fstream>
@@ -57,9 +59,14 @@ class ProgressBar {
 
 class MetricsWriter {
  public:
-  // Truncates (or appends to, when continuing a resumed run); throws if it cannot be opened.
-  explicit MetricsWriter(const std::string& path, bool append = false);
+  // A new run (keep_through_step < 0) truncates the file. A resumed run keeps the lines
+  // of steps 1..keep_through_step (the checkpoint's) and drops the later ones, logged
+  // after that checkpoint by a run that was then killed, and a torn last line; the
+  // resumed steps are appended, so each step is in the file once. Throws if it cannot be
+  // opened.
+  explicit MetricsWriter(const std::string& path, int64_t keep_through_step = -1);
   void write(const StepMetrics& m);                 // one line, flushed (survives a crash)
+  void write_eval(int64_t step, double loss, int64_t targets);  // an eval line (targets: counted tokens)
  private:
   std::string path_;
   std::ofstream f_;

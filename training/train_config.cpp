@@ -31,6 +31,7 @@ using json = nlohmann::json;
 FlagTable train_flags(TrainConfig& cfg) {
   FlagTable t(
       "usage: ./train --model DIR --data FILE.jsonl [options]\n"
+      "       ./train --resume OUT/checkpoint-STEP [options]     (continue a run)\n"
       "QLoRA fine-tuning: the base model is quantized to NF4 and frozen; LoRA adapters on the\n"
       "target projections are trained with AdamW, on the GPU when there is one (--device).\n"
       "Writes the PEFT adapter to --out. A --config file may also use the keys of TRL's SFTConfig,\n"
@@ -43,7 +44,10 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("eval-split", &cfg.eval_split, "hold out this fraction (< 1) or count (>= 1) of --data instead");
   t.add("out", &cfg.out, "output folder: PEFT adapter, checkpoint-STEP/, metrics.jsonl");
   t.add("metrics", &cfg.metrics, "metrics JSONL, one line per optimizer step (default OUT/metrics.jsonl)");
-  t.add("resume", &cfg.resume, "continue from a checkpoint folder (OUT/checkpoint-STEP)");
+  t.add("resume", &cfg.resume, "continue a run from OUT/checkpoint-STEP, OUT (its newest) or last (in --out);\n"
+                               "alone it is enough: the checkpoint's train_config.json has every option", "DIR");
+  t.add_choice("report-to", &cfg.report_to, {"none", "tensorboard"},
+               "tensorboard: also TensorBoard event files in OUT/runs/<time>/ (metrics.jsonl is always written)");
   // ---- starting adapter and data order
   t.add("adapter", &cfg.adapter,
         "start from this PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors): its\n"
@@ -91,6 +95,10 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("no-quant", &cfg.no_quant, "keep the base weights dense f32 (debugging; not QLoRA)");
   t.add("threads", &cfg.threads, "CPU threads (0: all cores)");
   t.add("no-progress", &cfg.no_progress, "no progress bar (metrics file and summary only)");
+  // The output folder holds one run (HF Trainer's overwrite_output_dir, save_total_limit).
+  t.add("overwrite", &cfg.overwrite, "start a new run in an --out that holds another run's checkpoints (deletes them)");
+  t.add("save-total-limit", &cfg.save_total_limit, "keep only the K newest checkpoints (0: keep all)", "K");
+  t.add("verbose", &cfg.verbose, "print the memory plan as a table (else one line after step 1)");
   return t;
 }
 
@@ -168,6 +176,7 @@ void TrainConfig::validate() const {
   NQ_CHECK(log_every >= 1, "--log-every must be >= 1, got ", log_every);
   NQ_CHECK(eval_every >= 0, "--eval-every must be >= 0, got ", eval_every);
   NQ_CHECK(save_every >= 0, "--save-every must be >= 0, got ", save_every);
+  NQ_CHECK(save_total_limit >= 0, "--save-total-limit must be >= 0, got ", save_total_limit);
   NQ_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   NQ_CHECK(eval_split >= 0 && std::isfinite(eval_split), "--eval-split must be >= 0, got ", eval_split);
   NQ_CHECK(eval_split < 1 || eval_split == std::floor(eval_split),
@@ -223,7 +232,8 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
   static const std::set<std::string> irrelevant = {"out",        "metrics",     "resume",        "eval_data",
                                                     "log_every",  "eval_every",  "save_every",    "threads",
                                                     "no_progress", "device",     "optim",         "optim_pages",
-                                                    "optim_page_mb"};
+                                                    "optim_page_mb", "max_steps",  "epochs",      "overwrite",
+                                                    "save_total_limit", "verbose", "report_to"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();
@@ -290,15 +300,15 @@ const SeedKey kSeedKeys[] = {
     {"padding_free", SeedKeyKind::Check, nullptr},
     {"neftune_noise_alpha", SeedKeyKind::Check, nullptr},
     {"label_smoothing_factor", SeedKeyKind::Check, nullptr},
-    {"report_to", SeedKeyKind::Ignore, "metrics go to OUT/metrics.jsonl"},
+    {"report_to", SeedKeyKind::Option, "report_to"},
     {"logging_dir", SeedKeyKind::Ignore, "metrics go to OUT/metrics.jsonl (--metrics)"},
     {"logging_strategy", SeedKeyKind::Ignore, "progress lines every --log-every steps"},
     {"logging_first_step", SeedKeyKind::Ignore, "every step is in OUT/metrics.jsonl"},
     {"run_name", SeedKeyKind::Ignore, "no experiment tracker"},
     {"disable_tqdm", SeedKeyKind::Ignore, "--no-progress"},
-    {"save_total_limit", SeedKeyKind::Ignore, "checkpoints are kept"},
+    {"save_total_limit", SeedKeyKind::Option, "save_total_limit"},
     {"save_safetensors", SeedKeyKind::Ignore, "always safetensors"},
-    {"overwrite_output_dir", SeedKeyKind::Ignore, "OUT is written into"},
+    {"overwrite_output_dir", SeedKeyKind::Option, "overwrite"},
     {"push_to_hub", SeedKeyKind::Ignore, "no hub access"},
     {"hub_model_id", SeedKeyKind::Ignore, "no hub access"},
     {"hub_strategy", SeedKeyKind::Ignore, "no hub access"},
@@ -401,6 +411,18 @@ json seed_option_value(const std::string& source, const std::string& key, const 
   if (key == "use_cpu") {
     NQ_CHECK(v.is_boolean(), where, ": expected true or false, got ", v.dump());
     return v.get<bool>() ? "cpu" : kDefaultDevice;
+  }
+  if (key == "report_to") {
+    // transformers: a name or a list of names; ./train writes TensorBoard files or nothing more
+    // (metrics.jsonl always). Trackers it does not have ("wandb", ...) are left out.
+    std::vector<json> names = v.is_array() ? std::vector<json>(v.begin(), v.end()) : std::vector<json>{v};
+    for (const json& n : names)
+      if (n == "tensorboard" || n == "all") return "tensorboard";
+    return "none";
+  }
+  if (key == "save_total_limit") {
+    NQ_CHECK(v.is_null() || v.is_number_integer(), where, ": expected an integer or null, got ", v.dump());
+    return v.is_null() ? 0 : std::max<int64_t>(v.get<int64_t>(), 0);
   }
   if (key == "assistant_only_loss") {
     // False (TRL's default): whole conversations are trained, TRL's way = --loss-on trl.
@@ -526,9 +548,7 @@ std::string translate_seed_config(const std::string& json_text, const std::strin
   return out.dump();
 }
 
-bool parse_train_args(int argc, char** argv, TrainConfig* cfg) {
-  *cfg = TrainConfig();
-  FlagTable table = train_flags(*cfg);
+bool parse_train_table(FlagTable& table, int argc, char** argv) {
   // --config FILE: read here, the seed's names translated, applied under the flags
   // (as the table's own --config reader would); the other arguments go to parse().
   std::vector<char*> rest{argv[0]};
@@ -549,12 +569,22 @@ bool parse_train_args(int argc, char** argv, TrainConfig* cfg) {
     table.apply_json(translate_seed_config(text.str(), path, &notes), path);
     for (const std::string& n : notes) std::cerr << "warning: " << n << "\n";
   }
-  if (!table.parse(int(rest.size()), rest.data())) return false;  // --help
+  return table.parse(int(rest.size()), rest.data());  // false: --help
+}
+
+void finish_train_args(const FlagTable& table, TrainConfig* cfg) {
   for (const Flag& f : table.flags())
     if (table.given(f.name)) cfg->given.insert(f.name);
   if (cfg->given.count("no-shuffle")) cfg->given.insert("shuffle");
   cfg->adopt_adapter_config();
   cfg->validate();
+}
+
+bool parse_train_args(int argc, char** argv, TrainConfig* cfg) {
+  *cfg = TrainConfig();
+  FlagTable table = train_flags(*cfg);
+  if (!parse_train_table(table, argc, argv)) return false;  // --help
+  finish_train_args(table, cfg);
   return true;
 }
 

@@ -38,6 +38,7 @@ struct TrainConfig {
   std::string out = "out"; // adapter, checkpoints
   std::string metrics;     // metrics JSONL ("" = <out>/metrics.jsonl)
   std::string resume;      // a checkpoint directory to continue from
+  std::string report_to = "none";  // none | tensorboard: also OUT/runs/<time>/events.out.tfevents.* (training/report.h)
   // ---- starting adapter: a PEFT adapter whose r, alpha, rsLoRA, dropout and
   // targets the run takes (adopt_adapter_config) and whose A, B are the initial weights
   std::string adapter;
@@ -79,6 +80,10 @@ struct TrainConfig {
   bool no_quant = false;            // dense f32 base (debugging)
   int64_t threads = 0;              // 0: all cores (OpenMP default)
   bool no_progress = false;
+  // ---- output folder and verbosity (HF Trainer's overwrite_output_dir, save_total_limit)
+  bool overwrite = false;           // a new run may replace another run's checkpoints in --out
+  int64_t save_total_limit = 0;     // keep only the K newest checkpoints (0: keep all)
+  bool verbose = false;             // the memory plan as a table, before step 1 and after it
 
   // The options given on the command line or in the --config file (flag names,
   // "r", "alpha", ...); parse_train_args fills it. Not a setting: not in to_json.
@@ -96,7 +101,8 @@ struct TrainConfig {
   void validate() const;
   // Whether this run and a checkpoint's config would produce different losses;
   // returns the first differing key ("" when they agree). Paths to outputs,
-  // logging and run length do not count.
+  // logging and run length do not count (a resumed run may be extended, as in HF
+  // Trainer: the schedule then runs to the new end).
   std::string trajectory_difference(const TrainConfig& other) const;
 };
 
@@ -108,6 +114,13 @@ FlagTable train_flags(TrainConfig& cfg);
 // file's keys may be the seed's (translate_seed_config); its warnings go to
 // stderr, one "warning: ..." line each.
 bool parse_train_args(int argc, char** argv, TrainConfig* cfg);
+// The parse itself, into a table of train_flags (its --config files with the seed's
+// names translated, warnings to stderr): false when --help was given. ./train's
+// --resume path (training/resume.h) parses with it too.
+bool parse_train_table(FlagTable& table, int argc, char** argv);
+// After parse_train_table, for a new run: records which options were given
+// (TrainConfig::given), adopts --adapter's settings, validates.
+void finish_train_args(const FlagTable& table, TrainConfig* cfg);
 
 // A --config file's JSON with the keys of transformers' TrainingArguments / TRL's
 // SFTConfig, PEFT's LoraConfig and BitsAndBytesConfig (flat, or grouped under

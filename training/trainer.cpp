@@ -5,15 +5,20 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <utility>
 
 #include "autograd/var.h"
+#include "formats/gguf.h"
 #include "model/adapters.h"
 #include "model/device.h"
 #include "model/load_model.h"
@@ -27,6 +32,7 @@
 #include "training/checkpoint.h"
 #include "training/encode.h"
 #include "training/evaluate.h"
+#include "training/report.h"
 
 namespace nq {
 
@@ -122,11 +128,112 @@ TrainData load_train_data(const TrainConfig& cfg, const Tokenizer& tok, const En
   return d;
 }
 
+// Reads and checks --data and --eval-data (JSON, UTF-8, fields, roles; training/data.h)
+// before the model loads, so a bad line costs a second rather than the load. What needs
+// the tokenizer (encoding, the chat template) is checked when the data is tokenized.
+void validate_data_files(const TrainConfig& cfg) {
+  const BadLinePolicy policy = parse_bad_line_policy(cfg.on_bad_line);
+  parse_jsonl_file(cfg.data, policy);
+  if (!cfg.eval_data.empty()) parse_jsonl_file(cfg.eval_data, policy);
+}
+
+// adapter_config.json's base_model_name_or_path: what transformers can load the base
+// from. A HF folder: its absolute path. A GGUF: the Hugging Face repository it records
+// (general.source.huggingface.repository, or a huggingface.co general.source.url), else
+// the absolute path of the .gguf file (transformers: from_pretrained(folder, gguf_file=name)).
+std::string base_model_reference(const std::string& model_path) {
+  const std::string absolute = std::filesystem::absolute(model_path).lexically_normal().string();
+  if (!is_gguf_path(model_path)) return absolute;
+  const GGUFFile file = GGUFFile::open(model_path);
+  if (file.has("general.source.huggingface.repository"))
+    return file.get_string("general.source.huggingface.repository");
+  if (file.has("general.source.url")) {
+    const std::string url = file.get_string("general.source.url"), hub = "https://huggingface.co/";
+    if (url.compare(0, hub.size(), hub) == 0 && std::count(url.begin() + long(hub.size()), url.end(), '/') == 1)
+      return url.substr(hub.size());
+  }
+  return absolute;
+}
+
+std::string plural(int64_t n, const std::string& one, const std::string& many) {
+  return str(n, " ", n == 1 ? one : many);
+}
+
+// What the run will do, in words: "45 optimizer steps, each 4 sequences of up to 128
+// tokens (packed); lr 0.001, cosine after 3 warmup steps; --max-steps 45 is about 1.5
+// epochs of 120 samples".
+std::string run_description(const TrainConfig& cfg, int64_t total_steps, int64_t steps_done, const LrSchedule& schedule,
+                            const DataLoader& loader, int64_t n_samples) {
+  const int64_t rows = cfg.batch_size * cfg.grad_accum;
+  std::string s = plural(total_steps, "optimizer step", "optimizer steps");
+  if (steps_done > 0) s += str(" (", steps_done, " done, continuing at step ", steps_done + 1, ")");
+  s += str(", each ", plural(rows, "sequence", "sequences"));
+  if (cfg.grad_accum > 1) s += str(" (", cfg.grad_accum, " micro-batches of ", cfg.batch_size, ")");
+  s += str(" of up to ", cfg.max_length, " tokens", cfg.packing ? " (packed)" : " (one sample each, padded)");
+  s += str("; lr ", cfg.lr, ", ", cfg.schedule, " after ", plural(schedule.warmup_steps, "warmup step", "warmup steps"));
+  const int64_t per_epoch = loader.batches_in_epoch(0);  // micro-batches
+  if (cfg.max_steps == 0) {
+    s += str("; ", plural(cfg.epochs, "epoch", "epochs"), " of ", n_samples, " samples");
+  } else if (per_epoch > 0) {
+    char epochs[32];
+    std::snprintf(epochs, sizeof epochs, "%.3g", double(total_steps * cfg.grad_accum) / double(per_epoch));
+    s += str("; --max-steps ", total_steps, " is about ", epochs, " epochs of ", n_samples, " samples");
+  }
+  return s;
+}
+
+// The memory plan after step 1 in one line: planned peak, measured peak, ratio; a ratio
+// well under 1 comes with its reason when step 1's micro-batches were smaller than the
+// plan's B x T (padding to the longest sample, or a short last row).
+std::string memory_line(const MemoryPlan& plan, const MemStats& measured, const TrainShape& planned, int64_t step,
+                        int64_t rows, int64_t cols) {
+  const double ratio = plan.total() ? double(measured.peak_total) / double(plan.total()) : 0.0;
+  char r[32];
+  std::snprintf(r, sizeof r, "%.2f", ratio);
+  std::string s = str("memory: peak ", format_bytes(measured.peak_total), " after step ", step, ", ",
+                      format_bytes(plan.total()), " planned (x", r, ")");
+  const size_t act_plan = plan[MemCategory::Activations], act = measured.peak[size_t(MemCategory::Activations)];
+  if (rows * cols < planned.batch * planned.seq && (ratio < 0.9 || double(act) < 0.75 * double(act_plan))) {
+    char a[32];
+    std::snprintf(a, sizeof a, "%.2f", act_plan ? double(act) / double(act_plan) : 0.0);
+    s += str("; activations x", a, " of the plan: the plan is for full micro-batches of ", planned.batch, " x ",
+             planned.seq, " tokens, step ", step, "'s largest was ", rows, " x ", cols,
+             " (rows are padded to their longest sample; --packing fills them)");
+  }
+  return s;
+}
+
+// The end of a run: the losses and where everything went, each under its own name.
+std::string run_summary(const TrainConfig& cfg, const TrainResult& r, double elapsed_s, int64_t run_tokens,
+                        const std::string& metrics_path, const std::string& curves_path) {
+  char loss[64] = "";
+  if (!r.steps.empty())
+    std::snprintf(loss, sizeof loss, "%.4f (step %lld) -> %.4f (step %lld)", r.steps.front().loss,
+                  (long long)r.steps.front().step, r.steps.back().loss, (long long)r.steps.back().step);
+  std::string s = str(r.interrupted ? "stopped: " : "done: ", plural(int64_t(r.steps.size()), "step", "steps"), " in ",
+                      format_duration(elapsed_s), ", ", int64_t(double(run_tokens) / std::max(elapsed_s, 1e-9)),
+                      " tokens/s\n");
+  s += str("  train loss   ", loss, "\n");
+  if (!r.evals.empty()) {
+    char e[64];
+    std::snprintf(e, sizeof e, "%.4f (step %lld)", r.evals.back().second, (long long)r.evals.back().first);
+    s += str("  eval loss    ", e, "\n");
+  }
+  s += str("  adapter      ", cfg.out, "/ (adapter_config.json, adapter_model.safetensors: PEFT format)\n");
+  s += str("  checkpoints  ", r.last_checkpoint, r.interrupted ? str(" (continue: ./train --resume ", cfg.out, ")") : "",
+           "\n");
+  s += str("  metrics      ", metrics_path, " (one line per step)\n");
+  s += str("  curves       ", curves_path, " (train/eval loss, learning rate, grad norm; ./plot ", cfg.out, " redraws it)");
+  return s;
+}
+
 }  // namespace
 
 TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHooks& hooks) {
   TrainConfig adopted = config;
-  adopted.adopt_adapter_config();  // --adapter: the run's LoRA settings are the file's (parse_train_args did it too)
+  // --adapter: the run's LoRA settings are the file's (parse_train_args did it too);
+  // a resumed run has them in its checkpoint's config already.
+  if (adopted.resume.empty()) adopted.adopt_adapter_config();
   const TrainConfig& cfg = adopted;
   cfg.validate();
   const Device device = select_device(cfg.device, "--device");
@@ -139,14 +246,18 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   for (auto [flag, path] : {std::pair<const char*, std::string>{"--data", cfg.data}, {"--eval-data", cfg.eval_data}})
     NQ_CHECK(path.empty() || std::ifstream(path).good(), flag, " ", path, ": cannot read the file");
   const std::string metrics_path = cfg.metrics.empty() ? cfg.out + "/metrics.jsonl" : cfg.metrics;
+  // --resume OUT/checkpoint-N, OUT or last (training/checkpoint.h); a new run claims --out.
+  const std::string resume_dir = cfg.resume.empty() ? "" : resolve_resume_checkpoint(cfg.resume, cfg.out);
+  if (resume_dir.empty()) claim_output_folder(cfg.out, cfg.overwrite, metrics_path);
   TrainConfig resumed_from;
-  if (!cfg.resume.empty()) {
-    resumed_from = read_checkpoint_config(cfg.resume);
+  if (!resume_dir.empty()) {
+    resumed_from = read_checkpoint_config(resume_dir);
     const std::string diff = cfg.trajectory_difference(resumed_from);
-    NQ_CHECK(diff.empty(), "--resume ", cfg.resume, ": option \"", diff,
+    NQ_CHECK(diff.empty(), "--resume ", resume_dir, ": option \"", diff,
              "\" differs from the checkpoint's train_config.json; resuming needs the same settings");
   }
-  MetricsWriter metrics(metrics_path, /*append=*/!cfg.resume.empty());
+  NQ_CHECK(std::ofstream(metrics_path, std::ios::app).good(), "--metrics ", metrics_path, ": cannot write the file");
+  validate_data_files(cfg);
   log << "device: " << device_summary(device)
       << (device == Device::CPU && cfg.optim == "paged_adamw" ? "; paged_adamw = adamw on the cpu" : "") << "\n";
 
@@ -157,14 +268,19 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   auto t_load = Clock::now();
   LoadedModel loaded = load_model(cfg.model);  // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
-  Decoder model = build_decoder(loaded, dopt, /*nf4_base=*/!cfg.no_quant);  // a 4-bit checkpoint's NF4 as stored
   const Tokenizer& tok = *loaded.tokenizer;
+  // Tokenized (the chat template rendered) before the base is quantized, the slow part of
+  // a dense model's start: an encoding error costs seconds. Stateless: no RNG is drawn.
+  std::ostringstream encode_notes;
+  TrainData data = load_train_data(cfg, tok, encode_options(cfg, loaded, encode_notes));
+  Decoder model = build_decoder(loaded, dopt, /*nf4_base=*/!cfg.no_quant);  // a 4-bit checkpoint's NF4 as stored
   AdapterConfig adapter;
   adapter.lora = {cfg.r, float(cfg.alpha), float(cfg.dropout), cfg.rslora};
   adapter.target_modules = cfg.targets;
-  adapter.base_model_name_or_path = cfg.model;
-  if (!cfg.resume.empty()) load_peft_adapter(cfg.resume, model);
-  else if (!cfg.adapter.empty()) {
+  adapter.base_model_name_or_path = base_model_reference(cfg.model);
+  if (!resume_dir.empty()) {
+    load_peft_adapter(resume_dir, model);
+  } else if (!cfg.adapter.empty()) {
     load_peft_adapter(cfg.adapter, model);  // its A, B are the initial weights
     // Every module its target_modules selects must have come with weights (PEFT
     // would start a missing one afresh: not the adapter the user gave).
@@ -183,8 +299,8 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
       << params.size() / 2 << " LoRA modules (r " << cfg.r << "), " << n_trainable << " trainable parameters; loaded in "
       << format_duration(seconds_since(t_load)) << "\n";
 
-  // ---- data
-  TrainData data = load_train_data(cfg, tok, encode_options(cfg, loaded, log));
+  // ---- data (tokenized above)
+  log << encode_notes.str();
   log << "data: " << cfg.data << " (" << data_format_name(data.train.format) << "): " << data.train_subset.size()
       << " training samples, " << data.eval_subset.size() << " eval; " << data.train.truncated << " truncated to "
       << cfg.max_length << " tokens, " << data.train.dropped_untrained << " without a trained token dropped, "
@@ -210,14 +326,17 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
 
   // ---- resume
   TrainerState state;
-  if (!cfg.resume.empty()) {
-    state = load_checkpoint_state(cfg.resume, *optimizer);
-    NQ_CHECK(state.step < total_steps, "--resume ", cfg.resume, ": the checkpoint is at step ", state.step,
-             " and the run has ", total_steps, " steps; nothing left to do");
+  if (!resume_dir.empty()) {
+    state = load_checkpoint_state(resume_dir, *optimizer);
+    NQ_CHECK(state.step < total_steps, "--resume ", resume_dir, ": the checkpoint is at step ", state.step,
+             " and the run has ", total_steps, " steps; nothing left to do (--max-steps extends it)");
     rng_state() = state.rng;
     loader.set_position(state.data);
-    log << "resumed from " << cfg.resume << " at step " << state.step << "\n";
+    log << "resumed from " << resume_dir << " at step " << state.step << "\n";
   }
+  // A resumed run's metrics: the steps up to the checkpoint stay, later ones (logged before a kill) go.
+  RunReport report(cfg, resume_dir.empty() ? -1 : state.step);  // metrics.jsonl (+ TensorBoard with --report-to)
+  if (!report.tensorboard_file().empty()) log << "tensorboard: " << report.tensorboard_file() << "\n";
 
   // ---- memory plan (training/memory_plan.h; the formulas: docs/gpu_training.md)
   TrainShape shape;
@@ -232,11 +351,11 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
                            : shape.paged_optimizer ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
                                                 paging.n_pages, " x ", format_bytes(size_t(paging.page_bytes)))
                                           : std::string("AdamW, m and v in GPU memory"))
-      << "; plan for batch " << shape.batch << " x " << shape.seq << " tokens, gradient checkpointing "
-      << (dopt.checkpointing ? "on" : "off") << "\n";
-  log << plan.table() << "\n";
-  log << total_steps << " steps of " << cfg.grad_accum << " x " << cfg.batch_size << " rows, lr " << cfg.lr << " ("
-      << cfg.schedule << ", warmup " << schedule.warmup_steps << ")\n";
+      << "; gradient checkpointing " << (dopt.checkpointing ? "on" : "off") << "; planned peak memory "
+      << format_bytes(plan.total()) << " for micro-batches of " << shape.batch << " x " << shape.seq << " tokens"
+      << (cfg.verbose ? "" : " (--verbose: the plan's table)") << "\n";
+  if (cfg.verbose) log << plan.table() << "\n";
+  log << run_description(cfg, total_steps, state.step, schedule, loader, int64_t(data.train_subset.size())) << "\n";
 
   // ---- loop
   TrainResult result;
@@ -250,12 +369,16 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
     EvalLoss e = evaluate_samples(model, data.eval_samples(), data.eval_subset, lopt);
     result.evals.emplace_back(step, e.loss);
     if (!cfg.no_progress) bar.finish();
+    report.eval(step, e.loss, e.targets);
     log << "eval at step " << step << ": loss " << e.loss << " over " << e.targets << " tokens\n";
   };
   auto checkpoint = [&]() {
     result.last_checkpoint = save_checkpoint(cfg.out, model, adapter, *optimizer, state, cfg);  // host copies
+    for (const std::string& old : prune_checkpoints(cfg.out, cfg.save_total_limit))  // --save-total-limit
+      if (cfg.verbose) log << "deleted " << old << " (--save-total-limit " << cfg.save_total_limit << ")\n";
     return result.last_checkpoint;
   };
+  int64_t first_rows = 0, first_cols = 0;  // step 1's largest micro-batch, for the memory line
   for (int64_t step = first_step; step <= total_steps; ++step) {
     const auto t_step = Clock::now();
     std::vector<Batch> batches;
@@ -265,7 +388,10 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
       batches.push_back(loader.next());
       tokens += batches.back().n_tokens;
     }
-    for (const Batch& b : batches) micro.push_back(decoder_batch(b, device));
+    for (const Batch& b : batches) {
+      micro.push_back(decoder_batch(b, device));
+      if (step == first_step && b.B * b.T > first_rows * first_cols) first_rows = b.B, first_cols = b.T;
+    }
     const double lr = schedule.lr(step - 1);
     StepResult r = train_step(model, *optimizer, micro, lr, cfg.max_grad_norm, step);
 
@@ -283,10 +409,13 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
     m.step_time_s = seconds_since(t_step);
     m.tokens_per_s = double(tokens) / m.step_time_s;
     m.mem_bytes = int64_t(mem.peak_total);
-    metrics.write(m);
+    report.step(m, mem);
     result.steps.push_back(m);
     result.final_step = step;
-    if (step == first_step) log << plan.compare(mem) << "\n";
+    if (step == first_step) {
+      if (cfg.verbose) log << plan.compare(mem) << "\n";
+      log << memory_line(plan, mem, shape, step, first_rows, first_cols) << "\n";
+    }
     if (!cfg.no_progress) {
       const double elapsed = seconds_since(t_start);
       bar.update(m, elapsed * double(step) / double(step - first_step + 1));  // ETA over this run's pace
@@ -295,8 +424,17 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
 
     if (step < total_steps && g_stop_requested.exchange(false)) {
       if (!cfg.no_progress) bar.finish();
-      log << "stopping at step " << step << " as asked; checkpoint " << checkpoint() << "\n";
+      // As at the end: a checkpoint to resume from and the top-level PEFT adapter so far.
+      const std::string dir = checkpoint();
+      save_peft_adapter(cfg.out, model, adapter);
+      result.adapter_dir = cfg.out;
+      const std::string curves = report.write_curves();
       result.interrupted = true;
+      log << "stopped at step " << step << " of " << total_steps << " as asked: checkpoint " << dir
+          << ", adapter so far in " << cfg.out << "/\n";
+      int64_t run_tokens = 0;
+      for (const StepMetrics& m : result.steps) run_tokens += m.tokens;
+      log << run_summary(cfg, result, seconds_since(t_start), run_tokens, metrics_path, curves) << "\n";
       return result;
     }
     if (step < total_steps && cfg.eval_every > 0 && step % cfg.eval_every == 0) run_eval(step);
@@ -310,15 +448,14 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   g_stop_requested.store(false);  // a Ctrl-C during the last step: the run completes anyway
 
   run_eval(state.step);
-  log << "checkpoint " << checkpoint() << "\n";
+  checkpoint();
   save_peft_adapter(cfg.out, model, adapter);  // copies the adapters to the host
   result.adapter_dir = cfg.out;
   const double elapsed = seconds_since(t_start);
   int64_t run_tokens = 0;
   for (const StepMetrics& m : result.steps) run_tokens += m.tokens;
-  log << "done: " << result.steps.size() << " steps in " << format_duration(elapsed) << ", "
-      << int64_t(double(run_tokens) / elapsed) << " tokens/s; adapter in " << cfg.out
-      << " (adapter_config.json, adapter_model.safetensors)\n";
+  const std::string curves = report.write_curves();
+  log << run_summary(cfg, result, elapsed, run_tokens, metrics_path, curves) << "\n";
   return result;
 }
 

@@ -12,6 +12,10 @@
 //     host memory, GPU memory or paged through a GPU pool) with lr(step) from the schedule and the
 //     clipping factor -> metrics line, progress, eval (training/evaluate.h), checkpoint
 //   -> final eval, checkpoint and the PEFT adapter in --out (written from host copies).
+// Before the model loads: --out is claimed for a new run (one run per folder, unless
+// --overwrite) or the checkpoint of --resume found (training/checkpoint.h), and the
+// data files are parsed and checked. request_stop() ends the run after the current
+// step with a checkpoint and the adapter so far.
 // docs/training.md walks through it with the math.
 #pragma once
 #include <cstdint>
@@ -50,7 +54,7 @@ struct TrainResult {
   int64_t final_step = 0;
   bool interrupted = false;                      // stopped by request_stop()
   std::string last_checkpoint;
-  std::string adapter_dir;                       // the final PEFT adapter ("" when interrupted)
+  std::string adapter_dir;                       // the PEFT adapter (at the end, or so far when interrupted)
 };
 
 struct TrainerHooks {
@@ -60,8 +64,9 @@ struct TrainerHooks {
 // Runs the whole job. `log` gets the plan, progress and summary lines.
 TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHooks& hooks = {});
 
-// Asks a running train() to stop after the current step, save a checkpoint and
-// return (async-signal-safe: ./train calls it from its SIGINT handler).
+// Asks a running train() to stop after the current step, save a checkpoint and the
+// adapter so far, and return with `interrupted` set (async-signal-safe: ./train calls
+// it from its SIGINT handler).
 void request_stop();
 
 }  // namespace nq

@@ -94,7 +94,7 @@ def main():
     cmd = [str(ROOT / "train"), "--model", str(model_dir), "--data", str(data), "--out", str(model_dir / "out"),
            "--max-steps", str(args.steps + 1), "--batch-size", str(args.batch), "--max-length", str(args.seq),
            "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4", "--schedule", "constant",
-           "--metrics", str(metrics), "--save-every", "0", "--device", "cpu", "--no-progress"]
+           "--metrics", str(metrics), "--save-every", "0", "--device", "cpu", "--no-progress", "--overwrite"]
     _, _, rss_ours = measure(cmd)
     rows = [json.loads(l) for l in metrics.read_text().splitlines()]
     ours_tps = sum(r["tokens"] for r in rows[1:]) / sum(r["step_time_s"] for r in rows[1:])

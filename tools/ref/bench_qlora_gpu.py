@@ -128,7 +128,7 @@ def train_ours(args, model_dir, seq, steps, tag, timeout=None, optim="paged_adam
            str(model_dir / f"out_{tag}"), "--max-steps", str(steps), "--batch-size", str(args.batch),
            "--max-length", str(seq), "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4",
            "--schedule", "constant", "--metrics", str(metrics), "--save-every", "0", "--no-progress",
-           "--device", "cuda", "--optim", optim]  # the GPU trainer (tools/train.cpp, training/trainer.h)
+           "--device", "cuda", "--optim", optim, "--overwrite"]  # the GPU trainer (tools/train.cpp, training/trainer.h)
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

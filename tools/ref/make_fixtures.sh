@@ -15,4 +15,8 @@ for script in make_*.py; do
   echo "== $script"
   .venv/bin/python "$script"
 done
+# The TensorBoard fixture reads what ./train writes: it needs the program built.
+echo "== read_tensorboard.py --fixture"
+[ -x ../../train ] || make -C ../.. --no-print-directory train
+.venv/bin/python read_tensorboard.py --fixture
 echo "fixtures written under tests/fixtures/"
