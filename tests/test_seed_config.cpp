@@ -23,6 +23,7 @@
 #include "tests/tiny_run.h"
 #include "model/load_model.h"
 #include "training/batch.h"
+#include "training/resume.h"
 #include "training/encode.h"
 #include "training/train_config.h"
 #include "training/trainer.h"
@@ -333,4 +334,23 @@ TEST_CASE("seed config: seed keys map, warn, or refuse") {
   write_file(tmp / "c.json", R"({"per_device_batch": 2})");
   CHECK(parse_error({"--config", tmp / "c.json", "--model", "m", "--data", "d"}) ==
         tmp / "c.json" + ": unknown key \"per_device_batch\" (keys are the flags of --help with _ for -)");
+}
+
+TEST_CASE("seed config: ./train's command line (parse_train_command_line) takes --adapter and the seed's names") {
+  auto command_line = [](std::vector<std::string> args, TrainConfig* cfg) {
+    std::vector<char*> argv{const_cast<char*>("train")};
+    for (std::string& a : args) argv.push_back(a.data());
+    std::vector<std::string> notes;
+    return parse_train_command_line(int(argv.size()), argv.data(), cfg, &notes);
+  };
+  TrainConfig cfg;
+  REQUIRE(command_line(trajectory_args({}), &cfg));
+  CHECK(cfg.r == 8);
+  CHECK(cfg.rslora);
+  CHECK(!cfg.shuffle);
+  CHECK(thrown_message([&] { command_line(trajectory_args({"--r", "16"}), &cfg); })
+            .rfind("--r 16 disagrees with " + kTrajectory + "adapter_init/adapter_config.json's r 8", 0) == 0);
+  REQUIRE(command_line({"--config", "docs/seed_config.json", "--model", "m", "--data", "d"}, &cfg));
+  CHECK(cfg.grad_accum == 4);
+  CHECK(cfg.optim == "paged_adamw");
 }
