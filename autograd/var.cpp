@@ -1,5 +1,6 @@
 #include "autograd/var.h"
 
+#include <cmath>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -18,6 +19,28 @@ bool is_training() { return g_training; }
 TrainingMode::TrainingMode(bool training) : prev_(g_training) { g_training = training; }
 TrainingMode::~TrainingMode() { g_training = prev_; }
 
+static thread_local bool g_detect_anomaly = false;
+bool anomaly_detection_enabled() { return g_detect_anomaly; }
+DetectAnomaly::DetectAnomaly(bool on) : prev_(g_detect_anomaly) { g_detect_anomaly = on; }
+DetectAnomaly::~DetectAnomaly() { g_detect_anomaly = prev_; }
+
+// Throws AnomalyError when the float tensor t holds NaN or Inf; `what` says whose
+// value it is ("the output of op rmsnorm"), `inputs` the op's inputs.
+static void check_finite(const Tensor& t, const std::string& what, const std::vector<Var>& inputs) {
+  if (!t.defined() || !(t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16)) return;
+  const std::vector<float> x = t.to(Device::CPU).to_vector();
+  int64_t bad = 0, first = -1;
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!std::isfinite(x[i]) && bad++ == 0) first = int64_t(i);
+  if (bad == 0) return;
+  std::string named;
+  for (const Var& v : inputs)
+    if (v.defined() && !v.name().empty()) named += (named.empty() ? "" : ", ") + v.name();
+  throw AnomalyError(str("anomaly: ", what, " ", t.desc(), " holds ", bad, " non-finite values (the first, ",
+                         x[size_t(first)], ", at element ", first, ")",
+                         named.empty() ? std::string() : "; the op's parameters: " + named));
+}
+
 Var::Var(Tensor value, bool requires_grad, std::string name) : impl_(std::make_shared<VarImpl>()) {
   impl_->value = std::move(value);
   impl_->requires_grad = requires_grad;
@@ -32,6 +55,7 @@ static thread_local bool g_saw_requires_grad = false;
 static thread_local bool g_force_record = false;
 
 Var record(const char* op, Tensor output, std::vector<Var> inputs, BackwardFn backward_fn) {
+  if (g_detect_anomaly) check_finite(output, str("the output of op ", op), inputs);
   Var out(std::move(output));
   bool any = g_force_record;
   for (const Var& v : inputs) any = any || (v.defined() && v.requires_grad());
@@ -107,6 +131,8 @@ void backward(const Var& root, Tensor grad_root) {
     for (size_t i = 0; i < gin.size(); ++i) {
       VarImpl* in = node->inputs[i].impl();
       if (!in || !in->requires_grad || !gin[i].defined()) continue;
+      if (g_detect_anomaly)
+        check_finite(gin[i], str("the gradient that op ", node->op, "'s backward gives its input ", i), node->inputs);
       NQ_CHECK(gin[i].shape() == in->value.shape(), "backward: op ", node->op, " gave input ", i, " a gradient ",
                gin[i].desc(), " for a value ", in->value.desc());
       accumulate(grads[in], gin[i], node->op.c_str());

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/error.h"
 #include "runtime/tensor.h"
 
 namespace nq {
@@ -64,6 +65,28 @@ struct Node {
 // Wraps an op's output. Records a Node when grad mode is on and any input
 // requires grad; otherwise the backward function (and what it saved) is dropped.
 Var record(const char* op, Tensor output, std::vector<Var> inputs, BackwardFn backward);
+
+// Anomaly detection (train --detect-anomaly, like torch.autograd.detect_anomaly):
+// while a DetectAnomaly is alive, every op's output (in record(), grad mode or not)
+// and every gradient a backward function returns is checked for NaN and Inf, and
+// the first non-finite one throws AnomalyError naming the op, what was non-finite
+// and the op's named inputs: a layer's parameters (model.layers.3.input_layernorm.weight,
+// ...lora_A.weight), so the message says where in the model it appeared. It costs a
+// host copy of every op output (off by default).
+struct AnomalyError : Error {
+  using Error::Error;
+};
+class DetectAnomaly {
+ public:
+  explicit DetectAnomaly(bool on = true);
+  ~DetectAnomaly();
+  DetectAnomaly(const DetectAnomaly&) = delete;
+  DetectAnomaly& operator=(const DetectAnomaly&) = delete;
+
+ private:
+  bool prev_;
+};
+bool anomaly_detection_enabled();
 
 // dL/d(root) = grad_root (default: 1 for a one-element root). Frees the graph
 // it walks (saved tensors are released as soon as their node has run).

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "formats/checked_size.h"
 #include "formats/name_list.h"
 
 namespace nq {
@@ -175,14 +176,11 @@ GGUFFile GGUFFile::open(const std::string& path) {
     uint32_t n_dims = c.read<uint32_t>(what);
     NQ_CHECK(n_dims >= 1 && n_dims <= uint32_t(kMaxDims), path, ": tensor '", t.name, "' has ", n_dims,
              " dims (1 to ", kMaxDims, " supported)");
-    int64_t numel = 1;
-    for (uint32_t d = 0; d < n_dims; ++d) {
-      uint64_t ne = c.read<uint64_t>(what);
-      NQ_CHECK(ne <= (1ull << 40) && (ne == 0 || uint64_t(numel) <= (1ull << 50) / ne), path, ": tensor '",
-               t.name, "' has an absurd dimension ", ne);
-      t.ne.push_back(int64_t(ne));
-      numel *= int64_t(ne);
-    }
+    std::vector<uint64_t> ne(n_dims);
+    for (uint32_t d = 0; d < n_dims; ++d) ne[d] = c.read<uint64_t>(what);
+    const std::string tensor_what = str(path, ": tensor '", t.name, "'");
+    const int64_t numel = checked_numel(ne, tensor_what);
+    t.ne.assign(ne.begin(), ne.end());
     uint32_t type = c.read<uint32_t>(what);
     const GGMLTypeInfo* info = ggml_type_info(type);
     NQ_CHECK(info, path, ": tensor '", t.name, "' has unknown ggml type ", type);
@@ -190,7 +188,8 @@ GGUFFile GGUFFile::open(const std::string& path) {
     t.offset = c.read<uint64_t>(what);
     NQ_CHECK(t.ne[0] % info->block_elems == 0, path, ": tensor '", t.name, "': innermost dimension ", t.ne[0],
              " is not a multiple of the ", info->name, " block of ", info->block_elems);
-    t.nbytes = uint64_t(numel / info->block_elems) * uint64_t(info->block_bytes);
+    // Bounded by the whole file here; the data section's own bound is checked below.
+    t.nbytes = checked_bytes(numel / info->block_elems, info->block_bytes, c.size, tensor_what);
     NQ_CHECK(t.offset % g.alignment_ == 0, path, ": tensor '", t.name, "': offset ", t.offset,
              " is not a multiple of the alignment ", g.alignment_);
     NQ_CHECK(!g.tensor_index_.count(t.name), path, ": tensor '", t.name, "' appears twice");

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "formats/atomic_file.h"
 #include "runtime/error.h"
 
 namespace nq {
@@ -62,15 +63,6 @@ void make_dir(const std::string& dir) {
            ec ? ": " + ec.message() : "");
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << text;
-    f.flush();
-    NQ_CHECK(f.good(), tmp, ": write failed");
-  }
-  NQ_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, path, ": cannot rename ", tmp);
-}
+void write_text_file(const std::string& path, const std::string& text) { write_file_atomically(path, text); }
 
 }  // namespace nq

@@ -3,6 +3,7 @@
 #include "formats/json.h"
 
 #include <nlohmann/json.hpp>
+#include <limits>
 #include <set>
 #include <tuple>
 
@@ -15,36 +16,33 @@ using json = nlohmann::json;
 
 static const char* kPeftPrefix = "base_model.model.";
 
+// The largest LoRA rank read from a file: a rank above the width of every model the
+// decoder loads (hidden 2^17 at most, model/config.cpp) would be no low-rank adapter;
+// 2^16 leaves room for full-rank experiments on any real model.
+constexpr int64_t kMaxLoraRank = 1 << 16;
+
 AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
   const std::string text = read_text_file(path);
-  const json j = parse_json(text, path);
-  NQ_CHECK(j.is_object(), path, ": adapter config must be a JSON object");
-  auto field = [&](const char* key) -> const json& {
-    NQ_CHECK(j.contains(key) && !j[key].is_null(), path, ": missing field \"", key, "\"");
-    return j[key];
-  };
-  // PEFT writes null for unset optional fields: treat null like absent.
-  auto opt = [&](const char* key, auto fallback) {
-    return j.contains(key) && !j[key].is_null() ? j[key].get<decltype(fallback)>() : fallback;
-  };
+  const json doc = parse_json(text, path);
+  NQ_CHECK(doc.is_object(), path, ": adapter config must be a JSON object");
+  const JsonIn j(doc, path);  // PEFT writes null for unset optional fields: null reads as absent
   AdapterConfig c;
-  try {
-    const std::string type = opt("peft_type", std::string("LORA"));
-    NQ_CHECK(type == "LORA", path, ": peft_type \"", type, "\" is not supported (only LORA)");
-    NQ_CHECK(!opt("use_dora", false), path, ": use_dora is not supported");
-    c.lora.r = field("r").get<int64_t>();
-    c.lora.alpha = field("lora_alpha").get<float>();
-    c.lora.dropout = opt("lora_dropout", 0.0f);
-    c.lora.use_rslora = opt("use_rslora", false);
-    const json& t = field("target_modules");
-    c.target_modules = t.is_string() ? std::vector<std::string>{t.get<std::string>()} : t.get<std::vector<std::string>>();
-    c.base_model_name_or_path = opt("base_model_name_or_path", std::string());
-    NQ_CHECK(opt("rank_pattern", json::object()).empty() && opt("alpha_pattern", json::object()).empty(),
-             path, ": rank_pattern / alpha_pattern are not supported");
-  } catch (const json::exception& e) {
-    throw Error(str(path, ": mistyped field: ", e.what()));
-  }
+  const std::string type = j.string_or("peft_type", "LORA");
+  NQ_CHECK(type == "LORA", path, ": peft_type \"", type, "\" is not supported (only LORA)");
+  NQ_CHECK(!j.boolean_or("use_dora", false), path, ": use_dora is not supported");
+  c.lora.r = j.at("r").integer();
   NQ_CHECK(c.lora.r > 0, path, ": r must be positive, got ", c.lora.r);
+  NQ_CHECK(c.lora.r <= kMaxLoraRank, path, ": r = ", c.lora.r, " is above the largest supported rank ", kMaxLoraRank);
+  const double kMaxFloat = std::numeric_limits<float>::max();
+  c.lora.alpha = float(j.at("lora_alpha").number(-kMaxFloat, kMaxFloat));
+  c.lora.dropout = float(j.number_or("lora_dropout", 0.0, 0.0, 1.0));
+  NQ_CHECK(c.lora.dropout < 1.0f, path, ": lora_dropout must be below 1, got ", c.lora.dropout);
+  c.lora.use_rslora = j.boolean_or("use_rslora", false);
+  const JsonIn t = j.at("target_modules");
+  c.target_modules = t.is_string() ? std::vector<std::string>{t.string()} : t.strings();
+  c.base_model_name_or_path = j.string_or("base_model_name_or_path", "");
+  for (const char* pattern : {"rank_pattern", "alpha_pattern"})
+    if (auto p = j.find(pattern)) NQ_CHECK(p->size() == 0, path, ": rank_pattern / alpha_pattern are not supported");
   return c;
 }
 

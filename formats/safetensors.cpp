@@ -11,6 +11,9 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "formats/atomic_file.h"
+#include "formats/checked_size.h"
+#include "formats/json.h"
 #include "formats/name_list.h"
 
 namespace nq {
@@ -64,23 +67,23 @@ static SafetensorsFile::Entry parse_entry(const std::string& where, const std::s
   if (!js.is_array()) throw fail("\"shape\" is not an array");
   if (js.size() > size_t(kMaxDims))
     throw fail(str("shape has ", js.size(), " dims, at most ", kMaxDims, " are supported"));
-  std::vector<int64_t> dims;
-  uint64_t numel = 1;
+  std::vector<uint64_t> dims;
   for (const json& d : js) {
-    if (!d.is_number_unsigned()) throw fail(str("shape ", js.dump(), " holds a non-integer or negative"));
-    uint64_t v = d.get<uint64_t>();
-    if (v > (1ull << 40) || (v && numel > (1ull << 50) / v)) throw fail(str("shape ", js.dump(), " is absurdly large"));
-    numel *= v;
-    dims.push_back(int64_t(v));
+    if (!d.is_number_unsigned()) throw fail(str("shape ", json_excerpt(js), " holds a non-integer or negative"));
+    dims.push_back(d.get<uint64_t>());
   }
-  e.shape = Shape::of(dims);
+  const std::string what = str(where, ": tensor '", name, "' of shape ", json_excerpt(js));
+  const int64_t numel = checked_numel(dims, what);
+  e.shape = Shape::of(std::vector<int64_t>(dims.begin(), dims.end()));
   const json& jo = j["data_offsets"];
   if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() || !jo[1].is_number_unsigned())
-    throw fail(str("\"data_offsets\" must be [begin, end], got ", jo.dump()));
+    throw fail(str("\"data_offsets\" must be [begin, end], got ", json_excerpt(jo)));
   e.begin = jo[0].get<uint64_t>();
   e.end = jo[1].get<uint64_t>();
   if (e.end < e.begin) throw fail(str("data_offsets [", e.begin, ", ", e.end, "] end before they begin"));
-  uint64_t want = numel * dtype_size(e.dtype);
+  // Overflow-checked here; the bytes must then equal the offsets' span, which open()
+  // checks against the data section.
+  const uint64_t want = checked_bytes(numel, dtype_size(e.dtype), UINT64_MAX, what);
   if (e.end - e.begin != want)
     throw fail(str("data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin, " bytes but ",
                    safetensors_dtype_name(e.dtype), e.shape.str(), " needs ", want));
@@ -110,12 +113,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     }
     return true;
   };
-  json header;
-  try {
-    header = json::parse(bytes + 8, bytes + 8 + n, on_key);
-  } catch (const json::exception& e) {
-    throw Error(str(path, ": header is not valid JSON: ", e.what()));
-  }
+  const auto* text = reinterpret_cast<const char*>(bytes + 8);
+  json header = parse_json(text, text + n, path + ": header", on_key);
   NQ_CHECK(header.is_object(), path, ": header is not a JSON object");
 
   f.data_ = bytes + 8 + n;
@@ -196,12 +195,8 @@ SafetensorsDir SafetensorsDir::open(const std::string& path) {
     add_all(0);
   } else if (is_file(index)) {
     auto map = MappedFile::open(index);
-    json j;
-    try {
-      j = json::parse(map->data(), map->data() + map->size());
-    } catch (const json::exception& e) {
-      throw Error(str(index, ": not valid JSON: ", e.what()));
-    }
+    const auto* text = reinterpret_cast<const char*>(map->data());
+    json j = parse_json(text, text + map->size(), index);
     NQ_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index,
              ": no \"weight_map\" object");
     std::map<std::string, size_t> shard_index;  // shard file name -> index into files_
@@ -244,18 +239,6 @@ std::vector<std::string> SafetensorsDir::names() const {
 
 // ---------------------------------------------------------------- writer
 
-// write() until done; retries short writes.
-static void write_all(int fd, const void* p, size_t n, const std::string& path) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd, c, n);
-    if (w < 0 && errno == EINTR) continue;
-    NQ_CHECK(w > 0, path, ": write failed: ", std::strerror(errno));
-    c += w;
-    n -= size_t(w);
-  }
-}
-
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
@@ -285,29 +268,11 @@ void save_safetensors(const std::string& path,
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
 
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  NQ_CHECK(fd >= 0, tmp, ": cannot create: ", std::strerror(errno));
-  try {
-    write_all(fd, len, 8, tmp);
-    write_all(fd, text.data(), text.size(), tmp);
-    for (const Tensor& t : host) write_all(fd, t.raw(), t.nbytes(), tmp);
-    NQ_CHECK(fsync(fd) == 0, tmp, ": fsync failed: ", std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(str(path, ": cannot rename ", tmp, " over it: ", std::strerror(err)));
-  }
-  // Make the rename itself durable.
-  std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) { fsync(dfd); ::close(dfd); }
+  AtomicFile file(path);
+  file.write(len, 8);
+  file.write(text.data(), text.size());
+  for (const Tensor& t : host) file.write(t.raw(), size_t(t.nbytes()));
+  file.commit();
 }
 
 }  // namespace nq

@@ -105,10 +105,14 @@ RenderedChat render_chat(const Tokenizer& tok, const std::vector<ChatMessage>& m
   std::vector<size_t> begin;  // byte offset of each token in b.normalized
   out.ids = tok.encode_with_offsets(b.normalized, begin);
   out.assistant_mask.assign(out.ids.size(), 0);
+  // Tokens and regions both run left to right, so one sweep finds each token's first
+  // region not ending before it (linear, however many messages a data line holds).
+  size_t r = 0;
   for (size_t t = 0; t < out.ids.size(); ++t) {
     size_t end = t + 1 < begin.size() ? begin[t + 1] : b.normalized.size();  // [begin[t], end) overlaps a region?
-    for (const auto& [lo, hi] : b.trained)
-      if (begin[t] < hi && end > lo) out.assistant_mask[t] = 1;
+    while (r < b.trained.size() && b.trained[r].second <= begin[t]) ++r;
+    for (size_t k = r; k < b.trained.size() && b.trained[k].first < end; ++k)
+      if (begin[t] < b.trained[k].second && end > b.trained[k].first) out.assistant_mask[t] = 1;
   }
   return out;
 }

@@ -4,10 +4,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "formats/json.h"
 #include "runtime/error.h"
 
 namespace nq {
@@ -15,61 +17,35 @@ namespace {
 
 using json = nlohmann::json;
 
-// Reads field `key` as T; `fallback` when absent (or null) unless the field is required.
-template <typename T>
-T field(const json& j, const char* key, const std::string& source, const T* fallback) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) {
-    NQ_CHECK(fallback != nullptr, source, ": missing required field \"", key, "\"");
-    return *fallback;
-  }
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    throw Error(str(source, ": field \"", key, "\" has the wrong type (", it->type_name(), ")"));
-  }
-}
-template <typename T>
-T required(const json& j, const char* key, const std::string& source) {
-  return field<T>(j, key, source, nullptr);
-}
-template <typename T>
-T optional(const json& j, const char* key, const std::string& source, T fallback) {
-  return field<T>(j, key, source, &fallback);
-}
+// Limits on what a config.json may claim, each far above every published model
+// (Llama-3.1-405B: 126 layers, hidden 16384, MLP 53248, 128 heads; Gemma 3: vocabulary
+// 262144; head_dim 256 at most), so a real model never meets them, while a file
+// claiming 10^9 layers is refused before anything is sized by it (docs/formats.md).
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxHidden = 1 << 17;
+constexpr int64_t kMaxIntermediate = 1 << 20;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxHeadDim = 4096;
+constexpr int64_t kMaxVocab = 1 << 22;
+constexpr int64_t kMaxPositions = int64_t(1) << 32;
 
 // eos_token_id is an int, a list of ints, or null.
-std::vector<int32_t> eos_ids(const json& j, const std::string& source) {
-  auto it = j.find("eos_token_id");
-  if (it == j.end() || it->is_null()) return {};
-  if (it->is_number_integer()) return {it->get<int32_t>()};
-  NQ_CHECK(it->is_array(), source, ": field \"eos_token_id\" must be an integer or a list of integers");
+std::vector<int32_t> eos_ids(const JsonIn& j, int64_t vocab) {
+  auto e = j.find("eos_token_id");
+  if (!e) return {};
+  if (!e->is_array()) return {int32_t(e->integer(0, vocab - 1))};
   std::vector<int32_t> ids;
-  for (const auto& e : *it) {
-    NQ_CHECK(e.is_number_integer(), source, ": field \"eos_token_id\" must be an integer or a list of integers");
-    ids.push_back(e.get<int32_t>());
-  }
+  e->for_each_element([&](const JsonIn& id) { ids.push_back(int32_t(id.integer(0, vocab - 1))); });
   return ids;
 }
 
 void validate(const ModelConfig& c, const std::string& source) {
-  auto positive = [&](const char* name, int64_t v) { NQ_CHECK(v > 0, source, ": field \"", name, "\" must be > 0, got ", v); };
-  positive("hidden_size", c.hidden_size);
-  positive("intermediate_size", c.intermediate_size);
-  positive("num_hidden_layers", c.num_layers);
-  positive("num_attention_heads", c.num_heads);
-  positive("num_key_value_heads", c.num_kv_heads);
-  positive("head_dim", c.head_dim);
-  positive("vocab_size", c.vocab_size);
   NQ_CHECK(c.num_heads % c.num_kv_heads == 0, source, ": num_attention_heads (", c.num_heads,
            ") must be a multiple of num_key_value_heads (", c.num_kv_heads, ")");
   NQ_CHECK(c.head_dim % 2 == 0, source, ": head_dim must be even for RoPE, got ", c.head_dim);
   NQ_CHECK(c.rope_theta > 0, source, ": rope_theta must be > 0");
   NQ_CHECK(c.rms_norm_eps > 0, source, ": rms_norm_eps must be > 0");
   NQ_CHECK(c.initializer_range > 0, source, ": initializer_range must be > 0");
-  if (c.bos_token_id >= c.vocab_size) throw Error(str(source, ": bos_token_id ", c.bos_token_id, " >= vocab_size"));
-  for (int32_t e : c.eos_token_ids)
-    NQ_CHECK(e >= 0 && e < c.vocab_size, source, ": eos_token_id ", e, " is outside the vocabulary [0, ", c.vocab_size, ")");
 }
 
 // The shortest decimal that reads back as `f` (1e-06, not 9.999999974752427e-07), as a JSON number.
@@ -85,58 +61,53 @@ json shortest(float f) {
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const std::string& text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(str(source, ": invalid JSON at byte ", e.byte));
-  }
-  NQ_CHECK(j.is_object(), source, ": expected a JSON object");
+  const json doc = parse_json(text, source);
+  const JsonIn j(doc, source);
+  j.expect_object();
 
   ModelConfig c;
-  c.model_type = required<std::string>(j, "model_type", source);
+  c.model_type = j.at("model_type").string();
   NQ_CHECK(c.model_type == "qwen3" || c.model_type == "llama", source, ": model_type \"", c.model_type,
            "\" is not supported (qwen3, llama)");
   const bool qwen3 = c.model_type == "qwen3";
 
   // Features we do not implement: refuse rather than compute a different model.
-  NQ_CHECK(!optional<bool>(j, "use_sliding_window", source, false), source,
+  NQ_CHECK(!j.boolean_or("use_sliding_window", false), source,
            ": use_sliding_window is true; sliding-window attention is not implemented");
-  NQ_CHECK(!optional<bool>(j, "mlp_bias", source, false), source, ": mlp_bias is true; MLP biases are not implemented");
-  std::string act = optional<std::string>(j, "hidden_act", source, "silu");
+  NQ_CHECK(!j.boolean_or("mlp_bias", false), source, ": mlp_bias is true; MLP biases are not implemented");
+  std::string act = j.string_or("hidden_act", "silu");
   NQ_CHECK(act == "silu", source, ": hidden_act \"", act, "\" is not supported (silu)");
-  auto scaling = j.find("rope_scaling");
-  NQ_CHECK(scaling == j.end() || scaling->is_null(), source,
+  NQ_CHECK(!j.has("rope_scaling"), source,
            ": rope_scaling is set; RoPE scaling (linear, dynamic, yarn, llama3) is not implemented");
 
-  c.hidden_size = required<int64_t>(j, "hidden_size", source);
-  c.intermediate_size = required<int64_t>(j, "intermediate_size", source);
-  c.num_layers = required<int64_t>(j, "num_hidden_layers", source);
-  c.num_heads = required<int64_t>(j, "num_attention_heads", source);
-  c.vocab_size = required<int64_t>(j, "vocab_size", source);
-  c.num_kv_heads = optional<int64_t>(j, "num_key_value_heads", source, c.num_heads);
-  NQ_CHECK(c.num_heads > 0, source, ": field \"num_attention_heads\" must be > 0, got ", c.num_heads);
+  c.hidden_size = j.at("hidden_size").integer(1, kMaxHidden);
+  c.intermediate_size = j.at("intermediate_size").integer(1, kMaxIntermediate);
+  c.num_layers = j.at("num_hidden_layers").integer(1, kMaxLayers);
+  c.num_heads = j.at("num_attention_heads").integer(1, kMaxHeads);
+  c.vocab_size = j.at("vocab_size").integer(1, kMaxVocab);
+  c.num_kv_heads = j.integer_or("num_key_value_heads", c.num_heads, 1, kMaxHeads);
   // HF defaults: Qwen3Config.head_dim = 128; Llama derives it from the hidden size.
-  c.head_dim = optional<int64_t>(j, "head_dim", source, qwen3 ? 128 : c.hidden_size / c.num_heads);
-  c.rms_norm_eps = optional<float>(j, "rms_norm_eps", source, 1e-6f);
-  c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", source, false);
-  c.attention_bias = optional<bool>(j, "attention_bias", source, false);
-  c.max_position_embeddings = optional<int64_t>(j, "max_position_embeddings", source, qwen3 ? 32768 : 2048);
+  c.head_dim = j.integer_or("head_dim", qwen3 ? 128 : c.hidden_size / c.num_heads, 1, kMaxHeadDim);
+  NQ_CHECK(c.head_dim > 0, source, ": head_dim must be > 0, got ", c.head_dim);
+  const double kMaxFloat = std::numeric_limits<float>::max();
+  c.rms_norm_eps = float(j.number_or("rms_norm_eps", 1e-6, -kMaxFloat, kMaxFloat));
+  c.tie_word_embeddings = j.boolean_or("tie_word_embeddings", false);
+  c.attention_bias = j.boolean_or("attention_bias", false);
+  c.max_position_embeddings = j.integer_or("max_position_embeddings", qwen3 ? 32768 : 2048, 1, kMaxPositions);
   // transformers < 5 writes "torch_dtype", >= 5 writes "dtype".
-  c.torch_dtype = optional<std::string>(j, "torch_dtype", source, optional<std::string>(j, "dtype", source, "float32"));
-  c.initializer_range = optional<float>(j, "initializer_range", source, 0.02f);
-  c.bos_token_id = optional<int32_t>(j, "bos_token_id", source, -1);
-  c.eos_token_ids = eos_ids(j, source);
+  c.torch_dtype = j.string_or("torch_dtype", j.string_or("dtype", "float32"));
+  c.initializer_range = float(j.number_or("initializer_range", 0.02, -kMaxFloat, kMaxFloat));
+  c.bos_token_id = int32_t(j.integer_or("bos_token_id", -1, -1, c.vocab_size - 1));
+  c.eos_token_ids = eos_ids(j, c.vocab_size);
 
   // RoPE base: top-level "rope_theta" (transformers < 5) or "rope_parameters" (>= 5).
-  c.rope_theta = optional<float>(j, "rope_theta", source, 10000.0f);
-  auto params = j.find("rope_parameters");
-  if (params != j.end() && !params->is_null()) {
-    NQ_CHECK(params->is_object(), source, ": field \"rope_parameters\" must be an object");
-    std::string type = optional<std::string>(*params, "rope_type", source + " rope_parameters", "default");
+  c.rope_theta = float(j.number_or("rope_theta", 10000.0, -kMaxFloat, kMaxFloat));
+  if (auto params = j.find("rope_parameters")) {
+    params->expect_object();
+    std::string type = params->string_or("rope_type", "default");
     NQ_CHECK(type == "default", source, ": rope_parameters.rope_type \"", type,
              "\" is not supported; only unscaled (default) RoPE is implemented");
-    c.rope_theta = optional<float>(*params, "rope_theta", source + " rope_parameters", c.rope_theta);
+    c.rope_theta = float(params->number_or("rope_theta", c.rope_theta, -kMaxFloat, kMaxFloat));
   }
   validate(c, source);
   return c;
@@ -217,6 +188,8 @@ std::string ModelConfig::to_hf_json() const {
 
 std::vector<std::string> ModelConfig::preset_names() { return {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"}; }
 
+// Within the limits of from_json every term below fits int64 with room to spare
+// (the largest, L x 3 D F, is 2^10 x 3 x 2^17 x 2^20 < 2^49).
 int64_t ModelConfig::num_parameters() const {
   const int64_t D = hidden_size, q = num_heads * head_dim, kv = num_kv_heads * head_dim;
   int64_t attn = D * q + 2 * D * kv + q * D + (attention_bias ? q + 2 * kv + D : 0) + (qk_norm() ? 2 * head_dim : 0);

@@ -3,6 +3,7 @@
 #include "model/gguf_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,13 @@ std::string key_error(const GGUFFile& f, const std::string& key) { return f.path
 int64_t positive(const GGUFFile& f, const std::string& key) {
   int64_t v = f.get_i64(key);
   NQ_CHECK(v > 0, key_error(f, key), " must be > 0, got ", v);
+  return v;
+}
+
+// A finite float under `key` (required): NaN would reach the JSON below as null, i.e. "unset".
+double finite(const GGUFFile& f, const std::string& key) {
+  double v = f.get_f64(key);
+  NQ_CHECK(std::isfinite(v), key_error(f, key), " is ", v, ", not a finite number");
   return v;
 }
 
@@ -77,6 +85,25 @@ std::string gguf_to_hf_name(const std::string& name) {
   return "model.layers." + layer + "." + l->second;
 }
 
+std::string hf_to_gguf_name(const std::string& name) {
+  static const std::map<std::string, std::string> global = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+  };
+  auto g = global.find(name);
+  if (g != global.end()) return g->second;
+  const std::string prefix = "model.layers.";  // "model.layers.<N>.<rest>"
+  if (name.compare(0, prefix.size(), prefix) != 0) return "";
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size()) return "";
+  const std::string layer = name.substr(prefix.size(), dot - prefix.size());
+  if (layer.find_first_not_of("0123456789") != std::string::npos) return "";
+  for (const auto& [gguf, hf] : layer_names())
+    if (hf == name.substr(dot + 1)) return "blk." + layer + "." + gguf;
+  return "";
+}
+
 ModelConfig gguf_config(const GGUFFile& f) {
   const std::string arch = f.get_string("general.architecture");
   NQ_CHECK(arch == "llama" || arch == "qwen3", key_error(f, "general.architecture"), " is '", arch,
@@ -94,8 +121,8 @@ ModelConfig gguf_config(const GGUFFile& f) {
   const int64_t heads = positive(f, a + "attention.head_count");
   j["num_attention_heads"] = heads;
   j["num_key_value_heads"] = f.has(a + "attention.head_count_kv") ? positive(f, a + "attention.head_count_kv") : heads;
-  j["rms_norm_eps"] = f.get_f64(a + "attention.layer_norm_rms_epsilon");
-  if (f.has(a + "rope.freq_base")) j["rope_theta"] = f.get_f64(a + "rope.freq_base");
+  j["rms_norm_eps"] = finite(f, a + "attention.layer_norm_rms_epsilon");
+  if (f.has(a + "rope.freq_base")) j["rope_theta"] = finite(f, a + "rope.freq_base");
   if (f.has(a + "context_length")) j["max_position_embeddings"] = positive(f, a + "context_length");
 
   // head_dim: attention.key_length when given, else D / heads (llama.cpp's rule).
@@ -127,7 +154,23 @@ ModelConfig gguf_config(const GGUFFile& f) {
     if (f.has(key) && std::find(eos.begin(), eos.end(), f.get_i64(key)) == eos.end()) eos.push_back(f.get_i64(key));
   if (!eos.empty()) j["eos_token_id"] = eos;
 
-  ModelConfig c = ModelConfig::from_json(j.dump(), f.path());
+  // from_json's checks (ranges, limits) name the config.json field; say which GGUF key
+  // it came from too.
+  ModelConfig c;
+  try {
+    c = ModelConfig::from_json(j.dump(), f.path());
+  } catch (const Error& e) {
+    static const std::pair<const char*, const char*> kFrom[] = {
+        {"num_hidden_layers", "block_count"},           {"hidden_size", "embedding_length"},
+        {"intermediate_size", "feed_forward_length"},   {"num_attention_heads", "attention.head_count"},
+        {"num_key_value_heads", "attention.head_count_kv"}, {"head_dim", "attention.key_length"},
+        {"vocab_size", "vocab_size"},                   {"max_position_embeddings", "context_length"}};
+    const std::string message = e.what();
+    for (const auto& [field, key] : kFrom)
+      if (message.find(str("\"", field, "\"")) != std::string::npos && f.has(a + key))
+        throw Error(str(message, " (metadata key '", a, key, "')"));
+    throw;
+  }
   // A BOS in front of plain text only when the vocabulary asks for one (SmolLM2's does not).
   if (f.has("tokenizer.ggml.add_bos_token")) c.add_bos_token = f.get_bool("tokenizer.ggml.add_bos_token");
   else if (f.has("tokenizer.ggml.model")) c.add_bos_token = f.get_string("tokenizer.ggml.model") == "llama";

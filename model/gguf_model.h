@@ -35,5 +35,7 @@ Tokenizer gguf_tokenizer(const GGUFFile& file);
 // The HF name of a GGUF tensor ("blk.0.ffn_up.weight" -> "model.layers.0.mlp.up_proj.weight"),
 // or "" for a name outside the table.
 std::string gguf_to_hf_name(const std::string& gguf_name);
+// The inverse ("model.layers.0.mlp.up_proj.weight" -> "blk.0.ffn_up.weight"), or "".
+std::string hf_to_gguf_name(const std::string& hf_name);
 
 }  // namespace nq

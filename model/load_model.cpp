@@ -4,7 +4,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "formats/json.h"
 #include "model/bnb_checkpoint.h"
 #include "model/gguf_model.h"
 #include "runtime/error.h"
@@ -27,15 +29,15 @@ std::optional<std::string> hf_chat_template(const std::string& dir) {
   const std::string path = dir + "/tokenizer_config.json";
   std::ifstream in(path);
   if (!in.good()) return std::nullopt;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception&) {
-    throw Error(str(path, ": invalid JSON"));
-  }
-  auto it = j.find("chat_template");
-  if (it == j.end() || !it->is_string()) return std::nullopt;
-  return it->get<std::string>();
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json doc = parse_json(text.str(), path);
+  const JsonIn j(doc, path);
+  j.expect_object();
+  // A list of named templates (older tokenizer_config.json files) is not read: no template.
+  auto t = j.find("chat_template");
+  if (!t || !t->is_string()) return std::nullopt;
+  return t->string();
 }
 
 LoadedModel load_hf_dir(const std::string& dir) {
@@ -87,6 +89,20 @@ Decoder build_decoder(LoadedModel& m, DecoderOptions options, bool nf4_base) {
   if (nf4_base)
     for (Linear* l : model.linears()) l->quantize_nf4();  // no-op for the stored NF4 projections
   return model;
+}
+
+Tokenizer load_tokenizer(const std::string& path) {
+  NQ_CHECK(std::filesystem::exists(path), path, ": no such file or directory");
+  if (is_gguf_path(path)) {
+    const GGUFFile file = GGUFFile::open(path);
+    NQ_CHECK(file.has("tokenizer.ggml.model"), path, ": this GGUF has no vocabulary (tokenizer.ggml.*)");
+    return gguf_tokenizer(file);
+  }
+  if (std::filesystem::is_directory(path)) {
+    NQ_CHECK(std::filesystem::exists(path + "/tokenizer.json"), path, ": no tokenizer.json in this folder");
+    return Tokenizer::from_file(path + "/tokenizer.json");
+  }
+  return Tokenizer::from_file(path);
 }
 
 LoadedModel load_model(const std::string& path) {

@@ -33,6 +33,11 @@ LoadedModel load_model(const std::string& path);
 
 bool is_gguf_path(const std::string& path);
 
+// The tokenizer of what load_model takes, without the weights: a .gguf's vocabulary,
+// a model folder's tokenizer.json (with tokenizer_config.json's special tokens), or a
+// tokenizer.json file itself (./tokenize).
+Tokenizer load_tokenizer(const std::string& path);
+
 // The decoder of `m` with its weights moved in (m.weights and m.nf4 are emptied).
 // nf4_base: every projection NF4 (QLoRA): a 4-bit checkpoint's as stored, so an 8B
 // model never exists in f32 on the host; the others quantized here (blocksize 64,

@@ -11,6 +11,8 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <array>
 #include <cstring>
 #include <fstream>
@@ -123,11 +125,32 @@ struct PcreDeleter {
 };
 using Regex = std::shared_ptr<pcre2_code>;
 
+// A literal as a regex matching exactly it: every ASCII punctuation character escaped
+// (HF tokenizers turns a Split {"String": s} pattern into regex::escape(s) the same way;
+// PCRE2_LITERAL cannot be combined with PCRE2_UCP, which the other patterns need).
+std::string escape_literal(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u < 0x80 && !std::isalnum(u) && u != ' ') {
+      if (u < 0x20 || u == 0x7F) {  // control characters as \x{..}: PCRE2 would take some literally anyway
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\x{%02X}", u);
+        out += buf;
+        continue;
+      }
+      out += '\\';
+    }
+    out += c;
+  }
+  return out;
+}
+
 Regex compile_regex(const std::string& written, bool literal) {
-  std::string pattern = literal ? written : without_u180e_space(written);
+  std::string pattern = literal ? escape_literal(written) : without_u180e_space(written);
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+  uint32_t options = PCRE2_UTF | PCRE2_UCP;
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &err,
                                    &err_offset, nullptr);
   if (!code) {
@@ -140,6 +163,10 @@ Regex compile_regex(const std::string& written, bool literal) {
   return Regex(code, PcreDeleter());
 }
 
+// Token ids index id_to_token: an id is at most this (4M, 16x the largest real
+// vocabulary, Gemma 3's 262144), so a file cannot make the table 2^31 entries long.
+constexpr int32_t kMaxTokenId = (1 << 22) - 1;
+
 struct AddedToken {
   std::string content;
   int32_t id;
@@ -151,7 +178,11 @@ struct AddedTokenMatcher {
   std::vector<AddedToken> tokens;
   std::array<std::vector<int>, 256> by_first_byte;
 
-  void add(const std::string& content, int32_t id) { tokens.push_back({content, id}); }
+  // An empty token would match everywhere without advancing (split() would never end).
+  void add(const std::string& source, const std::string& content, int32_t id) {
+    NQ_CHECK(!content.empty(), source, ": added or control token ", id, " is empty");
+    tokens.push_back({content, id});
+  }
   void build() {
     std::stable_sort(tokens.begin(), tokens.end(),
                      [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
@@ -238,7 +269,8 @@ struct TokenizerImpl {
   static constexpr size_t kCacheMaxWords = 1 << 20;
 
   void set_token(const std::string& token, int32_t id) {
-    NQ_CHECK(id >= 0, source, ": token '", token, "' has negative id ", id);
+    NQ_CHECK(id >= 0 && id <= kMaxTokenId, source, ": token '", token, "' has id ", id, " outside [0, ", kMaxTokenId,
+             "]");
     if (size_t(id) >= id_to_token.size()) id_to_token.resize(size_t(id) + 1);
     id_to_token[size_t(id)] = token;
     token_to_id[token] = id;
@@ -441,11 +473,10 @@ struct TokenizerImpl {
 namespace {
 
 // "NFC", or a Sequence of them; null means no normalizer.
-void parse_normalizer(TokenizerImpl& impl, const nlohmann::json& n) {
-  if (n.is_null()) return;
-  std::string type = n.value("type", "");
+void parse_normalizer(TokenizerImpl& impl, const JsonIn& n) {
+  const std::string type = n.string_or("type", "");
   if (type == "Sequence") {
-    for (const auto& sub : n.at("normalizers")) parse_normalizer(impl, sub);
+    n.at("normalizers").for_each_element([&](const JsonIn& sub) { parse_normalizer(impl, sub); });
     return;
   }
   NQ_CHECK(type == "NFC", impl.source, ": normalizer '", type, "' is not supported (only NFC)");
@@ -453,33 +484,34 @@ void parse_normalizer(TokenizerImpl& impl, const nlohmann::json& n) {
 }
 
 // Split(regex, Isolated), ByteLevel (with or without the GPT-2 regex), or a Sequence.
-void parse_pre_tokenizer(TokenizerImpl& impl, const nlohmann::json& p, bool& byte_level) {
-  NQ_CHECK(!p.is_null(), impl.source, ": no pre_tokenizer (byte-level BPE needs a ByteLevel pre-tokenizer)");
-  std::string type = p.value("type", "");
+void parse_pre_tokenizer(TokenizerImpl& impl, const JsonIn& p, bool& byte_level) {
+  const std::string type = p.string_or("type", "");
   if (type == "Sequence") {
-    for (const auto& sub : p.at("pretokenizers")) parse_pre_tokenizer(impl, sub, byte_level);
+    p.at("pretokenizers").for_each_element([&](const JsonIn& sub) { parse_pre_tokenizer(impl, sub, byte_level); });
   } else if (type == "Split") {
-    std::string behavior = p.value("behavior", "");
-    NQ_CHECK(behavior == "Isolated" && !p.value("invert", false), impl.source, ": Split pre-tokenizer with behavior '",
-             behavior, "'", p.value("invert", false) ? " and invert" : "", " is not supported (only Isolated)");
-    const auto& pattern = p.at("pattern");
-    bool literal = pattern.contains("String");
-    impl.splits.push_back(compile_regex(pattern.at(literal ? "String" : "Regex").get<std::string>(), literal));
+    const std::string behavior = p.string_or("behavior", "");
+    const bool invert = p.boolean_or("invert", false);
+    NQ_CHECK(behavior == "Isolated" && !invert, impl.source, ": Split pre-tokenizer with behavior '", behavior, "'",
+             invert ? " and invert" : "", " is not supported (only Isolated)");
+    const JsonIn pattern = p.at("pattern");
+    // {"String": s} splits on the literal s, {"Regex": r} on the regex r.
+    if (pattern.has("String")) impl.splits.push_back(compile_regex(pattern.at("String").string(), true));
+    else impl.splits.push_back(compile_regex(pattern.at("Regex").string(), false));
   } else if (type == "ByteLevel") {
     byte_level = true;
-    impl.add_prefix_space = p.value("add_prefix_space", false);
-    if (p.value("use_regex", true)) impl.splits.push_back(compile_regex(kGpt2Pattern, false));
+    impl.add_prefix_space = p.boolean_or("add_prefix_space", false);
+    if (p.boolean_or("use_regex", true)) impl.splits.push_back(compile_regex(kGpt2Pattern, false));
   } else {
     throw Error(str(impl.source, ": pre-tokenizer '", type, "' is not supported (byte-level BPE only)"));
   }
 }
 
 // tokenizer_config.json names eos/bos/pad tokens as strings or {"content": ...}.
-int32_t config_token(const nlohmann::json& config, const char* key, const Tokenizer& tok) {
-  if (!config.contains(key)) return -1;
-  const auto& v = config[key];
-  if (v.is_string()) return tok.token_id(v.get<std::string>());
-  if (v.is_object() && v.contains("content")) return tok.token_id(v["content"].get<std::string>());
+int32_t config_token(const JsonIn& config, const char* key, const Tokenizer& tok) {
+  auto v = config.find(key);
+  if (!v) return -1;
+  if (v->is_string()) return tok.token_id(v->string());
+  if (v->is_object() && v->has("content")) return tok.token_id(v->at("content").string());
   return -1;
 }
 
@@ -494,47 +526,50 @@ nlohmann::json read_json(const std::string& path) {
 }  // namespace
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  nlohmann::json j = read_json(path);
+  const nlohmann::json doc = read_json(path);
+  const JsonIn j(doc, path);
   auto impl = std::make_shared<TokenizerImpl>();
   impl->source = path;
-  try {
-    NQ_CHECK(j.is_object() && j.contains("model"), path, ": not a tokenizer.json (no \"model\")");
-    const auto& model = j.at("model");
-    std::string type = model.value("type", "");
-    NQ_CHECK(type == "BPE", path, ": model type '", type, "' is not supported (only byte-level BPE)");
-    auto subword_prefix = model.value("continuing_subword_prefix", nlohmann::json());
-    NQ_CHECK(subword_prefix.is_null() || subword_prefix == "", path, ": BPE continuing_subword_prefix is not supported");
-    for (const auto& [token, id] : model.at("vocab").items()) impl->set_token(token, id.get<int32_t>());
-    impl->ignore_merges = model.value("ignore_merges", false);
-    parse_normalizer(*impl, j.value("normalizer", nlohmann::json()));
-    bool byte_level = false;
-    parse_pre_tokenizer(*impl, j.value("pre_tokenizer", nlohmann::json()), byte_level);
-    NQ_CHECK(byte_level, path, ": no ByteLevel pre-tokenizer (only byte-level BPE is supported)");
-    // Merges: "a b" strings (older files) or ["a", "b"] pairs (tokenizers >= 0.20).
-    int32_t rank = 0;
-    for (const auto& m : model.at("merges")) {
-      if (m.is_array()) {
-        NQ_CHECK(m.size() == 2, path, ": merge ", rank, " is not a pair");
-        impl->add_merge(m[0].get<std::string>(), m[1].get<std::string>(), rank);
-      } else {
-        std::string s = m.get<std::string>();
-        size_t space = s.find(' ');
-        NQ_CHECK(space != std::string::npos && s.find(' ', space + 1) == std::string::npos, path, ": merge ", rank,
-                 " '", s, "' is not two tokens separated by one space");
-        impl->add_merge(s.substr(0, space), s.substr(space + 1), rank);
-      }
-      ++rank;
+  NQ_CHECK(j.is_object() && j.has("model"), path, ": not a tokenizer.json (no \"model\")");
+  const JsonIn model = j.at("model").expect_object();
+  const std::string type = model.string_or("type", "");
+  NQ_CHECK(type == "BPE", path, ": model type '", type, "' is not supported (only byte-level BPE)");
+  NQ_CHECK(model.string_or("continuing_subword_prefix", "").empty(), path,
+           ": BPE continuing_subword_prefix is not supported");
+  model.at("vocab").for_each_member(
+      [&](const std::string& token, const JsonIn& id) { impl->set_token(token, int32_t(id.integer(0, kMaxTokenId))); });
+  impl->ignore_merges = model.boolean_or("ignore_merges", false);
+  if (auto n = j.find("normalizer")) parse_normalizer(*impl, *n);
+  bool byte_level = false;
+  auto pre = j.find("pre_tokenizer");
+  NQ_CHECK(pre, path, ": no pre_tokenizer (byte-level BPE needs a ByteLevel pre-tokenizer)");
+  parse_pre_tokenizer(*impl, *pre, byte_level);
+  NQ_CHECK(byte_level, path, ": no ByteLevel pre-tokenizer (only byte-level BPE is supported)");
+  // Merges: "a b" strings (older files) or ["a", "b"] pairs (tokenizers >= 0.20).
+  int32_t rank = 0;
+  model.at("merges").for_each_element([&](const JsonIn& m) {
+    if (m.is_array()) {
+      NQ_CHECK(m.size() == 2, m.where(), " is not a pair");
+      impl->add_merge(m[0].string(), m[1].string(), rank);
+    } else {
+      const std::string& s = m.string();
+      size_t space = s.find(' ');
+      NQ_CHECK(space != std::string::npos && s.find(' ', space + 1) == std::string::npos, path, ": merge ", rank,
+               " '", s, "' is not two tokens separated by one space");
+      impl->add_merge(s.substr(0, space), s.substr(space + 1), rank);
     }
-    for (const auto& a : j.value("added_tokens", nlohmann::json::array())) {
-      std::string content = a.at("content").get<std::string>();
+    ++rank;
+  });
+  if (auto added = j.find("added_tokens")) {
+    added->for_each_element([&](const JsonIn& a) {
+      const std::string content = a.at("content").string();
+      const int32_t id = int32_t(a.at("id").integer(0, kMaxTokenId));
       NQ_CHECK(!content.empty(), path, ": empty added token");
-      NQ_CHECK(!a.value("lstrip", false) && !a.value("rstrip", false) && !a.value("single_word", false), path,
-               ": added token '", content, "' uses lstrip/rstrip/single_word, which is not supported");
-      impl->set_token(content, a.at("id").get<int32_t>());
-      (a.value("normalized", false) ? impl->normalized_added : impl->raw_added).add(content, a.at("id").get<int32_t>());
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(str(path, ": unexpected tokenizer.json structure: ", e.what()));
+      NQ_CHECK(!a.boolean_or("lstrip", false) && !a.boolean_or("rstrip", false) && !a.boolean_or("single_word", false),
+               path, ": added token '", content, "' uses lstrip/rstrip/single_word, which is not supported");
+      impl->set_token(content, id);
+      (a.boolean_or("normalized", false) ? impl->normalized_added : impl->raw_added).add(path, content, id);
+    });
   }
   impl->finish();
   Tokenizer tok;
@@ -543,12 +578,21 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
   std::string dir = path.substr(0, path.find_last_of('/') + 1);
   std::ifstream config_file(dir + "tokenizer_config.json");
   if (config_file.good()) {
-    nlohmann::json config = read_json(dir + "tokenizer_config.json");
+    const nlohmann::json config_doc = read_json(dir + "tokenizer_config.json");
+    const JsonIn config(config_doc, dir + "tokenizer_config.json");
+    config.expect_object();
     tok.eos_id = config_token(config, "eos_token", tok);
     tok.bos_id = config_token(config, "bos_token", tok);
     tok.pad_id = config_token(config, "pad_token", tok);
   }
   return tok;
+}
+
+const char* Tokenizer::split_regex_of(const std::string& pre) {
+  if (pre == "qwen2") return kQwen2Pattern;
+  if (pre == "llama-bpe" || pre == "llama3") return kLlama3Pattern;
+  if (pre == "gpt-2" || pre == "gpt2" || pre == "smollm" || pre == "default") return kGpt2Pattern;
+  return nullptr;
 }
 
 Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std::string> merges,
@@ -562,7 +606,7 @@ Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std
   if (pre_tokenizer == "qwen2") impl->splits.push_back(compile_regex(kQwen2Pattern, false)), impl->nfc = true;
   else if (pre_tokenizer == "llama-bpe" || pre_tokenizer == "llama3")
     impl->splits.push_back(compile_regex(kLlama3Pattern, false)), impl->ignore_merges = true;
-  else if (pre_tokenizer == "gpt2" || pre_tokenizer == "smollm" || pre_tokenizer == "default")
+  else if (pre_tokenizer == "gpt-2" || pre_tokenizer == "gpt2" || pre_tokenizer == "smollm" || pre_tokenizer == "default")
     impl->splits.push_back(compile_regex(kGpt2Pattern, false));
   else throw Error(str("GGUF vocabulary: pre-tokenizer '", pre_tokenizer, "' is not supported"));
   for (size_t r = 0; r < merges.size(); ++r) {
@@ -571,7 +615,7 @@ Tokenizer Tokenizer::from_vocab(std::vector<std::string> tokens, std::vector<std
     impl->add_merge(merges[r].substr(0, space), merges[r].substr(space + 1), int32_t(r));
   }
   for (size_t i = 0; i < token_types.size(); ++i)  // 3 = control (special), 4 = user-defined (added)
-    if (token_types[i] == 3 || token_types[i] == 4) impl->raw_added.add(tokens[i], int32_t(i));
+    if (token_types[i] == 3 || token_types[i] == 4) impl->raw_added.add(impl->source, tokens[i], int32_t(i));
   impl->finish();
   Tokenizer tok;
   tok.impl_ = impl;

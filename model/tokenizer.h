@@ -21,11 +21,15 @@ class Tokenizer {
   static Tokenizer from_file(const std::string& tokenizer_json_path);  // HF tokenizer.json (byte-level BPE)
   // Built from GGUF metadata (tokenizer.ggml.model = "gpt2"): tokens, merges ("a b"),
   // token types (1 normal, 3 control = special, 4 user-defined = added), and the
-  // pre-tokenizer name (tokenizer.ggml.pre: "qwen2", "llama-bpe", "gpt2", "smollm", "default").
+  // pre-tokenizer name (tokenizer.ggml.pre: "qwen2", "llama-bpe", "gpt-2", "smollm", "default").
   // eos_id/bos_id/pad_id stay -1 here: the GGUF loader sets them from tokenizer.ggml.*_token_id.
   // (from_file reads them from tokenizer_config.json next to tokenizer.json, when present.)
   static Tokenizer from_vocab(std::vector<std::string> tokens, std::vector<std::string> merges,
                               std::vector<int32_t> token_types, const std::string& pre_tokenizer);
+
+  // The split regex from_vocab uses for a tokenizer.ggml.pre name, or nullptr when
+  // unsupported (the HF folder ./merge writes from a GGUF states it in tokenizer.json).
+  static const char* split_regex_of(const std::string& pre_tokenizer);
 
   std::vector<int32_t> encode(const std::string& text) const;  // special/added tokens written in text are matched; no BOS/EOS added
   // Same ids; token_begin[i] = byte offset where token i starts in normalize(text)

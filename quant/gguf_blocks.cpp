@@ -1,7 +1,11 @@
 // ggml block decoders, one function per type, mirroring ggml-quants.c's
-// dequantize_row_*; see gguf_blocks.h and docs/formats.md for the layouts.
+// dequantize_row_*, and the encoders of gguf-py's quants.py (F16, BF16, Q8_0,
+// Q4_0, Q4_1); see gguf_blocks.h and docs/formats.md for the layouts.
 #include "quant/gguf_blocks.h"
 
+#include <cmath>
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <vector>
 
@@ -185,6 +189,124 @@ void dequantize_row(GGMLType type, const uint8_t* src, float* dst, int64_t n) {
 #pragma omp parallel for if (blocks > 4096)
   for (int64_t i = 0; i < blocks; ++i)
     block(src + i * info->block_bytes, dst + i * info->block_elems);
+}
+
+// ---------------------------------------------------------------- encoders
+//
+// gguf-py quantizes with numpy on float32 arrays; every step below is the same
+// IEEE float32 operation (no FMA: the build uses -ffp-contract=off), so the bytes
+// are the same. Its casts of float to int8/uint8 are C casts, which on x86 go
+// through a 32-bit truncating conversion: a NaN or out-of-range value becomes
+// INT32_MIN, whose low byte is 0. That only happens for a block whose scale is a
+// float32 subnormal (1/d overflows to inf); as_byte reproduces it.
+
+const char* ggml_encodable_types() { return "F32 F16 BF16 Q8_0 Q4_0 Q4_1"; }
+
+bool ggml_encodable(GGMLType type) {
+  switch (type) {
+    case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16:
+    case GGMLType::Q8_0: case GGMLType::Q4_0: case GGMLType::Q4_1: return true;
+    default: return false;
+  }
+}
+
+static uint8_t as_byte(float v) {
+  const int32_t i = (v > -2147483904.0f && v < 2147483648.0f) ? int32_t(v) : INT32_MIN;
+  return uint8_t(uint32_t(i) & 0xFF);
+}
+
+static void put_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// numpy's np_roundf of gguf-py: round half away from zero, as floor arithmetic.
+static float round_half_away(float v) {
+  const float a = std::fabs(v), fl = std::floor(a);
+  const float b = fl + std::floor(2.0f * (a - fl));
+  return v > 0 ? b : v < 0 ? -b : v * b;  // np.sign(v) * b (NaN stays NaN)
+}
+
+// Q8_0: {f16 d; i8 qs[32]}.
+static void quant_q8_0(const float* x, uint8_t* b) {
+  float amax = 0;
+  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.0f;
+  const float id = d == 0 ? 0.0f : 1.0f / d;
+  put_f16(b, d);
+  for (int j = 0; j < 32; ++j) b[2 + j] = as_byte(round_half_away(x[j] * id));
+}
+
+// Q4_0: {f16 d; u8 qs[16]}, d from the weight of largest magnitude (the first one
+// when several tie, as argmax), so that weight maps to q = 0 exactly.
+static void quant_q4_0(const float* x, uint8_t* b) {
+  int imax = 0;
+  for (int j = 1; j < 32; ++j)
+    if (std::fabs(x[j]) > std::fabs(x[imax])) imax = j;
+  const float d = x[imax] / -8.0f;
+  const float id = d == 0 ? 0.0f : 1.0f / d;
+  put_f16(b, d);
+  uint8_t q[32];
+  for (int j = 0; j < 32; ++j) q[j] = std::min<uint8_t>(as_byte(std::trunc(x[j] * id + 8.5f)), 15);
+  for (int j = 0; j < 16; ++j) b[2 + j] = uint8_t(q[j] | (q[j + 16] << 4));
+}
+
+// Q4_1: {f16 d; f16 m; u8 qs[16]}, m = the block minimum.
+static void quant_q4_1(const float* x, uint8_t* b) {
+  float lo = x[0], hi = x[0];
+  for (int j = 1; j < 32; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+  const float d = (hi - lo) / 15.0f;
+  const float id = d == 0 ? 0.0f : 1.0f / d;
+  put_f16(b, d);
+  put_f16(b + 2, lo);
+  uint8_t q[32];
+  for (int j = 0; j < 32; ++j) q[j] = std::min<uint8_t>(as_byte(std::trunc((x[j] - lo) * id + 0.5f)), 15);
+  for (int j = 0; j < 16; ++j) b[4 + j] = uint8_t(q[j] | (q[j + 16] << 4));
+}
+
+void quantize_row(GGMLType type, const float* src, uint8_t* dst, int64_t n) {
+  const GGMLTypeInfo* info = ggml_type_info(uint32_t(type));
+  NQ_CHECK(info && ggml_encodable(type), "quantize_row: ggml type ", info ? info->name : "?", " (", uint32_t(type),
+           ") cannot be written (supported: ", ggml_encodable_types(), ")");
+  NQ_CHECK(n % info->block_elems == 0, "quantize_row: ", n, " weights is not a multiple of the ", info->name,
+           " block of ", info->block_elems);
+  void (*block)(const float*, uint8_t*) = nullptr;
+  switch (type) {
+    case GGMLType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
+    case GGMLType::F16:
+      for (int64_t i = 0; i < n; ++i) put_f16(dst + 2 * i, src[i]);
+      return;
+    case GGMLType::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = f32_to_bf16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case GGMLType::Q8_0: block = quant_q8_0; break;
+    case GGMLType::Q4_0: block = quant_q4_0; break;
+    case GGMLType::Q4_1: block = quant_q4_1; break;
+    default: break;
+  }
+  for (int64_t i = 0; i < n; ++i)
+    NQ_CHECK(std::isfinite(src[i]), "quantize_row: weight ", i, " is ", src[i], "; ", info->name,
+             " cannot encode a non-finite value");
+  const int64_t blocks = n / info->block_elems;
+#pragma omp parallel for if (blocks > 4096)
+  for (int64_t i = 0; i < blocks; ++i) block(src + i * info->block_elems, dst + i * info->block_bytes);
+}
+
+void permute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
+  NQ_CHECK(n_heads > 0 && rows % (2 * n_heads) == 0, "permute_qk_rows: ", rows, " rows do not split into ", n_heads,
+           " heads of an even size");
+  const int64_t head = rows / n_heads, half = head / 2;
+  std::vector<float> tmp(size_t(head * cols));
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* hw = w + h * head * cols;
+    std::memcpy(tmp.data(), hw, tmp.size() * sizeof(float));
+    for (int64_t i = 0; i < half; ++i)
+      for (int64_t j = 0; j < 2; ++j)  // HF row j*half+i -> GGUF row 2i+j
+        std::memcpy(hw + (2 * i + j) * cols, tmp.data() + (j * half + i) * cols, size_t(cols) * sizeof(float));
+  }
 }
 
 void unpermute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {

@@ -1,4 +1,5 @@
-// ggml tensor types and their block decoders (dequantize_row_* of ggml-quants.c).
+// ggml tensor types, their block decoders (dequantize_row_* of ggml-quants.c) and
+// the encoders the GGUF export writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
 //
 // A quantized ggml tensor is a sequence of fixed-size blocks along its innermost
 // dimension; each block packs `block_elems` weights into `block_bytes` bytes with
@@ -36,11 +37,29 @@ const char* ggml_decodable_types();
 // Throws nq::Error for a type that is not decodable.
 void dequantize_row(GGMLType type, const uint8_t* src, float* dst, int64_t n);
 
+// "F32 F16 BF16 Q8_0 Q4_0 Q4_1": the types quantize_row() encodes.
+const char* ggml_encodable_types();
+bool ggml_encodable(GGMLType type);
+
+// Encodes n weights (a multiple of the type's block_elems) into `dst`
+// (n / block_elems * block_bytes bytes), byte for byte what gguf-py's
+// gguf.quants.quantize writes (the same float32 operations in the same order):
+//   F16, BF16  round to nearest even (NaN kept quiet)
+//   Q8_0  d = amax/127;          q = round_half_away(x/d)  (x * (1/d), as gguf-py)
+//   Q4_0  d = x[argmax |x|]/-8;  q = min(15, trunc(x * (1/d) + 8.5))
+//   Q4_1  d = (max-min)/15;      q = min(15, trunc((x-min) * (1/d) + 0.5)), m = min
+// with 1/d taken as 0 when d is 0, and d, m stored as f16. Formulas: docs/gguf_export.md.
+// Quantized types refuse a non-finite weight (nq::Error naming its index).
+void quantize_row(GGMLType type, const float* src, uint8_t* dst, int64_t n);
+
 // llama.cpp's convert_hf_to_gguf permutes the rows of attn_q / attn_k of
 // llama-architecture models so that RoPE rotates adjacent pairs (x0,x1),(x2,x3)..
 // instead of HF's halves (x_i, x_{i+d/2}). Within each head of d = rows/n_heads
 // rows, GGUF row 2i+j holds HF row j*d/2+i (j in {0,1}). This undoes it in place:
 // w is [rows, cols] row-major; n_heads is n_head for Q and n_head_kv for K.
 void unpermute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads);
+// The converter's permutation itself (HF row j*d/2+i -> GGUF row 2i+j): the export
+// of a llama-architecture model applies it; permute then unpermute is the identity.
+void permute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads);
 
 }  // namespace nq

@@ -439,9 +439,9 @@ TEST_CASE("config: unsupported or malformed config.json is a clear error") {
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(replace(base + "}", "qwen3", "mistral"), "cfg.json"),
                        "cfg.json: model_type \"mistral\" is not supported (qwen3, llama)", Error);
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(R"({"model_type": "qwen3",})", "cfg.json"),
-                       "cfg.json: invalid JSON at byte 24", Error);  // the '}' after a trailing comma
+                       doctest::Contains("cfg.json: invalid JSON: "), Error);  // the '}' after a trailing comma
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(replace(base + "}", "\"vocab_size\": 100", "\"x\": 1"), "cfg.json"),
-                       "cfg.json: missing required field \"vocab_size\"", Error);
+                       "cfg.json: missing field \"vocab_size\"", Error);
   CHECK_THROWS_WITH_AS(parse(R"(, "use_sliding_window": true)"),
                        "cfg.json: use_sliding_window is true; sliding-window attention is not implemented", Error);
   CHECK_THROWS_WITH_AS(parse(R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0})"),
@@ -455,7 +455,7 @@ TEST_CASE("config: unsupported or malformed config.json is a clear error") {
   CHECK_THROWS_WITH_AS(parse(R"(, "hidden_act": "gelu")"), "cfg.json: hidden_act \"gelu\" is not supported (silu)", Error);
   CHECK_THROWS_WITH_AS(parse(R"(, "num_key_value_heads": 3)"),
                        "cfg.json: num_attention_heads (4) must be a multiple of num_key_value_heads (3)", Error);
-  CHECK_THROWS_WITH_AS(parse(R"(, "head_dim": "128")"), "cfg.json: field \"head_dim\" has the wrong type (string)", Error);
+  CHECK_THROWS_WITH_AS(parse(R"(, "head_dim": "128")"), "cfg.json: \"head_dim\" must be an integer, got a string (\"128\")", Error);
   CHECK_THROWS_WITH_AS(ModelConfig::from_file("no/such/config.json"), "no/such/config.json: cannot open", Error);
 }
 

@@ -100,6 +100,30 @@ TEST_CASE("newcomer: an unknown flag or key suggests the nearest known one") {
         "unknown flag '--lora-r' (did you mean --r? see --help)");
   CHECK(thrown_message([&] { t.apply_json(R"({"lora_r": 8})", "c.json"); }) ==
         "c.json: unknown key \"lora_r\" (did you mean \"r\"? keys are the flags of --help with _ for -)");
+  // Another tool's names, declared by the table (./train's: HF TrainingArguments').
+  t.also_known_as("learning_rate", "lr");
+  std::vector<std::string> hf{"x", "--learning_rate", "1e-3"};
+  std::vector<char*> hf_argv;
+  for (std::string& a : hf) hf_argv.push_back(a.data());
+  CHECK(thrown_message([&] { t.parse(int(hf_argv.size()), hf_argv.data()); }) ==
+        "unknown flag '--learning_rate' (did you mean --lr? see --help)");
+  CHECK(thrown_message([&] { t.apply_json(R"({"learning_rte": 1})", "c.json"); }).find("did you mean \"lr\"?") !=
+        std::string::npos);  // a typo of the other name
+  TrainConfig cfg;
+  const FlagTable train = train_flags(cfg);
+  for (auto [typed, meant] : {std::pair<const char*, const char*>{"num_train_epochs", "epochs"},
+                              {"per_device_train_batch_size", "batch-size"}, {"gradient_accumulation_steps", "grad-accum"},
+                              {"output_dir", "out"}, {"save_steps", "save-every"}, {"use_rslora", "rslora"},
+                              {"save-total-limt", "save-total-limit"}}) {
+    CAPTURE(typed);
+    std::vector<std::string> args{"train", std::string("--") + typed, "1"};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    TrainConfig c;
+    FlagTable table = train_flags(c);
+    CHECK(thrown_message([&] { table.parse(int(argv.size()), argv.data()); }) ==
+          str("unknown flag '--", typed, "' (did you mean --", meant, "? see --help)"));
+  }
 }
 
 TEST_CASE("newcomer: invalid UTF-8 names the line and the byte offset") {
@@ -297,9 +321,10 @@ std::string train_binary() {
 
 TEST_CASE("newcomer: ./train exits 130 on Ctrl-C with a checkpoint and the adapter; a near-miss flag is named") {
   TinyRun t;
-  // Ctrl-C once the first step is in the metrics file; the run stops after its current step.
+  // Ctrl-C once the first step is in the metrics file; the run stops after its current step
+  // (3000 steps bound the test if the signal were lost: it then fails on the status, 0).
   const std::string cmd = "cd " + t.tmp.path + " && { " + train_binary() + " --model model --data train.jsonl --out out " +
-                          "--r 4 --max-length 48 --max-steps 100000 --device cpu --no-progress > log 2>&1 & pid=$!; " +
+                          "--r 4 --max-length 48 --max-steps 3000 --device cpu --no-progress > log 2>&1 & pid=$!; " +
                           "while kill -0 $pid 2>/dev/null && ! [ -s out/metrics.jsonl ]; do sleep 0.05; done; "
                           " kill -INT $pid; wait $pid; echo $? > status; }";
   REQUIRE(std::system(cmd.c_str()) == 0);

@@ -96,7 +96,7 @@ std::vector<ProgramFlags> program_flags() {
                         "max-new-tokens", "greedy", "temperature", "top-k", "top-p", "seed", "print-ids"}, "--help"},
       {"tokenize", {}, {"tokenizer", "jsonl", "decode", "stats"}, "--help"},
       {"quantize", {}, {"model", "out", "blocksize", "no-double-quant", "random", "seed", "layers", "tokenizer"}, "--help"},
-      {"merge", {}, {"model", "adapter", "out", "dtype"}, "--help"},
+      {"merge", {}, {"model", "adapter", "out", "dtype", "type", "adapter-gguf"}, "--help"},
       {"inspect", {}, {"tensors"}, "--help"},
       {"inspect", {"plan"}, {"preset", "model", "seq", "batch", "r", "targets", "device", "no-quant",
                              "no-grad-checkpoint", "ce-chunk", "fit-gb", "json"}, "./inspect plan --help"},
@@ -149,6 +149,7 @@ TEST_CASE("programs: a missing value, a bad number and a bad choice are one line
   check_one_line_error("quantize", {"--out"}, "--out needs a value (see --help)");
   check_one_line_error("quantize", {"--blocksize", "big"}, "--blocksize: expected an integer, got 'big'");
   check_one_line_error("merge", {"--dtype", "f16"}, "--dtype must be bf16 or f32, got 'f16'");
+  check_one_line_error("merge", {"--type", "q5_k"}, "--type must be f32, f16, bf16, q8_0, q4_0 or q4_1, got 'q5_k'");
   check_one_line_error("inspect", {"plan", "--seq"}, "--seq needs a value (see ./inspect plan --help)");
   check_one_line_error("inspect", {"plan", "--fit-gb", "x"}, "--fit-gb: expected a number, got 'x'");
   check_one_line_error("inspect", {"plan", "--device", "gpu"}, "--device must be auto, cpu or cuda, got 'gpu'");
@@ -197,4 +198,43 @@ TEST_CASE("programs: ./generate --device: cpu decodes, cuda is refused in one li
   CHECK(r.status == 1);
   CHECK(r.err.find("error: --device cuda") == 0);
   CHECK(r.err.find('\n') == r.err.size() - 1);
+}
+
+TEST_CASE("programs: ./merge, ./tokenize and ./quantize take a GGUF; ./merge writes GGUF model and adapter files") {
+  TempDir tmp;
+  const std::string base = "tests/fixtures/model/qwen3_tied", adapter = "tests/fixtures/gguf_export/qwen3_adapter";
+  // A GGUF of the base (no adapter), then everything from that GGUF.
+  ProgramRun r = run_program("merge", {"--model", base, "--out", tmp / "base.gguf", "--type", "f32"});
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  r = run_program("merge", {"--model", tmp / "base.gguf", "--adapter", adapter, "--out", tmp / "m.gguf", "--type",
+                            "q4_1", "--adapter-gguf", tmp / "a.gguf"});
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  CHECK(r.out.find("wrote the adapter (14 projections, r 4, llama.cpp alpha 16)") != std::string::npos);
+  CHECK(r.out.find("(q4_1: ") != std::string::npos);
+  r = run_program("merge", {"--model", tmp / "base.gguf", "--adapter", adapter, "--out", tmp / "hf"});
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+    CHECK_MESSAGE(fs::exists(tmp / "hf/" + f), f);
+  r = run_program("quantize", {"--model", tmp / "base.gguf", "--out", tmp / "nf4"});
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  CHECK(fs::exists(tmp / "nf4/tokenizer.json"));
+  const std::string echo = "echo '{\"text\": \"Hello world\"}' | ";
+  std::string ids[3];
+  int k = 0;
+  for (const std::string& t : {std::string(base), tmp / "base.gguf", tmp / "hf"}) {
+    const std::string cmd = echo + quoted(program_path("tokenize")) + " --tokenizer " + quoted(t) + " > " +
+                            quoted(tmp / "ids") + " 2>&1";
+    CHECK(std::system(cmd.c_str()) == 0);
+    ids[k++] = read_text(tmp / "ids");
+  }
+  CHECK(ids[0].find("{\"ids\": [") == 0);
+  CHECK(ids[1] == ids[0]);
+  CHECK(ids[2] == ids[0]);
+
+  fs::create_directory(tmp / "dir.gguf");
+  check_one_line_error("merge", {"--model", base, "--out", tmp / "dir.gguf"},
+                       tmp / "dir.gguf" + ": is a folder; give the path of the .gguf file to write");
+  check_one_line_error("merge", {"--model", base, "--out", tmp / "x", "--type", "q8_0"},
+                       "--type is for a .gguf --out; a folder takes --dtype bf16|f32");
+  check_one_line_error("merge", {"--model", base, "--adapter-gguf", tmp / "a2.gguf"}, "--adapter-gguf needs --adapter DIR");
 }

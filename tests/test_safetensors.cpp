@@ -156,7 +156,7 @@ TEST_CASE("safetensors reader refuses corrupt files with a message naming the fi
   past[0] = char(uint8_t(past[0]) + 100);
   CHECK(contains(open_error(past), "runs past the end of the file"));
 
-  CHECK(contains(open_error(raw_file("{\"w\": [1, 2", 0)), "header is not valid JSON"));
+  CHECK(contains(open_error(raw_file("{\"w\": [1, 2", 0)), "header: invalid JSON"));
   CHECK(contains(open_error(raw_file("[1, 2]", 0)), "header is not a JSON object"));
   CHECK(contains(open_error(raw_file(R"({"flag": {"dtype": "BOOL", "shape": [1], "data_offsets": [0, 1]}})", 1)),
                  "tensor 'flag': unsupported dtype BOOL"));
@@ -204,7 +204,7 @@ TEST_CASE("sharded index errors name the index and the tensor") {
   write_bytes(dir / "model.safetensors.index.json", R"({"weight_map": {"a": "missing.safetensors"}})");
   CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir.path), doctest::Contains("missing.safetensors: cannot open"), Error);
   write_bytes(dir / "model.safetensors.index.json", R"({"weight_map": )");
-  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir.path), doctest::Contains("model.safetensors.index.json: not valid JSON"),
+  CHECK_THROWS_WITH_AS(SafetensorsDir::open(dir.path), doctest::Contains("model.safetensors.index.json: invalid JSON"),
                        Error);
 }
 

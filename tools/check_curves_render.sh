@@ -3,8 +3,8 @@
 # headless Chromium (Debian's package `chromium`, installed here with apt-get when
 # missing), to PNG, and checks the picture a person would see: it is not blank,
 # and inside each panel's plot area the colour of every curve the SVG declares
-# there is drawn (at least MIN_PIXELS pixels of it), so the PNG shows the
-# expected number of curves.
+# there is drawn (at least MIN_PIXELS pixels of it, within 6 px of the area: an
+# end marker sticks out), so the PNG shows the expected number of curves.
 #
 #   tools/check_curves_render.sh SVG [PNG]     (PNG default: SVG with .png)
 #
@@ -97,7 +97,10 @@ def near(p, q, tol=40):
 
 drawn = 0
 for name, (x, y, bw, bh), curves in panels:
-    inside = [rows[j][i] for j in range(int(y) + 2, min(h, int(y + bh) - 1)) for i in range(int(x) + 2, min(w, int(x + bw) - 1))]
+    # The plot area and a 6 px margin: a marker at the edge (r 4) sticks out of it; the legend
+    # sits 10 px and more above it.
+    inside = [rows[j][i] for j in range(max(0, int(y) - 6), min(h, int(y + bh) + 7))
+              for i in range(max(0, int(x) - 6), min(w, int(x + bw) + 7))]
     for series, color in curves:
         rgb = tuple(int(color[k:k + 2], 16) for k in (1, 3, 5))
         n = sum(1 for p in inside if near(p, rgb))

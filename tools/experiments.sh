@@ -4,7 +4,8 @@
 # (the demo model, `make model`), then docs/experiments.md written from what the
 # runs wrote (tools/experiments_report.py). Not part of `make test`.
 #
-#   tools/experiments.sh            every run (14 runs of 12 steps: about 45 minutes on 2 busy cores)
+#   tools/experiments.sh            every run (20 runs of 12 steps, 5 exact-match scores: about an hour
+#                                   on 2 busy cores, 3 to 10 s a step)
 #   ONLY="rank_r1 lr_1e-1" tools/experiments.sh     just these runs, then the page
 #
 # Every run starts from scratch (its folder is removed first) with a fixed seed and a
@@ -92,7 +93,7 @@ behaviour() {
 for v in peft reverse both_random gaussian; do init "init_$v" "$v" "${PIRATE[@]}" --r 16 --alpha 32; done
 
 # ---- rank: alpha = 2r (scale 2 at every rank), small data
-for r in 1 16 256; do run "rank_r$r" "${SMALL[@]}" --r "$r" --alpha $((2 * r)); done
+for r in 1 4 16 64 256; do run "rank_r$r" "${SMALL[@]}" --r "$r" --alpha $((2 * r)); done
 
 # ---- placement on the format task, equal rank (r 16, alpha 32), with the exact-match score
 behaviour format_base
@@ -101,10 +102,15 @@ for t in "q_proj,v_proj:qv" "q_proj,k_proj,v_proj,o_proj:attention" "gate_proj,u
   behaviour "format_${t##*:}_r16" --adapter "$EXP/format_${t##*:}_r16"
 done
 # ---- placement on the persona, equal trainable parameters (all-linear r 16, init_peft: 162,816 per layer)
+run place_qv_r85 "${PIRATE[@]}" --targets q_proj,v_proj --r 85 --alpha 170
 run place_attention_r42 "${PIRATE[@]}" --targets q_proj,k_proj,v_proj,o_proj --r 42 --alpha 84
 run place_mlp_r26 "${PIRATE[@]}" --targets gate_proj,up_proj,down_proj --r 26 --alpha 52
 
-# ---- learning rate above the demo's 1e-3 (init_peft), to where it diverges (r 16, alpha 32, all-linear, the persona)
-for lr in 1e-2 1; do run "lr_$lr" "${PIRATE[@]}" --r 16 --alpha 32 --lr "$lr"; done
+# ---- learning rate above the demo's 1e-3 (init_peft), to where it diverges and to where the
+# trainer's NaN stop ends the run (r 16, alpha 32, all-linear, the persona)
+for lr in 1e-2 1 1e3; do run "lr_$lr" "${PIRATE[@]}" --r 16 --alpha 32 --lr "$lr"; done
+
+# ---- rsLoRA at r 256 (alpha 512 as rank_r256: scale 512 / sqrt(256) = 32 instead of 2), small data
+run rslora_r256 "${SMALL[@]}" --r 256 --alpha 512 --rslora
 
 python3 tools/experiments_report.py "$EXP" docs/experiments.md

@@ -42,6 +42,13 @@ def load_run(d):
     for key, file in [("probe", "probe.json"), ("generate", "generate.json")]:
         f = d / file
         r[key] = json.loads(f.read_text()) if f.exists() and f.read_text().strip() else None
+    # The answers ./eval --generate listed: how many are at least in the task's format ("#### N").
+    glog = d / "generate.log"
+    r["in_format"] = None
+    if glog.exists():
+        answers = [json.loads(m.group(1)) for m in re.finditer(r'^  (?:right|wrong) \(line \d+\): ("(?:[^"\\]|\\.)*")',
+                                                              glog.read_text(), re.M)]
+        r["in_format"] = (sum(1 for a in answers if re.fullmatch(r"#### -?\d+", a)), len(answers))
     log = d / "train.log"
     r["trainable"] = None
     if log.exists():
@@ -133,19 +140,24 @@ def main(exp_dir, page):
 
     rows = []
     base = get("format_base")["generate"]
-    rows.append(["base model (no adapter)", "–", "–", "–", "–", "–",
+    fb = get("format_base").get("in_format")
+    rows.append(["base model (no adapter)", "–", "–", "–", "–", "–", f"{fb[0]} / {fb[1]}" if fb else "–",
                  f"{base['generate']['right']} / {base['generate']['prompts']}" if base else "–", "–"])
     for t, targets in [("qv", "q_proj, v_proj"), ("attention", "q, k, v, o_proj"), ("mlp", "gate, up, down_proj"),
                        ("all", "all-linear")]:
         r = get(f"format_{t}_r16")
         s, g = summary(r), r["generate"]
+        f = r.get("in_format")
         rows.append([targets, 16, fmt(r["trainable"]), fmt(s["train"]), fmt(s["eval"]), s["end"],
+                     f"{f[0]} / {f[1]}" if f else "–",
                      f"{g['generate']['right']} / {g['generate']['prompts']}" if g else "–", picture(r, docs_dir)])
     tables["placement_format"] = table(["targets", "r", "trainable", "train loss (last 4)", "eval loss",
-                                        "run", "exact match (10 eval prompts)", "picture"], rows)
+                                        "run", "answers in the format `#### N`", "exact match (10 eval prompts)",
+                                        "picture"], rows)
 
     rows = []
-    for name, targets, rk in [("init_peft", "all-linear", 16), ("place_attention_r42", "q, k, v, o_proj", 42),
+    for name, targets, rk in [("init_peft", "all-linear", 16), ("place_qv_r85", "q_proj, v_proj", 85),
+                              ("place_attention_r42", "q, k, v, o_proj", 42),
                               ("place_mlp_r26", "gate, up, down_proj", 26)]:
         r = get(name)
         s = summary(r)
@@ -155,7 +167,7 @@ def main(exp_dir, page):
                                         f"first step with loss < {THRESHOLD}", "run", "picture"], rows)
 
     rows = []
-    for name, lr in [("init_peft", "1e-3"), ("lr_1e-2", "1e-2"), ("lr_1", "1")]:
+    for name, lr in [("init_peft", "1e-3"), ("lr_1e-2", "1e-2"), ("lr_1", "1"), ("lr_1e3", "1e3")]:
         r = get(name)
         s = summary(r)
         gmax = max((x["grad_norm"] for x in r["steps"] if x.get("grad_norm") is not None), default=None)

@@ -1,4 +1,4 @@
-// ./quantize: a Hugging Face model directory -> a bitsandbytes NF4 4-bit checkpoint
+// ./quantize: a Hugging Face model directory or a .gguf file -> a bitsandbytes NF4 4-bit checkpoint
 // (model/bnb_checkpoint.h) that transformers loads with from_pretrained and that
 // load_hf_decoder (./merge, ./train) reads without a dense copy. Every decoder projection
 // becomes NF4 (double-quantized by default); embeddings, norms and lm_head keep the model's dtype.
@@ -10,6 +10,8 @@
 #include <string>
 
 #include "model/bnb_checkpoint.h"
+#include "model/load_model.h"
+#include "model/merge.h"
 #include "tools/cli.h"
 #include "training/flags.h"
 
@@ -46,6 +48,27 @@ int run_random(const std::string& source, const std::string& out, uint64_t seed,
   return 0;
 }
 
+// A GGUF (its blocks decoded to f32, as ./train reads it): projections NF4, the rest
+// bf16, config.json from the GGUF's metadata, tokenizer files from its vocabulary.
+QuantizeReport quantize_gguf(const std::string& src, const std::string& dst, int64_t blocksize, bool double_quant) {
+  LoadedModel m = load_model(src);
+  m.config.torch_dtype = "bfloat16";
+  QuantizeReport report;
+  report.bytes_before = std::filesystem::file_size(src);
+  Nf4Weights nf4 = quantize_projections(m.weights, m.config, blocksize, double_quant, m.config.torch_dtype);
+  for (const auto& [name, q] : nf4) {
+    report.quantized_params += q->numel();
+    report.nf4_bits += q->bits_per_parameter() * double(q->numel());
+  }
+  for (const auto& [name, t] : m.weights) report.dense_params += t.numel();
+  Bnb4bitConfig quant;
+  quant.double_quant = double_quant;
+  save_bnb_4bit(dst, m.config.to_hf_json(), m.config, m.weights, nf4, quant, DType::BF16);
+  write_hf_tokenizer_from_gguf(src, dst);
+  report.bytes_after = std::filesystem::file_size(dst + "/model.safetensors");
+  return report;
+}
+
 int run(int argc, char** argv) {
   std::string model, out, random, tokenizer = cli::default_tokenizer_dir();
   int64_t blocksize = 64, layers = 0;  // blocksize: transformers' BitsAndBytesConfig's (quantize_checkpoint's default)
@@ -54,7 +77,7 @@ int run(int argc, char** argv) {
   FlagTable t(
       "usage: ./quantize --model DIR --out DIR [--blocksize 64] [--no-double-quant]\n"
       "       ./quantize --random PRESET|CONFIG.json --out DIR [--seed 0] [--layers N] [--tokenizer DIR]\n");
-  t.add("model", &model, "dense HF model folder (config.json + *.safetensors)", "DIR");
+  t.add("model", &model, "dense HF model folder (config.json + *.safetensors) or a .gguf file", "PATH");
   t.add("out", &out, "where the 4-bit checkpoint goes (created; files in it are replaced)", "DIR");
   t.add("blocksize", &blocksize,
         "weights per NF4 block: a power of two in [32, 4096]\n"
@@ -86,7 +109,8 @@ int run(int argc, char** argv) {
   NQ_CHECK(blocksize >= 32 && blocksize <= 4096 && (blocksize & (blocksize - 1)) == 0,
            "--blocksize: expected a power of two in [32, 4096], got ", blocksize);
 
-  const QuantizeReport r = quantize_checkpoint(model, out, blocksize, double_quant);
+  const QuantizeReport r = is_gguf_path(model) ? quantize_gguf(model, out, blocksize, double_quant)
+                                               : quantize_checkpoint(model, out, blocksize, double_quant);
   const double file_bits = 8.0 * double(r.bytes_after);  // everything, header included
   std::printf("quantized %lld projection weights to NF4 (blocksize %lld, %s): %.4f bits per parameter\n",
               (long long)r.quantized_params, (long long)blocksize, double_quant ? "double quant" : "f32 absmax",

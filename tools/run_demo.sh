@@ -62,3 +62,9 @@ echo "  (redraw at any time, also during a run: ./plot $OUT; TensorBoard: add --
 echo
 echo "The adapter (PEFT format; README.md \"Loading the adapter with transformers + PEFT\"): $(ls "$OUT" | tr '\n' ' ')"
 echo "Chat with it:  ./generate --model $MODEL --chat --adapter $OUT"
+echo
+echo "Use it elsewhere:"
+echo "  transformers / vLLM: the PEFT adapter $OUT (peft.PeftModel.from_pretrained(base, \"$OUT\"))"
+echo "  llama.cpp / Ollama / LM Studio: one command writes the merged GGUF and the adapter GGUF:"
+echo "    ./merge --model $MODEL --adapter $OUT --out $OUT/model.gguf --type q8_0 --adapter-gguf $OUT/adapter.gguf"
+echo "  then an Ollama Modelfile:  FROM ./model.gguf   (or: FROM ./$(basename "$MODEL") + ADAPTER ./adapter.gguf)"

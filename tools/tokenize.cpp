@@ -1,7 +1,8 @@
-// ./tokenize: text <-> token ids with a Hugging Face tokenizer.json, one JSON object
-// per line (JSONL), so it composes with data pipelines and checks against HF.
-//   ./tokenize --tokenizer DIR [--jsonl]   {"text": "..."} -> {"ids": [...]}
-//   ./tokenize --tokenizer DIR --decode    {"ids": [...]}  -> {"text": "..."}
+// ./tokenize: text <-> token ids with the tokenizer of any model ./train takes (a
+// .gguf's vocabulary, a model folder's tokenizer.json, or a tokenizer.json file),
+// one JSON object per line (JSONL), so it composes with data pipelines and checks against HF.
+//   ./tokenize --tokenizer PATH [--jsonl]   {"text": "..."} -> {"ids": [...]}
+//   ./tokenize --tokenizer PATH --decode    {"ids": [...]}  -> {"text": "..."}
 // Flags: one table (training/flags.h).
 #include <chrono>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "model/load_model.h"
 #include "model/tokenizer.h"
 #include "runtime/error.h"
 #include "tools/cli.h"
@@ -30,9 +32,11 @@ void append_ids(std::string& out, const std::vector<int32_t>& ids) {
 int run(int argc, char** argv) {
   std::string dir = cli::default_tokenizer_dir();
   bool jsonl = false, decode = false, stats = false;
-  FlagTable t("usage: ./tokenize --tokenizer DIR [--jsonl | --decode] [--stats]\n");
+  FlagTable t("usage: ./tokenize --tokenizer PATH [--jsonl | --decode] [--stats]\n");
   Flag& tokenizer = t.add("tokenizer", &dir,
-                          "folder holding tokenizer.json (and tokenizer_config.json), or the file itself\n", "DIR");
+                          "a model as ./train takes it (.gguf file or folder holding tokenizer.json),\n"
+                          "or a tokenizer.json file\n",
+                          "PATH");
   tokenizer.default_text = "build/fixtures/qwen3-tokenizer beside this program, unpacked by make";
   t.add("jsonl", &jsonl, "encode: each stdin line {\"text\": \"...\"} -> {\"ids\": [...]} on stdout (the default)");
   t.add("decode", &decode, "decode: each stdin line {\"ids\": [...]} -> {\"text\": \"...\"}");
@@ -40,8 +44,7 @@ int run(int argc, char** argv) {
   t.set_epilog("Special tokens written in the text (<|im_start|>, ...) are matched; no BOS/EOS is added.\n");
   if (!t.parse(argc, argv)) return 0;  // --help
   NQ_CHECK(!(jsonl && decode), "give --jsonl or --decode, not both");
-  bool is_file = dir.size() >= 5 && dir.compare(dir.size() - 5, 5, ".json") == 0;
-  nq::Tokenizer tok = nq::Tokenizer::from_file(is_file ? dir : dir + "/tokenizer.json");
+  nq::Tokenizer tok = nq::load_tokenizer(dir);
 
   std::ios::sync_with_stdio(false);
   std::string line, out;

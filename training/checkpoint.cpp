@@ -1,8 +1,10 @@
 // Checkpoint save / load (see checkpoint.h).
 #include "training/checkpoint.h"
+#include "formats/atomic_file.h"
 #include "formats/json.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,23 +34,32 @@ void written(const std::string& file) {
   if (fault_hook()) fault_hook()(file);
 }
 
-// fsync a file or a folder by path, so a rename after it publishes complete data.
-void sync_path(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  NQ_CHECK(fd >= 0, path, ": cannot open to sync: ", std::strerror(errno));
-  int rc = ::fsync(fd);
-  ::close(fd);
-  NQ_CHECK(rc == 0, path, ": fsync failed: ", std::strerror(errno));
-}
+// A file of the checkpoint folder, fsync'ed (formats/atomic_file.h: a full disk is an
+// error naming the file, never a short file).
+void write_text(const std::string& path, const std::string& text) { write_file_atomically(path, text); }
 
-void write_text(const std::string& path, const std::string& text) {
-  {
-    std::ofstream f(path, std::ios::trunc);
-    f << text;
-    f.flush();
-    NQ_CHECK(f.good(), path, ": write failed (disk full?)");
+// Makes `tmp` the folder `final_dir`. When there is one already (a checkpoint of the same
+// step saved again), the two are swapped in one atomic rename (Linux renameat2
+// RENAME_EXCHANGE), so a kill at any moment leaves a complete checkpoint-STEP; the old
+// one, now at `tmp`, is removed after. Elsewhere: the old folder moves aside first.
+void publish(const std::string& tmp, const std::string& final_dir) {
+  if (!fs::exists(final_dir)) {
+    fs::rename(tmp, final_dir);
+    return;
   }
-  sync_path(path);
+#ifdef RENAME_EXCHANGE
+  if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    return;
+  }
+#endif
+  const std::string old = final_dir + ".old";
+  std::error_code ec;
+  fs::remove_all(old, ec);
+  fs::rename(final_dir, old);
+  fs::rename(tmp, final_dir);
+  fs::remove_all(old, ec);
 }
 
 json read_json(const std::string& path) {
@@ -99,13 +110,9 @@ std::string save_checkpoint(const std::string& out_dir, Decoder& model, const Ad
     written("train_config");
     sync_path(tmp);
 
-    // Publish: an older folder of the same step moves aside first (rename cannot replace a non-empty folder).
-    const std::string old = final_dir + ".old";
-    fs::remove_all(old, ec);
-    if (fs::exists(final_dir)) fs::rename(final_dir, old);
-    fs::rename(tmp, final_dir);
+    written("publish");
+    publish(tmp, final_dir);
     sync_path(out_dir);
-    fs::remove_all(old, ec);
   } catch (const fs::filesystem_error& e) {
     fs::remove_all(tmp, ec);
     throw Error(str(final_dir, ": checkpoint not saved: ", e.what()));
@@ -125,25 +132,16 @@ TrainConfig read_checkpoint_config(const std::string& dir) {
 
 TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer) {
   const std::string path = dir + "/trainer_state.json";
-  json j = read_json(path);
+  const json doc = read_json(path);
+  const JsonIn j(doc, path);
+  j.expect_object();
   TrainerState s;
-  try {
-    auto field = [&](const char* key) -> const json& {
-      NQ_CHECK(j.is_object() && j.contains(key), path, ": missing field \"", key, "\"");
-      return j[key];
-    };
-    s.step = field("step").get<int64_t>();
-    s.rng.seed = field("rng_seed").get<uint64_t>();
-    s.rng.offset = field("rng_offset").get<uint64_t>();
-    s.data.epoch = field("data_epoch").get<int64_t>();
-    s.data.index = field("data_index").get<int64_t>();
-    s.tokens_seen = field("tokens_seen").get<int64_t>();
-  } catch (const json::exception& e) {
-    throw Error(str(path, ": mistyped field: ", e.what()));
-  }
-  // step 0: a starting point written before any step (make experiments' LoRA initialisations)
-  NQ_CHECK(s.step >= 0 && s.data.epoch >= 0 && s.data.index >= 0, path, ": step ", s.step, ", data position (",
-           s.data.epoch, ", ", s.data.index, ") out of range");
+  s.step = j.at("step").integer(0);  // 0: a starting point written before any step (make experiments' LoRA inits)
+  s.rng.seed = j.at("rng_seed").unsigned_integer();
+  s.rng.offset = j.at("rng_offset").unsigned_integer();
+  s.data.epoch = j.at("data_epoch").integer(0);
+  s.data.index = j.at("data_index").integer(0);
+  s.tokens_seen = j.at("tokens_seen").integer(0);
 
   const std::string opt_path = dir + "/optimizer.safetensors";
   SafetensorsFile file = SafetensorsFile::open(opt_path);

@@ -13,9 +13,14 @@
 // same batches, so a resumed run computes bit-identical losses.
 //
 // Atomicity: the files are written into OUT/.checkpoint-STEP.tmp/, fsync'ed,
-// and the folder is renamed to checkpoint-STEP only when all are complete. A
-// crash or an error in the middle leaves at most a .tmp folder (removed on
+// and the folder is renamed to checkpoint-STEP only when all are complete (over
+// an existing checkpoint-STEP: swapped with it in one atomic rename). A crash, a
+// full disk or an error in the middle leaves at most a .tmp folder (removed on
 // error) and every earlier checkpoint untouched.
+//
+// Reading one back refuses anything inconsistent with a one-line error naming the
+// file: a truncated or mistyped file, a field out of range, an optimizer state whose
+// tensors do not match the adapter.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -85,8 +90,10 @@ void claim_output_folder(const std::string& out_dir, bool overwrite, const std::
 std::vector<std::string> prune_checkpoints(const std::string& out_dir, int64_t keep);
 
 // Test hook: called after each checkpoint file is written, with its name
-// ("adapter", "optimizer", "trainer_state", "train_config"); it may throw to
-// simulate a crash in the middle of a save. Empty function = no hook.
+// ("adapter", "optimizer", "trainer_state", "train_config"), and with "publish"
+// just before the folder is renamed into place; it may throw to simulate a crash
+// in the middle of a save. Empty function = no hook. (formats/atomic_file.h's
+// set_write_fault_after fails the writes themselves, as a full disk does.)
 void set_checkpoint_fault_hook(std::function<void(const std::string& file)> hook);
 
 }  // namespace nq

@@ -111,7 +111,11 @@ void set_from_json(const Flag& f, const std::string& what, const json& v) {
         *static_cast<std::vector<std::string>*>(f.field) = items;
       }
       break;
-    case FlagKind::Int: expect(v.is_number_integer(), "an integer"); *static_cast<int64_t*>(f.field) = v.get<int64_t>(); break;
+    case FlagKind::Int:  // an unsigned above INT64_MAX would wrap
+      expect(v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)),
+             "an integer");
+      *static_cast<int64_t*>(f.field) = v.get<int64_t>();
+      break;
     case FlagKind::UInt:
       expect(v.is_number_unsigned(), "a non-negative integer");
       *static_cast<uint64_t*>(f.field) = v.get<uint64_t>();
@@ -154,10 +158,16 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 }  // namespace
 
-std::string nearest_name(const std::string& unknown, const std::vector<std::string>& names) {
+// A flag name as typed, compared: lower case, '-' for '_', no leading dashes.
+std::string normalized_name(const std::string& typed) {
   std::string u;
-  for (char ch : unknown) u += ch == '_' ? '-' : char(std::tolower(static_cast<unsigned char>(ch)));
+  for (char ch : typed) u += ch == '_' ? '-' : char(std::tolower(static_cast<unsigned char>(ch)));
   while (!u.empty() && u[0] == '-') u.erase(0, 1);
+  return u;
+}
+
+std::string nearest_name(const std::string& unknown, const std::vector<std::string>& names) {
+  const std::string u = normalized_name(unknown);
   if (u.empty()) return "";
   auto known = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) != names.end(); };
   if (known(u)) return u;  // only the spelling differs: --batch_size, --LR
@@ -174,12 +184,37 @@ std::string nearest_name(const std::string& unknown, const std::vector<std::stri
   return best;
 }
 
-std::string FlagTable::unknown_flag_hint(const std::string& name) const {
+void FlagTable::also_known_as(const std::string& other_name, const std::string& flag) {
+  NQ_CHECK(find(flag) != nullptr, "flag table: also_known_as(", other_name, ", --", flag, "): no such flag");
+  other_names_.emplace_back(normalized_name(other_name), flag);
+}
+
+// Another tool's exact name first (--learning-rate: --lr), then ours by nearest_name,
+// then the other names by it (a typo of one).
+std::string FlagTable::suggestion(const std::string& unknown, bool keyed_only) const {
+  const std::string u = normalized_name(unknown);
+  std::vector<std::string> others;
+  for (const auto& [other, flag] : other_names_) {
+    if (keyed_only && find(flag)->json_key.empty()) continue;
+    if (other == u) return flag;
+    others.push_back(other);
+  }
   std::vector<std::string> names;
-  for (const Flag& f : flags_) names.push_back(f.name);
-  if (config_file_) names.push_back("config");
-  names.push_back("help");
-  const std::string near = nearest_name(name, names);
+  for (const Flag& f : flags_)
+    if (!keyed_only || !f.json_key.empty()) names.push_back(f.name);
+  if (!keyed_only) {
+    if (config_file_) names.push_back("config");
+    names.push_back("help");
+  }
+  if (const std::string near = nearest_name(unknown, names); !near.empty()) return near;
+  const std::string other = nearest_name(unknown, others);
+  for (const auto& [o, flag] : other_names_)
+    if (!other.empty() && o == other) return flag;
+  return "";
+}
+
+std::string FlagTable::unknown_flag_hint(const std::string& name) const {
+  const std::string near = suggestion(name, /*keyed_only=*/false);
   return near.empty() ? "" : "did you mean --" + near + "? ";
 }
 
@@ -375,10 +410,7 @@ void FlagTable::apply_json(const std::string& json_text, const std::string& sour
     for (const Flag& g : flags_)
       if (!g.json_key.empty() && g.json_key == it.key()) f = &g;
     if (f == nullptr) {
-      std::vector<std::string> keyed;  // flag names, whose keys are key_of(name)
-      for (const Flag& g : flags_)
-        if (!g.json_key.empty()) keyed.push_back(g.name);
-      const std::string near = key_of(nearest_name(it.key(), keyed));
+      const std::string near = key_of(suggestion(it.key(), /*keyed_only=*/true));  // keys are key_of(name)
       throw Error(str(source, ": unknown key \"", it.key(), "\" (", near.empty() ? "" : "did you mean \"" + near + "\"? ",
                       "keys are the flags of --help with _ for -)"));
     }

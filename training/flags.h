@@ -35,6 +35,7 @@
 #include <deque>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nq {
@@ -91,6 +92,9 @@ class FlagTable {
   void json_keys_from_names();
   // --config FILE.json: a JSON object of keys, applied before (so under) the flags, wherever it appears.
   void enable_config_file();
+  // Another tool's name for one of these flags (HF TrainingArguments' learning_rate for
+  // --lr): an unknown flag or JSON key spelled so gets "did you mean --lr?". Not a flag.
+  void also_known_as(const std::string& other_name, const std::string& flag);
   // Text after the flag lines in --help (notes, examples; ends with '\n').
   void set_epilog(std::string text) { epilog_ = std::move(text); }
 
@@ -112,6 +116,7 @@ class FlagTable {
  private:
   Flag& declare(Flag flag);
   std::string unknown_flag_hint(const std::string& name) const;  // "did you mean --r? " or ""
+  std::string suggestion(const std::string& unknown, bool keyed_only) const;  // a flag name or ""
   void set_from_text(const Flag& flag, const std::string& text);
 
   std::string usage_, help_command_, epilog_;
@@ -120,6 +125,7 @@ class FlagTable {
   std::string positional_name_, positional_help_;
   bool json_keys_ = false, config_file_ = false;
   std::set<std::string> given_;
+  std::vector<std::pair<std::string, std::string>> other_names_;  // (other tool's name with '-', our flag)
 };
 
 // The text parsers behind the numeric kinds, for values found inside a flag's

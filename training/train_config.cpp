@@ -99,6 +99,19 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("overwrite", &cfg.overwrite, "start a new run in an --out that holds another run's checkpoints (deletes them)");
   t.add("save-total-limit", &cfg.save_total_limit, "keep only the K newest checkpoints (0: keep all)", "K");
   t.add("verbose", &cfg.verbose, "print the memory plan as a table (else one line after step 1)");
+  t.add("detect-anomaly", &cfg.detect_anomaly,
+        "stop at the first op whose output or gradient holds NaN/Inf, naming it and its layer (slow; "
+        "torch.autograd.detect_anomaly)");
+  // HF TrainingArguments / TRL SFTConfig / PEFT LoraConfig names, for an unknown flag's "did you mean"
+  // (lora_r, per_device_train_batch_size, num_train_epochs, use_rslora: nearest_name's prefix rule).
+  for (auto [hf, ours] : {std::pair<const char*, const char*>{"learning_rate", "lr"},
+                          {"gradient_accumulation_steps", "grad-accum"}, {"output_dir", "out"},
+                          {"model_name_or_path", "model"}, {"dataset", "data"}, {"max_seq_length", "max-length"},
+                          {"lr_scheduler_type", "schedule"}, {"save_steps", "save-every"},
+                          {"logging_steps", "log-every"}, {"eval_steps", "eval-every"},
+                          {"resume_from_checkpoint", "resume"}, {"overwrite_output_dir", "overwrite"},
+                          {"target_modules", "targets"}, {"lora_rank", "r"}})
+    t.also_known_as(hf, ours);
   return t;
 }
 
@@ -233,7 +246,7 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
                                                     "log_every",  "eval_every",  "save_every",    "threads",
                                                     "no_progress", "device",     "optim",         "optim_pages",
                                                     "optim_page_mb", "max_steps",  "epochs",      "overwrite",
-                                                    "save_total_limit", "verbose", "report_to"};
+                                                    "save_total_limit", "verbose", "report_to",   "detect_anomaly"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();

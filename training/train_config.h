@@ -84,6 +84,7 @@ struct TrainConfig {
   bool overwrite = false;           // a new run may replace another run's checkpoints in --out
   int64_t save_total_limit = 0;     // keep only the K newest checkpoints (0: keep all)
   bool verbose = false;             // the memory plan as a table, before step 1 and after it
+  bool detect_anomaly = false;      // check every op's output and gradient for NaN/Inf (autograd/var.h)
 
   // The options given on the command line or in the --config file (flag names,
   // "r", "alpha", ...); parse_train_args fills it. Not a setting: not in to_json.

@@ -74,7 +74,7 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
 
   // L = sum over the window's targets of CE / N. Micro-batch i contributes its
   // mean l_i times n_i / N; backward of that scaled loss adds its share of dL.
-  for (size_t i = 0; i < micro.size(); ++i) {
+  for (size_t i = 0; i < micro.size(); ++i) try {
     if (micro[i].n_targets == 0) continue;  // all padding: contributes nothing
     const double scale =
         micro_batch_loss_scale(AccumulationNorm::Tokens, micro[i].n_targets, r.targets, int64_t(micro.size()));
@@ -84,6 +84,9 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
              "); training diverged or the data is broken; lower --lr or check the data");
     r.loss += scale * li;
     backward(loss, Tensor::full({1}, float(scale), loss.value().device()));
+  } catch (const AnomalyError& e) {  // --detect-anomaly: before any update, so the last checkpoint is good
+    optimizer.zero_grad();
+    throw Error(str("step ", step, " (micro-batch ", i + 1, " of ", micro.size(), "): ", e.what()));
   }
 
   // Clipping: the factor min(max_norm / (norm + 1e-6), 1) is applied inside the update.
@@ -237,6 +240,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   const TrainConfig& cfg = adopted;
   cfg.validate();
   const Device device = select_device(cfg.device, "--device");
+  const DetectAnomaly anomaly(cfg.detect_anomaly);  // --detect-anomaly: every op output checked (autograd/var.h)
   if (cfg.threads > 0) {
     omp_set_num_threads(int(cfg.threads));
     openblas_set_num_threads(int(cfg.threads));

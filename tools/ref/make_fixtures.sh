@@ -19,4 +19,8 @@ done
 echo "== read_tensorboard.py --fixture"
 [ -x ../../train ] || make -C ../.. --no-print-directory train
 .venv/bin/python read_tensorboard.py --fixture
+# The GGUF export against llama.cpp's converters and runtime: it runs ./merge.
+echo "== check_gguf_export.py"
+[ -x ../../merge ] || make -C ../.. --no-print-directory merge
+.venv/bin/python check_gguf_export.py
 echo "fixtures written under tests/fixtures/"
