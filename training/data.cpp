@@ -81,6 +81,11 @@ std::vector<ChatMessage> parse_messages(const json& obj) {
     auto content = m.find("content");
     if (content == m.end() || !content->is_string())
       throw BadLine{str("messages[", i, "].content is missing or not a string")};
+    // Qwen3's template reads reasoning_content before the content; it is not read
+    // here, so it must not be dropped silently (docs/data.md, "Thinking").
+    if (auto rc = m.find("reasoning_content"); rc != m.end() && !rc->is_null())
+      throw BadLine{str("messages[", i, "].reasoning_content is not read: write the reasoning as "
+                        "\"<think>\\n...\\n</think>\\n\\n\" at the start of the content (Qwen3's template renders both alike)")};
     turns.push_back({r, content->get<std::string>()});
   }
   return turns;

@@ -1,6 +1,8 @@
 // Tokenizing SFT examples (the rules are in encode.h).
 #include "training/encode.h"
 
+#include <algorithm>
+
 #include "runtime/error.h"
 
 namespace nq {
@@ -23,13 +25,42 @@ Sample chat_sample(const Tokenizer& tok, const std::vector<ChatMessage>& message
   RenderedChat chat = opt.chat.render(tok, messages, /*add_generation_prompt=*/false);
   Sample s;
   s.ids = std::move(chat.ids);
-  s.trained = opt.train_on_prompt ? std::vector<uint8_t>(s.ids.size(), 1) : std::move(chat.assistant_mask);
+  const bool every_token = opt.train_on_prompt || opt.trl_targets;  // TRL's default for chats: all of it
+  s.trained = every_token ? std::vector<uint8_t>(s.ids.size(), 1) : std::move(chat.assistant_mask);
   return s;
+}
+
+// TRL's split of a prompt-completion sample: the completion starts where the
+// prompt's own tokens stop being a prefix of the joint ones (common_prefix_length).
+Sample split_at_common_prefix(std::vector<int32_t> ids, const std::vector<int32_t>& prompt, bool train_on_prompt) {
+  size_t prefix = 0;
+  while (prefix < prompt.size() && prefix < ids.size() && prompt[prefix] == ids[prefix]) ++prefix;
+  Sample s;
+  s.ids = std::move(ids);
+  s.trained.assign(s.ids.size(), 1);
+  if (!train_on_prompt) std::fill(s.trained.begin(), s.trained.begin() + std::ptrdiff_t(prefix), 0);
+  return s;
+}
+
+// --loss-on trl's prompt-completion (encode.h): joint tokenization, TRL's split.
+Sample trl_prompt_completion_sample(const Tokenizer& tok, DataFormat format, const std::string& prompt,
+                                    const std::string& completion, const EncodeOptions& opt) {
+  if (opt.prompt_completion_chat) {
+    std::vector<int32_t> full = opt.chat.render(tok, {{"user", prompt}, {"assistant", completion}}, false).ids;
+    std::vector<int32_t> head = opt.chat.render(tok, {{"user", prompt}}, false).ids;
+    const std::vector<int32_t> generation = tok.encode("<|im_start|>assistant\n");
+    head.insert(head.end(), generation.begin(), generation.end());
+    return split_at_common_prefix(std::move(full), head, opt.train_on_prompt);
+  }
+  std::vector<int32_t> ids = tok.encode(prompt + completion);
+  append_eos(ids, tok, format);
+  return split_at_common_prefix(std::move(ids), tok.encode(prompt), opt.train_on_prompt);
 }
 
 // encode(prompt) ++ encode(completion) ++ [EOS]; trained on the completion and EOS.
 Sample prompt_completion_sample(const Tokenizer& tok, DataFormat format, const std::string& prompt,
                                 const std::string& completion, const EncodeOptions& opt) {
+  if (opt.trl_targets) return trl_prompt_completion_sample(tok, format, prompt, completion, opt);
   if (opt.prompt_completion_chat)
     return chat_sample(tok, {{"user", prompt}, {"assistant", completion}}, opt);
   Sample s;

@@ -15,6 +15,23 @@
 //   text               encode(text) ++ [EOS] (TRL appends EOS to language-modeling
 //                      text); trained on every token.
 // EOS is appended only when the text does not already end with it (as TRL).
+//
+// trl_targets (./train --loss-on trl): the tokens and targets of TRL 1.16's
+// SFTTrainer with its defaults (assistant_only_loss=False, completion_only_loss
+// unset), as tests/fixtures/trl_masks (written by TRL) shows them:
+//   messages           every token (TRL trains whole conversations by default).
+//   prompt-completion  ids = encode(prompt + completion) ++ [EOS], jointly; the
+//                      completion starts where encode(prompt) stops being a prefix
+//                      of ids (TRL's common_prefix_length). With
+//                      prompt_completion_chat: ids = the rendered user/assistant
+//                      chat, prompt = the user turn rendered ++ "<|im_start|>assistant\n"
+//                      (the generation prompt of both templates with thinking on, as
+//                      TRL renders it: no empty think block), so the empty think block
+//                      of a Qwen3 answer and the "\n" after its <|im_end|> are trained.
+//   alpaca             as prompt-completion (TRL has no alpaca format: the same pair).
+//   text               as above (every token, EOS appended).
+// With train_on_prompt too: TRL's completion_only_loss=False (every token of the
+// same ids).
 // Prompt and completion are encoded separately, so the prompt's tokens are
 // exactly encode(prompt): TRL encodes prompt+completion jointly and warns when
 // the two disagree (a BPE merge across the boundary); here they cannot.
@@ -32,6 +49,7 @@ namespace nq {
 struct EncodeOptions {
   int64_t max_length = 1024;
   bool train_on_prompt = false;        // loss on every token, not just answers / completions
+  bool trl_targets = false;            // TRL 1.16 SFTTrainer's tokens and targets (above)
   bool prompt_completion_chat = false; // prompt-completion / alpaca rendered as a user/assistant chat
   // The model's chat format: its template and the default system message it adds
   // to conversations without one (as apply_chat_template does, so as TRL trains).

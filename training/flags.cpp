@@ -69,7 +69,8 @@ std::string value_text(const Flag& f) {
     case FlagKind::UInt: return std::to_string(*static_cast<const uint64_t*>(f.field));
     case FlagKind::Float: return format_double(*static_cast<const double*>(f.field));
     case FlagKind::Float32: return format_double(double(*static_cast<const float*>(f.field)));
-    case FlagKind::Bool: return "";
+    case FlagKind::Bool:
+    case FlagKind::BoolOff: return "";
   }
   return "";
 }
@@ -83,7 +84,8 @@ json value_json(const Flag& f) {
     case FlagKind::UInt: return *static_cast<const uint64_t*>(f.field);
     case FlagKind::Float: return *static_cast<const double*>(f.field);
     case FlagKind::Float32: return double(*static_cast<const float*>(f.field));
-    case FlagKind::Bool: return *static_cast<const bool*>(f.field);
+    case FlagKind::Bool:
+    case FlagKind::BoolOff: return *static_cast<const bool*>(f.field);
   }
   return nullptr;
 }
@@ -120,7 +122,8 @@ void set_from_json(const Flag& f, const std::string& what, const json& v) {
       break;
     case FlagKind::Float: expect(v.is_number(), "a number"); *static_cast<double*>(f.field) = v.get<double>(); break;
     case FlagKind::Float32: expect(v.is_number(), "a number"); *static_cast<float*>(f.field) = v.get<float>(); break;
-    case FlagKind::Bool: expect(v.is_boolean(), "true or false"); *static_cast<bool*>(f.field) = v.get<bool>(); break;
+    case FlagKind::Bool:
+    case FlagKind::BoolOff: expect(v.is_boolean(), "true or false"); *static_cast<bool*>(f.field) = v.get<bool>(); break;
   }
 }
 
@@ -272,6 +275,11 @@ Flag& FlagTable::add(const std::string& name, float* field, const std::string& h
 Flag& FlagTable::add(const std::string& name, bool* field, const std::string& help) {
   return declare({name, FlagKind::Bool, field, help, "", "", "", {}});
 }
+Flag& FlagTable::add_negation(const std::string& name, bool* field, const std::string& help) {
+  Flag& f = declare({name, FlagKind::BoolOff, field, help, "", "", "", {}});
+  f.json_key.clear();  // the Bool flag of the same variable is its JSON key
+  return f;
+}
 Flag& FlagTable::add_choice(const std::string& name, std::string* field, std::vector<std::string> choices,
                             const std::string& help, const std::string& metavar) {
   Flag f{name, FlagKind::Choice, field, help, metavar, "", "", std::move(choices)};
@@ -324,6 +332,7 @@ void FlagTable::set_from_text(const Flag& f, const std::string& text) {
     case FlagKind::Float: *static_cast<double*>(f.field) = parse_float_flag(flag, text); break;
     case FlagKind::Float32: *static_cast<float*>(f.field) = float(parse_float_flag(flag, text)); break;
     case FlagKind::Bool: *static_cast<bool*>(f.field) = true; break;
+    case FlagKind::BoolOff: *static_cast<bool*>(f.field) = false; break;
   }
 }
 
@@ -367,7 +376,7 @@ bool FlagTable::parse(int argc, char** argv, std::FILE* help_out) {
              long_flag && !unknown_flag_hint(a.substr(2)).empty()
                  ? " (" + unknown_flag_hint(a.substr(2)) + "see " + help_command_ + ")"
                  : see);
-    if (f->kind == FlagKind::Bool) {
+    if (f->kind == FlagKind::Bool || f->kind == FlagKind::BoolOff) {
       set_from_text(*f, "");
     } else {
       NQ_CHECK(i + 1 < argc, a, " needs a value", see);
@@ -387,7 +396,8 @@ std::string FlagTable::help() const {
                    "flags given on the command line override it",
                    "");
   for (const Flag& f : flags_)
-    s += help_line("--" + f.name + (f.kind == FlagKind::Bool ? "" : " " + f.metavar), f.help, f.default_text);
+    s += help_line("--" + f.name + (f.kind == FlagKind::Bool || f.kind == FlagKind::BoolOff ? "" : " " + f.metavar),
+                   f.help, f.default_text);
   s += help_line("--help", "this text", "");
   return s + epilog_;
 }

@@ -49,6 +49,7 @@ enum class FlagKind {
   Float,    // double
   Float32,  // float
   Bool,     // bool: the flag alone sets it true (no value)
+  BoolOff,  // bool: the flag alone sets it false (--no-shuffle beside --shuffle); never a JSON key
 };
 
 struct Flag {
@@ -80,6 +81,8 @@ class FlagTable {
   Flag& add(const std::string& name, bool* field, const std::string& help);
   Flag& add_choice(const std::string& name, std::string* field, std::vector<std::string> choices,
                    const std::string& help, const std::string& metavar = "S");
+  // --name sets *field false: the negation of a Bool flag declared with the same variable.
+  Flag& add_negation(const std::string& name, bool* field, const std::string& help);
   // Another table's flag (same variable and default), with `help` instead of its own when not empty.
   Flag& add_copy(const Flag& flag, const std::string& help = "");
 

@@ -30,9 +30,9 @@ std::string value_text(const json& v) {
 bool parse_train_command_line(int argc, char** argv, TrainConfig* cfg, std::vector<std::string>* notes) {
   TrainConfig given_cfg;
   FlagTable table = train_flags(given_cfg);
-  if (!table.parse(argc, argv)) return false;  // --help
-  if (given_cfg.resume.empty()) {
-    given_cfg.validate();
+  if (!parse_train_table(table, argc, argv)) return false;  // --help
+  if (given_cfg.resume.empty()) {  // a new run
+    finish_train_args(table, &given_cfg);
     *cfg = given_cfg;
     return true;
   }

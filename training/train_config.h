@@ -7,6 +7,8 @@
 // "--warmup-steps" and the JSON key "warmup_steps" are the same option, so
 // --help, the flag parser, the JSON reader and the checkpoint's copy of the
 // config cannot drift apart. Precedence: defaults < --config file < flags.
+// A --config file may also be written with the seed's Python names
+// (translate_seed_config below; docs/seed.md).
 // The defaults follow the seed's TRL SFTConfig + PEFT LoraConfig (lr 2e-4,
 // cosine, 1 epoch, clip 1.0, paged_adamw; the LoRA ones, r 16, alpha 32,
 // dropout 0.05, all-linear, are lora/lora_linear.h's kDefaultLora*, and the
@@ -14,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <ostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,6 +39,9 @@ struct TrainConfig {
   std::string metrics;     // metrics JSONL ("" = <out>/metrics.jsonl)
   std::string resume;      // a checkpoint directory to continue from
   std::string report_to = "none";  // none | tensorboard: also OUT/runs/<time>/events.out.tfevents.* (training/report.h)
+  // ---- starting adapter: a PEFT adapter whose r, alpha, rsLoRA, dropout and
+  // targets the run takes (adopt_adapter_config) and whose A, B are the initial weights
+  std::string adapter;
   // ---- LoRA
   int64_t r = kDefaultLoraRank;
   double alpha = kDefaultLoraAlpha;
@@ -53,7 +59,9 @@ struct TrainConfig {
   int64_t grad_accum = 1;
   int64_t max_length = 1024;
   bool packing = false;
+  bool shuffle = true;              // false (--no-shuffle): every epoch in file order (docs/data.md)
   bool train_on_prompt = false;         // loss on every token, not just answers / completions (training/encode.h)
+  std::string loss_on = "answers";      // answers | all (= train_on_prompt) | trl: which tokens are trained (docs/data.md)
   bool prompt_completion_chat = false;  // prompt-completion / alpaca rendered as a user/assistant chat
   std::string optim = "paged_adamw";  // paged_adamw | adamw: where AdamW keeps m and v on a GPU
                                     // (host memory paged through a GPU pool | GPU memory); on the CPU both are AdamW
@@ -78,6 +86,14 @@ struct TrainConfig {
   bool verbose = false;             // the memory plan as a table, before step 1 and after it
   bool detect_anomaly = false;      // check every op's output and gradient for NaN/Inf (autograd/var.h)
 
+  // The options given on the command line or in the --config file (flag names,
+  // "r", "alpha", ...); parse_train_args fills it. Not a setting: not in to_json.
+  std::set<std::string> given;
+
+  // --adapter: reads DIR/adapter_config.json and takes its r, lora_alpha,
+  // use_rslora, lora_dropout and target_modules. An option in `given` whose
+  // value differs is an error naming both values. No-op without --adapter.
+  void adopt_adapter_config();
   // Applies a JSON object's keys (`source` names the file in errors).
   void apply_json(const std::string& json_text, const std::string& source);
   // The whole config as a JSON object (checkpoints, --config files).
@@ -95,8 +111,26 @@ struct TrainConfig {
 FlagTable train_flags(TrainConfig& cfg);
 
 // Parses argv (defaults < --config FILE < flags) and validates. Returns false
-// when --help was given (the help text is then printed to stdout).
+// when --help was given (the help text is then printed to stdout). The --config
+// file's keys may be the seed's (translate_seed_config); its warnings go to
+// stderr, one "warning: ..." line each.
 bool parse_train_args(int argc, char** argv, TrainConfig* cfg);
+// The parse itself, into a table of train_flags (its --config files with the seed's
+// names translated, warnings to stderr): false when --help was given. ./train's
+// --resume path (training/resume.h) parses with it too.
+bool parse_train_table(FlagTable& table, int argc, char** argv);
+// After parse_train_table, for a new run: records which options were given
+// (TrainConfig::given), adopts --adapter's settings, validates.
+void finish_train_args(const FlagTable& table, TrainConfig* cfg);
+
+// A --config file's JSON with the keys of transformers' TrainingArguments / TRL's
+// SFTConfig, PEFT's LoraConfig and BitsAndBytesConfig (flat, or grouped under
+// those class names) -> the same settings as ./train's own keys (which pass
+// through). Keys that only concern the Python stack go to `warnings`; values
+// ./train does not implement (bias "all", use_dora, fp4, 8-bit optimizers, ...)
+// are errors naming `source` and the key. docs/seed.md has the whole table.
+std::string translate_seed_config(const std::string& json_text, const std::string& source,
+                                  std::vector<std::string>* warnings);
 
 // The --help text, listing every option with its default.
 std::string train_help();

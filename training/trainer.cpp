@@ -232,7 +232,12 @@ std::string run_summary(const TrainConfig& cfg, const TrainResult& r, double ela
 
 }  // namespace
 
-TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks& hooks) {
+TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHooks& hooks) {
+  TrainConfig adopted = config;
+  // --adapter: the run's LoRA settings are the file's (parse_train_args did it too);
+  // a resumed run has them in its checkpoint's config already.
+  if (adopted.resume.empty()) adopted.adopt_adapter_config();
+  const TrainConfig& cfg = adopted;
   cfg.validate();
   const Device device = select_device(cfg.device, "--device");
   const DetectAnomaly anomaly(cfg.detect_anomaly);  // --detect-anomaly: every op output checked (autograd/var.h)
@@ -277,8 +282,18 @@ TrainResult train(const TrainConfig& cfg, std::ostream& log, const TrainerHooks&
   adapter.lora = {cfg.r, float(cfg.alpha), float(cfg.dropout), cfg.rslora};
   adapter.target_modules = cfg.targets;
   adapter.base_model_name_or_path = base_model_reference(cfg.model);
-  if (resume_dir.empty()) attach_adapters(model, adapter);
-  else load_peft_adapter(resume_dir, model);
+  if (!resume_dir.empty()) {
+    load_peft_adapter(resume_dir, model);
+  } else if (!cfg.adapter.empty()) {
+    load_peft_adapter(cfg.adapter, model);  // its A, B are the initial weights
+    // Every module its target_modules selects must have come with weights (PEFT
+    // would start a missing one afresh: not the adapter the user gave).
+    for (Linear* l : select_targets(model, cfg.targets))
+      NQ_CHECK(l->has_lora(), "--adapter ", cfg.adapter, ": adapter_model.safetensors has no tensor base_model.model.",
+               l->name(), ".lora_A.weight, which its target_modules select (an adapter for another model?)");
+  } else {
+    attach_adapters(model, adapter);
+  }
   to_device(model, device);  // NF4 codes as they are, bf16 embeddings, f32 norms and LoRA masters
   std::vector<Var> params = adapter_parameters(model);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(params, cfg, device);

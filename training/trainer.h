@@ -1,7 +1,8 @@
 // The QLoRA trainer: ./train's whole job, from a TrainConfig to a PEFT adapter.
 //
 //   load the model -> quantize every linear to NF4 (frozen) -> attach LoRA to
-//   the targets (or load them: --resume) -> move the model to the device
+//   the targets (or load them: --adapter DIR, the initial A and B with a fresh optimizer;
+//   --resume, a checkpoint's with its optimizer) -> move the model to the device
 //   (--device: cpu, or cuda with bf16 activations) -> tokenize the data -> for
 //   each optimizer step:
 //     K micro-batches moved to the device: loss_i (mean CE over its n_i
