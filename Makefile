@@ -233,11 +233,11 @@ FUZZ_ENV      := OMP_NUM_THREADS=1 UBSAN_OPTIONS=print_stacktrace=1
 
 $(FUZZ_BUILD)/%.o: %.cpp
 	@mkdir -p $(@D)
-	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+	$(call quiet,CXX,$< (fuzz: clang + ASan + UBSan))$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 $(FUZZ_BUILD)/libnanoqlora.a: $(FUZZ_LIB_OBJS)
-	rm -f $@ && ar rcs $@ $^
+	$(call quiet,AR,$@)rm -f $@ && ar rcs $@ $^
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libnanoqlora.a
-	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $^ -o $@ -lopenblas -lutf8proc -lpcre2-8 -lpthread
+	$(call quiet,LINK,$@)$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $^ -o $@ -lopenblas -lutf8proc -lpcre2-8 -lpthread
 
 fuzz-build: $(FUZZ_BINS) | $(TEST_DATA)
 .SECONDARY: $(patsubst %,$(FUZZ_BUILD)/tests/fuzz/%.o,$(FUZZ_ALL))
