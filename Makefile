@@ -195,7 +195,7 @@ test: deps
 	@tools/test_summary.sh run $(BUILD)/test_all $(BUILD)/test.log $(TEST_SUMMARY) \
 	  ./$(BUILD)/test_all $(if $(filter emu,$(CUDA)),$(EMU_SLOW_TESTS))
 ifneq ($(CUDA),emu)
-	@$(MAKE) --no-print-directory fuzz-smoke
+	@$(MAKE) --no-print-directory -j$(NPROC) fuzz-smoke
 	@if [ "$(HAVE_GPU)" != "0" ]; then echo "a GPU ran the CUDA tests above (make test-emu runs them on the emulated GPU too)" >> $(TEST_SUMMARY); \
 	else $(MAKE) --no-print-directory test-emu; fi
 endif
