@@ -15,13 +15,18 @@
 namespace nq {
 
 // The element count of `dims` (each >= 0); `what` names the file and tensor in errors.
+// The product of the non-zero dimensions must fit too: a zero dimension makes the count
+// 0, but a later product over the same shape in another order (Shape::numel multiplies
+// from the outermost) would overflow before it reaches the zero ([0, 2^40, 2^48]).
 inline int64_t checked_numel(const std::vector<int64_t>& dims, const std::string& what) {
-  int64_t n = 1;
+  int64_t nonzero = 1;
+  bool has_zero = false;
   for (int64_t d : dims) {
     NQ_CHECK(d >= 0, what, ": negative dimension ", d);
-    NQ_CHECK(!__builtin_mul_overflow(n, d, &n), what, ": the shape's element count overflows int64");
+    if (d == 0) has_zero = true;
+    else NQ_CHECK(!__builtin_mul_overflow(nonzero, d, &nonzero), what, ": the shape's element count overflows int64");
   }
-  return n;
+  return has_zero ? 0 : nonzero;
 }
 inline int64_t checked_numel(const std::vector<uint64_t>& dims, const std::string& what) {
   std::vector<int64_t> signed_dims;

@@ -146,6 +146,15 @@ TEST_CASE("hostile: integer overflow of a file's numbers is refused, never compu
   write_bytes(dir / "t.gguf", b.build());
   e = thrown_message([&] { GGUFFile::open(dir / "t.gguf"); });
   CHECK(e == dir / "t.gguf" + ": tensor 't': the shape's element count overflows int64");
+  // A zero dimension does not hide the others' overflow (found by fuzz_gguf: the count was 0,
+  // then the tensor's Shape multiplied from the outermost dimension and overflowed).
+  GGUFBuilder z;
+  z.add_tensor("t", {0, uint64_t(1) << 40, uint64_t(1) << 48}, uint32_t(GGMLType::F32), std::string(32, '\0'));
+  write_bytes(dir / "z.gguf", z.build());
+  e = thrown_message([&] { GGUFFile::open(dir / "z.gguf"); });
+  CHECK(e == dir / "z.gguf" + ": tensor 't': the shape's element count overflows int64");
+  e = safetensors_error(dir, safetensors_claiming("[1099511627776, 281474976710656, 0]"));
+  CHECK(has(e, "the shape's element count overflows int64"));
   // A token id of 2^31 (int32 overflow) and a JSON number beyond int64.
   nlohmann::json tok = byte_tokenizer();
   tok["model"]["vocab"]["ab"] = 2147483648ll;
