@@ -168,7 +168,7 @@ build/fixtures/tokenizer/corpus.jsonl: tests/fixtures/tokenizer/corpus.jsonl.xz
 	@mkdir -p $(@D)
 	$(call quiet,XZ,$<)xz -dc $< > $@.tmp && mv $@.tmp $@
 
--include $(shell find $(BUILD) $(if $(filter fuzz%,$(MAKECMDGOALS)),$(FUZZ_BUILD)) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) $(if $(filter fuzz%,$(MAKECMDGOALS)),build/fuzz) -name '*.d' 2>/dev/null)  # build/fuzz: FUZZ_BUILD is set below
 
 # ---------------------------------------------------------------- the two commands
 deps:
