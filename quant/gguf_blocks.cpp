@@ -295,8 +295,10 @@ void quantize_row(GGMLType type, const float* src, uint8_t* dst, int64_t n) {
   for (int64_t i = 0; i < blocks; ++i) block(src + i * info->block_elems, dst + i * info->block_bytes);
 }
 
-void permute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
-  NQ_CHECK(n_heads > 0 && rows % (2 * n_heads) == 0, "permute_qk_rows: ", rows, " rows do not split into ", n_heads,
+namespace {
+// Within each head of `head` rows, HF row j*half+i <-> GGUF row 2i+j (j = 0, 1).
+void move_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads, bool hf_to_gguf, const char* name) {
+  NQ_CHECK(n_heads > 0 && rows % (2 * n_heads) == 0, name, ": ", rows, " rows do not split into ", n_heads,
            " heads of an even size");
   const int64_t head = rows / n_heads, half = head / 2;
   std::vector<float> tmp(size_t(head * cols));
@@ -304,23 +306,21 @@ void permute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
     float* hw = w + h * head * cols;
     std::memcpy(tmp.data(), hw, tmp.size() * sizeof(float));
     for (int64_t i = 0; i < half; ++i)
-      for (int64_t j = 0; j < 2; ++j)  // HF row j*half+i -> GGUF row 2i+j
-        std::memcpy(hw + (2 * i + j) * cols, tmp.data() + (j * half + i) * cols, size_t(cols) * sizeof(float));
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t hf = j * half + i, gguf = 2 * i + j;
+        std::memcpy(hw + (hf_to_gguf ? gguf : hf) * cols, tmp.data() + (hf_to_gguf ? hf : gguf) * cols,
+                    size_t(cols) * sizeof(float));
+      }
   }
+}
+}  // namespace
+
+void permute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
+  move_qk_rows(w, rows, cols, n_heads, /*hf_to_gguf=*/true, "permute_qk_rows");
 }
 
 void unpermute_qk_rows(float* w, int64_t rows, int64_t cols, int64_t n_heads) {
-  NQ_CHECK(n_heads > 0 && rows % (2 * n_heads) == 0, "unpermute_qk_rows: ", rows,
-           " rows do not split into ", n_heads, " heads of an even size");
-  const int64_t head = rows / n_heads, half = head / 2;
-  std::vector<float> tmp(size_t(head * cols));
-  for (int64_t h = 0; h < n_heads; ++h) {
-    float* hw = w + h * head * cols;
-    std::memcpy(tmp.data(), hw, tmp.size() * sizeof(float));
-    for (int64_t i = 0; i < half; ++i)
-      for (int64_t j = 0; j < 2; ++j)  // GGUF row 2i+j -> HF row j*half+i
-        std::memcpy(hw + (j * half + i) * cols, tmp.data() + (2 * i + j) * cols, size_t(cols) * sizeof(float));
-  }
+  move_qk_rows(w, rows, cols, n_heads, /*hf_to_gguf=*/false, "unpermute_qk_rows");
 }
 
 }  // namespace nq
