@@ -9,18 +9,7 @@
 
 using namespace nq;
 
-static const Tokenizer& qwen3() {
-  static const Tokenizer tok = [] {
-    try {
-      Tokenizer t = Tokenizer::from_file(fuzz::repo_file("build/fixtures/qwen3-tokenizer/tokenizer.json"));
-      return t;
-    } catch (const Error& e) {
-      std::fprintf(stderr, "fuzz_data: %s (run from the repository root after make)\n", e.what());
-      std::abort();
-    }
-  }();
-  return tok;
-}
+static const Tokenizer& qwen3() { return fuzz::qwen3_tokenizer("fuzz_data"); }
 
 // The tokenizer loads before the first input (a 7 MB JSON: seconds under ASan), not
 // inside it, so the per-input timeout measures the encoding alone.

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "model/tokenizer.h"
 #include "runtime/error.h"
 
 namespace nq::fuzz {
@@ -84,6 +85,20 @@ inline void require(bool ok, const char* what) {
 inline std::string repo_file(const std::string& relative) {
   const char* root = std::getenv("NQ_REPO_ROOT");
   return (root ? std::string(root) + "/" : std::string()) + relative;
+}
+
+// The real Qwen3 tokenizer (build/fixtures, unpacked by make), loaded once; when it
+// cannot be loaded the target aborts with the reason, naming itself.
+inline const Tokenizer& qwen3_tokenizer(const char* target) {
+  static const Tokenizer tok = [target] {
+    try {
+      return Tokenizer::from_file(repo_file("build/fixtures/qwen3-tokenizer/tokenizer.json"));
+    } catch (const Error& e) {
+      std::fprintf(stderr, "%s: %s (run from the repository root after make)\n", target, e.what());
+      std::abort();
+    }
+  }();
+  return tok;
 }
 
 }  // namespace nq::fuzz
