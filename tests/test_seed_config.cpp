@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "formats/safetensors.h"
+#include "tests/fixture_compare.h"
 #include "tests/temp_dir.h"
 #include "tests/tiny_run.h"
 #include "model/load_model.h"
@@ -35,25 +36,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kTrajectory = "tests/fixtures/trajectory/";
-
-double rel_diff(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); }
-
-double rel_l2(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  std::vector<float> x = a.to_vector(), y = b.to_vector();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
-    den += double(y[i]) * y[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  REQUIRE(f.good());
-  return nlohmann::json::parse(f);
-}
 
 // The fixture's ./train arguments with its relative paths under the fixture
 // folder, then `extra`.

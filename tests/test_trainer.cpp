@@ -32,6 +32,7 @@
 #include "runtime/device_copy.h"
 #include "runtime/philox.h"
 #include "formats/safetensors.h"
+#include "tests/fixture_compare.h"
 #include "tests/gpu_test.h"
 #include "tests/temp_dir.h"
 #include "tests/tiny_run.h"
@@ -48,26 +49,6 @@ using namespace nq::test;
 namespace {
 
 const std::string kQlora = "tests/fixtures/qlora/";
-
-double rel_diff(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); }
-
-// ||a - b|| / ||b|| over two f32 tensors of the same shape.
-double rel_l2(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  std::vector<float> x = a.to_vector(), y = b.to_vector();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
-    den += double(y[i]) * y[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  REQUIRE(f.good());
-  return nlohmann::json::parse(f);
-}
 
 TrainResult run(const TrainConfig& cfg, const TrainerHooks& hooks = {}) {
   std::ostringstream log;
