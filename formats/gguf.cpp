@@ -313,6 +313,8 @@ const uint8_t* GGUFFile::tensor_data(const std::string& name) const {
   return map_->data() + data_start_ + tensor(name).offset;
 }
 
+void GGUFFile::release(const std::string& name) const { map_->release(tensor_data(name), tensor(name).nbytes); }
+
 Tensor GGUFFile::load_f32(const std::string& name) const {
   const GGUFTensorInfo& t = tensor(name);
   const GGMLTypeInfo* info = ggml_type_info(uint32_t(t.type));

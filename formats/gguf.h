@@ -86,6 +86,8 @@ class GGUFFile {
   const uint8_t* tensor_data(const std::string& name) const;  // raw bytes in the mapping
   // Decodes a tensor to fp32 with the logical row-major shape [ne[n-1], ..., ne[0]].
   Tensor load_f32(const std::string& name) const;
+  // The tensor's mapped pages dropped from memory once it is decoded (MappedFile::release).
+  void release(const std::string& name) const;
 
  private:
   std::string path_;

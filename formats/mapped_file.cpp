@@ -30,10 +30,18 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
     ::close(fd);
     NQ_CHECK(p != MAP_FAILED, path, ": mmap failed: ", std::strerror(err));
     m->data_ = static_cast<const uint8_t*>(p);
+    madvise(p, m->size_, MADV_SEQUENTIAL);  // loaders read front to back: read ahead, drop behind
   } else {
     ::close(fd);
   }
   return m;
+}
+
+void MappedFile::release(const uint8_t* p, size_t n) const {
+  if (!data_ || n == 0 || p < data_ || p + n > data_ + size_) return;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (uintptr_t(p) + page - 1) / page * page, hi = (uintptr_t(p) + n) / page * page;
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

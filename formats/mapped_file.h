@@ -21,6 +21,12 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the pages that lie wholly inside [p, p + n) from this process's memory
+  // (madvise MADV_DONTNEED): a loader that has consumed a tensor calls it, so the
+  // mapping's resident pages do not add up to the whole file. The bytes stay
+  // readable (a later read pages them in again from the file); pages shared with
+  // a neighbouring tensor are kept.
+  void release(const uint8_t* p, size_t n) const;
 
  private:
   MappedFile() = default;

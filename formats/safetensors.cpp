@@ -169,6 +169,11 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   return t;
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const Entry& e = entry(name);
+  map_->release(data_ + e.begin, e.end - e.begin);
+}
+
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> out;
   for (const auto& kv : entries_) out.push_back(kv.first);

@@ -42,6 +42,9 @@ class SafetensorsFile {
   // tensor's bytes are not aligned to its element size it is copied instead.
   Tensor get(const std::string& name) const;
   const Entry& entry(const std::string& name) const;
+  // The tensor's mapped pages dropped from memory once it has been read
+  // (MappedFile::release); its bytes stay readable.
+  void release(const std::string& name) const;
   std::vector<std::string> names() const;  // sorted
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
@@ -62,6 +65,7 @@ class SafetensorsDir {
   bool has(const std::string& name) const { return shard_of_.count(name) != 0; }
   Tensor get(const std::string& name) const;
   const SafetensorsFile& file_of(const std::string& name) const;
+  void release(const std::string& name) const { file_of(name).release(name); }
   std::vector<std::string> names() const;  // sorted
   const std::vector<SafetensorsFile>& files() const { return files_; }
 

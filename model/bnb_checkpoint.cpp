@@ -59,12 +59,9 @@ Tensor cast_for_saving(const Tensor& t, DType dtype) {
 
 // ---------------------------------------------------------------- loading
 
-HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config) {
+HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config, const WeightLoad& load) {
+  if (!read_bnb_4bit_config(dir + "/config.json")) return load_dense_weights(dir, config, load);
   HfWeights w;
-  if (!read_bnb_4bit_config(dir + "/config.json")) {
-    w.dense = load_weights(dir, config);
-    return w;
-  }
   SafetensorsDir file = SafetensorsDir::open(dir);
   w.nf4 = read_nf4_weights(file, config);
   std::vector<ParamSpec> dense_specs;
@@ -78,7 +75,7 @@ HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config) {
     }
   }
   check_no_unexpected_tensors(file, expected, config, dir);
-  w.dense = read_f32_tensors(file, dense_specs, dir);
+  read_weights(file, dense_specs, dir, load, w);
   return w;
 }
 
@@ -89,24 +86,6 @@ Decoder load_hf_decoder(const std::string& dir, DecoderOptions options) {
 }
 
 // ---------------------------------------------------------------- quantizing and saving
-
-Nf4Weights quantize_projections(TensorMap& weights, const ModelConfig& config, int64_t blocksize, bool double_quant,
-                                const std::string& dtype) {
-  Nf4Weights nf4;
-  for (const ParamSpec& spec : parameter_specs(config)) {
-    if (!is_projection_weight(spec.name)) continue;
-    auto it = weights.find(spec.name);
-    NQ_CHECK(it != weights.end(), "quantize: missing tensor ", spec.name);
-    const Tensor& w = it->second;  // [out, in] f32
-    NQ_CHECK(w.dtype() == DType::F32 && w.shape() == spec.shape, "quantize: tensor ", spec.name, " is ", w.desc(),
-             ", expected f32", spec.shape.str());
-    Nf4Tensor q = quantize_nf4(w.data<float>(), w.size(0), w.size(1), blocksize, double_quant, spec.name);
-    q.dtype = dtype;
-    nf4[spec.name] = std::make_shared<const Nf4Tensor>(std::move(q));
-    weights.erase(it);
-  }
-  return nf4;
-}
 
 void save_bnb_4bit(const std::string& dir, const std::string& config_json, const ModelConfig& config,
                    const TensorMap& dense, const Nf4Weights& nf4, const Bnb4bitConfig& quant, DType dtype) {
@@ -195,11 +174,14 @@ QuantizeReport quantize_checkpoint(const std::string& src, const std::string& ds
            ": the model is already quantized (quantization_config is set); quantize its dense original");
   const ModelConfig config = ModelConfig::from_file(config_path);
   const DType dtype = dtype_of_torch_name(config.torch_dtype, config_path);
-  TensorMap weights = load_weights(src, config);
+  // Each projection quantized as it is read: host memory peaks at the NF4 model plus
+  // the dense tensors, never at an f32 copy of the whole model.
+  HfWeights loaded = load_dense_weights(src, config, WeightLoad{true, blocksize, double_quant, config.torch_dtype});
+  const TensorMap& weights = loaded.dense;
+  const Nf4Weights& nf4 = loaded.nf4;
   QuantizeReport report;
   const SafetensorsDir source = SafetensorsDir::open(src);
   for (const SafetensorsFile& f : source.files()) report.bytes_before += std::filesystem::file_size(f.path());
-  Nf4Weights nf4 = quantize_projections(weights, config, blocksize, double_quant, config.torch_dtype);
   for (const auto& [name, q] : nf4) {
     report.quantized_params += q->numel();
     report.nf4_bits += q->bits_per_parameter() * double(q->numel());

@@ -18,21 +18,13 @@ namespace nq {
 
 // The weights of a HF model directory, dense or bitsandbytes 4-bit: the projections
 // a 4-bit checkpoint stores as NF4 go to `nf4` as they are (no dense copy ever
-// exists), every other tensor to `dense` as f32. Errors name the file and the tensor.
-struct HfWeights {
-  TensorMap dense;
-  Nf4Weights nf4;  // empty for a dense checkpoint
-};
-HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config);
+// exists); a dense checkpoint's projections go there too, quantized as they are
+// read, when `load` asks for NF4 (model/weights.h); every other tensor to `dense`
+// as f32. Errors name the file and the tensor.
+HfWeights load_hf_weights(const std::string& dir, const ModelConfig& config, const WeightLoad& load = {});
 
 // The decoder of a HF model directory (load_hf_weights), NF4 projections in place.
 Decoder load_hf_decoder(const std::string& dir, DecoderOptions options = {});
-
-// NF4 (quant/nf4.h) of every projection weight in `weights`, which are removed from
-// the map (the dense copies are freed one by one). `dtype` is the torch dtype name
-// recorded in each quant_state ("float32", "bfloat16", ...).
-Nf4Weights quantize_projections(TensorMap& weights, const ModelConfig& config, int64_t blocksize, bool double_quant,
-                                const std::string& dtype);
 
 // Writes a 4-bit checkpoint transformers loads: model.safetensors (every NF4 weight
 // serialized, `dense` tensors converted to `dtype`) and config.json = `config_json`

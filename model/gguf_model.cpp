@@ -177,12 +177,12 @@ ModelConfig gguf_config(const GGUFFile& f) {
   return c;
 }
 
-TensorMap gguf_weights(const GGUFFile& f, const ModelConfig& config) {
+HfWeights gguf_weights(const GGUFFile& f, const ModelConfig& config, const WeightLoad& load) {
   std::map<std::string, bool> expected;
   for (const ParamSpec& s : parameter_specs(config)) expected[s.name] = true;
   const bool permuted = config.model_type == "llama";  // convert_hf_to_gguf permutes llama's Q/K rows
 
-  TensorMap weights;
+  HfWeights weights;
   for (const GGUFTensorInfo& t : f.tensors()) {
     const std::string hf = gguf_to_hf_name(t.name);
     NQ_CHECK(!hf.empty() && expected.count(hf), f.path(), ": unexpected tensor '", t.name,
@@ -196,9 +196,11 @@ TensorMap gguf_weights(const GGUFFile& f, const ModelConfig& config) {
                heads, " heads x ", config.head_dim);
       unpermute_qk_rows(w.data<float>(), rows, cols, heads);
     }
-    weights[hf] = w;
+    NQ_CHECK(!weights.dense.count(hf) && !weights.nf4.count(hf), f.path(), ": tensor '", t.name, "' appears twice");
+    take_weight(hf, w, load, weights);
+    f.release(t.name);
   }
-  check_weights(weights, config, f.path());
+  check_weights(weights.dense, config, f.path(), weights.nf4);
   return weights;
 }
 

@@ -27,7 +27,9 @@ ModelConfig gguf_config(const GGUFFile& file);
 
 // Every parameter of `config` dequantized to f32 under its HF name; llama's
 // attn_q / attn_k rows (and biases) are un-permuted back to rotate-half order.
-TensorMap gguf_weights(const GGUFFile& file, const ModelConfig& config);
+// With `load` asking for NF4 (model/weights.h) each projection is quantized as soon
+// as it is decoded and its f32 copy freed: one tensor in f32 at a time.
+HfWeights gguf_weights(const GGUFFile& file, const ModelConfig& config, const WeightLoad& load = {});
 
 // The byte-level BPE tokenizer (tokenizer.ggml.model "gpt2") with bos/eos/pad ids.
 Tokenizer gguf_tokenizer(const GGUFFile& file);

@@ -40,11 +40,11 @@ std::optional<std::string> hf_chat_template(const std::string& dir) {
   return t->string();
 }
 
-LoadedModel load_hf_dir(const std::string& dir) {
+LoadedModel load_hf_dir(const std::string& dir, const WeightLoad& load) {
   LoadedModel m;
   m.source = dir;
   m.config = ModelConfig::from_file(dir + "/config.json");
-  HfWeights w = load_hf_weights(dir, m.config);
+  HfWeights w = load_hf_weights(dir, m.config, load);
   m.weights = std::move(w.dense);
   m.nf4 = std::move(w.nf4);
   if (std::filesystem::exists(dir + "/tokenizer.json")) m.tokenizer = Tokenizer::from_file(dir + "/tokenizer.json");
@@ -52,12 +52,14 @@ LoadedModel load_hf_dir(const std::string& dir) {
   return m;
 }
 
-LoadedModel load_gguf(const std::string& path) {
+LoadedModel load_gguf(const std::string& path, const WeightLoad& load) {
   GGUFFile file = GGUFFile::open(path);
   LoadedModel m;
   m.source = path;
   m.config = gguf_config(file);
-  m.weights = gguf_weights(file, m.config);
+  HfWeights w = gguf_weights(file, m.config, load);
+  m.weights = std::move(w.dense);
+  m.nf4 = std::move(w.nf4);
   if (file.has("tokenizer.ggml.model")) {
     m.tokenizer = gguf_tokenizer(file);
     NQ_CHECK(m.tokenizer->vocab_size() <= m.config.vocab_size, path, ": the vocabulary has ",
@@ -105,12 +107,12 @@ Tokenizer load_tokenizer(const std::string& path) {
   return Tokenizer::from_file(path);
 }
 
-LoadedModel load_model(const std::string& path) {
+LoadedModel load_model(const std::string& path, const WeightLoad& load) {
   NQ_CHECK(std::filesystem::exists(path), path, ": no such file or directory");
-  if (is_gguf_path(path)) return load_gguf(path);
+  if (is_gguf_path(path)) return load_gguf(path, load);
   NQ_CHECK(std::filesystem::is_directory(path), path,
            ": not a model directory (config.json + *.safetensors) nor a .gguf file");
-  return load_hf_dir(path);
+  return load_hf_dir(path, load);
 }
 
 }  // namespace nq

@@ -19,7 +19,8 @@ struct LoadedModel {
   std::string source;                  // the path given
   ModelConfig config;
   TensorMap weights;                   // f32 by HF name (check_weights passed with `nf4`)
-  Nf4Weights nf4;                      // the projections of a 4-bit checkpoint, as stored; else empty
+  Nf4Weights nf4;                      // the NF4 projections: a 4-bit checkpoint's as stored, or quantized while
+                                       // loading (WeightLoad); else empty
   std::optional<Tokenizer> tokenizer;  // absent for a HF directory without tokenizer.json
   // From the chat template (else the config's default); an unrecognised template
   // does not stop the model from loading, only chat_format() throws then.
@@ -28,8 +29,10 @@ struct LoadedModel {
   const ChatFormat& chat_format() const;
 };
 
-// `path` ending in ".gguf" (a file) or a HF model directory.
-LoadedModel load_model(const std::string& path);
+// `path` ending in ".gguf" (a file) or a HF model directory. `load` says whether the
+// projections arrive f32 in `weights` or (a QLoRA base) NF4 in `nf4`, quantized one
+// by one as they are read (model/weights.h: the host never holds the model in f32).
+LoadedModel load_model(const std::string& path, const WeightLoad& load = {});
 
 bool is_gguf_path(const std::string& path);
 

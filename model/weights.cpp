@@ -97,13 +97,29 @@ bool is_projection_weight(const std::string& name) {
   return name.rfind("model.layers.", 0) == 0 && ends_with(name, "_proj.weight");
 }
 
-TensorMap load_weights(const std::string& dir, const ModelConfig& config) {
+void take_weight(const std::string& name, const Tensor& stored, const WeightLoad& load, HfWeights& out) {
+  if (load.nf4_projections && is_projection_weight(name)) {
+    Nf4Tensor q = quantize_nf4(stored, load.nf4_blocksize, load.nf4_double_quant, name);
+    q.dtype = load.nf4_dtype;
+    out.nf4[name] = std::make_shared<const Nf4Tensor>(std::move(q));
+  } else {
+    out.dense[name] = to_f32_weight(stored);
+  }
+}
+
+HfWeights load_dense_weights(const std::string& dir, const ModelConfig& config, const WeightLoad& load) {
   SafetensorsDir file = SafetensorsDir::open(dir);
   const std::vector<ParamSpec> specs = parameter_specs(config);
   std::set<std::string> expected;
   for (const ParamSpec& s : specs) expected.insert(s.name);
   check_no_unexpected_tensors(file, expected, config, dir);
-  return read_f32_tensors(file, specs, dir);
+  HfWeights w;
+  read_weights(file, specs, dir, load, w);
+  return w;
+}
+
+TensorMap load_weights(const std::string& dir, const ModelConfig& config) {
+  return load_dense_weights(dir, config, WeightLoad{}).dense;
 }
 
 void check_no_unexpected_tensors(const SafetensorsDir& file, const std::set<std::string>& expected,
@@ -117,8 +133,8 @@ void check_no_unexpected_tensors(const SafetensorsDir& file, const std::set<std:
   }
 }
 
-TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSpec>& specs, const std::string& dir) {
-  TensorMap weights;
+void read_weights(const SafetensorsDir& file, const std::vector<ParamSpec>& specs, const std::string& dir,
+                  const WeightLoad& load, HfWeights& out) {
   for (const ParamSpec& spec : specs) {
     NQ_CHECK(file.has(spec.name), dir, ": missing tensor ", spec.name, " (expected ", spec.shape.str(), ")");
     const SafetensorsFile& shard = file.file_of(spec.name);
@@ -127,9 +143,9 @@ TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSp
              ", expected ", spec.shape.str());
     NQ_CHECK(entry.dtype == DType::F32 || entry.dtype == DType::BF16 || entry.dtype == DType::F16, shard.path(),
              ": tensor ", spec.name, " has dtype ", dtype_name(entry.dtype), " (expected F32, BF16 or F16)");
-    weights[spec.name] = to_f32_weight(shard.get(spec.name));
+    take_weight(spec.name, shard.get(spec.name), load, out);
+    shard.release(spec.name);  // read once: its pages need not stay resident
   }
-  return weights;
 }
 
 Tensor random_parameter(const ParamSpec& spec, uint64_t seed, uint64_t& offset, float init_std) {

@@ -34,12 +34,40 @@ std::vector<ParamSpec> parameter_specs(const ModelConfig& config);
 // read from a bitsandbytes checkpoint (model/bnb_checkpoint.h).
 using Nf4Weights = std::map<std::string, std::shared_ptr<const Nf4Tensor>>;
 
+// How a loader hands over the projection weights it reads: as f32 copies, or (a
+// QLoRA base) each quantized to NF4 the moment it is read, straight from the
+// file's bf16 / f16 / f32 bytes (quantize_nf4 on the mapped view), its mapped pages
+// then dropped, so that the host never holds an f32 copy of the model: host memory
+// peaks at the NF4 model plus the f32 embeddings, not at 4 bytes per parameter.
+// The NF4 bytes are those of quantizing the f32 copy (Linear::quantize_nf4).
+struct WeightLoad {
+  bool nf4_projections = false;
+  int64_t nf4_blocksize = 64;
+  bool nf4_double_quant = true;
+  std::string nf4_dtype = "float32";  // the torch dtype name each NF4 quant_state records
+  // The QLoRA base's load (blocksize 64, double quant) when `on`, else all f32.
+  static WeightLoad nf4(bool on) { return WeightLoad{on, 64, true, "float32"}; }
+};
+
+// A model's weights by HF name: the f32 tensors, and the projections held as NF4
+// (a 4-bit checkpoint's as stored, or quantized while loading by WeightLoad).
+struct HfWeights {
+  TensorMap dense;
+  Nf4Weights nf4;
+};
+
+// One tensor read from a file (any float dtype, typically a view of the mapping)
+// into `out`: NF4 when `load` asks for it and `name` is a projection, else f32.
+void take_weight(const std::string& name, const Tensor& stored, const WeightLoad& load, HfWeights& out);
+
 // Every spec present as an f32 tensor of its shape, or (projection weights only)
 // as an NF4 tensor of that shape in `nf4`; errors start with `source`.
 void check_weights(const TensorMap& weights, const ModelConfig& config, const std::string& source,
                    const Nf4Weights& nf4 = {});
 
-// f32 CPU tensors of `dir`, checked against parameter_specs(config).
+// The tensors of `dir`, checked against parameter_specs(config): f32, or with the
+// projections NF4 as `load` says. load_weights: all f32.
+HfWeights load_dense_weights(const std::string& dir, const ModelConfig& config, const WeightLoad& load);
 TensorMap load_weights(const std::string& dir, const ModelConfig& config);
 
 // "model.layers.<i>.<block>.<x>_proj.weight": the weights of the decoder's Linears
@@ -52,9 +80,11 @@ class SafetensorsDir;
 // error naming the tensor and its shard.
 void check_no_unexpected_tensors(const SafetensorsDir& file, const std::set<std::string>& expected,
                                  const ModelConfig& config, const std::string& dir);
-// The tensors named by `specs` as owned f32 CPU copies, each checked for its shape
-// and a float dtype (the part of load_weights that other checkpoint readers share).
-TensorMap read_f32_tensors(const SafetensorsDir& file, const std::vector<ParamSpec>& specs, const std::string& dir);
+// The tensors named by `specs` into `out` (take_weight: owned f32 copies or NF4), each
+// checked for its shape and a float dtype, one at a time, each tensor's mapped pages
+// released once read (the part of load_weights that other checkpoint readers share).
+void read_weights(const SafetensorsDir& file, const std::vector<ParamSpec>& specs, const std::string& dir,
+                  const WeightLoad& load, HfWeights& out);
 
 // HF-style init: linears and embeddings ~ N(0, init_std) from the seeded Philox
 // stream, norms = 1, biases = 0.

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "runtime/half.h"
+
 namespace nq {
 
 const std::array<float, 16> kNf4Code = {
@@ -209,8 +211,14 @@ float Nf4Tensor::block_absmax(int64_t b) const {
   return scaled + offset;  // bnb: dequantize_blockwise(...), then absmax += offset (two roundings)
 }
 
-Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksize, bool double_quant,
-                       const std::string& name) {
+namespace {
+// The whole quantizer over a weight read through `at(i)` (element i of the flattened
+// [out, in] weight as f32): a checkpoint's bf16 / f16 view is widened value by value,
+// so no f32 copy of the weight ever exists (the widening is exact, so the bytes are
+// those of quantizing the f32 copy). Extra memory: the f32 absmax, 4 bytes per block.
+template <typename At>
+Nf4Tensor quantize_nf4_from(At at, int64_t out, int64_t in, int64_t blocksize, bool double_quant,
+                            const std::string& name) {
   NQ_CHECK(out > 0 && in > 0, "quantize_nf4: tensor '", name, "' has empty shape [", out, ", ", in, "]");
   NQ_CHECK(blocksize >= 32 && blocksize <= 4096 && (blocksize & (blocksize - 1)) == 0,
            "quantize_nf4: tensor '", name, "': blocksize ", blocksize,
@@ -221,32 +229,35 @@ Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksiz
   q.blocksize = blocksize;
   q.double_quant = double_quant;
   const int64_t n = q.numel(), nb = q.n_blocks();
+  int64_t first_bad = n;  // the first non-finite element, found in parallel
+#pragma omp parallel for reduction(min : first_bad) if (n > (1 << 16))
   for (int64_t i = 0; i < n; ++i)
-    NQ_CHECK(std::isfinite(w[i]), "quantize_nf4: tensor '", name, "' [", out, ", ", in, "] has a non-finite value (",
-             w[i], ") at row ", i / in, ", column ", i % in);
+    if (!std::isfinite(at(i)) && i < first_bad) first_bad = i;
+  NQ_CHECK(first_bad == n, "quantize_nf4: tensor '", name, "' [", out, ", ", in, "] has a non-finite value (",
+           at(first_bad), ") at row ", first_bad / in, ", column ", first_bad % in);
 
-  // Pass 1: per-block absmax and the 4-bit codes.
+  // Pass 1: per-block absmax and the 4-bit codes, packed two per byte as they are
+  // made (blocksize is even, so a block owns whole bytes).
   std::vector<float> amax(nb);
-  std::vector<uint8_t> codes(n + 1, 7);  // an odd numel pads with the code of 0
+  q.packed = Tensor::empty({(n + 1) / 2}, DType::U8, Device::CPU, MemCategory::Weights);
+  uint8_t* packed = q.packed.data<uint8_t>();
   static const Nf4Bounds bounds;
   const float tiny = static_cast<float>(1e-38);  // bnb: absmax.clamp(min=1e-38)
 #pragma omp parallel for if (nb > 1024)
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t begin = b * blocksize, end = std::min(n, begin + blocksize);
     float m = 0.0f;
-    for (int64_t i = begin; i < end; ++i) m = std::max(m, std::fabs(w[i]));
+    for (int64_t i = begin; i < end; ++i) m = std::max(m, std::fabs(at(i)));
     amax[b] = m;
     const float divisor = std::max(m, tiny);
-    if (end - begin == blocksize) {  // full block: multiply by the reciprocal
-      const float inv = 1.0f / divisor;
-      for (int64_t i = begin; i < end; ++i) codes[i] = bounds.index(std::clamp(w[i] * inv, -1.0f, 1.0f));
-    } else {  // the partial last block: divide
-      for (int64_t i = begin; i < end; ++i) codes[i] = bounds.index(std::clamp(w[i] / divisor, -1.0f, 1.0f));
-    }
+    const bool full = end - begin == blocksize;  // full block: multiply by the reciprocal; the last partial: divide
+    const float inv = 1.0f / divisor;
+    auto code = [&](int64_t i) -> uint8_t {
+      if (i >= end) return 7;  // an odd numel pads the last low nibble with the code of 0
+      return bounds.index(std::clamp(full ? at(i) * inv : at(i) / divisor, -1.0f, 1.0f));
+    };
+    for (int64_t i = begin; i < end; i += 2) packed[i / 2] = uint8_t(code(i) << 4 | code(i + 1));
   }
-  q.packed = Tensor::empty({(n + 1) / 2}, DType::U8, Device::CPU, MemCategory::Weights);
-  uint8_t* p = q.packed.data<uint8_t>();
-  for (int64_t i = 0; i < (n + 1) / 2; ++i) p[i] = uint8_t(codes[2 * i] << 4 | codes[2 * i + 1]);
 
   if (!double_quant) {
     q.absmax = Tensor::empty({nb}, DType::F32, Device::CPU, MemCategory::Weights);
@@ -265,6 +276,31 @@ Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksiz
   quantize_blockwise_8bit(amax.data(), nb, dyn.data(), q.nested_blocksize, q.absmax.data<uint8_t>(),
                           q.nested_absmax.data<float>());
   return q;
+}
+}  // namespace
+
+Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksize, bool double_quant,
+                       const std::string& name) {
+  return quantize_nf4_from([w](int64_t i) { return w[i]; }, out, in, blocksize, double_quant, name);
+}
+
+Nf4Tensor quantize_nf4(const Tensor& w, int64_t blocksize, bool double_quant, const std::string& name) {
+  NQ_CHECK(w.defined() && w.device() == Device::CPU && w.ndim() == 2, "quantize_nf4: tensor '", name,
+           "' must be a 2-D CPU tensor [out, in], got ", w.defined() ? w.desc() : "none");
+  const int64_t out = w.size(0), in = w.size(1);
+  switch (w.dtype()) {
+    case DType::F32: return quantize_nf4(w.data<float>(), out, in, blocksize, double_quant, name);
+    case DType::BF16: {
+      const uint16_t* h = w.data_u16();
+      return quantize_nf4_from([h](int64_t i) { return bf16_to_f32(h[i]); }, out, in, blocksize, double_quant, name);
+    }
+    case DType::F16: {
+      const uint16_t* h = w.data_u16();
+      return quantize_nf4_from([h](int64_t i) { return f16_to_f32(h[i]); }, out, in, blocksize, double_quant, name);
+    }
+    default:
+      throw Error(str("quantize_nf4: tensor '", name, "' is ", w.desc(), " (expected f32, bf16 or f16)"));
+  }
 }
 
 void dequantize_nf4_rows(const Nf4Tensor& q, int64_t row_begin, int64_t row_end, float* dst) {

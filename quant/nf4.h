@@ -70,6 +70,11 @@ struct Nf4Tensor {
 // as bitsandbytes accepts. Non-finite values raise nq::Error naming `name`.
 Nf4Tensor quantize_nf4(const float* w, int64_t out, int64_t in, int64_t blocksize = 64,
                        bool double_quant = true, const std::string& name = "weight");
+// The same for a CPU tensor [out, in] in f32, bf16 or f16 (a checkpoint's mapped
+// view): the 16-bit values are widened one at a time, never copied to f32, and the
+// bytes are those of quantize_nf4 on the widened copy (the widening is exact).
+Nf4Tensor quantize_nf4(const Tensor& w, int64_t blocksize = 64, bool double_quant = true,
+                       const std::string& name = "weight");
 
 // Dequantizes rows [row_begin, row_end) of the weight into dst [row_end - row_begin, in].
 // The tile-by-tile building block of nf4_linear (and of dequantize_nf4).

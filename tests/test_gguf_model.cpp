@@ -30,6 +30,7 @@
 #include "runtime/half.h"
 #include "formats/safetensors.h"
 #include "tests/gguf_builder.h"
+#include "tests/nf4_compare.h"
 #include "tests/temp_dir.h"
 
 using namespace nq;
@@ -412,6 +413,26 @@ TEST_CASE("GGUF model: unsupported or broken files are clear errors") {
 
   CHECK_THROWS_WITH_AS(load_model("/nonexistent/model.gguf"), "/nonexistent/model.gguf: no such file or directory",
                        Error);
+}
+
+TEST_CASE("tiny Llama / Qwen3 GGUF loaded with NF4 projections: each decoded tensor quantized as read, the same "
+          "base as quantizing after the load") {
+  for (const char* name : {"llama", "qwen3_untied_bias"}) {
+    INFO("fixture ", name);
+    Variant v;
+    v.model_dir = std::string("tests/fixtures/model/") + name;
+    TempDir dir;
+    const std::string path = write_file(dir, tiny_gguf(v).bytes);
+    LoadedModel streamed = load_model(path, WeightLoad::nf4(true)), dense = load_model(path);
+    for (const auto& [param, t] : streamed.weights) CHECK_FALSE(is_projection_weight(param));
+    Decoder a = build_decoder(streamed, {}, true), b = build_decoder(dense, {}, true);
+    const std::vector<Linear*> la = a.linears(), lb = b.linears();
+    REQUIRE(la.size() == lb.size());
+    for (size_t i = 0; i < la.size(); ++i) {
+      CAPTURE(la[i]->name());
+      CHECK(same_nf4(*la[i]->nf4(), *lb[i]->nf4()));
+    }
+  }
 }
 
 TEST_CASE("load_model: a Hugging Face directory gives the same model as load_weights") {

@@ -191,10 +191,11 @@ TEST_CASE("bnb checkpoint: other quantization configs and broken 4-bit tensors a
 
 TEST_CASE("decoder with NF4 projections: each must be a projection of its shape") {
   const ModelConfig config = ModelConfig::from_file(kDense + "/config.json");
-  TensorMap weights = load_weights(kDense, config);
-  Nf4Weights nf4 = quantize_projections(weights, config, 64, true, "float32");
+  HfWeights loaded = load_dense_weights(kDense, config, WeightLoad::nf4(true));
+  const TensorMap& weights = loaded.dense;
+  const Nf4Weights& nf4 = loaded.nf4;
   REQUIRE(nf4.size() == 14);
-  CHECK(weights.count("model.layers.0.mlp.up_proj.weight") == 0);  // the dense copies are gone
+  CHECK(weights.count("model.layers.0.mlp.up_proj.weight") == 0);  // no dense copy was kept
   CHECK_NOTHROW(Decoder(config, weights, {}, nf4));
 
   Nf4Weights bad = nf4;

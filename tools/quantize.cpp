@@ -51,11 +51,11 @@ int run_random(const std::string& source, const std::string& out, uint64_t seed,
 // A GGUF (its blocks decoded to f32, as ./train reads it): projections NF4, the rest
 // bf16, config.json from the GGUF's metadata, tokenizer files from its vocabulary.
 QuantizeReport quantize_gguf(const std::string& src, const std::string& dst, int64_t blocksize, bool double_quant) {
-  LoadedModel m = load_model(src);
+  LoadedModel m = load_model(src, WeightLoad{true, blocksize, double_quant, "bfloat16"});  // NF4 as decoded
   m.config.torch_dtype = "bfloat16";
   QuantizeReport report;
   report.bytes_before = std::filesystem::file_size(src);
-  Nf4Weights nf4 = quantize_projections(m.weights, m.config, blocksize, double_quant, m.config.torch_dtype);
+  const Nf4Weights& nf4 = m.nf4;
   for (const auto& [name, q] : nf4) {
     report.quantized_params += q->numel();
     report.nf4_bits += q->bits_per_parameter() * double(q->numel());

@@ -270,7 +270,8 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
   auto t_load = Clock::now();
-  LoadedModel loaded = load_model(cfg.model);  // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat
+  // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat; each projection NF4 as it is read.
+  LoadedModel loaded = load_model(cfg.model, WeightLoad::nf4(!cfg.no_quant));
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
   const Tokenizer& tok = *loaded.tokenizer;
   // Tokenized (the chat template rendered) before the base is quantized, the slow part of
