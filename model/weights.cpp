@@ -37,6 +37,26 @@ Tensor to_f32_weight(const Tensor& stored) {
   return w;
 }
 
+// An owned bf16 copy counted as Weights: the stored bits of a bf16 tensor, else each
+// value rounded to nearest even (f32_to_bf16, as to_device rounds it), one at a time.
+Tensor to_bf16_weight(const Tensor& stored) {
+  Tensor w = Tensor::empty(stored.shape(), DType::BF16, Device::CPU, MemCategory::Weights);
+  uint16_t* dst = w.data_u16();
+  const int64_t n = stored.numel();
+  if (stored.dtype() == DType::BF16) {
+    std::memcpy(dst, stored.raw(), stored.nbytes());
+  } else if (stored.dtype() == DType::F32) {
+    const float* src = stored.data<float>();
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+  } else {
+    const uint16_t* src = stored.data_u16();
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(f16_to_f32(src[i]));
+  }
+  return w;
+}
+
 }  // namespace
 
 std::vector<ParamSpec> parameter_specs(const ModelConfig& c) {
@@ -82,7 +102,8 @@ void check_weights(const TensorMap& weights, const ModelConfig& config, const st
     NQ_CHECK(it != weights.end(), source, ": missing tensor ", spec.name, " (expected ", spec.shape.str(), ")");
     NQ_CHECK(it->second.shape() == spec.shape, source, ": tensor ", spec.name, " has shape ",
              it->second.shape().str(), ", expected ", spec.shape.str());
-    NQ_CHECK(it->second.dtype() == DType::F32, source, ": tensor ", spec.name, " must be f32, got ",
+    NQ_CHECK(it->second.dtype() == DType::F32 || (it->second.dtype() == DType::BF16 && is_embedding_weight(spec.name)),
+             source, ": tensor ", spec.name, " must be f32, got ",
              it->second.desc());
   }
   if (nf4_used == nf4.size()) return;
@@ -91,6 +112,10 @@ void check_weights(const TensorMap& weights, const ModelConfig& config, const st
   for (const auto& [name, q] : nf4)
     NQ_CHECK(names.count(name), source, ": NF4 tensor ", name, " is not a parameter of this ", config.model_type,
              " config");
+}
+
+bool is_embedding_weight(const std::string& name) {
+  return name == "model.embed_tokens.weight" || name == "lm_head.weight";
 }
 
 bool is_projection_weight(const std::string& name) {
@@ -102,6 +127,8 @@ void take_weight(const std::string& name, const Tensor& stored, const WeightLoad
     Nf4Tensor q = quantize_nf4(stored, load.nf4_blocksize, load.nf4_double_quant, name);
     q.dtype = load.nf4_dtype;
     out.nf4[name] = std::make_shared<const Nf4Tensor>(std::move(q));
+  } else if (load.embedding_dtype == DType::BF16 && is_embedding_weight(name)) {
+    out.dense[name] = to_bf16_weight(stored);
   } else {
     out.dense[name] = to_f32_weight(stored);
   }

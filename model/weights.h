@@ -45,8 +45,15 @@ struct WeightLoad {
   int64_t nf4_blocksize = 64;
   bool nf4_double_quant = true;
   std::string nf4_dtype = "float32";  // the torch dtype name each NF4 quant_state records
-  // The QLoRA base's load (blocksize 64, double quant) when `on`, else all f32.
-  static WeightLoad nf4(bool on) { return WeightLoad{on, 64, true, "float32"}; }
+  // embed_tokens and an untied lm_head, the largest dense tensors: f32 for the CPU
+  // path, bf16 for a GPU run (what to_device makes of them: model/device.h), so the
+  // host does not hold them in f32 first.
+  DType embedding_dtype = DType::F32;
+  // ./train's load for a model that will run on `device`: NF4 projections (blocksize
+  // 64, double quant) when nf4_base, embeddings in that device's dtype.
+  static WeightLoad qlora(bool nf4_base, Device device = Device::CPU) {
+    return WeightLoad{nf4_base, 64, true, "float32", device == Device::CPU ? DType::F32 : DType::BF16};
+  }
 };
 
 // A model's weights by HF name: the f32 tensors, and the projections held as NF4
@@ -60,8 +67,9 @@ struct HfWeights {
 // into `out`: NF4 when `load` asks for it and `name` is a projection, else f32.
 void take_weight(const std::string& name, const Tensor& stored, const WeightLoad& load, HfWeights& out);
 
-// Every spec present as an f32 tensor of its shape, or (projection weights only)
-// as an NF4 tensor of that shape in `nf4`; errors start with `source`.
+// Every spec present as an f32 tensor of its shape (the embeddings may be bf16:
+// WeightLoad), or (projection weights only) as an NF4 tensor of that shape in `nf4`;
+// errors start with `source`.
 void check_weights(const TensorMap& weights, const ModelConfig& config, const std::string& source,
                    const Nf4Weights& nf4 = {});
 
@@ -69,6 +77,9 @@ void check_weights(const TensorMap& weights, const ModelConfig& config, const st
 // projections NF4 as `load` says. load_weights: all f32.
 HfWeights load_dense_weights(const std::string& dir, const ModelConfig& config, const WeightLoad& load);
 TensorMap load_weights(const std::string& dir, const ModelConfig& config);
+
+// "model.embed_tokens.weight" or "lm_head.weight" (WeightLoad::embedding_dtype).
+bool is_embedding_weight(const std::string& name);
 
 // "model.layers.<i>.<block>.<x>_proj.weight": the weights of the decoder's Linears
 // (q/k/v/o/gate/up/down), the ones QLoRA quantizes and LoRA adapts.

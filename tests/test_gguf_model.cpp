@@ -423,7 +423,7 @@ TEST_CASE("tiny Llama / Qwen3 GGUF loaded with NF4 projections: each decoded ten
     v.model_dir = std::string("tests/fixtures/model/") + name;
     TempDir dir;
     const std::string path = write_file(dir, tiny_gguf(v).bytes);
-    LoadedModel streamed = load_model(path, WeightLoad::nf4(true)), dense = load_model(path);
+    LoadedModel streamed = load_model(path, WeightLoad::qlora(true)), dense = load_model(path);
     for (const auto& [param, t] : streamed.weights) CHECK_FALSE(is_projection_weight(param));
     Decoder a = build_decoder(streamed, {}, true), b = build_decoder(dense, {}, true);
     const std::vector<Linear*> la = a.linears(), lb = b.linears();

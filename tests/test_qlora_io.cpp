@@ -191,7 +191,7 @@ TEST_CASE("bnb checkpoint: other quantization configs and broken 4-bit tensors a
 
 TEST_CASE("decoder with NF4 projections: each must be a projection of its shape") {
   const ModelConfig config = ModelConfig::from_file(kDense + "/config.json");
-  HfWeights loaded = load_dense_weights(kDense, config, WeightLoad::nf4(true));
+  HfWeights loaded = load_dense_weights(kDense, config, WeightLoad::qlora(true));
   const TensorMap& weights = loaded.dense;
   const Nf4Weights& nf4 = loaded.nf4;
   REQUIRE(nf4.size() == 14);

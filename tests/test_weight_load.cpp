@@ -45,7 +45,7 @@ Tensor half_tensor(const std::vector<float>& values, int64_t out, int64_t in, DT
 // Loads `dir` both ways and checks the decoders' NF4 bases and other parameters are identical.
 void check_same_base(const std::string& dir) {
   CAPTURE(dir);
-  LoadedModel streamed = load_model(dir, WeightLoad::nf4(true));
+  LoadedModel streamed = load_model(dir, WeightLoad::qlora(true));
   LoadedModel dense = load_model(dir);
   for (const auto& [name, t] : streamed.weights) CHECK_FALSE(is_projection_weight(name));  // no f32 copy kept
   CHECK(streamed.nf4.size() == size_t(7 * streamed.config.num_layers));
@@ -115,7 +115,7 @@ TEST_CASE("load_model with NF4 projections: host weights peak at the result plus
 
   const size_t before = host.stats().current[w];
   host.reset_peak();
-  LoadedModel m = load_model(dir, WeightLoad::nf4(true));
+  LoadedModel m = load_model(dir, WeightLoad::qlora(true));
   const MemStats streamed = host.stats();
   const size_t result = streamed.current[w] - before, peak = streamed.peak[w] - before;
   CAPTURE(result);
@@ -128,4 +128,24 @@ TEST_CASE("load_model with NF4 projections: host weights peak at the result plus
   const size_t before_dense = host.stats().current[w];
   LoadedModel dense = load_model(dir);
   CHECK(host.stats().peak[w] - before_dense >= f32_total);  // the old way: the whole model in f32
+}
+
+TEST_CASE("load_model for a GPU run: embeddings arrive bf16, as to_device would round them; the rest as for the CPU") {
+  for (const char* dir : {"tests/fixtures/model/llama", "tests/fixtures/model/qwen3_untied_bias"}) {
+    CAPTURE(dir);
+    LoadedModel gpu = load_model(dir, WeightLoad::qlora(true, Device::CUDA));
+    LoadedModel cpu = load_model(dir, WeightLoad::qlora(true, Device::CPU));
+    REQUIRE(gpu.weights.size() == cpu.weights.size());
+    for (const auto& [name, t] : cpu.weights) {
+      CAPTURE(name);
+      const Tensor& g = gpu.weights.at(name);
+      if (is_embedding_weight(name)) {
+        CHECK(t.dtype() == DType::F32);
+        CHECK(same_tensor_bytes(g, t.to_dtype(DType::BF16)));
+      } else {
+        CHECK(same_tensor_bytes(g, t));
+      }
+    }
+    CHECK_NOTHROW(build_decoder(gpu, {}, true));  // the decoder takes bf16 embeddings (to_device keeps them)
+  }
 }

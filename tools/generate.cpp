@@ -187,7 +187,7 @@ int run(int argc, char** argv) {
     ModelConfig config = ModelConfig::preset(f.preset);
     model = std::make_unique<Decoder>(config, random_weights(config, 0));
   } else {
-    loaded = load_model(f.model, WeightLoad::nf4(!f.no_quant));
+    loaded = load_model(f.model, WeightLoad::qlora(!f.no_quant));
     model = std::make_unique<Decoder>(build_decoder(*loaded, {}, /*nf4_base=*/!f.no_quant));
   }
   const ModelConfig& config = model->config();

@@ -68,7 +68,7 @@ EvalReport evaluate(const EvalConfig& cfg, std::ostream& log, const GenerateScor
   log << "device: " << device_summary(device) << "\n";
 
   // The model as ./train builds it: NF4 base (a 4-bit checkpoint's as stored), the adapter, then the device.
-  LoadedModel loaded = load_model(run.model, WeightLoad::nf4(!run.no_quant));
+  LoadedModel loaded = load_model(run.model, WeightLoad::qlora(!run.no_quant, device));
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", run.model, ": no tokenizer (tokenizer.json) to encode --data with");
   Decoder model = build_decoder(loaded, {}, /*nf4_base=*/!run.no_quant);
   if (!cfg.adapter.empty()) load_peft_adapter(cfg.adapter, model);

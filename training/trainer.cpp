@@ -271,7 +271,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   dopt.checkpointing = !cfg.no_grad_checkpoint;
   auto t_load = Clock::now();
   // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat; each projection NF4 as it is read.
-  LoadedModel loaded = load_model(cfg.model, WeightLoad::nf4(!cfg.no_quant));
+  LoadedModel loaded = load_model(cfg.model, WeightLoad::qlora(!cfg.no_quant, device));
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
   const Tokenizer& tok = *loaded.tokenizer;
   // Tokenized (the chat template rendered) before the base is quantized, the slow part of

@@ -17,7 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       ModelConfig c = gguf_config(f);
       (void)c.summary();
       (void)gguf_weights(f, c);
-      (void)gguf_weights(f, c, WeightLoad::nf4(true));  // the QLoRA load: NF4 as read
+      (void)gguf_weights(f, c, WeightLoad::qlora(true));  // the QLoRA load: NF4 as read
     });
     Tokenizer tok = gguf_tokenizer(f);
     for (const std::string text : {std::string("Hello, world! 123"), std::string("a\0b", 3),

@@ -87,7 +87,7 @@ int run(int argc, char** argv) {
   rng_seed(cfg.seed);
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
-  LoadedModel loaded = load_model(cfg.model, WeightLoad::nf4(!cfg.no_quant));
+  LoadedModel loaded = load_model(cfg.model, WeightLoad::qlora(!cfg.no_quant));
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer");
   Decoder model = build_decoder(loaded, dopt, /*nf4_base=*/!cfg.no_quant);
   AdapterConfig adapter;
