@@ -12,6 +12,7 @@
 #include "runtime/allocator.h"
 #include "runtime/half.h"
 #include "tests/nf4_compare.h"
+#include "training/memory_plan.h"
 
 using namespace nq;
 
@@ -147,5 +148,35 @@ TEST_CASE("load_model for a GPU run: embeddings arrive bf16, as to_device would 
       }
     }
     CHECK_NOTHROW(build_decoder(gpu, {}, true));  // the decoder takes bf16 embeddings (to_device keeps them)
+  }
+}
+
+// The host plan's load term (training/memory_plan.h plan_host_memory) is the bytes the
+// loader hands over, plus at most one tensor's mapped pages in the file's dtype.
+TEST_CASE("plan_host_memory: its load term is what load_model hands over plus one tensor being read") {
+  for (const char* dir : {"tests/fixtures/model/llama", "tests/fixtures/model/qwen3_untied_bias"}) {
+    for (Device device : {Device::CPU, Device::CUDA}) {
+      CAPTURE(dir);
+      CAPTURE(device_name(device));
+      const LoadedModel m = load_model(dir, WeightLoad::qlora(true, device));
+      size_t held = 0;
+      for (const auto& [name, t] : m.weights) held += t.nbytes();
+      for (const auto& [name, w] : m.nf4)
+        for (const Tensor* part : {&w->packed, &w->absmax, &w->nested_absmax, &w->nested_code})
+          if (part->defined()) held += part->nbytes();
+      const size_t file_elem = m.config.torch_dtype == "float32" ? 4 : 2;
+      size_t largest = 0;
+      for (const ParamSpec& s : parameter_specs(m.config)) largest = std::max(largest, size_t(s.shape.numel()) * file_elem);
+      TrainShape shape;
+      shape.seq = 32;
+      shape.paged_optimizer = true;
+      const HostPlan host = plan_host_memory(m.config, QloraShape{}, shape, device);
+      CHECK(host.load > held);
+      CHECK(host.load <= held + largest);
+      const MemoryPlan step = plan_memory(m.config, QloraShape{}, shape, device);
+      // CPU: the step's tensors are all on the host; GPU: only paged AdamW's m and v.
+      CHECK(host.training == (device == Device::CPU ? step.total() : 2 * step[MemCategory::LoRA]));
+      CHECK(host.peak() == std::max(host.load, host.training));
+    }
   }
 }

@@ -1,9 +1,12 @@
 // ./inspect FILE: what a checkpoint holds. For a GGUF file, its metadata (long
 // arrays summarised) and a count of tensor types; for safetensors (a file or a
 // directory with model.safetensors[.index.json]), every tensor's dtype and shape.
+// ./inspect load: the load ./train does, timed, its peak host memory beside the plan.
 // ./inspect plan: the training memory plan of a model from its config alone
 // (training/memory_plan.h), and the longest context that fits a memory budget.
 // Flags: one table per command (training/flags.h).
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -14,6 +17,8 @@
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "model/device.h"
+#include "model/load_model.h"
+#include "runtime/process_memory.h"
 #include "optim/adamw.h"
 #include "training/memory_plan.h"
 #include "tools/cli.h"
@@ -87,11 +92,13 @@ static int run_plan(int argc, char** argv) {
     source = model_dir;
   }
   const MemoryPlan plan = plan_memory(config, qlora, shape, device);
+  const HostPlan host = plan_host_memory(config, qlora, shape, device);
   const size_t budget = size_t(fit_gb * double(size_t(1) << 30));
   const int64_t fit = fit_gb > 0 ? longest_fitting_seq(config, qlora, shape, device, budget) : 0;
   if (as_json) {
     nlohmann::json j = {{"model", source}, {"device", device_flag}, {"batch", shape.batch}, {"seq", shape.seq},
-                        {"r", qlora.r}, {"total_bytes", plan.total()}};
+                        {"r", qlora.r}, {"total_bytes", plan.total()}, {"host_load_bytes", host.load},
+                        {"host_training_bytes", host.training}, {"host_peak_bytes", host.peak()}};
     for (size_t c = 0; c < plan.bytes.size(); ++c) j[str(mem_category_name(MemCategory(c)), "_bytes")] = plan.bytes[c];
     if (fit_gb > 0) {
       j["fit_gb"] = fit_gb;
@@ -106,6 +113,8 @@ static int run_plan(int argc, char** argv) {
          join(qlora.targets).c_str(), qlora.checkpointing ? "gradient checkpointing" : "no checkpointing",
          device == Device::CUDA ? "paged AdamW" : "AdamW");
   printf("%s\n", plan.table().c_str());
+  printf("host memory (planned peak %s, beyond the program, tokenizer and data): load %s, training %s\n",
+         format_bytes(host.peak()).c_str(), format_bytes(host.load).c_str(), format_bytes(host.training).c_str());
   if (fit_gb > 0) {
     if (fit == 0) {
       printf("not even one token fits in %g GiB\n", fit_gb);
@@ -122,6 +131,56 @@ static int run_plan(int argc, char** argv) {
     printf("(the plan counts allocated tensors; the CUDA context, cuBLAS workspace and the caching\n"
            " allocator's rounding come on top: keep ~1-2 GiB spare)\n");
   }
+  return 0;
+}
+
+// ./inspect load --model DIR: the load ./train does (load_model with
+// WeightLoad::qlora: each projection NF4 as it is read), timed, with the process's
+// peak RSS beside the host plan's load term. argv[0] is "load".
+static int run_load(int argc, char** argv) {
+  std::string model_dir, device_flag = "cpu";
+  bool no_quant = false, as_json = false;
+  FlagTable t(
+      "usage: ./inspect load --model DIR [--for cpu|cuda] [--json]\n"
+      "Loads a model as ./train does (NF4 projections quantized while reading, the\n"
+      "embeddings in the dtype of the device the run is for), then prints the load time,\n"
+      "the bytes it holds and the peak resident memory beside the planned one. Nothing\n"
+      "runs on a GPU: --for cuda loads the host side of a GPU run.\n",
+      "./inspect load --help");
+  t.add("model", &model_dir, "a HF model folder or a .gguf file", "DIR");
+  t.add("for", &device_flag, "cpu or cuda: the device whose dtypes the load produces", "DEVICE");
+  t.add("no-quant", &no_quant, "dense f32 projections instead of NF4");
+  t.add("json", &as_json, "one JSON line instead of text (scripts)");
+  if (!t.parse(argc, argv)) return 0;  // --help
+  NQ_CHECK(!model_dir.empty(), "give --model DIR (see ./inspect load --help)");
+  NQ_CHECK(device_flag == "cpu" || device_flag == "cuda", "--for: expected cpu or cuda, got \"", device_flag, "\"");
+  const Device device = device_flag == "cuda" ? Device::CUDA : Device::CPU;
+  const size_t rss_before = current_rss_bytes();
+  const auto t0 = std::chrono::steady_clock::now();
+  const LoadedModel loaded = load_model(model_dir, WeightLoad::qlora(!no_quant, device));
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  size_t nf4 = 0, dense = 0;
+  for (const auto& [name, w] : loaded.nf4)
+    for (const Tensor* part : {&w->packed, &w->absmax, &w->nested_absmax, &w->nested_code})
+      if (part->defined()) nf4 += part->nbytes();
+  for (const auto& [name, w] : loaded.weights) dense += w.nbytes();
+  QloraShape qlora;
+  qlora.nf4_base = !no_quant;
+  const HostPlan host = plan_host_memory(loaded.config, qlora, TrainShape{}, device);
+  const size_t peak = peak_rss_bytes();
+  if (as_json) {
+    const nlohmann::json j = {{"model", model_dir}, {"for", device_flag}, {"load_s", load_s}, {"nf4_bytes", nf4},
+                              {"dense_bytes", dense}, {"rss_before_bytes", rss_before}, {"peak_rss_bytes", peak},
+                              {"planned_load_bytes", host.load}};
+    printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  printf("%s: %s\n", model_dir.c_str(), loaded.config.summary().c_str());
+  printf("loaded for %s in %.2f s: NF4 projections %s, dense tensors %s\n", device_flag.c_str(), load_s,
+         format_bytes(nf4).c_str(), format_bytes(dense).c_str());
+  printf("peak RSS %s = %s at start + %s; planned load %s (x%.2f)\n", format_bytes(peak).c_str(),
+         format_bytes(rss_before).c_str(), format_bytes(peak - std::min(peak, rss_before)).c_str(),
+         format_bytes(host.load).c_str(), host.load ? double(peak - std::min(peak, rss_before)) / double(host.load) : 0.0);
   return 0;
 }
 
@@ -177,7 +236,9 @@ static int run_file(int argc, char** argv) {
   FlagTable t(
       "usage: ./inspect [--tensors] FILE\n"
       "       ./inspect plan (--preset NAME | --model DIR) [--seq T] [--batch B] [--fit-gb G] ...\n"
-      "  plan                        the memory a QLoRA training step will take (./inspect plan --help)\n");
+      "       ./inspect load --model DIR [--for cpu|cuda] [--json]\n"
+      "  plan                        the memory a QLoRA training step will take (./inspect plan --help)\n"
+      "  load                        load a model as ./train does: time, bytes, peak RSS (./inspect load --help)\n");
   t.positionals("FILE",  &paths,
                 "a .gguf file, a .safetensors file, or a directory holding\n"
                 "model.safetensors or model.safetensors.index.json + shards");
@@ -193,6 +254,7 @@ static int run_file(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "load") return cli::run_main([&] { return run_load(argc - 1, argv + 1); });
   if (argc > 1 && std::string(argv[1]) == "plan") return cli::run_main([&] { return run_plan(argc - 1, argv + 1); });
   return cli::run_main([&] { return run_file(argc, argv); });
 }

@@ -6,6 +6,7 @@
 
 #include "kernels/kernels.h"
 #include "model/adapters.h"
+#include "model/weights.h"
 
 namespace nq {
 
@@ -173,6 +174,34 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
     ++adapters;
   }
   return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.nf4_base, qlora.checkpointing, shape, gpu);
+}
+
+HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device) {
+  const size_t file_elem_bytes = config.torch_dtype == "float32" ? 4 : 2;
+  const MemoryPlan step = plan_memory(config, qlora, shape, device);
+  // The loader reads the tensors in parameter_specs order (model/weights.h read_weights),
+  // each one's mapped pages resident until it is converted, then released: the load
+  // peaks at max over tensors i of (everything handed over up to and including i) +
+  // tensor i's bytes in the file.
+  HostPlan host;
+  size_t held = 0;
+  for (const ParamSpec& spec : parameter_specs(config)) {
+    const size_t n = size_t(spec.shape.numel());
+    // WeightLoad::qlora(nf4_base, device): the dtypes the loader hands over.
+    if (is_projection_weight(spec.name)) {
+      held += qlora.nf4_base ? nf4_bytes(spec.shape[0], spec.shape[1], qlora.blocksize, true) : 4 * n;
+    } else {
+      held += is_embedding_weight(spec.name) && device == Device::CUDA ? 2 * n : 4 * n;
+    }
+    host.load = std::max(host.load, held + n * file_elem_bytes);
+  }
+  if (device == Device::CPU) {
+    host.training = step.total();
+  } else {
+    // The plan's lora term is A and B in f32; paged AdamW keeps m and v of each in host memory.
+    host.training = shape.paged_optimizer ? 2 * step[MemCategory::LoRA] : 0;
+  }
+  return host;
 }
 
 int64_t longest_fitting_seq(const ModelConfig& config, const QloraShape& qlora, TrainShape shape, Device device,

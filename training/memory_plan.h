@@ -81,6 +81,25 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
 // absmax (u8 codes with double quant, else f32), nested absmax and code (double quant).
 size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant);
 
+// Host memory (the process's resident set) of a run, beyond the process itself
+// (program, libraries, tokenizer, data: measured by ./train at its start, not planned):
+//   load      the weights as the loader hands them over (model/weights.h WeightLoad::qlora:
+//             NF4 projections, the embeddings in the device's dtype, f32 norms; f32
+//             projections for a dense base), and the mapped pages of the tensor being
+//             read (in the file's dtype, released once it is converted): the maximum over
+//             the tensors, in load order, of what is held by then plus that tensor's bytes
+//   training  CPU: the step's planned total (every tensor lives on the host);
+//             GPU: paged AdamW's m and v in pinned host memory (2 x lora), or nothing
+//             when the states live on the GPU; the model is on the device by then.
+// peak = max(load, training). The CUDA driver's own host memory (hundreds of MiB) is
+// not in it.
+struct HostPlan {
+  size_t load = 0, training = 0;
+  size_t peak() const { return load > training ? load : training; }
+};
+// The file's dtype is the config's torch_dtype (4 bytes for float32, else 2).
+HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device);
+
 // The longest T (batch 1, other settings as given) whose planned total is at most
 // `budget` bytes; 0 when not even T = 1 fits. The plan grows with T, so a bisection.
 int64_t longest_fitting_seq(const ModelConfig& config, const QloraShape& qlora, TrainShape shape, Device device,

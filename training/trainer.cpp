@@ -22,6 +22,7 @@
 #include "model/adapters.h"
 #include "model/device.h"
 #include "model/load_model.h"
+#include "runtime/process_memory.h"
 #include "training/memory_plan.h"
 #include "model/tokenizer.h"
 #include "optim/accumulation.h"
@@ -206,6 +207,15 @@ std::string memory_line(const MemoryPlan& plan, const MemStats& measured, const 
   return s;
 }
 
+// Host memory after step 1: the process's peak resident set (the load included) beside
+// the host plan.
+std::string host_memory_line(size_t planned, size_t peak_rss, int64_t step) {
+  char r[32];
+  std::snprintf(r, sizeof r, "%.2f", planned ? double(peak_rss) / double(planned) : 0.0);
+  return str("host memory: peak RSS ", format_bytes(peak_rss), " after step ", step, ", ", format_bytes(planned),
+             " planned (x", r, ")");
+}
+
 // The end of a run: the losses and where everything went, each under its own name.
 std::string run_summary(const TrainConfig& cfg, const TrainResult& r, double elapsed_s, int64_t run_tokens,
                         const std::string& metrics_path, const std::string& curves_path) {
@@ -270,6 +280,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
   auto t_load = Clock::now();
+  const size_t rss_at_start = current_rss_bytes();  // the program and its libraries (runtime/process_memory.h)
   // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat; each projection NF4 as it is read.
   LoadedModel loaded = load_model(cfg.model, WeightLoad::qlora(!cfg.no_quant, device));
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
@@ -360,6 +371,16 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
       << format_bytes(plan.total()) << " for micro-batches of " << shape.batch << " x " << shape.seq << " tokens"
       << (cfg.verbose ? "" : " (--verbose: the plan's table)") << "\n";
   if (cfg.verbose) log << plan.table() << "\n";
+  QloraShape qlora_shape;
+  qlora_shape.r = cfg.r;
+  qlora_shape.targets = cfg.targets;
+  qlora_shape.nf4_base = !cfg.no_quant;
+  qlora_shape.checkpointing = dopt.checkpointing;
+  const HostPlan host = plan_host_memory(model.config(), qlora_shape, shape, device);
+  const size_t host_planned = rss_at_start + host.peak();
+  log << "host memory: planned peak " << format_bytes(host_planned) << " = the process at start "
+      << format_bytes(rss_at_start) << " + max(load " << format_bytes(host.load) << ", training "
+      << format_bytes(host.training) << ")" << (device == Device::CUDA ? " + the CUDA driver's own" : "") << "\n";
   log << run_description(cfg, total_steps, state.step, schedule, loader, int64_t(data.train_subset.size())) << "\n";
 
   // ---- loop
@@ -420,6 +441,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
     if (step == first_step) {
       if (cfg.verbose) log << plan.compare(mem) << "\n";
       log << memory_line(plan, mem, shape, step, first_rows, first_cols) << "\n";
+      log << host_memory_line(host_planned, peak_rss_bytes(), step) << "\n";
     }
     if (!cfg.no_progress) {
       const double elapsed = seconds_since(t_start);
