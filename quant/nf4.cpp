@@ -191,8 +191,12 @@ struct Nf4Bounds {
   Nf4Bounds() {
     for (int i = 0; i < 15; ++i) mid[i] = (kNf4Code[i] + kNf4Code[i + 1]) / 2.0f;
   }
+  // Counted rather than searched (std::lower_bound's count): no branches, so the
+  // compiler vectorizes the loop over a block that calls it.
   uint8_t index(float v) const {
-    return uint8_t(std::lower_bound(mid.begin(), mid.end(), v) - mid.begin());
+    int below = 0;
+    for (int k = 0; k < 15; ++k) below += mid[k] < v;
+    return uint8_t(below);
   }
 };
 }  // namespace
@@ -229,35 +233,46 @@ Nf4Tensor quantize_nf4_from(At at, int64_t out, int64_t in, int64_t blocksize, b
   q.blocksize = blocksize;
   q.double_quant = double_quant;
   const int64_t n = q.numel(), nb = q.n_blocks();
-  int64_t first_bad = n;  // the first non-finite element, found in parallel
-#pragma omp parallel for reduction(min : first_bad) if (n > (1 << 16))
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(at(i)) && i < first_bad) first_bad = i;
-  NQ_CHECK(first_bad == n, "quantize_nf4: tensor '", name, "' [", out, ", ", in, "] has a non-finite value (",
-           at(first_bad), ") at row ", first_bad / in, ", column ", first_bad % in);
 
-  // Pass 1: per-block absmax and the 4-bit codes, packed two per byte as they are
-  // made (blocksize is even, so a block owns whole bytes).
+  // One pass over the weight, block by block (in parallel): each block widened once into
+  // a local buffer, its absmax, its 4-bit codes packed two per byte (blocksize is even, so
+  // a block owns whole bytes), and the first non-finite element, if any, remembered.
   std::vector<float> amax(nb);
   q.packed = Tensor::empty({(n + 1) / 2}, DType::U8, Device::CPU, MemCategory::Weights);
   uint8_t* packed = q.packed.data<uint8_t>();
   static const Nf4Bounds bounds;
   const float tiny = static_cast<float>(1e-38);  // bnb: absmax.clamp(min=1e-38)
-#pragma omp parallel for if (nb > 1024)
+  int64_t first_bad = n;
+#pragma omp parallel for reduction(min : first_bad) if (nb > 1024)
   for (int64_t b = 0; b < nb; ++b) {
-    const int64_t begin = b * blocksize, end = std::min(n, begin + blocksize);
+    const int64_t begin = b * blocksize, len = std::min(n, begin + blocksize) - begin;
+    float v[4096];     // the block, widened (blocksize <= 4096)
+    uint8_t c[4096 + 1];  // its codes; an odd numel pads the last low nibble with 7, the code of 0
     float m = 0.0f;
-    for (int64_t i = begin; i < end; ++i) m = std::max(m, std::fabs(at(i)));
+    bool finite = true;
+    for (int64_t i = 0; i < len; ++i) {
+      v[i] = at(begin + i);
+      finite &= std::isfinite(v[i]);
+      m = std::max(m, std::fabs(v[i]));
+    }
+    if (!finite) {
+      for (int64_t i = 0; i < len; ++i)
+        if (!std::isfinite(v[i])) { first_bad = std::min(first_bad, begin + i); break; }
+      continue;
+    }
     amax[b] = m;
     const float divisor = std::max(m, tiny);
-    const bool full = end - begin == blocksize;  // full block: multiply by the reciprocal; the last partial: divide
     const float inv = 1.0f / divisor;
-    auto code = [&](int64_t i) -> uint8_t {
-      if (i >= end) return 7;  // an odd numel pads the last low nibble with the code of 0
-      return bounds.index(std::clamp(full ? at(i) * inv : at(i) / divisor, -1.0f, 1.0f));
-    };
-    for (int64_t i = begin; i < end; i += 2) packed[i / 2] = uint8_t(code(i) << 4 | code(i + 1));
+    if (len == blocksize) {  // a full block multiplies by the reciprocal; the last partial one divides
+      for (int64_t i = 0; i < len; ++i) c[i] = bounds.index(std::clamp(v[i] * inv, -1.0f, 1.0f));
+    } else {
+      for (int64_t i = 0; i < len; ++i) c[i] = bounds.index(std::clamp(v[i] / divisor, -1.0f, 1.0f));
+    }
+    c[len] = 7;
+    for (int64_t i = 0; i < len; i += 2) packed[(begin + i) / 2] = uint8_t(c[i] << 4 | c[i + 1]);
   }
+  NQ_CHECK(first_bad == n, "quantize_nf4: tensor '", name, "' [", out, ", ", in, "] has a non-finite value (",
+           at(first_bad), ") at row ", first_bad / in, ", column ", first_bad % in);
 
   if (!double_quant) {
     q.absmax = Tensor::empty({nb}, DType::F32, Device::CPU, MemCategory::Weights);
