@@ -280,7 +280,6 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
   auto t_load = Clock::now();
-  const size_t rss_at_start = current_rss_bytes();  // the program and its libraries (runtime/process_memory.h)
   // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat; each projection NF4 as it is read.
   LoadedModel loaded = load_model(cfg.model, WeightLoad::qlora(!cfg.no_quant, device));
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
@@ -289,6 +288,10 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   // a dense model's start: an encoding error costs seconds. Stateless: no RNG is drawn.
   std::ostringstream encode_notes;
   TrainData data = load_train_data(cfg, tok, encode_options(cfg, loaded, encode_notes));
+  // The process besides its tensors: the program, its libraries, the tokenizer and the
+  // tokenized data (resident memory minus the host allocator's bytes, runtime/process_memory.h).
+  const size_t rss = current_rss_bytes(), host_tensors = allocator_for(Device::CPU).stats().current_total;
+  const size_t process_bytes = rss - std::min(rss, host_tensors);
   Decoder model = build_decoder(loaded, dopt, /*nf4_base=*/!cfg.no_quant);  // a 4-bit checkpoint's NF4 as stored
   AdapterConfig adapter;
   adapter.lora = {cfg.r, float(cfg.alpha), float(cfg.dropout), cfg.rslora};
@@ -377,9 +380,9 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   qlora_shape.nf4_base = !cfg.no_quant;
   qlora_shape.checkpointing = dopt.checkpointing;
   const HostPlan host = plan_host_memory(model.config(), qlora_shape, shape, device);
-  const size_t host_planned = rss_at_start + host.peak();
-  log << "host memory: planned peak " << format_bytes(host_planned) << " = the process at start "
-      << format_bytes(rss_at_start) << " + max(load " << format_bytes(host.load) << ", training "
+  const size_t host_planned = process_bytes + host.peak();
+  log << "host memory: planned peak " << format_bytes(host_planned) << " = the program, tokenizer and data "
+      << format_bytes(process_bytes) << " + max(load " << format_bytes(host.load) << ", training "
       << format_bytes(host.training) << ")" << (device == Device::CUDA ? " + the CUDA driver's own" : "") << "\n";
   log << run_description(cfg, total_steps, state.step, schedule, loader, int64_t(data.train_subset.size())) << "\n";
 
