@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/rope_table.h"
+
 namespace nq {
 
 struct ModelConfig {
@@ -25,6 +27,7 @@ struct ModelConfig {
   int64_t head_dim = 0;            // Dh
   int64_t vocab_size = 0;          // V
   float rope_theta = 10000.0f;
+  RopeScaling rope_scaling;        // linear / yarn context extension; type "default" = none
   float rms_norm_eps = 1e-6f;
   bool tie_word_embeddings = false;  // lm_head.weight is embed_tokens.weight
   bool attention_bias = false;       // q/k/v/o projections carry a bias
