@@ -1,6 +1,7 @@
 // config.json parsing, validation and the Qwen3 presets (see config.h).
 #include "model/config.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -29,7 +30,7 @@ constexpr int64_t kMaxHeadDim = 4096;
 constexpr int64_t kMaxVocab = 1 << 22;
 constexpr int64_t kMaxPositions = int64_t(1) << 32;
 // RoPE scaling factors (and YaRN's betas and mscales): published ones are 2 to 40.
-constexpr double kMaxRopeFactor = 1 << 20;
+constexpr double kMaxRopeFactor = 1024;
 
 // eos_token_id is an int, a list of ints, or null.
 std::vector<int32_t> eos_ids(const JsonIn& j, int64_t vocab) {
@@ -240,6 +241,53 @@ std::string ModelConfig::to_hf_json() const {
   else if (eos_token_ids.empty()) j["eos_token_id"] = nullptr;
   else j["eos_token_id"] = eos_token_ids;
   return j.dump(2) + "\n";
+}
+
+RopeScaling parse_rope_scaling_spec(const std::string& spec, int64_t max_position_embeddings) {
+  const std::string flag = "--rope-scaling " + spec;
+  std::vector<std::string> parts;
+  for (size_t at = 0;;) {
+    const size_t colon = spec.find(':', at);
+    parts.push_back(spec.substr(at, colon == std::string::npos ? std::string::npos : colon - at));
+    if (colon == std::string::npos) break;
+    at = colon + 1;
+  }
+  const bool yarn = parts[0] == "yarn";
+  NQ_CHECK((yarn && (parts.size() == 2 || parts.size() == 3)) || (parts[0] == "linear" && parts.size() == 2), flag,
+           ": expected yarn:FACTOR, yarn:FACTOR:ORIGINAL_WINDOW or linear:FACTOR");
+  auto number = [&](const std::string& text, const char* what) {
+    char* end = nullptr;
+    const double v = text.empty() ? 0 : std::strtod(text.c_str(), &end);
+    NQ_CHECK(!text.empty() && end == text.c_str() + text.size() && std::isfinite(v), flag, ": the ", what,
+             " must be a number, got '", text, "'");
+    return v;
+  };
+  RopeScaling s;
+  s.type = parts[0];
+  s.factor = number(parts[1], "factor");
+  NQ_CHECK(s.factor >= 1 && s.factor <= kMaxRopeFactor, flag, ": the factor must be in [1, ", kMaxRopeFactor, "]");
+  if (yarn) {
+    const double window = parts.size() == 3 ? number(parts[2], "original window") : double(max_position_embeddings);
+    NQ_CHECK(window >= 1 && window <= double(kMaxPositions) && window == std::floor(window), flag,
+             ": the original window must be a whole number of positions in [1, ", kMaxPositions, "]");
+    s.original_max_position_embeddings = int64_t(window);
+  }
+  s.check(flag);
+  return s;
+}
+
+void ModelConfig::apply_rope_scaling_flag(const std::string& spec) {
+  if (spec.empty()) return;
+  const RopeScaling wanted = parse_rope_scaling_spec(spec, max_position_embeddings);
+  if (!rope_scaling.scaled()) {
+    rope_scaling = wanted;
+    return;
+  }
+  // The config's own may carry yarn's optional keys: the flag agrees when type, factor and window do.
+  const bool same = rope_scaling.type == wanted.type && rope_scaling.factor == wanted.factor &&
+                    rope_scaling.original_max_position_embeddings == wanted.original_max_position_embeddings;
+  NQ_CHECK(same, "--rope-scaling ", spec, " asks for ", wanted.describe(), " but the model's config already has ",
+           rope_scaling.describe(), "; leave the flag out to use it");
 }
 
 std::vector<std::string> ModelConfig::preset_names() { return {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"}; }

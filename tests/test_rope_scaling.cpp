@@ -9,14 +9,19 @@
 #include <filesystem>
 #include <fstream>
 
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/rope_table.h"
 #include "model/config.h"
 #include "model/decoder.h"
+#include "model/gguf_export.h"
+#include "model/load_model.h"
+#include "model/merge.h"
 #include "tests/fixture_compare.h"
 #include "tests/temp_dir.h"
 #include "training/batch.h"
+#include "training/train_config.h"
 
 using namespace nq;
 namespace fs = std::filesystem;
@@ -191,7 +196,7 @@ TEST_CASE("rope scaling: unsupported or malformed values are one-line errors") {
   CHECK(error(R"(, "rope_scaling": {"type": "yarn", "factor": "4"})") ==
         "cfg.json: \"rope_scaling.factor\" must be a number, got a string (\"4\")");
   CHECK(error(R"(, "rope_scaling": {"type": "linear", "factor": 0.5})") ==
-        "cfg.json: \"rope_scaling.factor\" = 0.5 is outside [1, 1.04858e+06]");
+        "cfg.json: \"rope_scaling.factor\" = 0.5 is outside [1, 1024]");
   CHECK(error(R"(, "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 0})") ==
         "cfg.json: \"rope_scaling.original_max_position_embeddings\" = 0 is outside [1, 4294967296]");
   CHECK(error(R"(, "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 8.5})") ==
@@ -201,7 +206,7 @@ TEST_CASE("rope scaling: unsupported or malformed values are one-line errors") {
   CHECK(error(R"(, "rope_scaling": {"type": "yarn", "factor": 4, "beta_fast": 1, "beta_slow": 2})") ==
         "cfg.json: \"rope_scaling\": beta_fast (1) must be >= beta_slow (2)");
   CHECK(error(R"(, "rope_scaling": {"type": "yarn", "factor": 4, "mscale": -1})") ==
-        "cfg.json: \"rope_scaling.mscale\" = -1 is outside [0, 1.04858e+06]");
+        "cfg.json: \"rope_scaling.mscale\" = -1 is outside [0, 1024]");
   CHECK(error(R"(, "rope_scaling": {"type": "yarn", "factor": 4, "truncate": 1})") ==
         "cfg.json: \"rope_scaling.truncate\" must be true or false, got an integer (1)");
   CHECK(error(R"(, "rope_scaling": [1])") == "cfg.json: \"rope_scaling\" must be an object, got an array");
@@ -209,4 +214,96 @@ TEST_CASE("rope scaling: unsupported or malformed values are one-line errors") {
         "cfg.json: \"rope_parameters.partial_rotary_factor\" is 0.5; partial RoPE is not implemented");
   CHECK(error(R"(, "rope_parameters": {"rope_type": "default"}, "rope_scaling": {"type": "linear", "factor": 2})") ==
         "cfg.json: both rope_parameters and rope_scaling are set; give one (transformers 5 writes rope_parameters)");
+}
+
+TEST_CASE("rope scaling: --rope-scaling switches it on; written into the merged config.json and GGUF, read back") {
+  const std::string base = "tests/fixtures/model/qwen3_tied";
+  LoadedModel hf = load_model(base);
+  REQUIRE_FALSE(hf.config.rope_scaling.scaled());
+  const Tensor ids = Tensor::from_ids({5, 9, 17, 3, 44, 2, 8}, Shape{1, 7});
+  const Tensor plain = Decoder(hf.config, hf.weights).logits(batch_of(ids));
+  hf.config.apply_rope_scaling_flag("yarn:4:32");
+  const RopeScaling& s = hf.config.rope_scaling;
+  CHECK(s.describe() == "yarn (factor 4, original window 32)");
+  const Tensor scaled = Decoder(hf.config, hf.weights).logits(batch_of(ids));
+  CHECK(max_abs_diff(scaled, plain) > 0);  // the attention scaling changes even the first positions
+
+  // The flag again, the same: kept; another: refused, naming both.
+  CHECK_NOTHROW(hf.config.apply_rope_scaling_flag("yarn:4:32"));
+  CHECK_THROWS_WITH_AS(hf.config.apply_rope_scaling_flag("linear:2"),
+                       "--rope-scaling linear:2 asks for linear (factor 2) but the model's config already has yarn "
+                       "(factor 4, original window 32); leave the flag out to use it",
+                       Error);
+  ModelConfig window_default = ModelConfig::preset("qwen3-8b");
+  window_default.apply_rope_scaling_flag("yarn:4");
+  CHECK(window_default.rope_scaling.original_max_position_embeddings == 40960);  // max_position_embeddings
+
+  TempDir dir;
+  // GGUF: llama.cpp's keys (convert_hf_to_gguf's Qwen2Model writes these three), read back.
+  write_merged_gguf(dir / "m.gguf", hf.config, hf.weights, gguf_source_metadata(base, hf.config), "f32");
+  GGUFFile f = GGUFFile::open(dir / "m.gguf");
+  CHECK(f.get_string("qwen3.rope.scaling.type") == "yarn");
+  CHECK(f.get_f64("qwen3.rope.scaling.factor") == 4.0);
+  CHECK(f.get_i64("qwen3.rope.scaling.original_context_length") == 32);
+  LoadedModel g = load_model(dir / "m.gguf");
+  CHECK(g.config.rope_scaling == s);
+  CHECK(max_abs_diff(Decoder(g.config, g.weights).logits(batch_of(ids)), scaled) == 0);
+  ModelConfig unmapped = hf.config;
+  unmapped.rope_scaling.attention_factor = 1.5;
+  CHECK_THROWS_WITH_AS(write_merged_gguf(dir / "u.gguf", unmapped, hf.weights, gguf_source_metadata(base, hf.config),
+                                         "f32"),
+                       "GGUF export: RoPE scaling yarn (factor 4, original window 32) sets truncate, mscale or "
+                       "attention_factor, which llama.cpp's GGUF keys do not carry",
+                       Error);
+  // ./merge's folder: transformers 5's rope_parameters, no hub rope_scaling; the same logits back.
+  Decoder model = build_decoder(hf, {}, false);  // takes hf's weights
+  save_merged_model(dir / "hf", model, base, DType::F32);
+  const nlohmann::json written = test::read_json(dir / "hf/config.json");
+  CHECK(written["rope_parameters"]["rope_type"] == "yarn");
+  CHECK(written["rope_parameters"]["original_max_position_embeddings"] == 32);
+  CHECK_FALSE(written.contains("rope_scaling"));
+  LoadedModel back = load_model(dir / "hf");
+  CHECK(back.config.rope_scaling == s);
+  CHECK(max_abs_diff(Decoder(back.config, back.weights).logits(batch_of(ids)), scaled) == 0);
+
+}
+
+TEST_CASE("rope scaling: --rope-scaling values and the train config's key") {
+  CHECK(parse_rope_scaling_spec("linear:2.5", 100).factor == 2.5);
+  CHECK(parse_rope_scaling_spec("yarn:4", 100).original_max_position_embeddings == 100);
+  auto error = [](const std::string& spec) {
+    try {
+      parse_rope_scaling_spec(spec, 100);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(error("yarn") == "--rope-scaling yarn: expected yarn:FACTOR, yarn:FACTOR:ORIGINAL_WINDOW or linear:FACTOR");
+  CHECK(error("dynamic:2") ==
+        "--rope-scaling dynamic:2: expected yarn:FACTOR, yarn:FACTOR:ORIGINAL_WINDOW or linear:FACTOR");
+  CHECK(error("linear:2:8") ==
+        "--rope-scaling linear:2:8: expected yarn:FACTOR, yarn:FACTOR:ORIGINAL_WINDOW or linear:FACTOR");
+  CHECK(error("yarn:four") == "--rope-scaling yarn:four: the factor must be a number, got 'four'");
+  CHECK(error("yarn:0.5") == "--rope-scaling yarn:0.5: the factor must be in [1, 1024]");
+  CHECK(error("yarn:4:") == "--rope-scaling yarn:4:: the original window must be a number, got ''");
+  CHECK(error("yarn:4:16.5") ==
+        "--rope-scaling yarn:4:16.5: the original window must be a whole number of positions in [1, 4294967296]");
+
+  // ./train's flag: JSON key rope_scaling (--config, the checkpoint's copy), checked before the model loads,
+  // and a change of it is a change of the run's losses (no silent --resume across it).
+  TrainConfig cfg;
+  train_flags(cfg).apply_json(R"({"rope_scaling": "yarn:4:32768"})", "cfg.json");
+  CHECK(cfg.rope_scaling == "yarn:4:32768");
+  CHECK(nlohmann::json::parse(cfg.to_json())["rope_scaling"] == "yarn:4:32768");
+  TrainConfig other = cfg;
+  other.rope_scaling = "";
+  CHECK(cfg.trajectory_difference(other) == "rope_scaling");
+  cfg.model = "m";
+  cfg.data = "d";
+  CHECK_NOTHROW(cfg.validate());
+  cfg.rope_scaling = "yarn:x";
+  CHECK_THROWS_WITH_AS(cfg.validate(), "--rope-scaling yarn:x: the factor must be a number, got 'x'", Error);
+  EvalConfig eval;
+  CHECK(eval_flags(eval).find("rope-scaling") != nullptr);
 }
