@@ -42,7 +42,7 @@ std::vector<int32_t> eos_ids(const JsonIn& j, int64_t vocab) {
   return ids;
 }
 
-// RoPE, in either spelling (docs/formats.md, "config.json"):
+// RoPE, in either spelling (docs/formats.md, "config.json: RoPE and its scaling"):
 //   transformers >= 5:  "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4, ...}
 //   the hub, < 5:       "rope_theta": 1e6, "rope_scaling": {"rope_type" or "type": "yarn", "factor": 4, ...}
 // A rope_theta inside the object wins over the top-level one, as transformers'
