@@ -154,9 +154,9 @@ Var rmsnorm(const Var& x, const Var& w, float eps) {
   });
 }
 
-Var rope(const Var& x, const Tensor& positions, float theta) {
-  return record("rope", kernels::rope_forward(x.value(), positions, theta), {x}, [positions, theta](const Tensor& g) {
-    return std::vector<Tensor>{kernels::rope_backward(g, positions, theta)};
+Var rope(const Var& x, const Tensor& positions, const RopeTable& table) {
+  return record("rope", kernels::rope_forward(x.value(), positions, table), {x}, [positions, table](const Tensor& g) {
+    return std::vector<Tensor>{kernels::rope_backward(g, positions, table)};
   });
 }
 

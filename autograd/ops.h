@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "autograd/var.h"
+#include "kernels/rope_table.h"
 #include "quant/nf4.h"
 
 namespace nq {
@@ -24,7 +25,7 @@ Var add_bias(const Var& y, const Var& bias);  // y [..., out] + bias [out] (for 
 Var nf4_linear(const Var& x, std::shared_ptr<const Nf4Tensor> w);
 Var embedding(const Var& table, const Tensor& ids);
 Var rmsnorm(const Var& x, const Var& w, float eps);
-Var rope(const Var& x, const Tensor& positions, float theta);
+Var rope(const Var& x, const Tensor& positions, const RopeTable& table);
 Var swiglu(const Var& gate, const Var& up);
 Var attention(const Var& q, const Var& k, const Var& v, int64_t B, int64_t T, const Tensor& segment_ids = Tensor());
 Var dropout(const Var& x, float p);           // reserves its mask from the RNG stream; identity when p == 0

@@ -226,27 +226,29 @@ void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, co
 }
 
 // ---- RoPE -------------------------------------------------------------------
-static void check_rope(const char* op, const Tensor& x, const Tensor& positions) {
+static void check_rope(const char* op, const Tensor& x, const Tensor& positions, const RopeTable& table) {
   check_ndim(op, "x", x, 3);
   check_float(op, "x", x);
   NQ_CHECK(x.size(2) % 2 == 0, op, ": head_dim must be even, x is ", x.shape().str());
+  NQ_CHECK(int64_t(table.inv_freq.size()) == x.size(2) / 2, op, ": the RoPE table has ", table.inv_freq.size(),
+           " frequencies, x ", x.shape().str(), " needs head_dim / 2 = ", x.size(2) / 2);
   check_i32(op, "positions", positions, x.size(0));
   check_same_device(op, {&x, &positions});
 }
-Tensor rope_forward(const Tensor& x, const Tensor& positions, float theta) {
-  check_rope("rope_forward", x, positions);
-  if (x.device() == Device::CUDA) NQ_RUN_CUDA(rope_forward, x, positions, theta);
+Tensor rope_forward(const Tensor& x, const Tensor& positions, const RopeTable& table) {
+  check_rope("rope_forward", x, positions, table);
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(rope_forward, x, positions, table);
   Tensor y = Tensor::empty(x.shape());
-  cpu::rope_rotate(x.data<float>(), positions.data<int32_t>(), theta, +1, y.data<float>(), x.size(0), x.size(1),
-                   x.size(2));
+  cpu::rope_rotate(x.data<float>(), positions.data<int32_t>(), table.inv_freq.data(), table.attention_scaling, +1,
+                   y.data<float>(), x.size(0), x.size(1), x.size(2));
   return y;
 }
-Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, float theta) {
-  check_rope("rope_backward", grad_y, positions);
-  if (grad_y.device() == Device::CUDA) NQ_RUN_CUDA(rope_backward, grad_y, positions, theta);
+Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, const RopeTable& table) {
+  check_rope("rope_backward", grad_y, positions, table);
+  if (grad_y.device() == Device::CUDA) NQ_RUN_CUDA(rope_backward, grad_y, positions, table);
   Tensor grad_x = Tensor::empty(grad_y.shape());
-  cpu::rope_rotate(grad_y.data<float>(), positions.data<int32_t>(), theta, -1, grad_x.data<float>(), grad_y.size(0),
-                   grad_y.size(1), grad_y.size(2));
+  cpu::rope_rotate(grad_y.data<float>(), positions.data<int32_t>(), table.inv_freq.data(), table.attention_scaling,
+                   -1, grad_x.data<float>(), grad_y.size(0), grad_y.size(1), grad_y.size(2));
   return grad_x;
 }
 

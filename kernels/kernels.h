@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/adamw_math.h"
+#include "kernels/rope_table.h"
 #include "quant/nf4.h"
 #include "runtime/tensor.h"
 
@@ -57,11 +58,12 @@ void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, co
                       Tensor* grad_x, Tensor* grad_w);  // grad_w: summed over N; null = skip
 
 // ---- RoPE, rotate-half (NeoX) layout --------------------------------------
-// x [N, H, Dh], positions [N]. For i < Dh/2, angle = pos * theta^(-2i/Dh):
+// x [N, H, Dh], positions [N], the model's table (kernels/rope_table.h: inv_freq [Dh/2],
+// attention scaling s). For i < Dh/2, angle = pos * inv_freq_i, cos and sin times s:
 //   y[i] = x[i] cos - x[i+Dh/2] sin,  y[i+Dh/2] = x[i+Dh/2] cos + x[i] sin.
-// Backward is the rotation by -angle (inverse = transpose).
-Tensor rope_forward(const Tensor& x, const Tensor& positions, float theta);
-Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, float theta);
+// Backward is the transpose: the rotation by -angle, times s.
+Tensor rope_forward(const Tensor& x, const Tensor& positions, const RopeTable& table);
+Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, const RopeTable& table);
 
 // ---- SwiGLU: y = silu(gate) * up ------------------------------------------
 Tensor swiglu_forward(const Tensor& gate, const Tensor& up);

@@ -50,6 +50,7 @@ std::string describe_case(const Op& op, const Dims& d) {
   if (d.segments) out += str(" segments=", d.segments);
   if (d.theta != defaults.theta) out += str(" theta=", d.theta);
   if (d.max_position != defaults.max_position) out += str(" max_position=", d.max_position);
+  if (d.rope_scaling.scaled()) out += " rope=" + d.rope_scaling.describe();
   if (d.p != defaults.p) out += str(" p=", d.p);
   if (d.nf4_path) out += d.nf4_path == 1 ? " fused" : " dequantized";
   if (d.rank) out += str(" rank=", d.rank);

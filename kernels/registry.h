@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/rope_table.h"
 #include "runtime/tensor.h"
 
 namespace nq::kernels::registry {
@@ -41,6 +42,7 @@ struct Dims {
   int segments = 0;                      // attention: 0 none, 1 lengths 1, 2, 3, ..., 2 thirds of each row
   double theta = 1e6;                    // RoPE base
   int32_t max_position = 4096;           // RoPE positions drawn from [0, max_position)
+  RopeScaling rope_scaling;              // RoPE: linear / yarn table (default: unscaled)
   double p = 0.1;                        // dropout probability
   int nf4_path = 0;                      // NF4 matmuls: 0 Auto, 1 Fused, 2 Dequantized (Nf4MatmulPath)
   int64_t rank = 0;                      // low-rank (LoRA) term's r; 0: none

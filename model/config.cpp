@@ -1,6 +1,7 @@
 // config.json parsing, validation and the Qwen3 presets (see config.h).
 #include "model/config.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -28,6 +29,8 @@ constexpr int64_t kMaxHeads = 1024;
 constexpr int64_t kMaxHeadDim = 4096;
 constexpr int64_t kMaxVocab = 1 << 22;
 constexpr int64_t kMaxPositions = int64_t(1) << 32;
+// RoPE scaling factors (and YaRN's betas and mscales): published ones are 2 to 40.
+constexpr double kMaxRopeFactor = 1024;
 
 // eos_token_id is an int, a list of ints, or null.
 std::vector<int32_t> eos_ids(const JsonIn& j, int64_t vocab) {
@@ -37,6 +40,53 @@ std::vector<int32_t> eos_ids(const JsonIn& j, int64_t vocab) {
   std::vector<int32_t> ids;
   e->for_each_element([&](const JsonIn& id) { ids.push_back(int32_t(id.integer(0, vocab - 1))); });
   return ids;
+}
+
+// RoPE, in either spelling (docs/formats.md, "config.json: RoPE and its scaling"):
+//   transformers >= 5:  "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4, ...}
+//   the hub, < 5:       "rope_theta": 1e6, "rope_scaling": {"rope_type" or "type": "yarn", "factor": 4, ...}
+// A rope_theta inside the object wins over the top-level one, as transformers'
+// standardize_rope_params has it. Only the keys of the named type are read; yarn's
+// original window defaults to max_position_embeddings, its optional keys to
+// transformers' defaults (left unset, so to_hf_json writes back what it read).
+void read_rope(const JsonIn& j, ModelConfig& c) {
+  const double kMaxFloat = std::numeric_limits<float>::max();
+  c.rope_theta = float(j.number_or("rope_theta", 10000.0, -kMaxFloat, kMaxFloat));
+  auto params = j.find("rope_parameters"), scaling = j.find("rope_scaling");
+  NQ_CHECK(!(params && scaling), j.source(),
+           ": both rope_parameters and rope_scaling are set; give one (transformers 5 writes rope_parameters)");
+  const std::optional<JsonIn>& p = params ? params : scaling;
+  if (!p) return;
+  p->expect_object();
+  RopeScaling& s = c.rope_scaling;
+  const char* type_key = p->has("rope_type") || !p->has("type") ? "rope_type" : "type";
+  if (auto t = p->find(type_key)) {
+    s.type = t->string();
+    NQ_CHECK(s.type == "default" || s.type == "linear" || s.type == "yarn", t->where(), " \"", s.type,
+             "\" is not supported (default, linear, yarn)");
+  }
+  c.rope_theta = float(p->number_or("rope_theta", c.rope_theta, -kMaxFloat, kMaxFloat));
+  if (auto partial = p->find("partial_rotary_factor"))
+    NQ_CHECK(partial->number() == 1.0, partial->where(), " is ", partial->number(), "; partial RoPE is not implemented");
+  if (!s.scaled()) return;
+  s.factor = p->at("factor").number(1, kMaxRopeFactor);
+  if (s.type == "yarn") {
+    s.original_max_position_embeddings =
+        p->integer_or("original_max_position_embeddings", c.max_position_embeddings, 1, kMaxPositions);
+    auto optional_number = [&](const char* key, double lo) -> std::optional<double> {
+      if (auto v = p->find(key)) return v->number(lo, kMaxRopeFactor);
+      return std::nullopt;
+    };
+    s.beta_fast = optional_number("beta_fast", 0);
+    s.beta_slow = optional_number("beta_slow", 0);
+    s.mscale = optional_number("mscale", 0);
+    s.mscale_all_dim = optional_number("mscale_all_dim", 0);
+    s.attention_factor = optional_number("attention_factor", 0);
+    // transformers reads truncate with .get("truncate", True): null is falsy there, not absent.
+    const auto& raw = p->json();
+    if (raw.contains("truncate")) s.truncate = raw["truncate"].is_null() ? false : p->at("truncate").boolean();
+  }
+  s.check(p->where());
 }
 
 void validate(const ModelConfig& c, const std::string& source) {
@@ -58,6 +108,23 @@ json shortest(float f) {
   return json(std::strtod(buf, nullptr));
 }
 
+// transformers 5's "rope_parameters": the type, the base and the keys the type has, the
+// optional yarn ones only where they were given.
+json rope_parameters_json(float theta, const RopeScaling& s) {
+  json j = {{"rope_theta", shortest(theta)}, {"rope_type", s.type}};
+  if (!s.scaled()) return j;
+  j["factor"] = s.factor;
+  if (s.type != "yarn") return j;
+  j["original_max_position_embeddings"] = s.original_max_position_embeddings;
+  const std::pair<const char*, const std::optional<double>*> optional[] = {
+      {"beta_fast", &s.beta_fast}, {"beta_slow", &s.beta_slow}, {"mscale", &s.mscale},
+      {"mscale_all_dim", &s.mscale_all_dim}, {"attention_factor", &s.attention_factor}};
+  for (const auto& [key, value] : optional)
+    if (*value) j[key] = **value;
+  if (s.truncate) j["truncate"] = *s.truncate;
+  return j;
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const std::string& text, const std::string& source) {
@@ -77,8 +144,6 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   NQ_CHECK(!j.boolean_or("mlp_bias", false), source, ": mlp_bias is true; MLP biases are not implemented");
   std::string act = j.string_or("hidden_act", "silu");
   NQ_CHECK(act == "silu", source, ": hidden_act \"", act, "\" is not supported (silu)");
-  NQ_CHECK(!j.has("rope_scaling"), source,
-           ": rope_scaling is set; RoPE scaling (linear, dynamic, yarn, llama3) is not implemented");
 
   c.hidden_size = j.at("hidden_size").integer(1, kMaxHidden);
   c.intermediate_size = j.at("intermediate_size").integer(1, kMaxIntermediate);
@@ -100,15 +165,7 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.bos_token_id = int32_t(j.integer_or("bos_token_id", -1, -1, c.vocab_size - 1));
   c.eos_token_ids = eos_ids(j, c.vocab_size);
 
-  // RoPE base: top-level "rope_theta" (transformers < 5) or "rope_parameters" (>= 5).
-  c.rope_theta = float(j.number_or("rope_theta", 10000.0, -kMaxFloat, kMaxFloat));
-  if (auto params = j.find("rope_parameters")) {
-    params->expect_object();
-    std::string type = params->string_or("rope_type", "default");
-    NQ_CHECK(type == "default", source, ": rope_parameters.rope_type \"", type,
-             "\" is not supported; only unscaled (default) RoPE is implemented");
-    c.rope_theta = float(params->number_or("rope_theta", c.rope_theta, -kMaxFloat, kMaxFloat));
-  }
+  read_rope(j, c);
   validate(c, source);
   return c;
 }
@@ -169,7 +226,7 @@ std::string ModelConfig::to_hf_json() const {
             {"vocab_size", vocab_size},
             {"hidden_act", "silu"},
             {"rms_norm_eps", shortest(rms_norm_eps)},
-            {"rope_parameters", {{"rope_theta", shortest(rope_theta)}, {"rope_type", "default"}}},
+            {"rope_parameters", rope_parameters_json(rope_theta, rope_scaling)},
             {"tie_word_embeddings", tie_word_embeddings},
             {"attention_bias", attention_bias},
             {"attention_dropout", 0.0},
@@ -186,6 +243,53 @@ std::string ModelConfig::to_hf_json() const {
   return j.dump(2) + "\n";
 }
 
+RopeScaling parse_rope_scaling_spec(const std::string& spec, int64_t max_position_embeddings) {
+  const std::string flag = "--rope-scaling " + spec;
+  std::vector<std::string> parts;
+  for (size_t at = 0;;) {
+    const size_t colon = spec.find(':', at);
+    parts.push_back(spec.substr(at, colon == std::string::npos ? std::string::npos : colon - at));
+    if (colon == std::string::npos) break;
+    at = colon + 1;
+  }
+  const bool yarn = parts[0] == "yarn";
+  NQ_CHECK((yarn && (parts.size() == 2 || parts.size() == 3)) || (parts[0] == "linear" && parts.size() == 2), flag,
+           ": expected yarn:FACTOR, yarn:FACTOR:ORIGINAL_WINDOW or linear:FACTOR");
+  auto number = [&](const std::string& text, const char* what) {
+    char* end = nullptr;
+    const double v = text.empty() ? 0 : std::strtod(text.c_str(), &end);
+    NQ_CHECK(!text.empty() && end == text.c_str() + text.size() && std::isfinite(v), flag, ": the ", what,
+             " must be a number, got '", text, "'");
+    return v;
+  };
+  RopeScaling s;
+  s.type = parts[0];
+  s.factor = number(parts[1], "factor");
+  NQ_CHECK(s.factor >= 1 && s.factor <= kMaxRopeFactor, flag, ": the factor must be in [1, ", kMaxRopeFactor, "]");
+  if (yarn) {
+    const double window = parts.size() == 3 ? number(parts[2], "original window") : double(max_position_embeddings);
+    NQ_CHECK(window >= 1 && window <= double(kMaxPositions) && window == std::floor(window), flag,
+             ": the original window must be a whole number of positions in [1, ", kMaxPositions, "]");
+    s.original_max_position_embeddings = int64_t(window);
+  }
+  s.check(flag);
+  return s;
+}
+
+void ModelConfig::apply_rope_scaling_flag(const std::string& spec) {
+  if (spec.empty()) return;
+  const RopeScaling wanted = parse_rope_scaling_spec(spec, max_position_embeddings);
+  if (!rope_scaling.scaled()) {
+    rope_scaling = wanted;
+    return;
+  }
+  // The config's own may carry yarn's optional keys: the flag agrees when type, factor and window do.
+  const bool same = rope_scaling.type == wanted.type && rope_scaling.factor == wanted.factor &&
+                    rope_scaling.original_max_position_embeddings == wanted.original_max_position_embeddings;
+  NQ_CHECK(same, "--rope-scaling ", spec, " asks for ", wanted.describe(), " but the model's config already has ",
+           rope_scaling.describe(), "; leave the flag out to use it");
+}
+
 std::vector<std::string> ModelConfig::preset_names() { return {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"}; }
 
 // Within the limits of from_json every term below fits int64 with room to spare
@@ -200,6 +304,7 @@ int64_t ModelConfig::num_parameters() const {
 std::string ModelConfig::summary() const {
   return str(model_type, ": ", num_layers, " layers, hidden ", hidden_size, ", mlp ", intermediate_size, ", heads ",
              num_heads, "/", num_kv_heads, " x ", head_dim, ", vocab ", vocab_size, ", rope theta ", rope_theta,
+             rope_scaling.scaled() ? ", rope scaling " + rope_scaling.describe() : "",
              tie_word_embeddings ? ", tied lm_head" : "", attention_bias ? ", attention bias" : "", ", ",
              double(num_parameters()) / 1e6, "M parameters");
 }

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/rope_table.h"
+
 namespace nq {
 
 struct ModelConfig {
@@ -25,6 +27,7 @@ struct ModelConfig {
   int64_t head_dim = 0;            // Dh
   int64_t vocab_size = 0;          // V
   float rope_theta = 10000.0f;
+  RopeScaling rope_scaling;        // linear / yarn context extension; type "default" = none
   float rms_norm_eps = 1e-6f;
   bool tie_word_embeddings = false;  // lm_head.weight is embed_tokens.weight
   bool attention_bias = false;       // q/k/v/o projections carry a bias
@@ -49,8 +52,17 @@ struct ModelConfig {
   static ModelConfig preset(const std::string& name);
   static std::vector<std::string> preset_names();
 
+  // Switches on the RoPE scaling of a --rope-scaling value (parse_rope_scaling_spec); the
+  // config's own scaling when it agrees, an error naming both when it has another. "": no-op.
+  void apply_rope_scaling_flag(const std::string& spec);
+
   int64_t num_parameters() const;  // counting a tied lm_head once
   std::string summary() const;     // one line: "qwen3 28 layers, D 1024, ..."
 };
+
+// --rope-scaling's value: "yarn:F" (YaRN, factor F, over an original window of
+// max_position_embeddings), "yarn:F:W" (window W), "linear:F". Errors are one line
+// naming the flag and the value.
+RopeScaling parse_rope_scaling_spec(const std::string& spec, int64_t max_position_embeddings);
 
 }  // namespace nq

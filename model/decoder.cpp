@@ -28,7 +28,9 @@ Tensor host_i32(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(D
 }  // namespace
 
 Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options, const Nf4Weights& nf4)
-    : config_(std::move(config)), options_(options) {
+    : config_(std::move(config)),
+      options_(options),
+      rope_(rope_table(config_.rope_theta, config_.head_dim, config_.rope_scaling)) {
   const bool rg = options_.train_all;
   check_weights(weights, config_, "decoder", nf4);
   embed_tokens_ = param(weights, "model.embed_tokens.weight", rg);
@@ -87,8 +89,8 @@ Var Decoder::layer_forward(int64_t i, const Var& x, const Tensor& positions, con
     q = rmsnorm(reshape(q, {N * Hq, Dh}), L.q_norm, eps);
     k = rmsnorm(reshape(k, {N * Hkv, Dh}), L.k_norm, eps);
   }
-  q = rope(reshape(q, {N, Hq, Dh}), positions, c.rope_theta);   // [N, Hq, Dh]
-  k = rope(reshape(k, {N, Hkv, Dh}), positions, c.rope_theta);  // [N, Hkv, Dh]
+  q = rope(reshape(q, {N, Hq, Dh}), positions, rope_);   // [N, Hq, Dh]
+  k = rope(reshape(k, {N, Hkv, Dh}), positions, rope_);  // [N, Hkv, Dh]
   v = reshape(v, {N, Hkv, Dh});
   Var o = attend(q, k, v);                                      // [N, Hq, Dh]
   Var x1 = add(x, L.o_proj.forward(reshape(o, {N, Hq * Dh})));  // [N, D]

@@ -6,7 +6,7 @@
 //     h = RMSNorm(x)
 //     q, k, v = q_proj(h), k_proj(h), v_proj(h)                  // [N, Hq, Dh], [N, Hkv, Dh] x2
 //     (qwen3) q, k = RMSNorm_Dh(q), RMSNorm_Dh(k)                // per head, one [Dh] weight each
-//     q, k = RoPE(q, pos), RoPE(k, pos)                          // rotate-half
+//     q, k = RoPE(q, pos), RoPE(k, pos)                          // rotate-half, the config's table
 //     x = x + o_proj(causal GQA attention(q, k, v))              // [N, D]
 //     x = x + down_proj(silu(gate_proj(RMSNorm(x))) * up_proj(RMSNorm(x)))
 //   logits = RMSNorm(x) @ lm_head^T                              // lm_head = embed_tokens when tied
@@ -91,6 +91,7 @@ class Decoder {
 
   ModelConfig config_;
   DecoderOptions options_;
+  RopeTable rope_;  // inv_freq [Dh/2] and attention scaling of the config's RoPE (scaled or not), computed once
   Var embed_tokens_, norm_, lm_head_;
   std::vector<DecoderLayer> layers_;
 };

@@ -257,6 +257,29 @@ GGUFSourceMetadata gguf_source_metadata(const std::string& source, const ModelCo
   return m;
 }
 
+namespace {
+
+// RoPE scaling as llama.cpp's keys (gguf-py Keys.Rope; convert_hf_to_gguf writes type,
+// factor and original_context_length for yarn). llama.cpp truncates the ramp and derives
+// the attention factor from the factor as transformers' defaults do; a yarn config that
+// sets truncate, mscale or attention_factor has no key here and is refused.
+void write_rope_scaling(GGUFWriter& w, const std::string& a, const RopeScaling& s) {
+  if (!s.scaled()) return;
+  const bool unmapped = s.truncate.value_or(true) == false || s.mscale || s.mscale_all_dim || s.attention_factor;
+  NQ_CHECK(!unmapped, "GGUF export: RoPE scaling ", s.describe(),
+           " sets truncate, mscale or attention_factor, which llama.cpp's GGUF keys do not carry");
+  w.set(a + "rope.scaling.type", gguf_string(s.type));
+  w.set(a + "rope.scaling.factor", gguf_f32(float(s.factor)));
+  if (s.type != "yarn") return;
+  NQ_CHECK(s.original_max_position_embeddings <= 0xffffffffLL, "GGUF export: the original window ",
+           s.original_max_position_embeddings, " does not fit the u32 of rope.scaling.original_context_length");
+  w.set(a + "rope.scaling.original_context_length", gguf_u32(uint32_t(s.original_max_position_embeddings)));
+  if (s.beta_fast) w.set(a + "rope.scaling.yarn_beta_fast", gguf_f32(float(*s.beta_fast)));
+  if (s.beta_slow) w.set(a + "rope.scaling.yarn_beta_slow", gguf_f32(float(*s.beta_slow)));
+}
+
+}  // namespace
+
 std::string write_merged_gguf(const std::string& path, const ModelConfig& config, const TensorMap& weights,
                               const GGUFSourceMetadata& source, const std::string& type_name) {
   const ExportType type = export_type(type_name);
@@ -275,6 +298,7 @@ std::string write_merged_gguf(const std::string& path, const ModelConfig& config
   w.set(a + "attention.head_count", gguf_u32(uint32_t(config.num_heads)));
   w.set(a + "attention.head_count_kv", gguf_u32(uint32_t(config.num_kv_heads)));
   w.set(a + "rope.freq_base", gguf_f32(config.rope_theta));
+  write_rope_scaling(w, a, config.rope_scaling);
   w.set(a + "attention.layer_norm_rms_epsilon", gguf_f32(config.rms_norm_eps));
   // Qwen3's config.json always has head_dim (128 for 0.6B, not hidden / heads = 64);
   // llama.cpp's default is hidden / heads, so a llama model states it only when it differs.

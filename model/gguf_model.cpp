@@ -28,18 +28,38 @@ double finite(const GGUFFile& f, const std::string& key) {
   return v;
 }
 
+// llama.cpp's RoPE scaling keys (gguf-py Keys.Rope) as config.json's hub spelling
+// {"rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow"},
+// or nothing for "none". Keys whose llama.cpp meaning has no transformers twin here
+// (attn_factor, yarn_log_multiplier) are refused unless neutral.
+void read_rope_scaling(const GGUFFile& f, const std::string& arch, nlohmann::json& config) {
+  const std::string a = arch + ".rope.scaling.";
+  const std::string type = f.has(a + "type") ? f.get_string(a + "type") : "none";
+  NQ_CHECK(type == "none" || type == "linear" || type == "yarn", key_error(f, a + "type"), " is '", type,
+           "'; supported RoPE scaling: none, linear, yarn");
+  for (const auto& [key, neutral] : {std::make_pair("attn_factor", 1.0), std::make_pair("yarn_log_multiplier", 0.0)})
+    if (f.has(a + key)) {
+      const double v = finite(f, a + key);
+      NQ_CHECK(v == neutral, key_error(f, a + key), " is ", v, "; only ", neutral, " is implemented");
+    }
+  if (type == "none") {
+    if (f.has(a + "factor")) {
+      const double v = f.get_f64(a + "factor");
+      NQ_CHECK(v == 0.0 || v == 1.0, key_error(f, a + "factor"), " is ", v, " but ", a, "type is none");
+    }
+    return;
+  }
+  nlohmann::json s = {{"rope_type", type}, {"factor", finite(f, a + "factor")}};
+  if (type == "yarn") {
+    s["original_max_position_embeddings"] = positive(f, a + "original_context_length");
+    if (f.has(a + "yarn_beta_fast")) s["beta_fast"] = finite(f, a + "yarn_beta_fast");
+    if (f.has(a + "yarn_beta_slow")) s["beta_slow"] = finite(f, a + "yarn_beta_slow");
+  }
+  config["rope_scaling"] = s;
+}
+
 // Refuses features the decoder does not implement, naming the key at fault.
 void refuse_unsupported(const GGUFFile& f, const std::string& arch) {
-  const std::string scaling = arch + ".rope.scaling.type";
-  if (f.has(scaling)) {
-    const std::string type = f.get_string(scaling);
-    NQ_CHECK(type == "none", key_error(f, scaling), " is '", type, "'; RoPE scaling is not implemented");
-  }
-  const std::string factor = arch + ".rope.scaling.factor";
-  if (f.has(factor)) {
-    double v = f.get_f64(factor);
-    NQ_CHECK(v == 0.0 || v == 1.0, key_error(f, factor), " is ", v, "; RoPE scaling is not implemented");
-  }
   const std::string experts = arch + ".expert_count";
   NQ_CHECK(!f.has(experts) || f.get_i64(experts) == 0, key_error(f, experts),
            " is set; mixture-of-experts layers are not implemented");
@@ -124,6 +144,7 @@ ModelConfig gguf_config(const GGUFFile& f) {
   j["rms_norm_eps"] = finite(f, a + "attention.layer_norm_rms_epsilon");
   if (f.has(a + "rope.freq_base")) j["rope_theta"] = finite(f, a + "rope.freq_base");
   if (f.has(a + "context_length")) j["max_position_embeddings"] = positive(f, a + "context_length");
+  read_rope_scaling(f, arch, j);
 
   // head_dim: attention.key_length when given, else D / heads (llama.cpp's rule).
   // The decoder rotates the whole head, so a narrower RoPE (partial rotary) is refused.

@@ -103,6 +103,12 @@ void save_merged_model(const std::string& out_dir, Decoder& model, const std::st
     config = parse_json(read_text_file(config_path), config_path);
     config.erase("quantization_config");
   }
+  // The RoPE the model ran with (--rope-scaling switches it on after loading), in transformers 5's
+  // spelling, which replaces the hub's rope_scaling (the two together are refused when read).
+  if (model.config().rope_scaling.scaled()) {
+    config.erase("rope_scaling");
+    config["rope_parameters"] = parse_json(model.config().to_hf_json(), source)["rope_parameters"];
+  }
   config.erase("torch_dtype");  // transformers < 5 spelling; >= 5 reads and writes "dtype"
   config["dtype"] = torch_name_of_dtype(dtype);
 

@@ -164,8 +164,8 @@ TEST_CASE("a small attention block's gradients match finite differences through 
     rng_seed(3);  // the same dropout mask on every evaluation
     Var x = dropout(embedding(table, ids), 0.2f);
     Var h = rmsnorm(x, norm_w, 1e-6f);
-    Var q = rope(rmsnorm(reshape(linear(h, wq, bq), {N, Hq, Dh}), qk_norm_w, 1e-6f), positions, 10000.0f);
-    Var k = rope(reshape(linear(h, wk), {N, Hkv, Dh}), positions, 10000.0f);
+    Var q = rope(rmsnorm(reshape(linear(h, wq, bq), {N, Hq, Dh}), qk_norm_w, 1e-6f), positions, rope_table(10000.0f, Dh));
+    Var k = rope(reshape(linear(h, wk), {N, Hkv, Dh}), positions, rope_table(10000.0f, Dh));
     Var v = reshape(linear(h, wv), {N, Hkv, Dh});
     Var x2 = add(x, linear(reshape(attention(q, k, v, B, T, segments), {N, Hq * Dh}), wo));
     Var x3 = add(x2, linear(swiglu(linear(x2, wg), linear(x2, wu)), wd));

@@ -127,7 +127,7 @@ GPU_TEST(bad_input_raises_errors) {
   Tensor w_bf16 = to_device(random_normal({4}, 92), DType::BF16);
   CHECK_THROWS_WITH_AS(k::rmsnorm_forward(h, w_bf16, 1e-6f, nullptr), doctest::Contains("weight must be f32"), Error);
   Tensor wide_heads = to_device(random_normal({1, 1, 1026}, 93), DType::BF16);
-  CHECK_THROWS_WITH_AS(k::rope_forward(wide_heads, Tensor::from_ids({0}, {1}).to(Device::CUDA), 1e6f),
+  CHECK_THROWS_WITH_AS(k::rope_forward(wide_heads, Tensor::from_ids({0}, {1}).to(Device::CUDA), rope_table(1e6f, 1026)),
                        doctest::Contains("head_dim 1026 of x [1, 1, 1026] exceeds the GPU kernel's 512"), Error);
 }
 

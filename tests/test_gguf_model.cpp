@@ -383,8 +383,9 @@ TEST_CASE("GGUF model: unsupported or broken files are clear errors") {
   CHECK(contains(load_error(missing), "no metadata key 'llama.block_count'"));
 
   Variant scaled;
-  scaled.extra_strings = {{"llama.rope.scaling.type", "linear"}};
-  CHECK(contains(load_error(scaled), "metadata key 'llama.rope.scaling.type' is 'linear'; RoPE scaling is not implemented"));
+  scaled.extra_strings = {{"llama.rope.scaling.type", "longrope"}};
+  CHECK(contains(load_error(scaled),
+                 "metadata key 'llama.rope.scaling.type' is 'longrope'; supported RoPE scaling: none, linear, yarn"));
 
   Variant arch;
   arch.architecture = "mamba";

@@ -229,7 +229,8 @@ TEST_CASE("threaded kernels reproduce their single-thread results exactly") {
            v = f32(randn(B * T * Hkv * Dh, 38), {B * T, Hkv, Dh}), lse, gq, gk, gv;
     Tensor o = kernels::attention_forward(q, k, v, B, T, Tensor::from_ids(seg, {B * T}), &lse);
     kernels::attention_backward(q, q, k, v, o, lse, B, T, Tensor::from_ids(seg, {B * T}), &gq, &gk, &gv);
-    outs.insert(outs.end(), {o, lse, gq, gk, gv, kernels::rope_forward(q, Tensor::from_ids(pos, {B * T}), 1e4f)});
+    Tensor rotated = kernels::rope_forward(q, Tensor::from_ids(pos, {B * T}), rope_table(1e4f, Dh));
+    outs.insert(outs.end(), {o, lse, gq, gk, gv, rotated});
     Tensor gh, gW;
     float loss = kernels::linear_cross_entropy(x, f32(randn(V * D, 39), {V, D}), id_t, 256, &gh, &gW, nullptr);
     outs.insert(outs.end(), {gh, gW, Tensor::full({1}, loss)});
@@ -265,10 +266,13 @@ TEST_CASE("kernel argument errors name the op and the shapes") {
                        "embedding_forward: ids[1] = 5 out of range [0, 5)", Error);
   CHECK_THROWS_WITH_AS(kernels::embedding_forward(Tensor::zeros({5, 4}), Tensor::zeros({2})),
                        "embedding_forward: ids must be i32, got f32[2] cpu", Error);
-  CHECK_THROWS_WITH_AS(kernels::rope_forward(Tensor::zeros({3, 2, 5}), Tensor::from_ids({0, 1, 2}, {3}), 1e4f),
+  const RopeTable rope4 = rope_table(1e4f, 4);
+  CHECK_THROWS_WITH_AS(kernels::rope_forward(Tensor::zeros({3, 2, 5}), Tensor::from_ids({0, 1, 2}, {3}), rope4),
                        "rope_forward: head_dim must be even, x is [3, 2, 5]", Error);
-  CHECK_THROWS_WITH_AS(kernels::rope_forward(Tensor::zeros({3, 2, 4}), Tensor::from_ids({0, 1}, {2}), 1e4f),
+  CHECK_THROWS_WITH_AS(kernels::rope_forward(Tensor::zeros({3, 2, 4}), Tensor::from_ids({0, 1}, {2}), rope4),
                        "rope_forward: positions [2] must have 3 elements", Error);
+  CHECK_THROWS_WITH_AS(kernels::rope_forward(Tensor::zeros({3, 2, 6}), Tensor::from_ids({0, 1, 2}, {3}), rope4),
+                       "rope_forward: the RoPE table has 2 frequencies, x [3, 2, 6] needs head_dim / 2 = 3", Error);
   Tensor lse;
   CHECK_THROWS_WITH_AS(kernels::attention_forward(Tensor::zeros({6, 3, 4}), Tensor::zeros({6, 2, 4}),
                                                   Tensor::zeros({6, 2, 4}), 2, 3, Tensor(), &lse),

@@ -86,9 +86,10 @@ Model init_model(int64_t vocab, std::mt19937& gen) {
 // The transformer block: x [n*t, D] -> [n*t, D].
 Var block(const Model& m, const Var& x, const Tensor& positions, int64_t n, int64_t t) {
   const int64_t N = n * t;
+  static const RopeTable kRope = rope_table(kTheta, Dh);  // inv_freq = theta^(-2i/Dh), unscaled
   Var h = rmsnorm(x, m.norm1, kEps);
-  Var q = rope(reshape(linear(h, m.wq), {N, Hq, Dh}), positions, kTheta);   // [N, Hq, Dh]
-  Var k = rope(reshape(linear(h, m.wk), {N, Hkv, Dh}), positions, kTheta);  // [N, Hkv, Dh]
+  Var q = rope(reshape(linear(h, m.wq), {N, Hq, Dh}), positions, kRope);   // [N, Hq, Dh]
+  Var k = rope(reshape(linear(h, m.wk), {N, Hkv, Dh}), positions, kRope);  // [N, Hkv, Dh]
   Var v = reshape(linear(h, m.wv), {N, Hkv, Dh});
   Var attn = reshape(attention(q, k, v, n, t), {N, Hq * Dh});
   Var x2 = add(x, linear(attn, m.wo));

@@ -30,7 +30,7 @@ namespace {
 using namespace nq;
 
 struct Flags {
-  std::string model, preset, prompt, prompt_ids, system, adapter;
+  std::string model, preset, prompt, prompt_ids, system, adapter, rope_scaling;
   bool chat = false, print_ids = false, no_quant = false, greedy = false;
   bool has_prompt = false;  // --prompt given (an empty prompt is one)
   std::string device = kDefaultDevice;
@@ -60,6 +60,7 @@ FlagTable generate_flags(Flags& f) {
   t.add("system", &f.system, "system message for --chat", "TEXT");
   t.add("adapter", &f.adapter, "apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)", "DIR");
   t.add("no-quant", &f.no_quant, "keep the base weights dense fp32 (default: NF4 4-bit, as QLoRA trains them)");
+  add_rope_scaling_flag(t, &f.rope_scaling);
   add_device_flag(t, &f.device);
   t.add("max-new-tokens", &f.gen.max_new_tokens, "tokens to generate at most; stops early at eos / <|im_end|>");
   t.add("greedy", &f.greedy, "argmax decoding (the default)");
@@ -185,9 +186,11 @@ int run(int argc, char** argv) {
   std::optional<LoadedModel> loaded;
   if (!f.preset.empty()) {
     ModelConfig config = ModelConfig::preset(f.preset);
+    config.apply_rope_scaling_flag(f.rope_scaling);
     model = std::make_unique<Decoder>(config, random_weights(config, 0));
   } else {
     loaded = load_model(f.model, WeightLoad::qlora(!f.no_quant));
+    loaded->config.apply_rope_scaling_flag(f.rope_scaling);
     model = std::make_unique<Decoder>(build_decoder(*loaded, {}, /*nf4_base=*/!f.no_quant));
   }
   const ModelConfig& config = model->config();

@@ -25,7 +25,7 @@ namespace {
 using namespace nq;
 
 int run(int argc, char** argv) {
-  std::string model_path, adapter_dir, out, adapter_gguf, dtype_flag = "bf16", type = "f16";
+  std::string model_path, adapter_dir, out, adapter_gguf, dtype_flag = "bf16", type = "f16", rope_scaling;
   FlagTable t(
       "usage: ./merge --model BASE --adapter DIR --out DIR [--dtype bf16|f32]\n"
       "       ./merge --model BASE --adapter DIR --out FILE.gguf [--type f16] [--adapter-gguf FILE.gguf]\n"
@@ -52,6 +52,8 @@ int run(int argc, char** argv) {
         "also write the adapter as a llama.cpp LoRA GGUF (f32), for\n"
         "`llama-cli -m BASE.gguf --lora FILE.gguf` or Ollama's ADAPTER",
         "FILE");
+  add_rope_scaling_flag(t, &rope_scaling).help +=
+      "\n(as the run was trained: written into the merged config.json / GGUF metadata)";
   if (!t.parse(argc, argv)) return 0;  // --help
   NQ_CHECK(!model_path.empty() && (!out.empty() || !adapter_gguf.empty()),
            "give --model PATH and --out PATH and/or --adapter-gguf FILE (see --help)");
@@ -67,6 +69,7 @@ int run(int argc, char** argv) {
              ": is a folder; give the path of the .gguf file to write");
 
   LoadedModel loaded = load_model(model_path);
+  loaded.config.apply_rope_scaling_flag(rope_scaling);
   const ModelConfig config = loaded.config;
   Decoder model = build_decoder(loaded, {}, /*nf4_base=*/!loaded.nf4.empty());  // NF4 stays as stored
   const AdapterConfig cfg = adapter_dir.empty() ? AdapterConfig{} : load_peft_adapter(adapter_dir, model);

@@ -69,6 +69,7 @@ EvalReport evaluate(const EvalConfig& cfg, std::ostream& log, const GenerateScor
 
   // The model as ./train builds it: NF4 base (a 4-bit checkpoint's as stored), the adapter, then the device.
   LoadedModel loaded = load_model(run.model, WeightLoad::qlora(!run.no_quant, device));
+  loaded.config.apply_rope_scaling_flag(run.rope_scaling);
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", run.model, ": no tokenizer (tokenizer.json) to encode --data with");
   Decoder model = build_decoder(loaded, {}, /*nf4_base=*/!run.no_quant);
   if (!cfg.adapter.empty()) load_peft_adapter(cfg.adapter, model);

@@ -431,4 +431,11 @@ Flag& add_device_flag(FlagTable& table, std::string* device) {
                           "auto | cpu | cuda (auto: cuda when built with CUDA and a GPU is visible)");
 }
 
+Flag& add_rope_scaling_flag(FlagTable& table, std::string* spec) {
+  return table.add("rope-scaling", spec,
+                   "switch on RoPE scaling for a config without it: yarn:FACTOR[:ORIGINAL_WINDOW]\n"
+                   "(window default: max_position_embeddings; Qwen3: yarn:4:32768) or linear:FACTOR",
+                   "SPEC");
+}
+
 }  // namespace nq

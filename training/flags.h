@@ -147,4 +147,9 @@ std::string nearest_name(const std::string& unknown, const std::vector<std::stri
 inline constexpr const char* kDefaultDevice = "auto";
 Flag& add_device_flag(FlagTable& table, std::string* device);
 
+// --rope-scaling yarn:F[:W] | linear:F, the one help text of every program that loads a
+// model; the value is parsed and applied by ModelConfig::apply_rope_scaling_flag
+// (model/config.h). "" (the default): the model's config as it is.
+Flag& add_rope_scaling_flag(FlagTable& table, std::string* spec);
+
 }  // namespace nq

@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/config.h"
 #include "model/device.h"
 #include "formats/json.h"
 #include "formats/peft_adapter.h"
@@ -91,6 +92,7 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("save-every", &cfg.save_every, "checkpoint every N steps (0: only at the end)");
   t.add("no-grad-checkpoint", &cfg.no_grad_checkpoint, "keep every layer's activations (faster, more memory)");
   add_device_flag(t, &cfg.device);
+  add_rope_scaling_flag(t, &cfg.rope_scaling);
   t.add("on-bad-line", &cfg.on_bad_line, "error | skip a malformed JSONL line");
   t.add("no-quant", &cfg.no_quant, "keep the base weights dense f32 (debugging; not QLoRA)");
   t.add("threads", &cfg.threads, "CPU threads (0: all cores)");
@@ -133,6 +135,7 @@ const EvalOption kEvalOptions[] = {
     {"prompt-completion-chat", ""},
     {"on-bad-line", ""},
     {"device", ""},
+    {"rope-scaling", ""},
     {"no-quant", ""},
     {"no-progress", "no progress bar on stderr"},
 };
@@ -197,6 +200,7 @@ void TrainConfig::validate() const {
   NQ_CHECK(eval_data.empty() || eval_split == 0, "--eval-data and --eval-split exclude each other");
   NQ_CHECK(optim_pages >= 2 && optim_pages <= 256, "--optim-pages must be in [2, 256] (2 overlap a copy with ",
            "an update), got ", optim_pages);
+  if (!rope_scaling.empty()) parse_rope_scaling_spec(rope_scaling, 1);  // the syntax, before the model loads
   NQ_CHECK(optim_page_mb >= 1 && optim_page_mb <= 1024, "--optim-page-mb must be in [1, 1024], got ", optim_page_mb);
   select_device(device, "--device");  // cuda in a CPU build or without a GPU: the error says which
   try {

@@ -282,6 +282,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   auto t_load = Clock::now();
   // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat; each projection NF4 as it is read.
   LoadedModel loaded = load_model(cfg.model, WeightLoad::qlora(!cfg.no_quant, device));
+  loaded.config.apply_rope_scaling_flag(cfg.rope_scaling);
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
   const Tokenizer& tok = *loaded.tokenizer;
   // Tokenized (the chat template rendered) before the base is quantized, the slow part of

@@ -1,8 +1,11 @@
 // Rotary position embedding, rotate-half (NeoX / HF) layout. For a head vector
-// x of size Dh and i < Dh/2, with angle a = pos * theta^(-2i/Dh):
-//   y[i]      = x[i]      cos a - x[i+Dh/2] sin a
-//   y[i+Dh/2] = x[i+Dh/2] cos a + x[i]      sin a
-// Each pair (i, i+Dh/2) is rotated by a; the backward is the rotation by -a.
+// x of size Dh and i < Dh/2, with angle a = pos * inv_freq_i and s the attention
+// scaling of the table (kernels/rope_table.h; 1 unless the model uses YaRN):
+//   y[i]      = s (x[i]      cos a - x[i+Dh/2] sin a)
+//   y[i+Dh/2] = s (x[i+Dh/2] cos a + x[i]      sin a)
+// Each pair (i, i+Dh/2) is rotated by a and scaled by s, as transformers multiplies
+// cos and sin by attention_scaling; the backward is the transpose, s times the
+// rotation by -a.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -10,15 +13,16 @@
 namespace nq::cpu {
 
 // inv_freq_i = 1 / theta^(2i / Dh) in T, as HF computes it (the exponent rounded to
-// T first). The one definition: the CUDA kernel takes its table from here too, so
-// GPU angles are the CPU's bit for bit (the device powf is not correctly rounded).
-template <typename T> T rope_inv_freq(T theta, int64_t i, int64_t Dh) {
-  return T(1) / std::pow(theta, T(2 * i) / T(Dh));
-}
+// T first). The one definition: rope_table() builds every table from it, and the CUDA
+// kernel takes its table from there too, so GPU angles are the CPU's bit for bit (the
+// device powf is not correctly rounded).
+template <typename T> T rope_pow(T theta, int64_t i, int64_t Dh) { return std::pow(theta, T(2 * i) / T(Dh)); }
+template <typename T> T rope_inv_freq(T theta, int64_t i, int64_t Dh) { return T(1) / rope_pow(theta, i, Dh); }
 
-// x [N, H, Dh], positions [N] -> y [N, H, Dh]. direction = +1 forward, -1 backward.
+// x [N, H, Dh], positions [N], inv_freq [Dh/2] -> y [N, H, Dh]. direction = +1 forward,
+// -1 backward; `scaling` multiplies cos and sin in both.
 template <typename T>
-void rope_rotate(const T* x, const int32_t* positions, T theta, int direction, T* y, int64_t N, int64_t H,
-                 int64_t Dh);
+void rope_rotate(const T* x, const int32_t* positions, const T* inv_freq, T scaling, int direction, T* y, int64_t N,
+                 int64_t H, int64_t Dh);
 
 }  // namespace nq::cpu

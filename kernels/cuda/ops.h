@@ -53,8 +53,8 @@ Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t V);
 Tensor rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor* rstd);
 void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor* grad_x, Tensor* grad_w);
-Tensor rope_forward(const Tensor& x, const Tensor& positions, float theta);
-Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, float theta);
+Tensor rope_forward(const Tensor& x, const Tensor& positions, const RopeTable& table);
+Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, const RopeTable& table);
 Tensor swiglu_forward(const Tensor& gate, const Tensor& up);
 void swiglu_backward(const Tensor& grad_y, const Tensor& gate, const Tensor& up, Tensor* grad_gate, Tensor* grad_up);
 // rstd / lse are never null here (the dispatch passes a local when the caller gives none).

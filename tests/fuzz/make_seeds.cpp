@@ -179,6 +179,8 @@ int main() {
     for (const char* m : {"llama", "qwen3_tied", "qwen3_untied_bias"})
       seed("fuzz_config", m, {read(str("tests/fixtures/model/", m, "/config.json"))});
     seed("fuzz_config", "transformers5", {tiny_config("qwen3").to_hf_json()});
+    seed("fuzz_config", "yarn_transformers5", {read("tests/fixtures/rope_scaling/qwen3_yarn/config.json")});
+    seed("fuzz_config", "yarn_hub", {read("tests/fixtures/rope_scaling/qwen3_yarn/hub_config.json")});
 
     seed("fuzz_tokenizer", "tiny_split_string", {tiny_tokenizer_json(), R"({"eos_token": "<|im_end|>", "bos_token": null,
         "pad_token": {"content": "<|im_start|>"}, "chat_template": "x"})"});
