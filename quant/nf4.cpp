@@ -202,6 +202,13 @@ struct Nf4Bounds {
 }  // namespace
 
 // ---------------------------------------------------------------- NF4
+size_t Nf4Tensor::nbytes() const {
+  size_t n = 0;
+  for (const Tensor* t : {&packed, &absmax, &nested_absmax, &nested_code})
+    if (t->defined()) n += t->nbytes();
+  return n;
+}
+
 double Nf4Tensor::bits_per_parameter() const {
   double bits = double(packed.nbytes()) * 8 + double(absmax.nbytes()) * 8;
   if (double_quant) bits += double(nested_absmax.nbytes()) * 8 + 32;  // + offset

@@ -62,6 +62,8 @@ struct Nf4Tensor {
   // Stored bits per weight: packed nibbles + per-block statistics (+ nested
   // statistics and the offset). About 4.127 with double quant at blocksize 64.
   double bits_per_parameter() const;
+  // Bytes held: packed codes, block absmax, and (double quant) the nested absmax and code.
+  size_t nbytes() const;
   // f32 absmax of block b (undoing the double quantization).
   float block_absmax(int64_t b) const;
 };

@@ -160,9 +160,7 @@ static int run_load(int argc, char** argv) {
   const LoadedModel loaded = load_model(model_dir, WeightLoad::qlora(!no_quant, device));
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   size_t nf4 = 0, dense = 0;
-  for (const auto& [name, w] : loaded.nf4)
-    for (const Tensor* part : {&w->packed, &w->absmax, &w->nested_absmax, &w->nested_code})
-      if (part->defined()) nf4 += part->nbytes();
+  for (const auto& [name, w] : loaded.nf4) nf4 += w->nbytes();
   for (const auto& [name, w] : loaded.weights) dense += w.nbytes();
   QloraShape qlora;
   qlora.nf4_base = !no_quant;

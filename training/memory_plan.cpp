@@ -123,9 +123,7 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
   for (Linear* l : model.linears()) {
     if (l->is_nf4()) {
       nf4_base = true;
-      const Nf4Tensor& q = *l->nf4();
-      for (const Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code})
-        if (t->defined()) weights += t->nbytes();
+      weights += l->nf4()->nbytes();
     }
     if (l->has_lora()) {
       lora += l->lora().A.value().nbytes() + l->lora().B.value().nbytes();
@@ -183,15 +181,15 @@ HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, co
   // each one's mapped pages resident until it is converted, then released: the load
   // peaks at max over tensors i of (everything handed over up to and including i) +
   // tensor i's bytes in the file.
+  const WeightLoad load = WeightLoad::qlora(qlora.nf4_base, device);  // the dtypes the loader hands over
   HostPlan host;
   size_t held = 0;
   for (const ParamSpec& spec : parameter_specs(config)) {
     const size_t n = size_t(spec.shape.numel());
-    // WeightLoad::qlora(nf4_base, device): the dtypes the loader hands over.
-    if (is_projection_weight(spec.name)) {
-      held += qlora.nf4_base ? nf4_bytes(spec.shape[0], spec.shape[1], qlora.blocksize, true) : 4 * n;
+    if (is_projection_weight(spec.name) && load.nf4_projections) {
+      held += nf4_bytes(spec.shape[0], spec.shape[1], load.nf4_blocksize, load.nf4_double_quant);
     } else {
-      held += is_embedding_weight(spec.name) && device == Device::CUDA ? 2 * n : 4 * n;
+      held += n * (is_embedding_weight(spec.name) ? dtype_size(load.embedding_dtype) : 4);
     }
     host.load = std::max(host.load, held + n * file_elem_bytes);
   }

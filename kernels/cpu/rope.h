@@ -12,12 +12,11 @@
 
 namespace nq::cpu {
 
-// inv_freq_i = 1 / theta^(2i / Dh) in T, as HF computes it (the exponent rounded to
-// T first). The one definition: rope_table() builds every table from it, and the CUDA
+// theta^(2i / Dh) in T, as HF computes it (the exponent rounded to T first), whose
+// reciprocal is inv_freq_i. The one definition: rope_table() builds every table from it, and the CUDA
 // kernel takes its table from there too, so GPU angles are the CPU's bit for bit (the
 // device powf is not correctly rounded).
 template <typename T> T rope_pow(T theta, int64_t i, int64_t Dh) { return std::pow(theta, T(2 * i) / T(Dh)); }
-template <typename T> T rope_inv_freq(T theta, int64_t i, int64_t Dh) { return T(1) / rope_pow(theta, i, Dh); }
 
 // x [N, H, Dh], positions [N], inv_freq [Dh/2] -> y [N, H, Dh]. direction = +1 forward,
 // -1 backward; `scaling` multiplies cos and sin in both.
