@@ -43,7 +43,7 @@ PADDED_LEN = 11  # real tokens in row 1 of the padded batch
 NEW_TOKENS = 32
 
 
-def build(name, cls, config, seed, dtype):
+def build(name, cls, config, seed, dtype, root=OUT):
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
     model = cls(config).eval()
@@ -57,7 +57,7 @@ def build(name, cls, config, seed, dtype):
         # (Only parameters: model.to(bf16) would also round the RoPE inv_freq buffer.)
         for p in model.parameters():
             p.copy_(p.to(dtype).to(torch.float32))
-    out = OUT / name
+    out = root / name
     out.mkdir(parents=True, exist_ok=True)
     copy.deepcopy(model).to(dtype).save_pretrained(out)
     (out / "generation_config.json").unlink(missing_ok=True)

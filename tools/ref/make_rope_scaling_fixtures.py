@@ -34,6 +34,8 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, Qwen3Config, Qwen3ForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from make_model_fixtures import build
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "rope_scaling"
 
@@ -93,21 +95,13 @@ def tables():
 
 
 def build_model():
-    torch.manual_seed(1900)
+    """The tiny YaRN Qwen3, built and saved in bf16 as the model fixtures are (make_model_fixtures.build)."""
     params = {"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0, "original_max_position_embeddings": ORIGINAL}
     config = Qwen3Config(hidden_size=32, intermediate_size=48, head_dim=32, num_attention_heads=2,
                          num_key_value_heads=1, num_hidden_layers=2, vocab_size=96, initializer_range=0.1,
                          rms_norm_eps=1e-6, max_position_embeddings=ORIGINAL * 4, tie_word_embeddings=True,
                          bos_token_id=1, eos_token_id=2, rope_parameters=params)
-    config._attn_implementation = "eager"
-    model = Qwen3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if pname.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-        for p in model.parameters():  # the bf16 values on disk, computed in fp32
-            p.copy_(p.to(torch.bfloat16).to(torch.float32))
-    return model
+    return build("qwen3_yarn", Qwen3ForCausalLM, config, seed=1900, dtype=torch.bfloat16, root=OUT)
 
 
 def logits_of(model, ids):
@@ -123,11 +117,7 @@ def main():
     for c in cases:
         print(f"{c['name']}: attention_scaling {c['attention_scaling']:.6f}, inv_freq[-1] {c['inv_freq'][-1]:.3e}")
 
-    model = build_model()
-    out = OUT / "qwen3_yarn"
-    out.mkdir(parents=True, exist_ok=True)
-    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(out)
-    (out / "generation_config.json").unlink(missing_ok=True)
+    model, out = build_model()
     saved = json.loads((out / "config.json").read_text())
     assert saved["rope_parameters"]["rope_type"] == "yarn" and "rope_scaling" not in saved, saved
 
