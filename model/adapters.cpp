@@ -58,7 +58,7 @@ std::vector<Linear*> select_targets(Decoder& model, const std::vector<std::strin
 // New adapters are made on the host; on a model already on the GPU they follow
 // it there (to_device moves only what is not on the device yet).
 static void adapters_to_model_device(Decoder& model) {
-  if (model_device(model) != Device::CPU) to_device(model, model_device(model));
+  if (model_device(model) != Device::CPU) to_device(model, model_device(model), model_compute_dtype(model));
 }
 
 std::vector<Var> attach_adapters(Decoder& model, const AdapterConfig& cfg) {

@@ -54,7 +54,7 @@ struct DecoderLayer {
 };
 
 class Decoder;
-void to_device(Decoder& model, Device device);  // model/device.h
+void to_device(Decoder& model, Device device, DType compute);  // model/device.h
 
 class Decoder {
  public:
@@ -86,7 +86,7 @@ class Decoder {
   std::vector<Var> parameters() const;
 
  private:
-  friend void to_device(Decoder& model, Device device);  // moves the weights in place
+  friend void to_device(Decoder& model, Device device, DType compute);  // moves the weights in place
   Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]
 
   ModelConfig config_;

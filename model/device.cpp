@@ -37,8 +37,8 @@ Tensor moved_raw(const Tensor& t, Device device) {
   return out;
 }
 
-void move_linear(Linear& l, Device device) {
-  move_var(l.bias(), device, DType::BF16, MemCategory::Weights);
+void move_linear(Linear& l, Device device, DType compute) {
+  move_var(l.bias(), device, compute, MemCategory::Weights);
   if (l.is_nf4()) {
     auto q = std::make_shared<Nf4Tensor>(*l.nf4());
     q->packed = moved_raw(q->packed, device);
@@ -47,7 +47,7 @@ void move_linear(Linear& l, Device device) {
     q->nested_code = moved_raw(q->nested_code, device);
     l.set_nf4(q);
   } else {
-    move_var(l.weight(), device, DType::BF16, MemCategory::Weights);
+    move_var(l.weight(), device, compute, MemCategory::Weights);
   }
   if (l.has_lora()) {
     move_var(l.lora().A, device, DType::F32, MemCategory::LoRA);
@@ -57,19 +57,23 @@ void move_linear(Linear& l, Device device) {
 
 }  // namespace
 
-void to_device(Decoder& model, Device device) {
-  move_var(model.embed_tokens_, device, DType::BF16, MemCategory::Weights);
-  if (!model.config_.tie_word_embeddings) move_var(model.lm_head_, device, DType::BF16, MemCategory::Weights);
+void to_device(Decoder& model, Device device, DType compute) {
+  NQ_CHECK(device == Device::CPU || compute == DType::BF16 || compute == DType::F16,
+           "to_device: the GPU computes in bf16 or f16, got ",
+           dtype_name(compute));
+  move_var(model.embed_tokens_, device, compute, MemCategory::Weights);
+  if (!model.config_.tie_word_embeddings) move_var(model.lm_head_, device, compute, MemCategory::Weights);
   move_var(model.norm_, device, DType::F32, MemCategory::Weights);
   for (DecoderLayer& L : model.layers_) {
     for (const Var* norm : {&L.input_norm, &L.post_attention_norm, &L.q_norm, &L.k_norm})
       move_var(*norm, device, DType::F32, MemCategory::Weights);
     for (Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
-      move_linear(*l, device);
+      move_linear(*l, device, compute);
   }
 }
 
 Device model_device(const Decoder& model) { return model.lm_head().value().device(); }
+DType model_compute_dtype(const Decoder& model) { return model.lm_head().value().dtype(); }
 
 Device select_device(const std::string& name, const std::string& flag) {
   const bool built_with_cuda = cuda_built();
@@ -81,6 +85,27 @@ Device select_device(const std::string& name, const std::string& flag) {
   NQ_CHECK(cuda_available(), flag, " cuda: no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES, ",
            "or use ", flag, " cpu)");
   return Device::CUDA;
+}
+
+DType select_compute_dtype(const std::string& name, Device device, const std::string& flag, std::string* note) {
+  DType asked = DType::F32;
+  const bool is_auto = name == "auto";
+  NQ_CHECK(is_auto || parse_float_dtype(name, &asked), flag,
+           " must be auto, bfloat16, float16 or float32 (bf16, f16, f32), got '", name, "'");
+  if (device == Device::CPU) {
+    if (note && !is_auto && asked != DType::F32)
+      *note = str(flag, " ", name, ": the cpu computes in float32 (the reference path); the flag applies on cuda");
+    return DType::F32;
+  }
+  const int cc = cuda_compute_capability();
+  const bool has_bf16 = cc == 0 || cc >= 80;  // unknown: assume a current GPU
+  const std::string gpu = cuda_device_description();
+  if (is_auto) return has_bf16 ? DType::BF16 : DType::F16;
+  NQ_CHECK(asked != DType::F32, flag, " float32: the GPU path computes in bf16 or f16 with fp32 accumulation (",
+           "LoRA masters, gradients and AdamW are fp32 already); use ", flag, " auto, bfloat16 or float16");
+  NQ_CHECK(asked != DType::BF16 || has_bf16, flag, " ", name, ": the GPU (", gpu.empty() ? "?" : gpu, ", sm_", cc,
+           ") has no bf16 tensor cores (compute capability 8.0 or newer); use ", flag, " float16");
+  return asked;
 }
 
 std::string device_summary(Device device) {

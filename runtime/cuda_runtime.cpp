@@ -194,6 +194,15 @@ std::string cuda_device_description() {
   return "";
 }
 
+int cuda_compute_capability() {
+  int index = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&index) == cudaSuccess && cudaGetDeviceProperties(&prop, index) == cudaSuccess)
+    return prop.major * 10 + prop.minor;
+  cudaGetLastError();
+  return 0;
+}
+
 double cuda_time_seconds(const std::function<void()>& fn) {
   cudaEvent_t start, stop;
   CUDA_CHECK(cudaEventCreate(&start));
@@ -262,6 +271,7 @@ namespace {
 bool cuda_available() { return false; }
 bool cuda_built() { return false; }
 std::string cuda_device_description() { return ""; }
+int cuda_compute_capability() { return 0; }
 double cuda_time_seconds(const std::function<void()>&) { no_cuda("cuda_time_seconds"); }
 CudaMemoryStats cuda_memory_stats() { no_cuda("cuda_memory_stats"); }
 void cuda_reset_peak_memory() { no_cuda("cuda_reset_peak_memory"); }

@@ -30,6 +30,9 @@ bool cuda_built();
 // The current GPU's name and memory, "NVIDIA H200, 139.8 GiB"; "" when it cannot be
 // queried (no CUDA in this build, no device): the text is informative only.
 std::string cuda_device_description();
+// The current GPU's compute capability as major * 10 + minor (75 for a T4, 80 for an
+// A100, 90 for an H100/H200); 0 when it cannot be queried. bf16 tensor cores need 80.
+int cuda_compute_capability();
 
 struct CudaMemoryStats {
   MemStats allocated;          // live tensors, per category

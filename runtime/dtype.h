@@ -29,6 +29,16 @@ inline const char* dtype_name(DType t) {
   }
   return "?";
 }
+// The floating-point dtype a flag names, in the seed's long spelling (torch's
+// float32, bfloat16, float16) or the short one (f32, bf16, f16; fp32, fp16 too).
+// False for any other name.
+inline bool parse_float_dtype(const std::string& name, DType* out) {
+  if (name == "float32" || name == "f32" || name == "fp32") *out = DType::F32;
+  else if (name == "bfloat16" || name == "bf16") *out = DType::BF16;
+  else if (name == "float16" || name == "f16" || name == "fp16") *out = DType::F16;
+  else return false;
+  return true;
+}
 inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
 // C++ type -> DType, for the typed accessors Tensor::data<T>().

@@ -8,12 +8,14 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "kernels/kernels.h"
 #include "optim/accumulation.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
+#include "optim/loss_scaler.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
 
@@ -321,4 +323,72 @@ TEST_CASE("accumulation scaling reproduces the loss of the whole window") {
   CHECK(micro_batch_loss_scale(AccumulationNorm::Tokens, 0, 0, 2) == 0.0);
   CHECK_THROWS_WITH_AS(parse_accumulation_norm("sum"),
                        "unknown accumulation normalisation 'sum' (expected tokens or micro_batches)", Error);
+}
+
+// ---- dynamic loss scaling (optim/loss_scaler.h) against torch.amp.GradScaler
+// (tests/fixtures/optim/loss_scaler.json from tools/ref/make_loss_scaler_fixtures.py)
+
+TEST_CASE("LossScaler reproduces torch.amp.GradScaler step by step: skips, backoff, growth, overflowing growth") {
+  std::ifstream f("tests/fixtures/optim/loss_scaler.json");
+  REQUIRE_MESSAGE(f.good(), "missing tests/fixtures/optim/loss_scaler.json (run from the repository root)");
+  const json fixture = json::parse(f);
+  REQUIRE(fixture["cases"].size() >= 4);
+  for (const json& c : fixture["cases"]) {
+    CAPTURE(c["name"].get<std::string>());
+    LossScalerConfig config;
+    config.init_scale = c["config"]["init_scale"].get<float>();
+    config.growth_factor = c["config"]["growth_factor"].get<float>();
+    config.backoff_factor = c["config"]["backoff_factor"].get<float>();
+    config.growth_interval = c["config"]["growth_interval"].get<int64_t>();
+    LossScaler scaler(config);
+    REQUIRE(scaler.enabled());
+    CHECK(scaler.scale() == config.init_scale);
+    const std::string pattern = c["pattern"], stepped = c["stepped"];
+    const json& trackers = c["growth_tracker"];
+    std::map<int64_t, float> changes_at;  // step -> the scale after it, where torch's changed
+    for (const json& ch : c["scale_changes"]) changes_at[ch[0].get<int64_t>()] = ch[1].get<float>();
+    REQUIRE(stepped.size() == pattern.size());
+    REQUIRE(trackers.size() == pattern.size());
+    float expected_scale = config.init_scale;
+    int64_t changes = 0;
+    for (size_t step = 0; step < pattern.size(); ++step) {
+      CAPTURE(step);
+      const float before = scaler.scale();
+      const bool took = scaler.update(/*found_inf=*/pattern[step] != '.');
+      REQUIRE(took == (stepped[step] == '1'));
+      if (changes_at.count(int64_t(step))) expected_scale = changes_at[int64_t(step)];
+      REQUIRE(scaler.scale() == expected_scale);  // exact: f32 as torch keeps it
+      REQUIRE(scaler.state().growth_tracker == trackers[step].get<int64_t>());
+      changes += scaler.scale() != before;
+    }
+    CHECK(changes == int64_t(changes_at.size()));
+    CHECK(changes > 0);  // every case moves the scale at least once (else it tests nothing)
+  }
+}
+
+TEST_CASE("LossScaler: disabled is scale 1 and always steps; inv_scale; state round trip and bad states refused") {
+  LossScaler off;
+  CHECK_FALSE(off.enabled());
+  CHECK(off.scale() == 1.0f);
+  CHECK(off.update(true));
+  CHECK(off.scale() == 1.0f);
+
+  LossScaler on(LossScalerConfig{});
+  CHECK(on.scale() == 65536.0f);
+  CHECK(on.inv_scale() == 1.0f / 65536.0f);
+  CHECK_FALSE(on.update(true));
+  CHECK(on.scale() == 32768.0f);
+  for (int i = 0; i < 7; ++i) on.update(false);
+  LossScaler resumed(LossScalerConfig{});
+  resumed.load_state(on.state(), "trainer_state.json");
+  CHECK(resumed.scale() == on.scale());
+  CHECK(resumed.state().growth_tracker == 7);
+
+  CHECK_THROWS_WITH(resumed.load_state(LossScalerState{0.0f, 0}, "ckpt/trainer_state.json"),
+                    doctest::Contains("ckpt/trainer_state.json: loss scale must be finite and > 0"));
+  CHECK_THROWS_WITH(resumed.load_state(LossScalerState{INFINITY, 0}, "x"), doctest::Contains("finite"));
+  CHECK_THROWS_WITH(resumed.load_state(LossScalerState{1024.0f, 2000}, "x"), doctest::Contains("growth_tracker"));
+  LossScalerConfig bad;
+  bad.backoff_factor = 1.5f;
+  CHECK_THROWS_WITH(LossScaler{bad}, doctest::Contains("backoff_factor"));
 }

@@ -243,10 +243,18 @@ TEST_CASE("seed config: docs/seed_config.json (the seed's three configs) runs wi
   const nlohmann::json got = nlohmann::json::parse(translate_seed_config(text.str(), "seed.json", &warnings));
   CHECK(got == nlohmann::json::parse(R"({"out": "runs/seed", "batch_size": 2, "grad_accum": 4, "lr": 0.0002,
       "schedule": "cosine", "log_every": 10, "epochs": 1, "save_every": 100, "optim": "paged_adamw",
-      "max_length": 512, "packing": false, "r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"})"));
-  // bf16 true and bnb_4bit_compute_dtype float16: the precision follows --device
-  REQUIRE(warnings.size() == 2);
-  for (const std::string& w : warnings) CHECK(w.find("the precision follows --device") != std::string::npos);
+      "max_length": 512, "packing": false, "r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear",
+      "dtype": "bfloat16"})"));  // bf16 true = --dtype bfloat16; fp16 false asks for nothing
+  // bnb_4bit_compute_dtype float16: the precision follows --dtype
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0].find("the precision follows --dtype") != std::string::npos);
+  // The seed's two mixed-precision switches set one option: both true is a conflict.
+  CHECK_THROWS_WITH(translate_seed_config(R"({"fp16": true, "bf16": true})", "s.json", &warnings),
+                    doctest::Contains("both set dtype"));
+  CHECK(nlohmann::json::parse(translate_seed_config(R"({"fp16": true, "bf16": false})", "s.json", &warnings)) ==
+        nlohmann::json::parse(R"({"dtype": "float16"})"));
+  CHECK_THROWS_WITH(translate_seed_config(R"({"fp16": "yes"})", "s.json", &warnings),
+                    doctest::Contains("expected true or false"));
 
   TrainConfig cfg;
   REQUIRE(parse({"--config", "docs/seed_config.json", "--model", "m", "--data", "d", "--lr", "1e-4"}, &cfg));
@@ -256,6 +264,7 @@ TEST_CASE("seed config: docs/seed_config.json (the seed's three configs) runs wi
   CHECK(cfg.lr == 1e-4);  // the flag wins over the file
   CHECK(cfg.schedule == "cosine");
   CHECK(cfg.max_length == 512);
+  CHECK(cfg.dtype == "bfloat16");
   CHECK(cfg.optim == "paged_adamw");
   CHECK(cfg.r == 16);
   CHECK(cfg.alpha == 32);

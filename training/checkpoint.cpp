@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cfloat>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -103,7 +105,9 @@ std::string save_checkpoint(const std::string& out_dir, Decoder& model, const Ad
     written("optimizer");
 
     json st = {{"step", state.step},           {"rng_seed", state.rng.seed},   {"rng_offset", state.rng.offset},
-               {"data_epoch", state.data.epoch}, {"data_index", state.data.index}, {"tokens_seen", state.tokens_seen}};
+               {"data_epoch", state.data.epoch}, {"data_index", state.data.index}, {"tokens_seen", state.tokens_seen},
+               {"compute_dtype", state.compute_dtype},   {"loss_scale", state.loss_scaler.scale},
+               {"loss_scale_growth_tracker", state.loss_scaler.growth_tracker}, {"skipped_steps", state.skipped_steps}};
     write_text(tmp + "/trainer_state.json", st.dump(1) + "\n");
     written("trainer_state");
     write_text(tmp + "/train_config.json", config.to_json());
@@ -142,6 +146,21 @@ TrainerState load_checkpoint_state(const std::string& dir, Optimizer& optimizer)
   s.data.epoch = j.at("data_epoch").integer(0);
   s.data.index = j.at("data_index").integer(0);
   s.tokens_seen = j.at("tokens_seen").integer(0);
+  // The loss scaler's keys (absent in checkpoints of runs without one); their ranges are
+  // the scaler's to check (LossScaler::load_state), the skipped steps at most the steps.
+  if (auto v = j.find("compute_dtype")) {
+    s.compute_dtype = v->string();
+    NQ_CHECK(s.compute_dtype == "f32" || s.compute_dtype == "bf16" || s.compute_dtype == "f16", path,
+             ": \"compute_dtype\" must be f32, bf16 or f16, got \"", s.compute_dtype, "\"");
+  }
+  if (auto v = j.find("loss_scale")) {
+    const double scale = v->number();  // checked before the conversion: a double beyond f32 is UB to convert
+    NQ_CHECK(std::isfinite(scale) && scale > 0 && scale <= double(FLT_MAX), path,
+             ": \"loss_scale\" must be a positive f32 value, got ", scale);
+    s.loss_scaler.scale = float(scale);
+  }
+  if (auto v = j.find("loss_scale_growth_tracker")) s.loss_scaler.growth_tracker = v->integer(0);
+  if (auto v = j.find("skipped_steps")) s.skipped_steps = v->integer(0, s.step);
 
   const std::string opt_path = dir + "/optimizer.safetensors";
   SafetensorsFile file = SafetensorsFile::open(opt_path);

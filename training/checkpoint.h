@@ -29,6 +29,7 @@
 
 #include "model/adapters.h"
 #include "optim/optimizer.h"
+#include "optim/loss_scaler.h"
 #include "runtime/rng.h"
 #include "training/batch.h"
 #include "training/train_config.h"
@@ -42,6 +43,13 @@ struct TrainerState {
   RngState rng;             // the process RNG after that step
   DataPosition data;        // where the next micro-batch starts
   int64_t tokens_seen = 0;  // non-padding tokens trained on so far
+  // fp16 runs (optim/loss_scaler.h): the scaler after that step, and the steps it
+  // skipped (an overflow: no update, and the LR schedule did not advance, as in
+  // HF Trainer + accelerate). compute_dtype: the run's --dtype as resolved ("f32",
+  // "bf16", "f16"); a resume in another dtype starts a fresh scaler.
+  std::string compute_dtype = "f32";
+  LossScalerState loss_scaler;
+  int64_t skipped_steps = 0;
 };
 
 // Writes OUT/checkpoint-<state.step>/ atomically (replacing one of the same

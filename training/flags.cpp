@@ -431,6 +431,13 @@ Flag& add_device_flag(FlagTable& table, std::string* device) {
                           "auto | cpu | cuda (auto: cuda when built with CUDA and a GPU is visible)");
 }
 
+Flag& add_dtype_flag(FlagTable& table, std::string* dtype) {
+  return table.add_choice("dtype", dtype, {"auto", "bfloat16", "float16", "float32", "bf16", "f16", "f32"},
+                          "compute dtype on cuda: auto (bf16 where the GPU has it, else f16 with dynamic\n"
+                          "loss scaling), bfloat16 | float16 (or bf16 | f16); the cpu computes in float32",
+                          "T");
+}
+
 Flag& add_rope_scaling_flag(FlagTable& table, std::string* spec) {
   return table.add("rope-scaling", spec,
                    "switch on RoPE scaling for a config without it: yarn:FACTOR[:ORIGINAL_WINDOW]\n"

@@ -147,6 +147,10 @@ std::string nearest_name(const std::string& unknown, const std::vector<std::stri
 inline constexpr const char* kDefaultDevice = "auto";
 Flag& add_device_flag(FlagTable& table, std::string* device);
 
+// --dtype auto | bfloat16 | float16 | float32 (and bf16 | f16 | f32): the compute dtype of
+// a GPU run, resolved by select_compute_dtype (model/device.h).
+Flag& add_dtype_flag(FlagTable& table, std::string* dtype);
+
 // --rope-scaling yarn:F[:W] | linear:F, the one help text of every program that loads a
 // model; the value is parsed and applied by ModelConfig::apply_rope_scaling_flag
 // (model/config.h). "" (the default): the model's config as it is.

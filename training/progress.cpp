@@ -36,10 +36,13 @@ std::string ProgressBar::line(const StepMetrics& m, double elapsed_s) const {
   int digits = int(std::to_string(total_).size());
   char lr[32] = "";
   if (kind_ == BarKind::Training) std::snprintf(lr, sizeof lr, " | lr %.2e", m.lr);
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "%s %*lld/%lld [%s] %3d%% | loss %.4f%s | %s tok/s | ETA %s",
+  char scale[64] = "";
+  if (kind_ == BarKind::Training && m.loss_scale > 0)
+    std::snprintf(scale, sizeof scale, " | scale %.0f%s", m.loss_scale, m.skipped ? " | skipped (overflow)" : "");
+  char buf[320];
+  std::snprintf(buf, sizeof buf, "%s %*lld/%lld [%s] %3d%% | loss %.4f%s%s | %s tok/s | ETA %s",
                 kind_ == BarKind::Training ? "step" : "eval batch", digits, (long long)m.step, (long long)total_,
-                bar.c_str(), int(frac * 100), m.loss, lr, tps, format_duration(eta).c_str());
+                bar.c_str(), int(frac * 100), m.loss, lr, scale, tps, format_duration(eta).c_str());
   return buf;
 }
 
@@ -93,6 +96,8 @@ void MetricsWriter::write(const StepMetrics& m) {
                       {"lr", m.lr},               {"grad_norm", m.grad_norm},
                       {"tokens_per_s", m.tokens_per_s}, {"mem_bytes", m.mem_bytes},
                       {"tokens", m.tokens},       {"step_time_s", m.step_time_s}};
+  if (m.loss_scale > 0) j["loss_scale"] = m.loss_scale;
+  if (m.skipped) j["skipped"] = true;
   // Non-finite numbers (a diverged loss) have no JSON spelling; nlohmann writes null.
   f_ << j.dump() << '\n' << std::flush;
   NQ_CHECK(f_.good(), path_, ": write failed (disk full?)");

@@ -7,6 +7,7 @@
 // The metrics file gets one JSON object per optimizer step:
 //   {"step": 12, "loss": 1.93, "lr": 0.0002, "grad_norm": 0.84, "tokens_per_s": 5321.4, "mem_bytes": 123456789,
 //    "tokens": 4096, "step_time_s": 0.77}
+// (fp16 runs add "loss_scale": 65536.0 and, on a step skipped for an overflow, "skipped": true)
 // and one per eval, as HF Trainer's log_history keeps them apart:
 //   {"step": 15, "eval_loss": 0.318, "eval_tokens": 965}
 #pragma once
@@ -26,6 +27,10 @@ struct StepMetrics {
   int64_t mem_bytes = 0;      // peak device memory so far
   int64_t tokens = 0;         // non-padding tokens of this step (all its micro-batches)
   double step_time_s = 0.0;   // wall time of this step
+  // fp16 runs (optim/loss_scaler.h): the loss scale of this step's backward (0: no
+  // scaler, bf16/f32) and whether the step was skipped for an overflow.
+  double loss_scale = 0.0;
+  bool skipped = false;
 };
 
 // "1h02m", "3m05s", "42s".
@@ -46,6 +51,7 @@ class ProgressBar {
 
   // The text of the line for step m (no '\r' or newline), e.g.
   // "step   12/100 [##----------------]  12% | loss 1.9300 | lr 2.00e-04 | 5.3k tok/s | ETA 1m20s"
+  // (fp16: "| scale 65536" after the lr, "| skipped (overflow)" on a skipped step)
   // "eval batch   3/10 [######--------------]  30% | loss 1.9300 | 5.3k tok/s | ETA 14s"
   std::string line(const StepMetrics& m, double elapsed_s) const;
 

@@ -54,6 +54,7 @@ void RunReport::step(const StepMetrics& m, const MemStats& mem) {
   tb.scalar(m.step, "train/loss", m.loss);
   tb.scalar(m.step, "train/learning_rate", m.lr);
   tb.scalar(m.step, "train/grad_norm", m.grad_norm);
+  if (m.loss_scale > 0) tb.scalar(m.step, "train/loss_scale", m.loss_scale);
   tb.scalar(m.step, "train/tokens_per_second", m.tokens_per_s);
   constexpr double kMiB = 1024.0 * 1024.0;
   tb.scalar(m.step, "memory/peak_mib", double(mem.peak_total) / kMiB);

@@ -92,6 +92,7 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("save-every", &cfg.save_every, "checkpoint every N steps (0: only at the end)");
   t.add("no-grad-checkpoint", &cfg.no_grad_checkpoint, "keep every layer's activations (faster, more memory)");
   add_device_flag(t, &cfg.device);
+  add_dtype_flag(t, &cfg.dtype);
   add_rope_scaling_flag(t, &cfg.rope_scaling);
   t.add("on-bad-line", &cfg.on_bad_line, "error | skip a malformed JSONL line");
   t.add("no-quant", &cfg.no_quant, "keep the base weights dense f32 (debugging; not QLoRA)");
@@ -135,6 +136,7 @@ const EvalOption kEvalOptions[] = {
     {"prompt-completion-chat", ""},
     {"on-bad-line", ""},
     {"device", ""},
+    {"dtype", ""},
     {"rope-scaling", ""},
     {"no-quant", ""},
     {"no-progress", "no progress bar on stderr"},
@@ -307,8 +309,8 @@ const SeedKey kSeedKeys[] = {
     {"adam_beta1", SeedKeyKind::Check, nullptr},
     {"adam_beta2", SeedKeyKind::Check, nullptr},
     {"adam_epsilon", SeedKeyKind::Check, nullptr},
-    {"fp16", SeedKeyKind::Check, nullptr},
-    {"bf16", SeedKeyKind::Check, nullptr},
+    {"fp16", SeedKeyKind::Option, "dtype"},  // true: float16, false: nothing asked (the default)
+    {"bf16", SeedKeyKind::Option, "dtype"},  // true: bfloat16
     {"tf32", SeedKeyKind::Check, nullptr},
     {"group_by_length", SeedKeyKind::Check, nullptr},
     {"dataset_text_field", SeedKeyKind::Check, nullptr},
@@ -425,6 +427,10 @@ json seed_option_value(const std::string& source, const std::string& key, const 
     NQ_CHECK(v.is_boolean(), where, ": expected true or false, got ", v.dump());
     return !v.get<bool>();
   }
+  if (key == "fp16" || key == "bf16") {  // TrainingArguments' mixed precision = --dtype
+    NQ_CHECK(v.is_boolean(), where, ": expected true or false, got ", v.dump());
+    return v.get<bool>() ? json(key == "fp16" ? "float16" : "bfloat16") : json();  // null: not asked
+  }
   if (key == "use_cpu") {
     NQ_CHECK(v.is_boolean(), where, ": expected true or false, got ", v.dump());
     return v.get<bool>() ? "cpu" : kDefaultDevice;
@@ -472,10 +478,10 @@ void check_seed_value(const std::string& source, const std::string& key, const j
   if (key == "adam_beta1" || key == "adam_beta2" || key == "adam_epsilon") {
     const double want = key == "adam_beta1" ? 0.9 : key == "adam_beta2" ? 0.999 : 1e-8;
     if (!(v.is_number() && v.get<double>() == want)) unsupported(str("./train's AdamW uses ", key, " = ", want));
-  } else if (key == "fp16" || key == "bf16" || key == "tf32" || key == "bnb_4bit_compute_dtype") {
+  } else if (key == "tf32" || key == "bnb_4bit_compute_dtype") {
     if (is(false) || is("float32")) return;  // asks for nothing ./train does not do
-    warnings->push_back(str(where, " = ", dump_value(v), ": the precision follows --device (fp32 on the cpu; bf16 "
-                            "activations with fp32 accumulation, fp32 LoRA masters and optimizer on cuda)"));
+    warnings->push_back(str(where, " = ", dump_value(v), ": the precision follows --dtype (fp32 on the cpu; bf16 "
+                            "or f16 activations with fp32 accumulation, fp32 LoRA masters and optimizer on cuda)"));
   } else if (key == "group_by_length") {
     if (!is(false)) unsupported("./train keeps the order of docs/data.md (--shuffle / --no-shuffle)");
   } else if (key == "dataset_text_field") {
@@ -556,7 +562,7 @@ std::string translate_seed_config(const std::string& json_text, const std::strin
       option = key;  // ./train's own key (or an unknown one: the table's error names it)
       if (key == "optim") value = seed_option_value(source, key, value);
     }
-    if (option == "resume" && value.is_null()) continue;
+    if ((option == "resume" || option == "dtype") && value.is_null()) continue;
     NQ_CHECK(!set_by.count(option) || set_by[option] == key, source, ": \"", key, "\" and \"", set_by[option],
              "\" both set ", option);
     set_by[option] = key;

@@ -76,6 +76,7 @@ struct TrainConfig {
   int64_t save_every = 0;           // 0: checkpoint only at the end
   bool no_grad_checkpoint = false;
   std::string device = kDefaultDevice;  // auto | cpu | cuda (training/flags.h's --device)
+  std::string dtype = "auto";       // compute dtype on cuda: auto | bfloat16 | float16 (model/device.h)
   std::string rope_scaling;         // "yarn:4", "yarn:4:32768", "linear:2": switched on in the model's config; "": as it is
   std::string on_bad_line = "error";  // error | skip
   bool no_quant = false;            // dense f32 base (debugging)

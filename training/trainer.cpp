@@ -67,14 +67,17 @@ std::unique_ptr<Optimizer> make_optimizer(const std::vector<Var>& params, const 
 void request_stop() { g_stop_requested.store(true); }
 
 StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vector<DecoderBatch>& micro, double lr,
-                      double max_grad_norm, int64_t step) {
+                      double max_grad_norm, int64_t step, LossScaler* scaler) {
   StepResult r;
   for (const DecoderBatch& b : micro) r.targets += b.n_targets;
   NQ_CHECK(r.targets > 0, "step ", step, ": no counted targets in the ", micro.size(), " micro-batches");
   TrainingMode training;  // LoRA dropout on, for the forwards and the backwards (checkpoint re-runs)
+  const bool scaling = scaler && scaler->enabled();
+  r.loss_scale = scaling ? scaler->scale() : 1.0f;
 
   // L = sum over the window's targets of CE / N. Micro-batch i contributes its
-  // mean l_i times n_i / N; backward of that scaled loss adds its share of dL.
+  // mean l_i times n_i / N; backward of that scaled loss adds its share of dL
+  // (times the fp16 loss scale S: a power of two, so the product is exact).
   for (size_t i = 0; i < micro.size(); ++i) try {
     if (micro[i].n_targets == 0) continue;  // all padding: contributes nothing
     const double scale =
@@ -82,22 +85,36 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
     Var loss = model.forward_loss(micro[i]);  // [1] f32 on the model's device, mean over its targets
     const double li = loss.value().to_vector()[0];  // read on the host
     NQ_CHECK(std::isfinite(li), "step ", step, ": loss is ", li, " (micro-batch ", i + 1, " of ", micro.size(),
-             "); training diverged or the data is broken; lower --lr or check the data");
+             "); training diverged or the data is broken; lower --lr or check the data",
+             scaling ? " (the fp16 forward may overflow: --dtype bfloat16 where the GPU has it)" : "");
     r.loss += scale * li;
-    backward(loss, Tensor::full({1}, float(scale), loss.value().device()));
+    backward(loss, Tensor::full({1}, float(scale) * r.loss_scale, loss.value().device()));
   } catch (const AnomalyError& e) {  // --detect-anomaly: before any update, so the last checkpoint is good
     optimizer.zero_grad();
     throw Error(str("step ", step, " (micro-batch ", i + 1, " of ", micro.size(), "): ", e.what()));
   }
 
-  // Clipping: the factor min(max_norm / (norm + 1e-6), 1) is applied inside the update.
-  r.grad_norm = optimizer.grad_global_norm();
-  if (!std::isfinite(r.grad_norm)) {
-    optimizer.zero_grad();
-    throw Error(str("step ", step, ": gradient norm is ", r.grad_norm, " (loss ", r.loss,
-                    "); training diverged; lower --lr"));
+  // Clipping: the factor min(max_norm / (norm + 1e-6), 1) is applied inside the update,
+  // with the unscaling 1/S folded in (exact: S is a power of two).
+  const double norm = optimizer.grad_global_norm();
+  if (scaling) {
+    if (!scaler->update(/*found_inf=*/!std::isfinite(norm))) {
+      optimizer.zero_grad();
+      r.skipped = true;
+      r.grad_norm = norm;
+      return r;
+    }
+    r.grad_norm = norm * double(1.0f / r.loss_scale);
+  } else {
+    r.grad_norm = norm;
+    if (!std::isfinite(r.grad_norm)) {
+      optimizer.zero_grad();
+      throw Error(str("step ", step, ": gradient norm is ", r.grad_norm, " (loss ", r.loss,
+                      "); training diverged; lower --lr"));
+    }
   }
-  optimizer.step(lr, max_grad_norm > 0 ? clip_scale(r.grad_norm, max_grad_norm) : 1.0f);
+  const float clip = max_grad_norm > 0 ? clip_scale(r.grad_norm, max_grad_norm) : 1.0f;
+  optimizer.step(lr, clip * (1.0f / r.loss_scale));
   optimizer.zero_grad();
   return r;
 }
@@ -310,7 +327,12 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   } else {
     attach_adapters(model, adapter);
   }
-  to_device(model, device);  // NF4 codes as they are, bf16 embeddings, f32 norms and LoRA masters
+  std::string dtype_note;
+  const DType compute = select_compute_dtype(cfg.dtype, device, "--dtype", &dtype_note);
+  if (!dtype_note.empty()) log << "note: " << dtype_note << "\n";
+  to_device(model, device, compute);  // NF4 codes as they are, embeddings in the compute dtype, f32 norms and LoRA masters
+  // fp16's dynamic loss scaling (optim/loss_scaler.h: torch.amp.GradScaler's defaults); bf16 and f32 need none.
+  LossScaler scaler = compute == DType::F16 ? LossScaler(LossScalerConfig{}) : LossScaler();
   std::vector<Var> params = adapter_parameters(model);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(params, cfg, device);
   int64_t n_trainable = 0;
@@ -352,7 +374,10 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
              " and the run has ", total_steps, " steps; nothing left to do (--max-steps extends it)");
     rng_state() = state.rng;
     loader.set_position(state.data);
-    log << "resumed from " << resume_dir << " at step " << state.step << "\n";
+    if (scaler.enabled() && state.compute_dtype == dtype_name(compute))
+      scaler.load_state(state.loss_scaler, (resume_dir + "/trainer_state.json").c_str());
+    log << "resumed from " << resume_dir << " at step " << state.step
+        << (scaler.enabled() ? str(", loss scale ", scaler.scale()) : std::string()) << "\n";
   }
   // A resumed run's metrics: the steps up to the checkpoint stay, later ones (logged before a kill) go.
   RunReport report(cfg, resume_dir.empty() ? -1 : state.step);  // metrics.jsonl (+ TensorBoard with --report-to)
@@ -422,10 +447,15 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
       micro.push_back(decoder_batch(b, device));
       if (step == first_step && b.B * b.T > first_rows * first_cols) first_rows = b.B, first_cols = b.T;
     }
-    const double lr = schedule.lr(step - 1);
-    StepResult r = train_step(model, *optimizer, micro, lr, cfg.max_grad_norm, step);
+    // The schedule advances with the updates: a step the fp16 scaler skipped does not
+    // count (HF Trainer + accelerate do not step the scheduler after a skipped update).
+    const double lr = schedule.lr(step - 1 - state.skipped_steps);
+    StepResult r = train_step(model, *optimizer, micro, lr, cfg.max_grad_norm, step, &scaler);
 
     state.step = step;
+    state.compute_dtype = dtype_name(compute);
+    state.loss_scaler = scaler.state();
+    state.skipped_steps += r.skipped;
     state.rng = rng_state();
     state.data = loader.position();
     state.tokens_seen += tokens;
@@ -439,6 +469,8 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
     m.step_time_s = seconds_since(t_step);
     m.tokens_per_s = double(tokens) / m.step_time_s;
     m.mem_bytes = int64_t(mem.peak_total);
+    m.loss_scale = scaler.enabled() ? r.loss_scale : 0.0;
+    m.skipped = r.skipped;
     report.step(m, mem);
     result.steps.push_back(m);
     result.final_step = step;

@@ -27,6 +27,7 @@
 
 #include "model/decoder.h"
 #include "optim/optimizer.h"
+#include "optim/loss_scaler.h"
 #include "training/batch.h"
 #include "training/progress.h"
 #include "training/train_config.h"
@@ -37,16 +38,20 @@ struct StepResult {
   double loss = 0;       // sum of token CEs over the window / counted targets
   double grad_norm = 0;  // global L2 norm before clipping
   int64_t targets = 0;   // counted targets of the window
+  float loss_scale = 1;  // the fp16 loss scale this step's backward ran with (1: none)
+  bool skipped = false;  // fp16: a gradient overflowed, no update (the scaler backed off)
 };
 
 // One optimizer step over the micro-batches (on the model's device, each with
 // its n_targets): in training mode (TrainingMode, autograd/var.h: LoRA dropout
 // on), scaled backward of each, the gradient norm, the optimizer
 // step with `lr` and the clipping factor for max_grad_norm (0: no clipping),
-// zero the gradients. A non-finite loss or gradient norm throws before the
-// parameters change, naming `step`.
+// zero the gradients. A non-finite loss throws before the parameters change,
+// naming `step`; so does a non-finite gradient norm, unless `scaler` is enabled
+// (fp16, optim/loss_scaler.h): the backward then runs on the loss times its scale,
+// the norm is unscaled before clipping, and an overflow skips the update.
 StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vector<DecoderBatch>& micro, double lr,
-                      double max_grad_norm, int64_t step);
+                      double max_grad_norm, int64_t step, LossScaler* scaler = nullptr);
 
 struct TrainResult {
   std::vector<StepMetrics> steps;                // the steps this call ran
