@@ -72,7 +72,7 @@ ifeq ($(CUDA),emu)
   # The .cu/.cuh files are rewritten by cuda_emu/rewrite.sed into build/emu (found first
   # on the include path) and compiled by $(CXX) as the device code of compute capability EMU_ARCH.
   EMU_ARCH ?= 900
-  CXXFLAGS += -DNQ_CUDA=1 -DNQ_CUDA_EMU=1 -Icuda_emu/include
+  CXXFLAGS += -DNQ_CUDA=1 -DNQ_CUDA_EMU=1 -DNQ_EMU_ARCH=$(EMU_ARCH) -Icuda_emu/include
   EMU_CU_FLAGS := -D__CUDA_ARCH__=$(EMU_ARCH) -Wno-unknown-pragmas
 endif
 NPROC    := $(shell nproc 2>/dev/null || echo 2)

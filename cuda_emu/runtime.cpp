@@ -91,8 +91,16 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   prop->maxThreadsPerBlock = 1024;
   prop->maxThreadsDim[0] = 1024; prop->maxThreadsDim[1] = 1024; prop->maxThreadsDim[2] = 64;
   prop->maxGridSize[0] = 2147483647; prop->maxGridSize[1] = 65535; prop->maxGridSize[2] = 65535;
-  prop->major = 9;
-  prop->minor = 0;
+  // The compute capability whose code paths the build emulates (EMU_ARCH, 900 = 9.0);
+  // NQ_EMU_CC=75 in the environment reports another (the host-side choices of a T4's
+  // paths, e.g. f16 instead of bf16, tested without a second build).
+  static const int cc = [] {
+    const char* env = std::getenv("NQ_EMU_CC");
+    const int v = env ? std::atoi(env) : 0;
+    return v >= 50 && v <= 120 ? v : NQ_EMU_ARCH / 10;
+  }();
+  prop->major = cc / 10;
+  prop->minor = cc % 10;
   prop->multiProcessorCount = 132;
   prop->sharedMemPerMultiprocessor = kSharedPerSm;
   prop->sharedMemPerBlockOptin = kOptinSharedPerBlock;

@@ -115,8 +115,9 @@ float sum(const Tensor& a) {
 Tensor cast(const Tensor& x, DType dtype) {
   check_float("cast", "x", x);
   if (x.dtype() == dtype) return x;
-  NQ_CHECK(x.device() == Device::CUDA && (dtype == DType::F32 || dtype == DType::BF16), "cast: cannot convert ",
-           x.desc(), " to ", dtype_name(dtype), " (the GPU converts f32 <-> bf16; the cpu keeps f32)");
+  NQ_CHECK(x.device() == Device::CUDA && (dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16),
+           "cast: cannot convert ", x.desc(), " to ", dtype_name(dtype),
+           " (the GPU converts between f32, bf16 and f16; the cpu keeps f32)");
   NQ_RUN_CUDA(cast, x, dtype);
 }
 
@@ -450,7 +451,8 @@ Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Tensor& w, const LowRankTerm* ex
 }
 Tensor nf4_dequantize(const Nf4Tensor& w, DType dtype) {
   if (nf4_device("nf4_dequantize", w) == Device::CUDA) {
-    NQ_CHECK(dtype == DType::F32 || dtype == DType::BF16, "nf4_dequantize: the GPU gives f32 or bf16, not ",
+    NQ_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+             "nf4_dequantize: the GPU gives f32, bf16 or f16, not ",
              dtype_name(dtype));
     NQ_RUN_CUDA(nf4_dequantize, cuda::nf4_device_view(w), dtype);
   }

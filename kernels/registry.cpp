@@ -60,10 +60,12 @@ std::string describe_case(const Op& op, const Dims& d) {
   return out;
 }
 
-double dtype_bound(DType act) { return act == DType::F32 ? 1e-5 : 1e-2; }
+double dtype_bound(DType act) { return act == DType::F32 ? 1e-5 : act == DType::F16 ? 3e-3 : 1e-2; }
 Tol by_dtype() { return Tol{}; }
 Tol f32_bound() { return Tol{Metric::Relative, [](const Dims&, DType) { return 1e-5; }}; }
-Tol bf16_bound() { return Tol{Metric::Relative, [](const Dims&, DType) { return 1e-2; }}; }
+Tol tile16_bound() {
+  return Tol{Metric::Relative, [](const Dims&, DType act) { return dtype_bound(act == DType::F16 ? act : DType::BF16); }};
+}
 Tol bit_exact() { return Tol{Metric::BitExact, nullptr}; }
 
 // ---------------------------------------------------------------- the list

@@ -49,7 +49,7 @@ struct Dims {
   int64_t blocksize = 64;                // NF4 quantization block
   bool double_quant = true;              // NF4 absmax quantized again (bitsandbytes' double quant)
   int steps = 1;                         // optimizer steps
-  int dtypes = 3;                        // device mode: bit 1 f32, bit 2 bf16 activations
+  int dtypes = 7;                        // device mode: bit 1 f32, bit 2 bf16, bit 4 f16 activations
 };
 
 // The flags a Dims field answers to, in ./bench's order: {"n", &Dims::n}, ...
@@ -61,7 +61,7 @@ struct Op;
 std::string describe_case(const Op& op, const Dims& d);
 
 // One input: a host tensor (f32 or i32). Activations become the run's activation
-// dtype (bf16 on the GPU, f32 on the CPU; the CPU sees the same rounded values);
+// dtype (f32, bf16 or f16 on the GPU; the CPU sees the same rounded values, in f32);
 // the others (RMSNorm weights, ids, labels, saved statistics) keep their dtype.
 struct Input {
   Tensor host;
@@ -73,16 +73,19 @@ struct Input {
 enum class Metric { Relative, Absolute, BitExact };
 struct Tol {
   Metric metric = Metric::Relative;
-  // The bound for activation dtype `act` at shape d; empty: 1e-5 for f32, 1e-2 for bf16.
+  // The bound for activation dtype `act` at shape d; empty: dtype_bound(act).
   std::function<double(const Dims& d, DType act)> bound;
   bool same_zeros = false;    // the zero elements must be the same ones (a dropout mask)
   bool in_act_dtype = false;  // the output has the activation dtype (an accumulator kept in its own)
 };
-Tol by_dtype();                 // 1e-5 f32, 1e-2 bf16 (bound of the activation dtype)
+Tol by_dtype();                 // dtype_bound of the activation dtype
 Tol f32_bound();                // 1e-5 whatever the activations (an f32 output from the same inputs)
-Tol bf16_bound();               // 1e-2 whatever the activations
+Tol tile16_bound();             // a tensor-core kernel's 16-bit tiles: f16's bound for f16 activations,
+                                // else bf16's (f32 inputs are staged as bf16)
 Tol bit_exact();
-double dtype_bound(DType act);  // 1e-5 f32, 1e-2 bf16
+// 1e-5 f32; 1e-2 bf16 (8 significant bits: one rounding is 2^-9 relative); 3e-3 f16
+// (11 bits: 2^-11 per rounding; the same ~6 roundings' worth of slack as bf16's bound).
+double dtype_bound(DType act);
 
 // Bytes the op must move (inputs read once, outputs written once; activations at
 // `act_bytes` each) and flops; a matmul-like op names the GEMM to compare with.

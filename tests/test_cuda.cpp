@@ -13,9 +13,10 @@
 //   bf16 on the GPU: 1e-2 (inputs are rounded to bf16 first and the CPU sees
 //                    the same rounded values; outputs carry one bf16 rounding,
 //                    relative 2^-9 at worst per element)
+//   f16 on the GPU:  3e-3 (the same with f16's 11 bits: 2^-11 per rounding)
 //   bit-exact:       NF4 dequantization (f32 and bf16), f32 <-> bf16 casts, the
 //                    dropout mask (same Philox stream), the cross-entropy's row count
-//   NF4 matmul:      1e-2 where the fused tensor-core GEMM stages bf16 tiles (16 < M < 256
+//   NF4 matmul:      the 16-bit tiles' bound where the fused tensor-core GEMM stages them (16 < M < 256
 //                    rows, Auto or Fused), else the activation's bound; LoRA over NF4's y, dx 1e-2
 //   AdamW:           1e-6 against the CPU optimizer (same arithmetic; nvcc may
 //                    contract a multiply-add the host build keeps separate)
@@ -36,6 +37,7 @@
 #include "kernels/registry.h"
 #include "quant/nf4.h"
 #include "runtime/cuda_compare.h"
+#include "runtime/cuda_runtime.h"
 #include "runtime/device_copy.h"
 
 #include "tests/gpu_test.h"
@@ -47,7 +49,7 @@ namespace {
 
 #define GPU_TEST(name) NQ_GPU_TEST("cuda " #name, name)
 
-const DType kDtypes[] = {DType::F32, DType::BF16};
+const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16};
 
 // Bit-exact comparison of two CPU tensors: "" when every element's bytes are equal,
 // else where the first difference is (so a failure says where, not just that).
@@ -71,6 +73,9 @@ std::string bit_difference(const Tensor& got, const Tensor& want) {
 
 GPU_TEST(registry_device_every_op) {
   namespace reg = nq::kernels::registry;
+  const int cc = cuda_compute_capability();
+  const bool has_bf16 = cc == 0 || cc >= 80;
+  if (!has_bf16) MESSAGE("compute capability " << cc << ": no bf16, the registry runs f32 and f16");
   for (const reg::Op& op : reg::ops()) {
     if (!op.has_cpu || op.bench_only) continue;  // GPU-only ops have their own tests below
     SUBCASE(op.name.c_str()) {
@@ -78,7 +83,8 @@ GPU_TEST(registry_device_every_op) {
       CHECK(shapes.size() >= 3);
       for (const reg::Dims& d : shapes)
         for (DType dt : kDtypes) {
-          if (!(d.dtypes & (dt == DType::F32 ? 1 : 2))) continue;
+          if (!(d.dtypes & (dt == DType::F32 ? 1 : dt == DType::BF16 ? 2 : 4))) continue;
+          if (dt == DType::BF16 && !has_bf16) continue;  // sm_70/75 (NQ_EMU_CC=75): refused, tested below
           CAPTURE(reg::describe_case(op, d));
           CAPTURE(dtype_name(dt));
           std::vector<reg::Check> checks = reg::check_device(op, d, Device::CUDA, dt);

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "cuda_bf16.h"
+#include "cuda_fp16.h"
 #include "cuda_emu/emu.h"
 #include "runtime/error.h"
 
@@ -32,12 +33,13 @@ template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 
  public:
   static constexpr int num_elements = 256;  // per lane here (all of the tile)
-  float tile[16][16];                       // [row][col], f32 (bf16 inputs are exact in f32)
+  float tile[16][16];                       // [row][col], f32 (bf16 and f16 inputs are exact in f32)
 };
 
 namespace detail {
 inline float value(float v) { return v; }
 inline float value(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline float value(__half v) { return __half2float(v); }
 
 template <typename T>
 void check(const char* op, const T* p, unsigned ldm, int layout, const char* file, int line) {

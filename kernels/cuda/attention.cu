@@ -1,7 +1,7 @@
 // Causal self-attention with GQA and optional segment ids (packed samples),
 // forward and backward, O(T) memory: the [T, T] scores never exist; the forward
 // keeps the online-softmax state per query and saves lse for the backward.
-//   q [B*T, Hq, Dh], k, v [B*T, Hkv, Dh] (f32/bf16) -> o [B*T, Hq, Dh], lse [B*T, Hq] f32
+//   q [B*T, Hq, Dh], k, v [B*T, Hkv, Dh] (f32/bf16/f16) -> o [B*T, Hq, Dh], lse [B*T, Hq] f32
 //   query (b, t) of head h reads kv head h / (Hq / Hkv), keys (b, j) with j <= t
 //   and seg[b, j] == seg[b, t]; s_j = q . k_j / sqrt(Dh)
 // Online softmax (one pass over keys, f32): with running max m, normaliser l
@@ -12,7 +12,7 @@
 // Backward, with P_ij = exp(s_ij - lse_i) recomputed and D_i = dO_i . o_i:
 //   dV_j = sum_i P_ij dO_i,   dS_ij = P_ij (dO_i . v_j - D_i)
 //   dQ_i = scale sum_j dS_ij k_j,   dK_j = scale sum_i dS_ij q_i
-// bf16 with head_dim 64 or 128 (16-byte aligned): the tiled tensor-core kernels,
+// bf16 or f16 with head_dim 64 or 128 (16-byte aligned), on sm_80 and newer: the tiled tensor-core kernels,
 // forward in attention_flash.cuh (64 queries x 64 keys per step), backward in
 // attention_flash_bwd.cuh (FlashAttention-2: block per 64 keys, dQ by f32 atomics).
 // Everything else (f32, other head dims) runs the straightforward CUDA-core
@@ -31,6 +31,7 @@
 #include "kernels/cuda/cast.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
+#include "runtime/cuda_runtime.h"
 
 namespace nq::kernels::cuda {
 
@@ -178,9 +179,12 @@ static AttnShape shape_of(const Tensor& q, const Tensor& k, int64_t B, int64_t T
 }
 static unsigned blocks_for(int64_t warps) { return unsigned((warps + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 static const int32_t* seg_ptr(const Tensor& seg) { return seg.defined() ? ptr<int32_t>(seg) : nullptr; }
-// The tiled kernels take bf16, head_dim 64 or 128, and 16-byte aligned tiles (they load 8 bf16 at a time).
+// The tiled kernels take bf16 or f16, head_dim 64 or 128, and 16-byte aligned tiles (they load
+// 8 elements at a time), on sm_80 and newer (their shared memory exceeds what sm_70/75 offer a block).
 static bool tiled(const AttnShape& s, DType dtype, std::initializer_list<const Tensor*> tiles) {
-  if (dtype != DType::BF16 || (s.Dh != 64 && s.Dh != 128)) return false;
+  static const int cc = cuda_compute_capability();
+  if ((dtype != DType::BF16 && dtype != DType::F16) || (s.Dh != 64 && s.Dh != 128) || (cc != 0 && cc < 80))
+    return false;
   for (const Tensor* t : tiles)
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;
   return true;
@@ -195,9 +199,12 @@ Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int6
   int64_t items = B * T * s.Hq;
   if (items == 0) return o;
   if (tiled(s, q.dtype(), {&q, &k, &v})) {
-    auto launch = s.Dh == 64 ? flash::launch_forward<64> : flash::launch_forward<128>;
-    launch(ptr<bf16>(o), ptr<float>(lse_t), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), seg_ptr(segment_ids), B, T,
-           s.Hq, s.Hkv, s.scale);
+    dispatch_half16(q, "attention_forward", [&](auto tag) {
+      using E = decltype(tag);
+      auto launch = s.Dh == 64 ? flash::launch_forward<64, E> : flash::launch_forward<128, E>;
+      launch(ptr<E>(o), ptr<float>(lse_t), ptr<E>(q), ptr<E>(k), ptr<E>(v), seg_ptr(segment_ids), B, T, s.Hq, s.Hkv,
+             s.scale);
+    });
     return o;
   }
   dispatch_float(q, "attention_forward", [&](auto tag) {
@@ -221,12 +228,15 @@ void attention_backward(const Tensor& grad_o, const Tensor& q, const Tensor& k, 
   if (grad_k) *grad_k = dk;
   if (grad_v) *grad_v = dv;
   if (tiled(s, q.dtype(), {&q, &k, &v, &grad_o})) {
-    // dQ is summed over key tiles by f32 atomics, then rounded to bf16 once.
+    // dQ is summed over key tiles by f32 atomics, then rounded to q's dtype once.
     Tensor dq_acc = Tensor::empty(q.shape(), DType::F32, Device::CUDA, MemCategory::Workspace);
-    auto launch = s.Dh == 64 ? flash::bwd::launch_backward<64> : flash::bwd::launch_backward<128>;
-    launch(ptr<bf16>(dk), ptr<bf16>(dv), ptr<float>(dq_acc), ptr<float>(delta), ptr<bf16>(grad_o), ptr<bf16>(q),
-           ptr<bf16>(k), ptr<bf16>(v), ptr<bf16>(o), ptr<float>(lse), seg_ptr(segment_ids), B, T, s.Hq, s.Hkv, s.scale);
-    if (grad_q) *grad_q = cast(dq_acc, DType::BF16);
+    dispatch_half16(q, "attention_backward", [&](auto tag) {
+      using E = decltype(tag);
+      auto launch = s.Dh == 64 ? flash::bwd::launch_backward<64, E> : flash::bwd::launch_backward<128, E>;
+      launch(ptr<E>(dk), ptr<E>(dv), ptr<float>(dq_acc), ptr<float>(delta), ptr<E>(grad_o), ptr<E>(q), ptr<E>(k),
+             ptr<E>(v), ptr<E>(o), ptr<float>(lse), seg_ptr(segment_ids), B, T, s.Hq, s.Hkv, s.scale);
+    });
+    if (grad_q) *grad_q = cast(dq_acc, q.dtype());
     return;
   }
   Tensor dq = Tensor::empty(q.shape(), q.dtype(), Device::CUDA);

@@ -1,5 +1,5 @@
-// Tensor-core flash-attention forward (bf16, head_dim 64 or 128), used by
-// attention.cu for bf16 inputs; see attention.cu for the math.
+// Tensor-core flash-attention forward (bf16 or f16 = E, head_dim 64 or 128), used
+// by attention.cu for 16-bit inputs on sm_80 and newer; see attention.cu for the math.
 //
 // Tiling: a block of 4 warps owns 64 query rows of one (batch, head), 16 per
 // warp, and walks the key tiles of 64 keys up to its last query (causal).
@@ -41,8 +41,8 @@ struct Layout {
 
 // rows [r0, r0 + 64) of a [N, H, Dh] tensor's head h into smem [64][Ld]; rows >= r_end are zero.
 // Called by all `Threads` threads of the block (128 in the forward, 256 in the backward).
-template <int Dh, int Threads = kThreads>
-__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t r0, int64_t r_end, int64_t H, int64_t h) {
+template <int Dh, typename E, int Threads = kThreads>
+__device__ __forceinline__ void load_tile(E* dst, const E* src, int64_t r0, int64_t r_end, int64_t H, int64_t h) {
   constexpr int kVecs = Dh / 8;  // 16-byte vectors per row
   for (int e = threadIdx.x; e < kRows * kVecs; e += Threads) {
     int r = e / kVecs, c = (e % kVecs) * 8;
@@ -52,24 +52,27 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t r0
   }
 }
 
-template <int Dh>
+template <int Dh, typename E>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* seg, int64_t T,
+    forward_kernel(E* o, float* lse, const E* q, const E* k, const E* v, const int32_t* seg, int64_t T,
                    int64_t Hq, int64_t Hkv, float scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // not built before sm_80 (attention.cu's tiled() picks these kernels on sm_80 and newer only)
+#else
   using L = Layout<Dh>;
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* q_s = reinterpret_cast<bf16*>(smem);
-  bf16* k_s = reinterpret_cast<bf16*>(smem + L::kQBytes);
-  bf16* v_s = reinterpret_cast<bf16*>(smem + 2 * L::kQBytes);
+  E* q_s = reinterpret_cast<E*>(smem);
+  E* k_s = reinterpret_cast<E*>(smem + L::kQBytes);
+  E* v_s = reinterpret_cast<E*>(smem + 2 * L::kQBytes);
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float* s_w = reinterpret_cast<float*>(smem + 3 * L::kQBytes) + warp * kWarpRows * L::kSLd;
-  bf16* p_w = reinterpret_cast<bf16*>(smem + 3 * L::kQBytes + L::kSBytes) + warp * kWarpRows * L::kPLd;
+  E* p_w = reinterpret_cast<E*>(smem + 3 * L::kQBytes + L::kSBytes) + warp * kWarpRows * L::kPLd;
   float* o_w = reinterpret_cast<float*>(smem + 3 * L::kQBytes + L::kSBytes + L::kPBytes) + warp * kWarpRows * L::kOLd;
 
   int64_t bh = blockIdx.y, b = bh / Hq, h = bh % Hq, g = h / (Hq / Hkv);
   int64_t t0 = int64_t(blockIdx.x) * kRows;        // first query position of the block
   int64_t base = b * T;                            // first row of this sequence
-  load_tile<Dh>(q_s, q, base + t0, base + T, Hq, h);
+  load_tile<Dh, E>(q_s, q, base + t0, base + T, Hq, h);
   for (int e = lane; e < kWarpRows * Dh; e += 32) o_w[(e / Dh) * L::kOLd + e % Dh] = 0.0f;
 
   // Each row of the warp's 16 is owned by 2 lanes: row = lane / 2, columns half * 32 ..
@@ -81,8 +84,8 @@ __global__ void __launch_bounds__(kThreads)
   int64_t last_key = min(T, t0 + kRows);           // keys [0, last_key) can be visible
   for (int64_t j0 = 0; j0 < last_key; j0 += kKeys) {
     __syncthreads();  // previous tile's K/V fully consumed
-    load_tile<Dh>(k_s, k, base + j0, base + T, Hkv, g);
-    load_tile<Dh>(v_s, v, base + j0, base + T, Hkv, g);
+    load_tile<Dh, E>(k_s, k, base + j0, base + T, Hkv, g);
+    load_tile<Dh, E>(v_s, v, base + j0, base + T, Hkv, g);
     __syncthreads();
 
     // S [16, 64] = Q_w K^T
@@ -91,11 +94,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int n = 0; n < kKeys / 16; ++n) wmma::fill_fragment(s_frag[n], 0.0f);
 #pragma unroll
     for (int d = 0; d < Dh; d += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qa;
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> qa;
       wmma::load_matrix_sync(qa, q_s + warp * kWarpRows * L::kLd + d, L::kLd);
 #pragma unroll
       for (int n = 0; n < kKeys / 16; ++n) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kb;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::col_major> kb;
         wmma::load_matrix_sync(kb, k_s + n * 16 * L::kLd + d, L::kLd);
         wmma::mma_sync(s_frag[n], qa, kb, s_frag[n]);
       }
@@ -120,12 +123,12 @@ __global__ void __launch_bounds__(kThreads)
     float m_use = m_new == -INFINITY ? 0.0f : m_new;  // all masked so far: p = 0, c = 1
     float c_scale = m == -INFINITY ? (m_new == -INFINITY ? 1.0f : 0.0f) : expf(m - m_new);
     float sum = 0.0f;
-    bf16* p_row = p_w + row * L::kPLd + half * 32;
+    E* p_row = p_w + row * L::kPLd + half * 32;
     for (int c = 0; c < 32; ++c) {
       float p = expf(s_row[c] - m_use);  // exp(-inf) = 0 for masked entries
-      bf16 pb = __float2bfloat16_rn(p);
+      E pb = from_f32<E>(p);
       p_row[c] = pb;
-      sum += __bfloat162float(pb);  // l sums what P V multiplies
+      sum += to_f32(pb);  // l sums what P V multiplies
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l = l * c_scale + sum;
@@ -141,8 +144,8 @@ __global__ void __launch_bounds__(kThreads)
       wmma::load_matrix_sync(o_frag, o_w + n * 16, L::kOLd, wmma::mem_row_major);
 #pragma unroll
       for (int kk = 0; kk < kKeys; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vb;
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> pa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> vb;
         wmma::load_matrix_sync(pa, p_w + kk, L::kPLd);
         wmma::load_matrix_sync(vb, v_s + kk * L::kLd + n * 16, L::kLd);
         wmma::mma_sync(o_frag, pa, vb, o_frag);
@@ -156,19 +159,20 @@ __global__ void __launch_bounds__(kThreads)
   if (t < T) {
     float inv_l = 1.0f / l;
     const float* o_row = o_w + row * L::kOLd + half * (Dh / 2);
-    bf16* dst = o + ((base + t) * Hq + h) * Dh + half * (Dh / 2);
-    for (int c = 0; c < Dh / 2; ++c) dst[c] = __float2bfloat16_rn(o_row[c] * inv_l);
+    E* dst = o + ((base + t) * Hq + h) * Dh + half * (Dh / 2);
+    for (int c = 0; c < Dh / 2; ++c) dst[c] = from_f32<E>(o_row[c] * inv_l);
     if (half == 0) lse[(base + t) * Hq + h] = m + logf(l);
   }
+#endif
 }
 
-template <int Dh>
-void launch_forward(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* seg, int64_t B,
+template <int Dh, typename E>
+void launch_forward(E* o, float* lse, const E* q, const E* k, const E* v, const int32_t* seg, int64_t B,
                     int64_t T, int64_t Hq, int64_t Hkv, float scale) {
   size_t bytes = Layout<Dh>::kTotal;
-  CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<Dh>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<Dh, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(B * Hq));
-  forward_kernel<Dh><<<grid, kThreads, bytes>>>(o, lse, q, k, v, seg, T, Hq, Hkv, scale);
+  forward_kernel<Dh, E><<<grid, kThreads, bytes>>>(o, lse, q, k, v, seg, T, Hq, Hkv, scale);
   NQ_LAUNCH_CHECK();
 }
 

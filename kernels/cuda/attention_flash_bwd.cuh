@@ -1,5 +1,6 @@
-// Tensor-core flash-attention backward (FlashAttention-2 style; bf16, head_dim
-// 64 or 128), used by attention.cu for bf16 inputs; the math is in attention.cu.
+// Tensor-core flash-attention backward (FlashAttention-2 style; bf16 or f16 = E,
+// head_dim 64 or 128), used by attention.cu for 16-bit inputs on sm_80 and newer;
+// the math is in attention.cu. (Below, "bf16" is E: f16 stores the same bits' worth.)
 //   in:  q, dO [B*T, Hq, Dh], k, v [B*T, Hkv, Dh] bf16; lse [B*T, Hq] f32 from
 //        the forward; o [B*T, Hq, Dh] bf16 (only for D); seg [B*T] i32 or null
 //   out: dk, dv [B*T, Hkv, Dh] bf16; dq_acc [B*T, Hq, Dh] f32 (attention.cu
@@ -129,18 +130,18 @@ __device__ __forceinline__ void atomic_add_rows(AccFrag (&f)[2], float* scratch,
 
 // acc[n] = A B_n^T for n = 0, 1: A [16, Dh] and B [32, Dh] row-major bf16 in
 // shared memory (row stride Dh + 8); B^T is B read column-major. acc [16, 32].
-template <int Dh>
-__device__ __forceinline__ void mul_abt(AccFrag (&acc)[2], const bf16* a, const bf16* b) {
+template <int Dh, typename E>
+__device__ __forceinline__ void mul_abt(AccFrag (&acc)[2], const E* a, const E* b) {
   constexpr int kLd = Layout<Dh>::kLd;
   wmma::fill_fragment(acc[0], 0.0f);
   wmma::fill_fragment(acc[1], 0.0f);
 #pragma unroll
   for (int d = 0; d < Dh; d += kFrag) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> af;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> af;
     wmma::load_matrix_sync(af, a + d, kLd);
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> bf;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::col_major> bf;
       wmma::load_matrix_sync(bf, b + n * kFrag * kLd + d, kLd);
       wmma::mma_sync(acc[n], af, bf, acc[n]);
     }
@@ -150,16 +151,16 @@ __device__ __forceinline__ void mul_abt(AccFrag (&acc)[2], const bf16* a, const 
 // acc[n] += A^T B_n for n < Dh / 32: A [64, 16] bf16 (row stride 72, P or dS
 // columns), B [64, Dh / 2] bf16 (row stride Dh + 8); A^T is A read column-major.
 // acc [16, Dh / 2], summed over the 64 queries of the step.
-template <int Dh>
-__device__ __forceinline__ void mul_atb(AccFrag (&acc)[Dh / 32], const bf16* a, const bf16* b) {
+template <int Dh, typename E>
+__device__ __forceinline__ void mul_atb(AccFrag (&acc)[Dh / 32], const E* a, const E* b) {
   constexpr int kLd = Layout<Dh>::kLd, kPLd = Layout<Dh>::kPLd;
 #pragma unroll 1  // rolled: keeps the kernel within 128 registers without spills (2 blocks per SM)
   for (int kk = 0; kk < kQueries; kk += kFrag) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> af;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::col_major> af;
     wmma::load_matrix_sync(af, a + kk * kPLd, kPLd);
 #pragma unroll
     for (int n = 0; n < Dh / 32; ++n) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> bf;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> bf;
       wmma::load_matrix_sync(bf, b + kk * kLd + n * kFrag, kLd);
       wmma::mma_sync(acc[n], af, bf, acc[n]);
     }
@@ -167,36 +168,39 @@ __device__ __forceinline__ void mul_atb(AccFrag (&acc)[Dh / 32], const bf16* a, 
 }
 
 // D_i = dO_i . o_i and dq_acc_i = 0 for item i = (row, query head); warp per item.
-template <int Dh>
+template <int Dh, typename E>
 __global__ void __launch_bounds__(kThreads)
-    preprocess_kernel(float* delta, float* dq_acc, const bf16* dout, const bf16* o, int64_t items) {
+    preprocess_kernel(float* delta, float* dq_acc, const E* dout, const E* o, int64_t items) {
   int64_t item = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   int lane = threadIdx.x & 31;
   if (item >= items) return;
   float sum = 0.0f;
 #pragma unroll
   for (int d = lane; d < Dh; d += 32) {
-    sum += __bfloat162float(dout[item * Dh + d]) * __bfloat162float(o[item * Dh + d]);
+    sum += to_f32(dout[item * Dh + d]) * to_f32(o[item * Dh + d]);
     dq_acc[item * Dh + d] = 0.0f;
   }
   sum = warp_sum(sum);
   if (lane == 0) delta[item] = sum;
 }
 
-template <int Dh>
+template <int Dh, typename E>
 __global__ void __launch_bounds__(kThreads, 2)
-    backward_kernel(bf16* dk, bf16* dv, float* dq_acc, const bf16* dout, const bf16* q, const bf16* k,
-                    const bf16* v, const float* lse, const float* delta, const int32_t* seg, int T, int Hq, int Hkv,
+    backward_kernel(E* dk, E* dv, float* dq_acc, const E* dout, const E* q, const E* k,
+                    const E* v, const float* lse, const float* delta, const int32_t* seg, int T, int Hq, int Hkv,
                     float scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // not built before sm_80 (attention.cu's tiled() picks these kernels on sm_80 and newer only)
+#else
   using L = Layout<Dh>;
   constexpr int kHalf = Dh / 2, kHalfFrags = kHalf / kFrag;  // a warp's share of Dh: 2 or 4 fragments
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* k_s = reinterpret_cast<bf16*>(smem);                         // [64 keys][kLd]
-  bf16* v_s = reinterpret_cast<bf16*>(smem + L::kTileBytes);         // [64 keys][kLd]
-  bf16* q_s = reinterpret_cast<bf16*>(smem + 2 * L::kTileBytes);     // [64 queries][kLd]
-  bf16* do_s = reinterpret_cast<bf16*>(smem + 3 * L::kTileBytes);    // [64 queries][kLd]
-  bf16* p_s = reinterpret_cast<bf16*>(smem + L::kP);                 // [64 queries][kPLd]
-  bf16* ds_s = reinterpret_cast<bf16*>(smem + L::kDs);               // [64 queries][kPLd]
+  E* k_s = reinterpret_cast<E*>(smem);                         // [64 keys][kLd]
+  E* v_s = reinterpret_cast<E*>(smem + L::kTileBytes);         // [64 keys][kLd]
+  E* q_s = reinterpret_cast<E*>(smem + 2 * L::kTileBytes);     // [64 queries][kLd]
+  E* do_s = reinterpret_cast<E*>(smem + 3 * L::kTileBytes);    // [64 queries][kLd]
+  E* p_s = reinterpret_cast<E*>(smem + L::kP);                 // [64 queries][kPLd]
+  E* ds_s = reinterpret_cast<E*>(smem + L::kDs);               // [64 queries][kPLd]
   float* lse_s = reinterpret_cast<float*>(smem + L::kRowsAt);        // [64] lse log2(e)
   float* d_s = lse_s + kRows;                                        // [64] D
   int32_t* qseg_s = reinterpret_cast<int32_t*>(d_s + kRows);         // [64]
@@ -208,8 +212,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int b = blockIdx.x / Hkv, g = blockIdx.x % Hkv, group = Hq / Hkv;
   const int j0 = blockIdx.y * kKeys;      // first key of the block
   const int64_t base = int64_t(b) * T;    // first row of this sequence
-  load_tile<Dh, kThreads>(k_s, k, base + j0, base + T, Hkv, g);
-  load_tile<Dh, kThreads>(v_s, v, base + j0, base + T, Hkv, g);
+  load_tile<Dh, E, kThreads>(k_s, k, base + j0, base + T, Hkv, g);
+  load_tile<Dh, E, kThreads>(v_s, v, base + j0, base + T, Hkv, g);
   if (threadIdx.x < kKeys) {
     int j = j0 + threadIdx.x;
     kseg_s[threadIdx.x] = (seg && j < T) ? seg[base + j] : 0;
@@ -228,8 +232,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int h = g * group; h < (g + 1) * group; ++h) {
     for (int t0 = j0; t0 < T; t0 += kQueries) {  // causal: queries before j0 see none of these keys
       __syncthreads();  // the previous step is done with q_s, do_s, p_s, ds_s
-      load_tile<Dh, kThreads>(q_s, q, base + t0, base + T, Hq, h);
-      load_tile<Dh, kThreads>(do_s, dout, base + t0, base + T, Hq, h);
+      load_tile<Dh, E, kThreads>(q_s, q, base + t0, base + T, Hq, h);
+      load_tile<Dh, E, kThreads>(do_s, dout, base + t0, base + T, Hq, h);
       if (threadIdx.x < kQueries) {
         int t = t0 + threadIdx.x;
         bool in = t < T;
@@ -246,23 +250,23 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int j = j0 + col;
       const int32_t key_seg = kseg_s[col];
       AccFrag sp_frag[2];
-      mul_abt<Dh>(sp_frag, q_s + sq * L::kLd, k_s + sk * L::kLd);  // S = Q K^T
+      mul_abt<Dh, E>(sp_frag, q_s + sq * L::kLd, k_s + sk * L::kLd);  // S = Q K^T
       drain(sp_frag, scratch, lane, [&](int r, int, float s) {
         int t = t0 + sq + r;
         bool visible = t < T && j <= t && qseg_s[sq + r] == key_seg;  // j <= t < T: the key exists
         float p = visible ? exp2f(fmaf(s, scale_log2, -lse_s[sq + r])) : 0.0f;
-        p_s[(sq + r) * L::kPLd + col] = __float2bfloat16_rn(p);
+        p_s[(sq + r) * L::kPLd + col] = from_f32<E>(p);
       });
-      mul_abt<Dh>(sp_frag, do_s + sq * L::kLd, v_s + sk * L::kLd);  // dP = dO V^T
+      mul_abt<Dh, E>(sp_frag, do_s + sq * L::kLd, v_s + sk * L::kLd);  // dP = dO V^T
       drain(sp_frag, scratch, lane, [&](int r, int, float dp) {
-        float p = __bfloat162float(p_s[(sq + r) * L::kPLd + col]);  // this lane's own write above
-        ds_s[(sq + r) * L::kPLd + col] = __float2bfloat16_rn(scale * p * (dp - d_s[sq + r]));
+        float p = to_f32(p_s[(sq + r) * L::kPLd + col]);  // this lane's own write above
+        ds_s[(sq + r) * L::kPLd + col] = from_f32<E>(scale * p * (dp - d_s[sq + r]));
       });
       __syncthreads();  // P and dS complete
 
       // dV [16 keys, Dh/2] += P^T dO and dK += dS^T Q (P^T, dS^T: P, dS read column-major)
-      mul_atb<Dh>(dv_frag, p_s + kv_row, do_s + kv_col);
-      mul_atb<Dh>(dk_frag, ds_s + kv_row, q_s + kv_col);
+      mul_atb<Dh, E>(dv_frag, p_s + kv_row, do_s + kv_col);
+      mul_atb<Dh, E>(dk_frag, ds_s + kv_row, q_s + kv_col);
 
       // dQ [16 queries, Dh/2] = dS K, added into dq_acc 32 columns at a time
       // (rows past T are padding)
@@ -273,11 +277,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         wmma::fill_fragment(dq_frag[1], 0.0f);
 #pragma unroll
         for (int kk = 0; kk < kKeys; kk += kFrag) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> dsa;
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> dsa;
           wmma::load_matrix_sync(dsa, ds_s + sq * L::kPLd + kk, L::kPLd);
 #pragma unroll
           for (int n = 0; n < 2; ++n) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> kb;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> kb;
             wmma::load_matrix_sync(kb, k_s + kk * L::kLd + dq_col + (n0 + n) * kFrag, L::kLd);
             wmma::mma_sync(dq_frag[n], dsa, kb, dq_frag[n]);
           }
@@ -292,27 +296,28 @@ __global__ void __launch_bounds__(kThreads, 2)
   int64_t row0 = ((base + j0 + kv_row) * Hkv + g) * Dh + kv_col;  // row r at + r Hkv Dh
   int rows_left = T - (j0 + kv_row);
   drain(dk_frag, scratch, lane, [&](int r, int c, float x) {
-    if (r < rows_left) dk[row0 + r * Hkv * Dh + c] = __float2bfloat16_rn(x);
+    if (r < rows_left) dk[row0 + r * Hkv * Dh + c] = from_f32<E>(x);
   });
   drain(dv_frag, scratch, lane, [&](int r, int c, float x) {
-    if (r < rows_left) dv[row0 + r * Hkv * Dh + c] = __float2bfloat16_rn(x);
+    if (r < rows_left) dv[row0 + r * Hkv * Dh + c] = from_f32<E>(x);
   });
+#endif
 }
 
 // Runs both passes. delta [B*T*Hq] and dq_acc [B*T*Hq*Dh] are f32 workspaces.
-template <int Dh>
-void launch_backward(bf16* dk, bf16* dv, float* dq_acc, float* delta, const bf16* dout, const bf16* q, const bf16* k,
-                     const bf16* v, const bf16* o, const float* lse, const int32_t* seg, int64_t B, int64_t T,
+template <int Dh, typename E>
+void launch_backward(E* dk, E* dv, float* dq_acc, float* delta, const E* dout, const E* q, const E* k,
+                     const E* v, const E* o, const float* lse, const int32_t* seg, int64_t B, int64_t T,
                      int64_t Hq, int64_t Hkv, float scale) {
   int64_t items = B * T * Hq, key_tiles = (T + kKeys - 1) / kKeys;
   NQ_CHECK(key_tiles <= 65535, "attention_backward: T = ", T, " needs ", key_tiles,
            " key tiles, over the grid's 65535");
-  preprocess_kernel<Dh><<<unsigned((items + kWarps - 1) / kWarps), kThreads>>>(delta, dq_acc, dout, o, items);
+  preprocess_kernel<Dh, E><<<unsigned((items + kWarps - 1) / kWarps), kThreads>>>(delta, dq_acc, dout, o, items);
   NQ_LAUNCH_CHECK();
   size_t bytes = Layout<Dh>::kTotal;
-  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<Dh>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<Dh, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   dim3 grid(unsigned(B * Hkv), unsigned(key_tiles));
-  backward_kernel<Dh><<<grid, kThreads, bytes>>>(dk, dv, dq_acc, dout, q, k, v, lse, delta, seg, int(T), int(Hq),
+  backward_kernel<Dh, E><<<grid, kThreads, bytes>>>(dk, dv, dq_acc, dout, q, k, v, lse, delta, seg, int(T), int(Hq),
                                                  int(Hkv), scale);
   NQ_LAUNCH_CHECK();
 }

@@ -1,4 +1,4 @@
-// Elementwise dtype conversion f32 <-> bf16 on the GPU (see cast.h).
+// Elementwise dtype conversion between f32, bf16 and f16 on the GPU (see cast.h).
 // Launch: grid-stride loop, 256 threads per block.
 #include "kernels/cuda/cast.h"
 #include "kernels/cuda/common.cuh"

@@ -1,15 +1,19 @@
 // Device helpers shared by kernels/cuda/*.cu: loading and storing elements as
-// f32 whatever the storage type (f32 or bf16), warp/block reductions in f32,
+// f32 whatever the storage type (f32, bf16 or f16), warp/block reductions in f32,
 // grid sizing, the per-launch error check, and dtype dispatch on the host.
 //
-// Every kernel here reads bf16 or f32, computes in f32 and rounds once on the
-// store (round-to-nearest-even, the same rounding as runtime/half.h).
+// Every kernel here reads bf16, f16 or f32, computes in f32 and rounds once on the
+// store (round-to-nearest-even, the same rounding as runtime/half.h). f16 keeps
+// 11 significant bits but only 5 exponent bits: a store above 65504 is inf
+// (the fp16 loss scaler, optim/loss_scaler.h, skips such a step).
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "runtime/cuda_check.h"
@@ -18,12 +22,24 @@
 namespace nq::kernels::cuda {
 
 using bf16 = __nv_bfloat16;
+using f16 = __half;
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(f16 v) { return __half2float(v); }
 template <typename T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ f16 from_f32<f16>(float v) { return __float2half_rn(v); }
+
+// The 16-bit activation types the tensor-core kernels take (bf16 on sm_80 and newer, f16 on all).
+template <typename T> constexpr bool is_half16 = std::is_same<T, bf16>::value || std::is_same<T, f16>::value;
+template <typename T> constexpr DType dtype_of16 = std::is_same<T, bf16>::value ? DType::BF16 : DType::F16;
+
+// bf16 arithmetic needs compute capability 8.0 (sm_80); the kernels' bf16
+// instantiations for sm_70/75 are empty. The host refuses bf16 on such a GPU
+// before any launch, with the flag to use (here, once per process, the query cached).
+void require_bf16_support(const char* op);
 
 // Sum of v over the 32 lanes of a warp; every lane gets the result.
 __device__ __forceinline__ float warp_sum(float v) {
@@ -51,11 +67,18 @@ inline unsigned grid_for(int64_t n, int threads) {
 // After every launch: configuration errors surface here, with file:line.
 #define NQ_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 
-// Calls f(T{}) with T = float or bf16 for the tensor's dtype.
+// Calls f(T{}) with T = float, bf16 or f16 for the tensor's dtype.
 template <typename F> void dispatch_float(const Tensor& t, const char* op, F&& f) {
   if (t.dtype() == DType::F32) f(float{});
-  else if (t.dtype() == DType::BF16) f(bf16{});
-  else throw Error(str(op, ": CUDA kernel takes f32 or bf16, got ", t.desc()));
+  else if (t.dtype() == DType::BF16) require_bf16_support(op), f(bf16{});
+  else if (t.dtype() == DType::F16) f(f16{});
+  else throw Error(str(op, ": CUDA kernel takes f32, bf16 or f16, got ", t.desc()));
+}
+// The same over the 16-bit types only (the tensor-core kernels).
+template <typename F> void dispatch_half16(const Tensor& t, const char* op, F&& f) {
+  if (t.dtype() == DType::BF16) require_bf16_support(op), f(bf16{});
+  else if (t.dtype() == DType::F16) f(f16{});
+  else throw Error(str(op, ": this CUDA kernel takes bf16 or f16, got ", t.desc()));
 }
 
 template <typename T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw()); }

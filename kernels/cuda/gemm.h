@@ -2,8 +2,9 @@
 // the benchmarks: C = alpha * op(A) @ op(B) + beta * C, fp32 accumulation.
 //   A [M, K] (stored [K, M] when trans_a), B [K, N] (stored [N, K] when trans_b),
 //   C [M, N]; `batch` matrices each, `stride_*` elements apart (0 = 1 matrix).
-// Supported types: A, B both bf16 or both f32; C bf16 or f32 (any combination
-// cuBLASLt accepts: bf16 x bf16 -> bf16/f32, f32 x f32 -> f32).
+// Supported types: A, B both bf16, both f16 or both f32; C the 16-bit type or f32
+// (the combinations cuBLASLt accepts: bf16 x bf16 -> bf16/f32, f16 x f16 -> f16/f32,
+// f32 x f32 -> f32).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -1,5 +1,5 @@
-// Dense GEMM via cuBLASLt (kernels.h matmul / matmul_into), bf16 or f32 inputs,
-// fp32 accumulation (CUBLAS_COMPUTE_32F), tensor cores for bf16.
+// Dense GEMM via cuBLASLt (kernels.h matmul / matmul_into), bf16, f16 or f32 inputs,
+// fp32 accumulation (CUBLAS_COMPUTE_32F), tensor cores for bf16 and f16.
 //
 // Row-major to column-major: cuBLASLt thinks in column-major, and a row-major
 // X [r, c] read as column-major is X^T [c, r]. So row-major C = A B is computed

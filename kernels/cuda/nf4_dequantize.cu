@@ -1,7 +1,9 @@
-// NF4 (+ double quant) dequantization of a whole weight: W [out, in] as f32 or
-// bf16, with bitsandbytes' arithmetic (kernels/cuda/nf4.cuh), so the f32 output
-// is bit-identical to bitsandbytes' dequantize_4bit. The NF4 matmuls call it for
-// large M (nf4.h: their Dequantized path, W -> bf16 then cuBLASLt); it also serves
+// NF4 (+ double quant) dequantization of a whole weight: W [out, in] as f32,
+// bf16 or f16, with bitsandbytes' arithmetic (kernels/cuda/nf4.cuh), so the f32
+// output is bit-identical to bitsandbytes' dequantize_4bit, and the 16-bit ones
+// to its bf16 / fp16 dequantization (the f32 product code x absmax, rounded once
+// to nearest even). The NF4 matmuls call it for large M (nf4.h: their Dequantized
+// path, W -> x's dtype then cuBLASLt); it also serves
 // tests, and is the memory-bound baseline in ./bench.
 // Launch: one thread per element, grid-stride, 256 threads per block.
 //   ./bench nf4_dequantize --n 4096 --k 4096    (out, in)

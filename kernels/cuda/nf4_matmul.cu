@@ -3,17 +3,19 @@
 // from 256 rows on dequantized into a workspace and multiplied by cuBLASLt.
 //   forward:  y [M, out] = x [M, in] W^T        nf4_matmul
 //   backward: dx [M, in] = dy [M, out] W        nf4_matmul_dx (W read transposed)
-// x / dy are bf16 (f32 accepted, rounded to bf16 when staged); accumulation f32;
-// the output has the input's dtype.
+// x / dy are bf16 or f16 (f32 accepted, rounded to bf16 when staged; to f16 on
+// sm_70/75, which have no bf16 tensor cores); accumulation f32; the output has the
+// input's dtype.
 //
 // Which way runs is chosen by M (kernels/cuda/nf4.h): GEMV, this file's fused GEMM,
 // or, for M >= kNf4DequantMinRows, W dequantized into a workspace and cuBLASLt.
 //
 // Fused, 16 < M: tensor-core GEMM: a 128-thread block computes a 64 x 64 output tile;
 // per 32-wide step of the reduction dim it stages the activation tile [64, 32]
-// (bf16) and DEQUANTIZES the weight tile [64, 32] into shared memory (NF4 code
-// -> NF4 value x block absmax -> bf16), then 4 warps (2 x 2, 32 x 32 each) run
-// WMMA 16x16x16 bf16 fragments, which compile to mma.sync (HMMA) instructions.
+// (in the staging type S: x's when 16-bit, else bf16) and DEQUANTIZES the weight
+// tile [64, 32] into shared memory (NF4 code -> NF4 value x block absmax -> S),
+// then 4 warps (2 x 2, 32 x 32 each) run WMMA 16x16x16 fragments of S, which
+// compile to mma.sync (HMMA) instructions.
 // The epilogue goes through shared memory for bounds-checked, coalesced stores.
 // A low-rank term (the LoRA bypass, lora.cu) rides along as r extra steps of
 // the reduction: y = [x | u] [W | s B]^T, so y is written once.
@@ -37,7 +39,7 @@ namespace nq::kernels::cuda {
 namespace wmma = nvcuda::wmma;
 
 constexpr int kTileM = 64, kTileN = 64, kTileK = 32;
-constexpr int kStageLd = kTileK + 8;  // bf16 row stride in shared memory (multiple of 8 for WMMA)
+constexpr int kStageLd = kTileK + 8;  // 16-bit row stride in shared memory (multiple of 8 for WMMA)
 constexpr int kOutLd = kTileN + 4;    // f32 row stride of the epilogue tile
 constexpr int kGemmThreads = 128;
 constexpr int kGemvMaxRows = int(kNf4GemvMaxRows);
@@ -54,11 +56,22 @@ struct ExtraSegment {
   float scale = 0.0f;
 };
 
+// The tensor-core input type for activations of type T: T itself when 16-bit, bf16
+// for f32; f16 on GPUs before sm_80 (the host never runs bf16 there: common.cuh).
+template <typename T> struct StageType {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  using type = f16;
+#else
+  using type = std::conditional_t<std::is_same<T, f16>::value, f16, bf16>;
+#endif
+};
+
 template <bool kTransposed, typename T>
 __global__ void __launch_bounds__(kGemmThreads)
     nf4_gemm_kernel(T* out, const T* a, Nf4Weight w, int64_t M, int64_t N, int64_t K, ExtraSegment<T> ext) {
-  __shared__ __align__(32) bf16 a_tile[kTileM * kStageLd];  // [64][32] row-major
-  __shared__ __align__(32) bf16 b_tile[kTileN * kStageLd];  // [64 n][32 k]: B column-major
+  using S = typename StageType<T>::type;
+  __shared__ __align__(32) S a_tile[kTileM * kStageLd];  // [64][32] row-major
+  __shared__ __align__(32) S b_tile[kTileN * kStageLd];  // [64 n][32 k]: B column-major
   __shared__ __align__(32) float c_tile[kTileM * kOutLd];   // [64][64] epilogue
   int warp = threadIdx.x >> 5, warp_m = warp >> 1, warp_n = warp & 1;
   int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
@@ -76,7 +89,7 @@ __global__ void __launch_bounds__(kGemmThreads)
       float v = 0.0f;
       if (gm < M && gk < K) v = to_f32(a[gm * K + gk]);
       else if (gm < M && gk < K + ext.r) v = to_f32(ext.a[gm * ext.r + (gk - K)]);
-      a_tile[r * kStageLd + c] = __float2bfloat16_rn(v);
+      a_tile[r * kStageLd + c] = from_f32<S>(v);
     }
     for (int e = threadIdx.x; e < kTileN * kTileK; e += kGemmThreads) {
       // index order chosen so that consecutive threads decode consecutive weight bytes
@@ -85,13 +98,13 @@ __global__ void __launch_bounds__(kGemmThreads)
       float v = 0.0f;
       if (gn < N && gk < K) v = nf4_element(w, kTransposed ? gk * w.in + gn : gn * w.in + gk);
       else if (gn < N && gk < K + ext.r) v = ext.scale * to_f32(ext.w[gn * ext.stride_n + (gk - K) * ext.stride_j]);
-      b_tile[n * kStageLd + kk] = __float2bfloat16_rn(v);
+      b_tile[n * kStageLd + kk] = from_f32<S>(v);
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTileK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> fb[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, S, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::col_major> fb[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], a_tile + (warp_m * 32 + i * 16) * kStageLd + kk, kStageLd);
 #pragma unroll

@@ -9,7 +9,7 @@
 namespace nq::kernels::registry::family {
 
 namespace {
-Dims attn(int64_t batch, int64_t seq, int64_t hq, int64_t hkv, int64_t head_dim, int segments, int dtypes = 3) {
+Dims attn(int64_t batch, int64_t seq, int64_t hq, int64_t hkv, int64_t head_dim, int segments, int dtypes = 7) {
   Dims d;
   d.batch = batch; d.seq = seq; d.tokens = batch * seq; d.heads = hq; d.kv_heads = hkv; d.head_dim = head_dim;
   d.segments = segments; d.dtypes = dtypes;
@@ -81,16 +81,17 @@ void register_attention(std::vector<Op>& ops) {
   op.bench = attn(1, 4096, 16, 8, 128, 0);
   op.shapes = [](Mode mode) {
     std::vector<Dims> device = {
-        // bf16 with Dh 64 or 128 runs the tensor-core kernels; f32 and Dh 32 the CUDA-core ones
+        // bf16 / f16 with Dh 64 or 128 runs the tensor-core kernels; f32 and Dh 32 the CUDA-core ones
         attn(1, 1, 1, 1, 64, 0), attn(2, 19, 4, 2, 64, 0), attn(1, 70, 4, 1, 128, 2), attn(1, 9, 2, 1, 32, 2),
         attn(1, 130, 2, 1, 128, 0), attn(2, 33, 2, 2, 128, 2)};
     // The tiled tensor-core forward and backward (bf16, Dh 64 / 128): T below, at and
     // across the 64-row tiles (padding rows and keys), two sequences, GQA groups of 2
-    // and 1, packed segments whose boundaries fall inside tiles.
+    // and 1, packed segments whose boundaries fall inside tiles; f16 (the same kernels
+    // instantiated for it) below one tile and across three.
     for (int64_t Dh : {64, 128})
       for (int64_t T : {1, 17, 64, 100, 200})
         for (int64_t Hq : {4, 2})
-          for (int segments : {0, 2}) device.push_back(attn(2, T, Hq, 2, Dh, segments, 2));
+          for (int segments : {0, 2}) device.push_back(attn(2, T, Hq, 2, Dh, segments, T == 17 || T == 200 ? 6 : 2));
     return pick(mode,
                 {attn(1, 1, 1, 1, 4, 0), attn(2, 17, 4, 2, 8, 1), attn(1, 3, 3, 1, 16, 0), attn(1, 127, 2, 1, 4, 1),
                  attn(3, 5, 2, 2, 3, 0)},

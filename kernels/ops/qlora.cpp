@@ -108,14 +108,16 @@ void axpy(std::vector<double>& y, double s, const std::vector<double>& x) {
 }
 
 // The way each path multiplies decides the bound: the fused tensor-core GEMM (16 < M)
-// stages x and W as bf16; the GEMV and the dequantized way multiply in the input's dtype
-// (W dequantized to it; bf16 W rounds once, like the fused tiles).
+// stages x and W as 16-bit tiles (x's dtype; bf16 for f32 x); the GEMV and the
+// dequantized way multiply in the input's dtype (W dequantized to it; a 16-bit W rounds
+// once, like the fused tiles).
 Tol nf4_bound() {
   return Tol{Metric::Relative, [](const Dims& d, DType act) {
                Nf4MatmulPath path = path_of(d);
                if (path == Nf4MatmulPath::Auto)
                  path = d.m >= cuda::kNf4DequantMinRows ? Nf4MatmulPath::Dequantized : Nf4MatmulPath::Fused;
-               return path == Nf4MatmulPath::Fused && d.m > cuda::kNf4GemvMaxRows ? 1e-2 : dtype_bound(act);
+               const bool tiles = path == Nf4MatmulPath::Fused && d.m > cuda::kNf4GemvMaxRows;
+               return dtype_bound(tiles && act == DType::F32 ? DType::BF16 : act);
              }};
 }
 Pass::CostOf nf4_cost(double passes) {
@@ -273,20 +275,20 @@ void register_qlora(std::vector<Op>& ops) {
     auto params = [](const std::vector<Tensor>& in, const Dims& d) {
       return LoraParams{in[9], in[8], kLowRankScale, float(d.p), kDropoutSeed, kDropoutOffset};
     };
-    Tol bf16 = bf16_bound();  // the NF4 GEMM stages bf16 tiles whatever the input dtype
+    Tol tiles = tile16_bound();  // the NF4 GEMM stages 16-bit tiles whatever the input dtype
     op.forward = {[params](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
                     Tensor u;
                     Tensor y = kernels::lora_nf4_forward(in[0], nf4_weight(in, d), params(in, d), &u);
                     return std::vector<Tensor>{y, u};
                   },
-                  {bf16, by_dtype()},
+                  {tiles, by_dtype()},
                   nf4_cost(1)};
     op.backward = {[params](const std::vector<Tensor>& in, const std::vector<Tensor>& fwd, const Dims& d) {
                      Tensor dx, da, db;
                      kernels::lora_nf4_backward(in[1], in[0], fwd[1], nf4_weight(in, d), params(in, d), &dx, &da, &db);
                      return std::vector<Tensor>{dx, da, db};
                    },
-                   {bf16, by_dtype(), by_dtype()},
+                   {tiles, by_dtype(), by_dtype()},
                    nf4_cost(1)};
     // The bypass in double: xd = dropout(x), u = xd A^T, y = x W^T + s u B^T; given dy:
     // v = dy B, dB = s dy^T u, dA = s v^T xd, dx = dy W + dropout_backward(s v A).

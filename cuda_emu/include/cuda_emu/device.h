@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda_emu/emu.h"
+#include "runtime/error.h"
 
 // ---- qualifiers: host functions, statics for __shared__ (blocks run one at a time)
 #define __global__
@@ -40,6 +41,10 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin
   cuda_emu::sync_warp(mask, file, line);
 }
 inline void __threadfence() {}
+// A kernel that must never run here (e.g. one not built for this compute capability).
+inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  cuda_emu::fault(nq::str("__trap() at ", file, ":", line));
+}
 inline void __threadfence_block() {}
 
 // ---- warp shuffles (any type of at most 8 bytes; `width` splits the warp into segments)
