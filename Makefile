@@ -5,7 +5,8 @@
 #   make CUDA=0          CPU-only build
 #   make EMU=1           the CUDA path on an emulated GPU (cuda_emu/: no nvcc, no GPU needed),
 #                        into build/emu (test_all and the programs); EMU_ARCH=800 emulates sm_80's code paths
-#   make CUDA_ARCH="80 90"   override the GPU targets (default: the GPU nvidia-smi reports, else 80 90)
+#   make CUDA_ARCH="80 90"   override the GPU targets (default: the GPU nvidia-smi reports, else 80 90);
+#                        75 80 86 89 90 build (T4, A100, RTX 30xx, RTX 40xx, H100); 70 (V100) needs CUDA 12
 #   make deps            install the Debian packages the engine needs (apt-get)
 #   make test            deps + build + run every test; without a GPU, then the GPU tests on
 #                        the emulated GPU (make test-emu: only those); output in build/*/test.log,
@@ -58,13 +59,24 @@ ifeq ($(CUDA),1)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   # compute_cap "9.0" -> "90"; several GPUs -> unique list
   GPU_ARCH := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '.' | sort -u | tr '\n' ' ')
+  # Without a GPU (CI, this build machine): sm_80 and sm_90 only, each target is another
+  # full compile of kernels/cuda (~2 min on 2 cores): A100/A10/RTX 30xx/40xx run sm_80's
+  # code, H100/H200 sm_90's. A T4 (75) or another card gets its own by default on a machine
+  # where nvidia-smi sees it, or by name: make CUDA_ARCH="75 80 86 89 90".
   CUDA_ARCH ?= $(if $(strip $(GPU_ARCH)),$(strip $(GPU_ARCH)),80 90)
+  # CUDA 13 builds no sm_70 / sm_72 (Volta support ended with CUDA 12): say so before nvcc does.
+  NVCC_MAJOR := $(shell $(NVCC) --version 2>/dev/null | sed -nE 's/.*release ([0-9]+)\..*/\1/p')
+  ifneq ($(filter 70 72,$(CUDA_ARCH)),)
+    ifeq ($(shell [ "$(NVCC_MAJOR)" -ge 13 ] 2>/dev/null && echo new),new)
+      $(error CUDA_ARCH $(filter 70 72,$(CUDA_ARCH)): nvcc $(NVCC_MAJOR) cannot build for Volta (sm_70/72; dropped in CUDA 13); build a V100's code with a CUDA 12 toolkit (nvcc on the PATH))
+    endif
+  endif
   # cuBLASLt is not linked: kernels/cuda/matmul.cu opens it at the first GEMM (linking
   # it costs every program ~212 MB of resident memory at start, GPU or not).
   NVCCFLAGS := -O3 -std=c++17 -I. -Xcompiler -fopenmp --expt-relaxed-constexpr -lineinfo \
                $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) -MMD -MP \
                -DNQ_CUDA_LIB_DIR='"$(CUDA_HOME)/lib64"'
-  CXXFLAGS += -DNQ_CUDA=1 -I$(CUDA_HOME)/include
+  CXXFLAGS += -DNQ_CUDA=1 -I$(CUDA_HOME)/include -DNQ_CUDA_ARCHS='"$(CUDA_ARCH)"'
   LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -ldl
 endif
 ifeq ($(CUDA),emu)
@@ -145,7 +157,14 @@ $(BUILD)/%.cu.o: $(BUILD)/%.emu.cpp $(EMU_CUH)
 $(PROGS): $(BUILD)/%: $(BUILD)/tools/%.o $(BUILD)/libnanoqlora.a
 	$(call quiet,LINK,$@)$(CXX) $^ -o $@ $(LDLIBS)
 else
-$(BUILD)/%.cu.o: %.cu
+# The GPU code and runtime/cuda_runtime.o's list of it follow CUDA_ARCH: a stamp holding
+# the targets is rewritten when they change, and what depends on them is rebuilt.
+ifeq ($(CUDA),1)
+CUDA_ARCH_STAMP := $(BUILD)/cuda_arch.stamp
+$(shell mkdir -p $(BUILD) && [ "$$(cat $(CUDA_ARCH_STAMP) 2>/dev/null)" = "$(CUDA_ARCH)" ] || echo "$(CUDA_ARCH)" > $(CUDA_ARCH_STAMP))
+$(BUILD)/runtime/cuda_runtime.o: $(CUDA_ARCH_STAMP)
+endif
+$(BUILD)/%.cu.o: %.cu $(CUDA_ARCH_STAMP)
 	@mkdir -p $(@D)
 	$(call quiet,NVCC,$<)$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -183,6 +202,9 @@ deps:
 # vocabulary: hours on a CPU) is left out; test-emu runs only the GPU tests.
 EMU_SLOW_TESTS := -tce='gpu train memory_plan_within_10_percent_of_the_measured_peak'
 EMU_TEST_FILTER := -tc='cuda *,cuda_emu*,gpu train*' $(EMU_SLOW_TESTS)
+# The same emulated GPU reporting compute capability 7.5 (a T4: no bf16, f16 instead):
+# the registry's f32 and f16 runs, the dtype choice and fp16 training on sm_75's paths.
+EMU_SM75_FILTER := -tc='cuda registry_device_every_op,gpu train compute_dtype_follows_the_gpu,gpu train: trainer fp16_matches*'
 
 # The test binaries' output (training logs, plans, notes) goes to build/*/test.log;
 # make test ends with one summary line per binary (tools/test_summary.sh): cases passed,
@@ -207,6 +229,8 @@ test-emu:
 	@$(MAKE) --no-print-directory EMU=1 -j$(NPROC) build/emu/test_all
 	@tools/test_summary.sh run build/emu/test_all build/emu/test.log $(TEST_SUMMARY) \
 	  ./build/emu/test_all $(EMU_TEST_FILTER)
+	@NQ_EMU_CC=75 tools/test_summary.sh run "build/emu/test_all (as sm_75)" build/emu/test_sm75.log $(TEST_SUMMARY) \
+	  ./build/emu/test_all $(EMU_SM75_FILTER)
 
 run: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all

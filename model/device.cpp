@@ -84,6 +84,8 @@ Device select_device(const std::string& name, const std::string& flag) {
            "rebuild with nvcc on the PATH, or use ", flag, " cpu)");
   NQ_CHECK(cuda_available(), flag, " cuda: no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES, ",
            "or use ", flag, " cpu)");
+  const std::string mismatch = cuda_arch_mismatch();
+  NQ_CHECK(mismatch.empty(), flag, " cuda: ", mismatch);
   return Device::CUDA;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <map>
+#include <sstream>
 #include <unordered_map>
 
 #include "runtime/allocator.h"
@@ -194,6 +195,23 @@ std::string cuda_device_description() {
   return "";
 }
 
+std::string cuda_arch_mismatch() {
+#ifdef NQ_CUDA_ARCHS
+  const int cc = cuda_compute_capability();
+  if (cc == 0) return "";
+  std::istringstream built(NQ_CUDA_ARCHS);
+  for (int arch; built >> arch;)
+    if (arch / 10 == cc / 10 && arch % 10 <= cc % 10) return "";
+  std::string targets;
+  std::istringstream list(NQ_CUDA_ARCHS);
+  for (int arch; list >> arch;) targets += str(targets.empty() ? "" : " ", "sm_", arch);
+  return str("this build has GPU code for ", targets, ", none of which runs on the ", cuda_device_description(),
+             " (sm_", cc, "): rebuild with make CUDA_ARCH=", cc, " (make's default is the GPU nvidia-smi reports)");
+#else
+  return "";  // the emulated GPU runs whatever it is asked to
+#endif
+}
+
 int cuda_compute_capability() {
   int index = 0;
   cudaDeviceProp prop{};
@@ -272,6 +290,7 @@ bool cuda_available() { return false; }
 bool cuda_built() { return false; }
 std::string cuda_device_description() { return ""; }
 int cuda_compute_capability() { return 0; }
+std::string cuda_arch_mismatch() { return ""; }
 double cuda_time_seconds(const std::function<void()>&) { no_cuda("cuda_time_seconds"); }
 CudaMemoryStats cuda_memory_stats() { no_cuda("cuda_memory_stats"); }
 void cuda_reset_peak_memory() { no_cuda("cuda_reset_peak_memory"); }

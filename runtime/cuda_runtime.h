@@ -33,6 +33,10 @@ std::string cuda_device_description();
 // The current GPU's compute capability as major * 10 + minor (75 for a T4, 80 for an
 // A100, 90 for an H100/H200); 0 when it cannot be queried. bf16 tensor cores need 80.
 int cuda_compute_capability();
+// "" when this build has GPU code the current GPU can run, else why not (the GPU, its
+// sm_XY, the targets built, the make command that fixes it). Code built for sm_XY runs
+// on GPUs of the same major version and minor >= Y (sm_80 code on an sm_86 card).
+std::string cuda_arch_mismatch();
 
 struct CudaMemoryStats {
   MemStats allocated;          // live tensors, per category

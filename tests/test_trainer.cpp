@@ -512,3 +512,122 @@ GPU_TEST(checkpoints_resume_across_devices) {
   }
 }
 
+
+// ---- fp16 on the GPU: --dtype float16 with dynamic loss scaling (optim/loss_scaler.h) ----
+
+namespace {
+
+// The metrics lines of a run's steps (not its evals).
+std::vector<nlohmann::json> step_lines(const std::string& metrics_path) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(metrics_path);
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("loss")) lines.push_back(j);
+  }
+  return lines;
+}
+
+}  // namespace
+
+GPU_TEST(fp16_matches_cpu_and_logs_its_loss_scale) {
+  TinyRun cpu, gpu;
+  cpu.cfg.max_steps = gpu.cfg.max_steps = 3;
+  gpu.cfg.device = "cuda";
+  gpu.cfg.dtype = "float16";
+  const TrainResult a = run(cpu.cfg);
+  std::ostringstream log;
+  const TrainResult b = train(gpu.cfg, log);
+  // The same bounds as bf16's (f16 rounds 4x finer; the scaled backward keeps small gradients normal).
+  check_close_to(b.steps, a.steps);
+  for (const StepMetrics& m : b.steps) {
+    CHECK(m.loss_scale == 65536.0);  // torch.amp.GradScaler's initial scale, no overflow in 3 steps
+    CHECK_FALSE(m.skipped);
+  }
+  const std::vector<nlohmann::json> lines = step_lines(gpu.cfg.out + "/metrics.jsonl");
+  REQUIRE(lines.size() == 3);
+  for (const nlohmann::json& j : lines) CHECK(j.at("loss_scale").get<double>() == 65536.0);
+  const nlohmann::json state = read_json(gpu.cfg.out + "/checkpoint-3/trainer_state.json");
+  CHECK(state.at("compute_dtype") == "f16");
+  CHECK(state.at("loss_scale").get<double>() == 65536.0);
+  CHECK(state.at("loss_scale_growth_tracker") == 3);
+  CHECK(state.at("skipped_steps") == 0);
+  // bf16 runs (the default on this GPU) log no scale.
+  CHECK(step_lines(cpu.cfg.out + "/metrics.jsonl").front().count("loss_scale") == 0);
+}
+
+GPU_TEST(fp16_resume_continues_the_loss_scaler_bit_identically) {
+  TinyRun straight, split;
+  for (TinyRun* t : {&straight, &split}) {
+    t->cfg.device = "cuda";
+    t->cfg.dtype = "float16";
+    t->cfg.max_steps = 4;
+  }
+  const TrainResult whole = run(straight.cfg);
+  const TrainResult first = run(split.cfg, {[](const StepMetrics& m) { if (m.step == 2) request_stop(); }});
+  REQUIRE(first.interrupted);
+  TrainConfig again = split.cfg;
+  again.resume = first.last_checkpoint;
+  const TrainResult second = run(again);
+  REQUIRE(second.steps.size() == 2);
+  for (size_t i = 0; i < 2; ++i) {
+    CHECK(second.steps[i].loss == whole.steps[i + 2].loss);  // the emulated GPU sums in a fixed order
+    CHECK(second.steps[i].loss_scale == whole.steps[i + 2].loss_scale);
+  }
+  const nlohmann::json s1 = read_json(straight.cfg.out + "/checkpoint-4/trainer_state.json");
+  const nlohmann::json s2 = read_json(split.cfg.out + "/checkpoint-4/trainer_state.json");
+  CHECK(s2.at("loss_scale_growth_tracker") == 4);  // counted on from the checkpoint's 2, not from 0
+  CHECK(s1.at("loss_scale") == s2.at("loss_scale"));
+  SafetensorsFile fa = SafetensorsFile::open(straight.cfg.out + "/adapter_model.safetensors");
+  SafetensorsFile fb = SafetensorsFile::open(split.cfg.out + "/adapter_model.safetensors");
+  for (const std::string& key : fa.names()) {
+    INFO(key);
+    CHECK(fa.get(key).to_vector() == fb.get(key).to_vector());
+  }
+}
+
+GPU_TEST(fp16_overflow_skips_the_update_and_halves_the_scale) {
+  // A scale so large that the f16 backward overflows: train_step must leave every LoRA
+  // weight as it was, clear the gradients, report the step skipped and halve the scale.
+  Decoder model = Decoder::load(kQlora + "model");
+  for (Linear* l : model.linears()) l->quantize_nf4();
+  AdapterConfig acfg;
+  acfg.lora.r = 4;
+  acfg.lora.dropout = 0.0f;
+  std::vector<Var> params = attach_adapters(model, acfg);
+  for (Var& p : params)  // B non-zero so that every gradient path carries values
+    if (p.name().find("lora_B") != std::string::npos) {
+      Tensor b = p.value();  // shares the parameter's storage
+      b.fill(0.01f);
+    }
+  to_device(model, Device::CUDA, DType::F16);
+  CHECK(model_compute_dtype(model) == DType::F16);
+  AdamWOptions on_gpu;
+  on_gpu.placement = AdamWPlacement::Device;
+  AdamW opt(params, AdamWConfig{}, on_gpu);
+  const Tensor ids = Tensor::from_ids({1, 2, 3, 4, 5, 6, 7, 8}, {1, 8});
+  const DecoderBatch batch = hf_decoder_batch(ids, ids, Device::CUDA);
+  std::vector<std::vector<float>> before;
+  for (const Var& p : params) before.push_back(p.value().to_vector());
+
+  LossScalerConfig huge;
+  huge.init_scale = 0x1p100f;  // a power of two, finite in f32; any f16 gradient it multiplies overflows
+  LossScaler scaler(huge);
+  const StepResult skipped = train_step(model, opt, {batch}, 1e-3, 1.0, 1, &scaler);
+  CHECK(skipped.skipped);
+  CHECK(skipped.loss_scale == 0x1p100f);
+  CHECK_FALSE(std::isfinite(skipped.grad_norm));
+  CHECK(scaler.scale() == 0x1p99f);
+  for (size_t i = 0; i < params.size(); ++i) {
+    INFO(params[i].name());
+    CHECK(params[i].value().to_vector() == before[i]);  // no update
+    CHECK_FALSE(params[i].grad().defined());             // gradients cleared
+  }
+  // With the default scale the same step updates the weights.
+  LossScaler fine{LossScalerConfig{}};
+  const StepResult taken = train_step(model, opt, {batch}, 1e-3, 1.0, 2, &fine);
+  CHECK_FALSE(taken.skipped);
+  CHECK(std::isfinite(taken.grad_norm));
+  CHECK(fine.scale() == 65536.0f);
+  CHECK(params[1].value().to_vector() != before[1]);
+}
