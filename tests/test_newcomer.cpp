@@ -281,7 +281,7 @@ TEST_CASE("newcomer: the log says what will happen, the memory plan in one line,
   CHECK(log.find("2 optimizer steps, each 4 sequences (2 micro-batches of 2) of up to 200 tokens (one sample each, "
                  "padded); lr 0.002, cosine after 1 warmup step; --max-steps 2 is about 0.571 epochs of 14 samples\n") !=
         std::string::npos);
-  CHECK(log.find("memory plan (predicted peak)") == std::string::npos);  // the table: --verbose only
+  CHECK(log.find("memory plan (predicted peak, f32 activations)") == std::string::npos);  // the table: --verbose only
   CHECK(log.find("memory: plan vs measured peak") == std::string::npos);
   const size_t mem = log.find("\nmemory: peak ");
   REQUIRE(mem != std::string::npos);
@@ -304,7 +304,7 @@ TEST_CASE("newcomer: the log says what will happen, the memory plan in one line,
   verbose.verbose = true;
   verbose.overwrite = true;
   run_logged(verbose, &log);
-  CHECK(log.find("memory plan (predicted peak)") != std::string::npos);
+  CHECK(log.find("memory plan (predicted peak, f32 activations)") != std::string::npos);
   CHECK(log.find("memory: plan vs measured peak") != std::string::npos);
 }
 

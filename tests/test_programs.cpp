@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -92,14 +93,14 @@ std::vector<ProgramFlags> program_flags() {
   return {
       {"train", {}, train, "--help"},
       {"eval", {}, eval, "--help"},
-      {"generate", {}, {"model", "preset", "prompt", "prompt-ids", "chat", "system", "adapter", "no-quant", "device",
+      {"generate", {}, {"model", "preset", "prompt", "prompt-ids", "chat", "system", "adapter", "no-quant", "device", "dtype",
                         "max-new-tokens", "greedy", "temperature", "top-k", "top-p", "seed", "print-ids"}, "--help"},
       {"tokenize", {}, {"tokenizer", "jsonl", "decode", "stats"}, "--help"},
       {"quantize", {}, {"model", "out", "blocksize", "no-double-quant", "random", "seed", "layers", "tokenizer"}, "--help"},
       {"merge", {}, {"model", "adapter", "out", "dtype", "type", "adapter-gguf"}, "--help"},
       {"inspect", {}, {"tensors"}, "--help"},
       {"inspect", {"plan"}, {"preset", "model", "seq", "batch", "r", "targets", "device", "no-quant",
-                             "no-grad-checkpoint", "ce-chunk", "fit-gb", "json"}, "./inspect plan --help"},
+                             "no-grad-checkpoint", "ce-chunk", "fit-gb", "gpu", "dtype", "json"}, "./inspect plan --help"},
       {"demo", {}, {"steps", "lr", "seed", "checkpoint"}, "--help"},
       {"plot", {}, {"metrics", "output"}, "--help"},
       {"bench", {}, {"device", "shapes", "iters", "csv", "n", "m", "k", "tokens", "hidden", "vocab", "heads",
@@ -148,7 +149,10 @@ TEST_CASE("programs: a missing value, a bad number and a bad choice are one line
   check_one_line_error("tokenize", {"extra"}, "unexpected argument 'extra' (see --help)");
   check_one_line_error("quantize", {"--out"}, "--out needs a value (see --help)");
   check_one_line_error("quantize", {"--blocksize", "big"}, "--blocksize: expected an integer, got 'big'");
-  check_one_line_error("merge", {"--dtype", "f16"}, "--dtype must be bf16 or f32, got 'f16'");
+  check_one_line_error("merge", {"--dtype", "fp8"},
+                       "--dtype must be bfloat16, float16, float32, bf16, f16 or f32, got 'fp8'");
+  check_one_line_error("train", {"--dtype", "half"},
+                       "--dtype must be auto, bfloat16, float16, float32, bf16, f16 or f32, got 'half'");
   check_one_line_error("merge", {"--type", "q5_k"}, "--type must be f32, f16, bf16, q8_0, q4_0 or q4_1, got 'q5_k'");
   check_one_line_error("inspect", {"plan", "--seq"}, "--seq needs a value (see ./inspect plan --help)");
   check_one_line_error("inspect", {"plan", "--fit-gb", "x"}, "--fit-gb: expected a number, got 'x'");
@@ -184,6 +188,44 @@ TEST_CASE("programs: ./inspect plan plans ./train's defaults on the device auto 
   // the explicit device the auto one resolved to plans the same bytes
   const ProgramRun same = run_program("inspect", {"plan", "--preset", "qwen3-0.6b", "--device", auto_device, "--json"});
   CHECK(same.out == bare.out);
+}
+
+TEST_CASE("programs: ./inspect plan --gpu CARD: Qwen3 0.6B-8B at 2048 and the longest context, from --fit-gb's search") {
+  const ProgramRun t4 = run_program("inspect", {"plan", "--gpu", "t4"});
+  REQUIRE(t4.status == 0);
+  CHECK(t4.out.find("sm_75, f16 activations (no bf16; dynamic loss scaling)") != std::string::npos);
+  int64_t previous = std::numeric_limits<int64_t>::max();
+  for (const char* preset : {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"}) {
+    CAPTURE(preset);
+    const size_t at = t4.out.find(std::string("  ") + preset + " ");
+    REQUIRE(at != std::string::npos);
+    std::istringstream row(t4.out.substr(at));
+    std::string name, size, unit, fits;
+    int64_t longest = 0;
+    row >> name >> size >> unit >> fits >> longest;
+    CHECK(fits == "yes");
+    CHECK(longest > 2048);
+    CHECK(longest < previous);  // a larger model leaves less room for activations
+    previous = longest;
+    // The same search as --fit-gb over the card's memory less the 1.5 GiB reserve (15.0 - 1.5).
+    const ProgramRun fit =
+        run_program("inspect", {"plan", "--preset", preset, "--device", "cuda", "--fit-gb", "13.5", "--json"});
+    REQUIRE(fit.status == 0);
+    CHECK(nlohmann::json::parse(fit.out)["fit_seq"] == longest);
+  }
+  const ProgramRun h200 = run_program("inspect", {"plan", "--gpu", "h200", "--preset", "qwen3-8b"});
+  REQUIRE(h200.status == 0);
+  CHECK(h200.out.find("sm_90, bf16 activations;") != std::string::npos);
+  CHECK(h200.out.find("qwen3-0.6b") == std::string::npos);  // only the model asked for
+  check_one_line_error("inspect", {"plan", "--gpu", "k80"},
+                       "--gpu must be one of t4, v100, a100-40, a100-80, rtx4090, h100, h200, got 'k80' (--fit-gb G "
+                       "asks for any size)");
+  check_one_line_error("inspect", {"plan", "--gpu", "t4", "--dtype", "bf16"},
+                       "--dtype bf16: the Tesla T4 (Colab, Kaggle) has no bf16 (sm_75); it trains in float16");
+  const ProgramRun f16 = run_program("inspect", {"plan", "--preset", "qwen3-0.6b", "--device", "cuda", "--dtype",
+                                                 "float16", "--json"});
+  REQUIRE(f16.status == 0);
+  CHECK(nlohmann::json::parse(f16.out)["activations"] == "f16");
 }
 
 TEST_CASE("programs: ./generate --device: cpu decodes, cuda is refused in one line (decoding is CPU code)") {
@@ -235,6 +277,6 @@ TEST_CASE("programs: ./merge, ./tokenize and ./quantize take a GGUF; ./merge wri
   check_one_line_error("merge", {"--model", base, "--out", tmp / "dir.gguf"},
                        tmp / "dir.gguf" + ": is a folder; give the path of the .gguf file to write");
   check_one_line_error("merge", {"--model", base, "--out", tmp / "x", "--type", "q8_0"},
-                       "--type is for a .gguf --out; a folder takes --dtype bf16|f32");
+                       "--type is for a .gguf --out; a folder takes --dtype bfloat16|float16|float32");
   check_one_line_error("merge", {"--model", base, "--adapter-gguf", tmp / "a2.gguf"}, "--adapter-gguf needs --adapter DIR");
 }

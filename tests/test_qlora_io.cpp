@@ -491,8 +491,16 @@ TEST_CASE("merge: W' = W + s B A, and the merged checkpoint gives the logits of 
     CHECK_THROWS_WITH_AS(save_merged_model(base, model, base, DType::BF16),
                          (base + ": the output directory is the input model " + base + "; give another --out").c_str(),
                          Error);
+    // f16: 11 significant bits (relative error <= 2^-11 per weight), for GPUs without bf16
+    save_merged_model(tmp / "f16", model, base, DType::F16);
+    CHECK(SafetensorsFile::open(tmp / "f16/model.safetensors").entry("model.norm.weight").dtype == DType::F16);
+    CHECK(read_json(tmp / "f16/config.json").at("dtype") == "float16");
+    const double err_f16 = max_rel_error(load_hf_decoder(tmp / "f16").logits(batch), want);
+    MESSAGE("merged f16 vs base + adapter: max rel error " << err_f16);
+    CHECK(err_f16 < err16);  // 3 more bits than bf16
     fs::remove_all(tmp / "f32");
     fs::remove_all(tmp / "bf16");
+    fs::remove_all(tmp / "f16");
   }
 }
 

@@ -34,6 +34,7 @@ struct Flags {
   bool chat = false, print_ids = false, no_quant = false, greedy = false;
   bool has_prompt = false;  // --prompt given (an empty prompt is one)
   std::string device = kDefaultDevice;
+  std::string dtype = "auto";  // decoding is f32 on the CPU whatever it says (a note when it asks for 16 bits)
   GenerateOptions gen;      // defaults: model/generate.h's
 };
 
@@ -62,6 +63,7 @@ FlagTable generate_flags(Flags& f) {
   t.add("no-quant", &f.no_quant, "keep the base weights dense fp32 (default: NF4 4-bit, as QLoRA trains them)");
   add_rope_scaling_flag(t, &f.rope_scaling);
   add_device_flag(t, &f.device);
+  add_dtype_flag(t, &f.dtype);
   t.add("max-new-tokens", &f.gen.max_new_tokens, "tokens to generate at most; stops early at eos / <|im_end|>");
   t.add("greedy", &f.greedy, "argmax decoding (the default)");
   t.add("temperature", &f.gen.sampling.temperature, "sample from softmax(logits / T) (turns sampling on)", "T");
@@ -181,6 +183,9 @@ int run(int argc, char** argv) {
            "(model/generate.h: the KV cache is host memory); use --device cpu");
   std::fprintf(stderr, "device: %s%s\n", device_summary(Device::CPU).c_str(),
                device == Device::CUDA ? " (--device auto: decoding runs on the CPU only)" : "");
+  std::string dtype_note;
+  select_compute_dtype(f.dtype, Device::CPU, "--dtype", &dtype_note);  // checks the name; f32 on the CPU
+  if (!dtype_note.empty()) std::fprintf(stderr, "note: %s\n", dtype_note.c_str());
 
   std::unique_ptr<Decoder> model;
   std::optional<LoadedModel> loaded;

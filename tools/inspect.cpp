@@ -33,6 +33,47 @@ static std::string join(const std::vector<std::string>& items) {
   return s;
 }
 
+// The GPUs ./inspect plan --gpu knows: the memory nvidia-smi reports (GiB) and the
+// compute capability (bf16 from 80 on; older cards train in f16).
+struct GpuCard {
+  const char* name;
+  const char* model;
+  double gib;
+  int cc;
+};
+const GpuCard kGpuCards[] = {
+    {"t4", "Tesla T4 (Colab, Kaggle)", 15.0, 75},  {"v100", "Tesla V100 16 GB", 15.8, 70},
+    {"a100-40", "A100 40 GB", 39.4, 80},           {"a100-80", "A100 80 GB", 79.3, 80},
+    {"rtx4090", "GeForce RTX 4090", 24.0, 89},    {"h100", "H100 80 GB", 79.6, 90},
+    {"h200", "H200", 139.8, 90},
+};
+// What the plan does not count (the CUDA context, cuBLASLt's workspace, the caching
+// allocator's rounding): kept free of a card's memory before asking what fits.
+constexpr double kCardReserveGib = 1.5;
+
+// --gpu CARD: for each preset (or the one model given), whether seq 2048 fits on the
+// card and the longest context (batch 1) that does.
+static void print_card_fits(const GpuCard& card, const std::vector<std::pair<std::string, ModelConfig>>& models,
+                            const QloraShape& qlora, TrainShape shape) {
+  shape.compute = card.cc >= 80 ? DType::BF16 : DType::F16;
+  const size_t budget = size_t((card.gib - kCardReserveGib) * double(size_t(1) << 30));
+  printf("%s: %.1f GiB, sm_%d, %s activations%s; %.1f GiB kept for the CUDA context and allocator\n", card.model,
+         card.gib, card.cc, dtype_name(shape.compute), card.cc >= 80 ? "" : " (no bf16; dynamic loss scaling)",
+         kCardReserveGib);
+  printf("QLoRA r %lld on %s, batch 1, %s, paged AdamW\n", (long long)qlora.r, join(qlora.targets).c_str(),
+         qlora.checkpointing ? "gradient checkpointing" : "no checkpointing");
+  printf("  %-12s %16s %6s %18s\n", "model", "plan at 2048", "fits", "longest context");
+  for (const auto& [name, config] : models) {
+    TrainShape at = shape;
+    at.batch = 1;
+    at.seq = 2048;
+    const size_t at_2048 = plan_memory(config, qlora, at, Device::CUDA).total();
+    const int64_t longest = longest_fitting_seq(config, qlora, shape, Device::CUDA, budget);
+    printf("  %-12s %16s %6s %11lld tokens\n", name.c_str(), format_bytes(at_2048).c_str(),
+           at_2048 <= budget ? "yes" : "no", (long long)longest);
+  }
+}
+
 // ./inspect plan ...: argv[0] is "plan". The defaults are ./train's (TrainConfig's
 // --max-length, --batch-size and --device; the LoRA ones are QloraShape's, which
 // are lora/lora_linear.h's as ./train's are), so a bare plan is the table ./train
@@ -46,8 +87,10 @@ static int run_plan(int argc, char** argv) {
   QloraShape qlora;
   bool no_quant = false, no_grad_checkpoint = false, as_json = false;
   double fit_gb = 0;
+  std::string gpu_card, dtype_flag = train_defaults.dtype;
   FlagTable t(
       "usage: ./inspect plan (--preset NAME | --model DIR) [options]\n"
+      "       ./inspect plan --gpu CARD [--preset NAME | --model DIR] [options]\n"
       "The predicted peak memory of one QLoRA training step (the table ./train prints before\n"
       "step 1), from the model's config alone: nothing is loaded or allocated.\n",
       "./inspect plan --help");
@@ -67,11 +110,23 @@ static int run_plan(int argc, char** argv) {
         "also print the longest sequence (batch 1) whose planned total fits\n"
         "in G GiB (2^30 bytes); 0: not asked",
         "G");
+  std::string cards;
+  for (const GpuCard& c : kGpuCards) cards += str(cards.empty() ? "" : ", ", c.name);
+  t.add("gpu", &gpu_card,
+        str("what fits on a card (", cards, "):\nseq 2048 and the longest context for Qwen3-0.6B/1.7B/4B/8B, or the model given"),
+        "CARD");
+  add_dtype_flag(t, &dtype_flag).help += "\n(the plan's activations; auto: bf16, or f16 for a --gpu card without it)";
   t.add("json", &as_json, "one JSON line instead of the table (scripts)");
   if (!t.parse(argc, argv)) return 0;  // --help
   qlora.nf4_base = !no_quant;
   qlora.checkpointing = !no_grad_checkpoint;
-  NQ_CHECK(preset.empty() != model_dir.empty(), "give --preset NAME or --model DIR (see ./inspect plan --help)");
+  NQ_CHECK(!(!preset.empty() && !model_dir.empty()), "give --preset NAME or --model DIR, not both");
+  NQ_CHECK(!gpu_card.empty() || !preset.empty() || !model_dir.empty(),
+           "give --preset NAME, --model DIR or --gpu CARD (see ./inspect plan --help)");
+  DType asked = DType::BF16;
+  NQ_CHECK(dtype_flag == "auto" || (parse_float_dtype(dtype_flag, &asked) && asked != DType::F32),
+           "--dtype: the plan's GPU activations are bfloat16 or float16 (or auto), got '", dtype_flag, "'");
+  shape.compute = asked;
   NQ_CHECK(fit_gb >= 0, "--fit-gb: expected a positive size in GiB, got ", fit_gb);
   // A plan is arithmetic on a config: --device cuda plans a GPU step on any machine.
   // auto is the device ./train would pick here (select_device, model/device.h).
@@ -80,6 +135,24 @@ static int run_plan(int argc, char** argv) {
   device_flag = device == Device::CUDA ? "cuda" : "cpu";
   shape.paged_optimizer = device == Device::CUDA;
   shape.optimizer_pool_bytes = AdamWOptions{}.pool_bytes();
+
+  if (!gpu_card.empty()) {
+    const GpuCard* card = nullptr;
+    for (const GpuCard& c : kGpuCards)
+      if (gpu_card == c.name) card = &c;
+    NQ_CHECK(card, "--gpu must be one of ", cards, ", got '", gpu_card, "' (--fit-gb G asks for any size)");
+    NQ_CHECK(dtype_flag == "auto" || card->cc >= 80 || asked == DType::F16, "--dtype ", dtype_flag, ": the ",
+             card->model, " has no bf16 (sm_", card->cc, "); it trains in float16");
+    std::vector<std::pair<std::string, ModelConfig>> models;
+    if (!model_dir.empty()) models.emplace_back(model_dir, ModelConfig::from_file(model_dir + "/config.json"));
+    else if (!preset.empty()) models.emplace_back(preset, ModelConfig::preset(preset));
+    else
+      for (const char* name : {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"})
+        models.emplace_back(name, ModelConfig::preset(name));
+    shape.paged_optimizer = true;
+    print_card_fits(*card, models, qlora, shape);
+    return 0;
+  }
 
   ModelConfig config;
   std::string source = preset;
@@ -96,7 +169,8 @@ static int run_plan(int argc, char** argv) {
   const size_t budget = size_t(fit_gb * double(size_t(1) << 30));
   const int64_t fit = fit_gb > 0 ? longest_fitting_seq(config, qlora, shape, device, budget) : 0;
   if (as_json) {
-    nlohmann::json j = {{"model", source}, {"device", device_flag}, {"batch", shape.batch}, {"seq", shape.seq},
+    nlohmann::json j = {{"model", source}, {"device", device_flag}, {"activations", dtype_name(plan.activations)},
+                        {"batch", shape.batch}, {"seq", shape.seq},
                         {"r", qlora.r}, {"total_bytes", plan.total()}, {"host_load_bytes", host.load},
                         {"host_training_bytes", host.training}, {"host_peak_bytes", host.peak()}};
     for (size_t c = 0; c < plan.bytes.size(); ++c) j[str(mem_category_name(MemCategory(c)), "_bytes")] = plan.bytes[c];
@@ -108,7 +182,8 @@ static int run_plan(int argc, char** argv) {
     return 0;
   }
   printf("%s: %s\n", source.c_str(), config.summary().c_str());
-  printf("QLoRA step on %s: batch %lld x seq %lld, %s bases, LoRA r %lld on %s, %s, %s\n", device_flag.c_str(),
+  printf("QLoRA step on %s (%s activations): batch %lld x seq %lld, %s bases, LoRA r %lld on %s, %s, %s\n",
+         device_flag.c_str(), dtype_name(plan.activations),
          (long long)shape.batch, (long long)shape.seq, qlora.nf4_base ? "NF4" : "dense", (long long)qlora.r,
          join(qlora.targets).c_str(), qlora.checkpointing ? "gradient checkpointing" : "no checkpointing",
          device == Device::CUDA ? "paged AdamW" : "AdamW");

@@ -27,7 +27,7 @@ using namespace nq;
 int run(int argc, char** argv) {
   std::string model_path, adapter_dir, out, adapter_gguf, dtype_flag = "bf16", type = "f16", rope_scaling;
   FlagTable t(
-      "usage: ./merge --model BASE --adapter DIR --out DIR [--dtype bf16|f32]\n"
+      "usage: ./merge --model BASE --adapter DIR --out DIR [--dtype bfloat16|float16|float32]\n"
       "       ./merge --model BASE --adapter DIR --out FILE.gguf [--type f16] [--adapter-gguf FILE.gguf]\n"
       "       ./merge --model BASE --adapter DIR --adapter-gguf FILE.gguf\n"
       "       ./merge --model BASE --out FILE.gguf [--type f16]   (no adapter: the base itself)\n");
@@ -43,7 +43,8 @@ int run(int argc, char** argv) {
         "the merged model: a folder (created; files in it are replaced) for transformers,\n"
         "or a path ending in .gguf for llama.cpp / Ollama (replaced atomically)",
         "PATH");
-  t.add_choice("dtype", &dtype_flag, {"bf16", "f32"}, "--out DIR: the dtype of every written tensor", "T");
+  t.add_choice("dtype", &dtype_flag, {"bfloat16", "float16", "float32", "bf16", "f16", "f32"},
+               "--out DIR: the dtype of every written tensor (float16 for GPUs without bf16, a T4)", "T");
   t.add_choice("type", &type, gguf_export_types(),
                "--out FILE.gguf: the type of the 2-D weights (norms and biases stay f32;\n"
                "q4_0/q4_1 keep token_embd and output in q8_0)",
@@ -59,7 +60,7 @@ int run(int argc, char** argv) {
            "give --model PATH and --out PATH and/or --adapter-gguf FILE (see --help)");
   NQ_CHECK(!adapter_dir.empty() || adapter_gguf.empty(), "--adapter-gguf needs --adapter DIR");
   const bool gguf_out = is_gguf_path(out);
-  NQ_CHECK(out.empty() || gguf_out || !t.given("type"), "--type is for a .gguf --out; a folder takes --dtype bf16|f32");
+  NQ_CHECK(out.empty() || gguf_out || !t.given("type"), "--type is for a .gguf --out; a folder takes --dtype bfloat16|float16|float32");
   NQ_CHECK(!gguf_out || !t.given("dtype"), "--dtype is for a folder --out; a .gguf takes --type (",
            "f32|f16|bf16|q8_0|q4_0|q4_1)");
   NQ_CHECK(adapter_gguf.empty() || is_gguf_path(adapter_gguf), "--adapter-gguf ", adapter_gguf,
@@ -91,9 +92,11 @@ int run(int argc, char** argv) {
     std::printf("merged %d adapted projections (r %lld, scaling %g)%s into %s (%s: %s tensors)\n", merged,
                 (long long)cfg.lora.r, double(cfg.lora.scaling()), over, out.c_str(), type.c_str(), types.c_str());
   } else {
-    save_merged_model(out, model, model_path, dtype_flag == "bf16" ? DType::BF16 : DType::F32);
+    DType dtype = DType::BF16;
+    parse_float_dtype(dtype_flag, &dtype);  // one of the choices above
+    save_merged_model(out, model, model_path, dtype);
     std::printf("merged %d adapted projections (r %lld, scaling %g)%s into %s (%s)\n", merged, (long long)cfg.lora.r,
-                double(cfg.lora.scaling()), over, out.c_str(), dtype_flag.c_str());
+                double(cfg.lora.scaling()), over, out.c_str(), dtype_name(dtype));
   }
   return 0;
 }

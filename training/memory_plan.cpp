@@ -13,7 +13,7 @@ namespace nq {
 size_t MemoryPlan::total() const { return std::max(loss_phase, backward_phase); }
 
 std::string MemoryPlan::table() const {
-  std::string s = "memory plan (predicted peak):\n";
+  std::string s = str("memory plan (predicted peak, ", dtype_name(activations), " activations):\n");
   for (size_t i = 0; i < bytes.size(); ++i) s += str("  ", mem_category_name(MemCategory(i)), " ", format_bytes(bytes[i]), "\n");
   s += str("    activations = saved layer inputs ", format_bytes(saved_layer_inputs), " + recomputed layer ",
            format_bytes(recomputed_layer), " + its backward ", format_bytes(layer_backward), " + top ",
@@ -48,6 +48,9 @@ void check_shape(const TrainShape& shape) {
 MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, int64_t rank, int64_t adapters,
                            bool nf4_base, bool checkpointing, const TrainShape& shape, bool gpu) {
   MemoryPlan plan;
+  plan.activations = gpu ? shape.compute : DType::F32;
+  NQ_CHECK(!gpu || shape.compute == DType::BF16 || shape.compute == DType::F16,
+           "memory plan: GPU activations are bf16 or f16, got ", dtype_name(shape.compute));
   auto& bytes = plan.bytes;
   bytes[size_t(MemCategory::Weights)] = weights;
   bytes[size_t(MemCategory::LoRA)] = lora;
@@ -89,7 +92,7 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
   if (nf4_base)
     for (const auto& [out, in] : projections)
       nf4_dequantized = std::max(nf4_dequantized, kernels::nf4_matmul_workspace_bytes(
-                                                      int64_t(N), int64_t(out), int64_t(in), gpu ? DType::BF16 : DType::F32,
+                                                      int64_t(N), int64_t(out), int64_t(in), plan.activations,
                                                       gpu ? Device::CUDA : Device::CPU));
   bytes[size_t(MemCategory::Workspace)] = std::max(loss_chunk, nf4_dequantized);
 
@@ -131,8 +134,10 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
       ++adapters;
     }
   }
-  return plan_from_sizes(model.config(), weights, lora, rank, adapters, nf4_base, model.options().checkpointing,
-                         shape, device == Device::CUDA);
+  TrainShape at = shape;
+  if (device == Device::CUDA) at.compute = model.lm_head().value().dtype();  // model/device.h: the compute dtype
+  return plan_from_sizes(model.config(), weights, lora, rank, adapters, nf4_base, model.options().checkpointing, at,
+                         device == Device::CUDA);
 }
 
 size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant) {

@@ -44,10 +44,12 @@ struct TrainShape {
   int64_t ce_chunk_rows = DecoderOptions{}.ce_chunk_rows;  // rows of logits at once in the loss
   bool paged_optimizer = true;    // GPU only: states in host memory
   size_t optimizer_pool_bytes = size_t(32) << 20;  // AdamWOptions::pool_bytes()
+  DType compute = DType::BF16;    // GPU only: the activations' dtype, bf16 or f16 (2 bytes either way)
 };
 
 struct MemoryPlan {
   std::array<size_t, size_t(MemCategory::Count)> bytes{};  // predicted peak per category
+  DType activations = DType::F32;  // the dtype it assumed for activations (f32 on the CPU)
   // The pieces of the activations term (for the table and the tests).
   size_t saved_layer_inputs = 0, recomputed_layer = 0, layer_backward = 0, top = 0, lora_grads = 0;
   // Everything alive at once while the loss runs, and during a layer's backward.
@@ -60,7 +62,8 @@ struct MemoryPlan {
 };
 
 // The plan for `model` as it is now (after to_device and attach_adapters: the
-// weights and adapters are summed from their actual tensors) on its device.
+// weights and adapters are summed from their actual tensors) on its device, in its
+// compute dtype (shape.compute is ignored).
 MemoryPlan plan_memory(Decoder& model, const TrainShape& shape);
 
 // What the config-only plan assumes the model will be (./train's defaults).

@@ -333,6 +333,12 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   to_device(model, device, compute);  // NF4 codes as they are, embeddings in the compute dtype, f32 norms and LoRA masters
   // fp16's dynamic loss scaling (optim/loss_scaler.h: torch.amp.GradScaler's defaults); bf16 and f32 need none.
   LossScaler scaler = compute == DType::F16 ? LossScaler(LossScalerConfig{}) : LossScaler();
+  log << "precision: "
+      << (device == Device::CPU ? std::string("f32 throughout (the reference path)")
+                                : str(dtype_name(compute), " activations and tensor-core matmuls with f32 accumulation",
+                                      scaler.enabled() ? str(", dynamic loss scaling from ", scaler.scale()) : "",
+                                      "; LoRA masters, gradients and AdamW f32"))
+      << "\n";
   std::vector<Var> params = adapter_parameters(model);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(params, cfg, device);
   int64_t n_trainable = 0;
