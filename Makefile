@@ -204,7 +204,7 @@ EMU_SLOW_TESTS := -tce='gpu train memory_plan_within_10_percent_of_the_measured_
 EMU_TEST_FILTER := -tc='cuda *,cuda_emu*,gpu train*' $(EMU_SLOW_TESTS)
 # The same emulated GPU reporting compute capability 7.5 (a T4: no bf16, f16 instead):
 # the registry's f32 and f16 runs, the dtype choice and fp16 training on sm_75's paths.
-EMU_SM75_FILTER := -tc='cuda registry_device_every_op,gpu train compute_dtype_follows_the_gpu,gpu train: trainer fp16_matches*'
+EMU_SM75_FILTER := -tc='cuda registry_device_every_op,cuda nf4_dequantize*,gpu train compute_dtype_follows_the_gpu,gpu train: trainer fp16_matches*'
 
 # The test binaries' output (training logs, plans, notes) goes to build/*/test.log;
 # make test ends with one summary line per binary (tools/test_summary.sh): cases passed,

@@ -13,10 +13,13 @@
 #include "autograd/ops.h"
 #include "autograd/var.h"
 #include "kernels/cpu/nf4_matmul.h"
+#include "kernels/cuda/ops.h"
 #include "kernels/kernels.h"
 #include "quant/nf4.h"
+#include "runtime/cuda_runtime.h"
 #include "runtime/rng.h"
 #include "formats/safetensors.h"
+#include "tests/gpu_test.h"
 
 using namespace nq;
 using nlohmann::json;
@@ -34,11 +37,12 @@ const json& index_json() {
   return j;
 }
 
-// An array written by the fixture script: {"file", "dtype": "f32"|"u8", "shape"}.
+// An array written by the fixture script: {"file", "dtype": "f32"|"u8"|"f16"|"bf16", "shape"}.
 Tensor load(const json& a) {
   std::vector<int64_t> shape = a.at("shape").get<std::vector<int64_t>>();
   if (shape.empty()) shape = {1};
-  const DType dt = a.at("dtype") == "f32" ? DType::F32 : DType::U8;
+  const std::string name = a.at("dtype");
+  const DType dt = name == "f32" ? DType::F32 : name == "f16" ? DType::F16 : name == "bf16" ? DType::BF16 : DType::U8;
   Tensor t = Tensor::empty(Shape::of(shape), dt);
   std::ifstream f(kDir + a.at("file").get<std::string>(), std::ios::binary);
   REQUIRE(f.good());
@@ -127,6 +131,10 @@ TEST_CASE("nf4: quantize / dequantize are bit-identical to bitsandbytes on every
         check_bytes(q.absmax, load(r.at("absmax")), tag + " absmax");
       }
       check_bytes(dequantize_nf4(q), load(r.at("dequantized")), tag + " dequantized");
+      if (dq) {  // bitsandbytes' fp16 / bf16 dequantization = the f32 values rounded once
+        check_bytes(dequantize_nf4(q).to_dtype(DType::F16), load(r.at("dequantized_f16")), tag + " dequantized f16");
+        check_bytes(dequantize_nf4(q).to_dtype(DType::BF16), load(r.at("dequantized_bf16")), tag + " dequantized bf16");
+      }
       // the quant_state JSON blob, byte for byte (Python's float repr of the offset)
       const Tensor blob = nf4_to_state_dict(q, "weight").at("weight.quant_state.bitsandbytes__nf4");
       CHECK(std::string(static_cast<const char*>(blob.raw()), blob.nbytes()) ==
@@ -380,4 +388,21 @@ TEST_CASE("nf4_matmul: shape errors name the op and the shapes") {
                        Error);
   CHECK_THROWS_WITH_AS(kernels::nf4_dequantize(*q, DType::BF16),
                        "nf4_dequantize: the cpu gives f32 (the reference dtype), not bf16", Error);
+}
+
+// The GPU's NF4 dequantization in f16 and bf16 (kernels/cuda/nf4_dequantize.cu)
+// against bitsandbytes' own, byte for byte, on every fixture case.
+NQ_GPU_TEST("cuda nf4_dequantize f16 and bf16 are bit-identical to bitsandbytes'", nf4_dequantize_16bit_matches_bitsandbytes) {
+  const int cc = cuda_compute_capability();
+  for (const json& c : index_json().at("cases")) {
+    const std::string name = c.at("name");
+    const json& r = c.at("dq");
+    const Nf4Tensor q = quantize_tensor(load(c.at("input")), c.at("blocksize"), true);
+    const kernels::cuda::Nf4DeviceTensor d = kernels::cuda::nf4_to_device(q);
+    for (auto [dtype, key] : {std::pair<DType, const char*>{DType::F16, "dequantized_f16"}, {DType::BF16, "dequantized_bf16"}}) {
+      if (dtype == DType::BF16 && cc != 0 && cc < 80) continue;  // no bf16 before sm_80
+      check_bytes(kernels::cuda::nf4_dequantize(d.view, dtype).to(Device::CPU), load(r.at(key)),
+                  name + " " + dtype_name(dtype) + " on the GPU");
+    }
+  }
 }

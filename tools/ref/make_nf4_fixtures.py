@@ -8,6 +8,7 @@ the dequantized weights.
 
 Run with the reference venv: tools/ref/.venv/bin/python tools/ref/make_nf4_fixtures.py
 """
+import copy
 import json
 from pathlib import Path
 
@@ -102,8 +103,12 @@ def main():
     index = {"dynamic_map": None, "nf4_code": None, "cases": []}
 
     def dump(name, t):
-        a = t.detach().contiguous().cpu().numpy()
-        dtype = {np.float32: "f32", np.uint8: "u8"}[a.dtype.type]
+        t = t.detach().contiguous().cpu()
+        tag16 = {torch.bfloat16: "bf16", torch.float16: "f16"}.get(t.dtype)
+        if tag16:  # numpy has no bfloat16: the 16-bit patterns as they are
+            t = t.view(torch.int16)
+        a = t.numpy()
+        dtype = tag16 or {np.float32: "f32", np.uint8: "u8"}[a.dtype.type]
         (OUT / f"{name}.bin").write_bytes(a.astype(a.dtype.newbyteorder("<")).tobytes())
         return {"file": f"{name}.bin", "dtype": dtype, "shape": list(a.shape)}
 
@@ -121,6 +126,14 @@ def main():
             blob = qs.as_dict(packed=True)["quant_state.bitsandbytes__nf4"]
             r["quant_state_json"] = bytes(blob.tolist()).decode()
             if dq:
+                # bitsandbytes' 16-bit dequantization (quant_state.dtype: the compute dtype
+                # of a Linear4bit): the f32 product code x absmax rounded once.
+                for torch_dtype, short in ((torch.float16, "f16"), (torch.bfloat16, "bf16")):
+                    qs16 = copy.deepcopy(qs)
+                    qs16.dtype = torch_dtype
+                    deq16 = F.dequantize_4bit(packed, qs16)
+                    assert deq16.dtype == torch_dtype
+                    r[f"dequantized_{short}"] = dump(f"{name}.{tag}.dequant_{short}", deq16)
                 r["absmax_codes"] = dump(f"{name}.{tag}.absmax", qs.absmax)
                 r["nested_absmax"] = dump(f"{name}.{tag}.nested_absmax", qs.state2.absmax)
                 r["nested_code"] = dump(f"{name}.{tag}.nested_code", qs.state2.code)
