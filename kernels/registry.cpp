@@ -341,17 +341,17 @@ Dims clipped(Dims s) {
   return s;
 }
 
-PerfRow perf(const Op& op, Direction dir, const Dims& d, Device dev, int iters, double copy_bw) {
+PerfRow perf(const Op& op, Direction dir, const Dims& d, Device dev, int iters, double copy_bw, DType act16) {
   const bool backward = dir == Direction::Backward;
   const Pass& pass = backward ? op.backward : op.forward;
   NQ_CHECK(pass, op.name, " has no backward to time");
   PerfRow r{backward ? op.name + "_bwd" : op.name, describe(d, op.dims), "ref"};
   if (dev == Device::CUDA && op.has_cpu) {
-    // GPU against the CPU at the clipped shape, bf16 activations (outputs NaN-poisoned).
+    // GPU against the CPU at the clipped shape, in the run's activation dtype (outputs NaN-poisoned).
     set_poison_on_alloc(true);
     double worst = 0;
     bool ok = true;
-    for (const Check& c : check_device(op, clipped(d), dev, DType::BF16)) {
+    for (const Check& c : check_device(op, clipped(d), dev, act16)) {
       if (c.what.find("zeros") == std::string::npos && c.what.find("dtype") == std::string::npos)
         worst = std::max(worst, c.error);
       ok &= c.ok;
@@ -366,7 +366,7 @@ PerfRow perf(const Op& op, Direction dir, const Dims& d, Device dev, int iters, 
   // Enough input copies that they don't fit in the last-level cache (>= 256 MiB, 2..8 copies):
   // one random set, cloned on the device (distinct buffers are what defeats the cache).
   int copies = int(std::clamp(std::ceil(256.0 * (1 << 20) / std::max(1.0, c.bytes)), 2.0, 8.0));
-  const DType act = dev == Device::CUDA ? DType::BF16 : DType::F32;
+  const DType act = dev == Device::CUDA ? act16 : DType::F32;
   std::vector<std::vector<Tensor>> sets(1);
   for (const Input& in : op.inputs(d, 1000)) sets[0].push_back(placed(in, dev, act));
   for (int i = 1; i < copies; ++i) {

@@ -177,13 +177,15 @@ std::vector<Check> check_device(const Op& op, const Dims& d, Device device, DTyp
 
 // Perf mode. Inputs in copies that together exceed the last-level cache (>= 256 MiB,
 // 2..8 copies), 3 warm-up runs, the median of `iters`; on the GPU CUDA events and,
-// before timing, device mode at a clipped shape (bf16, bound 1e-2).
+// before timing, device mode at a clipped shape (in the activations' dtype, its bound).
 struct PerfRow {
   std::string name, shape, check;
   double seconds = 0, gbps = 0, tflops = 0, frac_copy = 0, frac_gemm = 0;
 };
 enum class Direction { Forward, Backward };
-PerfRow perf(const Op& op, Direction dir, const Dims& d, Device device, int iters, double copy_bw);
+// `act`: the activations' dtype on the GPU (bf16 or f16; the CPU's is f32).
+PerfRow perf(const Op& op, Direction dir, const Dims& d, Device device, int iters, double copy_bw,
+             DType act = DType::BF16);
 Dims clipped(Dims d);  // the validation shape: at most 256 tokens, 4096 vocab, 512 per GEMM dim
 double copy_bandwidth(Device device);  // bytes/s (read + write) of a device-to-device copy of 1 GiB; 0 on the CPU
 

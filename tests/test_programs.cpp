@@ -103,7 +103,7 @@ std::vector<ProgramFlags> program_flags() {
                              "no-grad-checkpoint", "ce-chunk", "fit-gb", "gpu", "dtype", "json"}, "./inspect plan --help"},
       {"demo", {}, {"steps", "lr", "seed", "checkpoint"}, "--help"},
       {"plot", {}, {"metrics", "output"}, "--help"},
-      {"bench", {}, {"device", "shapes", "iters", "csv", "n", "m", "k", "tokens", "hidden", "vocab", "heads",
+      {"bench", {}, {"device", "dtype", "shapes", "iters", "csv", "n", "m", "k", "tokens", "hidden", "vocab", "heads",
                      "kv-heads", "head-dim"}, "--help"},
   };
 }

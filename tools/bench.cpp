@@ -115,6 +115,7 @@ const reg::Op* lookup(const std::string& name, reg::Direction* dir) {
 struct BenchFlags {
   std::vector<std::string> what;        // OP | OP_bwd | list | all
   std::string device = kDefaultDevice;  // auto | cpu | cuda
+  std::string dtype = "auto";           // the GPU's activations: auto (bf16, else f16) | bfloat16 | float16
   std::string shapes;                   // ./bench all: small or a ModelConfig preset
   int64_t iters = 0;                    // 0: 20 on cuda, 5 on cpu
   bool csv = false;
@@ -128,6 +129,7 @@ FlagTable bench_flags(BenchFlags& f) {
                   "Times each op of the registry alone, after checking it against the CPU reference.\n"));
   t.positionals("OP", &f.what, "list, all, or an op of ./bench list");
   add_device_flag(t, &f.device);
+  add_dtype_flag(t, &f.dtype);
   t.add("shapes", &f.shapes, str("./bench all: the model whose training-step shapes are timed (", preset_list(),
                                  "; default qwen3-0.6b on cuda, small on cpu)"), "NAME");
   t.add("iters", &f.iters, "timed runs; the median is reported (default 20 on cuda, 5 on cpu)").default_text = "";
@@ -162,6 +164,7 @@ int run(int argc, char** argv) {
     shape_given = true;
   }
   const Device dev = select_device(f.device, "--device");
+  const DType act = select_compute_dtype(f.dtype, dev, "--dtype");  // f32 on the CPU
   const int iters = int(f.iters ? f.iters : dev == Device::CUDA ? 20 : 5);
   double copy_bw = reg::copy_bandwidth(dev);
   if (dev == Device::CUDA && !f.csv)
@@ -170,7 +173,7 @@ int run(int argc, char** argv) {
 
   bool failed = false;
   auto run_one = [&](const reg::Op& op, reg::Direction dir, const reg::Dims& d) {
-    reg::PerfRow r = reg::perf(op, dir, d, dev, iters, copy_bw);
+    reg::PerfRow r = reg::perf(op, dir, d, dev, iters, copy_bw, act);
     failed |= r.check.rfind("FAIL", 0) == 0;
     print_row(r, f.csv);
   };

@@ -7,11 +7,12 @@
 #   3. make -j16 for that architecture only (CUDA_ARCH=<cc>)
 #   4. build/cuda/test_all (every CUDA kernel against the CPU kernels), then the CUDA
 #      tests again under compute-sanitizer memcheck (out-of-bounds / misaligned accesses)
-#   5. ./bench all at Qwen3-0.6B and Qwen3-8B shapes (CSV), and the NF4 matmul's two ways
+#   5. ./bench all at Qwen3-0.6B and Qwen3-8B shapes (CSV; 0.6B also with --dtype float16), and the NF4 matmul's two ways
 #      (fused dequant-GEMM vs dequantize + cuBLASLt) over M, to set kNf4DequantMinRows
 #   6. tools/ref/bench_attention.py (PyTorch SDPA flash) beside ./bench attention, if torch imports
 #   7. a short summary table, printed last
-# Every step runs under `timeout`; the limits add up to 355 s, about 6 minutes.
+# (test_all checks every op in f32, bf16 and f16 and trains fp16 with loss scaling.)
+# Every step runs under `timeout`; the limits add up to 385 s, about 6.5 minutes.
 # Logs go to build/gpu_check/<mode>/; when $OUT is set, two files per mode are also
 # written there: summary-<mode>.txt and logs-<mode>.tar.gz.
 # Both modes in one go:  tools/gpu_check.sh; tools/gpu_check.sh train
@@ -104,6 +105,8 @@ fi
 # 5. kernel benchmarks at the two model shapes
 step bench_0.6b 40 ./bench all --shapes qwen3-0.6b --iters 10 --csv
 step bench_8b 55 ./bench all --shapes qwen3-8b --iters 10 --csv
+# the same kernels with f16 activations (--dtype float16: what a T4 trains in)
+step bench_0.6b_f16 30 ./bench all --shapes qwen3-0.6b --dtype float16 --iters 5 --csv
 # kernels/cuda/nf4.h switches from the fused kernel to dequantize + cuBLASLt at
 # kNf4DequantMinRows = 256 rows, an estimate: time both ways over M at Qwen3-0.6B's
 # gate/up_proj shape [3072, 1024] (each ./bench prints a CSV header, then its row).
@@ -155,6 +158,9 @@ if [ "$MODE" = train ]; then
   step gpu_train_tests 60 ./build/cuda/test_all -tc="gpu train*" -s
   step train_tiny 30 ./train --model tests/fixtures/model/qwen3_tied --data tests/fixtures/tokenizer/chats.jsonl \
     --out /tmp/train_tiny --overwrite --device cuda --max-steps 3 --max-length 64 --eval-split 4 --save-every 2 --no-progress
+  # the same in fp16 with dynamic loss scaling (its scale on the progress lines, in metrics.jsonl)
+  step train_tiny_f16 30 ./train --model tests/fixtures/model/qwen3_tied --data tests/fixtures/tokenizer/chats.jsonl \
+    --out /tmp/train_tiny_f16 --overwrite --device cuda --dtype float16 --max-steps 3 --max-length 64 --log-every 1
   # ./eval of that adapter on the GPU and on the CPU: the same loss up to bf16 (training/evaluate.h)
   step eval_tiny 20 bash -c 'for d in cuda cpu; do echo "--device $d: $(./eval --model tests/fixtures/model/qwen3_tied \
     --data tests/fixtures/tokenizer/chats.jsonl --adapter /tmp/train_tiny --max-length 64 --device $d --no-progress)"; done'
@@ -186,10 +192,11 @@ fi
   [ -f "$LOG/train_tiny.log" ] && grep -E "^device:|plan|measured" "$LOG/train_tiny.log" | head -12
   [ -f "$LOG/eval_tiny.log" ] && grep -E "^--device" "$LOG/eval_tiny.log"
   [ -f "$LOG/gpu_train_tests.log" ] && grep -A7 "plan vs measured" "$LOG/gpu_train_tests.log"
-  for preset in 0.6b 8b; do
+  [ -f "$LOG/train_tiny_f16.log" ] && grep -E "^precision:|scale" "$LOG/train_tiny_f16.log" | head -6
+  for preset in 0.6b 8b 0.6b_f16; do
     f="$LOG/bench_$preset.log"
     [ -f "$f" ] || continue
-    echo "-- ./bench all --shapes qwen3-$preset (share of the copy bandwidth or of cuBLASLt's bf16 GEMM rate)"
+    echo "-- ./bench all --shapes qwen3-${preset%_f16}$([ "${preset%_f16}" != "$preset" ] && echo ' --dtype float16') (share of the copy bandwidth or of cuBLASLt's bf16 GEMM rate)"
     awk -F, 'NR > 1 && NF >= 8 {
       frac = ($6 > 0) ? sprintf("copy %5.1f%%", 100 * $6) : (($7 > 0) ? sprintf("gemm %5.1f%%", 100 * $7) : "-");
       shape = $2; gsub(/"/, "", shape);
