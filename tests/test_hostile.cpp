@@ -118,6 +118,21 @@ TEST_CASE("hostile: JSON type confusion is one line naming the file, the key and
   AdamW opt({Var(Tensor::zeros({2, 2}), true, "a")}, AdamWConfig{});
   const std::string state_error = thrown_message([&] { load_checkpoint_state(dir.path, opt); });
   CHECK(state_error == dir / "trainer_state.json" + ": \"step\" = 1e+30 is outside [0, 9223372036854775807]");
+  // ... and the fp16 loss scaler's keys: a scale beyond f32 (UB to convert), a dtype, skipped > step.
+  auto state_with = [&](const std::string& extra) {
+    write_bytes(dir / "trainer_state.json", R"({"step": 3, "rng_seed": 1, "rng_offset": 0, "data_epoch": 0,
+        "data_index": 0, "tokens_seen": 0, )" + extra + "}");
+    return thrown_message([&] { load_checkpoint_state(dir.path, opt); });
+  };
+  CHECK(state_with(R"("loss_scale": 1e300)") ==
+        dir / "trainer_state.json" + ": \"loss_scale\" must be a positive f32 value, got 1e+300");
+  CHECK(state_with(R"("loss_scale": -2)") ==
+        dir / "trainer_state.json" + ": \"loss_scale\" must be a positive f32 value, got -2");
+  CHECK(state_with(R"("compute_dtype": "f8")") ==
+        dir / "trainer_state.json" + ": \"compute_dtype\" must be f32, bf16 or f16, got \"f8\"");
+  CHECK(state_with(R"("skipped_steps": 4)") == dir / "trainer_state.json" + ": \"skipped_steps\" = 4 is outside [0, 3]");
+  CHECK(state_with(R"("loss_scale_growth_tracker": 1.5)") ==
+        dir / "trainer_state.json" + ": \"loss_scale_growth_tracker\" must be an integer, got a float (1.5)");
 
   // tokenizer.json: a token id as a float; tokenizer_config.json: a wrong type.
   nlohmann::json tok = byte_tokenizer();

@@ -232,6 +232,12 @@ int main() {
       const nlohmann::json st = {{"step", 3}, {"rng_seed", 42}, {"rng_offset", 1024}, {"data_epoch", 0},
                                  {"data_index", 12}, {"tokens_seen", 4096}};
       seed("fuzz_checkpoint", "step3", {st.dump(1), cfg.to_json(), safetensors_bytes(state)});
+      // An fp16 run's: the loss scaler's keys (training/checkpoint.h)
+      nlohmann::json fp16 = st;
+      fp16["compute_dtype"] = "f16", fp16["loss_scale"] = 32768.0, fp16["loss_scale_growth_tracker"] = 1,
+      fp16["skipped_steps"] = 1;
+      cfg.dtype = "float16";
+      seed("fuzz_checkpoint", "step3_fp16", {fp16.dump(1), cfg.to_json(), safetensors_bytes(state)});
     }
   } catch (const Error& e) {
     std::cerr << "make_seeds: " << e.what() << "\n";
