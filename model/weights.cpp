@@ -37,22 +37,26 @@ Tensor to_f32_weight(const Tensor& stored) {
   return w;
 }
 
-// An owned bf16 copy counted as Weights: the stored bits of a bf16 tensor, else each
-// value rounded to nearest even (f32_to_bf16, as to_device rounds it), one at a time.
-Tensor to_bf16_weight(const Tensor& stored) {
-  Tensor w = Tensor::empty(stored.shape(), DType::BF16, Device::CPU, MemCategory::Weights);
+// An owned bf16 or f16 copy counted as Weights: the stored bits when the file has that
+// dtype, else each value rounded to nearest even (runtime/half.h, as to_device rounds
+// it) from f32 (or widened from the other 16-bit type first).
+Tensor to_16bit_weight(const Tensor& stored, DType dtype) {
+  Tensor w = Tensor::empty(stored.shape(), dtype, Device::CPU, MemCategory::Weights);
   uint16_t* dst = w.data_u16();
   const int64_t n = stored.numel();
-  if (stored.dtype() == DType::BF16) {
+  if (stored.dtype() == dtype) {
     std::memcpy(dst, stored.raw(), stored.nbytes());
-  } else if (stored.dtype() == DType::F32) {
+    return w;
+  }
+  const bool to_bf16 = dtype == DType::BF16;
+  if (stored.dtype() == DType::F32) {
     const float* src = stored.data<float>();
 #pragma omp parallel for
-    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
   } else {
-    const uint16_t* src = stored.data_u16();
+    const uint16_t* src = stored.data_u16();  // the other 16-bit type
 #pragma omp parallel for
-    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(f16_to_f32(src[i]));
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16 ? f32_to_bf16(f16_to_f32(src[i])) : f32_to_f16(bf16_to_f32(src[i]));
   }
   return w;
 }
@@ -102,7 +106,8 @@ void check_weights(const TensorMap& weights, const ModelConfig& config, const st
     NQ_CHECK(it != weights.end(), source, ": missing tensor ", spec.name, " (expected ", spec.shape.str(), ")");
     NQ_CHECK(it->second.shape() == spec.shape, source, ": tensor ", spec.name, " has shape ",
              it->second.shape().str(), ", expected ", spec.shape.str());
-    NQ_CHECK(it->second.dtype() == DType::F32 || (it->second.dtype() == DType::BF16 && is_embedding_weight(spec.name)),
+    NQ_CHECK(it->second.dtype() == DType::F32 ||
+                 ((it->second.dtype() == DType::BF16 || it->second.dtype() == DType::F16) && is_embedding_weight(spec.name)),
              source, ": tensor ", spec.name, " must be f32, got ",
              it->second.desc());
   }
@@ -126,9 +131,12 @@ void take_weight(const std::string& name, const Tensor& stored, const WeightLoad
   if (load.nf4_projections && is_projection_weight(name)) {
     Nf4Tensor q = quantize_nf4(stored, load.nf4_blocksize, load.nf4_double_quant, name);
     q.dtype = load.nf4_dtype;
+    if (load.place != Device::CPU)  // uploaded now; the host copy is freed on return
+      for (Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code})
+        if (t->defined()) *t = t->to(load.place);
     out.nf4[name] = std::make_shared<const Nf4Tensor>(std::move(q));
-  } else if (load.embedding_dtype == DType::BF16 && is_embedding_weight(name)) {
-    out.dense[name] = to_bf16_weight(stored);
+  } else if (load.embedding_dtype != DType::F32 && is_embedding_weight(name)) {
+    out.dense[name] = to_16bit_weight(stored, load.embedding_dtype).to(load.place);
   } else {
     out.dense[name] = to_f32_weight(stored);
   }

@@ -49,10 +49,15 @@ struct WeightLoad {
   // path, bf16 for a GPU run (what to_device makes of them: model/device.h), so the
   // host does not hold them in f32 first.
   DType embedding_dtype = DType::F32;
-  // ./train's load for a model that will run on `device`: NF4 projections (blocksize
-  // 64, double quant) when nf4_base, embeddings in that device's dtype.
-  static WeightLoad qlora(bool nf4_base, Device device = Device::CPU) {
-    return WeightLoad{nf4_base, 64, true, "float32", device == Device::CPU ? DType::F32 : DType::BF16};
+  // Where each NF4 projection and embedding goes the moment it is made: a GPU run
+  // uploads them one at a time, so the host never holds the 4-bit model (the norms,
+  // small, stay f32 on the host until to_device).
+  Device place = Device::CPU;
+  // ./train's load for a model that will run on `device` computing in `compute`
+  // (model/device.h): NF4 projections (blocksize 64, double quant) when nf4_base,
+  // embeddings in the compute dtype (f32 on the CPU), both placed on `device`.
+  static WeightLoad qlora(bool nf4_base, Device device = Device::CPU, DType compute = DType::BF16) {
+    return WeightLoad{nf4_base, 64, true, "float32", device == Device::CPU ? DType::F32 : compute, device};
   }
 };
 

@@ -5,12 +5,15 @@
 // tensor. The GGUF reader's case is in test_gguf_model.cpp.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "model/device.h"
 #include "model/load_model.h"
 #include "runtime/allocator.h"
 #include "runtime/half.h"
+#include "tests/gpu_test.h"
 #include "tests/nf4_compare.h"
 #include "training/memory_plan.h"
 
@@ -131,24 +134,74 @@ TEST_CASE("load_model with NF4 projections: host weights peak at the result plus
   CHECK(host.stats().peak[w] - before_dense >= f32_total);  // the old way: the whole model in f32
 }
 
-TEST_CASE("load_model for a GPU run: embeddings arrive bf16, as to_device would round them; the rest as for the CPU") {
-  for (const char* dir : {"tests/fixtures/model/llama", "tests/fixtures/model/qwen3_untied_bias"}) {
-    CAPTURE(dir);
-    LoadedModel gpu = load_model(dir, WeightLoad::qlora(true, Device::CUDA));
-    LoadedModel cpu = load_model(dir, WeightLoad::qlora(true, Device::CPU));
-    REQUIRE(gpu.weights.size() == cpu.weights.size());
-    for (const auto& [name, t] : cpu.weights) {
-      CAPTURE(name);
-      const Tensor& g = gpu.weights.at(name);
-      if (is_embedding_weight(name)) {
-        CHECK(t.dtype() == DType::F32);
-        CHECK(same_tensor_bytes(g, t.to_dtype(DType::BF16)));
-      } else {
-        CHECK(same_tensor_bytes(g, t));
+TEST_CASE("load_model for a GPU run: embeddings arrive in the compute dtype, as to_device would round them") {
+  for (const char* dir : {"tests/fixtures/model/llama", "tests/fixtures/model/qwen3_untied_bias"})
+    for (DType compute : {DType::BF16, DType::F16}) {
+      CAPTURE(dir);
+      CAPTURE(std::string(dtype_name(compute)));
+      WeightLoad for_gpu = WeightLoad::qlora(true, Device::CUDA, compute);
+      CHECK(for_gpu.place == Device::CUDA);
+      for_gpu.place = Device::CPU;  // the dtypes of a GPU run, kept on the host (no GPU needed)
+      LoadedModel gpu = load_model(dir, for_gpu);
+      LoadedModel cpu = load_model(dir, WeightLoad::qlora(true, Device::CPU));
+      REQUIRE(gpu.weights.size() == cpu.weights.size());
+      for (const auto& [name, t] : cpu.weights) {
+        CAPTURE(name);
+        const Tensor& g = gpu.weights.at(name);
+        if (is_embedding_weight(name)) {
+          CHECK(t.dtype() == DType::F32);
+          CHECK(same_tensor_bytes(g, t.to_dtype(compute)));
+        } else {
+          CHECK(same_tensor_bytes(g, t));
+        }
       }
+      CHECK_NOTHROW(build_decoder(gpu, {}, true));  // the decoder takes 16-bit embeddings (to_device keeps them)
     }
-    CHECK_NOTHROW(build_decoder(gpu, {}, true));  // the decoder takes bf16 embeddings (to_device keeps them)
+}
+
+// A GPU run's load uploads each NF4 projection and embedding as it is made: the
+// same bytes as the host load's, on the GPU, and the host never holds them together.
+NQ_GPU_TEST("gpu train load_model uploads each projection and embedding as it is made", load_uploads_as_it_goes) {
+  const char* dir = "tests/fixtures/model/qwen3_untied_bias";
+  Allocator& host = allocator_for(Device::CPU);
+  const size_t w = size_t(MemCategory::Weights);
+  host.reset_peak();
+  const size_t before = host.stats().current[w];
+  LoadedModel gpu = load_model(dir, WeightLoad::qlora(true, Device::CUDA, DType::F16));
+  const size_t host_peak = host.stats().peak[w] - before, host_after = host.stats().current[w] - before;
+  LoadedModel cpu = load_model(dir, WeightLoad::qlora(true, Device::CPU));
+  size_t cpu_bytes = 0, largest = 0;
+  for (const auto& [name, q] : cpu.nf4) {
+    CAPTURE(name);
+    const Nf4Tensor& g = *gpu.nf4.at(name);
+    CHECK(g.packed.device() == Device::CUDA);
+    CHECK(g.nested_code.device() == Device::CUDA);
+    CHECK(same_tensor_bytes(g.packed.to(Device::CPU), q->packed));
+    CHECK(same_tensor_bytes(g.absmax.to(Device::CPU), q->absmax));
+    cpu_bytes += q->nbytes();
+    largest = std::max(largest, q->nbytes());
   }
+  for (const auto& [name, t] : cpu.weights) {
+    CAPTURE(name);
+    const Tensor& g = gpu.weights.at(name);
+    if (is_embedding_weight(name)) {
+      CHECK(g.device() == Device::CUDA);
+      CHECK(same_tensor_bytes(g.to(Device::CPU), t.to_dtype(DType::F16)));
+      cpu_bytes += t.nbytes();
+      largest = std::max(largest, t.nbytes());
+    } else {
+      CHECK(g.device() == Device::CPU);  // norms and biases: f32 on the host until to_device
+      CHECK(same_tensor_bytes(g, t));
+    }
+  }
+  CAPTURE(host_peak);
+  CAPTURE(host_after);
+  CAPTURE(cpu_bytes);
+  CHECK(host_peak < cpu_bytes);         // never the whole 4-bit model on the host
+  CHECK(host_after + largest >= host_peak);  // at most one uploaded tensor beside what stays
+  Decoder model = build_decoder(gpu, {}, true);
+  to_device(model, Device::CUDA, DType::F16);  // moves only what is still on the host
+  CHECK(model_compute_dtype(model) == DType::F16);
 }
 
 // The host plan's load term (training/memory_plan.h plan_host_memory) is the bytes the
@@ -158,13 +211,22 @@ TEST_CASE("plan_host_memory: its load term is what load_model hands over plus on
     for (Device device : {Device::CPU, Device::CUDA}) {
       CAPTURE(dir);
       CAPTURE(device_name(device));
-      const LoadedModel m = load_model(dir, WeightLoad::qlora(true, device));
-      size_t held = 0;
-      for (const auto& [name, t] : m.weights) held += t.nbytes();
-      for (const auto& [name, w] : m.nf4) held += w->nbytes();
+      WeightLoad load = WeightLoad::qlora(true, device);
+      load.place = Device::CPU;  // the dtypes of a run on `device`, on the host here (no GPU needed)
+      const LoadedModel m = load_model(dir, load);
+      // What stays on the host: everything on the CPU; on the GPU all but the uploaded
+      // NF4 projections and embeddings, of which one at a time is on the host.
+      size_t held = 0, largest_uploaded = 0;
+      for (const auto& [name, t] : m.weights)
+        if (device == Device::CPU || !is_embedding_weight(name)) held += t.nbytes();
+        else largest_uploaded = std::max(largest_uploaded, t.nbytes());
+      for (const auto& [name, w] : m.nf4)
+        if (device == Device::CPU) held += w->nbytes();
+        else largest_uploaded = std::max(largest_uploaded, w->nbytes());
       const size_t file_elem = m.config.torch_dtype == "float32" ? 4 : 2;
       size_t largest = 0;
       for (const ParamSpec& s : parameter_specs(m.config)) largest = std::max(largest, size_t(s.shape.numel()) * file_elem);
+      largest += largest_uploaded;
       TrainShape shape;
       shape.seq = 32;
       shape.paged_optimizer = true;

@@ -18,6 +18,8 @@
 #include "formats/safetensors.h"
 #include "model/device.h"
 #include "model/load_model.h"
+#include "runtime/cuda_runtime.h"
+#include "runtime/device_copy.h"
 #include "runtime/process_memory.h"
 #include "optim/adamw.h"
 #include "training/memory_plan.h"
@@ -219,8 +221,9 @@ static int run_load(int argc, char** argv) {
       "usage: ./inspect load --model DIR [--for cpu|cuda] [--json]\n"
       "Loads a model as ./train does (NF4 projections quantized while reading, the\n"
       "embeddings in the dtype of the device the run is for), then prints the load time,\n"
-      "the bytes it holds and the peak resident memory beside the planned one. Nothing\n"
-      "runs on a GPU: --for cuda loads the host side of a GPU run.\n",
+      "the bytes it holds and the peak resident memory beside the planned one.\n"
+      "--for cuda uploads each projection and embedding as it is made, as\n"
+      "./train does, when a GPU is visible (else keeps them on the host in a GPU run's dtypes).\n",
       "./inspect load --help");
   t.add("model", &model_dir, "a HF model folder or a .gguf file", "DIR");
   t.add("for", &device_flag, "cpu or cuda: the device whose dtypes the load produces", "DEVICE");
@@ -232,25 +235,32 @@ static int run_load(int argc, char** argv) {
   const Device device = device_flag == "cuda" ? Device::CUDA : Device::CPU;
   const size_t rss_before = current_rss_bytes();
   const auto t0 = std::chrono::steady_clock::now();
-  const LoadedModel loaded = load_model(model_dir, WeightLoad::qlora(!no_quant, device));
+  // A GPU run uploads each NF4 projection and embedding as it is made; without a GPU here
+  // --for cuda makes the same dtypes and keeps them on the host (and plans that).
+  WeightLoad load = WeightLoad::qlora(!no_quant, device);
+  const bool upload = device == Device::CUDA && cuda_available() && cuda_arch_mismatch().empty();
+  if (!upload) load.place = Device::CPU;
+  const LoadedModel loaded = load_model(model_dir, load);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   size_t nf4 = 0, dense = 0;
   for (const auto& [name, w] : loaded.nf4) nf4 += w->nbytes();
   for (const auto& [name, w] : loaded.weights) dense += w.nbytes();
-  QloraShape qlora;
-  qlora.nf4_base = !no_quant;
-  const HostPlan host = plan_host_memory(loaded.config, qlora, TrainShape{}, device);
+  HostPlan host;
+  host.load = plan_host_load(loaded.config, load);
   const size_t peak = peak_rss_bytes();
   if (as_json) {
     const nlohmann::json j = {{"model", model_dir}, {"for", device_flag}, {"load_s", load_s}, {"nf4_bytes", nf4},
                               {"dense_bytes", dense}, {"rss_before_bytes", rss_before}, {"peak_rss_bytes", peak},
-                              {"planned_load_bytes", host.load}};
+                              {"planned_load_bytes", host.load}, {"uploaded", upload}};
     printf("%s\n", j.dump().c_str());
     return 0;
   }
   printf("%s: %s\n", model_dir.c_str(), loaded.config.summary().c_str());
-  printf("loaded for %s in %.2f s: NF4 projections %s, dense tensors %s\n", device_flag.c_str(), load_s,
-         format_bytes(nf4).c_str(), format_bytes(dense).c_str());
+  printf("loaded for %s in %.2f s: NF4 projections %s, dense tensors %s%s\n", device_flag.c_str(), load_s,
+         format_bytes(nf4).c_str(), format_bytes(dense).c_str(),
+         device == Device::CPU ? ""
+         : upload              ? " (projections and embeddings uploaded to the GPU as each was made)"
+                               : " (no usable GPU here: kept on the host in a GPU run's dtypes)");
   printf("peak RSS %s = %s at start + %s; planned load %s (x%.2f)\n", format_bytes(peak).c_str(),
          format_bytes(rss_before).c_str(), format_bytes(peak - std::min(peak, rss_before)).c_str(),
          format_bytes(host.load).c_str(), host.load ? double(peak - std::min(peak, rss_before)) / double(host.load) : 0.0);

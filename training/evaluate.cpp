@@ -68,14 +68,14 @@ EvalReport evaluate(const EvalConfig& cfg, std::ostream& log, const GenerateScor
   log << "device: " << device_summary(device) << "\n";
 
   // The model as ./train builds it: NF4 base (a 4-bit checkpoint's as stored), the adapter, then the device.
-  LoadedModel loaded = load_model(run.model, WeightLoad::qlora(!run.no_quant, device));
+  std::string dtype_note;
+  const DType compute = select_compute_dtype(run.dtype, device, "--dtype", &dtype_note);
+  if (!dtype_note.empty()) log << "note: " << dtype_note << "\n";
+  LoadedModel loaded = load_model(run.model, WeightLoad::qlora(!run.no_quant, device, compute));
   loaded.config.apply_rope_scaling_flag(run.rope_scaling);
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", run.model, ": no tokenizer (tokenizer.json) to encode --data with");
   Decoder model = build_decoder(loaded, {}, /*nf4_base=*/!run.no_quant);
   if (!cfg.adapter.empty()) load_peft_adapter(cfg.adapter, model);
-  std::string dtype_note;
-  const DType compute = select_compute_dtype(run.dtype, device, "--dtype", &dtype_note);
-  if (!dtype_note.empty()) log << "note: " << dtype_note << "\n";
   to_device(model, device, compute);
   log << "model: " << model.config().summary() << (run.no_quant ? ", dense f32 base" : ", NF4 base")
       << (cfg.adapter.empty() ? std::string() : ", adapter " + cfg.adapter) << "\n";

@@ -179,25 +179,30 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
   return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.nf4_base, qlora.checkpointing, shape, gpu);
 }
 
-HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device) {
+size_t plan_host_load(const ModelConfig& config, const WeightLoad& load) {
   const size_t file_elem_bytes = config.torch_dtype == "float32" ? 4 : 2;
-  const MemoryPlan step = plan_memory(config, qlora, shape, device);
   // The loader reads the tensors in parameter_specs order (model/weights.h read_weights),
   // each one's mapped pages resident until it is converted, then released: the load
-  // peaks at max over tensors i of (everything handed over up to and including i) +
-  // tensor i's bytes in the file.
-  const WeightLoad load = WeightLoad::qlora(qlora.nf4_base, device);  // the dtypes the loader hands over
-  HostPlan host;
-  size_t held = 0;
+  // peaks at max over tensors i of (everything kept on the host before i) + what tensor i
+  // becomes + its bytes in the file. With load.place on the GPU the NF4 projections and the
+  // embeddings are uploaded as each is made: the host holds one of them at a time.
+  size_t peak = 0, held = 0;
   for (const ParamSpec& spec : parameter_specs(config)) {
     const size_t n = size_t(spec.shape.numel());
-    if (is_projection_weight(spec.name) && load.nf4_projections) {
-      held += nf4_bytes(spec.shape[0], spec.shape[1], load.nf4_blocksize, load.nf4_double_quant);
-    } else {
-      held += n * (is_embedding_weight(spec.name) ? dtype_size(load.embedding_dtype) : 4);
-    }
-    host.load = std::max(host.load, held + n * file_elem_bytes);
+    const bool nf4 = is_projection_weight(spec.name) && load.nf4_projections;
+    const size_t made = nf4 ? nf4_bytes(spec.shape[0], spec.shape[1], load.nf4_blocksize, load.nf4_double_quant)
+                            : n * (is_embedding_weight(spec.name) ? dtype_size(load.embedding_dtype) : 4);
+    const bool uploaded = load.place != Device::CPU && (nf4 || is_embedding_weight(spec.name));
+    peak = std::max(peak, held + made + n * file_elem_bytes);
+    if (!uploaded) held += made;
   }
+  return peak;
+}
+
+HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device) {
+  const MemoryPlan step = plan_memory(config, qlora, shape, device);
+  HostPlan host;
+  host.load = plan_host_load(config, WeightLoad::qlora(qlora.nf4_base, device, shape.compute));  // ./train's load
   if (device == Device::CPU) {
     host.training = step.total();
   } else {

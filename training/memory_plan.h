@@ -102,6 +102,9 @@ struct HostPlan {
 };
 // The file's dtype is the config's torch_dtype (4 bytes for float32, else 2).
 HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device);
+// The load term alone, for a load as `load` describes it (HostPlan::load is this for
+// ./train's WeightLoad::qlora on the run's device).
+size_t plan_host_load(const ModelConfig& config, const WeightLoad& load);
 
 // The longest T (batch 1, other settings as given) whose planned total is at most
 // `budget` bytes; 0 when not even T = 1 fits. The plan grows with T, so a bisection.

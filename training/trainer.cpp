@@ -297,8 +297,12 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
   auto t_load = Clock::now();
-  // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat; each projection NF4 as it is read.
-  LoadedModel loaded = load_model(cfg.model, WeightLoad::qlora(!cfg.no_quant, device));
+  std::string dtype_note;
+  const DType compute = select_compute_dtype(cfg.dtype, device, "--dtype", &dtype_note);
+  if (!dtype_note.empty()) log << "note: " << dtype_note << "\n";
+  // HF folder (dense or 4-bit) or .gguf: config, weights, tokenizer, chat; each projection NF4 as it
+  // is read and, on the GPU, uploaded at once with the embeddings (in the compute dtype).
+  LoadedModel loaded = load_model(cfg.model, WeightLoad::qlora(!cfg.no_quant, device, compute));
   loaded.config.apply_rope_scaling_flag(cfg.rope_scaling);
   NQ_CHECK(loaded.tokenizer.has_value(), "--model ", cfg.model, ": no tokenizer (tokenizer.json) to encode --data with");
   const Tokenizer& tok = *loaded.tokenizer;
@@ -327,9 +331,6 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   } else {
     attach_adapters(model, adapter);
   }
-  std::string dtype_note;
-  const DType compute = select_compute_dtype(cfg.dtype, device, "--dtype", &dtype_note);
-  if (!dtype_note.empty()) log << "note: " << dtype_note << "\n";
   to_device(model, device, compute);  // NF4 codes as they are, embeddings in the compute dtype, f32 norms and LoRA masters
   // fp16's dynamic loss scaling (optim/loss_scaler.h: torch.amp.GradScaler's defaults); bf16 and f32 need none.
   LossScaler scaler = compute == DType::F16 ? LossScaler(LossScalerConfig{}) : LossScaler();
