@@ -4,7 +4,8 @@
 #   make                 build (CUDA too when nvcc is on the PATH)
 #   make CUDA=0          CPU-only build
 #   make EMU=1           the CUDA path on an emulated GPU (cuda_emu/: no nvcc, no GPU needed),
-#                        into build/emu (test_all and the programs); EMU_ARCH=800 emulates sm_80's code paths
+#                        into build/emu (test_all and the programs); EMU_ARCH=750 emulates sm_75's device code
+#                        (a T4: no bf16) into build/emu750
 #   make CUDA_ARCH="80 90"   override the GPU targets (default: the GPU nvidia-smi reports, else 80 90);
 #                        75 80 86 89 90 build (T4, A100, RTX 30xx, RTX 40xx, H100); 70 (V100) needs CUDA 12
 #   make deps            install the Debian packages the engine needs (apt-get)
@@ -84,7 +85,7 @@ ifeq ($(CUDA),emu)
   # The .cu/.cuh files are rewritten by cuda_emu/rewrite.sed into build/emu (found first
   # on the include path) and compiled by $(CXX) as the device code of compute capability EMU_ARCH.
   EMU_ARCH ?= 900
-  CXXFLAGS += -DNQ_CUDA=1 -DNQ_CUDA_EMU=1 -DNQ_EMU_ARCH=$(EMU_ARCH) -Icuda_emu/include
+  CXXFLAGS += -DNQ_CUDA=1 -DNQ_CUDA_EMU=1 -Icuda_emu/include
   EMU_CU_FLAGS := -D__CUDA_ARCH__=$(EMU_ARCH) -Wno-unknown-pragmas
 endif
 NPROC    := $(shell nproc 2>/dev/null || echo 2)
@@ -92,7 +93,7 @@ HAVE_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 
 ifeq ($(MAKELEVEL),0)
 ifeq ($(filter deps fixtures clean model,$(MAKECMDGOALS)),)
-  $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),$(if $(filter emu,$(CUDA)),✓ CUDA: emulated on the CPU by cuda_emu/ (__CUDA_ARCH__=$(EMU_ARCH); build/emu),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build))))
+  $(info $(if $(filter 1,$(CUDA)),✓ CUDA: $(NVCC) (targets: $(foreach a,$(CUDA_ARCH),sm_$(a))),$(if $(filter emu,$(CUDA)),✓ CUDA: emulated on the CPU by cuda_emu/ (__CUDA_ARCH__=$(EMU_ARCH); build/emu$(if $(filter 900,$(EMU_ARCH)),,$(EMU_ARCH))),✗ CUDA: $(if $(NVCC),disabled by CUDA=0,nvcc not found) (CPU-only build))))
   $(info $(if $(filter emu,$(CUDA)),✓ GPU: the emulated one (GPU tests run on the CPU),$(if $(filter-out 0,$(HAVE_GPU)),✓ GPU: $(shell nvidia-smi --query-gpu=name --format=csv,noheader | head -1),✗ GPU: none visible to nvidia-smi (CUDA tests will be skipped; make test runs them emulated))))
   $(info $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h /usr/include/openblas/cblas.h $(if $(DEPS_ROOT),$(DEPS_ROOT)/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h)),✓ OpenBLAS: cblas_sgemm for CPU matmuls,✗ OpenBLAS: missing (run make deps)))
   $(info ✓ OpenMP: $(shell nproc) threads available)
@@ -108,7 +109,12 @@ quiet = $(if $(filter 1,$(V)),,@printf '  %-5s %s\n' '$(1)' '$(2)' && )
 LIB_DIRS  := runtime autograd kernels kernels/cpu kernels/ops quant formats model lora optim training $(if $(filter emu,$(CUDA)),cuda_emu)
 LIB_SRCS  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
 # One build folder per configuration (cpu, cuda, emu), so switching rebuilds everything.
-BUILD     := build/$(if $(filter 1,$(CUDA)),cuda,$(if $(filter emu,$(CUDA)),emu,cpu))
+BUILD     := build/$(if $(filter 1,$(CUDA)),cuda,$(if $(filter emu,$(CUDA)),emu$(if $(filter 900,$(EMU_ARCH)),,$(EMU_ARCH)),cpu))
+# The emulated GPU reports the compute capability whose device code it was built as
+# (only cuda_emu/runtime.cpp and the .cu files differ between EMU_ARCHs).
+ifeq ($(CUDA),emu)
+$(BUILD)/cuda_emu/runtime.o: CXXFLAGS += -DNQ_EMU_ARCH=$(EMU_ARCH)
+endif
 LIB_OBJS  := $(patsubst %.cpp,$(BUILD)/%.o,$(LIB_SRCS))
 ifneq ($(filter 1 emu,$(CUDA)),)
   CU_SRCS := $(wildcard kernels/cuda/*.cu runtime/*.cu)

@@ -22,9 +22,13 @@
 
 namespace nq {
 
-// `compute` (bf16 or f16) is the GPU's dtype of the embeddings and dense weights; on
-// the CPU everything is f32 whatever it says.
-void to_device(Decoder& model, Device device, DType compute = DType::BF16);
+// --dtype auto's choice on the current GPU: bf16 where it has bf16 tensor cores
+// (compute capability >= 8.0, or unknown), else f16.
+DType gpu_default_compute_dtype();
+
+// `compute` (bf16 or f16) is the GPU's dtype of the embeddings and dense weights
+// (default: the GPU's, as --dtype auto); on the CPU everything is f32 whatever it says.
+void to_device(Decoder& model, Device device, DType compute = gpu_default_compute_dtype());
 
 // The device the model's weights are on.
 Device model_device(const Decoder& model);

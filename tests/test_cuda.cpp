@@ -98,20 +98,26 @@ GPU_TEST(registry_device_every_op) {
 }
 
 GPU_TEST(cast_rounds_like_half_h) {
-  // f32 -> bf16 must round to nearest even exactly as runtime/half.h (the host's
-  // to_dtype): random values, plus ties (1 + 2^-8 rounds down to 1, 1 + 3 * 2^-8 up
-  // to 1 + 2^-6), values that round up to the next binade or to infinity, a subnormal.
+  // f32 -> bf16 / f16 must round to nearest even exactly as runtime/half.h (the host's
+  // to_dtype): random values, plus ties (1 + 2^-8 rounds down to 1 in bf16, 1 + 3 * 2^-8
+  // up to 1 + 2^-6), values that round up to the next binade or to infinity (f16: above
+  // 65504), subnormals, zeros of both signs.
   Tensor x = random_normal({1000}, 25, 10.0f);
   std::vector<float> special = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -(1.0f + 0x1p-8f), 1.99999988f, 3.4028235e38f,
-                                -3.4028235e38f, 1e-40f, 0.0f, -0.0f};
+                                -3.4028235e38f, 1e-40f, 0.0f, -0.0f, 65520.0f, 65519.0f, 1e-7f, 1.0f + 0x1p-11f};
   std::memcpy(x.data<float>(), special.data(), special.size() * sizeof(float));
-  Tensor got = k::cast(x.to(Device::CUDA), DType::BF16);
-  REQUIRE(got.dtype() == DType::BF16);
-  Tensor want = x.to_dtype(DType::BF16), got_host = got.to(Device::CPU);
-  CHECK_BIT_EXACT(got_host, want);
-  // bf16 -> f32 is exact: back to the rounded values, bit for bit.
-  Tensor back = k::cast(got, DType::F32).to(Device::CPU), want_back = want.to_dtype(DType::F32);
-  CHECK_BIT_EXACT(back, want_back);
+  const int cc = cuda_compute_capability();
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    if (dtype == DType::BF16 && cc != 0 && cc < 80) continue;  // no bf16 before sm_80
+    CAPTURE(std::string(dtype_name(dtype)));
+    Tensor got = k::cast(x.to(Device::CUDA), dtype);
+    REQUIRE(got.dtype() == dtype);
+    Tensor want = x.to_dtype(dtype), got_host = got.to(Device::CPU);
+    CHECK_BIT_EXACT(got_host, want);
+    // 16 bits -> f32 is exact: back to the rounded values, bit for bit.
+    Tensor back = k::cast(got, DType::F32).to(Device::CPU), want_back = want.to_dtype(DType::F32);
+    CHECK_BIT_EXACT(back, want_back);
+  }
 }
 
 

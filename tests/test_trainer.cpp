@@ -552,7 +552,7 @@ GPU_TEST(fp16_matches_cpu_and_logs_its_loss_scale) {
   CHECK(state.at("loss_scale").get<double>() == 65536.0);
   CHECK(state.at("loss_scale_growth_tracker") == 3);
   CHECK(state.at("skipped_steps") == 0);
-  // bf16 runs (the default on this GPU) log no scale.
+  // A run without a scaler (here the CPU's f32) logs no scale.
   CHECK(step_lines(cpu.cfg.out + "/metrics.jsonl").front().count("loss_scale") == 0);
 }
 
