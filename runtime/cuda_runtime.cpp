@@ -195,6 +195,12 @@ std::string cuda_device_description() {
   return "";
 }
 
+CudaMemInfo cuda_mem_info() {
+  CudaMemInfo m;
+  CUDA_CHECK(cudaMemGetInfo(&m.free, &m.total));
+  return m;
+}
+
 std::string cuda_arch_mismatch() {
 #ifdef NQ_CUDA_ARCHS
   const int cc = cuda_compute_capability();
@@ -293,6 +299,7 @@ int cuda_compute_capability() { return 0; }
 std::string cuda_arch_mismatch() { return ""; }
 double cuda_time_seconds(const std::function<void()>&) { no_cuda("cuda_time_seconds"); }
 CudaMemoryStats cuda_memory_stats() { no_cuda("cuda_memory_stats"); }
+CudaMemInfo cuda_mem_info() { no_cuda("cuda_mem_info"); }
 void cuda_reset_peak_memory() { no_cuda("cuda_reset_peak_memory"); }
 void cuda_empty_cache() { no_cuda("cuda_empty_cache"); }
 Allocator& pinned_host_allocator() { no_cuda("pinned host memory"); }

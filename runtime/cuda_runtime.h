@@ -46,6 +46,12 @@ struct CudaMemoryStats {
   int64_t cache_hits = 0;      // requests served from the cache
 };
 CudaMemoryStats cuda_memory_stats();
+// cudaMemGetInfo: the GPU's free and total bytes (free: what this process has not
+// reserved and no other process uses).
+struct CudaMemInfo {
+  size_t free = 0, total = 0;
+};
+CudaMemInfo cuda_mem_info();
 void cuda_reset_peak_memory();   // peaks := current (allocated and reserved)
 void cuda_empty_cache();         // cudaFree every cached block
 // The size class a request of `bytes` is rounded to (exposed for tests and the memory plan):

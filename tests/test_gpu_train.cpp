@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <sstream>
 #include <vector>
 
 #include "autograd/var.h"
@@ -35,6 +36,8 @@
 #include "runtime/device_copy.h"
 
 #include "tests/gpu_test.h"
+#include "tests/temp_dir.h"
+#include "training/trainer.h"
 
 using namespace nq;
 
@@ -509,5 +512,72 @@ GPU_TEST(compute_dtype_follows_the_gpu) {
     const Tensor x = Tensor::from_vector({1.0f, 2.0f}, {2}).to(Device::CUDA);
     CHECK_THROWS_WITH_AS(kernels::cast(x, DType::BF16), doctest::Contains("bf16 needs a GPU of compute capability 8.0"),
                          Error);
+  }
+}
+
+// ---- ./train's fit check: the plan against the GPU's memory (training/memory_plan.h) ----
+
+TEST_CASE("plan_does_not_fit: fits says nothing; else the one flag that fits, checked against the plan") {
+  const ModelConfig c = ModelConfig::preset("qwen3-8b");
+  QloraShape q;
+  TrainShape shape;
+  shape.batch = 1;
+  shape.seq = 2048;
+  const size_t gib = size_t(1) << 30;
+  CHECK(plan_does_not_fit(c, q, shape, 80 * gib, 1).empty());
+
+  // batch 4 x 16384 in 24 GiB (plan 38.0 GiB): batch 1 fits (14.1 GiB), so that is the advice.
+  shape.batch = 4;
+  shape.seq = 16384;
+  TrainShape one = shape;
+  one.batch = 1;
+  REQUIRE(plan_memory(c, q, shape, Device::CUDA).total() > 24 * gib);
+  REQUIRE(plan_memory(c, q, one, Device::CUDA).total() <= 24 * gib);
+  const std::string batch = plan_does_not_fit(c, q, shape, 24 * gib, 2);
+  CHECK(batch.find("micro-batches of 4 x 16384 tokens and 24.00 GiB is available; use --batch-size 1 --grad-accum 8") !=
+        std::string::npos);
+
+  // Without checkpointing at 1 x 8192 (44.7 GiB; 10.1 GiB with it): checkpointing is the fix.
+  QloraShape flat = q;
+  flat.checkpointing = false;
+  one.seq = 8192;
+  const std::string ckpt = plan_does_not_fit(c, flat, one, 24 * gib, 1);
+  CHECK(ckpt.find("use gradient checkpointing (leave out --no-grad-checkpoint)") != std::string::npos);
+
+  // 200k tokens at batch 1: the longest --max-length the plan fits, which fits and one more does not.
+  one.seq = 200000;
+  const std::string seq = plan_does_not_fit(c, q, one, 24 * gib, 1);
+  const int64_t longest = longest_fitting_seq(c, q, one, Device::CUDA, 24 * gib);
+  CHECK(seq.find(str("use --max-length ", longest, " (the longest the plan fits)")) != std::string::npos);
+  one.seq = longest;
+  CHECK(plan_does_not_fit(c, q, one, 24 * gib, 1).empty());
+  one.seq = longest + 1;
+  CHECK_FALSE(plan_does_not_fit(c, q, one, 24 * gib, 1).empty());
+  CHECK(plan_does_not_fit(c, q, one, gib, 1).find("a smaller model") != std::string::npos);  // the weights alone
+}
+
+GPU_TEST(train_refuses_a_run_the_plan_says_does_not_fit) {
+  // The emulated GPU has an H200's 140 GiB; the tiny model's plan at 2^26 tokens is 127 GiB
+  // per row (`./inspect plan --model tests/fixtures/model/qwen3_tied --device cuda --seq 67108864`),
+  // so 2 rows do not fit and 1 does.
+  TempDir tmp;
+  TrainConfig cfg;
+  cfg.model = "tests/fixtures/model/qwen3_tied";
+  cfg.data = "tests/fixtures/tokenizer/chats.jsonl";
+  cfg.out = tmp.path + "/out";
+  cfg.device = "cuda";
+  cfg.batch_size = 2;
+  cfg.max_length = int64_t(1) << 26;
+  cfg.max_steps = 1;
+  cfg.no_progress = true;
+  std::ostringstream log;
+  try {
+    train(cfg, log);
+    FAIL("train() ran a step the plan says does not fit");
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    CHECK(m.find("the memory plan needs ") == 0);
+    CHECK(m.find("use --batch-size 1 --grad-accum 2") != std::string::npos);
+    CHECK(m.find('\n') == std::string::npos);
   }
 }

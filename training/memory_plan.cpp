@@ -212,6 +212,30 @@ HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, co
   return host;
 }
 
+std::string plan_does_not_fit(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape,
+                              size_t available, int64_t grad_accum) {
+  const size_t need = plan_memory(config, qlora, shape, Device::CUDA).total();
+  if (need <= available) return "";
+  std::string fix;
+  TrainShape one = shape;
+  one.batch = 1;
+  QloraShape checkpointed = qlora;
+  checkpointed.checkpointing = true;
+  if (shape.batch > 1 && plan_memory(config, qlora, one, Device::CUDA).total() <= available) {
+    fix = str("--batch-size 1 --grad-accum ", shape.batch * grad_accum, " (the same tokens per step)");
+  } else if (!qlora.checkpointing && plan_memory(config, checkpointed, shape, Device::CUDA).total() <= available) {
+    fix = "gradient checkpointing (leave out --no-grad-checkpoint)";
+  } else {
+    const int64_t seq = longest_fitting_seq(config, checkpointed, one, Device::CUDA, available);
+    fix = seq >= 2 ? str("--max-length ", seq, shape.batch > 1 ? " --batch-size 1" : "",
+                         qlora.checkpointing ? "" : " without --no-grad-checkpoint",
+                         " (the longest the plan fits)")
+                   : std::string("a smaller model: not even 2 tokens fit");
+  }
+  return str("the memory plan needs ", format_bytes(need), " of GPU memory for micro-batches of ", shape.batch, " x ",
+             shape.seq, " tokens and ", format_bytes(available), " is available; use ", fix);
+}
+
 int64_t longest_fitting_seq(const ModelConfig& config, const QloraShape& qlora, TrainShape shape, Device device,
                             size_t budget) {
   shape.batch = 1;

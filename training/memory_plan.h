@@ -106,6 +106,13 @@ HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, co
 // ./train's WeightLoad::qlora on the run's device).
 size_t plan_host_load(const ModelConfig& config, const WeightLoad& load);
 
+// "" when the step fits in `available` bytes of GPU memory, else why not and the one
+// change that makes it fit, as ./train's flags: --batch-size 1 (with --grad-accum for
+// the same tokens per step), dropping --no-grad-checkpoint, or the longest --max-length
+// at batch 1 (longest_fitting_seq). ./train refuses such a run before step 1.
+std::string plan_does_not_fit(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape,
+                              size_t available, int64_t grad_accum);
+
 // The longest T (batch 1, other settings as given) whose planned total is at most
 // `budget` bytes; 0 when not even T = 1 fits. The plan grows with T, so a bisection.
 int64_t longest_fitting_seq(const ModelConfig& config, const QloraShape& qlora, TrainShape shape, Device device,

@@ -22,6 +22,7 @@
 #include "model/adapters.h"
 #include "model/device.h"
 #include "model/load_model.h"
+#include "runtime/cuda_runtime.h"
 #include "runtime/process_memory.h"
 #include "training/memory_plan.h"
 #include "model/tokenizer.h"
@@ -398,6 +399,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   const AdamWOptions paging = optimizer_options(cfg, device);
   shape.paged_optimizer = paging.placement == AdamWPlacement::Paged;  // the plan reads these two on cuda only
   shape.optimizer_pool_bytes = paging.pool_bytes();
+  shape.compute = compute == DType::F32 ? DType::BF16 : compute;  // read on cuda only
   const MemoryPlan plan = plan_memory(model, shape);
   log << "optimizer: " << (device == Device::CPU ? "AdamW, m and v in host memory"
                            : shape.paged_optimizer ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
@@ -412,6 +414,11 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   qlora_shape.targets = cfg.targets;
   qlora_shape.nf4_base = !cfg.no_quant;
   qlora_shape.checkpointing = dopt.checkpointing;
+  if (device == Device::CUDA) {  // a run the plan says cannot fit stops here, naming the flag that fits
+    const size_t available = cuda_mem_info().free + cuda_memory_stats().reserved.current_total;
+    const std::string no_fit = plan_does_not_fit(model.config(), qlora_shape, shape, available, cfg.grad_accum);
+    NQ_CHECK(no_fit.empty(), no_fit);
+  }
   const HostPlan host = plan_host_memory(model.config(), qlora_shape, shape, device);
   const size_t host_planned = process_bytes + host.peak();
   log << "host memory: planned peak " << format_bytes(host_planned) << " = the program, tokenizer and data "
