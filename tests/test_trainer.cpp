@@ -540,6 +540,9 @@ GPU_TEST(fp16_matches_cpu_and_logs_its_loss_scale) {
   const TrainResult b = train(gpu.cfg, log);
   // The same bounds as bf16's (f16 rounds 4x finer; the scaled backward keeps small gradients normal).
   check_close_to(b.steps, a.steps);
+  CHECK(log.str().find("precision: f16 activations and tensor-core matmuls with f32 accumulation, dynamic loss "
+                       "scaling from 65536") != std::string::npos);
+  CHECK(log.str().find("loss scale   65536 at the last step; 0 steps skipped for an f16 overflow") != std::string::npos);
   for (const StepMetrics& m : b.steps) {
     CHECK(m.loss_scale == 65536.0);  // torch.amp.GradScaler's initial scale, no overflow in 3 steps
     CHECK_FALSE(m.skipped);

@@ -245,6 +245,12 @@ std::string run_summary(const TrainConfig& cfg, const TrainResult& r, double ela
                       format_duration(elapsed_s), ", ", int64_t(double(run_tokens) / std::max(elapsed_s, 1e-9)),
                       " tokens/s\n");
   s += str("  train loss   ", loss, "\n");
+  if (!r.steps.empty() && r.steps.back().loss_scale > 0) {  // fp16: the loss scaler's account
+    int64_t skipped = 0;
+    for (const StepMetrics& m : r.steps) skipped += m.skipped;
+    s += str("  loss scale   ", r.steps.back().loss_scale, " at the last step; ",
+             plural(skipped, "step", "steps"), " skipped for an f16 overflow\n");
+  }
   if (!r.evals.empty()) {
     char e[64];
     std::snprintf(e, sizeof e, "%.4f (step %lld)", r.evals.back().second, (long long)r.evals.back().first);
