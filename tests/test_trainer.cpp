@@ -634,3 +634,15 @@ GPU_TEST(fp16_overflow_skips_the_update_and_halves_the_scale) {
   CHECK(fine.scale() == 65536.0f);
   CHECK(params[1].value().to_vector() != before[1]);
 }
+
+TEST_CASE("trainer config: --dtype has one meaning per spelling (f16 = float16) in checkpoints and resume") {
+  TrainConfig a, b;
+  a.dtype = "f16";
+  b.dtype = "float16";
+  CHECK(a.trajectory_difference(b).empty());
+  CHECK(nlohmann::json::parse(a.to_json())["dtype"] == "float16");
+  b.dtype = "bfloat16";
+  CHECK(a.trajectory_difference(b) == "dtype");
+  b.dtype = "auto";
+  CHECK(a.trajectory_difference(b) == "dtype");  // auto is bf16 or f16 by the GPU: not the same run
+}

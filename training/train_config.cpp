@@ -162,6 +162,9 @@ void TrainConfig::apply_json(const std::string& json_text, const std::string& so
 
 std::string TrainConfig::to_json() const {
   TrainConfig copy = *this;
+  // One spelling per dtype (bf16 = bfloat16), so checkpoints and resume compare meanings.
+  DType d;
+  if (parse_float_dtype(copy.dtype, &d)) copy.dtype = d == DType::BF16 ? "bfloat16" : d == DType::F16 ? "float16" : "float32";
   return train_flags(copy).to_json();
 }
 
