@@ -80,6 +80,18 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+// The compute capability whose code paths the build emulates (EMU_ARCH, 900 = 9.0);
+// NQ_EMU_CC=75 in the environment reports another (the host-side choices of a T4's
+// paths, e.g. f16 instead of bf16, tested without a second build).
+static int emulated_compute_capability() {
+  static const int cc = [] {
+    const char* env = std::getenv("NQ_EMU_CC");
+    const int v = env ? std::atoi(env) : 0;
+    return v >= 50 && v <= 120 ? v : NQ_EMU_ARCH / 10;
+  }();
+  return cc;
+}
+
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device != 0) return fail(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
@@ -91,16 +103,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   prop->maxThreadsPerBlock = 1024;
   prop->maxThreadsDim[0] = 1024; prop->maxThreadsDim[1] = 1024; prop->maxThreadsDim[2] = 64;
   prop->maxGridSize[0] = 2147483647; prop->maxGridSize[1] = 65535; prop->maxGridSize[2] = 65535;
-  // The compute capability whose code paths the build emulates (EMU_ARCH, 900 = 9.0);
-  // NQ_EMU_CC=75 in the environment reports another (the host-side choices of a T4's
-  // paths, e.g. f16 instead of bf16, tested without a second build).
-  static const int cc = [] {
-    const char* env = std::getenv("NQ_EMU_CC");
-    const int v = env ? std::atoi(env) : 0;
-    return v >= 50 && v <= 120 ? v : NQ_EMU_ARCH / 10;
-  }();
-  prop->major = cc / 10;
-  prop->minor = cc % 10;
+  prop->major = emulated_compute_capability() / 10;
+  prop->minor = emulated_compute_capability() % 10;
   prop->multiProcessorCount = 132;
   prop->sharedMemPerMultiprocessor = kSharedPerSm;
   prop->sharedMemPerBlockOptin = kOptinSharedPerBlock;
@@ -115,8 +119,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(kDefaultSharedPerBlock); break;
     case cudaDevAttrWarpSize: *value = 32; break;
     case cudaDevAttrMultiProcessorCount: *value = 132; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
-    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = emulated_compute_capability() / 10; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = emulated_compute_capability() % 10; break;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = int(kSharedPerSm); break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = int(kOptinSharedPerBlock); break;
     default: return fail(cudaErrorInvalidValue);

@@ -137,17 +137,21 @@ class PinnedHostAllocator final : public Allocator {
   Device device() const override { return Device::CPU; }
 };
 
-// The kernels need bf16 tensor cores (WMMA bf16, cvt.rn.bf16): compute capability
-// 8.0 or newer. Checked once, on the first device allocation (every kernel needs
-// one), so an older GPU is one clear error instead of "no kernel image" per launch.
+// The kernels need f16 tensor cores (WMMA): compute capability 7.0 or newer (bf16
+// needs 8.0: kernels/cuda/common.cuh refuses it on older GPUs, naming --dtype float16).
+// Checked once, on the first device allocation (every kernel needs one), with whether
+// this build has code for the GPU (cuda_arch_mismatch), so an unsupported GPU is one
+// clear error instead of "no kernel image" per launch.
 void check_compute_capability() {
   static const bool checked = [] {
     int device = 0, major = 0, minor = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    NQ_CHECK(major >= 8, "device cuda: GPU ", device, " has compute capability ", major, ".", minor,
-             "; the CUDA kernels need 8.0 or newer (bf16 tensor cores)");
+    NQ_CHECK(major >= 7, "device cuda: GPU ", device, " has compute capability ", major, ".", minor,
+             "; the CUDA kernels need 7.0 or newer (f16 tensor cores)");
+    const std::string mismatch = cuda_arch_mismatch();
+    NQ_CHECK(mismatch.empty(), "device cuda: ", mismatch);
     return true;
   }();
   (void)checked;

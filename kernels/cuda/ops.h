@@ -8,12 +8,12 @@
 // dispatch cannot: ids/labels on the device, the dtypes below. What is GPU-only
 // is documented here: the dtypes, the NF4 weight's device view, the streams.
 //
-// Dtypes on the GPU. "T" below is f32 or bf16 (activations are bf16 in
-// training; f32 works everywhere too, for tests and LoRA master weights). All
-// arithmetic is f32; a T output is rounded once, to nearest even.
+// Dtypes on the GPU. "T" below is f32, bf16 or f16 (activations are bf16 or f16
+// in training, --dtype; f32 works everywhere too, for tests and LoRA master
+// weights). All arithmetic is f32; a T output is rounded once, to nearest even.
 //   elementwise, scale, sum:  T in, T out; sum returns f32 (f64 across blocks)
-//   cast:                     f32 <-> bf16 (kernels/cuda/cast.h)
-//   matmul / matmul_into:     A, B both bf16 or both f32; C bf16 or f32 (fp32 accumulate, cuBLASLt)
+//   cast:                     between f32, bf16 and f16 (kernels/cuda/cast.h)
+//   matmul / matmul_into:     A, B both bf16, both f16 or both f32; C the same or f32 (fp32 accumulate, cuBLASLt)
 //   embedding_forward:        table T, ids i32 -> T;  embedding_backward -> f32 [V, D]
 //   rmsnorm:                  x, dy, y, dx T;  w f32;  rstd f32;  grad_w f32
 //   rope, swiglu, dropout:    T in, T out;  positions i32
@@ -21,7 +21,7 @@
 //   linear_cross_entropy:     h, w both T, labels i32; grad_h T; grad_w accumulated in its own
 //                             dtype when defined, else allocated as f32 zeros [V, D]
 //   nf4_matmul / _dx:         x (dy), the low-rank a and w: T, all one dtype; output T
-//   nf4_dequantize:           f32 or bf16
+//   nf4_dequantize:           f32, bf16 or f16
 //   lora_nf4:                 x, dy, A, B, u, dx T; grad_a, grad_b f32
 //   adamw_update, global_grad_norm: f32 only
 // Backward functions allocate the gradient tensors they are given pointers to.
@@ -87,7 +87,7 @@ Nf4DeviceTensor nf4_to_device(const Nf4Tensor& q);
 Tensor nf4_dequantize(const Nf4Weight& w, DType dtype, MemCategory category = MemCategory::Activations);
 // The two ways (nf4.h says which Auto picks by M):
 //   Fused        W dequantized inside the kernel: the GEMV for M <= 16 (multiplies in
-//                f32), else the tensor-core GEMM (x rounded to bf16 when staged, W bf16)
+//                f32), else the tensor-core GEMM (16-bit tiles: x's dtype, bf16 for f32 x)
 //   Dequantized  W dequantized to x's dtype into a workspace [out, in], then cuBLASLt
 // The low-rank term: Fused, r more steps of the same reduction (y written once);
 // Dequantized, a second cuBLASLt product accumulated into y (beta = 1).
