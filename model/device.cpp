@@ -89,10 +89,7 @@ Device select_device(const std::string& name, const std::string& flag) {
   return Device::CUDA;
 }
 
-DType gpu_default_compute_dtype() {
-  const int cc = cuda_compute_capability();
-  return cc == 0 || cc >= 80 ? DType::BF16 : DType::F16;  // unknown (no GPU yet): a current GPU's
-}
+DType gpu_default_compute_dtype() { return cuda_has_bf16() ? DType::BF16 : DType::F16; }
 
 DType select_compute_dtype(const std::string& name, Device device, const std::string& flag, std::string* note) {
   DType asked = DType::F32;
@@ -104,13 +101,12 @@ DType select_compute_dtype(const std::string& name, Device device, const std::st
       *note = str(flag, " ", name, ": the cpu computes in float32 (the reference path); the flag applies on cuda");
     return DType::F32;
   }
-  const int cc = cuda_compute_capability();
-  const bool has_bf16 = gpu_default_compute_dtype() == DType::BF16;
-  const std::string gpu = cuda_device_description();
   if (is_auto) return gpu_default_compute_dtype();
+  const int cc = cuda_compute_capability();
+  const std::string gpu = cuda_device_description();
   NQ_CHECK(asked != DType::F32, flag, " float32: the GPU path computes in bf16 or f16 with fp32 accumulation (",
            "LoRA masters, gradients and AdamW are fp32 already); use ", flag, " auto, bfloat16 or float16");
-  NQ_CHECK(asked != DType::BF16 || has_bf16, flag, " ", name, ": the GPU (", gpu.empty() ? "?" : gpu, ", sm_", cc,
+  NQ_CHECK(asked != DType::BF16 || cuda_has_bf16(), flag, " ", name, ": the GPU (", gpu.empty() ? "?" : gpu, ", sm_", cc,
            ") has no bf16 tensor cores (compute capability 8.0 or newer); use ", flag, " float16");
   return asked;
 }

@@ -205,6 +205,11 @@ CudaMemInfo cuda_mem_info() {
   return m;
 }
 
+bool cuda_has_bf16() {
+  static const int cc = cuda_compute_capability();  // one query per process
+  return cc == 0 || cc >= 80;
+}
+
 std::string cuda_arch_mismatch() {
 #ifdef NQ_CUDA_ARCHS
   const int cc = cuda_compute_capability();
@@ -300,6 +305,7 @@ bool cuda_available() { return false; }
 bool cuda_built() { return false; }
 std::string cuda_device_description() { return ""; }
 int cuda_compute_capability() { return 0; }
+bool cuda_has_bf16() { return true; }  // no GPU to ask: as for an unknown one
 std::string cuda_arch_mismatch() { return ""; }
 double cuda_time_seconds(const std::function<void()>&) { no_cuda("cuda_time_seconds"); }
 CudaMemoryStats cuda_memory_stats() { no_cuda("cuda_memory_stats"); }

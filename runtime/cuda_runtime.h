@@ -33,6 +33,9 @@ std::string cuda_device_description();
 // The current GPU's compute capability as major * 10 + minor (75 for a T4, 80 for an
 // A100, 90 for an H100/H200); 0 when it cannot be queried. bf16 tensor cores need 80.
 int cuda_compute_capability();
+// Whether the current GPU has bf16 tensor cores (compute capability 8.0 or newer; an
+// unknown one, 0, is taken for a current GPU). Older GPUs compute in f16.
+bool cuda_has_bf16();
 // "" when this build has GPU code the current GPU can run, else why not (the GPU, its
 // sm_XY, the targets built, the make command that fixes it). Code built for sm_XY runs
 // on GPUs of the same major version and minor >= Y (sm_80 code on an sm_86 card).

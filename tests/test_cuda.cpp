@@ -73,8 +73,7 @@ std::string bit_difference(const Tensor& got, const Tensor& want) {
 
 GPU_TEST(registry_device_every_op) {
   namespace reg = nq::kernels::registry;
-  const int cc = cuda_compute_capability();
-  const bool has_bf16 = cc == 0 || cc >= 80;
+  const bool has_bf16 = cuda_has_bf16();
   for (const reg::Op& op : reg::ops()) {
     if (!op.has_cpu || op.bench_only) continue;  // GPU-only ops have their own tests below
     SUBCASE(op.name.c_str()) {
@@ -106,9 +105,8 @@ GPU_TEST(cast_rounds_like_half_h) {
   std::vector<float> special = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -(1.0f + 0x1p-8f), 1.99999988f, 3.4028235e38f,
                                 -3.4028235e38f, 1e-40f, 0.0f, -0.0f, 65520.0f, 65519.0f, 1e-7f, 1.0f + 0x1p-11f};
   std::memcpy(x.data<float>(), special.data(), special.size() * sizeof(float));
-  const int cc = cuda_compute_capability();
   for (DType dtype : {DType::BF16, DType::F16}) {
-    if (dtype == DType::BF16 && cc != 0 && cc < 80) continue;  // no bf16 before sm_80
+    if (dtype == DType::BF16 && !cuda_has_bf16()) continue;  // no bf16 before sm_80
     CAPTURE(std::string(dtype_name(dtype)));
     Tensor got = k::cast(x.to(Device::CUDA), dtype);
     REQUIRE(got.dtype() == dtype);

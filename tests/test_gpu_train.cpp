@@ -326,7 +326,7 @@ GPU_TEST(qlora_loss_and_lora_grads_match_cpu) {
   // loss scale 2^16 (optim/loss_scaler.h), the gradients divided by it after.
   for (DType compute : {DType::BF16, DType::F16})
   for (bool checkpointing : {true, false}) {
-    if (compute == DType::BF16 && gpu_default_compute_dtype() != DType::BF16) continue;  // sm_70/75: no bf16
+    if (compute == DType::BF16 && !cuda_has_bf16()) continue;  // sm_70/75: no bf16
     const std::string dtype = dtype_name(compute);
     CAPTURE(dtype);
     CAPTURE(checkpointing);
@@ -500,7 +500,7 @@ GPU_TEST(compute_dtype_follows_the_gpu) {
   CHECK(select_compute_dtype("f16", Device::CUDA, "--dtype") == DType::F16);
   CHECK_THROWS_WITH_AS(select_compute_dtype("float32", Device::CUDA, "--dtype"),
                        doctest::Contains("computes in bf16 or f16"), Error);
-  if (cc >= 80) {
+  if (cuda_has_bf16()) {
     CHECK(select_compute_dtype("auto", Device::CUDA, "--dtype") == DType::BF16);
     CHECK(select_compute_dtype("bfloat16", Device::CUDA, "--dtype") == DType::BF16);
   } else {

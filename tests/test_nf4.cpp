@@ -393,14 +393,13 @@ TEST_CASE("nf4_matmul: shape errors name the op and the shapes") {
 // The GPU's NF4 dequantization in f16 and bf16 (kernels/cuda/nf4_dequantize.cu)
 // against bitsandbytes' own, byte for byte, on every fixture case.
 NQ_GPU_TEST("cuda nf4_dequantize f16 and bf16 are bit-identical to bitsandbytes'", nf4_dequantize_16bit_matches_bitsandbytes) {
-  const int cc = cuda_compute_capability();
   for (const json& c : index_json().at("cases")) {
     const std::string name = c.at("name");
     const json& r = c.at("dq");
     const Nf4Tensor q = quantize_tensor(load(c.at("input")), c.at("blocksize"), true);
     const kernels::cuda::Nf4DeviceTensor d = kernels::cuda::nf4_to_device(q);
     for (auto [dtype, key] : {std::pair<DType, const char*>{DType::F16, "dequantized_f16"}, {DType::BF16, "dequantized_bf16"}}) {
-      if (dtype == DType::BF16 && cc != 0 && cc < 80) continue;  // no bf16 before sm_80
+      if (dtype == DType::BF16 && !cuda_has_bf16()) continue;  // no bf16 before sm_80
       check_bytes(kernels::cuda::nf4_dequantize(d.view, dtype).to(Device::CPU), load(r.at(key)),
                   name + " " + dtype_name(dtype) + " on the GPU");
     }

@@ -75,6 +75,7 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
   TrainingMode training;  // LoRA dropout on, for the forwards and the backwards (checkpoint re-runs)
   const bool scaling = scaler && scaler->enabled();
   r.loss_scale = scaling ? scaler->scale() : 1.0f;
+  const float inv_scale = scaling ? scaler->inv_scale() : 1.0f;  // this step's 1/S (update() may change S)
 
   // L = sum over the window's targets of CE / N. Micro-batch i contributes its
   // mean l_i times n_i / N; backward of that scaled loss adds its share of dL
@@ -105,7 +106,7 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
       r.grad_norm = norm;
       return r;
     }
-    r.grad_norm = norm * double(1.0f / r.loss_scale);
+    r.grad_norm = norm * double(inv_scale);
   } else {
     r.grad_norm = norm;
     if (!std::isfinite(r.grad_norm)) {
@@ -115,7 +116,7 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
     }
   }
   const float clip = max_grad_norm > 0 ? clip_scale(r.grad_norm, max_grad_norm) : 1.0f;
-  optimizer.step(lr, clip * (1.0f / r.loss_scale));
+  optimizer.step(lr, clip * inv_scale);
   optimizer.zero_grad();
   return r;
 }
