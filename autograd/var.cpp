@@ -1,5 +1,6 @@
 #include "autograd/var.h"
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_map>
 #include <unordered_set>
@@ -141,7 +142,8 @@ void backward(const Var& root, Tensor grad_root) {
   }
 }
 
-Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs) {
+Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs,
+               const std::shared_ptr<HostOffload>& offload) {
   if (!g_grad_enabled) return fn(inputs);
   RngState rng_at_start = rng_state();
   const bool training_at_start = g_training;
@@ -156,9 +158,19 @@ Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std:
   // (the first decoder layer: its input comes from the frozen embedding).
   bool needs_node = g_saw_requires_grad;
   g_saw_requires_grad = saw_outer;
+  // The inputs' values wait in host memory (the Var keeps its place in the graph).
+  std::vector<HostOffload::Handle> parked;
+  if (offload)
+    for (const Var& v : inputs) {
+      parked.push_back(offload->store(v.value()));
+      v.impl()->value = Tensor();
+    }
   g_force_record = needs_node;
   auto finish = [&](Var v) { g_force_record = false; return v; };
-  return finish(record("checkpoint", out, inputs, [fn, inputs, rng_at_start, training_at_start](const Tensor& gout) {
+  return finish(record("checkpoint", out, inputs,
+                       [fn, inputs, rng_at_start, training_at_start, offload, parked](const Tensor& gout) {
+    // Bring the inputs back (the Vars hold them again: backward() checks shapes against them).
+    for (size_t i = 0; i < parked.size(); ++i) inputs[i].impl()->value = offload->load(parked[i]);
     // Re-run with fresh leaves standing in for the inputs, then backprop through it,
     // from the forward's RNG position and in its mode (the same dropout masks).
     std::vector<Var> fresh;
@@ -177,6 +189,62 @@ Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std:
       for (size_t i = 0; i < fresh.size(); ++i) gin[i] = fresh[i].grad();
     }
     return gin;
+  }));
+}
+
+Var checkpoint_rows(const std::function<Var(const Var&)>& fn, const Var& x, int64_t chunk_rows) {
+  NQ_CHECK(x.defined() && x.value().ndim() >= 1, "checkpoint_rows: x must have rows");
+  const int64_t N = x.shape()[0];
+  if (chunk_rows <= 0 || chunk_rows >= N) return fn(x);  // one chunk: fn itself
+  const bool training_at_start = g_training;
+  std::vector<RngState> rng_at;  // each chunk's RNG position
+  bool saw_outer = g_saw_requires_grad;
+  g_saw_requires_grad = false;
+  Tensor out;  // [N, ...]: the chunks' outputs, written in place
+  {
+    NoGrad ng;
+    for (int64_t begin = 0; begin < N; begin += chunk_rows) {
+      const int64_t end = std::min(N, begin + chunk_rows);
+      rng_at.push_back(rng_state());
+      const Tensor y = fn(Var(x.value().slice(begin, end))).value();
+      NQ_CHECK(y.defined() && y.ndim() >= 1 && y.size(0) == end - begin, "checkpoint_rows: fn gave ",
+               y.defined() ? y.desc() : "nothing", " for ", end - begin, " rows (it must keep the rows)");
+      if (!out.defined()) {
+        Shape shape = y.shape();
+        shape.dims[0] = N;
+        out = Tensor::empty(shape, y.dtype(), y.device());
+      }
+      out.slice(begin, end).copy_from(y);
+    }
+  }
+  // As in checkpoint(): a node when fn reaches trainable parameters; the flag stays set
+  // for an enclosing checkpoint's forward (this may run inside one, under NoGrad).
+  const bool needs_node = g_saw_requires_grad;
+  g_saw_requires_grad = saw_outer || needs_node;
+  g_force_record = needs_node && g_grad_enabled;
+  auto finish = [&](Var v) { g_force_record = false; return v; };
+  return finish(record("checkpoint_rows", out, {x}, [fn, x, chunk_rows, rng_at, training_at_start](const Tensor& gout) {
+    const Tensor xv = x.value();
+    const int64_t rows = xv.size(0);
+    Tensor gx;  // [N, ...], filled chunk by chunk
+    const RngState rng_now = rng_state();
+    for (int64_t begin = 0, c = 0; begin < rows; begin += chunk_rows, ++c) {
+      const int64_t end = std::min(rows, begin + chunk_rows);
+      Var fresh(xv.slice(begin, end), x.requires_grad());
+      rng_state() = rng_at[size_t(c)];
+      Var y;
+      {
+        TrainingMode forward_mode(training_at_start);
+        y = fn(fresh);
+      }
+      if (!y.requires_grad()) continue;
+      backward(y, gout.slice(begin, end));
+      if (!fresh.grad().defined()) continue;
+      if (!gx.defined()) gx = Tensor::zeros(xv.shape(), fresh.grad().dtype(), xv.device());
+      gx.slice(begin, end).copy_from(fresh.grad());
+    }
+    rng_state() = rng_now;
+    return std::vector<Tensor>{gx};
   }));
 }
 

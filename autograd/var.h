@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "runtime/offload.h"
 #include "runtime/tensor.h"
 
 namespace nq {
@@ -127,6 +128,20 @@ class TrainingMode {
 // forward are restored for the re-run (whatever mode backward() runs in), so
 // dropout masks are identical; gradients equal those of fn run directly.
 // Parameters that fn uses (captured leaves) receive their gradients as usual.
-Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs);
+// With an offload (runtime/offload.h), the inputs' values move to host memory once
+// fn has run and come back when the backward needs them: the Vars given as inputs
+// hold no value in between, so the caller passes them on and does not read them
+// (the decoder's layer inputs, ./train --offload-activations).
+Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std::vector<Var>& inputs,
+               const std::shared_ptr<HostOffload>& offload = nullptr);
+
+// Sequence chunking: fn (row-wise: row i of its output depends on row i of x only,
+// and x [N, ...] -> [N, ...]) applied to rows [0, C), [C, 2C), ... of x, each chunk
+// run without recording and re-run in backward, one chunk at a time, so no
+// temporary of fn is larger than C rows (the decoder's MLP, --mlp-chunk-rows).
+// The RNG position of each chunk is restored for its re-run, as in checkpoint().
+// The result is fn(x) up to the reduction order of what fn sums over rows (the
+// gradients of its parameters are summed chunk by chunk).
+Var checkpoint_rows(const std::function<Var(const Var&)>& fn, const Var& x, int64_t chunk_rows);
 
 }  // namespace nq

@@ -95,10 +95,18 @@ Var Decoder::layer_forward(int64_t i, const Var& x, const Tensor& positions, con
   Var o = attend(q, k, v);                                      // [N, Hq, Dh]
   Var x1 = add(x, L.o_proj.forward(reshape(o, {N, Hq * Dh})));  // [N, D]
 
-  // MLP block.
-  Var h2 = rmsnorm(x1, L.post_attention_norm, eps);
-  Var act = swiglu(L.gate_proj.forward(h2), L.up_proj.forward(h2));  // [N, F]
-  return add(x1, L.down_proj.forward(act));                          // [N, D]
+  return mlp_block(L, x1);
+}
+
+Var Decoder::mlp_block(const DecoderLayer& L, const Var& x) const {
+  const float eps = config_.rms_norm_eps;
+  auto mlp = [&L, eps](const Var& rows) {  // row-wise: [n, D] -> [n, D]
+    Var h = rmsnorm(rows, L.post_attention_norm, eps);
+    Var act = swiglu(L.gate_proj.forward(h), L.up_proj.forward(h));  // [n, F]
+    return L.down_proj.forward(act);                                 // [n, D]
+  };
+  // mlp_chunk_rows 0 (or at least N): mlp(x) itself.
+  return add(x, checkpoint_rows(mlp, x, options_.mlp_chunk_rows));  // [N, D]
 }
 
 Var Decoder::hidden(const DecoderBatch& batch) const {
@@ -128,13 +136,17 @@ Var Decoder::hidden(const DecoderBatch& batch) const {
   AttentionFn causal = [B, T, segments](const Var& q, const Var& k, const Var& v) {
     return attention(q, k, v, B, T, segments);
   };
+  const Device device = batch.ids.device();
+  if (options_.offload_activations && options_.checkpointing && (!offload_ || offload_->device() != device))
+    offload_ = std::make_shared<HostOffload>(device);
+  const std::shared_ptr<HostOffload> offload = options_.offload_activations ? offload_ : nullptr;
   Var x = embed(batch.ids.view({N}));  // [N, D]
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     if (options_.checkpointing && grad_enabled()) {
       auto run_layer = [this, i, positions, causal](const std::vector<Var>& in) {
         return layer_forward(i, in[0], positions, causal);
       };
-      x = checkpoint(run_layer, {x});
+      x = checkpoint(run_layer, {x}, offload);  // x is handed on: checkpoint may park its value on the host
     } else {
       x = layer_forward(i, x, positions, causal);
     }

@@ -13,9 +13,11 @@
 //
 // Qwen3 and Llama differ only by their config (model/config.h): q/k norms and
 // the default head_dim. Parameters are Vars named as in the HF checkpoint.
-// Each layer is recomputed in backward (gradient checkpointing) unless turned off.
+// Each layer is recomputed in backward (gradient checkpointing) unless turned off;
+// its saved input can wait in host memory and its MLP run over row chunks (DecoderOptions).
 #pragma once
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,13 @@ struct DecoderBatch {
 
 struct DecoderOptions {
   bool checkpointing = true;       // recompute each layer during backward
+  // With checkpointing: each layer's saved input waits in host memory between the
+  // forward and the layer's backward (runtime/offload.h, autograd/var.h checkpoint).
+  bool offload_activations = false;
+  // The MLP block (post-attention norm, gate/up, SwiGLU, down) over chunks of this many
+  // rows, each recomputed alone in backward (autograd/var.h checkpoint_rows): its
+  // [N, F] temporaries exist for one chunk at a time. 0 = all rows at once.
+  int64_t mlp_chunk_rows = 0;
   bool train_all = false;          // every parameter requires grad (tests); otherwise all are frozen
   int64_t ce_chunk_rows = 1024;    // rows of logits that exist at once in the loss
 };
@@ -88,12 +97,14 @@ class Decoder {
  private:
   friend void to_device(Decoder& model, Device device, DType compute);  // moves the weights in place
   Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]
+  Var mlp_block(const DecoderLayer& L, const Var& x) const;  // x + MLP(RMSNorm(x)), [N, D]
 
   ModelConfig config_;
   DecoderOptions options_;
   RopeTable rope_;  // inv_freq [Dh/2] and attention scaling of the config's RoPE (scaled or not), computed once
   Var embed_tokens_, norm_, lm_head_;
   std::vector<DecoderLayer> layers_;
+  mutable std::shared_ptr<HostOffload> offload_;  // made by the first forward that offloads
 };
 
 }  // namespace nq

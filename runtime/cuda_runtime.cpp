@@ -284,6 +284,9 @@ void CudaEvent::record_on_default_stream() { CUDA_CHECK(cudaEventRecord(static_c
 void CudaEvent::wait_in(const CudaStream& stream) const {
   CUDA_CHECK(cudaStreamWaitEvent(stream_of(stream), static_cast<cudaEvent_t>(handle_), 0));
 }
+void CudaEvent::wait_on_default_stream() const {
+  CUDA_CHECK(cudaStreamWaitEvent(0, static_cast<cudaEvent_t>(handle_), 0));
+}
 void CudaEvent::synchronize() const { CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(handle_))); }
 
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
@@ -321,6 +324,7 @@ CudaEvent::~CudaEvent() = default;
 void CudaEvent::record(const CudaStream&) { no_cuda("CudaEvent"); }
 void CudaEvent::record_on_default_stream() { no_cuda("CudaEvent"); }
 void CudaEvent::wait_in(const CudaStream&) const { no_cuda("CudaEvent"); }
+void CudaEvent::wait_on_default_stream() const { no_cuda("CudaEvent"); }
 void CudaEvent::synchronize() const { no_cuda("CudaEvent"); }
 void device_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
   NQ_CHECK(dst_dev == Device::CPU && src_dev == Device::CPU, "device cuda: this build has no CUDA support");

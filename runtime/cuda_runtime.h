@@ -92,6 +92,7 @@ class CudaEvent {
   void record(const CudaStream& stream);
   void record_on_default_stream();  // the legacy stream the kernels of kernels/cuda launch on
   void wait_in(const CudaStream& stream) const;  // stream waits until this event completes
+  void wait_on_default_stream() const;           // later default-stream work waits until it completes
   void synchronize() const;                      // the host waits
 
  private:

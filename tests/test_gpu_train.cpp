@@ -544,16 +544,72 @@ TEST_CASE("plan_does_not_fit: fits says nothing; else the one flag that fits, ch
   const std::string ckpt = plan_does_not_fit(c, flat, one, 24 * gib, 1);
   CHECK(ckpt.find("use gradient checkpointing (leave out --no-grad-checkpoint)") != std::string::npos);
 
-  // 200k tokens at batch 1: the longest --max-length the plan fits, which fits and one more does not.
+  // 1 x 60000: the saved layer inputs are what does not fit: offload them.
+  one.seq = 60000;
+  QloraShape offloaded = q;
+  offloaded.offload_activations = true;
+  REQUIRE(plan_memory(c, q, one, Device::CUDA).total() > 24 * gib);
+  REQUIRE(plan_memory(c, offloaded, one, Device::CUDA).total() <= 24 * gib);
+  CHECK(plan_does_not_fit(c, q, one, 24 * gib, 1).find("use --offload-activations on") != std::string::npos);
+  // 1 x 120000: offload and the MLP over chunks (the plan's: 8192 rows).
+  one.seq = 120000;
+  QloraShape chunked = offloaded;
+  chunked.mlp_chunk_rows = plan_mlp_chunk_rows(c, one.seq);
+  CHECK(chunked.mlp_chunk_rows == 8192);
+  REQUIRE(plan_memory(c, offloaded, one, Device::CUDA).total() > 24 * gib);
+  REQUIRE(plan_memory(c, chunked, one, Device::CUDA).total() <= 24 * gib);
+  CHECK(plan_does_not_fit(c, q, one, 24 * gib, 1).find("use --offload-activations on --mlp-chunk-rows 8192") !=
+        std::string::npos);
+
+  // 200k tokens at batch 1: the longest --max-length the plan fits with both, which fits and one more does not.
   one.seq = 200000;
   const std::string seq = plan_does_not_fit(c, q, one, 24 * gib, 1);
-  const int64_t longest = longest_fitting_seq(c, q, one, Device::CUDA, 24 * gib);
-  CHECK(seq.find(str("use --max-length ", longest, " (the longest the plan fits)")) != std::string::npos);
+  QloraShape most = offloaded;
+  most.mlp_chunk_rows = kPlanMlpChunk;
+  const int64_t longest = longest_fitting_seq(c, most, one, Device::CUDA, 24 * gib);
+  CHECK(longest >= 100000);  // the issue's goal for Qwen3-8B in 24 GB
+  CHECK(seq.find(str("use --max-length ", longest, " with --offload-activations and --mlp-chunk-rows auto")) !=
+        std::string::npos);
   one.seq = longest;
-  CHECK(plan_does_not_fit(c, q, one, 24 * gib, 1).empty());
+  CHECK(plan_does_not_fit(c, most, one, 24 * gib, 1).empty());
   one.seq = longest + 1;
-  CHECK_FALSE(plan_does_not_fit(c, q, one, 24 * gib, 1).empty());
+  CHECK_FALSE(plan_does_not_fit(c, most, one, 24 * gib, 1).empty());
   CHECK(plan_does_not_fit(c, q, one, gib, 1).find("a smaller model") != std::string::npos);  // the weights alone
+}
+
+TEST_CASE("choose_activation_scheme: the first of none, offload, offload + chunked MLP that fits; fixed flags kept") {
+  const ModelConfig c = ModelConfig::preset("qwen3-8b");
+  const size_t gib = size_t(1) << 30;
+  TrainShape shape;
+  shape.batch = 1;
+  QloraShape q;
+  shape.seq = 4096;
+  QloraShape got = choose_activation_scheme(c, q, shape, 24 * gib, true, true);
+  CHECK_FALSE(got.offload_activations);
+  CHECK(got.mlp_chunk_rows == 0);
+  shape.seq = 60000;
+  got = choose_activation_scheme(c, q, shape, 24 * gib, true, true);
+  CHECK(got.offload_activations);
+  CHECK(got.mlp_chunk_rows == 0);
+  shape.seq = 120000;
+  got = choose_activation_scheme(c, q, shape, 24 * gib, true, true);
+  CHECK(got.offload_activations);
+  CHECK(got.mlp_chunk_rows == 8192);
+  CHECK(plan_memory(c, got, shape, Device::CUDA).total() <= 24 * gib);
+  // --offload-activations off: only the chunk is left to choose, and it is not enough: the least memory.
+  got = choose_activation_scheme(c, q, shape, 24 * gib, false, true);
+  CHECK_FALSE(got.offload_activations);
+  CHECK(got.mlp_chunk_rows == 8192);
+  // Nothing fits 8 GiB at 120k: the scheme that needs the least.
+  got = choose_activation_scheme(c, q, shape, 8 * gib, true, true);
+  CHECK(got.offload_activations);
+  CHECK(got.mlp_chunk_rows == 8192);
+  // The plan's chunk: powers of two from 1024, three [C, F] no larger than one [N, D].
+  CHECK(plan_mlp_chunk_rows(c, 1024) == 0);
+  CHECK(plan_mlp_chunk_rows(c, 2048) == 1024);
+  CHECK(plan_mlp_chunk_rows(c, 4096) == 1024);
+  CHECK(plan_mlp_chunk_rows(c, 400000) == 32768);
+  CHECK(3 * 32768 * c.intermediate_size <= 400000 * c.hidden_size);
 }
 
 GPU_TEST(train_refuses_a_run_the_plan_says_does_not_fit) {

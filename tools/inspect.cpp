@@ -108,6 +108,10 @@ static int run_plan(int argc, char** argv) {
   t.add("no-quant", &no_quant, "dense bases instead of NF4");
   t.add("no-grad-checkpoint", &no_grad_checkpoint, "keep every layer's activations");
   t.add("ce-chunk", &shape.ce_chunk_rows, "rows of logits at once in the loss");
+  std::string offload_flag = "off", chunk_flag = "off";
+  t.add_choice("offload-activations", &offload_flag, {"on", "off"}, "plan the layer inputs in host memory (./train's flag)");
+  t.add("mlp-chunk-rows", &chunk_flag, "plan the MLP over chunks of N rows: off | auto (the plan's chunk) | N",
+        "off|auto|N");
   t.add("fit-gb", &fit_gb,
         "also print the longest sequence (batch 1) whose planned total fits\n"
         "in G GiB (2^30 bytes); 0: not asked",
@@ -122,6 +126,14 @@ static int run_plan(int argc, char** argv) {
   if (!t.parse(argc, argv)) return 0;  // --help
   qlora.nf4_base = !no_quant;
   qlora.checkpointing = !no_grad_checkpoint;
+  qlora.offload_activations = offload_flag == "on";
+  NQ_CHECK(!qlora.offload_activations || qlora.checkpointing,
+           "--offload-activations on needs gradient checkpointing (leave out --no-grad-checkpoint)");
+  qlora.mlp_chunk_rows = chunk_flag == "off" ? 0 : chunk_flag == "auto" ? kPlanMlpChunk : parse_mlp_chunk_rows(chunk_flag);
+  NQ_CHECK(qlora.mlp_chunk_rows != -1 || chunk_flag == "auto",
+           "--mlp-chunk-rows must be off, auto or a number of rows >= 1, got '", chunk_flag, "'");
+  NQ_CHECK(qlora.mlp_chunk_rows != 0 || chunk_flag == "off",
+           "--mlp-chunk-rows must be off, auto or a number of rows >= 1, got '", chunk_flag, "'");
   NQ_CHECK(!(!preset.empty() && !model_dir.empty()), "give --preset NAME or --model DIR, not both");
   NQ_CHECK(!gpu_card.empty() || !preset.empty() || !model_dir.empty(),
            "give --preset NAME, --model DIR or --gpu CARD (see ./inspect plan --help)");
@@ -170,6 +182,26 @@ static int run_plan(int argc, char** argv) {
   const HostPlan host = plan_host_memory(config, qlora, shape, device);
   const size_t budget = size_t(fit_gb * double(size_t(1) << 30));
   const int64_t fit = fit_gb > 0 ? longest_fitting_seq(config, qlora, shape, device, budget) : 0;
+  // --fit-gb: the longest context with each saving ./train can switch on (with checkpointing).
+  struct Scheme {
+    const char* name;
+    QloraShape qlora;
+  };
+  std::vector<Scheme> schemes;
+  if (qlora.checkpointing) {
+    QloraShape plain = qlora, offload = qlora, both = qlora;
+    plain.offload_activations = false;
+    plain.mlp_chunk_rows = 0;
+    offload.offload_activations = true;
+    offload.mlp_chunk_rows = 0;
+    both.offload_activations = true;
+    both.mlp_chunk_rows = kPlanMlpChunk;
+    schemes = {{"without offload", plain}, {"with --offload-activations on", offload},
+               {"with offload and --mlp-chunk-rows auto", both}};
+  }
+  std::vector<int64_t> scheme_fit;
+  if (fit_gb > 0)
+    for (const Scheme& sc : schemes) scheme_fit.push_back(longest_fitting_seq(config, sc.qlora, shape, device, budget));
   if (as_json) {
     nlohmann::json j = {{"model", source}, {"device", device_flag}, {"activations", dtype_name(plan.activations)},
                         {"batch", shape.batch}, {"seq", shape.seq},
@@ -179,6 +211,11 @@ static int run_plan(int argc, char** argv) {
     if (fit_gb > 0) {
       j["fit_gb"] = fit_gb;
       j["fit_seq"] = fit;
+      if (!schemes.empty()) {
+        j["fit_seq_without_offload"] = scheme_fit[0];
+        j["fit_seq_offload"] = scheme_fit[1];
+        j["fit_seq_offload_chunked_mlp"] = scheme_fit[2];
+      }
     }
     printf("%s\n", j.dump().c_str());
     return 0;
@@ -204,6 +241,28 @@ static int run_plan(int argc, char** argv) {
              fit > config.max_position_embeddings
                  ? str("; beyond the model's max_position_embeddings (", config.max_position_embeddings, ")").c_str()
                  : "");
+    }
+    for (size_t i = 0; i < schemes.size(); ++i) {
+      if (scheme_fit[i] == 0) continue;
+      TrainShape at = shape;
+      at.batch = 1;
+      at.seq = scheme_fit[i];
+      const MemoryPlan p = plan_memory(config, schemes[i].qlora, at, device);
+      const HostPlan h = plan_host_memory(config, schemes[i].qlora, at, device);
+      // What limits it: the largest term of the step's peak besides the weights.
+      const std::pair<const char*, size_t> terms[] = {{"saved layer inputs", p.saved_layer_inputs},
+                                                      {"the recomputed layer", p.recomputed_layer},
+                                                      {"its backward", p.layer_backward},
+                                                      {"the top (final norm, loss)", p.top}};
+      const auto* limit = &terms[0];
+      for (const auto& term : terms)
+        if (term.second > limit->second) limit = &term;
+      printf("  %-40s %9lld tokens; the largest term there: %s %s of %s%s\n", schemes[i].name,
+             (long long)scheme_fit[i], limit->first, format_bytes(limit->second).c_str(),
+             format_bytes(p.total()).c_str(),
+             p.offload ? str("; host ", format_bytes(h.peak()), " (offloaded inputs ", format_bytes(p.host_offload),
+                             ")").c_str()
+                       : "");
     }
     printf("(the plan counts allocated tensors; the CUDA context, cuBLAS workspace and the caching\n"
            " allocator's rounding come on top: keep ~1-2 GiB spare)\n");

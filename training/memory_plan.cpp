@@ -2,6 +2,7 @@
 #include "training/memory_plan.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 
 #include "kernels/kernels.h"
@@ -18,6 +19,8 @@ std::string MemoryPlan::table() const {
   s += str("    activations = saved layer inputs ", format_bytes(saved_layer_inputs), " + recomputed layer ",
            format_bytes(recomputed_layer), " + its backward ", format_bytes(layer_backward), " + top ",
            format_bytes(top), " + lora grads ", format_bytes(lora_grads), "\n");
+  if (offload) s += str("    layer inputs offloaded to host memory: ", format_bytes(host_offload), "\n");
+  if (mlp_chunk_rows > 0) s += str("    MLP over chunks of ", mlp_chunk_rows, " rows\n");
   s += str("  total ", format_bytes(total()), " = max(while the loss runs ", format_bytes(loss_phase),
            ", during a layer's backward ", format_bytes(backward_phase), ")");
   return s;
@@ -45,8 +48,16 @@ void check_shape(const TrainShape& shape) {
 
 // Every term after the weights and adapters, which the two entry points sum their own way:
 // `weights` and `lora` bytes, `adapters` adapted projections of rank `rank`, NF4 projections or not.
+// How the layers keep their activations (DecoderOptions / QloraShape).
+struct LayerScheme {
+  bool checkpointing = true, offload = false;
+  int64_t mlp_chunk_rows = 0;  // resolved: 0 or rows
+};
+
 MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, int64_t rank, int64_t adapters,
-                           bool nf4_base, bool checkpointing, const TrainShape& shape, bool gpu) {
+                           bool nf4_base, const LayerScheme& scheme, const TrainShape& shape, bool gpu) {
+  const bool checkpointing = scheme.checkpointing;
+  NQ_CHECK(!scheme.offload || checkpointing, "memory plan: activation offload needs gradient checkpointing");
   MemoryPlan plan;
   plan.activations = gpu ? shape.compute : DType::F32;
   NQ_CHECK(!gpu || shape.compute == DType::BF16 || shape.compute == DType::F16,
@@ -62,20 +73,28 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
                F = size_t(c.intermediate_size), Hq = size_t(c.num_heads), Hkv = size_t(c.num_kv_heads),
                Dh = size_t(c.head_dim), r = size_t(rank), V = size_t(c.vocab_size);
   const size_t lora_per_layer = L ? size_t(adapters) / L : 0;  // adapted projections per layer (7 = all-linear)
+  // Rows the MLP's temporaries span: all N, or one chunk.
+  const size_t C = scheme.mlp_chunk_rows > 0 ? std::min(N, size_t(scheme.mlp_chunk_rows)) : N;
+  plan.mlp_chunk_rows = C < N ? int64_t(C) : 0;
   // The recomputed layer's tensors alive at the step's peak, per token. The counts here
   // (4 D, 3 Hq Dh, 3 Hkv Dh, 3 F, the LoRA u's, f32 row statistics) and the backward's
   // below (2 D + 2 F) are fitted to the allocator's measured peaks (tests/test_gpu_train.cpp:
   // 1.01-1.02x with checkpointing); which tensors are alive at that moment depends on the
   // order in which backward() releases nodes, which the formula does not follow tensor by tensor.
-  const size_t layer_outputs =
-      N * (a * (4 * D + 3 * Hq * Dh + 3 * Hkv * Dh + 3 * F + lora_per_layer * r) + f32 * (2 * Hq + Hkv + 2));
+  // The F terms span the MLP's rows: one chunk's with chunking.
+  const size_t layer_outputs = N * (a * (4 * D + 3 * Hq * Dh + 3 * Hkv * Dh + lora_per_layer * r) +
+                                    f32 * (2 * Hq + Hkv + 2)) +
+                               C * a * 3 * F;
   if (checkpointing) {  // saved inputs + one layer recomputed at a time
-    plan.saved_layer_inputs = L * N * D * a;
+    plan.offload = scheme.offload;
+    plan.saved_layer_inputs = (scheme.offload ? std::min<size_t>(L, 2) : L) * N * D * a;
+    if (scheme.offload) plan.host_offload = L * N * D * a;
+    if (scheme.offload && !gpu) plan.saved_layer_inputs += plan.host_offload;  // the host is the device
     plan.recomputed_layer = layer_outputs;
   } else {  // every layer keeps its op outputs until its backward
     plan.recomputed_layer = L * layer_outputs;
   }
-  plan.layer_backward = N * a * (2 * D + 2 * F);  // gradients in flight in that layer (fitted, above)
+  plan.layer_backward = N * a * 2 * D + C * a * 2 * F;  // gradients in flight in that layer (fitted, above)
   plan.top = 3 * N * D * a;
   plan.lora_grads = lora;
   bytes[size_t(MemCategory::Activations)] =
@@ -136,7 +155,9 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
   }
   TrainShape at = shape;
   if (device == Device::CUDA) at.compute = model.lm_head().value().dtype();  // model/device.h: the compute dtype
-  return plan_from_sizes(model.config(), weights, lora, rank, adapters, nf4_base, model.options().checkpointing, at,
+  const DecoderOptions& o = model.options();
+  return plan_from_sizes(model.config(), weights, lora, rank, adapters, nf4_base,
+                         LayerScheme{o.checkpointing, o.offload_activations, o.mlp_chunk_rows}, at,
                          device == Device::CUDA);
 }
 
@@ -176,7 +197,43 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
     lora += 4 * size_t(qlora.r) * size_t(module_shapes[i][0] + module_shapes[i][1]);  // A [r, in] + B [out, r], f32
     ++adapters;
   }
-  return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.nf4_base, qlora.checkpointing, shape, gpu);
+  const int64_t chunk = qlora.mlp_chunk_rows == kPlanMlpChunk ? plan_mlp_chunk_rows(config, shape.batch * shape.seq)
+                                                              : qlora.mlp_chunk_rows;
+  NQ_CHECK(chunk >= 0, "memory plan: mlp_chunk_rows must be >= 0 (or kPlanMlpChunk), got ", qlora.mlp_chunk_rows);
+  return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.nf4_base,
+                         LayerScheme{qlora.checkpointing, qlora.offload_activations, chunk}, shape, gpu);
+}
+
+int64_t plan_mlp_chunk_rows(const ModelConfig& config, int64_t tokens) {
+  // 3 C F <= N D: C = the largest power of two <= N D / (3 F), at least 1024.
+  const double limit = double(tokens) * double(config.hidden_size) / (3.0 * double(config.intermediate_size));
+  int64_t rows = 1024;
+  while (double(rows * 2) <= limit) rows *= 2;
+  return rows < tokens ? rows : 0;
+}
+
+QloraShape choose_activation_scheme(const ModelConfig& config, QloraShape qlora, const TrainShape& shape,
+                                    size_t available, bool offload_auto, bool chunk_auto) {
+  std::vector<QloraShape> tries;
+  auto with = [&](bool offload, bool chunk) {
+    QloraShape q = qlora;
+    if (offload_auto) q.offload_activations = offload && q.checkpointing;
+    if (chunk_auto) q.mlp_chunk_rows = chunk ? kPlanMlpChunk : 0;
+    return q;
+  };
+  tries = {with(false, false), with(true, false), with(true, true)};
+  QloraShape least = tries.front();
+  size_t least_bytes = SIZE_MAX;
+  for (QloraShape& q : tries) {
+    const size_t need = plan_memory(config, q, shape, Device::CUDA).total();
+    if (q.mlp_chunk_rows == kPlanMlpChunk) q.mlp_chunk_rows = plan_mlp_chunk_rows(config, shape.batch * shape.seq);
+    if (need <= available) return q;
+    if (need < least_bytes) {
+      least = q;
+      least_bytes = need;
+    }
+  }
+  return least;
 }
 
 size_t plan_host_load(const ModelConfig& config, const WeightLoad& load) {
@@ -207,7 +264,7 @@ HostPlan plan_host_memory(const ModelConfig& config, const QloraShape& qlora, co
     host.training = step.total();
   } else {
     // The plan's lora term is A and B in f32; paged AdamW keeps m and v of each in host memory.
-    host.training = shape.paged_optimizer ? 2 * step[MemCategory::LoRA] : 0;
+    host.training = (shape.paged_optimizer ? 2 * step[MemCategory::LoRA] : 0) + step.host_offload;
   }
   return host;
 }
@@ -221,15 +278,27 @@ std::string plan_does_not_fit(const ModelConfig& config, const QloraShape& qlora
   one.batch = 1;
   QloraShape checkpointed = qlora;
   checkpointed.checkpointing = true;
+  QloraShape offloaded = checkpointed;
+  offloaded.offload_activations = true;
+  QloraShape chunked = offloaded;
+  chunked.mlp_chunk_rows = plan_mlp_chunk_rows(config, shape.batch * shape.seq);
+  QloraShape most = chunked;  // every saving, the chunk re-chosen for each length
+  most.mlp_chunk_rows = kPlanMlpChunk;
+  auto fits = [&](const QloraShape& q) { return plan_memory(config, q, shape, Device::CUDA).total() <= available; };
   if (shape.batch > 1 && plan_memory(config, qlora, one, Device::CUDA).total() <= available) {
     fix = str("--batch-size 1 --grad-accum ", shape.batch * grad_accum, " (the same tokens per step)");
-  } else if (!qlora.checkpointing && plan_memory(config, checkpointed, shape, Device::CUDA).total() <= available) {
+  } else if (!qlora.checkpointing && fits(checkpointed)) {
     fix = "gradient checkpointing (leave out --no-grad-checkpoint)";
+  } else if (!qlora.offload_activations && fits(offloaded)) {
+    fix = str("--offload-activations on", qlora.checkpointing ? "" : " without --no-grad-checkpoint");
+  } else if (chunked.mlp_chunk_rows > 0 && qlora.mlp_chunk_rows == 0 && fits(chunked)) {
+    fix = str("--offload-activations on --mlp-chunk-rows ", chunked.mlp_chunk_rows,
+              qlora.checkpointing ? "" : " without --no-grad-checkpoint");
   } else {
-    const int64_t seq = longest_fitting_seq(config, checkpointed, one, Device::CUDA, available);
+    const int64_t seq = longest_fitting_seq(config, most, one, Device::CUDA, available);
     fix = seq >= 2 ? str("--max-length ", seq, shape.batch > 1 ? " --batch-size 1" : "",
                          qlora.checkpointing ? "" : " without --no-grad-checkpoint",
-                         " (the longest the plan fits)")
+                         " with --offload-activations and --mlp-chunk-rows auto (the longest the plan fits)")
                    : std::string("a smaller model: not even 2 tokens fit");
   }
   return str("the memory plan needs ", format_bytes(need), " of GPU memory for micro-batches of ", shape.batch, " x ",

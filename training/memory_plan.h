@@ -8,11 +8,14 @@
 //                bf16 or f32 embeddings and norms): summed, exact
 //   lora         A and B of every adapter, f32: summed, exact
 //   optimizer    paged: the GPU page pool; unpaged / CPU AdamW: m and v (2 x lora)
-//   activations  saved layer inputs   L * N * D * a         (per-layer checkpointing)
+//   activations  saved layer inputs   L * N * D * a         (per-layer checkpointing;
+//                with activation offload 2 * N * D * a on the GPU: the loaded layer's and the
+//                next one coming back, the other L * N * D * a in host memory, host_offload)
 //              + one recomputed layer: every op output of the layer, alive until
 //                its backward:  N * (a * (5D + 4 Hq Dh + 4 Hkv Dh + 3F + k r) + 4 * (2 Hq + Hkv + 3)),
 //                k adapted projections per layer (without checkpointing: L such layers, no saved inputs)
 //              + its backward's gradients in flight:  N * a * (2D + 3F)
+//                (with the MLP over chunks of C rows, every F term above counts C rows, not N)
 //              + the top: final norm output, its gradient, the loss's dh: 3 N D a
 //              + LoRA gradients (kernels allocate them as activations): 1 x lora
 //   workspace    the loss's logits chunk: R * V * 4 (+ R * V * a + 4 N on the GPU), R = min(chunk, N);
@@ -50,6 +53,9 @@ struct TrainShape {
 struct MemoryPlan {
   std::array<size_t, size_t(MemCategory::Count)> bytes{};  // predicted peak per category
   DType activations = DType::F32;  // the dtype it assumed for activations (f32 on the CPU)
+  bool offload = false;            // saved layer inputs in host memory
+  int64_t mlp_chunk_rows = 0;      // rows per MLP chunk, 0 = all at once
+  size_t host_offload = 0;         // host bytes the offloaded layer inputs take (pinned on the GPU)
   // The pieces of the activations term (for the table and the tests).
   size_t saved_layer_inputs = 0, recomputed_layer = 0, layer_backward = 0, top = 0, lora_grads = 0;
   // Everything alive at once while the loss runs, and during a layer's backward.
@@ -73,7 +79,22 @@ struct QloraShape {
   bool nf4_base = true;                            // false: dense bases (--no-quant)
   int64_t blocksize = 64;                          // NF4 block, double-quantized
   bool checkpointing = true;                       // per-layer gradient checkpointing
+  bool offload_activations = false;                // saved layer inputs in host memory (with checkpointing)
+  int64_t mlp_chunk_rows = 0;                      // MLP rows at once: 0 all, kPlanMlpChunk the plan's choice
 };
+constexpr int64_t kPlanMlpChunk = -1;
+
+// The plan's MLP chunk for N tokens: the largest power of two >= 1024 rows whose MLP
+// temporaries (3 x [C, F]) are no larger than one [N, D] layer input, 0 (no chunking)
+// when that is N or more. Chunking costs one more MLP forward per layer (its re-run).
+int64_t plan_mlp_chunk_rows(const ModelConfig& config, int64_t tokens);
+
+// What ./train does with --offload-activations auto and --mlp-chunk-rows auto on the
+// GPU: the first of (neither, offload, offload + the plan's MLP chunk) whose plan fits
+// `available` bytes, trying only what the flags leave to it (offload_auto, chunk_auto;
+// the fixed ones as `qlora` has them). When none fits, the one that needs the least.
+QloraShape choose_activation_scheme(const ModelConfig& config, QloraShape qlora, const TrainShape& shape,
+                                    size_t available, bool offload_auto, bool chunk_auto);
 
 // The same plan from the config alone, for a model on `device` holding the dtypes
 // of model/device.h (GPU: bf16 embeddings / dense bases, f32 norms; CPU: all f32):
@@ -93,7 +114,8 @@ size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant);
 //             the tensors, in load order, of what is held by then plus that tensor's bytes
 //   training  CPU: the step's planned total (every tensor lives on the host);
 //             GPU: paged AdamW's m and v in pinned host memory (2 x lora), or nothing
-//             when the states live on the GPU; the model is on the device by then.
+//             when the states live on the GPU, + the offloaded layer inputs (pinned,
+//             L * N * D * a); the model is on the device by then.
 // peak = max(load, training). The CUDA driver's own host memory (hundreds of MiB) is
 // not in it.
 struct HostPlan {
@@ -108,8 +130,9 @@ size_t plan_host_load(const ModelConfig& config, const WeightLoad& load);
 
 // "" when the step fits in `available` bytes of GPU memory, else why not and the one
 // change that makes it fit, as ./train's flags: --batch-size 1 (with --grad-accum for
-// the same tokens per step), dropping --no-grad-checkpoint, or the longest --max-length
-// at batch 1 (longest_fitting_seq). ./train refuses such a run before step 1.
+// the same tokens per step), dropping --no-grad-checkpoint, --offload-activations on,
+// --mlp-chunk-rows N, or the longest --max-length at batch 1 with both
+// (longest_fitting_seq). ./train refuses such a run before step 1.
 std::string plan_does_not_fit(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape,
                               size_t available, int64_t grad_accum);
 

@@ -91,6 +91,14 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("eval-every", &cfg.eval_every, "eval loss every N steps (0: only at the end)");
   t.add("save-every", &cfg.save_every, "checkpoint every N steps (0: only at the end)");
   t.add("no-grad-checkpoint", &cfg.no_grad_checkpoint, "keep every layer's activations (faster, more memory)");
+  t.add_choice("offload-activations", &cfg.offload_activations, {"auto", "on", "off"},
+               "each layer's saved input waits in (pinned) host memory until its backward,\n"
+               "copied on a side stream; auto: on when the GPU memory plan needs it");
+  t.add("mlp-chunk-rows", &cfg.mlp_chunk_rows,
+        "run the MLP over chunks of N rows, each recomputed alone in backward (one more\n"
+        "MLP forward; its [N, F] temporaries for one chunk): auto (the plan's chunk when the\n"
+        "GPU plan needs it) | off | N",
+        "auto|off|N");
   add_device_flag(t, &cfg.device);
   add_dtype_flag(t, &cfg.dtype);
   add_rope_scaling_flag(t, &cfg.rope_scaling);
@@ -168,6 +176,11 @@ std::string TrainConfig::to_json() const {
   return train_flags(copy).to_json();
 }
 
+int64_t parse_mlp_chunk_rows(const std::string& text) {
+  if (text.empty() || text.size() > 12 || text.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(text);
+}
+
 void TrainConfig::validate() const {
   NQ_CHECK(!model.empty(), "--model is required (see --help)");
   NQ_CHECK(!data.empty(), "--data is required (see --help)");
@@ -206,6 +219,11 @@ void TrainConfig::validate() const {
   NQ_CHECK(optim_pages >= 2 && optim_pages <= 256, "--optim-pages must be in [2, 256] (2 overlap a copy with ",
            "an update), got ", optim_pages);
   if (!rope_scaling.empty()) parse_rope_scaling_spec(rope_scaling, 1);  // the syntax, before the model loads
+  NQ_CHECK(mlp_chunk_rows == "auto" || mlp_chunk_rows == "off" || parse_mlp_chunk_rows(mlp_chunk_rows) > 0,
+           "--mlp-chunk-rows must be auto, off or a number of rows >= 1, got '", mlp_chunk_rows, "'");
+  NQ_CHECK(offload_activations != "on" || !no_grad_checkpoint,
+           "--offload-activations on offloads the checkpointed layer inputs: it needs gradient checkpointing "
+           "(leave out --no-grad-checkpoint)");
   NQ_CHECK(optim_page_mb >= 1 && optim_page_mb <= 1024, "--optim-page-mb must be in [1, 1024], got ", optim_page_mb);
   select_device(device, "--device");  // cuda in a CPU build or without a GPU: the error says which
   try {
@@ -255,7 +273,8 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
                                                     "log_every",  "eval_every",  "save_every",    "threads",
                                                     "no_progress", "device",     "optim",         "optim_pages",
                                                     "optim_page_mb", "max_steps",  "epochs",      "overwrite",
-                                                    "save_total_limit", "verbose", "report_to",   "detect_anomaly"};
+                                                    "save_total_limit", "verbose", "report_to",   "detect_anomaly",
+                                                    "offload_activations", "mlp_chunk_rows"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();

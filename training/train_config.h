@@ -75,6 +75,9 @@ struct TrainConfig {
   int64_t eval_every = 0;           // 0: eval only at the end
   int64_t save_every = 0;           // 0: checkpoint only at the end
   bool no_grad_checkpoint = false;
+  // Long context (training/memory_plan.h): auto = on only when the GPU plan does not fit otherwise.
+  std::string offload_activations = "auto";  // auto | on | off: saved layer inputs in host memory
+  std::string mlp_chunk_rows = "auto";       // auto | off | N: the MLP over chunks of N rows
   std::string device = kDefaultDevice;  // auto | cpu | cuda (training/flags.h's --device)
   std::string dtype = "auto";       // compute dtype on cuda: auto | bfloat16 | float16 (model/device.h)
   std::string rope_scaling;         // "yarn:4", "yarn:4:32768", "linear:2": switched on in the model's config; "": as it is
@@ -111,6 +114,9 @@ struct TrainConfig {
 
 // The table of ./train's flags bound to `cfg` (defaults shown: cfg's values now).
 FlagTable train_flags(TrainConfig& cfg);
+
+// --mlp-chunk-rows N: the number, or -1 when the text is not a plain number (auto and off are words).
+int64_t parse_mlp_chunk_rows(const std::string& text);
 
 // Parses argv (defaults < --config FILE < flags) and validates. Returns false
 // when --help was given (the help text is then printed to stdout). The --config

@@ -407,23 +407,38 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   shape.paged_optimizer = paging.placement == AdamWPlacement::Paged;  // the plan reads these two on cuda only
   shape.optimizer_pool_bytes = paging.pool_bytes();
   shape.compute = compute == DType::F32 ? DType::BF16 : compute;  // read on cuda only
-  const MemoryPlan plan = plan_memory(model, shape);
-  log << "optimizer: " << (device == Device::CPU ? "AdamW, m and v in host memory"
-                           : shape.paged_optimizer ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
-                                                paging.n_pages, " x ", format_bytes(size_t(paging.page_bytes)))
-                                          : std::string("AdamW, m and v in GPU memory"))
-      << "; gradient checkpointing " << (dopt.checkpointing ? "on" : "off") << "; planned peak memory "
-      << format_bytes(plan.total()) << " for micro-batches of " << shape.batch << " x " << shape.seq << " tokens"
-      << (cfg.verbose ? "" : " (--verbose: the plan's table)") << "\n";
-  if (cfg.verbose) log << plan.table() << "\n";
   QloraShape qlora_shape;
   qlora_shape.r = cfg.r;
   qlora_shape.targets = cfg.targets;
   qlora_shape.nf4_base = !cfg.no_quant;
   qlora_shape.checkpointing = dopt.checkpointing;
+  // Long context: the offload and the MLP chunk as asked, or (auto, on the GPU) what the plan needs to fit.
+  qlora_shape.offload_activations = cfg.offload_activations == "on";
+  qlora_shape.mlp_chunk_rows = cfg.mlp_chunk_rows == "auto" || cfg.mlp_chunk_rows == "off"
+                                   ? 0 : parse_mlp_chunk_rows(cfg.mlp_chunk_rows);
+  size_t gpu_available = 0;
+  if (device == Device::CUDA) {
+    gpu_available = cuda_mem_info().free + cuda_memory_stats().reserved.current_total;
+    qlora_shape = choose_activation_scheme(model.config(), qlora_shape, shape, gpu_available,
+                                           cfg.offload_activations == "auto" && dopt.checkpointing,
+                                           cfg.mlp_chunk_rows == "auto");
+  }
+  model.options().offload_activations = qlora_shape.offload_activations;
+  model.options().mlp_chunk_rows = qlora_shape.mlp_chunk_rows;
+  const MemoryPlan plan = plan_memory(model, shape);
+  log << "optimizer: " << (device == Device::CPU ? "AdamW, m and v in host memory"
+                           : shape.paged_optimizer ? str("paged AdamW, m and v in pinned host memory through a GPU pool of ",
+                                                paging.n_pages, " x ", format_bytes(size_t(paging.page_bytes)))
+                                          : std::string("AdamW, m and v in GPU memory"))
+      << "; gradient checkpointing " << (dopt.checkpointing ? "on" : "off")
+      << (plan.offload ? str(", layer inputs offloaded to host memory (", format_bytes(plan.host_offload), ")") : "")
+      << (plan.mlp_chunk_rows > 0 ? str(", MLP over chunks of ", plan.mlp_chunk_rows, " rows") : "")
+      << "; planned peak memory "
+      << format_bytes(plan.total()) << " for micro-batches of " << shape.batch << " x " << shape.seq << " tokens"
+      << (cfg.verbose ? "" : " (--verbose: the plan's table)") << "\n";
+  if (cfg.verbose) log << plan.table() << "\n";
   if (device == Device::CUDA) {  // a run the plan says cannot fit stops here, naming the flag that fits
-    const size_t available = cuda_mem_info().free + cuda_memory_stats().reserved.current_total;
-    const std::string no_fit = plan_does_not_fit(model.config(), qlora_shape, shape, available, cfg.grad_accum);
+    const std::string no_fit = plan_does_not_fit(model.config(), qlora_shape, shape, gpu_available, cfg.grad_accum);
     NQ_CHECK(no_fit.empty(), no_fit);
   }
   const HostPlan host = plan_host_memory(model.config(), qlora_shape, shape, device);
