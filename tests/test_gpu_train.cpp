@@ -34,6 +34,8 @@
 #include "runtime/cuda_compare.h"
 #include "runtime/cuda_runtime.h"
 #include "runtime/device_copy.h"
+#include "runtime/offload.h"
+#include "runtime/rng.h"
 
 #include "tests/gpu_test.h"
 #include "tests/temp_dir.h"
@@ -60,13 +62,13 @@ std::vector<float> lcg_values(int64_t n, uint32_t seed, float scale) {
 
 // The tiny QLoRA model: NF4 bases, all-linear adapters with r = 8, and B made
 // non-zero so that every gradient (dA needs B) is non-trivial.
-Decoder tiny_qlora_model() {
+Decoder tiny_qlora_model(float dropout = 0.0f) {
   Decoder model = Decoder::load(kQlora);
   for (Linear* l : model.linears()) l->quantize_nf4();
   AdapterConfig cfg;
   cfg.lora.r = 8;
   cfg.lora.alpha = 16.0f;
-  cfg.lora.dropout = 0.0f;
+  cfg.lora.dropout = dropout;
   std::vector<Var> params = attach_adapters(model, cfg);
   uint32_t seed = 7;
   for (Var& p : params)
@@ -372,6 +374,95 @@ GPU_TEST(qlora_loss_and_lora_grads_match_cpu) {
 
 namespace {
 
+// One training forward + backward of the tiny QLoRA model (2 x 24 tokens, LoRA dropout
+// `dropout`) on `device` with the given offload and MLP chunk: {loss, every LoRA gradient}
+// as f32 host values.
+std::vector<std::vector<float>> qlora_step(Device device, bool offload, int64_t mlp_chunk_rows, float dropout) {
+  rng_seed(1);
+  Decoder model = tiny_qlora_model(dropout);
+  if (device == Device::CUDA) to_device(model, Device::CUDA);
+  model.options().offload_activations = offload;
+  model.options().mlp_chunk_rows = mlp_chunk_rows;
+  rng_seed(2);
+  std::vector<std::vector<float>> out;
+  {
+    TrainingMode training;  // LoRA dropout on
+    Var loss = model.forward_loss(tiny_batch(model.config(), 2, 24, device));
+    backward(loss);
+    out.push_back(loss.value().to_vector());
+  }
+  for (const Var& p : adapter_parameters(model)) {
+    REQUIRE(p.grad().defined());
+    out.push_back(p.grad().to_vector());
+  }
+  return out;
+}
+
+double worst_relative_difference(const std::vector<std::vector<float>>& got,
+                                 const std::vector<std::vector<float>>& want) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    REQUIRE(got[i].size() == want[i].size());
+    double diff = 0, norm = 0;
+    for (size_t j = 0; j < got[i].size(); ++j) {
+      diff += double(got[i][j] - want[i][j]) * double(got[i][j] - want[i][j]);
+      norm += double(want[i][j]) * double(want[i][j]);
+    }
+    worst = std::max(worst, std::sqrt(diff / std::max(norm, 1e-30)));
+  }
+  return worst;
+}
+
+// HostOffload alone: 4 tensors stored one after another, each one's device memory reused
+// by the next allocation as soon as the offload hands it back (the caching allocator gives
+// the freed block to the next request of its size), loaded back in reverse order, and the
+// blocks overwritten again between loads. On the emulated GPU the copy stream runs as late
+// as it may: a missing event makes a copy read an overwritten block, or a load return
+// before its copy has run.
+void check_host_offload_round_trip(Device device) {
+  HostOffload offload(device);
+  const int64_t n = 4, elems = 4096;
+  std::vector<std::vector<float>> want;
+  std::vector<HostOffload::Handle> handles;
+  std::vector<Tensor> junk;
+  for (int64_t i = 0; i < n; ++i) {
+    want.push_back(lcg_values(elems, uint32_t(100 + i), 1.0f));
+    handles.push_back(offload.store(Tensor::from_vector(want.back(), {elems}).to(device)));
+    junk.push_back(Tensor::full({elems}, -7.0f, device));  // may take the block the offload just released
+  }
+  for (int64_t i = n - 1; i >= 0; --i) {
+    CAPTURE(i);
+    const Tensor back = offload.load(handles[size_t(i)]);
+    junk.push_back(Tensor::full({elems}, -8.0f, device));
+    CHECK(back.device() == device);
+    CHECK(back.to_vector() == want[size_t(i)]);
+  }
+  CHECK(offload.copies() == 2 * n - 1);  // the last one stored never left
+  CHECK(offload.host_bytes() == size_t(n * elems) * 4);
+}
+
+// Offload on vs off: the same loss and LoRA gradients bit for bit (dropout on: the masks
+// are re-drawn from the restored RNG). MLP over chunks of 7 rows (48 tokens: 7 chunks, the
+// last of 6) vs whole, dropout off: within `chunk_bound` (rounding: sums over rows in
+// another order, and kernels picked by the number of rows).
+void check_offload_and_chunking(Device device, double chunk_bound) {
+  const auto plain = qlora_step(device, false, 0, 0.1f);
+  const auto offloaded = qlora_step(device, true, 0, 0.1f);
+  REQUIRE(plain.size() == offloaded.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    CAPTURE(i);
+    CHECK(plain[i] == offloaded[i]);
+  }
+  const auto whole = qlora_step(device, false, 0, 0.0f);
+  const auto chunked = qlora_step(device, false, 7, 0.0f);
+  const double worst = worst_relative_difference(chunked, whole);
+  MESSAGE(std::string(device == Device::CPU ? "cpu" : "cuda") << ": MLP over chunks of 7 rows vs whole: worst relative "
+          << "difference of the loss and LoRA gradients " << worst);
+  CHECK(worst <= chunk_bound);
+  CHECK(worst_relative_difference(qlora_step(device, true, 7, 0.0f), chunked) == 0.0);  // both at once
+}
+
 AdamWOptions paged_pool() {  // the trainer's default: Paged, 4 pages of 8 MiB
   AdamWOptions pool;
   pool.placement = AdamWPlacement::Paged;
@@ -382,7 +473,7 @@ AdamWOptions paged_pool() {  // the trainer's default: Paged, 4 pages of 8 MiB
 // on the GPU and checks the allocator's peaks against the memory plan: weights,
 // LoRA and optimizer exactly (and the workspace too with exact_workspace), the total within 10%.
 void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, AdamWOptions pool,
-                       bool exact_workspace = false) {
+                       bool exact_workspace = false, bool offload = false, int64_t mlp_chunk_rows = 0) {
   Decoder model(c, random_weights(c, 1));
   for (Linear* l : model.linears()) l->quantize_nf4();
   AdapterConfig acfg;
@@ -397,6 +488,8 @@ void check_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq, AdamWOp
   shape.seq = seq;
   shape.optimizer_pool_bytes = pool.pool_bytes();
   model.options().ce_chunk_rows = shape.ce_chunk_rows;
+  model.options().offload_activations = offload;
+  model.options().mlp_chunk_rows = mlp_chunk_rows;
   const MemoryPlan plan = plan_memory(model, shape);
   MESSAGE(plan.table());
   cuda_reset_peak_memory();
@@ -452,8 +545,36 @@ AdamWOptions small_pool() {
 
 }  // namespace
 
+TEST_CASE("HostOffload (cpu): tensors come back as stored, in reverse order, host buffers kept") {
+  check_host_offload_round_trip(Device::CPU);
+}
+
+GPU_TEST(host_offload_round_trip_while_the_blocks_are_reused) {
+  check_host_offload_round_trip(Device::CUDA);
+}
+
+TEST_CASE("decoder: offload on vs off bit-identical; the MLP over row chunks vs whole within f32 rounding (cpu)") {
+  check_offload_and_chunking(Device::CPU, 1e-5);
+}
+
+GPU_TEST(offload_bit_identical_and_chunked_mlp_close_to_whole) {
+  check_offload_and_chunking(Device::CUDA, 1e-2);
+}
+
 GPU_TEST(memory_plan_within_10_percent_small) {
   check_memory_plan(small_qwen3(), 2, 96, small_pool());  // 192 tokens: the fused NF4 GEMM, no W copy
+}
+
+GPU_TEST(memory_plan_within_10_percent_long_with_offload_and_chunked_mlp) {
+  // A long row for a small model (3 layers, hidden 256, 2/1 heads, 1 x 768 tokens: the
+  // activations 6x the weights), every saving on: the layer inputs in host memory, the
+  // MLP over chunks of 128 rows. (The emulated attention, O(T^2), sets the length: ~35 s.)
+  ModelConfig c = small_qwen3();
+  c.num_layers = 3;
+  c.num_heads = 2;
+  c.num_kv_heads = 1;
+  c.vocab_size = 1024;
+  check_memory_plan(c, 1, 768, small_pool(), false, true, 128);
 }
 
 GPU_TEST(memory_plan_counts_the_dequantized_nf4_weight) {

@@ -20,6 +20,7 @@
 #                           tools/gpu_check.sh train    (build + the GPU training section below:
 #                                                        T1-T2; limits add up to 240 s + the build)
 #                           tools/gpu_check.sh big      (build + Qwen3-8B: T3-T4; 450 s + the build)
+#                           tools/gpu_check.sh long     (build + Qwen3-8B long context: L1-L2; 480 s + the build)
 # kernels + train take about 10 minutes together; big about 8 more.
 #
 # On a GPU machine without network, run tools/gpu_prepare.sh first where there is network
@@ -28,7 +29,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-kernels}
-case "$MODE" in kernels|train|big) ;; *) echo "error: unknown mode '$MODE' (kernels, train or big)"; exit 1 ;; esac
+case "$MODE" in kernels|train|big|long) ;; *) echo "error: unknown mode '$MODE' (kernels, train, big or long)"; exit 1 ;; esac
 LOG=build/gpu_check/$MODE
 rm -rf "$LOG" && mkdir -p "$LOG"
 # finish: the summary and a tarball of every log into $OUT (when set), then exit with $1.
@@ -141,6 +142,12 @@ fi
 #       so a slow disk shows as its own line rather than eating the benchmark's time
 #   (big) T4. ours only: the longest context for qwen3-8b that trains one step in 80 GiB,
 #       starting from the memory plan's prediction
+#   (long) L1. Qwen3-8B random 4-bit at 32k and 64k tokens, each without and with
+#       --offload-activations on --mlp-chunk-rows auto: tokens/s, peak GPU memory, the
+#       plan's total and host memory, and the step-time ratio (the offload's cost)
+#   (long) L2. the longest context in 80 GiB with offload + chunked MLP, from the plan's
+#       prediction (`./inspect plan --preset qwen3-8b --fit-gb 80`): what really fits, as
+#       far as the time limit goes (a step at the plan's 80 GiB maximum takes minutes)
 # bitsandbytes may be missing on a machine without network: tools/gpu_prepare.sh packs it
 # into .carry/bnb.tar.xz, unpacked here into /tmp/site (on PYTHONPATH for these steps).
 if [ "$MODE" != kernels ]; then
@@ -176,6 +183,13 @@ if [ "$MODE" = big ]; then
   step max_ctx 180 python3 tools/ref/bench_qlora_gpu.py --max-context --fit-gb 80 --time-limit 170
 fi
 
+if [ "$MODE" = long ]; then
+  [ -f .cache/bench/qwen3-8b/config.json ] ||
+    step quantize_8b 120 ./quantize --random qwen3-8b --seed 0 --out .cache/bench/qwen3-8b
+  step long_ctx 240 python3 tools/ref/bench_qlora_gpu.py --long 32768,65536 --time-limit 230
+  step max_ctx_offload 240 python3 tools/ref/bench_qlora_gpu.py --max-context --offload --fit-gb 80 --time-limit 230
+fi
+
 # 7. summary
 {
   echo
@@ -189,6 +203,8 @@ fi
     [ -f "$f" ] && grep -A8 "^QLoRA step on the GPU" "$f"
   done
   [ -f "$LOG/max_ctx.log" ] && grep -E "^plan:|^longest context|^no context" "$LOG/max_ctx.log"
+  [ -f "$LOG/long_ctx.log" ] && grep -E "^long context|^ +seq|^ +[0-9]+ " "$LOG/long_ctx.log"
+  [ -f "$LOG/max_ctx_offload.log" ] && grep -E "^plan:|^ +[0-9]+ |^longest context|^no context" "$LOG/max_ctx_offload.log"
   [ -f "$LOG/train_tiny.log" ] && grep -E "^device:|plan|measured" "$LOG/train_tiny.log" | head -12
   [ -f "$LOG/eval_tiny.log" ] && grep -E "^--device" "$LOG/eval_tiny.log"
   [ -f "$LOG/gpu_train_tests.log" ] && grep -A7 "plan vs measured" "$LOG/gpu_train_tests.log"

@@ -8,7 +8,8 @@ step time against the paged run is the cost of paging the optimizer states.
 
   python3 tools/ref/bench_qlora_gpu.py [--preset qwen3-0.6b] [--batch 1] [--seq 2048] [--steps 3]
                                        [--warmup 1] [--sides python,ours,ours_adamw]
-  python3 tools/ref/bench_qlora_gpu.py --max-context [--preset qwen3-8b] [--fit-gb 80] [--time-limit 300]
+  python3 tools/ref/bench_qlora_gpu.py --max-context [--preset qwen3-8b] [--fit-gb 80] [--time-limit 300] [--offload]
+  python3 tools/ref/bench_qlora_gpu.py --long 32768,65536 [--preset qwen3-8b] [--time-limit 300]
 
 The model (no download): both sides load the same pre-quantized 4-bit folder
 that `./quantize --random PRESET` writes once into .cache/bench/<preset>/
@@ -41,6 +42,15 @@ prediction (and a little beyond), each a fresh ./train, until one fails, its
 measured peak exceeds the budget, or --time-limit runs out. One step of
 qwen3-8b at ~130K tokens is tens of PFLOP of attention alone: minutes; with a
 short time limit the mode reports how far it got.
+
+--offload: --max-context with ./train --offload-activations on --mlp-chunk-rows auto,
+starting from the plan's maximum with both (`./inspect plan --fit-gb`'s last line).
+
+--long SEQS (ours only): for each sequence length, one warm-up and one timed step
+without (`--offload-activations off --mlp-chunk-rows off`) and with
+(`--offload-activations on --mlp-chunk-rows auto`) the long-context savings: tokens/s,
+peak GPU memory, the plan's total and host memory; the step-time ratio is what the
+offload's copies and the MLP's re-run cost.
 
 Needs torch with CUDA, transformers, peft and bitsandbytes for the Python side
 (bitsandbytes carried as a wheel in .whl/ on the lent machine: see tools/gpu_check.sh).
@@ -116,7 +126,12 @@ def run_python(args):
                       "peak_bytes": torch.cuda.max_memory_allocated(), "loss": loss.item()}))
 
 
-def train_ours(args, model_dir, seq, steps, tag, timeout=None, optim="paged_adamw"):
+# ./train's long-context flags: all savings off, and both on (training/memory_plan.h).
+SCHEME_OFF = ["--offload-activations", "off", "--mlp-chunk-rows", "off"]
+SCHEME_ON = ["--offload-activations", "on", "--mlp-chunk-rows", "auto"]
+
+
+def train_ours(args, model_dir, seq, steps, tag, timeout=None, optim="paged_adamw", extra=()):
     """./train --device cuda --optim OPTIM on model_dir: {"peak_bytes", "loss", "rows"} or {"error"}."""
     lines = max(2, 2 * args.batch * steps)  # each longer than seq tokens: packing fills every row
     data = model_dir / f"data_{lines}x{seq}.jsonl"
@@ -128,7 +143,7 @@ def train_ours(args, model_dir, seq, steps, tag, timeout=None, optim="paged_adam
            str(model_dir / f"out_{tag}"), "--max-steps", str(steps), "--batch-size", str(args.batch),
            "--max-length", str(seq), "--packing", "--r", "16", "--alpha", "32", "--dropout", "0", "--lr", "1e-4",
            "--schedule", "constant", "--metrics", str(metrics), "--save-every", "0", "--no-progress",
-           "--device", "cuda", "--optim", optim, "--overwrite"]  # the GPU trainer (tools/train.cpp, training/trainer.h)
+           "--device", "cuda", "--optim", optim, "--overwrite", *extra]  # the GPU trainer (tools/train.cpp)
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -156,9 +171,11 @@ def run_ours(args, model_dir, optim):
     return r
 
 
-def planned(preset, seq, fit_gb=None):
+def planned(preset, seq, fit_gb=None, offload=False):
     """./inspect plan --json: the config-only memory plan (training/memory_plan.h)."""
     cmd = [str(ROOT / "inspect"), "plan", "--preset", preset, "--seq", str(seq), "--batch", "1", "--device", "cuda", "--json"]
+    if offload:
+        cmd += ["--offload-activations", "on", "--mlp-chunk-rows", "auto"]
     if fit_gb:
         cmd += ["--fit-gb", str(fit_gb)]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -170,8 +187,10 @@ def max_context(args):
     t_start = time.perf_counter()
     model_dir = ensure_model(args.preset)
     budget = args.fit_gb * 2**30
-    predicted = planned(args.preset, 2048, args.fit_gb)["fit_seq"]
-    print(f"plan: longest seq (batch 1) within {args.fit_gb:g} GiB for {args.preset}: {predicted} tokens")
+    predicted = planned(args.preset, 2048, args.fit_gb, args.offload)["fit_seq"]
+    scheme = SCHEME_ON if args.offload else SCHEME_OFF
+    print(f"plan: longest seq (batch 1) within {args.fit_gb:g} GiB for {args.preset}: {predicted} tokens "
+          f"({' '.join(scheme)})")
     tries = sorted({max(256, int(predicted * f) // 256 * 256) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.03)})
     print(f"{'seq':>8s}{'plan':>12s}{'measured':>12s}{'step s':>9s}  result")
     best = None
@@ -180,8 +199,8 @@ def max_context(args):
         if left < 20:
             print(f"{seq:8d}  not tried: --time-limit {args.time_limit:g} s reached")
             break
-        plan = planned(args.preset, seq)["total_bytes"]
-        r = train_ours(args, model_dir, seq, 1, f"ctx{seq}", timeout=left)
+        plan = planned(args.preset, seq, offload=args.offload)["total_bytes"]
+        r = train_ours(args, model_dir, seq, 1, f"ctx{seq}", timeout=left, extra=scheme)
         if "error" in r:
             print(f"{seq:8d}{plan / 2**30:9.2f} GiB{'':>12s}{'':>9s}  failed: {r['error']}")
             break
@@ -200,6 +219,35 @@ def max_context(args):
     return 0 if best else 1
 
 
+def long_context(args):
+    """Ours only: each --long length with and without offload + chunked MLP: speed, memory, plan."""
+    args.batch = 1
+    t_start = time.perf_counter()
+    model_dir = ensure_model(args.preset)
+    print(f"long context, {args.preset} (4-bit random init), batch 1, 1 warm-up + 1 timed step each")
+    print(f"{'seq':>8s} {'scheme':<28s}{'tokens/s':>10s}{'step s':>9s}{'peak GPU':>12s}{'plan':>12s}{'host plan':>12s}")
+    for seq in (int(x) for x in args.long.split(",")):
+        step_s = {}
+        for name, scheme in (("off", SCHEME_OFF), ("offload + chunked MLP", SCHEME_ON)):
+            left = args.time_limit - (time.perf_counter() - t_start)
+            if left < 20:
+                print(f"{seq:8d} {name:<28s}not run: --time-limit {args.time_limit:g} s reached")
+                continue
+            plan = planned(args.preset, seq, offload=scheme is SCHEME_ON)
+            r = train_ours(args, model_dir, seq, 2, f"long{seq}_{len(step_s)}", timeout=left, extra=scheme)
+            if "error" in r:
+                print(f"{seq:8d} {name:<28s}failed: {r['error']} (plan {plan['total_bytes'] / 2**30:.2f} GiB)")
+                continue
+            row = r["rows"][-1]
+            step_s[name] = row["step_time_s"]
+            print(f"{seq:8d} {name:<28s}{row['tokens'] / row['step_time_s']:10.1f}{row['step_time_s']:9.2f}"
+                  f"{r['peak_bytes'] / 2**30:9.2f} GiB{plan['total_bytes'] / 2**30:9.2f} GiB"
+                  f"{plan['host_peak_bytes'] / 2**30:9.2f} GiB")
+        if len(step_s) == 2:
+            print(f"{seq:8d} step time with / without: {step_s['offload + chunked MLP'] / step_s['off']:.3f}x")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=None, choices=PRESETS, help="default qwen3-0.6b (qwen3-8b with --max-context)")
@@ -214,6 +262,9 @@ def main():
     ap.add_argument("--max-context", action="store_true", help="ours only: the longest seq within --fit-gb")
     ap.add_argument("--fit-gb", type=float, default=80.0, help="--max-context: the GPU memory budget in GiB")
     ap.add_argument("--time-limit", type=float, default=300.0, help="--max-context: seconds for all tries")
+    ap.add_argument("--offload", action="store_true",
+                    help="--max-context with --offload-activations on --mlp-chunk-rows auto")
+    ap.add_argument("--long", default="", help="ours only: comma list of sequence lengths, with and without offload")
     ap.add_argument("--child-python", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -222,6 +273,9 @@ def main():
     if args.max_context:
         args.preset = args.preset or "qwen3-8b"
         return max_context(args)
+    if args.long:
+        args.preset = args.preset or "qwen3-8b"
+        return long_context(args)
     args.preset = args.preset or "qwen3-0.6b"
     sides = args.sides.split(",")
     model_dir = ensure_model(args.preset)
