@@ -300,7 +300,7 @@ TEST_CASE("gguf export: a Qwen3's metadata is what llama.cpp's convert_hf_to_ggu
 
 TEST_CASE("gguf export: SmolLM2's metadata keys are the demo file's (llama.cpp's converter wrote it)") {
   if (!std::filesystem::exists(kSmolLM2)) {
-    MESSAGE("skipped: ", kSmolLM2, " not downloaded (make model)");
+    MESSAGE("skipped: " << std::string(kSmolLM2) << " not downloaded (make model)");
     return;
   }
   TempDir dir;
@@ -540,7 +540,7 @@ TEST_CASE("gguf export: llama.cpp's logits of the exports match our forward (tin
 
 TEST_CASE("gguf export: llama.cpp's logits of the exports match our forward (SmolLM2 + adapter)") {
   if (!std::filesystem::exists(kSmolLM2)) {
-    MESSAGE("skipped: ", kSmolLM2, " not downloaded (make model)");
+    MESSAGE("skipped: " << std::string(kSmolLM2) << " not downloaded (make model)");
     return;
   }
   compare_with_llama_cpp("smollm2", kSmolLM2, fixture("gguf_export/smollm2_adapter"));

@@ -309,6 +309,41 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
   CHECK(parse_error({"--config", tmp / "missing.json"}) == "--config " + tmp / "missing.json" + ": cannot read the file");
 }
 
+TEST_CASE("trainer: --offload-activations on trains the same steps bit for bit; --mlp-chunk-rows within rounding") {
+  TinyRun plain;
+  plain.cfg.max_steps = 3;
+  const TrainResult a = run(plain.cfg);
+  TinyRun offloaded;
+  offloaded.cfg.max_steps = 3;
+  offloaded.cfg.offload_activations = "on";
+  std::ostringstream log;
+  const TrainResult b = train(offloaded.cfg, log);
+  CHECK(log.str().find("layer inputs offloaded to host memory") != std::string::npos);
+  TinyRun chunked;
+  chunked.cfg.max_steps = 3;
+  chunked.cfg.mlp_chunk_rows = "5";
+  std::ostringstream chunk_log;
+  const TrainResult c = train(chunked.cfg, chunk_log);
+  CHECK(chunk_log.str().find("MLP over chunks of 5 rows") != std::string::npos);
+  REQUIRE(a.steps.size() == 3);
+  REQUIRE(b.steps.size() == 3);
+  REQUIRE(c.steps.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    INFO("step ", i + 1);
+    CHECK(b.steps[i].loss == a.steps[i].loss);  // exact: the same tensors, parked and brought back
+    CHECK(b.steps[i].grad_norm == a.steps[i].grad_norm);
+    // Chunks draw their own LoRA dropout masks (autograd/var.h checkpoint_rows): close, not equal.
+    CHECK(std::fabs(c.steps[i].loss - a.steps[i].loss) <= 2e-2 * std::fabs(a.steps[i].loss));
+  }
+  // Bad values: one line naming the flag.
+  chunked.cfg.mlp_chunk_rows = "0";
+  CHECK(train_error(chunked.cfg).find("--mlp-chunk-rows must be auto, off or a number of rows >= 1, got '0'") == 0);
+  chunked.cfg.mlp_chunk_rows = "lots";
+  CHECK(train_error(chunked.cfg).find("--mlp-chunk-rows must be") == 0);
+  offloaded.cfg.no_grad_checkpoint = true;
+  CHECK(train_error(offloaded.cfg).find("--offload-activations on offloads the checkpointed layer inputs") == 0);
+}
+
 TEST_CASE("trainer: bad runs fail early with a message naming the cause") {
   TinyRun t;
   SUBCASE("an output folder that cannot be written is reported before the model loads") {
