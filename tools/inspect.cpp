@@ -64,15 +64,20 @@ static void print_card_fits(const GpuCard& card, const std::vector<std::pair<std
          kCardReserveGib);
   printf("QLoRA r %lld on %s, batch 1, %s, paged AdamW\n", (long long)qlora.r, join(qlora.targets).c_str(),
          qlora.checkpointing ? "gradient checkpointing" : "no checkpointing");
-  printf("  %-12s %16s %6s %18s\n", "model", "plan at 2048", "fits", "longest context");
+  printf("  %-12s %16s %6s %18s %26s\n", "model", "plan at 2048", "fits", "longest context",
+         "with offload + MLP chunks");
+  QloraShape saving = qlora;  // ./train's auto: both, where checkpointing is on
+  saving.offload_activations = qlora.checkpointing;
+  saving.mlp_chunk_rows = kPlanMlpChunk;
   for (const auto& [name, config] : models) {
     TrainShape at = shape;
     at.batch = 1;
     at.seq = 2048;
     const size_t at_2048 = plan_memory(config, qlora, at, Device::CUDA).total();
     const int64_t longest = longest_fitting_seq(config, qlora, shape, Device::CUDA, budget);
-    printf("  %-12s %16s %6s %11lld tokens\n", name.c_str(), format_bytes(at_2048).c_str(),
-           at_2048 <= budget ? "yes" : "no", (long long)longest);
+    const int64_t longest_saving = longest_fitting_seq(config, saving, shape, Device::CUDA, budget);
+    printf("  %-12s %16s %6s %11lld tokens %19lld tokens\n", name.c_str(), format_bytes(at_2048).c_str(),
+           at_2048 <= budget ? "yes" : "no", (long long)longest, (long long)longest_saving);
   }
 }
 
