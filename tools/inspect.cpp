@@ -114,7 +114,7 @@ static int run_plan(int argc, char** argv) {
   t.add("no-grad-checkpoint", &no_grad_checkpoint, "keep every layer's activations");
   t.add("ce-chunk", &shape.ce_chunk_rows, "rows of logits at once in the loss");
   std::string offload_flag = "off", chunk_flag = "off";
-  t.add_choice("offload-activations", &offload_flag, {"on", "off"}, "plan the layer inputs in host memory (./train's flag)");
+  t.add_choice("offload-activations", &offload_flag, {"on", "off"}, "on | off: plan the layer inputs in host memory (./train's flag)");
   t.add("mlp-chunk-rows", &chunk_flag, "plan the MLP over chunks of N rows: off | auto (the plan's chunk) | N",
         "off|auto|N");
   t.add("fit-gb", &fit_gb,

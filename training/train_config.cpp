@@ -92,8 +92,8 @@ FlagTable train_flags(TrainConfig& cfg) {
   t.add("save-every", &cfg.save_every, "checkpoint every N steps (0: only at the end)");
   t.add("no-grad-checkpoint", &cfg.no_grad_checkpoint, "keep every layer's activations (faster, more memory)");
   t.add_choice("offload-activations", &cfg.offload_activations, {"auto", "on", "off"},
-               "each layer's saved input waits in (pinned) host memory until its backward,\n"
-               "copied on a side stream; auto: on when the GPU memory plan needs it");
+               "on | off | auto: each layer's saved input waits in (pinned) host memory until\n"
+               "its backward, copied on a side stream; auto: on when the GPU memory plan needs it");
   t.add("mlp-chunk-rows", &cfg.mlp_chunk_rows,
         "run the MLP over chunks of N rows, each recomputed alone in backward (one more\n"
         "MLP forward; its [N, F] temporaries for one chunk): auto (the plan's chunk when the\n"
