@@ -310,21 +310,20 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
 }
 
 TEST_CASE("trainer: --offload-activations on trains the same steps bit for bit; --mlp-chunk-rows within rounding") {
-  TinyRun plain;
-  plain.cfg.max_steps = 3;
-  const TrainResult a = run(plain.cfg);
-  TinyRun offloaded;
-  offloaded.cfg.max_steps = 3;
-  offloaded.cfg.offload_activations = "on";
-  std::ostringstream log;
-  const TrainResult b = train(offloaded.cfg, log);
-  CHECK(log.str().find("layer inputs offloaded to host memory") != std::string::npos);
-  TinyRun chunked;
-  chunked.cfg.max_steps = 3;
-  chunked.cfg.mlp_chunk_rows = "5";
-  std::ostringstream chunk_log;
-  const TrainResult c = train(chunked.cfg, chunk_log);
-  CHECK(chunk_log.str().find("MLP over chunks of 5 rows") != std::string::npos);
+  // 3 steps of the tiny run with the two flags as given; the start line must say what was asked.
+  auto three_steps = [](TinyRun& t, const std::string& offload, const std::string& chunk, const std::string& said) {
+    t.cfg.max_steps = 3;
+    t.cfg.offload_activations = offload;
+    t.cfg.mlp_chunk_rows = chunk;
+    std::ostringstream log;
+    TrainResult r = train(t.cfg, log);
+    CHECK(log.str().find(said) != std::string::npos);
+    return r;
+  };
+  TinyRun plain, offloaded, chunked;
+  const TrainResult a = three_steps(plain, "off", "off", "gradient checkpointing on;");
+  const TrainResult b = three_steps(offloaded, "on", "off", "layer inputs offloaded to host memory");
+  const TrainResult c = three_steps(chunked, "off", "5", "MLP over chunks of 5 rows");
   REQUIRE(a.steps.size() == 3);
   REQUIRE(b.steps.size() == 3);
   REQUIRE(c.steps.size() == 3);
