@@ -9,6 +9,7 @@
 
 #include "formats/hf_files.h"
 #include "formats/safetensors.h"
+#include "model/decoder.h"
 #include "runtime/half.h"
 
 namespace nq {
@@ -107,6 +108,8 @@ void save_bnb_4bit(const std::string& dir, const std::string& config_json, const
 
 RandomCheckpointReport write_random_bnb_checkpoint(const std::string& dir, const ModelConfig& config, uint64_t seed,
                                                    const std::function<void(const std::string&)>& progress) {
+  // transformers fuses the experts when it loads (bitsandbytes cannot quantize those): no MoE file yet.
+  check_decoder_supports(config, "quantize --random");
   const DType dtype = dtype_of_torch_name(config.torch_dtype, "config torch_dtype");
   const std::vector<ParamSpec> specs = parameter_specs(config);
   // Shard k: 0 = the embeddings, 1..L = layer k-1, L+1 = the final norm (+ lm_head).

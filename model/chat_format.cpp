@@ -65,7 +65,8 @@ ChatFormat ChatFormat::from_template(const std::string& jinja, const std::string
 
 ChatFormat ChatFormat::for_config(const ModelConfig& config) {
   ChatFormat f;
-  f.kind = config.model_type == "qwen3" ? ChatTemplateKind::Qwen3 : ChatTemplateKind::ChatML;
+  f.kind = config.model_type == "qwen3" || config.model_type == "qwen3_moe" ? ChatTemplateKind::Qwen3
+                                                                            : ChatTemplateKind::ChatML;
   return f;
 }
 

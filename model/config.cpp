@@ -28,6 +28,7 @@ constexpr int64_t kMaxIntermediate = 1 << 20;
 constexpr int64_t kMaxHeads = 1024;
 constexpr int64_t kMaxHeadDim = 4096;
 constexpr int64_t kMaxVocab = 1 << 22;
+constexpr int64_t kMaxExperts = 1024;  // Qwen3's MoE models have 128
 constexpr int64_t kMaxPositions = int64_t(1) << 32;
 // RoPE scaling factors (and YaRN's betas and mscales): published ones are 2 to 40.
 constexpr double kMaxRopeFactor = 1024;
@@ -96,6 +97,32 @@ void validate(const ModelConfig& c, const std::string& source) {
   NQ_CHECK(c.rope_theta > 0, source, ": rope_theta must be > 0");
   NQ_CHECK(c.rms_norm_eps > 0, source, ": rms_norm_eps must be > 0");
   NQ_CHECK(c.initializer_range > 0, source, ": initializer_range must be > 0");
+  if (c.model_type == "qwen3_moe") {
+    const MoeConfig& m = c.moe;
+    NQ_CHECK(m.experts_per_token <= m.num_experts, source, ": num_experts_per_tok (", m.experts_per_token,
+             ") is larger than num_experts (", m.num_experts, ")");
+    for (int64_t layer : m.mlp_only_layers)
+      NQ_CHECK(layer >= 0 && layer < c.num_layers, source, ": mlp_only_layers names layer ", layer, ", but the model has ",
+               c.num_layers, " (0 to ", c.num_layers - 1, ")");
+  }
+}
+
+// Qwen3MoeConfig's keys (and its defaults, transformers 5.24).
+void read_moe(const JsonIn& j, ModelConfig& c) {
+  MoeConfig& m = c.moe;
+  const bool hub = j.find("num_experts").has_value(), in_memory = j.find("num_local_experts").has_value();
+  NQ_CHECK(!(hub && in_memory), j.source(), ": num_experts and num_local_experts are both given (one name, two spellings)");
+  m.num_experts = in_memory ? j.at("num_local_experts").integer(1, kMaxExperts)
+                            : j.integer_or("num_experts", 128, 1, kMaxExperts);
+  m.experts_per_token = j.integer_or("num_experts_per_tok", 8, 1, kMaxExperts);
+  m.expert_intermediate_size = j.integer_or("moe_intermediate_size", 768, 1, kMaxIntermediate);
+  m.norm_topk_prob = j.boolean_or("norm_topk_prob", false);
+  m.decoder_sparse_step = j.integer_or("decoder_sparse_step", 1, 1, kMaxLayers);
+  if (auto layers = j.find("mlp_only_layers"); layers && !layers->is_null())
+    layers->for_each_element([&](const JsonIn& l) { m.mlp_only_layers.push_back(l.integer(0, kMaxLayers)); });
+  const double kMaxFloat = std::numeric_limits<float>::max();
+  m.router_aux_loss_coef = float(j.number_or("router_aux_loss_coef", 0.001, 0, kMaxFloat));
+  m.output_router_logits = j.boolean_or("output_router_logits", false);
 }
 
 // The shortest decimal that reads back as `f` (1e-06, not 9.999999974752427e-07), as a JSON number.
@@ -134,8 +161,8 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
 
   ModelConfig c;
   c.model_type = j.at("model_type").string();
-  NQ_CHECK(c.model_type == "qwen3" || c.model_type == "llama", source, ": model_type \"", c.model_type,
-           "\" is not supported (qwen3, llama)");
+  NQ_CHECK(c.model_type == "qwen3" || c.model_type == "llama" || c.model_type == "qwen3_moe", source,
+           ": model_type \"", c.model_type, "\" is not supported (qwen3, llama, qwen3_moe)");
   const bool qwen3 = c.model_type == "qwen3";
 
   // Features we do not implement: refuse rather than compute a different model.
@@ -151,20 +178,22 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.num_heads = j.at("num_attention_heads").integer(1, kMaxHeads);
   c.vocab_size = j.at("vocab_size").integer(1, kMaxVocab);
   c.num_kv_heads = j.integer_or("num_key_value_heads", c.num_heads, 1, kMaxHeads);
-  // HF defaults: Qwen3Config.head_dim = 128; Llama derives it from the hidden size.
+  // HF defaults: Qwen3Config.head_dim = 128; Llama and Qwen3-MoE derive it from the hidden size.
   c.head_dim = j.integer_or("head_dim", qwen3 ? 128 : c.hidden_size / c.num_heads, 1, kMaxHeadDim);
   NQ_CHECK(c.head_dim > 0, source, ": head_dim must be > 0, got ", c.head_dim);
   const double kMaxFloat = std::numeric_limits<float>::max();
   c.rms_norm_eps = float(j.number_or("rms_norm_eps", 1e-6, -kMaxFloat, kMaxFloat));
   c.tie_word_embeddings = j.boolean_or("tie_word_embeddings", false);
   c.attention_bias = j.boolean_or("attention_bias", false);
-  c.max_position_embeddings = j.integer_or("max_position_embeddings", qwen3 ? 32768 : 2048, 1, kMaxPositions);
+  c.max_position_embeddings =
+      j.integer_or("max_position_embeddings", c.model_type == "llama" ? 2048 : 32768, 1, kMaxPositions);
   // transformers < 5 writes "torch_dtype", >= 5 writes "dtype".
   c.torch_dtype = j.string_or("torch_dtype", j.string_or("dtype", "float32"));
   c.initializer_range = float(j.number_or("initializer_range", 0.02, -kMaxFloat, kMaxFloat));
   c.bos_token_id = int32_t(j.integer_or("bos_token_id", -1, -1, c.vocab_size - 1));
   c.eos_token_ids = eos_ids(j, c.vocab_size);
 
+  if (c.model_type == "qwen3_moe") read_moe(j, c);
   read_rope(j, c);
   validate(c, source);
   return c;
@@ -178,14 +207,17 @@ ModelConfig ModelConfig::from_file(const std::string& path) {
   return from_json(ss.str(), path);
 }
 
-// Values of the official Qwen/Qwen3-*B config.json files (transformers 4.51 era).
+// Values of the official Qwen/Qwen3-* config.json files (transformers 4.51 era). The MoE
+// ones: 128 experts, top 8, renormalised, every layer sparse, router_aux_loss_coef 0.001.
 ModelConfig ModelConfig::preset(const std::string& name) {
-  struct Size { int64_t hidden, intermediate, layers, heads, kv_heads; bool tied; };
+  struct Size { int64_t hidden, intermediate, layers, heads, kv_heads; bool tied; int64_t expert_width; };
   static const std::map<std::string, Size> sizes = {
-      {"qwen3-0.6b", {1024, 3072, 28, 16, 8, true}},
-      {"qwen3-1.7b", {2048, 6144, 28, 16, 8, true}},
-      {"qwen3-4b", {2560, 9728, 36, 32, 8, true}},
-      {"qwen3-8b", {4096, 12288, 36, 32, 8, false}},
+      {"qwen3-0.6b", {1024, 3072, 28, 16, 8, true, 0}},
+      {"qwen3-1.7b", {2048, 6144, 28, 16, 8, true, 0}},
+      {"qwen3-4b", {2560, 9728, 36, 32, 8, true, 0}},
+      {"qwen3-8b", {4096, 12288, 36, 32, 8, false, 0}},
+      {"qwen3-30b-a3b", {2048, 6144, 48, 32, 4, false, 768}},
+      {"qwen3-235b-a22b", {4096, 12288, 94, 64, 4, false, 1536}},
   };
   auto it = sizes.find(name);
   if (it == sizes.end()) {
@@ -210,12 +242,20 @@ ModelConfig ModelConfig::preset(const std::string& name) {
   c.torch_dtype = "bfloat16";
   c.bos_token_id = 151643;
   c.eos_token_ids = {151645};
+  if (s.expert_width > 0) {
+    c.model_type = "qwen3_moe";
+    c.moe.num_experts = 128;
+    c.moe.experts_per_token = 8;
+    c.moe.expert_intermediate_size = s.expert_width;
+    c.moe.norm_topk_prob = true;
+  }
   return c;
 }
 
 std::string ModelConfig::to_hf_json() const {
-  const bool qwen3 = model_type == "qwen3";
-  json j = {{"architectures", {qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM"}},
+  const bool qwen3 = model_type == "qwen3", moe_model = model_type == "qwen3_moe";
+  const char* architecture = qwen3 ? "Qwen3ForCausalLM" : moe_model ? "Qwen3MoeForCausalLM" : "LlamaForCausalLM";
+  json j = {{"architectures", {architecture}},
             {"model_type", model_type},
             {"hidden_size", hidden_size},
             {"intermediate_size", intermediate_size},
@@ -234,7 +274,17 @@ std::string ModelConfig::to_hf_json() const {
             {"initializer_range", shortest(initializer_range)},
             {"dtype", torch_dtype},
             {"use_cache", true}};
-  if (qwen3) j["use_sliding_window"] = false;
+  if (qwen3 || moe_model) j["use_sliding_window"] = false;
+  if (moe_model) {  // the hub's spelling (save_pretrained's)
+    j["num_experts"] = moe.num_experts;
+    j["num_experts_per_tok"] = moe.experts_per_token;
+    j["moe_intermediate_size"] = moe.expert_intermediate_size;
+    j["norm_topk_prob"] = moe.norm_topk_prob;
+    j["decoder_sparse_step"] = moe.decoder_sparse_step;
+    j["mlp_only_layers"] = moe.mlp_only_layers;
+    j["router_aux_loss_coef"] = shortest(moe.router_aux_loss_coef);
+    j["output_router_logits"] = moe.output_router_logits;
+  }
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   else j["bos_token_id"] = nullptr;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
@@ -291,20 +341,34 @@ void ModelConfig::apply_rope_scaling_flag(const std::string& spec) {
 }
 
 std::vector<std::string> ModelConfig::preset_names() { return {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"}; }
+std::vector<std::string> ModelConfig::moe_preset_names() { return {"qwen3-30b-a3b", "qwen3-235b-a22b"}; }
+
+bool ModelConfig::sparse_layer(int64_t i) const {
+  if (!is_moe()) return false;
+  for (int64_t dense : moe.mlp_only_layers)
+    if (dense == i) return false;
+  return (i + 1) % moe.decoder_sparse_step == 0;
+}
 
 // Within the limits of from_json every term below fits int64 with room to spare
-// (the largest, L x 3 D F, is 2^10 x 3 x 2^17 x 2^20 < 2^49).
+// (the largest, L x E x 3 D F, is 2^10 x 2^10 x 3 x 2^17 x 2^20 < 2^59).
 int64_t ModelConfig::num_parameters() const {
   const int64_t D = hidden_size, q = num_heads * head_dim, kv = num_kv_heads * head_dim;
   int64_t attn = D * q + 2 * D * kv + q * D + (attention_bias ? q + 2 * kv + D : 0) + (qk_norm() ? 2 * head_dim : 0);
-  int64_t layer = attn + 3 * D * intermediate_size + 2 * D;
-  return vocab_size * D * (tie_word_embeddings ? 1 : 2) + num_layers * layer + D;
+  int64_t layers = 0;
+  for (int64_t i = 0; i < num_layers; ++i)  // a sparse layer: the router [E, D] and E experts
+    layers += attn + 2 * D + (sparse_layer(i) ? moe.num_experts * (D + 3 * D * moe.expert_intermediate_size)
+                                              : 3 * D * intermediate_size);
+  return vocab_size * D * (tie_word_embeddings ? 1 : 2) + layers + D;
 }
 
 std::string ModelConfig::summary() const {
   return str(model_type, ": ", num_layers, " layers, hidden ", hidden_size, ", mlp ", intermediate_size, ", heads ",
              num_heads, "/", num_kv_heads, " x ", head_dim, ", vocab ", vocab_size, ", rope theta ", rope_theta,
              rope_scaling.scaled() ? ", rope scaling " + rope_scaling.describe() : "",
+             is_moe() ? str(", ", moe.num_experts, " experts of width ", moe.expert_intermediate_size, ", top ",
+                            moe.experts_per_token, moe.norm_topk_prob ? " renormalised" : "")
+                      : std::string(),
              tie_word_embeddings ? ", tied lm_head" : "", attention_bias ? ", attention bias" : "", ", ",
              double(num_parameters()) / 1e6, "M parameters");
 }

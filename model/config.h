@@ -1,5 +1,5 @@
 // The decoder's hyper-parameters, read from a Hugging Face config.json (model_type
-// "qwen3" or "llama") or taken from a built-in preset of the official Qwen3 sizes.
+// "qwen3", "llama" or "qwen3_moe") or taken from a built-in preset of the official Qwen3 sizes.
 //
 // Qwen3 and Llama share one decoder (model/decoder.h); the config is the only
 // difference: Qwen3 normalises q and k per head (qk_norm), Llama does not, and
@@ -17,8 +17,23 @@
 
 namespace nq {
 
+// Qwen3-MoE (model_type "qwen3_moe", transformers' Qwen3MoeConfig): the MLP of a sparse
+// layer is a router [E, D] over E SwiGLU experts of width moe_intermediate_size, each token
+// sent to its top k. Read and written here; the decoder does not compute it yet (it
+// refuses such a config, naming it).
+struct MoeConfig {
+  int64_t num_experts = 0;             // E (num_experts on the hub, num_local_experts in memory); 0: dense
+  int64_t experts_per_token = 0;       // k, num_experts_per_tok
+  int64_t expert_intermediate_size = 0;  // moe_intermediate_size
+  bool norm_topk_prob = false;         // renormalise the top-k routing weights to sum to 1
+  int64_t decoder_sparse_step = 1;     // layer i is sparse when (i + 1) % step == 0 ...
+  std::vector<int64_t> mlp_only_layers;  // ... and i is not listed here (those keep the dense MLP)
+  float router_aux_loss_coef = 0.001f;   // the load-balancing loss's weight, when output_router_logits
+  bool output_router_logits = false;
+};
+
 struct ModelConfig {
-  std::string model_type;          // "qwen3" | "llama"
+  std::string model_type;          // "qwen3" | "llama" | "qwen3_moe"
   int64_t hidden_size = 0;         // D
   int64_t intermediate_size = 0;   // F, the MLP width
   int64_t num_layers = 0;          // num_hidden_layers
@@ -37,8 +52,12 @@ struct ModelConfig {
   int32_t bos_token_id = -1;            // -1: none
   std::vector<int32_t> eos_token_ids;   // may be several (generation stops on any)
   std::optional<bool> add_bos_token;    // from a GGUF vocabulary; unset: decided by model_type
+  MoeConfig moe;                        // qwen3_moe only
 
-  bool qk_norm() const { return model_type == "qwen3"; }  // RMSNorm over head_dim on q and k
+  bool qk_norm() const { return model_type == "qwen3" || model_type == "qwen3_moe"; }  // RMSNorm over head_dim on q and k
+  bool is_moe() const { return moe.num_experts > 0; }
+  // Whether layer i's MLP is the experts (transformers' Qwen3MoeDecoderLayer rule).
+  bool sparse_layer(int64_t i) const;
   // Llama tokenizers put BOS before a text (Qwen's do not, although its config names one).
   bool prepends_bos() const { return bos_token_id >= 0 && add_bos_token.value_or(model_type == "llama"); }
 
@@ -48,9 +67,12 @@ struct ModelConfig {
   // The config.json transformers writes for this model (Qwen3ForCausalLM / LlamaForCausalLM):
   // from_json(to_hf_json()) gives back this config.
   std::string to_hf_json() const;
-  // "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b" (the official config.json values).
+  // "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", and the MoE "qwen3-30b-a3b",
+  // "qwen3-235b-a22b" (the official config.json values). preset_names() lists the dense ones
+  // (what the programs can train today), moe_preset_names() the others.
   static ModelConfig preset(const std::string& name);
   static std::vector<std::string> preset_names();
+  static std::vector<std::string> moe_preset_names();
 
   // Switches on the RoPE scaling of a --rope-scaling value (parse_rope_scaling_spec); the
   // config's own scaling when it agrees, an error naming both when it has another. "": no-op.

@@ -27,10 +27,17 @@ Tensor host_i32(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(D
 
 }  // namespace
 
+void check_decoder_supports(const ModelConfig& config, const std::string& source) {
+  NQ_CHECK(!config.is_moe(), source, ": model_type qwen3_moe (", config.moe.num_experts, " experts, top ",
+           config.moe.experts_per_token, "): the mixture-of-experts block is not implemented yet; "
+           "dense Qwen3 and Llama models train");
+}
+
 Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options, const Nf4Weights& nf4)
     : config_(std::move(config)),
       options_(options),
       rope_(rope_table(config_.rope_theta, config_.head_dim, config_.rope_scaling)) {
+  check_decoder_supports(config_, "decoder");
   const bool rg = options_.train_all;
   check_weights(weights, config_, "decoder", nf4);
   embed_tokens_ = param(weights, "model.embed_tokens.weight", rg);

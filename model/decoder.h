@@ -65,6 +65,11 @@ struct DecoderLayer {
 class Decoder;
 void to_device(Decoder& model, Device device, DType compute);  // model/device.h
 
+// Throws a one-line error naming `source` when the decoder cannot compute `config`:
+// a Qwen3-MoE config (its expert block is not implemented yet; the config reads and writes,
+// ./inspect plan refuses it the same way). Checked before any weight is read.
+void check_decoder_supports(const ModelConfig& config, const std::string& source);
+
 class Decoder {
  public:
   // The projections named in `nf4` start quantized; `weights` holds everything else

@@ -81,6 +81,17 @@ std::vector<ParamSpec> parameter_specs(const ModelConfig& c) {
       specs.push_back({p + "self_attn.k_norm.weight", {Dh}});
     }
     specs.push_back({p + "post_attention_layernorm.weight", {D}});
+    if (c.sparse_layer(i)) {  // Qwen3-MoE: the router, then each expert's SwiGLU (the hub's per-expert names)
+      const int64_t Fe = c.moe.expert_intermediate_size;
+      specs.push_back({p + "mlp.gate.weight", {c.moe.num_experts, D}});
+      for (int64_t e = 0; e < c.moe.num_experts; ++e) {
+        const std::string x = str(p, "mlp.experts.", e, ".");
+        specs.push_back({x + "gate_proj.weight", {Fe, D}});
+        specs.push_back({x + "up_proj.weight", {Fe, D}});
+        specs.push_back({x + "down_proj.weight", {D, Fe}});
+      }
+      continue;
+    }
     specs.push_back({p + "mlp.gate_proj.weight", {F, D}});
     specs.push_back({p + "mlp.up_proj.weight", {F, D}});
     specs.push_back({p + "mlp.down_proj.weight", {D, F}});

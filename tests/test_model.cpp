@@ -414,7 +414,7 @@ TEST_CASE("config: presets, HF fields, both rope_theta layouts") {
   }
   CHECK_FALSE(ModelConfig::preset("qwen3-8b").tie_word_embeddings);
   CHECK_THROWS_WITH_AS(ModelConfig::preset("qwen3-99b"),
-                       "unknown model preset \"qwen3-99b\" (known: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b)", Error);
+                       "unknown model preset \"qwen3-99b\" (known: qwen3-0.6b, qwen3-1.7b, qwen3-235b-a22b, qwen3-30b-a3b, qwen3-4b, qwen3-8b)", Error);
 
   ModelConfig llama = ModelConfig::from_file(kFixtures + "llama/config.json");
   CHECK(llama.head_dim == 8);  // hidden / heads
@@ -437,7 +437,7 @@ TEST_CASE("config: unsupported or malformed config.json is a clear error") {
   auto parse = [&](const std::string& extra) { return ModelConfig::from_json(base + extra + "}", "cfg.json"); };
   CHECK_NOTHROW(parse(""));
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(replace(base + "}", "qwen3", "mistral"), "cfg.json"),
-                       "cfg.json: model_type \"mistral\" is not supported (qwen3, llama)", Error);
+                       "cfg.json: model_type \"mistral\" is not supported (qwen3, llama, qwen3_moe)", Error);
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(R"({"model_type": "qwen3",})", "cfg.json"),
                        doctest::Contains("cfg.json: invalid JSON: "), Error);  // the '}' after a trailing comma
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(replace(base + "}", "\"vocab_size\": 100", "\"x\": 1"), "cfg.json"),
