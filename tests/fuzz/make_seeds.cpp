@@ -181,6 +181,11 @@ int main() {
     seed("fuzz_config", "transformers5", {tiny_config("qwen3").to_hf_json()});
     seed("fuzz_config", "yarn_transformers5", {read("tests/fixtures/rope_scaling/qwen3_yarn/config.json")});
     seed("fuzz_config", "yarn_hub", {read("tests/fixtures/rope_scaling/qwen3_yarn/hub_config.json")});
+    {  // Qwen3-MoE as transformers 5 saves it (num_local_experts, a dense layer), and our hub spelling
+      const nlohmann::json moe = nlohmann::json::parse(read("tests/fixtures/moe/configs.json"));
+      seed("fuzz_config", "moe_transformers5", {moe["dense_layer_1"]["config_json"].dump(1)});
+      seed("fuzz_config", "moe_hub", {ModelConfig::from_json(moe["sparse_step_2"]["config_json"].dump(), "seed").to_hf_json()});
+    }
 
     seed("fuzz_tokenizer", "tiny_split_string", {tiny_tokenizer_json(), R"({"eos_token": "<|im_end|>", "bos_token": null,
         "pad_token": {"content": "<|im_start|>"}, "chat_template": "x"})"});
