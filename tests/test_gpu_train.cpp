@@ -672,14 +672,14 @@ TEST_CASE("plan_does_not_fit: fits says nothing; else the one flag that fits, ch
   REQUIRE(plan_memory(c, q, one, Device::CUDA).total() > 24 * gib);
   REQUIRE(plan_memory(c, offloaded, one, Device::CUDA).total() <= 24 * gib);
   CHECK(plan_does_not_fit(c, q, one, 24 * gib, 1).find("use --offload-activations on") != std::string::npos);
-  // 1 x 120000: offload and the MLP over chunks (the plan's: 8192 rows).
+  // 1 x 120000: offload and the MLP over chunks (the plan's: 4096 rows).
   one.seq = 120000;
   QloraShape chunked = offloaded;
-  chunked.mlp_chunk_rows = plan_mlp_chunk_rows(c, one.seq);
-  CHECK(chunked.mlp_chunk_rows == 8192);
+  chunked.mlp_chunk_rows = plan_mlp_chunk_rows(one.seq);
+  CHECK(chunked.mlp_chunk_rows == 4096);
   REQUIRE(plan_memory(c, offloaded, one, Device::CUDA).total() > 24 * gib);
   REQUIRE(plan_memory(c, chunked, one, Device::CUDA).total() <= 24 * gib);
-  CHECK(plan_does_not_fit(c, q, one, 24 * gib, 1).find("use --offload-activations on --mlp-chunk-rows 8192") !=
+  CHECK(plan_does_not_fit(c, q, one, 24 * gib, 1).find("use --offload-activations on --mlp-chunk-rows 4096") !=
         std::string::npos);
 
   // 200k tokens at batch 1: the longest --max-length the plan fits with both, which fits and one more does not.
@@ -715,22 +715,30 @@ TEST_CASE("choose_activation_scheme: the first of none, offload, offload + chunk
   shape.seq = 120000;
   got = choose_activation_scheme(c, q, shape, 24 * gib, true, true);
   CHECK(got.offload_activations);
-  CHECK(got.mlp_chunk_rows == 8192);
+  CHECK(got.mlp_chunk_rows == 4096);
   CHECK(plan_memory(c, got, shape, Device::CUDA).total() <= 24 * gib);
   // --offload-activations off: only the chunk is left to choose, and it is not enough: the least memory.
   got = choose_activation_scheme(c, q, shape, 24 * gib, false, true);
   CHECK_FALSE(got.offload_activations);
-  CHECK(got.mlp_chunk_rows == 8192);
+  CHECK(got.mlp_chunk_rows == 4096);
   // Nothing fits 8 GiB at 120k: the scheme that needs the least.
   got = choose_activation_scheme(c, q, shape, 8 * gib, true, true);
   CHECK(got.offload_activations);
-  CHECK(got.mlp_chunk_rows == 8192);
-  // The plan's chunk: powers of two from 1024, three [C, F] no larger than one [N, D].
-  CHECK(plan_mlp_chunk_rows(c, 1024) == 0);
-  CHECK(plan_mlp_chunk_rows(c, 2048) == 1024);
-  CHECK(plan_mlp_chunk_rows(c, 4096) == 1024);
-  CHECK(plan_mlp_chunk_rows(c, 400000) == 32768);
-  CHECK(3 * 32768 * c.intermediate_size <= 400000 * c.hidden_size);
+  CHECK(got.mlp_chunk_rows == 4096);
+  // The plan's chunk: 4096 rows above 4096 tokens, so the plan grows with T at every T.
+  CHECK(plan_mlp_chunk_rows(4096) == 0);
+  CHECK(plan_mlp_chunk_rows(4097) == 4096);
+  CHECK(plan_mlp_chunk_rows(400000) == 4096);
+  QloraShape both = q;
+  both.offload_activations = true;
+  both.mlp_chunk_rows = kPlanMlpChunk;
+  size_t previous = 0;
+  for (int64_t seq = 1024; seq <= 600000; seq += 1021) {
+    shape.seq = seq;
+    const size_t total = plan_memory(c, both, shape, Device::CUDA).total();
+    REQUIRE(total >= previous);
+    previous = total;
+  }
 }
 
 GPU_TEST(train_refuses_a_run_the_plan_says_does_not_fit) {

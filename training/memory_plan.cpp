@@ -198,20 +198,14 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
     lora += 4 * size_t(qlora.r) * size_t(module_shapes[i][0] + module_shapes[i][1]);  // A [r, in] + B [out, r], f32
     ++adapters;
   }
-  const int64_t chunk = qlora.mlp_chunk_rows == kPlanMlpChunk ? plan_mlp_chunk_rows(config, shape.batch * shape.seq)
+  const int64_t chunk = qlora.mlp_chunk_rows == kPlanMlpChunk ? plan_mlp_chunk_rows(shape.batch * shape.seq)
                                                               : qlora.mlp_chunk_rows;
   NQ_CHECK(chunk >= 0, "memory plan: mlp_chunk_rows must be >= 0 (or kPlanMlpChunk), got ", qlora.mlp_chunk_rows);
   return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.nf4_base,
                          LayerScheme{qlora.checkpointing, qlora.offload_activations, chunk}, shape, gpu);
 }
 
-int64_t plan_mlp_chunk_rows(const ModelConfig& config, int64_t tokens) {
-  // 3 C F <= N D: C = the largest power of two <= N D / (3 F), at least 1024.
-  const double limit = double(tokens) * double(config.hidden_size) / (3.0 * double(config.intermediate_size));
-  int64_t rows = 1024;
-  while (double(rows * 2) <= limit) rows *= 2;
-  return rows < tokens ? rows : 0;
-}
+int64_t plan_mlp_chunk_rows(int64_t tokens) { return tokens > kPlanMlpChunkRows ? kPlanMlpChunkRows : 0; }
 
 QloraShape choose_activation_scheme(const ModelConfig& config, QloraShape qlora, const TrainShape& shape,
                                     size_t available, bool offload_auto, bool chunk_auto) {
@@ -227,7 +221,7 @@ QloraShape choose_activation_scheme(const ModelConfig& config, QloraShape qlora,
   size_t least_bytes = SIZE_MAX;
   for (QloraShape& q : tries) {
     const size_t need = plan_memory(config, q, shape, Device::CUDA).total();
-    if (q.mlp_chunk_rows == kPlanMlpChunk) q.mlp_chunk_rows = plan_mlp_chunk_rows(config, shape.batch * shape.seq);
+    if (q.mlp_chunk_rows == kPlanMlpChunk) q.mlp_chunk_rows = plan_mlp_chunk_rows(shape.batch * shape.seq);
     if (need <= available) return q;
     if (need < least_bytes) {
       least = q;
@@ -282,7 +276,7 @@ std::string plan_does_not_fit(const ModelConfig& config, const QloraShape& qlora
   QloraShape offloaded = checkpointed;
   offloaded.offload_activations = true;
   QloraShape chunked = offloaded;
-  chunked.mlp_chunk_rows = plan_mlp_chunk_rows(config, shape.batch * shape.seq);
+  chunked.mlp_chunk_rows = plan_mlp_chunk_rows(shape.batch * shape.seq);
   QloraShape most = chunked;  // every saving, the chunk re-chosen for each length
   most.mlp_chunk_rows = kPlanMlpChunk;
   auto fits = [&](const QloraShape& q) { return plan_memory(config, q, shape, Device::CUDA).total() <= available; };

@@ -84,10 +84,13 @@ struct QloraShape {
 };
 constexpr int64_t kPlanMlpChunk = -1;
 
-// The plan's MLP chunk for N tokens: the largest power of two >= 1024 rows whose MLP
-// temporaries (3 x [C, F]) are no larger than one [N, D] layer input, 0 (no chunking)
-// when that is N or more. Chunking costs one more MLP forward per layer (its re-run).
-int64_t plan_mlp_chunk_rows(const ModelConfig& config, int64_t tokens);
+// The plan's MLP chunk for N tokens: 4096 rows, none (0) for 4096 tokens or fewer. A
+// fixed size keeps the plan monotonic in T (the longest context is one bisection), its
+// three [C, F] temporaries are small beside the [N, D] tensors they replace at long
+// context (288 MiB at Qwen3-8B's width), and 4096-row products still fill a GPU.
+// Chunking costs one more MLP forward per layer (its re-run).
+constexpr int64_t kPlanMlpChunkRows = 4096;
+int64_t plan_mlp_chunk_rows(int64_t tokens);
 
 // What ./train does with --offload-activations auto and --mlp-chunk-rows auto on the
 // GPU: the first of (neither, offload, offload + the plan's MLP chunk) whose plan fits
