@@ -29,23 +29,10 @@ void move_var(const Var& v, Device device, DType dtype, MemCategory cat) {
   handle.zero_grad();
 }
 
-// Raw bytes as they are (NF4 codes, absmax statistics).
-Tensor moved_raw(const Tensor& t, Device device) {
-  if (!t.defined() || t.device() == device) return t;
-  Tensor out = Tensor::empty(t.shape(), t.dtype(), device, MemCategory::Weights);
-  out.copy_from(t);
-  return out;
-}
-
 void move_linear(Linear& l, Device device, DType compute) {
   move_var(l.bias(), device, compute, MemCategory::Weights);
   if (l.is_nf4()) {
-    auto q = std::make_shared<Nf4Tensor>(*l.nf4());
-    q->packed = moved_raw(q->packed, device);
-    q->absmax = moved_raw(q->absmax, device);
-    q->nested_absmax = moved_raw(q->nested_absmax, device);
-    q->nested_code = moved_raw(q->nested_code, device);
-    l.set_nf4(q);
+    l.set_nf4(std::make_shared<Nf4Tensor>(l.nf4()->to(device)));  // the codes as they are
   } else {
     move_var(l.weight(), device, compute, MemCategory::Weights);
   }

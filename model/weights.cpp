@@ -142,10 +142,8 @@ void take_weight(const std::string& name, const Tensor& stored, const WeightLoad
   if (load.nf4_projections && is_projection_weight(name)) {
     Nf4Tensor q = quantize_nf4(stored, load.nf4_blocksize, load.nf4_double_quant, name);
     q.dtype = load.nf4_dtype;
-    if (load.place != Device::CPU)  // uploaded now; the host copy is freed on return
-      for (Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code})
-        if (t->defined()) *t = t->to(load.place);
-    out.nf4[name] = std::make_shared<const Nf4Tensor>(std::move(q));
+    // Uploaded now (the host copy is freed on return); on the CPU this is q itself.
+    out.nf4[name] = std::make_shared<const Nf4Tensor>(q.to(load.place));
   } else if (load.embedding_dtype != DType::F32 && is_embedding_weight(name)) {
     out.dense[name] = to_16bit_weight(stored, load.embedding_dtype).to(load.place);
   } else {

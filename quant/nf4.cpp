@@ -215,6 +215,17 @@ double Nf4Tensor::bits_per_parameter() const {
   return bits / double(numel());
 }
 
+Nf4Tensor Nf4Tensor::to(Device device) const {
+  Nf4Tensor q = *this;
+  for (Tensor* t : {&q.packed, &q.absmax, &q.nested_absmax, &q.nested_code}) {
+    if (!t->defined() || t->device() == device) continue;
+    Tensor moved = Tensor::empty(t->shape(), t->dtype(), device, MemCategory::Weights);  // a checkpoint's may be mapped
+    moved.copy_from(*t);
+    *t = moved;
+  }
+  return q;
+}
+
 float Nf4Tensor::block_absmax(int64_t b) const {
   if (!double_quant) return absmax.data<float>()[b];
   const uint8_t c = absmax.data<uint8_t>()[b];

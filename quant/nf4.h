@@ -66,6 +66,9 @@ struct Nf4Tensor {
   size_t nbytes() const;
   // f32 absmax of block b (undoing the double quantization).
   float block_absmax(int64_t b) const;
+  // The same codes and statistics, byte for byte, on `device`, counted as Weights (the
+  // tensors already there are shared, not copied).
+  Nf4Tensor to(Device device) const;
 };
 
 // Quantizes w [out, in] (row-major f32). blocksize: a power of two in [32, 4096]

@@ -9,10 +9,6 @@
 
 namespace nq {
 
-struct HostOffload::Gpu {
-  CudaStream copy;  // every offload copy, both ways: one queue, so host buffers are reused in order
-};
-
 struct HostOffload::Entry {
   Shape shape;
   DType dtype = DType::F32;
@@ -34,16 +30,13 @@ struct HostOffload::Entry {
 
 HostOffload::HostOffload(Device device)
     : device_(device), free_host_(std::make_shared<std::vector<Tensor>>()) {
-  if (device_ == Device::CUDA) gpu_ = std::make_unique<Gpu>();
+  if (device_ == Device::CUDA) copy_ = std::make_unique<CudaStream>();
 }
 
 HostOffload::~HostOffload() {
   // A host buffer may still be in a copy: wait for the copy stream before the buffers go.
-  if (gpu_) gpu_->copy.synchronize();
+  if (copy_) copy_->synchronize();
 }
-
-size_t HostOffload::host_bytes() const { return host_bytes_; }
-size_t HostOffload::peak_host_bytes() const { return peak_host_bytes_; }
 
 // The smallest kept buffer that holds `bytes`, else a new one (pinned on the GPU).
 Tensor HostOffload::take_host_buffer(size_t bytes) {
@@ -57,10 +50,9 @@ Tensor HostOffload::take_host_buffer(size_t bytes) {
     return t;
   }
   const Shape shape{int64_t(std::max<size_t>(bytes, 1))};
-  Tensor t = gpu_ ? pinned_zeros(shape, DType::U8, MemCategory::Activations)
+  Tensor t = copy_ ? pinned_zeros(shape, DType::U8, MemCategory::Activations)
                   : Tensor::empty(shape, DType::U8, Device::CPU, MemCategory::Activations);
   host_bytes_ += t.nbytes();
-  peak_host_bytes_ = std::max(peak_host_bytes_, host_bytes_);
   return t;
 }
 
@@ -82,14 +74,14 @@ HostOffload::Handle HostOffload::store(const Tensor& t) {
   e->on_device = t;
   e->pool = free_host_;
   ++copies_;
-  if (gpu_) {
+  if (copy_) {
     e->written = std::make_unique<CudaEvent>();
     e->stored = std::make_unique<CudaEvent>();
     e->back = std::make_unique<CudaEvent>();
     e->written->record_on_default_stream();  // t has been written by the kernels issued so far
-    e->written->wait_in(gpu_->copy);
-    device_copy_async(e->host.raw(), Device::CPU, t.raw(), Device::CUDA, e->bytes, gpu_->copy);
-    e->stored->record(gpu_->copy);
+    e->written->wait_in(*copy_);
+    device_copy_async(e->host.raw(), Device::CPU, t.raw(), Device::CUDA, e->bytes, *copy_);
+    e->stored->record(*copy_);
   } else {
     std::memcpy(e->host.raw(), t.raw(), e->bytes);
   }
@@ -101,20 +93,20 @@ HostOffload::Handle HostOffload::store(const Tensor& t) {
 // default stream waits for that copy first, so whatever reuses the block runs after it.
 void HostOffload::release_device_copy(Entry& e) {
   if (!e.on_device.defined()) return;
-  if (gpu_) e.stored->wait_on_default_stream();
+  if (copy_) e.stored->wait_on_default_stream();
   e.on_device = Tensor();
 }
 
 // Starts copying e back to the device (GPU), into a block allocated now: the copy stream
 // first waits for the default stream's work issued so far, which may still use that block.
 void HostOffload::start_bringing_back(Entry& e) {
-  if (e.on_device.defined() || !gpu_) return;
+  if (e.on_device.defined() || !copy_) return;
   e.on_device = Tensor::empty(e.shape, e.dtype, Device::CUDA, MemCategory::Activations);
   e.brought_back = true;
   e.written->record_on_default_stream();
-  e.written->wait_in(gpu_->copy);
-  device_copy_async(e.on_device.raw(), Device::CUDA, e.host.raw(), Device::CPU, e.bytes, gpu_->copy);
-  e.back->record(gpu_->copy);
+  e.written->wait_in(*copy_);
+  device_copy_async(e.on_device.raw(), Device::CUDA, e.host.raw(), Device::CPU, e.bytes, *copy_);
+  e.back->record(*copy_);
   ++copies_;
 }
 
@@ -124,8 +116,8 @@ Tensor HostOffload::load(const Handle& h) {
   if (e.on_device.defined() && !e.brought_back) {
     // Never released (the last one stored): the tensor itself. Its copy to the host may
     // still be reading it; the default stream waits for that before anything can reuse it.
-    if (gpu_) e.stored->wait_on_default_stream();
-  } else if (gpu_) {
+    if (copy_) e.stored->wait_on_default_stream();
+  } else if (copy_) {
     start_bringing_back(e);  // unless that started at the previous load
     e.back->wait_on_default_stream();
   } else {

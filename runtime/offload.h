@@ -31,6 +31,8 @@
 
 namespace nq {
 
+class CudaStream;  // runtime/cuda_runtime.h
+
 class HostOffload {
  public:
   explicit HostOffload(Device device);
@@ -44,22 +46,22 @@ class HostOffload {
   Tensor load(const Handle& h);   // may be called once per handle
 
   Device device() const { return device_; }
-  size_t host_bytes() const;       // host buffers held now (in use or kept for reuse)
-  size_t peak_host_bytes() const;  // the most they ever took
+  size_t host_bytes() const { return host_bytes_; }  // host buffers held (in use or kept for reuse)
   int64_t copies() const { return copies_; }  // device <-> host copies started so far
 
  private:
-  struct Gpu;  // the copy stream (GPU only)
   Tensor take_host_buffer(size_t bytes);
   void give_back_host_buffer(Tensor buffer);
   void release_device_copy(Entry& e);
   void start_bringing_back(Entry& e);
 
   Device device_;
-  std::unique_ptr<Gpu> gpu_;
+  // Every offload copy, both ways, on the GPU (null on the CPU): one queue, so host
+  // buffers are reused in order.
+  std::unique_ptr<CudaStream> copy_;
   std::vector<std::weak_ptr<Entry>> stored_;  // in store order; loads walk it back
   std::shared_ptr<std::vector<Tensor>> free_host_;  // host buffers kept for reuse (entries hand theirs back)
-  size_t host_bytes_ = 0, peak_host_bytes_ = 0;
+  size_t host_bytes_ = 0;
   int64_t copies_ = 0;
 };
 

@@ -66,9 +66,7 @@ static void print_card_fits(const GpuCard& card, const std::vector<std::pair<std
          qlora.checkpointing ? "gradient checkpointing" : "no checkpointing");
   printf("  %-12s %16s %6s %18s %26s\n", "model", "plan at 2048", "fits", "longest context",
          "with offload + MLP chunks");
-  QloraShape saving = qlora;  // ./train's auto: both, where checkpointing is on
-  saving.offload_activations = qlora.checkpointing;
-  saving.mlp_chunk_rows = kPlanMlpChunk;
+  const QloraShape saving = with_activation_savings(qlora, true, true);  // ./train's auto at its most
   for (const auto& [name, config] : models) {
     TrainShape at = shape;
     at.batch = 1;
@@ -134,11 +132,7 @@ static int run_plan(int argc, char** argv) {
   qlora.offload_activations = offload_flag == "on";
   NQ_CHECK(!qlora.offload_activations || qlora.checkpointing,
            "--offload-activations on needs gradient checkpointing (leave out --no-grad-checkpoint)");
-  qlora.mlp_chunk_rows = chunk_flag == "off" ? 0 : chunk_flag == "auto" ? kPlanMlpChunk : parse_mlp_chunk_rows(chunk_flag);
-  NQ_CHECK(qlora.mlp_chunk_rows != -1 || chunk_flag == "auto",
-           "--mlp-chunk-rows must be off, auto or a number of rows >= 1, got '", chunk_flag, "'");
-  NQ_CHECK(qlora.mlp_chunk_rows != 0 || chunk_flag == "off",
-           "--mlp-chunk-rows must be off, auto or a number of rows >= 1, got '", chunk_flag, "'");
+  qlora.mlp_chunk_rows = parse_mlp_chunk_rows(chunk_flag);
   NQ_CHECK(!(!preset.empty() && !model_dir.empty()), "give --preset NAME or --model DIR, not both");
   NQ_CHECK(!gpu_card.empty() || !preset.empty() || !model_dir.empty(),
            "give --preset NAME, --model DIR or --gpu CARD (see ./inspect plan --help)");
@@ -193,17 +187,10 @@ static int run_plan(int argc, char** argv) {
     QloraShape qlora;
   };
   std::vector<Scheme> schemes;
-  if (qlora.checkpointing) {
-    QloraShape plain = qlora, offload = qlora, both = qlora;
-    plain.offload_activations = false;
-    plain.mlp_chunk_rows = 0;
-    offload.offload_activations = true;
-    offload.mlp_chunk_rows = 0;
-    both.offload_activations = true;
-    both.mlp_chunk_rows = kPlanMlpChunk;
-    schemes = {{"without offload", plain}, {"with --offload-activations on", offload},
-               {"with offload and --mlp-chunk-rows auto", both}};
-  }
+  if (qlora.checkpointing)
+    schemes = {{"without offload", with_activation_savings(qlora, false, false)},
+               {"with --offload-activations on", with_activation_savings(qlora, true, false)},
+               {"with offload and --mlp-chunk-rows auto", with_activation_savings(qlora, true, true)}};
   std::vector<int64_t> scheme_fit;
   if (fit_gb > 0)
     for (const Scheme& sc : schemes) scheme_fit.push_back(longest_fitting_seq(config, sc.qlora, shape, device, budget));

@@ -207,21 +207,25 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
 
 int64_t plan_mlp_chunk_rows(int64_t tokens) { return tokens > kPlanMlpChunkRows ? kPlanMlpChunkRows : 0; }
 
+QloraShape with_activation_savings(QloraShape qlora, bool offload, bool chunk_mlp) {
+  qlora.offload_activations = offload && qlora.checkpointing;
+  qlora.mlp_chunk_rows = chunk_mlp ? kPlanMlpChunk : 0;
+  return qlora;
+}
+
 QloraShape choose_activation_scheme(const ModelConfig& config, QloraShape qlora, const TrainShape& shape,
                                     size_t available, bool offload_auto, bool chunk_auto) {
-  std::vector<QloraShape> tries;
-  auto with = [&](bool offload, bool chunk) {
+  auto with = [&](bool offload, bool chunk) {  // the flags left to auto take the saving, the others stay
+    const QloraShape saving = with_activation_savings(qlora, offload, chunk);
     QloraShape q = qlora;
-    if (offload_auto) q.offload_activations = offload && q.checkpointing;
-    if (chunk_auto) q.mlp_chunk_rows = chunk ? kPlanMlpChunk : 0;
+    if (offload_auto) q.offload_activations = saving.offload_activations;
+    if (chunk_auto) q.mlp_chunk_rows = chunk ? plan_mlp_chunk_rows(shape.batch * shape.seq) : 0;
     return q;
   };
-  tries = {with(false, false), with(true, false), with(true, true)};
-  QloraShape least = tries.front();
+  QloraShape least = qlora;
   size_t least_bytes = SIZE_MAX;
-  for (QloraShape& q : tries) {
+  for (const QloraShape& q : {with(false, false), with(true, false), with(true, true)}) {
     const size_t need = plan_memory(config, q, shape, Device::CUDA).total();
-    if (q.mlp_chunk_rows == kPlanMlpChunk) q.mlp_chunk_rows = plan_mlp_chunk_rows(shape.batch * shape.seq);
     if (need <= available) return q;
     if (need < least_bytes) {
       least = q;
@@ -277,8 +281,7 @@ std::string plan_does_not_fit(const ModelConfig& config, const QloraShape& qlora
   offloaded.offload_activations = true;
   QloraShape chunked = offloaded;
   chunked.mlp_chunk_rows = plan_mlp_chunk_rows(shape.batch * shape.seq);
-  QloraShape most = chunked;  // every saving, the chunk re-chosen for each length
-  most.mlp_chunk_rows = kPlanMlpChunk;
+  const QloraShape most = with_activation_savings(checkpointed, true, true);  // the chunk chosen for each length
   auto fits = [&](const QloraShape& q) { return plan_memory(config, q, shape, Device::CUDA).total() <= available; };
   if (shape.batch > 1 && plan_memory(config, qlora, one, Device::CUDA).total() <= available) {
     fix = str("--batch-size 1 --grad-accum ", shape.batch * grad_accum, " (the same tokens per step)");

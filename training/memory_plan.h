@@ -92,6 +92,11 @@ constexpr int64_t kPlanMlpChunk = -1;
 constexpr int64_t kPlanMlpChunkRows = 4096;
 int64_t plan_mlp_chunk_rows(int64_t tokens);
 
+// `qlora` with the long-context savings set as given: the layer inputs offloaded (where
+// checkpointing is on) or not, the MLP over the plan's chunk (kPlanMlpChunk: chosen for
+// each length) or whole.
+QloraShape with_activation_savings(QloraShape qlora, bool offload, bool chunk_mlp);
+
 // What ./train does with --offload-activations auto and --mlp-chunk-rows auto on the
 // GPU: the first of (neither, offload, offload + the plan's MLP chunk) whose plan fits
 // `available` bytes, trying only what the flags leave to it (offload_auto, chunk_auto;

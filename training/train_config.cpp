@@ -21,6 +21,7 @@
 #include "runtime/error.h"
 #include "training/data.h"
 #include "training/flags.h"
+#include "training/memory_plan.h"
 
 namespace nq {
 
@@ -177,7 +178,11 @@ std::string TrainConfig::to_json() const {
 }
 
 int64_t parse_mlp_chunk_rows(const std::string& text) {
-  if (text.empty() || text.size() > 12 || text.find_first_not_of("0123456789") != std::string::npos) return -1;
+  if (text == "off") return 0;
+  if (text == "auto") return kPlanMlpChunk;
+  const bool rows = !text.empty() && text.size() <= 12 && text.find_first_not_of("0123456789") == std::string::npos;
+  NQ_CHECK(rows && std::stoll(text) >= 1, "--mlp-chunk-rows must be auto, off or a number of rows >= 1, got '", text,
+           "'");
   return std::stoll(text);
 }
 
@@ -219,8 +224,7 @@ void TrainConfig::validate() const {
   NQ_CHECK(optim_pages >= 2 && optim_pages <= 256, "--optim-pages must be in [2, 256] (2 overlap a copy with ",
            "an update), got ", optim_pages);
   if (!rope_scaling.empty()) parse_rope_scaling_spec(rope_scaling, 1);  // the syntax, before the model loads
-  NQ_CHECK(mlp_chunk_rows == "auto" || mlp_chunk_rows == "off" || parse_mlp_chunk_rows(mlp_chunk_rows) > 0,
-           "--mlp-chunk-rows must be auto, off or a number of rows >= 1, got '", mlp_chunk_rows, "'");
+  parse_mlp_chunk_rows(mlp_chunk_rows);  // throws on a bad value
   NQ_CHECK(offload_activations != "on" || !no_grad_checkpoint,
            "--offload-activations on offloads the checkpointed layer inputs: it needs gradient checkpointing "
            "(leave out --no-grad-checkpoint)");

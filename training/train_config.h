@@ -115,7 +115,8 @@ struct TrainConfig {
 // The table of ./train's flags bound to `cfg` (defaults shown: cfg's values now).
 FlagTable train_flags(TrainConfig& cfg);
 
-// --mlp-chunk-rows N: the number, or -1 when the text is not a plain number (auto and off are words).
+// --mlp-chunk-rows: "off" 0, "auto" kPlanMlpChunk (training/memory_plan.h: the plan's
+// chunk), or a number of rows >= 1; anything else is a one-line error naming the flag.
 int64_t parse_mlp_chunk_rows(const std::string& text);
 
 // Parses argv (defaults < --config FILE < flags) and validates. Returns false

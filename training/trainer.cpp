@@ -414,8 +414,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   qlora_shape.checkpointing = dopt.checkpointing;
   // Long context: the offload and the MLP chunk as asked, or (auto, on the GPU) what the plan needs to fit.
   qlora_shape.offload_activations = cfg.offload_activations == "on";
-  qlora_shape.mlp_chunk_rows = cfg.mlp_chunk_rows == "auto" || cfg.mlp_chunk_rows == "off"
-                                   ? 0 : parse_mlp_chunk_rows(cfg.mlp_chunk_rows);
+  qlora_shape.mlp_chunk_rows = cfg.mlp_chunk_rows == "auto" ? 0 : parse_mlp_chunk_rows(cfg.mlp_chunk_rows);
   size_t gpu_available = 0;
   if (device == Device::CUDA) {
     gpu_available = cuda_mem_info().free + cuda_memory_stats().reserved.current_total;
