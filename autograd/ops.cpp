@@ -143,6 +143,27 @@ Var embedding(const Var& table, const Tensor& ids) {
   });
 }
 
+Var gather_rows(const Var& x, const Tensor& index) {
+  const Tensor& xv = x.value();
+  NQ_CHECK(xv.ndim() == 2, "gather_rows: x must be [N, D], got ", xv.shape().str());
+  const int64_t N = xv.size(0);
+  const DType dtype = xv.dtype();
+  return record("gather_rows", kernels::embedding_forward(xv, index), {x}, [index, N, dtype](const Tensor& g) {
+    // The GPU's scatter-add accumulates in f32; the gradient has x's dtype.
+    return std::vector<Tensor>{kernels::cast(kernels::embedding_backward(g, index, N), dtype)};
+  });
+}
+
+Var moe_route(const Var& logits, int64_t k, bool renormalize, Tensor* experts) {
+  NQ_CHECK(experts != nullptr, "moe_route: no output for the experts");
+  const Tensor lv = logits.value();
+  Tensor weights = kernels::moe_route_forward(lv, k, renormalize, experts);
+  const Tensor chosen = *experts;
+  return record("moe_route", weights, {logits}, [lv, chosen, weights, renormalize](const Tensor& g) {
+    return std::vector<Tensor>{kernels::moe_route_backward(g, lv, chosen, weights, renormalize)};
+  });
+}
+
 Var rmsnorm(const Var& x, const Var& w, float eps) {
   Tensor xv = x.value(), wv = w.value(), rstd;
   Tensor y = kernels::rmsnorm_forward(xv, wv, eps, &rstd);

@@ -24,6 +24,12 @@ Var add_bias(const Var& y, const Var& bias);  // y [..., out] + bias [out] (for 
 // below kernels/; an op over Vars sits above both. w is kept alive by the backward.
 Var nf4_linear(const Var& x, std::shared_ptr<const Nf4Tensor> w);
 Var embedding(const Var& table, const Tensor& ids);
+// Rows of x by index: x [N, D], index [M] i32 in [0, N) -> [M, D]; the gradient scatters
+// back and adds where an index repeats (the embedding's kernels, with x as the table).
+Var gather_rows(const Var& x, const Tensor& index);
+// The mixture-of-experts router's top-k softmax (kernels::moe_route_forward): logits [N, E]
+// -> routing weights [N, k], the chosen experts [N, k] i32 into *experts (no gradient).
+Var moe_route(const Var& logits, int64_t k, bool renormalize, Tensor* experts);
 Var rmsnorm(const Var& x, const Var& w, float eps);
 Var rope(const Var& x, const Tensor& positions, const RopeTable& table);
 Var swiglu(const Var& gate, const Var& up);

@@ -248,4 +248,55 @@ Var checkpoint_rows(const std::function<Var(const Var&)>& fn, const Var& x, int6
   }));
 }
 
+Var row_segments(const Var& x, const std::vector<int64_t>& offsets,
+                 const std::function<Var(size_t segment, const Var& rows)>& fn) {
+  NQ_CHECK(x.defined() && x.value().ndim() >= 1, "row_segments: x must have rows");
+  const int64_t N = x.shape()[0];
+  NQ_CHECK(offsets.size() >= 2 && offsets.front() == 0 && offsets.back() == N, "row_segments: offsets must run from 0 to ",
+           N, " (", offsets.size(), " given)");
+  const size_t S = offsets.size() - 1;
+  std::vector<Var> rows(S), outs(S);  // each segment's leaf and output, kept for backward when it records
+  Tensor out;                          // [N, ...]
+  bool any_graph = false;
+  for (size_t s = 0; s < S; ++s) {
+    const int64_t begin = offsets[s], end = offsets[s + 1];
+    NQ_CHECK(begin <= end, "row_segments: offsets must not decrease (segment ", s, ": ", begin, " > ", end, ")");
+    if (begin == end) continue;
+    Var leaf(x.value().slice(begin, end), x.requires_grad());
+    Var y = fn(s, leaf);
+    NQ_CHECK(y.defined() && y.value().ndim() >= 1 && y.shape()[0] == end - begin, "row_segments: fn gave ",
+             y.defined() ? y.value().desc() : "nothing", " for ", end - begin, " rows (it must keep the rows)");
+    if (!out.defined()) {
+      Shape shape = y.shape();
+      shape.dims[0] = N;
+      out = Tensor::empty(shape, y.value().dtype(), y.value().device());
+    }
+    out.slice(begin, end).copy_from(y.value());
+    if (g_grad_enabled && y.requires_grad()) {
+      rows[s] = leaf;
+      outs[s] = y;
+      any_graph = true;
+    }
+  }
+  NQ_CHECK(out.defined(), "row_segments: no rows");
+  // A node when a segment reached trainable parameters, even if x needs no gradient (as in
+  // checkpoint(): the experts' LoRA weights behind a frozen input). Under NoGrad the ops
+  // inside fn have already noted what they saw.
+  g_force_record = any_graph;
+  auto finish = [&](Var v) { g_force_record = false; return v; };
+  const Shape x_shape = x.shape();
+  return finish(record("row_segments", out, {x}, [rows, outs, offsets, x_shape](const Tensor& gout) {
+    Tensor gx;  // [N, ...], written segment by segment
+    for (size_t s = 0; s < outs.size(); ++s) {
+      if (!outs[s].defined()) continue;
+      backward(outs[s], gout.slice(offsets[s], offsets[s + 1]));
+      const Tensor& g = rows[s].grad();
+      if (!g.defined()) continue;
+      if (!gx.defined()) gx = Tensor::zeros(x_shape, g.dtype(), g.device());
+      gx.slice(offsets[s], offsets[s + 1]).copy_from(g);
+    }
+    return std::vector<Tensor>{gx};
+  }));
+}
+
 }  // namespace nq

@@ -144,4 +144,14 @@ Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std:
 // gradients of its parameters are summed chunk by chunk).
 Var checkpoint_rows(const std::function<Var(const Var&)>& fn, const Var& x, int64_t chunk_rows);
 
+// Row segments: fn(s, rows) applied to rows [offsets[s], offsets[s+1]) of x, for each s
+// (empty segments skipped; fn(s, .) may differ per segment, and must keep the rows), the
+// outputs stacked in order: [N, ...]. Each segment is its own graph, kept (not recomputed)
+// until the node's backward runs it with that segment's rows of the incoming gradient,
+// so x's gradient is written slice by slice, never summed from full-size pieces: the
+// mixture-of-experts block runs expert s on the tokens routed to it this way (model/moe.h).
+// offsets: S+1 non-decreasing values from 0 to N.
+Var row_segments(const Var& x, const std::vector<int64_t>& offsets,
+                 const std::function<Var(size_t segment, const Var& rows)>& fn);
+
 }  // namespace nq

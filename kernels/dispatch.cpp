@@ -13,6 +13,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/grad_norm.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/moe_route.h"
 #include "kernels/cpu/nf4_matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -270,6 +271,52 @@ void swiglu_backward(const Tensor& grad_y, const Tensor& gate, const Tensor& up,
   cpu::swiglu_backward(grad_y.data<float>(), gate.data<float>(), up.data<float>(),
                        grad_gate ? grad_gate->data<float>() : nullptr, grad_up ? grad_up->data<float>() : nullptr,
                        gate.numel());
+}
+
+// ---- mixture-of-experts routing ---------------------------------------------------
+// logits [N, E] float with E >= 1 and 1 <= k <= E.
+static void check_moe_logits(const char* op, const Tensor& logits, int64_t k) {
+  check_ndim(op, "logits", logits, 2);
+  check_float(op, "logits", logits);
+  const int64_t E = logits.size(1);
+  NQ_CHECK(E > 0, op, ": logits ", logits.shape().str(), " has no experts");
+  NQ_CHECK(k >= 1 && k <= E, op, ": k = ", k, " out of range [1, ", E, "] for logits ", logits.shape().str());
+}
+// A [N, k] tensor of the selection (experts, weights, grad_weights) in `dtype`.
+static void check_moe_selection(const char* op, const char* name, const Tensor& t, DType dtype, int64_t N, int64_t k) {
+  check_defined(op, name, t);
+  NQ_CHECK(t.dtype() == dtype && t.shape() == (Shape{N, k}), op, ": ", name, " ", t.desc(), " must be ",
+           dtype_name(dtype), "[", N, ", ", k, "]");
+}
+Tensor moe_route_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts) {
+  const char* op = "moe_route_forward";
+  check_moe_logits(op, logits, k);
+  NQ_CHECK(experts, op, ": the experts output is required (the weights mean nothing without it)");
+  if (logits.device() == Device::CUDA) NQ_RUN_CUDA(moe_route_forward, logits, k, renormalize, experts);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  Tensor weights = Tensor::empty({N, k});
+  *experts = Tensor::empty({N, k}, DType::I32);
+  cpu::moe_route_forward(logits.data<float>(), N, E, k, renormalize, experts->data<int32_t>(),
+                         weights.data<float>());
+  return weights;
+}
+Tensor moe_route_backward(const Tensor& grad_weights, const Tensor& logits, const Tensor& experts,
+                          const Tensor& weights, bool renormalize) {
+  const char* op = "moe_route_backward";
+  check_ndim(op, "experts", experts, 2);
+  const int64_t k = experts.size(1);
+  check_moe_logits(op, logits, k);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  check_moe_selection(op, "experts", experts, DType::I32, N, k);
+  check_moe_selection(op, "weights", weights, logits.dtype(), N, k);
+  check_moe_selection(op, "grad_weights", grad_weights, logits.dtype(), N, k);
+  check_same_device(op, {&logits, &experts, &weights, &grad_weights});
+  check_ids_in_range(op, "experts", experts, E);
+  if (logits.device() == Device::CUDA) NQ_RUN_CUDA(moe_route_backward, grad_weights, logits, experts, weights, renormalize);
+  Tensor grad_logits = Tensor::empty(logits.shape());
+  cpu::moe_route_backward(grad_weights.data<float>(), logits.data<float>(), experts.data<int32_t>(),
+                          weights.data<float>(), N, E, k, renormalize, grad_logits.data<float>());
+  return grad_logits;
 }
 
 // ---- attention ----------------------------------------------------------------

@@ -69,6 +69,20 @@ Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, const RopeTa
 Tensor swiglu_forward(const Tensor& gate, const Tensor& up);
 void swiglu_backward(const Tensor& grad_y, const Tensor& gate, const Tensor& up, Tensor* grad_gate, Tensor* grad_up);
 
+// ---- mixture-of-experts routing --------------------------------------------
+// transformers' Qwen3MoeTopKRouter after its linear: logits [N, E] (the activations' dtype),
+// p = softmax(logits) in f32 per row; experts [N, k] i32 = the k largest p of each row, largest first
+// (ties: the lower expert index first); weights [N, k] = p[experts], divided by their sum when
+// `renormalize` (norm_topk_prob), rounded to logits' dtype. 1 <= k <= E.
+Tensor moe_route_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts);
+// grad_weights [N, k] (weights' dtype) -> grad_logits [N, E] (logits' dtype). With G the grads scattered to
+// [N, E] (zero where not selected) and p recomputed from logits:
+//   not renormalized: dlogit_i = p_i (G_i - sum_e G_e p_e)
+//   renormalized (the weights are a softmax over the selected logits): dlogit_{e_j} = w_j (g_j - sum_m g_m w_m),
+//   zero for experts not selected.
+Tensor moe_route_backward(const Tensor& grad_weights, const Tensor& logits, const Tensor& experts,
+                          const Tensor& weights, bool renormalize);
+
 // ---- causal self-attention with GQA ----------------------------------------
 // q [B*T, Hq, Dh], k, v [B*T, Hkv, Dh] -> o [B*T, Hq, Dh]. Query head h reads kv
 // head h / (Hq / Hkv). Scale Dh^-0.5, softmax in fp32, causal within each row

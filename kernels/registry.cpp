@@ -29,7 +29,7 @@ const std::vector<std::pair<const char*, int64_t Dims::*>>& dim_fields() {
       {"tokens", &Dims::tokens}, {"batch", &Dims::batch}, {"seq", &Dims::seq},
       {"hidden", &Dims::hidden}, {"vocab", &Dims::vocab}, {"ffn", &Dims::ffn},
       {"chunk", &Dims::chunk}, {"heads", &Dims::heads},   {"kv-heads", &Dims::kv_heads},
-      {"head-dim", &Dims::head_dim}};
+      {"head-dim", &Dims::head_dim}, {"experts", &Dims::experts}, {"top-k", &Dims::top_k}};
   return fields;
 }
 
@@ -57,6 +57,7 @@ std::string describe_case(const Op& op, const Dims& d) {
   if (d.blocksize != defaults.blocksize) out += str(" blocksize=", d.blocksize);
   if (!d.double_quant) out += " plain-absmax";
   if (d.steps != defaults.steps) out += str(" steps=", d.steps);
+  if (d.renormalize) out += " renormalize";
   return out;
 }
 
@@ -80,6 +81,7 @@ const std::vector<Op>& ops() {
     family::register_attention(list);
     family::register_cross_entropy(list);
     family::register_qlora(list);
+    family::register_moe(list);
     return list;
   }();
   return all;

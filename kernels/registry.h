@@ -36,6 +36,7 @@ struct Dims {
   int64_t seq = 1;                      // T (attention: tokens = batch * seq)
   int64_t hidden = 1, vocab = 1, ffn = 1, chunk = 1;
   int64_t heads = 1, kv_heads = 1, head_dim = 2;
+  int64_t experts = 1, top_k = 1;       // MoE routing: E experts per row, the k chosen
   // variants and constants (not flags)
   bool trans_a = false, trans_b = true;  // matmul operands transposed
   bool accumulate = false;               // matmul_into / grad_w accumulated into a prior value
@@ -49,6 +50,7 @@ struct Dims {
   int64_t blocksize = 64;                // NF4 quantization block
   bool double_quant = true;              // NF4 absmax quantized again (bitsandbytes' double quant)
   int steps = 1;                         // optimizer steps
+  bool renormalize = false;              // MoE routing: top-k weights divided by their sum (norm_topk_prob)
   int dtypes = 7;                        // device mode: bit 1 f32, bit 2 bf16, bit 4 f16 activations
 };
 

@@ -108,8 +108,9 @@ void save_bnb_4bit(const std::string& dir, const std::string& config_json, const
 
 RandomCheckpointReport write_random_bnb_checkpoint(const std::string& dir, const ModelConfig& config, uint64_t seed,
                                                    const std::function<void(const std::string&)>& progress) {
-  // transformers fuses the experts when it loads (bitsandbytes cannot quantize those): no MoE file yet.
-  check_decoder_supports(config, "quantize --random");
+  // A Qwen3-MoE file holds each expert's projections quantized as its own 2-D weight (the hub's
+  // per-expert names): nanoqlora reads it; transformers 5 fuses the experts on load, and
+  // bitsandbytes cannot quantize those 3-D tensors, so it does not.
   const DType dtype = dtype_of_torch_name(config.torch_dtype, "config torch_dtype");
   const std::vector<ParamSpec> specs = parameter_specs(config);
   // Shard k: 0 = the embeddings, 1..L = layer k-1, L+1 = the final norm (+ lm_head).

@@ -27,17 +27,27 @@ Tensor host_i32(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(D
 
 }  // namespace
 
-void check_decoder_supports(const ModelConfig& config, const std::string& source) {
-  NQ_CHECK(!config.is_moe(), source, ": model_type qwen3_moe (", config.moe.num_experts, " experts, top ",
-           config.moe.experts_per_token, "): the mixture-of-experts block is not implemented yet; "
-           "dense Qwen3 and Llama models train");
+std::vector<Linear*> DecoderLayer::linears() {
+  std::vector<Linear*> out = {&q_proj, &k_proj, &v_proj, &o_proj};
+  if (!sparse()) {
+    for (Linear* l : {&gate_proj, &up_proj, &down_proj}) out.push_back(l);
+    return out;
+  }
+  for (size_t e = 0; e < moe.gate_proj.size(); ++e)
+    for (Linear* l : {&moe.gate_proj[e], &moe.up_proj[e], &moe.down_proj[e]}) out.push_back(l);
+  return out;
+}
+
+std::vector<const Linear*> DecoderLayer::linears() const {
+  std::vector<const Linear*> out;
+  for (Linear* l : const_cast<DecoderLayer*>(this)->linears()) out.push_back(l);
+  return out;
 }
 
 Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions options, const Nf4Weights& nf4)
     : config_(std::move(config)),
       options_(options),
       rope_(rope_table(config_.rope_theta, config_.head_dim, config_.rope_scaling)) {
-  check_decoder_supports(config_, "decoder");
   const bool rg = options_.train_all;
   check_weights(weights, config_, "decoder", nf4);
   embed_tokens_ = param(weights, "model.embed_tokens.weight", rg);
@@ -64,9 +74,19 @@ Decoder::Decoder(ModelConfig config, const TensorMap& weights, DecoderOptions op
     layer.k_proj = linear_named("self_attn.k_proj", b);
     layer.v_proj = linear_named("self_attn.v_proj", b);
     layer.o_proj = linear_named("self_attn.o_proj", b);
-    layer.gate_proj = linear_named("mlp.gate_proj", false);
-    layer.up_proj = linear_named("mlp.up_proj", false);
-    layer.down_proj = linear_named("mlp.down_proj", false);
+    if (config_.sparse_layer(i)) {
+      layer.moe.router = param(weights, p + "mlp.gate.weight", rg);  // frozen unless train_all
+      for (int64_t e = 0; e < config_.moe.num_experts; ++e) {
+        const std::string x = str("mlp.experts.", e, ".");
+        layer.moe.gate_proj.push_back(linear_named(x + "gate_proj", false));
+        layer.moe.up_proj.push_back(linear_named(x + "up_proj", false));
+        layer.moe.down_proj.push_back(linear_named(x + "down_proj", false));
+      }
+    } else {
+      layer.gate_proj = linear_named("mlp.gate_proj", false);
+      layer.up_proj = linear_named("mlp.up_proj", false);
+      layer.down_proj = linear_named("mlp.down_proj", false);
+    }
     layers_.push_back(std::move(layer));
   }
 }
@@ -81,7 +101,8 @@ Var Decoder::embed(const Tensor& ids) const { return embedding(embed_tokens_, id
 
 Var Decoder::final_norm(const Var& x) const { return rmsnorm(x, norm_, config_.rms_norm_eps); }
 
-Var Decoder::layer_forward(int64_t i, const Var& x, const Tensor& positions, const AttentionFn& attend) const {
+Var Decoder::layer_forward(int64_t i, const Var& x, const Tensor& positions, const AttentionFn& attend,
+                           RouterLoss* router_loss) const {
   const DecoderLayer& L = layers_[i];
   const ModelConfig& c = config_;
   const int64_t N = x.shape()[0], Hq = c.num_heads, Hkv = c.num_kv_heads, Dh = c.head_dim;
@@ -102,21 +123,25 @@ Var Decoder::layer_forward(int64_t i, const Var& x, const Tensor& positions, con
   Var o = attend(q, k, v);                                      // [N, Hq, Dh]
   Var x1 = add(x, L.o_proj.forward(reshape(o, {N, Hq * Dh})));  // [N, D]
 
-  return mlp_block(L, x1);
+  return mlp_block(L, x1, router_loss);
 }
 
-Var Decoder::mlp_block(const DecoderLayer& L, const Var& x) const {
+Var Decoder::mlp_block(const DecoderLayer& L, const Var& x, RouterLoss* router_loss) const {
   const float eps = config_.rms_norm_eps;
-  auto mlp = [&L, eps](const Var& rows) {  // row-wise: [n, D] -> [n, D]
+  const MoeConfig& moe = config_.moe;
+  auto mlp = [&L, &moe, eps, router_loss](const Var& rows) {  // row-wise: [n, D] -> [n, D]
     Var h = rmsnorm(rows, L.post_attention_norm, eps);
+    if (L.sparse()) return L.moe.forward(h, moe, router_loss);
     Var act = swiglu(L.gate_proj.forward(h), L.up_proj.forward(h));  // [n, F]
     return L.down_proj.forward(act);                                 // [n, D]
   };
-  // mlp_chunk_rows 0 (or at least N): mlp(x) itself.
-  return add(x, checkpoint_rows(mlp, x, options_.mlp_chunk_rows));  // [N, D]
+  // mlp_chunk_rows 0 (or at least N): mlp(x) itself. The load-balancing statistics count
+  // the batch's rows by index, so a sparse layer that collects them is not chunked.
+  const int64_t chunk_rows = L.sparse() && router_loss ? 0 : options_.mlp_chunk_rows;
+  return add(x, checkpoint_rows(mlp, x, chunk_rows));  // [N, D]
 }
 
-Var Decoder::hidden(const DecoderBatch& batch) const {
+Var Decoder::hidden(const DecoderBatch& batch, std::shared_ptr<RouterLoss>* router_loss) const {
   NQ_CHECK(batch.ids.defined() && batch.ids.ndim() == 2 && batch.ids.dtype() == DType::I32,
            "batch: ids must be i32 [B, T], got ", batch.ids.defined() ? batch.ids.desc() : "none");
   const Shape bt = batch.ids.shape();
@@ -139,6 +164,16 @@ Var Decoder::hidden(const DecoderBatch& batch) const {
   }
   positions = positions.view({N});
   Tensor segments = batch.segment_ids.defined() ? batch.segment_ids.view({N}) : Tensor();
+  std::shared_ptr<RouterLoss> routing;  // Qwen3-MoE's load-balancing loss: every row but padding counts
+  if (router_loss && config_.is_moe() && config_.moe.output_router_logits) {
+    std::vector<uint8_t> counted(size_t(N), 1);
+    if (segments.defined()) {
+      const Tensor seg = host_i32(segments);
+      for (int64_t n = 0; n < N; ++n) counted[size_t(n)] = seg.data<int32_t>()[n] >= 0;
+    }
+    routing = std::make_shared<RouterLoss>(config_.moe.num_experts, config_.moe.experts_per_token, std::move(counted));
+    *router_loss = routing;
+  }
 
   AttentionFn causal = [B, T, segments](const Var& q, const Var& k, const Var& v) {
     return attention(q, k, v, B, T, segments);
@@ -150,12 +185,12 @@ Var Decoder::hidden(const DecoderBatch& batch) const {
   Var x = embed(batch.ids.view({N}));  // [N, D]
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     if (options_.checkpointing && grad_enabled()) {
-      auto run_layer = [this, i, positions, causal](const std::vector<Var>& in) {
-        return layer_forward(i, in[0], positions, causal);
+      auto run_layer = [this, i, positions, causal, routing](const std::vector<Var>& in) {
+        return layer_forward(i, in[0], positions, causal, routing.get());
       };
       x = checkpoint(run_layer, {x}, offload);  // x is handed on: checkpoint may park its value on the host
     } else {
-      x = layer_forward(i, x, positions, causal);
+      x = layer_forward(i, x, positions, causal, routing.get());
     }
   }
   return final_norm(x);  // [N, D]
@@ -179,8 +214,13 @@ Var Decoder::forward_loss(const DecoderBatch& batch) const {
   NQ_CHECK(counted == batch.n_targets, "batch: n_targets is ", batch.n_targets, " but ", counted,
            " labels are counted (make batches with training/batch.h's decoder_batch or hf_decoder_batch)");
 
-  Var h = hidden(batch);  // [B*T, D]
-  return linear_cross_entropy(h, lm_head_, batch.labels.view({N}), options_.ce_chunk_rows);
+  std::shared_ptr<RouterLoss> router_loss;
+  Var h = hidden(batch, &router_loss);  // [B*T, D]
+  Var loss = linear_cross_entropy(h, lm_head_, batch.labels.view({N}), options_.ce_chunk_rows);
+  if (!router_loss) return loss;
+  // transformers' Qwen3MoeForCausalLM: loss + router_aux_loss_coef * aux, aux recorded on h so
+  // that its backward runs before the layers' (model/moe.h).
+  return add(loss, scale(router_loss->loss(h), config_.moe.router_aux_loss_coef));
 }
 
 Tensor Decoder::logits(const DecoderBatch& batch) const {
@@ -193,8 +233,7 @@ Tensor Decoder::logits(const DecoderBatch& batch) const {
 std::vector<Linear*> Decoder::linears() {
   std::vector<Linear*> out;
   for (DecoderLayer& L : layers_)
-    for (Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
-      out.push_back(l);
+    for (Linear* l : L.linears()) out.push_back(l);
   return out;
 }
 
@@ -202,17 +241,19 @@ std::vector<Var> Decoder::parameters() const {
   std::vector<Var> out = {embed_tokens_};
   for (const DecoderLayer& L : layers_) {
     out.push_back(L.input_norm);
-    for (const Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj}) {
-      if (l->weight().defined()) out.push_back(l->weight());  // undefined once quantized to NF4
-      if (l->bias().defined()) out.push_back(l->bias());
+    const std::vector<const Linear*> linears = L.linears();
+    for (size_t j = 0; j < linears.size(); ++j) {
+      if (j == 4) {  // after the attention's projections: its norms, then the MLP's
+        if (config_.qk_norm()) {
+          out.push_back(L.q_norm);
+          out.push_back(L.k_norm);
+        }
+        out.push_back(L.post_attention_norm);
+        if (L.sparse()) out.push_back(L.moe.router);
+      }
+      if (linears[j]->weight().defined()) out.push_back(linears[j]->weight());  // undefined once quantized to NF4
+      if (linears[j]->bias().defined()) out.push_back(linears[j]->bias());
     }
-    if (config_.qk_norm()) {
-      out.push_back(L.q_norm);
-      out.push_back(L.k_norm);
-    }
-    out.push_back(L.post_attention_norm);
-    for (const Linear* l : {&L.gate_proj, &L.up_proj, &L.down_proj})
-      if (l->weight().defined()) out.push_back(l->weight());
   }
   out.push_back(norm_);
   if (!config_.tie_word_embeddings) out.push_back(lm_head_);

@@ -9,10 +9,11 @@
 //     q, k = RoPE(q, pos), RoPE(k, pos)                          // rotate-half, the config's table
 //     x = x + o_proj(causal GQA attention(q, k, v))              // [N, D]
 //     x = x + down_proj(silu(gate_proj(RMSNorm(x))) * up_proj(RMSNorm(x)))
+//       (a Qwen3-MoE sparse layer: x = x + MoE(RMSNorm(x)), the routed experts of model/moe.h)
 //   logits = RMSNorm(x) @ lm_head^T                              // lm_head = embed_tokens when tied
 //
 // Qwen3 and Llama differ only by their config (model/config.h): q/k norms and
-// the default head_dim. Parameters are Vars named as in the HF checkpoint.
+// the default head_dim; Qwen3-MoE by its sparse layers' MLP. Parameters are Vars named as in the HF checkpoint.
 // Each layer is recomputed in backward (gradient checkpointing) unless turned off;
 // its saved input can wait in host memory and its MLP run over row chunks (DecoderOptions).
 #pragma once
@@ -24,6 +25,7 @@
 #include "autograd/var.h"
 #include "model/config.h"
 #include "model/linear.h"
+#include "model/moe.h"
 #include "model/weights.h"
 
 namespace nq {
@@ -59,16 +61,18 @@ struct DecoderLayer {
   Var input_norm, post_attention_norm;  // [D]
   Var q_norm, k_norm;                   // [Dh] (qwen3 only)
   Linear q_proj, k_proj, v_proj, o_proj;
-  Linear gate_proj, up_proj, down_proj;
+  Linear gate_proj, up_proj, down_proj;  // the dense MLP (unset in a sparse layer)
+  MoeExperts moe;                        // a Qwen3-MoE sparse layer's MLP (empty in a dense one)
+
+  bool sparse() const { return !moe.empty(); }
+  // Every projection of the layer in model order: q, k, v, o, then gate, up, down of the
+  // dense MLP or of each expert in turn.
+  std::vector<Linear*> linears();
+  std::vector<const Linear*> linears() const;
 };
 
 class Decoder;
 void to_device(Decoder& model, Device device, DType compute);  // model/device.h
-
-// Throws a one-line error naming `source` when the decoder cannot compute `config`:
-// a Qwen3-MoE config (its expert block is not implemented yet; the config reads and writes,
-// ./inspect plan refuses it the same way). Checked before any weight is read.
-void check_decoder_supports(const ModelConfig& config, const std::string& source);
 
 class Decoder {
  public:
@@ -87,7 +91,9 @@ class Decoder {
   // attend(q [N, Hq, Dh], k [N, Hkv, Dh], v [N, Hkv, Dh]) -> [N, Hq, Dh].
   using AttentionFn = std::function<Var(const Var& q, const Var& k, const Var& v)>;
   Var embed(const Tensor& ids) const;  // ids [N] -> [N, D]
-  Var layer_forward(int64_t layer, const Var& x, const Tensor& positions, const AttentionFn& attend) const;
+  // router_loss: a Qwen3-MoE forward's load-balancing statistics (model/moe.h), or null.
+  Var layer_forward(int64_t layer, const Var& x, const Tensor& positions, const AttentionFn& attend,
+                    RouterLoss* router_loss = nullptr) const;
   Var final_norm(const Var& x) const;  // [N, D]
   const Var& lm_head() const { return lm_head_; }  // [V, D]
 
@@ -101,8 +107,10 @@ class Decoder {
 
  private:
   friend void to_device(Decoder& model, Device device, DType compute);  // moves the weights in place
-  Var hidden(const DecoderBatch& batch) const;  // final-normed hidden states [B*T, D]
-  Var mlp_block(const DecoderLayer& L, const Var& x) const;  // x + MLP(RMSNorm(x)), [N, D]
+  // Final-normed hidden states [B*T, D]; with router_loss, a Qwen3-MoE config with
+  // output_router_logits gets its load-balancing statistics there.
+  Var hidden(const DecoderBatch& batch, std::shared_ptr<RouterLoss>* router_loss = nullptr) const;
+  Var mlp_block(const DecoderLayer& L, const Var& x, RouterLoss* router_loss) const;  // x + MLP(RMSNorm(x)), [N, D]
 
   ModelConfig config_;
   DecoderOptions options_;

@@ -54,8 +54,8 @@ void to_device(Decoder& model, Device device, DType compute) {
   for (DecoderLayer& L : model.layers_) {
     for (const Var* norm : {&L.input_norm, &L.post_attention_norm, &L.q_norm, &L.k_norm})
       move_var(*norm, device, DType::F32, MemCategory::Weights);
-    for (Linear* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
-      move_linear(*l, device, compute);
+    if (L.sparse()) move_var(L.moe.router, device, compute, MemCategory::Weights);  // 16-bit on the GPU, as h
+    for (Linear* l : L.linears()) move_linear(*l, device, compute);
   }
 }
 

@@ -45,7 +45,6 @@ LoadedModel load_hf_dir(const std::string& dir, const WeightLoad& load) {
   LoadedModel m;
   m.source = dir;
   m.config = ModelConfig::from_file(dir + "/config.json");
-  check_decoder_supports(m.config, dir + "/config.json");  // before gigabytes of weights are read
   HfWeights w = load_hf_weights(dir, m.config, load);
   m.weights = std::move(w.dense);
   m.nf4 = std::move(w.nf4);

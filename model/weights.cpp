@@ -151,16 +151,79 @@ void take_weight(const std::string& name, const Tensor& stored, const WeightLoad
   }
 }
 
+namespace {
+
+// transformers 5 keeps a sparse layer's experts fused, and a state_dict saved as is holds
+//   <layer>.mlp.experts.gate_up_proj [E, 2I, D]  (expert e's gate rows [0, I), then its up rows)
+//   <layer>.mlp.experts.down_proj    [E, D, I]
+// instead of the hub's 3E tensors <layer>.mlp.experts.<e>.{gate,up,down}_proj.weight. A file
+// may hold either layout, per layer; each expert's rows of a fused tensor are taken as the
+// per-expert weight they are (the same values, NF4-quantized alike).
+struct FusedExperts {
+  std::string gate_up, down;  // tensor names
+  int64_t layer;
+};
+std::vector<FusedExperts> fused_expert_layers(const SafetensorsDir& file, const ModelConfig& config) {
+  std::vector<FusedExperts> out;
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    if (!config.sparse_layer(i)) continue;
+    const std::string p = str("model.layers.", i, ".mlp.experts.");
+    if (file.has(p + "gate_up_proj") || file.has(p + "down_proj")) out.push_back({p + "gate_up_proj", p + "down_proj", i});
+  }
+  return out;
+}
+void read_fused_experts(const SafetensorsDir& file, const FusedExperts& f, const ModelConfig& config,
+                        const std::string& dir, const WeightLoad& load, HfWeights& out) {
+  const int64_t E = config.moe.num_experts, I = config.moe.expert_intermediate_size, D = config.hidden_size;
+  for (const auto& [name, shape] : {std::pair<std::string, Shape>{f.gate_up, {E, 2 * I, D}}, {f.down, {E, D, I}}}) {
+    NQ_CHECK(file.has(name), dir, ": missing tensor ", name, " (expected ", shape.str(),
+             "; a fused layer needs both gate_up_proj and down_proj)");
+    const SafetensorsFile& shard = file.file_of(name);
+    const auto& entry = shard.entry(name);
+    NQ_CHECK(entry.shape == shape, shard.path(), ": tensor ", name, " has shape ", entry.shape.str(), ", expected ",
+             shape.str(), " (", E, " experts of width ", I, ", hidden ", D, ")");
+    NQ_CHECK(entry.dtype == DType::F32 || entry.dtype == DType::BF16 || entry.dtype == DType::F16, shard.path(),
+             ": tensor ", name, " has dtype ", dtype_name(entry.dtype), " (expected F32, BF16 or F16)");
+    const bool gate_up = name == f.gate_up;
+    const Tensor all = shard.get(name).view(gate_up ? Shape{E * 2 * I, D} : Shape{E * D, I});
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string expert = str("model.layers.", f.layer, ".mlp.experts.", e, ".");
+      if (gate_up) {
+        take_weight(expert + "gate_proj.weight", all.slice(e * 2 * I, e * 2 * I + I), load, out);
+        take_weight(expert + "up_proj.weight", all.slice(e * 2 * I + I, (e + 1) * 2 * I), load, out);
+      } else {
+        take_weight(expert + "down_proj.weight", all.slice(e * D, (e + 1) * D), load, out);
+      }
+    }
+    shard.release(name);
+  }
+}
+
+}  // namespace
+
 HfWeights load_dense_weights(const std::string& dir, const ModelConfig& config, const WeightLoad& load) {
   SafetensorsDir file = SafetensorsDir::open(dir);
-  const std::vector<ParamSpec> specs = parameter_specs(config);
+  const std::vector<FusedExperts> fused = fused_expert_layers(file, config);
+  auto per_expert_of_fused = [&](const std::string& name) {  // a hub name a fused tensor stands for
+    for (const FusedExperts& f : fused)
+      if (name.rfind(str("model.layers.", f.layer, ".mlp.experts."), 0) == 0) return true;
+    return false;
+  };
+  std::vector<ParamSpec> specs;  // read one by one; the fused layers' experts come from their two tensors
   std::set<std::string> expected;
-  for (const ParamSpec& s : specs) expected.insert(s.name);
+  for (const ParamSpec& s : parameter_specs(config)) {
+    if (per_expert_of_fused(s.name)) continue;
+    specs.push_back(s);
+    expected.insert(s.name);
+  }
+  for (const FusedExperts& f : fused) expected.insert({f.gate_up, f.down});
   check_no_unexpected_tensors(file, expected, config, dir);
   HfWeights w;
   read_weights(file, specs, dir, load, w);
+  for (const FusedExperts& f : fused) read_fused_experts(file, f, config, dir, load, w);
   return w;
 }
+
 
 TensorMap load_weights(const std::string& dir, const ModelConfig& config) {
   return load_dense_weights(dir, config, WeightLoad{}).dense;

@@ -169,7 +169,8 @@ size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant) 
 }
 
 MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device) {
-  check_decoder_supports(config, "memory plan");  // its terms are a dense decoder's
+  NQ_CHECK(!config.is_moe(), "memory plan: model_type qwen3_moe (", config.moe.num_experts, " experts, top ",
+           config.moe.experts_per_token, "): the plan has no terms for the experts yet; its terms are a dense decoder's");
   check_shape(shape);
   NQ_CHECK(qlora.r > 0, "memory plan: the LoRA rank must be positive, got ", qlora.r);
   const bool gpu = device == Device::CUDA;

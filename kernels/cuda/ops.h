@@ -17,6 +17,8 @@
 //   embedding_forward:        table T, ids i32 -> T;  embedding_backward -> f32 [V, D]
 //   rmsnorm:                  x, dy, y, dx T;  w f32;  rstd f32;  grad_w f32
 //   rope, swiglu, dropout:    T in, T out;  positions i32
+//   moe_route:                logits, weights, grad_weights, grad_logits T;  experts i32;
+//                             at most 512 experts and top-k 32 (one warp per row, in registers)
 //   attention:                q, k, v, o, dO and grads T;  lse f32;  segment_ids i32
 //   linear_cross_entropy:     h, w both T, labels i32; grad_h T; grad_w accumulated in its own
 //                             dtype when defined, else allocated as f32 zeros [V, D]
@@ -57,6 +59,10 @@ Tensor rope_forward(const Tensor& x, const Tensor& positions, const RopeTable& t
 Tensor rope_backward(const Tensor& grad_y, const Tensor& positions, const RopeTable& table);
 Tensor swiglu_forward(const Tensor& gate, const Tensor& up);
 void swiglu_backward(const Tensor& grad_y, const Tensor& gate, const Tensor& up, Tensor* grad_gate, Tensor* grad_up);
+// experts is never null here.
+Tensor moe_route_forward(const Tensor& logits, int64_t k, bool renormalize, Tensor* experts);
+Tensor moe_route_backward(const Tensor& grad_weights, const Tensor& logits, const Tensor& experts,
+                          const Tensor& weights, bool renormalize);
 // rstd / lse are never null here (the dispatch passes a local when the caller gives none).
 Tensor attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
                          const Tensor& segment_ids, Tensor* lse);
