@@ -21,6 +21,9 @@ static const char* kPeftPrefix = "base_model.model.";
 // 2^16 leaves room for full-rank experiments on any real model.
 constexpr int64_t kMaxLoraRank = 1 << 16;
 
+// The rank_pattern / alpha_pattern key of PEFT's fused gate_up_proj experts (the regex .*\.gate_up_proj).
+static const char* kGateUpPattern = ".*\\.gate_up_proj";
+
 AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
   const std::string text = read_text_file(path);
   const json doc = parse_json(text, path);
@@ -38,11 +41,33 @@ AdapterConfig AdapterConfig::from_json_file(const std::string& path) {
   c.lora.dropout = float(j.number_or("lora_dropout", 0.0, 0.0, 1.0));
   NQ_CHECK(c.lora.dropout < 1.0f, path, ": lora_dropout must be below 1, got ", c.lora.dropout);
   c.lora.use_rslora = j.boolean_or("use_rslora", false);
-  const JsonIn t = j.at("target_modules");
-  c.target_modules = t.is_string() ? std::vector<std::string>{t.string()} : t.strings();
+  if (auto p = j.find("target_parameters"))
+    c.target_parameters = p->is_string() ? std::vector<std::string>{p->string()} : p->strings();
+  if (c.target_parameters.empty() || j.has("target_modules")) {
+    const JsonIn t = j.at("target_modules");
+    c.target_modules = t.is_string() ? std::vector<std::string>{t.string()} : t.strings();
+  } else {
+    c.target_modules.clear();  // PEFT allows parameters alone
+  }
   c.base_model_name_or_path = j.string_or("base_model_name_or_path", "");
-  for (const char* pattern : {"rank_pattern", "alpha_pattern"})
-    if (auto p = j.find(pattern)) NQ_CHECK(p->size() == 0, path, ": rank_pattern / alpha_pattern are not supported");
+  bool rank_given = false, alpha_given = false;
+  for (const char* pattern : {"rank_pattern", "alpha_pattern"}) {
+    auto p = j.find(pattern);
+    if (!p) continue;
+    p->for_each_member([&](const std::string& key, const JsonIn& value) {
+      NQ_CHECK(key == kGateUpPattern, path, ": ", pattern, " key \"", key, "\" is not supported (only \"",
+               kGateUpPattern, "\", which PEFT writes for fused Qwen3-MoE experts)");
+      if (pattern == std::string("rank_pattern")) {
+        c.gate_up_rank = value.integer(1, kMaxLoraRank);
+        rank_given = true;
+      } else {
+        alpha_given = true;
+        c.gate_up_alpha = float(value.number(-kMaxFloat, kMaxFloat));
+      }
+    });
+  }
+  NQ_CHECK(rank_given == alpha_given, path,
+           ": rank_pattern and alpha_pattern must both give \"", kGateUpPattern, "\" or neither");
   return c;
 }
 
@@ -67,6 +92,11 @@ std::string AdapterConfig::to_json() const {
             {"rank_pattern", json::object()},
             {"alpha_pattern", json::object()},
             {"revision", nullptr}};
+  if (!target_parameters.empty()) j["target_parameters"] = target_parameters;
+  if (gate_up_rank > 0) {
+    j["rank_pattern"][kGateUpPattern] = gate_up_rank;
+    j["alpha_pattern"][kGateUpPattern] = gate_up_alpha;
+  }
   return j.dump(2) + "\n";
 }
 
@@ -110,10 +140,11 @@ std::map<std::string, PeftLoraWeights> read_peft_weights(const std::string& dir,
   std::map<std::string, PeftLoraWeights> weights;
   for (const std::string& module : seen) {
     const PeftModuleShape& shape = modules.at(module);
+    const int64_t rank = shape.rank > 0 ? shape.rank : cfg.lora.r;
     PeftLoraWeights& w = weights[module];
     for (auto [suffix, value, rows, cols] :
-         {std::tuple<const char*, Tensor*, int64_t, int64_t>{".lora_A.weight", &w.A, cfg.lora.r, shape.in},
-          {".lora_B.weight", &w.B, shape.out, cfg.lora.r}}) {
+         {std::tuple<const char*, Tensor*, int64_t, int64_t>{".lora_A.weight", &w.A, rank, shape.in},
+          {".lora_B.weight", &w.B, shape.out, rank}}) {
       std::string key = kPeftPrefix + module + suffix;
       NQ_CHECK(file.has(key), dir, "/adapter_model.safetensors: missing tensor ", key);
       Tensor t = file.get(key);

@@ -7,6 +7,7 @@
 // selects model.layers.*.self_attn.q_proj).
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "formats/peft_adapter.h"
@@ -32,6 +33,13 @@ std::vector<Var> attach_adapters(Decoder& model, const AdapterConfig& cfg);
 
 // Every attached adapter's parameters, in model order.
 std::vector<Var> adapter_parameters(Decoder& model);
+
+// The adapter as PEFT writes it for this model: (module, A and B) for every adapted module in
+// file order, host f32 copies of the values or (gradients) of the gradients; `saved` gets the
+// config written beside them (the full target names). A Qwen3-MoE's expert pairs are fused
+// into PEFT 0.21's layout on transformers 5's 3-D expert tensors (see adapters.cpp).
+std::vector<std::pair<std::string, PeftLoraWeights>> peft_modules(Decoder& model, const AdapterConfig& cfg,
+                                                                   AdapterConfig* saved, bool gradients = false);
 
 // Writes adapter_config.json + adapter_model.safetensors into `dir` (created if
 // missing; each file written atomically) from host copies of the adapters.

@@ -38,4 +38,9 @@ void Optimizer::zero_grad() {
   for (Var& p : params_) p.zero_grad();
 }
 
+void Optimizer::fill_missing_grads() {
+  for (Var& p : params_)
+    if (!p.grad().defined()) p.impl()->grad = Tensor::zeros(p.shape(), DType::F32, p.value().device());
+}
+
 }  // namespace nq

@@ -42,6 +42,11 @@ class Optimizer {
   // and keep their step count, as in torch), using grad * grad_scale.
   virtual void step(double lr, float grad_scale = 1.0f) = 0;
   void zero_grad();
+  // Gives every parameter without a gradient a zero one, so that step() moves it by its
+  // moments like the others. A Qwen3-MoE expert that saw no token this step has no
+  // gradient; in PEFT's fused expert tensor (one parameter for all experts) its slice has
+  // a zero gradient and AdamW still updates it: the trainer calls this before step().
+  void fill_missing_grads();
 
   // Host copies of the states, and loading them back (every entry is checked
   // before anything changes). A state saved on one device loads on the other.

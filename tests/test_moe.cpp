@@ -6,17 +6,23 @@
 // fused experts, its LoRA gradients and a 10-step trajectory.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <sstream>
 
 #include "autograd/ops.h"
 #include "formats/safetensors.h"
 #include "model/adapters.h"
 #include "model/decoder.h"
 #include "model/moe.h"
+#include "optim/adamw.h"
 #include "training/batch.h"
 #include "tests/grad_check.h"
+#include "tests/temp_dir.h"
 
 using namespace nq;
 using nq::testing::numeric_grad;
@@ -219,4 +225,250 @@ TEST_CASE("qwen3_moe decoder: every parameter's gradient (router and experts too
     MESSAGE(model_name, " vs transformers: worst parameter gradient ||a-b||/||b|| ", worst, " over ", grads[1].size(),
             " parameters");
   }
+}
+
+// ---- a PEFT 0.21 adapter on the fused experts --------------------------------------------
+//
+// tests/fixtures/moe/<name>/adapter is what PEFT 0.21 writes for transformers 5's Qwen3-MoE
+// (r 4, alpha 8; gate_up_proj rank 8, alpha 16 by rank_pattern; the dense layer's MLP by
+// target_parameters): random B, block-diagonal on gate_up (nanoqlora's separate gate and up
+// pairs). reference.safetensors has its logits, loss, every LoRA gradient (lora_grad.*) and
+// a 10-step AdamW trajectory from it (renorm only; adapter_final is where it ends).
+
+namespace {
+
+// The reference's gradient of a fused gate_up lora_B [2I, E*2r] with the blocks nanoqlora's
+// parametrization has no parameters for set to zero (the gate rows' up ranks and the up
+// rows' gate ranks; column j*E + e is rank j of expert e): ours are zero there by construction.
+Tensor block_diagonal(const Tensor& B) {
+  Tensor out = B.to(Device::CPU).to_dtype(DType::F32);
+  const int64_t rows = out.shape()[0], cols = out.shape()[1];
+  float* p = out.data<float>();
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < cols; ++c)
+      if ((i < rows / 2) != (c < cols / 2)) p[i * cols + c] = 0.0f;
+  return out;
+}
+
+bool is_fused_gate_up(const std::string& module) {
+  const std::string suffix = ".mlp.experts.base_layer";
+  return module.size() > suffix.size() && module.compare(module.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string lora_key(const std::string& module, const char* which) {
+  return "base_model.model." + module + ".lora_" + which + ".weight";
+}
+
+// Our adapter's values (or gradients) in PEFT's layout against `ref`'s tensors (prefix + key):
+// the worst ||a-b||/||b||, every tensor checked within tol.
+double compare_peft(Decoder& model, const AdapterConfig& cfg, SafetensorsFile& ref, const std::string& prefix,
+                    bool gradients, double tol, int64_t* count) {
+  AdapterConfig saved;
+  double worst = 0;
+  *count = 0;
+  for (const auto& [module, w] : peft_modules(model, cfg, &saved, gradients)) {
+    for (auto [which, ours] : {std::pair<const char*, const Tensor*>{"A", &w.A}, {"B", &w.B}}) {
+      const std::string key = prefix + lora_key(module, which);
+      CAPTURE(key);
+      Tensor want = ref.get(key);
+      if (gradients && which[0] == 'B' && is_fused_gate_up(module)) want = block_diagonal(want);
+      const double err = norm_rel_error(*ours, want);
+      worst = std::max(worst, err);
+      ++*count;
+      CHECK(err <= tol);
+    }
+  }
+  int64_t in_ref = 0;  // and nothing of the reference's left out
+  for (const std::string& n : ref.names()) in_ref += n.rfind(prefix + "base_model.model.", 0) == 0;
+  CHECK(*count == in_ref);
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("qwen3_moe adapter: PEFT's fused-expert adapter loads; logits, loss and every LoRA gradient match PEFT") {
+  for (const char* name : {"renorm", "plain"}) {
+    const std::string model_name = name;
+    CAPTURE(model_name);
+    Decoder model = Decoder::load(kMoeFixtures + name);
+    const AdapterConfig cfg = load_peft_adapter(kMoeFixtures + name + "/adapter", model);
+    CHECK(cfg.gate_up_rank == 8);
+    CHECK(cfg.gate_up_alpha == 16.0f);
+    // Every expert's gate, up and down has its own rank-4 pair with PEFT's scaling 16/8 = 8/4.
+    int64_t expert_pairs = 0;
+    for (Linear* l : model.linears())
+      if (l->name().find(".mlp.experts.") != std::string::npos) {
+        CAPTURE(l->name());
+        REQUIRE(l->has_lora());
+        CHECK(l->lora().A.value().shape()[0] == 4);
+        CHECK(l->lora().scaling == 2.0f);
+        ++expert_pairs;
+      }
+    int64_t sparse_layers = 0;
+    for (int64_t layer = 0; layer < model.config().num_layers; ++layer) sparse_layers += model.config().sparse_layer(layer);
+    CHECK(expert_pairs == sparse_layers * 8 * 3);  // 8 experts, gate/up/down
+
+    SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + name + "/reference.safetensors");
+    SafetensorsFile file = SafetensorsFile::open(kMoeFixtures + name + "/adapter/adapter_model.safetensors");
+    int64_t count = 0;
+    // Read back into PEFT's layout, the values are the file's, bit for bit.
+    CHECK(compare_peft(model, cfg, file, "", false, 0.0, &count) == 0.0);
+    const DecoderBatch batch = hf_decoder_batch(ref.get("input_ids"), ref.get("input_ids"));
+    const double logits_err = max_rel_error(model.logits(batch), ref.get("adapter_logits"));
+    CHECK(logits_err <= 1e-4);
+    const Var loss = model.forward_loss(batch);
+    const float ours = first(loss.value()), want = first(ref.get("adapter_loss"));
+    CHECK(std::fabs(ours - want) / want <= 1e-5);
+    backward(loss);
+    const double grad_err = compare_peft(model, cfg, ref, "lora_grad.", true, 1e-3, &count);
+    MESSAGE(model_name, " + PEFT adapter vs PEFT: logits max rel err ", logits_err, ", loss ", ours, " vs ", want,
+            ", worst LoRA gradient ||a-b||/||b|| ", grad_err, " over ", count, " tensors");
+  }
+}
+
+TEST_CASE("qwen3_moe adapter: saved in PEFT's fused layout and read back, the same adapter") {
+  Decoder model = Decoder::load(kMoeFixtures + "renorm");
+  const AdapterConfig cfg = load_peft_adapter(kMoeFixtures + "renorm/adapter", model);
+  TempDir dir;
+  save_peft_adapter(dir.path, model, cfg);
+  // The file is PEFT's: the same tensors, names and values as the one PEFT wrote.
+  SafetensorsFile peft_file = SafetensorsFile::open(kMoeFixtures + "renorm/adapter/adapter_model.safetensors");
+  SafetensorsFile ours = SafetensorsFile::open(dir / "adapter_model.safetensors");
+  CHECK(ours.names() == peft_file.names());
+  for (const std::string& n : peft_file.names()) {
+    CAPTURE(n);
+    CHECK(max_rel_error(ours.get(n), peft_file.get(n)) == 0.0);
+  }
+  const AdapterConfig saved = AdapterConfig::from_json_file(dir / "adapter_config.json");
+  CHECK(saved.gate_up_rank == 8);
+  CHECK(saved.gate_up_alpha == 16.0f);
+  CHECK(saved.lora.r == 4);
+  const std::vector<std::string> fused = {"model.layers.0.mlp.experts.gate_up_proj",
+                                          "model.layers.0.mlp.experts.down_proj"};
+  for (const std::string& p : fused)
+    CHECK(std::find(saved.target_parameters.begin(), saved.target_parameters.end(), p) !=
+          saved.target_parameters.end());
+  // The dense layer's MLP is a parameter target too, as PEFT moves it there for this model.
+  CHECK(std::find(saved.target_parameters.begin(), saved.target_parameters.end(),
+                  "model.layers.1.mlp.gate_proj.weight") != saved.target_parameters.end());
+
+  Decoder reloaded = Decoder::load(kMoeFixtures + "renorm");
+  load_peft_adapter(dir.path, reloaded);
+  SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
+  const DecoderBatch batch = hf_decoder_batch(ref.get("input_ids"), ref.get("input_ids"));
+  CHECK(max_rel_error(reloaded.logits(batch), model.logits(batch)) == 0.0);
+}
+
+TEST_CASE("qwen3_moe adapter: 10 AdamW steps follow PEFT's trajectory; the result loads in PEFT") {
+  Decoder model = Decoder::load(kMoeFixtures + "renorm");
+  const AdapterConfig cfg = load_peft_adapter(kMoeFixtures + "renorm/adapter", model);
+  SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
+  const Tensor ids = ref.get("traj_ids");  // [10, 2, 13]
+  const std::vector<float> want_loss = ref.get("traj_loss").to_vector();
+  const int64_t steps = ids.shape()[0], B = ids.shape()[1], T = ids.shape()[2];
+  AdamW optimizer(adapter_parameters(model), AdamWConfig{});  // betas (0.9, 0.999), eps 1e-8, no decay
+  double worst_loss = 0;
+  for (int64_t step = 0; step < steps; ++step) {
+    CAPTURE(step);
+    const Tensor step_ids = ids.slice(step, step + 1).view({B, T});
+    optimizer.zero_grad();
+    const Var loss = model.forward_loss(hf_decoder_batch(step_ids, step_ids));
+    const double err = std::fabs(first(loss.value()) - want_loss[size_t(step)]) / want_loss[size_t(step)];
+    worst_loss = std::max(worst_loss, err);
+    CHECK(err <= 1e-4);
+    backward(loss);
+    optimizer.fill_missing_grads();  // an expert no token chose still steps, as PEFT's fused tensor does
+    optimizer.step(1e-2);
+  }
+  const DecoderBatch final_batch = hf_decoder_batch(ref.get("traj_final_ids"), ref.get("traj_final_ids"));
+  const Tensor final_logits = model.logits(final_batch);
+  const double logits_err = max_rel_error(final_logits, ref.get("traj_final_logits"));
+  CHECK(logits_err <= 1e-3);
+  SafetensorsFile final_adapter =
+      SafetensorsFile::open(kMoeFixtures + "renorm/adapter_final/adapter_model.safetensors");
+  int64_t count = 0;
+  const double adapter_err = compare_peft(model, cfg, final_adapter, "", false, 1e-3, &count);
+  MESSAGE("10 steps vs PEFT: worst loss rel err ", worst_loss, " (", want_loss.front(), " -> ", want_loss.back(),
+          "), final logits max rel err ", logits_err, ", adapter worst ||a-b||/||b|| ", adapter_err);
+
+  // For tools/ref/check_moe_adapter.py (PEFT loads this adapter and must give these logits):
+  //   tools/ref/.venv/bin/python tools/ref/check_moe_adapter.py --model tests/fixtures/moe/renorm
+  //       --adapter build/moe_check/adapter --ref build/moe_check/logits.safetensors
+  std::filesystem::create_directories("build/moe_check");
+  save_peft_adapter("build/moe_check/adapter", model, cfg);
+  save_safetensors("build/moe_check/logits.safetensors",
+                   {{"input_ids", ref.get("traj_final_ids")}, {"adapter_logits", final_logits}});
+}
+
+TEST_CASE("qwen3_moe adapter: what nanoqlora's pairs cannot hold is refused, naming the file and tensor") {
+  const std::string src = kMoeFixtures + "renorm/adapter/";
+  std::ifstream in(src + "adapter_config.json");
+  std::stringstream config_text;
+  config_text << in.rdbuf();
+  const std::string gate_up_b = "base_model.model.model.layers.0.mlp.experts.base_layer.lora_B.weight";
+  const std::string gate_up_a = "base_model.model.model.layers.0.mlp.experts.base_layer.lora_A.weight";
+  // A copy of the adapter with `edit` applied to its tensors (writable host copies) and
+  // `from` -> `to` in its config; returns load_peft_adapter's error.
+  auto load_error = [&](const std::function<void(std::map<std::string, Tensor>&)>& edit, const std::string& from,
+                        const std::string& to) {
+    TempDir dir;
+    std::string text = config_text.str();
+    if (!from.empty()) {
+      const size_t at = text.find(from);
+      REQUIRE(at != std::string::npos);
+      text.replace(at, from.size(), to);
+    }
+    write_bytes(dir / "adapter_config.json", text);
+    SafetensorsFile file = SafetensorsFile::open(src + "adapter_model.safetensors");
+    std::map<std::string, Tensor> tensors;
+    for (const std::string& n : file.names()) {
+      const Tensor t = file.get(n);
+      tensors[n] = Tensor::from_vector(t.to_vector(), t.shape());
+    }
+    edit(tensors);
+    save_safetensors(dir / "adapter_model.safetensors", {tensors.begin(), tensors.end()});
+    Decoder model = Decoder::load(kMoeFixtures + "renorm");
+    std::string message;
+    try {
+      load_peft_adapter(dir.path, model);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    return message;
+  };
+  auto unchanged = [](std::map<std::string, Tensor>&) {};
+
+  // An up rank (the last column: rank 7 of expert 7) reaching into a gate row (row 0).
+  const std::string off_diagonal = load_error(
+      [&](std::map<std::string, Tensor>& t) {
+        Tensor& b = t.at(gate_up_b);
+        b.data<float>()[b.shape()[1] - 1] = 0.5f;
+      },
+      "", "");
+  CHECK(off_diagonal.find("tensor " + gate_up_b + " gives expert 7's rank 7 a non-zero row 0 outside its up rows") !=
+        std::string::npos);
+  CHECK(off_diagonal.find("adapter_model.safetensors") != std::string::npos);
+  // A gate_up rank that is not two pairs of one rank (tensors of that shape, so that only the rank is wrong).
+  const std::string odd_rank = load_error(
+      [&](std::map<std::string, Tensor>& t) {
+        for (int layer : {0, 2}) {
+          const std::string m = str("base_model.model.model.layers.", layer, ".mlp.experts.base_layer");
+          t[m + ".lora_A.weight"] = Tensor::zeros({8 * 7, 32});
+          t[m + ".lora_B.weight"] = Tensor::zeros({48, 8 * 7});
+        }
+      },
+      "\".*\\\\.gate_up_proj\": 8", "\".*\\\\.gate_up_proj\": 7");
+  CHECK(odd_rank.find("model.layers.0.mlp.experts.gate_up_proj has LoRA rank 7 (rank_pattern), which is not 2 pairs") !=
+        std::string::npos);
+  // A pattern for anything else is refused (matching Python regexes is not attempted).
+  const std::string pattern = load_error(unchanged, "\".*\\\\.gate_up_proj\": 8", "\"q_proj\": 8");
+  CHECK(pattern.find("rank_pattern key \"q_proj\" is not supported") != std::string::npos);
+  // The fused tensor named without its rank, and a wrong shape.
+  const std::string no_rank = load_error(unchanged, "\"rank_pattern\": {\n    \".*\\\\.gate_up_proj\": 8\n  }",
+                                         "\"rank_pattern\": {}");
+  CHECK(no_rank.find("rank_pattern and alpha_pattern must both give") != std::string::npos);
+  const std::string shape = load_error(
+      [&](std::map<std::string, Tensor>& t) { t[gate_up_a] = Tensor::zeros({8 * 8, 31}); }, "", "");
+  CHECK(shape.find(gate_up_a) != std::string::npos);
+  MESSAGE("refusals: ", off_diagonal, " | ", odd_rank, " | ", pattern, " | ", no_rank, " | ", shape);
 }

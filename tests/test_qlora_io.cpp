@@ -421,7 +421,7 @@ TEST_CASE("adapter: wrong shape, missing / unknown tensors and bad adapter_confi
       {[](json& c) { c["peft_type"] = 3; }, ": \"peft_type\" must be a string, got an integer (3)"},
       {[](json& c) { c["use_dora"] = true; }, ": use_dora is not supported"},
       {[](json& c) { c["r"] = "sixteen"; }, ": \"r\" must be an integer, got a string (\"sixteen\")"},
-      {[](json& c) { c["rank_pattern"] = {{"q_proj", 4}}; }, ": rank_pattern / alpha_pattern are not supported"},
+      {[](json& c) { c["rank_pattern"] = {{"q_proj", 4}}; }, ": rank_pattern key \"q_proj\" is not supported"},
   };
   for (const Case& c : cases) {
     json bad = config;

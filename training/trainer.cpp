@@ -96,6 +96,7 @@ StepResult train_step(const Decoder& model, Optimizer& optimizer, const std::vec
     throw Error(str("step ", step, " (micro-batch ", i + 1, " of ", micro.size(), "): ", e.what()));
   }
 
+  optimizer.fill_missing_grads();  // experts that saw no token step like PEFT's fused tensor
   // Clipping: the factor min(max_norm / (norm + 1e-6), 1) is applied inside the update,
   // with the unscaling 1/S folded in (exact: S is a power of two).
   const double norm = optimizer.grad_global_norm();
