@@ -3,13 +3,14 @@
 // Qwen3MoeForCausalLM saved with save_pretrained (tests/fixtures/moe/configs.json,
 // tools/ref/make_moe_config_fixtures.py): every config value, which layers are sparse,
 // every tensor name and shape, the parameter count; the official presets; one-line
-// errors for configs that cannot be right; and the memory plan's refusal (it has no
-// terms for the experts yet). The MoE block itself is tested in tests/test_moe.cpp.
+// errors for configs that cannot be right; and the memory plan's expert terms. The MoE
+// block itself is tested in tests/test_moe.cpp.
 #include <doctest/doctest.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "model/adapters.h"
 #include "model/config.h"
 #include "model/decoder.h"
 #include "model/load_model.h"
@@ -112,13 +113,33 @@ TEST_CASE("qwen3_moe config: what cannot be right is one line naming the key") {
   CHECK(error({{"mlp_only_layers", "all"}}).find("mlp_only_layers") != std::string::npos);
 }
 
-TEST_CASE("qwen3_moe: the memory plan refuses it in one line (no terms for the experts yet)") {
+TEST_CASE("qwen3_moe: the memory plan counts the experts, from the config as from the model") {
   const ModelConfig c = ModelConfig::from_json(fixture()["dense_layer_1"]["config_json"].dump(), "config.json");
-  const std::string message = thrown_message([&] { plan_memory(c, QloraShape{}, TrainShape{}, Device::CPU); });
-  CHECK(message ==
-        "memory plan: model_type qwen3_moe (8 experts, top 2): the plan has no terms for the experts yet; "
-        "its terms are a dense decoder's");
-  Decoder decoder(c, random_weights(c, 1));  // the decoder builds it
+  Decoder decoder(c, random_weights(c, 1));  // f32 bases: the config's plan with nf4_base false
   CHECK_FALSE(decoder.layers()[1].sparse());  // mlp_only_layers [1]
   CHECK(decoder.layers()[0].sparse());
+  QloraShape q;
+  q.r = 4;
+  q.nf4_base = false;
+  AdapterConfig adapter;
+  adapter.lora.r = 4;
+  attach_adapters(decoder, adapter);  // all-linear: attention, the dense MLP and every expert, never the router
+  TrainShape shape;
+  shape.batch = 2;
+  shape.seq = 64;
+  const MemoryPlan from_config = plan_memory(c, q, shape, Device::CPU), from_model = plan_memory(decoder, shape);
+  for (size_t i = 0; i < size_t(MemCategory::Count); ++i) {
+    CAPTURE(mem_category_name(MemCategory(i)));
+    CHECK(from_config.bytes[i] == from_model.bytes[i]);
+  }
+  // The LoRA term: A [r, in] + B [out, r] in f32 on each of 3 layers' q/k/v/o, the dense
+  // layer's gate/up/down and the sparse layers' E experts' gate/up/down.
+  const int64_t D = c.hidden_size, Hq = c.num_heads * c.head_dim, Hkv = c.num_kv_heads * c.head_dim,
+                F = c.intermediate_size, I = c.moe.expert_intermediate_size, E = c.moe.num_experts;
+  const int64_t attention = (D + Hq) + 2 * (D + Hkv) + (Hq + D), mlp = 3 * (D + F), experts = E * 3 * (D + I);
+  CHECK(from_config[MemCategory::LoRA] == size_t(4 * 4 * (3 * attention + mlp + 2 * experts)));
+  // A sparse layer's recomputed outputs grow with the token copies it routes (k per token).
+  ModelConfig top4 = c;
+  top4.moe.experts_per_token = 4;
+  CHECK(plan_memory(top4, q, shape, Device::CPU).recomputed_layer > from_config.recomputed_layer);
 }

@@ -54,8 +54,10 @@ struct LayerScheme {
   int64_t mlp_chunk_rows = 0;  // resolved: 0 or rows
 };
 
+// `expert_adapters` of the `adapters` are on a Qwen3-MoE's experts (model.layers.L.mlp.experts.E.*).
 MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, int64_t rank, int64_t adapters,
-                           bool nf4_base, const LayerScheme& scheme, const TrainShape& shape, bool gpu) {
+                           int64_t expert_adapters, bool nf4_base, const LayerScheme& scheme, const TrainShape& shape,
+                           bool gpu) {
   const bool checkpointing = scheme.checkpointing;
   NQ_CHECK(!scheme.offload || checkpointing, "memory plan: activation offload needs gradient checkpointing");
   MemoryPlan plan;
@@ -72,7 +74,9 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
   const size_t N = size_t(shape.batch * shape.seq), L = size_t(c.num_layers), D = size_t(c.hidden_size),
                F = size_t(c.intermediate_size), Hq = size_t(c.num_heads), Hkv = size_t(c.num_kv_heads),
                Dh = size_t(c.head_dim), r = size_t(rank), V = size_t(c.vocab_size);
-  const size_t lora_per_layer = L ? size_t(adapters) / L : 0;  // adapted projections per layer (7 = all-linear)
+  // Adapted projections per layer whose LoRA u = x A^T spans every token (7 = all-linear on a
+  // dense model; on a MoE model the attention's, with the dense MLP layers' averaged over layers).
+  const size_t lora_per_layer = L ? size_t(adapters - expert_adapters) / L : 0;
   // Rows the MLP's temporaries span: all N, or one chunk.
   const size_t C = scheme.mlp_chunk_rows > 0 ? std::min(N, size_t(scheme.mlp_chunk_rows)) : N;
   plan.mlp_chunk_rows = C < N ? int64_t(C) : 0;
@@ -82,9 +86,28 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
   // 1.01-1.02x with checkpointing); which tensors are alive at that moment depends on the
   // order in which backward() releases nodes, which the formula does not follow tensor by tensor.
   // The F terms span the MLP's rows: one chunk's with chunking.
-  const size_t layer_outputs = N * (a * (4 * D + 3 * Hq * Dh + 3 * Hkv * Dh + lora_per_layer * r) +
-                                    f32 * (2 * Hq + Hkv + 2)) +
-                               C * a * 3 * F;
+  const size_t attention_outputs =
+      N * (a * (4 * D + 3 * Hq * Dh + 3 * Hkv * Dh + lora_per_layer * r) + f32 * (2 * Hq + Hkv + 2));
+  const size_t dense_outputs = attention_outputs + C * a * 3 * F;
+  const size_t dense_backward = N * a * 2 * D + C * a * 2 * F;  // gradients in flight in that layer (fitted, above)
+  // A sparse (MoE) layer instead: M = N k token copies through the experts (model/moe.h), each
+  // copy's D-wide input gathered by expert, its output and that output back in slot order (3 D),
+  // the SwiGLU's gate, up and product (3 I), the experts' LoRA u's (their share of the
+  // `expert_adapters` pairs, r each); per token the router's f32 logits and softmax (2 E) and the
+  // k weights and expert ids. Its backward: the gradients of the copies' inputs and outputs and of
+  // the SwiGLU's two inputs in flight. With the MLP chunk the block runs on C rows at a time, except
+  // when the load-balancing loss is on (its statistics count the batch's rows: not chunked).
+  const size_t Cs = c.moe.output_router_logits ? N : C;
+  const size_t E = size_t(c.moe.num_experts), k = size_t(c.moe.experts_per_token),
+               I = size_t(c.moe.expert_intermediate_size), M = Cs * k;
+  size_t sparse_layers = 0;
+  for (int64_t i = 0; i < c.num_layers; ++i) sparse_layers += c.sparse_layer(i);
+  const size_t lora_per_expert = sparse_layers ? size_t(expert_adapters) / (sparse_layers * E) : 0;
+  const size_t sparse_outputs =
+      attention_outputs + M * a * (3 * D + 3 * I + lora_per_expert * r) + Cs * (f32 * 2 * E + 8 * k);
+  const size_t sparse_backward = N * a * 2 * D + M * a * (2 * D + 2 * I);
+  const size_t dense_layers = L - sparse_layers;
+  const size_t layer_outputs = std::max(dense_layers ? dense_outputs : 0, sparse_layers ? sparse_outputs : 0);
   if (checkpointing) {  // saved inputs + one layer recomputed at a time
     plan.offload = scheme.offload;
     plan.saved_layer_inputs = (scheme.offload ? std::min<size_t>(L, 2) : L) * N * D * a;
@@ -92,9 +115,9 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
     if (scheme.offload && !gpu) plan.saved_layer_inputs += plan.host_offload;  // the host is the device
     plan.recomputed_layer = layer_outputs;
   } else {  // every layer keeps its op outputs until its backward
-    plan.recomputed_layer = L * layer_outputs;
+    plan.recomputed_layer = dense_layers * dense_outputs + sparse_layers * sparse_outputs;
   }
-  plan.layer_backward = N * a * 2 * D + C * a * 2 * F;  // gradients in flight in that layer (fitted, above)
+  plan.layer_backward = std::max(dense_layers ? dense_backward : 0, sparse_layers ? sparse_backward : 0);
   plan.top = 3 * N * D * a;
   plan.lora_grads = lora;
   bytes[size_t(MemCategory::Activations)] =
@@ -107,7 +130,8 @@ MemoryPlan plan_from_sizes(const ModelConfig& c, size_t weights, size_t lora, in
   const size_t R = std::min(size_t(shape.ce_chunk_rows), N);
   const size_t loss_chunk = R * V * f32 + (gpu ? R * V * a + N * f32 : 0);
   size_t nf4_dequantized = 0;
-  const std::pair<size_t, size_t> projections[] = {{Hq * Dh, D}, {Hkv * Dh, D}, {D, Hq * Dh}, {F, D}, {D, F}};
+  const std::pair<size_t, size_t> projections[] = {{Hq * Dh, D}, {Hkv * Dh, D}, {D, Hq * Dh}, {F, D}, {D, F},
+                                                   {I, D}, {D, I}};  // (I = 0 on a dense model)
   if (nf4_base)
     for (const auto& [out, in] : projections)
       nf4_dequantized = std::max(nf4_dequantized, kernels::nf4_matmul_workspace_bytes(
@@ -131,6 +155,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// model.layers.L.mlp.experts.E.{gate,up,down}_proj: a Qwen3-MoE expert's projection.
+bool is_expert_module(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
+
 }  // namespace
 
 MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
@@ -139,7 +166,7 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
 
   // Weights and adapters: the actual tensors.
   size_t weights = 0, lora = 0;
-  int64_t rank = 0, adapters = 0;
+  int64_t rank = 0, adapters = 0, expert_adapters = 0;
   bool nf4_base = false;
   for (const Var& p : model.parameters()) weights += p.value().nbytes();
   for (Linear* l : model.linears()) {
@@ -151,12 +178,13 @@ MemoryPlan plan_memory(Decoder& model, const TrainShape& shape) {
       lora += l->lora().A.value().nbytes() + l->lora().B.value().nbytes();
       rank = l->lora().A.shape()[0];
       ++adapters;
+      expert_adapters += is_expert_module(l->name());
     }
   }
   TrainShape at = shape;
   if (device == Device::CUDA) at.compute = model.lm_head().value().dtype();  // model/device.h: the compute dtype
   const DecoderOptions& o = model.options();
-  return plan_from_sizes(model.config(), weights, lora, rank, adapters, nf4_base,
+  return plan_from_sizes(model.config(), weights, lora, rank, adapters, expert_adapters, nf4_base,
                          LayerScheme{o.checkpointing, o.offload_activations, o.mlp_chunk_rows}, at,
                          device == Device::CUDA);
 }
@@ -169,8 +197,6 @@ size_t nf4_bytes(int64_t out, int64_t in, int64_t blocksize, bool double_quant) 
 }
 
 MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const TrainShape& shape, Device device) {
-  NQ_CHECK(!config.is_moe(), "memory plan: model_type qwen3_moe (", config.moe.num_experts, " experts, top ",
-           config.moe.experts_per_token, "): the plan has no terms for the experts yet; its terms are a dense decoder's");
   check_shape(shape);
   NQ_CHECK(qlora.r > 0, "memory plan: the LoRA rank must be positive, got ", qlora.r);
   const bool gpu = device == Device::CUDA;
@@ -193,16 +219,17 @@ MemoryPlan plan_memory(const ModelConfig& config, const QloraShape& qlora, const
                    : dense_bytes(spec);
   }
   const std::vector<bool> picked = select_target_names(modules, qlora.targets);
-  int64_t adapters = 0;
+  int64_t adapters = 0, expert_adapters = 0;
   for (size_t i = 0; i < modules.size(); ++i) {
     if (!picked[i]) continue;
     lora += 4 * size_t(qlora.r) * size_t(module_shapes[i][0] + module_shapes[i][1]);  // A [r, in] + B [out, r], f32
     ++adapters;
+    expert_adapters += is_expert_module(modules[i]);
   }
   const int64_t chunk = qlora.mlp_chunk_rows == kPlanMlpChunk ? plan_mlp_chunk_rows(shape.batch * shape.seq)
                                                               : qlora.mlp_chunk_rows;
   NQ_CHECK(chunk >= 0, "memory plan: mlp_chunk_rows must be >= 0 (or kPlanMlpChunk), got ", qlora.mlp_chunk_rows);
-  return plan_from_sizes(config, weights, lora, qlora.r, adapters, qlora.nf4_base,
+  return plan_from_sizes(config, weights, lora, qlora.r, adapters, expert_adapters, qlora.nf4_base,
                          LayerScheme{qlora.checkpointing, qlora.offload_activations, chunk}, shape, gpu);
 }
 

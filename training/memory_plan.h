@@ -16,6 +16,11 @@
 //                k adapted projections per layer (without checkpointing: L such layers, no saved inputs)
 //              + its backward's gradients in flight:  N * a * (2D + 3F)
 //                (with the MLP over chunks of C rows, every F term above counts C rows, not N)
+//                A Qwen3-MoE's sparse layer instead of the 3F terms, for M = N k token copies
+//                of expert width I, E experts, e adapted projections per expert:
+//                  outputs  M * a * (3D + 3I + e r) + N * (4 * 2E + 8k)   backward  M * a * (2D + 2I)
+//                (the larger of a dense and a sparse layer counts; C rows instead of N with the MLP
+//                chunk unless the load-balancing loss is on)
 //              + the top: final norm output, its gradient, the loss's dh: 3 N D a
 //              + LoRA gradients (kernels allocate them as activations): 1 x lora
 //   workspace    the loss's logits chunk: R * V * 4 (+ R * V * a + 4 N on the GPU), R = min(chunk, N);
