@@ -39,9 +39,9 @@ ExpertGrouping group_by_expert(const std::vector<int32_t>& experts, int64_t N, i
 // c is a count (no gradient); the gradient reaches each layer's logits through p:
 //   d aux / d logits_{l,n,i} = (E / R^2) p_{l,n,i} (c_i - sum_e c_e p_{l,n,e}),
 // which needs c of every layer: known once the forward has run all of them. So each layer's
-// router logits pass through tap() (the identity) and add_layer() counts its choices; tap's backward adds that term times
-// dL/d(aux); loss() records aux on the last layer's output, so its backward (which learns
-// dL/d(aux)) runs before any layer's. A checkpointed layer's re-run in backward adds
+// router logits pass through tap() (the identity) and add_layer() counts its choices; tap's
+// backward adds that term times dL/d(aux); loss() records aux on the last layer's output, so
+// its backward (which learns dL/d(aux)) runs before any layer's. A checkpointed layer's re-run in backward adds
 // nothing to the statistics (they are sealed by loss()).
 class RouterLoss : public std::enable_shared_from_this<RouterLoss> {  // made by std::make_shared
  public:

@@ -626,3 +626,39 @@ GPU_TEST(moe_decoder_loss_and_lora_grads_match_cpu) {
             worst, " over ", cpu_params.size(), " parameters, all of them together ", all);
   }
 }
+
+TEST_CASE("qwen3_moe checkpoint: a missing router, experts the config does not have, a fused tensor of the wrong count") {
+  // The renorm fixture's files with one edit each; Decoder::load's error names the tensor.
+  auto load_error = [](const std::string& layout, const std::function<void(std::map<std::string, Tensor>&)>& edit) {
+    TempDir dir;
+    const std::string src = kMoeFixtures + "renorm" + layout;
+    std::filesystem::copy_file(src + "/config.json", dir / "config.json");
+    SafetensorsFile file = SafetensorsFile::open(src + "/model.safetensors");
+    std::map<std::string, Tensor> tensors;
+    for (const std::string& n : file.names()) {
+      const Tensor t = file.get(n);
+      tensors[n] = Tensor::from_vector(t.to_vector(), t.shape());
+    }
+    edit(tensors);
+    save_safetensors(dir / "model.safetensors", {tensors.begin(), tensors.end()});
+    std::string message;
+    try {
+      Decoder::load(dir.path);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    return message;
+  };
+  const std::string router = load_error("", [](auto& t) { t.erase("model.layers.2.mlp.gate.weight"); });
+  CHECK(router.find("model.layers.2.mlp.gate.weight") != std::string::npos);
+  const std::string extra = load_error("", [](auto& t) {
+    t["model.layers.0.mlp.experts.8.up_proj.weight"] = Tensor::zeros({24, 32});  // a ninth expert
+  });
+  CHECK(extra.find("model.layers.0.mlp.experts.8.up_proj.weight") != std::string::npos);
+  const std::string fused = load_error("/fused", [](auto& t) {
+    const std::string name = "model.layers.0.mlp.experts.gate_up_proj";  // [8, 48, 32] -> 7 experts
+    t[name] = Tensor::zeros({7, 48, 32});
+  });
+  CHECK(fused.find("model.layers.0.mlp.experts.gate_up_proj") != std::string::npos);
+  MESSAGE("refusals: ", router, " | ", extra, " | ", fused);
+}
