@@ -366,6 +366,24 @@ TEST_CASE("qwen3_moe adapter: saved in PEFT's fused layout and read back, the sa
   SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
   const DecoderBatch batch = hf_decoder_batch(ref.get("input_ids"), ref.get("input_ids"));
   CHECK(max_rel_error(reloaded.logits(batch), model.logits(batch)) == 0.0);
+
+  // The transformers-4 form, one module per expert projection (mlp.experts.N.gate_proj, ...),
+  // is read too: the tensors name the modules.
+  TempDir per_expert;
+  AdapterConfig v4 = cfg;
+  v4.target_parameters.clear();
+  v4.gate_up_rank = 0;
+  v4.target_modules.clear();
+  std::vector<std::pair<std::string, PeftLoraWeights>> modules;
+  for (Linear* l : model.linears())
+    if (l->has_lora()) {
+      v4.target_modules.push_back(l->name());
+      modules.emplace_back(l->name(), PeftLoraWeights{l->lora().A.value(), l->lora().B.value()});
+    }
+  write_peft_adapter(per_expert.path, v4, modules);
+  Decoder from_v4 = Decoder::load(kMoeFixtures + "renorm");
+  load_peft_adapter(per_expert.path, from_v4);
+  CHECK(max_rel_error(from_v4.logits(batch), model.logits(batch)) == 0.0);
 }
 
 TEST_CASE("qwen3_moe adapter: 10 AdamW steps follow PEFT's trajectory; the result loads in PEFT") {
