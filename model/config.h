@@ -19,8 +19,9 @@ namespace nq {
 
 // Qwen3-MoE (model_type "qwen3_moe", transformers' Qwen3MoeConfig): the MLP of a sparse
 // layer is a router [E, D] over E SwiGLU experts of width moe_intermediate_size, each token
-// sent to its top k. Read and written here; the decoder does not compute it yet (it
-// refuses such a config, naming it).
+// sent to its top k. Read from and written to config.json here; model/gguf_model.cpp fills
+// it from a GGUF's qwen3moe.* keys (norm_topk_prob true, every layer sparse: llama.cpp's
+// graph). The decoder computes it in model/moe.* (docs/model.md, "Qwen3-MoE").
 struct MoeConfig {
   int64_t num_experts = 0;             // E (num_experts on the hub, num_local_experts in memory); 0: dense
   int64_t experts_per_token = 0;       // k, num_experts_per_tok

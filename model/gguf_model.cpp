@@ -61,10 +61,57 @@ void read_rope_scaling(const GGUFFile& f, const std::string& arch, nlohmann::jso
 // Refuses features the decoder does not implement, naming the key at fault.
 void refuse_unsupported(const GGUFFile& f, const std::string& arch) {
   const std::string experts = arch + ".expert_count";
-  NQ_CHECK(!f.has(experts) || f.get_i64(experts) == 0, key_error(f, experts),
-           " is set; mixture-of-experts layers are not implemented");
+  NQ_CHECK(arch == "qwen3moe" || !f.has(experts) || f.get_i64(experts) == 0, key_error(f, experts),
+           " is set; mixture-of-experts layers are implemented for qwen3moe only");
   const std::string window = arch + ".attention.sliding_window";
   NQ_CHECK(!f.has(window), key_error(f, window), " is set; sliding-window attention is not implemented");
+}
+
+// llama.cpp's qwen3moe (convert_hf_to_gguf's Qwen3MoeModel, llm_build_qwen3moe) as
+// Qwen3MoeConfig fields. Its graph makes every layer sparse (the block's tensors are required,
+// there is no dense MLP) and always renormalises the top-k routing weights (build_moe_ffn with
+// norm_w = true; the converter does not write norm_topk_prob), with a softmax router: so
+// norm_topk_prob true, decoder_sparse_step 1, no mlp_only_layers, whatever the HF model had.
+void read_moe(const GGUFFile& f, const std::string& a, nlohmann::json& config) {
+  const int64_t experts = positive(f, a + "expert_count"), used = positive(f, a + "expert_used_count");
+  NQ_CHECK(used <= experts, key_error(f, a + "expert_used_count"), " is ", used, ", more than ", a, "expert_count (",
+           experts, ")");
+  config["num_experts"] = experts;
+  config["num_experts_per_tok"] = used;
+  config["moe_intermediate_size"] = positive(f, a + "expert_feed_forward_length");
+  config["norm_topk_prob"] = true;
+  config["decoder_sparse_step"] = 1;
+  config["mlp_only_layers"] = nlohmann::json::array();
+  // The qwen3moe graph ignores these keys; a file saying otherwise describes another model.
+  if (f.has(a + "expert_weights_norm"))
+    NQ_CHECK(f.get_bool(a + "expert_weights_norm"), key_error(f, a + "expert_weights_norm"),
+             " is false, but llama.cpp's qwen3moe always renormalises the top-k weights");
+  if (f.has(a + "expert_gating_func")) {
+    const int64_t gating = f.get_i64(a + "expert_gating_func");  // gguf-py ExpertGatingFuncType: 1 softmax
+    NQ_CHECK(gating == 1, key_error(f, a + "expert_gating_func"), " is ", gating, "; only 1 (softmax) is implemented");
+  }
+}
+
+// "blk.<N>.<rest>" split into N and rest; false for any other name.
+bool split_block_name(const std::string& name, std::string& layer, std::string& rest) {
+  if (name.compare(0, 4, "blk.") != 0) return false;
+  const size_t dot = name.find('.', 4);
+  if (dot == std::string::npos || dot == 4) return false;
+  layer = name.substr(4, dot - 4);
+  if (layer.find_first_not_of("0123456789") != std::string::npos) return false;
+  rest = name.substr(dot + 1);
+  return true;
+}
+
+// A MoE block's 3-D expert tensors (after "blk.N.") and the HF projection that each expert's
+// slice is (after "model.layers.N.mlp.experts.E.").
+const std::map<std::string, std::string>& expert_names() {
+  static const std::map<std::string, std::string> names = {
+      {"ffn_gate_exps.weight", "gate_proj.weight"},
+      {"ffn_up_exps.weight", "up_proj.weight"},
+      {"ffn_down_exps.weight", "down_proj.weight"},
+  };
+  return names;
 }
 
 // Per-layer GGUF names (after "blk.N.") and their HF names (after "model.layers.N.").
@@ -80,8 +127,34 @@ const std::map<std::string, std::string>& layer_names() {
       {"ffn_gate.weight", "mlp.gate_proj.weight"},
       {"ffn_up.weight", "mlp.up_proj.weight"},
       {"ffn_down.weight", "mlp.down_proj.weight"},
+      {"ffn_gate_inp.weight", "mlp.gate.weight"},  // a MoE block's router [E, D]
   };
   return names;
+}
+
+// A 3-D expert tensor split into its experts' HF weights: ggml ne [D, I, E] (gate, up) or
+// [I, D, E] (down), i.e. row-major [E, I, D] / [E, D, I], so expert e is rows [e * I, (e + 1) * I)
+// (down: [e * D, (e + 1) * D)) of the 2-D view, whole quant blocks (they run along the innermost
+// dim). The whole tensor is decoded to f32 once, then each expert copied or NF4-quantized.
+void take_experts(const GGUFFile& f, const std::string& name, const ModelConfig& c,
+                  const std::map<std::string, bool>& expected, const WeightLoad& load, HfWeights& out) {
+  const int64_t E = c.moe.num_experts, I = c.moe.expert_intermediate_size, D = c.hidden_size;
+  const bool down = name.find(".ffn_down_exps.") != std::string::npos;
+  const int64_t rows = down ? D : I, cols = down ? I : D;  // one expert's [out, in]
+  NQ_CHECK(expected.count(gguf_expert_to_hf_name(name, 0)), f.path(), ": unexpected tensor '", name,
+           "' (not a parameter of this ", c.model_type, " model)");
+  const Shape shape = f.tensor(name).shape(), want{E, rows, cols};
+  NQ_CHECK(shape.ndim != 3 || shape[0] == E, f.path(), ": tensor '", name, "' holds ", shape[0], " experts, expected ",
+           E, " (metadata key 'qwen3moe.expert_count')");
+  NQ_CHECK(shape == want, f.path(), ": tensor '", name, "' has shape ", shape.str(), ", expected ", want.str(), " (",
+           E, " experts of width ", I, ", hidden ", D, ")");
+  const Tensor all = f.load_f32(name).view({E * rows, cols});
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string hf = gguf_expert_to_hf_name(name, e);
+    NQ_CHECK(!out.dense.count(hf) && !out.nf4.count(hf), f.path(), ": tensor '", name, "' appears twice");
+    take_weight(hf, all.slice(e * rows, (e + 1) * rows), load, out);
+  }
+  f.release(name);
 }
 
 }  // namespace
@@ -94,15 +167,19 @@ std::string gguf_to_hf_name(const std::string& name) {
   };
   auto g = global.find(name);
   if (g != global.end()) return g->second;
-  // "blk.<N>.<rest>"
-  if (name.compare(0, 4, "blk.") != 0) return "";
-  size_t dot = name.find('.', 4);
-  if (dot == std::string::npos || dot == 4) return "";
-  const std::string layer = name.substr(4, dot - 4);
-  if (layer.find_first_not_of("0123456789") != std::string::npos) return "";
-  auto l = layer_names().find(name.substr(dot + 1));
+  std::string layer, rest;
+  if (!split_block_name(name, layer, rest)) return "";
+  auto l = layer_names().find(rest);
   if (l == layer_names().end()) return "";
   return "model.layers." + layer + "." + l->second;
+}
+
+std::string gguf_expert_to_hf_name(const std::string& name, int64_t expert) {
+  std::string layer, rest;
+  if (!split_block_name(name, layer, rest)) return "";
+  auto x = expert_names().find(rest);
+  if (x == expert_names().end()) return "";
+  return str("model.layers.", layer, ".mlp.experts.", expert, ".", x->second);
 }
 
 std::string hf_to_gguf_name(const std::string& name) {
@@ -126,15 +203,15 @@ std::string hf_to_gguf_name(const std::string& name) {
 
 ModelConfig gguf_config(const GGUFFile& f) {
   const std::string arch = f.get_string("general.architecture");
-  NQ_CHECK(arch == "llama" || arch == "qwen3", key_error(f, "general.architecture"), " is '", arch,
-           "'; supported architectures: llama, qwen3");
+  NQ_CHECK(arch == "llama" || arch == "qwen3" || arch == "qwen3moe", key_error(f, "general.architecture"), " is '",
+           arch, "'; supported architectures: llama, qwen3, qwen3moe");
   refuse_unsupported(f, arch);
   const std::string a = arch + ".";
 
   // The equivalent HF config.json, so that defaults and validation are those of
   // ModelConfig::from_json; GGUF-specific checks come first and name GGUF keys.
   nlohmann::json j;
-  j["model_type"] = arch;
+  j["model_type"] = arch == "qwen3moe" ? "qwen3_moe" : arch;
   j["num_hidden_layers"] = positive(f, a + "block_count");
   j["hidden_size"] = positive(f, a + "embedding_length");
   j["intermediate_size"] = positive(f, a + "feed_forward_length");
@@ -145,6 +222,7 @@ ModelConfig gguf_config(const GGUFFile& f) {
   if (f.has(a + "rope.freq_base")) j["rope_theta"] = finite(f, a + "rope.freq_base");
   if (f.has(a + "context_length")) j["max_position_embeddings"] = positive(f, a + "context_length");
   read_rope_scaling(f, arch, j);
+  if (arch == "qwen3moe") read_moe(f, a, j);
 
   // head_dim: attention.key_length when given, else D / heads (llama.cpp's rule).
   // The decoder rotates the whole head, so a narrower RoPE (partial rotary) is refused.
@@ -185,7 +263,9 @@ ModelConfig gguf_config(const GGUFFile& f) {
         {"num_hidden_layers", "block_count"},           {"hidden_size", "embedding_length"},
         {"intermediate_size", "feed_forward_length"},   {"num_attention_heads", "attention.head_count"},
         {"num_key_value_heads", "attention.head_count_kv"}, {"head_dim", "attention.key_length"},
-        {"vocab_size", "vocab_size"},                   {"max_position_embeddings", "context_length"}};
+        {"vocab_size", "vocab_size"},                   {"max_position_embeddings", "context_length"},
+        {"num_experts", "expert_count"},                {"num_experts_per_tok", "expert_used_count"},
+        {"moe_intermediate_size", "expert_feed_forward_length"}};
     const std::string message = e.what();
     for (const auto& [field, key] : kFrom)
       if (message.find(str("\"", field, "\"")) != std::string::npos && f.has(a + key))
@@ -205,10 +285,19 @@ HfWeights gguf_weights(const GGUFFile& f, const ModelConfig& config, const Weigh
 
   HfWeights weights;
   for (const GGUFTensorInfo& t : f.tensors()) {
+    if (!gguf_expert_to_hf_name(t.name, 0).empty()) {
+      take_experts(f, t.name, config, expected, load, weights);
+      continue;
+    }
     const std::string hf = gguf_to_hf_name(t.name);
+    const bool dense_mlp = config.is_moe() && hf.find(".mlp.") != std::string::npos &&
+                           hf.find(".mlp.gate.") == std::string::npos;
     NQ_CHECK(!hf.empty() && expected.count(hf), f.path(), ": unexpected tensor '", t.name,
              "' (not a parameter of this ", config.model_type, " model",
-             t.name == "rope_freqs.weight" ? "; it carries RoPE scaling, which is not implemented" : "", ")");
+             t.name == "rope_freqs.weight" ? "; it carries RoPE scaling, which is not implemented"
+             : dense_mlp                   ? "; llama.cpp's qwen3moe has experts in every layer, no dense MLP"
+                                           : "",
+             ")");
     Tensor w = f.load_f32(t.name);  // [ne[n-1], ..., ne[0]] = HF's [out, in]
     if (permuted && (t.name.find(".attn_q.") != std::string::npos || t.name.find(".attn_k.") != std::string::npos)) {
       const int64_t heads = t.name.find(".attn_q.") != std::string::npos ? config.num_heads : config.num_kv_heads;
@@ -221,6 +310,12 @@ HfWeights gguf_weights(const GGUFFile& f, const ModelConfig& config, const Weigh
     take_weight(hf, w, load, weights);
     f.release(t.name);
   }
+  // Named here as GGUF tensors (check_weights would name the HF experts they stand for).
+  for (int64_t l = 0; l < config.num_layers; ++l)
+    if (config.sparse_layer(l))
+      for (const char* part : {"ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"})
+        NQ_CHECK(f.has_tensor(str("blk.", l, ".", part, ".weight")), f.path(), ": missing tensor 'blk.", l, ".", part,
+                 ".weight' (layer ", l, " is a mixture-of-experts block)");
   check_weights(weights.dense, config, f.path(), weights.nf4);
   return weights;
 }

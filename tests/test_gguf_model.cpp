@@ -8,6 +8,10 @@
 // safetensors weights rounded through the same types (bit for bit: the block
 // decoders are exact), and so must the decoder's logits. Then bad files.
 //
+// Qwen3-MoE: tests/fixtures/gguf_moe (tools/ref/make_gguf_moe_fixtures.py), a tiny qwen3moe
+// GGUF written by gguf-py's GGUFWriter in F32 and Q8_0, loads to the HF config and to
+// transformers' and llama.cpp's logits; inconsistent expert counts are errors.
+//
 // When .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf exists (`make model`):
 // tokenizer ids, chat renderings, logits and 32 greedy tokens against what
 // transformers computes from the same file (tests/fixtures/smollm2, written by
@@ -21,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "model/decoder.h"
@@ -272,8 +277,16 @@ TEST_CASE("GGUF tensor names map to Hugging Face names") {
   CHECK(gguf_to_hf_name("blk.0.ffn_norm.weight") == "model.layers.0.post_attention_layernorm.weight");
   CHECK(gguf_to_hf_name("blk.3.attn_k_norm.weight") == "model.layers.3.self_attn.k_norm.weight");
   CHECK(gguf_to_hf_name("blk.x.ffn_up.weight") == "");
-  CHECK(gguf_to_hf_name("blk.0.ffn_gate_exps.weight") == "");
   CHECK(gguf_to_hf_name("rope_freqs.weight") == "");
+  // Qwen3-MoE: the router is one tensor; a 3-D expert tensor is E of them.
+  CHECK(gguf_to_hf_name("blk.1.ffn_gate_inp.weight") == "model.layers.1.mlp.gate.weight");
+  CHECK(hf_to_gguf_name("model.layers.1.mlp.gate.weight") == "blk.1.ffn_gate_inp.weight");
+  CHECK(gguf_to_hf_name("blk.0.ffn_gate_exps.weight") == "");
+  CHECK(gguf_expert_to_hf_name("blk.0.ffn_gate_exps.weight", 0) == "model.layers.0.mlp.experts.0.gate_proj.weight");
+  CHECK(gguf_expert_to_hf_name("blk.2.ffn_up_exps.weight", 7) == "model.layers.2.mlp.experts.7.up_proj.weight");
+  CHECK(gguf_expert_to_hf_name("blk.3.ffn_down_exps.weight", 12) == "model.layers.3.mlp.experts.12.down_proj.weight");
+  CHECK(gguf_expert_to_hf_name("blk.0.ffn_up.weight", 0) == "");
+  CHECK(gguf_expert_to_hf_name("blk.x.ffn_up_exps.weight", 0) == "");
 }
 
 TEST_CASE("tiny Llama / Qwen3 GGUF: config, weights and logits equal the safetensors model") {
@@ -389,7 +402,7 @@ TEST_CASE("GGUF model: unsupported or broken files are clear errors") {
 
   Variant arch;
   arch.architecture = "mamba";
-  CHECK(contains(load_error(arch), "metadata key 'general.architecture' is 'mamba'; supported architectures: llama, qwen3"));
+  CHECK(contains(load_error(arch), "metadata key 'general.architecture' is 'mamba'; supported architectures: llama, qwen3, qwen3moe"));
 
   Variant partial;
   partial.rope_dims = 4;
@@ -450,6 +463,207 @@ TEST_CASE("load_model: a Hugging Face directory gives the same model as load_wei
 
   TempDir empty;
   CHECK_THROWS_WITH_AS(load_model(empty.path), (empty.path + "/config.json: cannot open").c_str(), Error);
+}
+
+// ------------------------------------------------------------ Qwen3-MoE (qwen3moe)
+
+namespace {
+
+const std::string kMoeDir = "tests/fixtures/gguf_moe";  // tools/ref/make_gguf_moe_fixtures.py
+
+// What to change when rebuilding the fixture's F32 file (bad-input tests).
+struct MoeEdit {
+  std::map<std::string, uint32_t> u32_keys;  // keys set (added or replaced) to these values
+  std::map<std::string, bool> bool_keys;
+  std::string skip_tensor;
+  std::string fewer_experts_tensor;          // a 3-D expert tensor cut to its first `experts` slices
+  int64_t experts = 0;
+  std::string dense_tensor;                  // an added [48, 32] F32 tensor
+};
+
+// tiny_f32.gguf re-emitted key by key and tensor by tensor through GGUFBuilder, edited.
+std::string edited_moe_gguf(const MoeEdit& edit) {
+  const GGUFFile f = GGUFFile::open(kMoeDir + "/tiny_f32.gguf");
+  GGUFBuilder b;
+  for (const std::string& key : f.keys()) {
+    const GGUFValue& v = f.value(key);
+    if (edit.u32_keys.count(key) || edit.bool_keys.count(key)) continue;
+    if (v.type == GGUFValueType::U32) b.add<uint32_t>(key, GGUFValueType::U32, uint32_t(f.get_i64(key)));
+    else if (v.type == GGUFValueType::F32) b.add<float>(key, GGUFValueType::F32, float(f.get_f64(key)));
+    else if (v.type == GGUFValueType::BOOL) b.add<uint8_t>(key, GGUFValueType::BOOL, uint8_t(f.get_bool(key)));
+    else if (v.type == GGUFValueType::STRING) b.add_string(key, f.get_string(key));
+    else if (v.type == GGUFValueType::ARRAY && v.elem_type == GGUFValueType::STRING)
+      b.add_string_array(key, f.get_string_array(key));
+    else if (v.type == GGUFValueType::ARRAY && v.elem_type == GGUFValueType::I32) {
+      std::vector<int32_t> ints;
+      for (int64_t x : f.get_int_array(key)) ints.push_back(int32_t(x));
+      b.add_i32_array(key, ints);
+    } else {
+      FAIL("metadata key '", key, "' has a type this rebuild does not write");
+    }
+  }
+  for (const auto& [key, value] : edit.u32_keys) b.add<uint32_t>(key, GGUFValueType::U32, value);
+  for (const auto& [key, value] : edit.bool_keys) b.add<uint8_t>(key, GGUFValueType::BOOL, uint8_t(value));
+  for (const GGUFTensorInfo& t : f.tensors()) {
+    if (t.name == edit.skip_tensor) continue;
+    std::vector<uint64_t> ne(t.ne.begin(), t.ne.end());
+    std::string bytes(reinterpret_cast<const char*>(f.tensor_data(t.name)), t.nbytes);
+    if (t.name == edit.fewer_experts_tensor) {  // the outermost dim (ne[2]) counts experts
+      bytes.resize(bytes.size() / ne[2] * uint64_t(edit.experts));
+      ne[2] = uint64_t(edit.experts);
+    }
+    b.add_tensor(t.name, ne, uint32_t(t.type), bytes);
+  }
+  if (!edit.dense_tensor.empty())
+    b.add_tensor(edit.dense_tensor, {32, 48}, uint32_t(GGMLType::F32), std::string(32 * 48 * 4, '\0'));
+  return b.build();
+}
+
+// The message load_model throws for this edit ("" when it loads).
+std::string moe_load_error(const MoeEdit& edit) {
+  TempDir dir;
+  const std::string path = write_file(dir, edited_moe_gguf(edit));
+  try {
+    load_model(path);
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    CHECK(contains(message, path));                            // names the file
+    CHECK(message.find('\n') == std::string::npos);            // on one line
+    return message;
+  }
+  return "";
+}
+
+// max over positions of max_v |a - b| / max_v |b|: the logits [B, T, V] error relative to each row's scale.
+double max_relative_error(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  const int64_t V = a.shape()[a.ndim() - 1], rows = a.numel() / V;
+  double worst = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a.data<float>() + r * V;
+    const float* y = b.data<float>() + r * V;
+    double err = 0, scale = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      err = std::max(err, std::fabs(double(x[v]) - y[v]));
+      scale = std::max(scale, std::fabs(double(y[v])));
+    }
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("tiny Qwen3-MoE GGUF (qwen3moe, F32 and Q8_0): config equals the HF model's, logits those of "
+          "transformers and llama.cpp") {
+  const ModelConfig hf = ModelConfig::from_file(kMoeDir + "/config.json");
+  REQUIRE(hf.is_moe());
+  SafetensorsFile ref = SafetensorsFile::open(kMoeDir + "/reference.safetensors");
+  DecoderBatch batch;
+  batch.ids = ref.get("input_ids");  // [2, 13]
+  for (const char* type : {"f32", "q8_0"}) {
+    const std::string path = kMoeDir + "/tiny_" + type + ".gguf";
+    INFO(path);
+    const LoadedModel m = load_model(path);
+    const ModelConfig& c = m.config;
+    CHECK(c.model_type == "qwen3_moe");
+    CHECK(c.num_layers == hf.num_layers);
+    CHECK(c.hidden_size == hf.hidden_size);
+    CHECK(c.intermediate_size == hf.intermediate_size);
+    CHECK(c.num_heads == hf.num_heads);
+    CHECK(c.num_kv_heads == hf.num_kv_heads);
+    CHECK(c.head_dim == hf.head_dim);
+    CHECK(c.vocab_size == hf.vocab_size);
+    CHECK(c.rope_theta == hf.rope_theta);
+    CHECK(c.rms_norm_eps == hf.rms_norm_eps);
+    CHECK(c.tie_word_embeddings == hf.tie_word_embeddings);
+    CHECK(c.attention_bias == hf.attention_bias);
+    CHECK(c.max_position_embeddings == hf.max_position_embeddings);
+    CHECK(c.bos_token_id == hf.bos_token_id);
+    CHECK(c.eos_token_ids == hf.eos_token_ids);
+    CHECK(c.moe.num_experts == hf.moe.num_experts);
+    CHECK(c.moe.experts_per_token == hf.moe.experts_per_token);
+    CHECK(c.moe.expert_intermediate_size == hf.moe.expert_intermediate_size);
+    CHECK(c.moe.norm_topk_prob == hf.moe.norm_topk_prob);  // true: llama.cpp's qwen3moe renormalises
+    CHECK(c.moe.decoder_sparse_step == hf.moe.decoder_sparse_step);
+    CHECK(c.moe.mlp_only_layers == hf.moe.mlp_only_layers);
+    CHECK(m.weights.size() == parameter_specs(hf).size());
+
+    const Tensor logits = Decoder(c, m.weights).logits(batch);
+    if (std::string(type) == "f32") {
+      const double vs_hf = max_relative_error(logits, ref.get("logits"));
+      const double vs_llama = max_relative_error(logits, ref.get("llamacpp_f32_logits"));
+      MESSAGE("qwen3moe F32 GGUF logits: max relative error ", vs_hf, " vs transformers, ", vs_llama, " vs llama.cpp");
+      CHECK(vs_hf <= 1e-4);
+      CHECK(vs_llama <= 1e-4);
+    } else {
+      // Against transformers on the file's own (dequantized) weights: the decoding is exact; against
+      // the f32 model: what Q8_0 costs (0.032 measured by transformers itself).
+      const double vs_rounded = max_relative_error(logits, ref.get("q8_0_logits"));
+      const double vs_f32 = max_relative_error(logits, ref.get("logits"));
+      MESSAGE("qwen3moe Q8_0 GGUF logits: max relative error ", vs_rounded, " vs transformers on the Q8_0 weights, ",
+              vs_f32, " vs the f32 model");
+      CHECK(vs_rounded <= 1e-4);
+      CHECK(vs_f32 <= 0.05);
+    }
+  }
+}
+
+TEST_CASE("tiny Qwen3-MoE GGUF loaded with NF4 projections: every expert quantized, the same base as quantizing "
+          "after the load") {
+  const std::string path = kMoeDir + "/tiny_q8_0.gguf";
+  LoadedModel streamed = load_model(path, WeightLoad::qlora(true)), dense = load_model(path);
+  CHECK(streamed.nf4.count("model.layers.1.mlp.experts.7.down_proj.weight"));
+  for (const auto& [param, t] : streamed.weights) CHECK_FALSE(is_projection_weight(param));
+  Decoder a = build_decoder(streamed, {}, true), b = build_decoder(dense, {}, true);
+  const std::vector<Linear*> la = a.linears(), lb = b.linears();
+  REQUIRE(la.size() == lb.size());
+  for (size_t i = 0; i < la.size(); ++i) {
+    CAPTURE(la[i]->name());
+    CHECK(same_nf4(*la[i]->nf4(), *lb[i]->nf4()));
+  }
+}
+
+TEST_CASE("Qwen3-MoE GGUF: inconsistent expert counts and missing MoE tensors are one-line errors") {
+  CHECK(moe_load_error({}).empty());  // the rebuilt file loads
+
+  MoeEdit fewer;
+  fewer.fewer_experts_tensor = "blk.0.ffn_gate_exps.weight";
+  fewer.experts = 6;
+  CHECK(contains(moe_load_error(fewer), "tensor 'blk.0.ffn_gate_exps.weight' holds 6 experts, expected 8 (metadata "
+                                        "key 'qwen3moe.expert_count')"));
+
+  MoeEdit no_router;
+  no_router.skip_tensor = "blk.1.ffn_gate_inp.weight";
+  CHECK(contains(moe_load_error(no_router),
+                 "missing tensor 'blk.1.ffn_gate_inp.weight' (layer 1 is a mixture-of-experts block)"));
+
+  MoeEdit too_many_used;
+  too_many_used.u32_keys = {{"qwen3moe.expert_used_count", 9}};
+  CHECK(contains(moe_load_error(too_many_used),
+                 "metadata key 'qwen3moe.expert_used_count' is 9, more than qwen3moe.expert_count (8)"));
+
+  MoeEdit dense;  // llama.cpp's qwen3moe has no dense layer (mlp_only_layers): refused, not mapped
+  dense.dense_tensor = "blk.1.ffn_gate.weight";
+  CHECK(contains(moe_load_error(dense), "unexpected tensor 'blk.1.ffn_gate.weight' (not a parameter of this qwen3_moe "
+                                        "model; llama.cpp's qwen3moe has experts in every layer, no dense MLP)"));
+
+  MoeEdit unnormalised;
+  unnormalised.bool_keys = {{"qwen3moe.expert_weights_norm", false}};
+  CHECK(contains(moe_load_error(unnormalised), "metadata key 'qwen3moe.expert_weights_norm' is false, but llama.cpp's "
+                                               "qwen3moe always renormalises the top-k weights"));
+  MoeEdit normalised;
+  normalised.bool_keys = {{"qwen3moe.expert_weights_norm", true}};
+  CHECK(moe_load_error(normalised).empty());
+
+  MoeEdit sigmoid;  // gguf-py's ExpertGatingFuncType.SIGMOID
+  sigmoid.u32_keys = {{"qwen3moe.expert_gating_func", 2}};
+  CHECK(contains(moe_load_error(sigmoid),
+                 "metadata key 'qwen3moe.expert_gating_func' is 2; only 1 (softmax) is implemented"));
+
+  MoeEdit no_width;  // expert_feed_forward_length is required (the experts' shapes)
+  no_width.u32_keys = {{"qwen3moe.expert_feed_forward_length", 0}};
+  CHECK(contains(moe_load_error(no_width), "metadata key 'qwen3moe.expert_feed_forward_length' must be > 0, got 0"));
 }
 
 // ------------------------------------------------------------ SmolLM2 vs transformers
