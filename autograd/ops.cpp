@@ -136,6 +136,22 @@ Var nf4_linear(const Var& x, std::shared_ptr<const Nf4Tensor> w) {
   });
 }
 
+Var nf4_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tensor>> w, std::vector<int64_t> offsets) {
+  auto raw = [](const std::vector<std::shared_ptr<const Nf4Tensor>>& ws) {
+    std::vector<const Nf4Tensor*> p;
+    for (const auto& e : ws) {
+      NQ_CHECK(e != nullptr, "nf4_grouped_linear: null NF4 weight");
+      p.push_back(e.get());
+    }
+    return p;
+  };
+  Tensor y = kernels::nf4_grouped_matmul(x.value(), raw(w), offsets);
+  return record("nf4_grouped_linear", std::move(y), {x},
+                [w = std::move(w), offsets = std::move(offsets), raw](const Tensor& gy) -> std::vector<Tensor> {
+                  return {kernels::nf4_grouped_matmul_dx(gy, raw(w), offsets)};
+                });
+}
+
 Var embedding(const Var& table, const Tensor& ids) {
   int64_t V = table.value().size(0);
   return record("embedding", kernels::embedding_forward(table.value(), ids), {table}, [ids, V](const Tensor& g) {

@@ -23,6 +23,10 @@ Var add_bias(const Var& y, const Var& bias);  // y [..., out] + bias [out] (for 
 // backward nf4_matmul_dx): gradient for x only. Here, not in quant/: quant/ holds the codec,
 // below kernels/; an op over Vars sits above both. w is kept alive by the backward.
 Var nf4_linear(const Var& x, std::shared_ptr<const Nf4Tensor> w);
+// Rows of x [M, in] grouped by expert (rows [offsets[e], offsets[e+1]) are expert e's) ->
+// [M, out], each expert's rows times its own frozen NF4 weight W_e^T: one
+// kernels::nf4_grouped_matmul each way (a MoE layer's experts in one GPU launch).
+Var nf4_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tensor>> w, std::vector<int64_t> offsets);
 Var embedding(const Var& table, const Tensor& ids);
 // Rows of x by index: x [N, D], index [M] i32 in [0, N) -> [M, D]; the gradient scatters
 // back and adds where an index repeats (the embedding's kernels, with x as the table).

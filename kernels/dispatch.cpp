@@ -512,6 +512,80 @@ size_t nf4_matmul_workspace_bytes(int64_t M, int64_t out, int64_t in, DType dtyp
   return M >= cuda::kNf4DequantMinRows ? size_t(out * in) * dtype_size(dtype) : 0;
 }
 
+// ---- the grouped NF4 matmul of a MoE layer's experts ------------------------------
+// Checks x [M, features] against the experts (one shape, on x's device), the row bounds
+// (E + 1, from 0 to M, non-decreasing) and the low-rank term (a [M, r], expert e's w [n, r]
+// or, transposed, [r, n], all in x's dtype and device).
+static void check_grouped(const char* op, const char* name, const Tensor& x, const std::vector<const Nf4Tensor*>& w,
+                          const std::vector<int64_t>& offsets, const GroupedLowRankTerm* extra, bool transposed) {
+  NQ_CHECK(!w.empty() && offsets.size() == w.size() + 1, op, ": ", w.size(), " experts need ", w.size() + 1,
+           " row bounds, got ", offsets.size());
+  check_ndim(op, name, x, 2);
+  for (size_t e = 0; e < w.size(); ++e) {
+    NQ_CHECK(w[e] != nullptr && w[e]->out == w[0]->out && w[e]->in == w[0]->in, op, ": expert ", e, "'s NF4 weight ",
+             w[e] ? str("[", w[e]->out, ", ", w[e]->in, "]") : std::string("is null"), ", expected [", w[0]->out,
+             ", ", w[0]->in, "] as expert 0's");
+    check_nf4_input(op, name, x, transposed ? w[e]->out : w[e]->in, *w[e]);
+  }
+  NQ_CHECK(offsets.front() == 0 && offsets.back() == x.size(0), op, ": row bounds run from ", offsets.front(), " to ",
+           offsets.back(), ", expected 0 to ", x.size(0), " (the rows of ", name, ")");
+  for (size_t e = 0; e < w.size(); ++e)
+    NQ_CHECK(offsets[e] <= offsets[e + 1], op, ": expert ", e, "'s rows [", offsets[e], ", ", offsets[e + 1],
+             ") run backwards");
+  if (!extra) return;
+  NQ_CHECK(extra->w.size() == w.size() && extra->scale.size() == w.size(), op, ": the low-rank term has ",
+           extra->w.size(), " weights and ", extra->scale.size(), " scales for ", w.size(), " experts");
+  check_ndim(op, "low-rank a", extra->a, 2);
+  const int64_t r = extra->a.size(1), n = transposed ? w[0]->in : w[0]->out;
+  NQ_CHECK(extra->a.size(0) == x.size(0) && extra->a.dtype() == x.dtype(), op, ": low-rank a ", extra->a.desc(),
+           " does not fit ", name, " ", x.desc(), " (expected [", x.size(0), ", r] in its dtype)");
+  for (size_t e = 0; e < w.size(); ++e) {
+    const Shape want = transposed ? Shape{r, n} : Shape{n, r};
+    NQ_CHECK(extra->w[e].defined() && extra->w[e].shape() == want && extra->w[e].dtype() == x.dtype(), op,
+             ": expert ", e, "'s low-rank w ", extra->w[e].defined() ? extra->w[e].desc() : std::string("undefined"),
+             ", expected ", want.str(), " in ", name, "'s dtype");
+    check_same_device(op, {&x, &extra->a, &extra->w[e]});
+  }
+}
+#ifdef NQ_CUDA
+static std::vector<cuda::Nf4Weight> device_views(const std::vector<const Nf4Tensor*>& w) {
+  std::vector<cuda::Nf4Weight> views;
+  for (const Nf4Tensor* e : w) views.push_back(cuda::nf4_device_view(*e));
+  return views;
+}
+#endif
+// CPU: expert by expert, nf4_matmul's tile loop and the bypass on its rows.
+static Tensor grouped_cpu(const Tensor& x, const std::vector<const Nf4Tensor*>& w, const std::vector<int64_t>& offsets,
+                          const GroupedLowRankTerm* extra, bool transposed) {
+  const int64_t K = transposed ? w[0]->out : w[0]->in, N = transposed ? w[0]->in : w[0]->out;
+  Tensor out = Tensor::zeros({x.size(0), N});  // [M, N]; the dx tile loop accumulates
+  Tensor tile = cpu_tile(*w[0]);
+  for (size_t e = 0; e < w.size(); ++e) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+    if (!rows) continue;
+    const float* in = x.data<float>() + r0 * K;
+    float* o = out.data<float>() + r0 * N;
+    if (transposed) cpu::nf4_matmul_dx(in, *w[e], o, rows, kNf4CpuTileRows, tile.data<float>());
+    else cpu::nf4_matmul(in, *w[e], o, rows, kNf4CpuTileRows, tile.data<float>());
+    if (!extra) continue;
+    Tensor rows_out = out.slice(r0, r0 + rows);
+    add_low_rank_cpu(rows_out, {extra->a.slice(r0, r0 + rows), extra->w[e], extra->scale[e]}, rows, N, transposed);
+  }
+  return out;
+}
+Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<const Nf4Tensor*>& w, const std::vector<int64_t>& offsets,
+                          const GroupedLowRankTerm* extra) {
+  check_grouped("nf4_grouped_matmul", "x", x, w, offsets, extra, false);
+  if (x.device() == Device::CUDA) NQ_RUN_CUDA(nf4_grouped_matmul, x, device_views(w), offsets, extra, false);
+  return grouped_cpu(x, w, offsets, extra, false);
+}
+Tensor nf4_grouped_matmul_dx(const Tensor& dy, const std::vector<const Nf4Tensor*>& w,
+                             const std::vector<int64_t>& offsets, const GroupedLowRankTerm* extra) {
+  check_grouped("nf4_grouped_matmul_dx", "dy", dy, w, offsets, extra, true);
+  if (dy.device() == Device::CUDA) NQ_RUN_CUDA(nf4_grouped_matmul, dy, device_views(w), offsets, extra, true);
+  return grouped_cpu(dy, w, offsets, extra, true);
+}
+
 // ---- LoRA over an NF4 base ---------------------------------------------------------
 // Checks x against W and the adapter (A [r, in], B [out, r] in x's dtype and device); returns M.
 static int64_t check_lora_nf4(const char* op, const Tensor& x, const Nf4Tensor& w, const LoraParams& lora) {
@@ -566,6 +640,89 @@ void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const
   Tensor d = nf4_matmul_dx(dy2, w);                                      // dy W [M, in]
   add_inplace(d, lora_dropped(matmul(v, lora.a), lora));                 // + dropout_backward(v A)
   *dx = d.view(x.shape());
+}
+
+// ---- LoRA over a MoE layer's NF4 experts, grouped --------------------------------------
+// Checks the experts' adapters against x [M, in] and their weights; returns their one rank.
+static int64_t check_grouped_lora(const char* op, const Tensor& x, const std::vector<const Nf4Tensor*>& w,
+                                  const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets) {
+  check_grouped(op, "x", x, w, offsets, nullptr, false);
+  NQ_CHECK(lora.size() == w.size(), op, ": ", lora.size(), " adapters for ", w.size(), " experts");
+  for (size_t e = 0; e < w.size(); ++e) {
+    check_lora_nf4(op, x, *w[e], lora[e]);
+    NQ_CHECK(lora[e].a.size(0) == lora[0].a.size(0), op, ": expert ", e, "'s adapter has rank ", lora[e].a.size(0),
+             ", expert 0's ", lora[0].a.size(0), " (one rank for all the experts of a projection)");
+  }
+  return lora[0].a.size(0);
+}
+Tensor lora_nf4_grouped_forward(const Tensor& x, const std::vector<const Nf4Tensor*>& w,
+                                const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* u) {
+  const int64_t r = check_grouped_lora("lora_nf4_grouped_forward", x, w, lora, offsets);
+  Tensor h = Tensor::empty({x.size(0), r}, x.dtype(), x.device());  // u = xd_e A_e^T [M, r], x's rows
+  GroupedLowRankTerm bypass{h, {}, {}};                              // + (s_e u_e) B_e^T
+  for (size_t e = 0; e < w.size(); ++e) {
+    bypass.w.push_back(lora[e].b);
+    bypass.scale.push_back(lora[e].scale);
+    const int64_t r0 = offsets[e], r1 = offsets[e + 1];
+    if (r0 == r1) continue;
+    Tensor rows = h.slice(r0, r1);
+    matmul_into(rows, lora_dropped(x.slice(r0, r1), lora[e]), lora[e].a, false, true, false);
+  }
+  Tensor y = nf4_grouped_matmul(x, w, offsets, &bypass);  // [M, out]
+  if (u) *u = h;
+  return y;
+}
+void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const std::vector<const Nf4Tensor*>& w,
+                               const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* dx,
+                               std::vector<Tensor>* grad_a, std::vector<Tensor>* grad_b) {
+  const char* op = "lora_nf4_grouped_backward";
+  const int64_t r = check_grouped_lora(op, x, w, lora, offsets), M = x.size(0);
+  check_float(op, "dy", dy);
+  check_defined(op, "u", u);
+  NQ_CHECK(dy.shape() == (Shape{M, w[0]->out}) && u.shape() == (Shape{M, r}) && dy.dtype() == x.dtype() &&
+               u.dtype() == x.dtype(),
+           op, ": dy ", dy.desc(), " and saved u ", u.desc(), " do not fit x ", x.desc(), " (expected dy [", M, ", ",
+           w[0]->out, "] and u [", M, ", ", r, "] in x's dtype)");
+  check_same_device(op, {&x, &dy, &u});
+  const size_t E = w.size();
+  if (grad_a) grad_a->assign(E, Tensor());
+  if (grad_b) grad_b->assign(E, Tensor());
+  Tensor v = Tensor::empty({M, r}, x.dtype(), x.device());  // v_e = s_e dy_e B_e [M, r]
+  GroupedLowRankTerm bypass{v, {}, {}};                     // dx's + v_e A_e, when no dropout is on
+  bool dropout = false;
+  for (size_t e = 0; e < E; ++e) {
+    bypass.w.push_back(lora[e].a);
+    bypass.scale.push_back(1.0f);
+    dropout = dropout || lora[e].dropout > 0.0f;
+    const int64_t r0 = offsets[e], r1 = offsets[e + 1];
+    if (r0 == r1) continue;  // no gradient: the expert saw no token
+    const Tensor dy_e = dy.slice(r0, r1), u_e = u.slice(r0, r1);
+    if (grad_b) {  // dB_e = s dy_e^T u_e [out, r], f32
+      Tensor g = Tensor::empty({w[e]->out, r}, DType::F32, x.device());
+      matmul_into(g, dy_e, u_e, true, false, false);
+      (*grad_b)[e] = scale(g, lora[e].scale);
+    }
+    Tensor v_e = v.slice(r0, r1);
+    v_e.copy_from(scale(matmul(dy_e, lora[e].b), lora[e].scale));
+    if (grad_a) {  // dA_e = v_e^T xd_e [r, in], f32
+      Tensor g = Tensor::empty({r, w[e]->in}, DType::F32, x.device());
+      matmul_into(g, v_e, lora_dropped(x.slice(r0, r1), lora[e]), true, false, false);
+      (*grad_a)[e] = g;
+    }
+  }
+  if (!dx) return;
+  if (!dropout) {  // dx = dy_e W_e + v_e A_e, one grouped product
+    *dx = nf4_grouped_matmul_dx(dy, w, offsets, &bypass);
+    return;
+  }
+  Tensor d = nf4_grouped_matmul_dx(dy, w, offsets);  // dy_e W_e [M, in]
+  for (size_t e = 0; e < E; ++e) {                    // + dropout_backward(v_e A_e)
+    const int64_t r0 = offsets[e], r1 = offsets[e + 1];
+    if (r0 == r1) continue;
+    Tensor d_e = d.slice(r0, r1);
+    add_inplace(d_e, lora_dropped(matmul(v.slice(r0, r1), lora[e].a), lora[e]));
+  }
+  *dx = d;
 }
 
 // ---- optimizer ---------------------------------------------------------------------

@@ -144,6 +144,27 @@ Tensor nf4_dequantize(const Nf4Tensor& w, DType dtype);
 // GPU, W whole in x's dtype when Auto takes the Dequantized way (M >= 256), else 0.
 size_t nf4_matmul_workspace_bytes(int64_t M, int64_t out, int64_t in, DType dtype, Device device);
 
+// ---- the experts of a MoE layer: one grouped NF4 matmul ------------------------
+// x [M, in] with its rows grouped by expert (model/moe.h): expert e owns rows
+// [offsets[e], offsets[e+1]) (E + 1 host values, 0 = offsets[0] <= ... <= offsets[E] = M);
+// w[e] is expert e's NF4 weight, every one [out, in], on x's device.
+//   nf4_grouped_matmul:    y [M, out],  y[rows_e]  = x[rows_e] W_e^T  (+ s_e a[rows_e] w_e^T, w_e = B_e [out, r])
+//   nf4_grouped_matmul_dx: dx [M, in],  dx[rows_e] = dy[rows_e] W_e   (+ s_e a[rows_e] w_e,   w_e = A_e [r, in])
+// The optional low-rank term is each expert's LoRA bypass: a [M, r] has x's rows, w[e] and
+// scale[e] are expert e's (all one rank), in x's dtype. The GPU runs every expert's rows in
+// ONE launch, the bypass as r more steps of each tile's reduction (a tile scheduler over
+// (expert, row tile), kernels/cuda/nf4_grouped_matmul.cu); the CPU runs nf4_matmul's tile
+// loop and the bypass product on each expert's rows.
+struct GroupedLowRankTerm {
+  Tensor a;                // [M, r]
+  std::vector<Tensor> w;   // [E]: B_e [out, r] (forward) or A_e [r, in] (dx)
+  std::vector<float> scale;  // [E]
+};
+Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<const Nf4Tensor*>& w, const std::vector<int64_t>& offsets,
+                          const GroupedLowRankTerm* extra = nullptr);
+Tensor nf4_grouped_matmul_dx(const Tensor& dy, const std::vector<const Nf4Tensor*>& w,
+                             const std::vector<int64_t>& offsets, const GroupedLowRankTerm* extra = nullptr);
+
 // ---- LoRA over an NF4 base, one fused op ------------------------------------
 // y = x W^T + s * (dropout(x) A^T) B^T      x [M, in] (leading dims flattened),
 // A [r, in], B [out, r] in x's dtype (the f32 masters' working copies), W NF4.
@@ -164,6 +185,17 @@ struct LoraParams {
 Tensor lora_nf4_forward(const Tensor& x, const Nf4Tensor& w, const LoraParams& lora, Tensor* u);
 void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Tensor& w, const LoraParams& lora,
                        Tensor* dx, Tensor* grad_a, Tensor* grad_b);
+// The same over a MoE layer's experts, rows grouped as nf4_grouped_matmul's: expert e's rows
+// through W_e and its adapter lora[e] (every one of rank r, its own dropout range). Forward:
+// u [M, r] (x's rows) per expert, then ONE grouped NF4 matmul with the bypasses riding in it.
+// Backward: dB_e, dA_e per expert (f32; undefined for an expert without rows), dx through
+// one grouped dx matmul (the bypass riding in it when no dropout is on). Composed of the ops
+// above on either device: the CPU gives lora_nf4's numbers expert by expert.
+Tensor lora_nf4_grouped_forward(const Tensor& x, const std::vector<const Nf4Tensor*>& w,
+                                const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* u);
+void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const std::vector<const Nf4Tensor*>& w,
+                               const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* dx,
+                               std::vector<Tensor>* grad_a, std::vector<Tensor>* grad_b);
 
 // ---- optimizer: the AdamW update and the global gradient norm ----------------
 // One AdamW step in place, element by element (kernels/adamw_math.h's

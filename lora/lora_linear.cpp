@@ -81,6 +81,44 @@ Var lora_linear(const Var& x, const std::shared_ptr<const Nf4Tensor>& nf4_base, 
                 });
 }
 
+Var lora_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tensor>> bases,
+                        const std::vector<const LoraLinear*>& layers, std::vector<int64_t> offsets) {
+  NQ_CHECK(!bases.empty() && bases.size() == layers.size() && offsets.size() == bases.size() + 1,
+           "lora_grouped_linear: ", bases.size(), " bases, ", layers.size(), " adapters and ", offsets.size(),
+           " row bounds (expected E, E and E + 1)");
+  const Tensor xv = x.value();
+  std::vector<kernels::LoraParams> lp;
+  std::vector<const Nf4Tensor*> w;
+  std::vector<Var> inputs{x};
+  for (size_t e = 0; e < bases.size(); ++e) {
+    const LoraLinear& layer = *layers[e];
+    NQ_CHECK(bases[e] && bases[e]->out == layer.out && bases[e]->in == layer.in, "lora_grouped_linear: expert ", e,
+             "'s NF4 base does not match its adapter [", layer.out, ", ", layer.in, "]");
+    NQ_CHECK(offsets[e] >= 0 && offsets[e] <= offsets[e + 1] && offsets[e + 1] <= xv.size(0),
+             "lora_grouped_linear: expert ", e, "'s rows [", offsets[e], ", ", offsets[e + 1], ") outside x ",
+             xv.shape().str());
+    lp.push_back(bypass_params(xv.slice(offsets[e], offsets[e + 1]), layer));  // its own dropout range
+    w.push_back(bases[e].get());
+    inputs.push_back(layer.A);
+    inputs.push_back(layer.B);
+  }
+  Tensor u;  // [M, r], saved for the backward
+  Tensor y = kernels::lora_nf4_grouped_forward(xv, w, lp, offsets, &u);
+  const bool need_dx = x.requires_grad();
+  return record("lora_grouped_linear", std::move(y), std::move(inputs),
+                [=, bases = std::move(bases), offsets = std::move(offsets)](const Tensor& grad_y) {
+                  Tensor dx;
+                  std::vector<Tensor> dA, dB;  // [E]: [r, in], [out, r] f32
+                  kernels::lora_nf4_grouped_backward(grad_y, xv, u, w, lp, offsets, need_dx ? &dx : nullptr, &dA, &dB);
+                  std::vector<Tensor> grads{dx};
+                  for (size_t e = 0; e < dA.size(); ++e) {
+                    grads.push_back(dA[e]);
+                    grads.push_back(dB[e]);
+                  }
+                  return grads;
+                });
+}
+
 Var lora_linear(const Var& x, const Tensor& dense_base, const LoraLinear& layer) {
   NQ_CHECK(dense_base.defined() && dense_base.shape() == (Shape{layer.out, layer.in}), "lora_linear: the dense base ",
            dense_base.defined() ? dense_base.desc() : std::string("(undefined)"), " does not match the adapter [",

@@ -55,5 +55,12 @@ LoraLinear make_lora_linear(int64_t out, int64_t in, const LoraConfig& cfg, cons
 // is NF4 or dense W [out, in] (f32 on the cpu, bf16 on the GPU), frozen, on x's device.
 Var lora_linear(const Var& x, const std::shared_ptr<const Nf4Tensor>& nf4_base, const LoraLinear& layer);
 Var lora_linear(const Var& x, const Tensor& dense_base, const LoraLinear& layer);
+// A MoE layer's experts as one op: x [M, in] with its rows grouped by expert (expert e owns
+// rows [offsets[e], offsets[e+1])), expert e's frozen NF4 base bases[e] and adapter *layers[e]
+// (all one rank) -> [M, out]: kernels::lora_nf4_grouped_forward / _backward (one grouped NF4
+// product each way on the GPU). Gradients for x and every expert's A and B; an expert without
+// rows gets none (as when it runs alone and is never called).
+Var lora_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tensor>> bases,
+                        const std::vector<const LoraLinear*>& layers, std::vector<int64_t> offsets);
 
 }  // namespace nq

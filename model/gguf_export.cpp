@@ -342,6 +342,10 @@ std::string write_merged_gguf(const std::string& path, const ModelConfig& config
 void write_adapter_gguf(const std::string& path, Decoder& model, const AdapterConfig& cfg,
                         const std::string& adapter_name) {
   const ModelConfig& config = model.config();
+  // llama.cpp names the MoE architecture qwen3moe and has no adapter layout here for its
+  // 3-D expert tensors: refused rather than written under a name llama.cpp would misread.
+  NQ_CHECK(config.model_type == "qwen3" || config.model_type == "llama", "GGUF adapter export: model type '",
+           config.model_type, "' is not supported (qwen3, llama)");
   // convert_lora_to_gguf.py's keys, in its order: no hyper-parameters, no vocabulary
   // (llama.cpp takes those from the base).
   GGUFWriter w;

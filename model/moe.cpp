@@ -6,6 +6,7 @@
 
 #include "autograd/ops.h"
 #include "kernels/kernels.h"
+#include "lora/lora_linear.h"
 
 namespace nq {
 
@@ -107,6 +108,31 @@ Var RouterLoss::loss(const Var& anchor) {
                 });
 }
 
+namespace {
+// Whether one projection of every expert can run as one grouped op: every base NF4 without
+// a bias, and either no expert with an adapter or all with one of a single rank.
+bool groupable(const std::vector<Linear>& proj) {
+  for (const Linear& l : proj)
+    if (!l.is_nf4() || l.bias().defined() || l.has_lora() != proj[0].has_lora() ||
+        (l.has_lora() && l.lora().A.shape()[0] != proj[0].lora().A.shape()[0]))
+      return false;
+  return true;
+}
+// rows [N*k, in] grouped by expert -> [N*k, out] through every expert's projection at once.
+Var grouped_projection(const Var& rows, const std::vector<Linear>& proj, const std::vector<int64_t>& offsets) {
+  std::vector<std::shared_ptr<const Nf4Tensor>> bases;
+  std::vector<const LoraLinear*> adapters;
+  for (const Linear& l : proj) {
+    bases.push_back(l.nf4());
+    if (l.has_lora()) adapters.push_back(&l.lora());
+  }
+  if (adapters.empty()) return nf4_grouped_linear(rows, std::move(bases), offsets);
+  return lora_grouped_linear(rows, std::move(bases), adapters, offsets);
+}
+}  // namespace
+
+bool MoeExperts::grouped() const { return groupable(gate_proj) && groupable(up_proj) && groupable(down_proj); }
+
 Var MoeExperts::forward(const Var& h, const MoeConfig& config, RouterLoss* router_loss) const {
   NQ_CHECK(h.value().ndim() == 2, "moe: h must be [N, D], got ", h.shape().str());
   const int64_t N = h.shape()[0], D = h.shape()[1], E = num_experts(), k = config.experts_per_token;
@@ -121,10 +147,17 @@ Var MoeExperts::forward(const Var& h, const MoeConfig& config, RouterLoss* route
   const int32_t* c = chosen_host.data<int32_t>();
   const ExpertGrouping g = group_by_expert(std::vector<int32_t>(c, c + N * k), N, k, E);
 
-  Var grouped = gather_rows(h, Tensor::from_ids(g.token_of_row, {N * k}).to(device));  // [N*k, D]
-  Var outputs = row_segments(grouped, g.offsets, [this](size_t e, const Var& rows) {     // [rows_e, D]
-    return down_proj[e].forward(swiglu(gate_proj[e].forward(rows), up_proj[e].forward(rows)));
-  });
+  Var grouped_rows = gather_rows(h, Tensor::from_ids(g.token_of_row, {N * k}).to(device));  // [N*k, D]
+  Var outputs;                                                                           // [N*k, D]
+  if (grouped()) {  // every expert in one grouped NF4 op per projection
+    Var gate = grouped_projection(grouped_rows, gate_proj, g.offsets);  // [N*k, I]
+    Var up = grouped_projection(grouped_rows, up_proj, g.offsets);      // [N*k, I]
+    outputs = grouped_projection(swiglu(gate, up), down_proj, g.offsets);
+  } else {  // expert e's Linears (dense bases, mixed adapters) on its rows, one expert at a time
+    outputs = row_segments(grouped_rows, g.offsets, [this](size_t e, const Var& rows) {  // [rows_e, D]
+      return down_proj[e].forward(swiglu(gate_proj[e].forward(rows), up_proj[e].forward(rows)));
+    });
+  }
   Var by_slot = gather_rows(outputs, Tensor::from_ids(g.row_of_slot, {N * k}).to(device));  // [N*k, D]
   Var y = matmul(reshape(weights, {N, 1, k}), reshape(by_slot, {N, k, D}));                  // [N, 1, D]
   return reshape(y, {N, D});

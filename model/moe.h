@@ -8,7 +8,9 @@
 //
 // Tokens are grouped by expert: the N*k (token, slot) pairs sorted by expert (ties by token,
 // then slot), h's rows gathered in that order [N*k, D], expert e run once on its contiguous
-// rows (row_segments), the rows gathered back into slot order and combined with the weights
+// rows (one grouped NF4 op per projection over all experts when their bases are NF4: grouped();
+// else row_segments),
+// the rows gathered back into slot order and combined with the weights
 // as one batched product [N, 1, k] x [N, k, D]. The gradient reaches h through the experts
 // and through the routing weights (the router's softmax), although the router is frozen.
 #pragma once
@@ -70,6 +72,11 @@ struct MoeExperts {
 
   bool empty() const { return gate_proj.empty(); }
   int64_t num_experts() const { return int64_t(gate_proj.size()); }
+  // Every expert's base NF4 without bias, and in each projection either no adapter or one
+  // of a single rank on every expert (QLoRA on all-linear, LoRA on attention only): each
+  // projection is then one grouped op over all the experts' rows (nf4_grouped_linear,
+  // lora_grouped_linear: one NF4 launch each way on the GPU) instead of one per expert.
+  bool grouped() const;
   // h [N, D] -> [N, D] (see the top of this file). With a RouterLoss the router's statistics
   // and the load-balancing loss's gradient go through it.
   Var forward(const Var& h, const MoeConfig& config, RouterLoss* router_loss = nullptr) const;

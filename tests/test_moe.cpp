@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <sstream>
 
 #include "autograd/ops.h"
@@ -19,6 +20,7 @@
 #include "kernels/kernels.h"
 #include "model/adapters.h"
 #include "model/decoder.h"
+#include "model/gguf_export.h"
 #include "model/device.h"
 #include "model/load_model.h"
 #include "model/bnb_checkpoint.h"
@@ -643,6 +645,134 @@ GPU_TEST(moe_decoder_loss_and_lora_grads_match_cpu) {
     MESSAGE(dtype, " MoE decoder on the GPU vs the CPU: loss rel err ", loss_err, ", worst LoRA gradient rel err ",
             worst, " over ", cpu_params.size(), " parameters, all of them together ", all);
   }
+}
+
+// The renorm fixture's NF4 model with PEFT's adapter, on every expert too or (expert_lora
+// false) on attention and the dense MLP only. Either way each expert projection runs as one
+// grouped op over all the experts' rows (MoeExperts::grouped).
+static Decoder moe_nf4_model(bool expert_lora) {
+  const LoadedModel m = load_model(kMoeFixtures + "renorm", WeightLoad::qlora(true, Device::CPU, DType::F32));
+  Decoder d(m.config, m.weights, {}, m.nf4);
+  load_peft_adapter(kMoeFixtures + "renorm/adapter", d);
+  if (!expert_lora)
+    for (Linear* l : d.linears())
+      if (l->name().find(".mlp.experts.") != std::string::npos) l->detach_lora();
+  return d;
+}
+
+TEST_CASE("qwen3_moe: NF4 experts run as one grouped op per projection; logits and gradients as expert by expert") {
+  // The same model twice: the experts' NF4 bases (grouped: nf4_grouped_linear without expert
+  // adapters, lora_grouped_linear with them) and their dequantized copies as dense bases with
+  // the same adapters (expert by expert through row_segments, the reference path). Same
+  // weights, so logits, loss and every LoRA gradient agree to f32 rounding.
+  for (bool expert_lora : {false, true}) {
+    CAPTURE(expert_lora);
+    Decoder grouped = moe_nf4_model(expert_lora), dense = moe_nf4_model(expert_lora);
+    for (Linear* l : dense.linears()) {
+      if (l->name().find(".mlp.experts.") == std::string::npos) continue;
+      const std::optional<LoraLinear> adapter = l->has_lora() ? std::optional<LoraLinear>(l->lora()) : std::nullopt;
+      *l = Linear(l->name(), Var(l->dense_weight()));
+      if (!adapter) continue;
+      LoraConfig cfg;
+      cfg.r = adapter->A.shape()[0];
+      l->attach_lora(cfg);
+      l->lora() = *adapter;  // the fixture's A and B (this model's own Vars)
+    }
+    int64_t nf4_experts = 0, adapted = 0;
+    for (const Linear* l : grouped.linears()) {
+      nf4_experts += l->is_nf4() && l->name().find(".mlp.experts.") != std::string::npos;
+      adapted += l->has_lora();
+    }
+    CHECK(nf4_experts == 2 * 8 * 3);  // the experts of the two sparse layers
+    CHECK(adapted == 3 * 4 + 3 + (expert_lora ? 2 * 8 * 3 : 0));
+    SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
+    const Tensor ids = ref.get("input_ids");
+    auto run = [&](Decoder& m) {
+      Var loss = m.forward_loss(hf_decoder_batch(ids, ids));
+      backward(loss);
+      return loss.value().to_vector()[0];
+    };
+    const float grouped_loss = run(grouped), dense_loss = run(dense);
+    CHECK(std::fabs(grouped_loss - dense_loss) <= 1e-6 * std::fabs(dense_loss));
+    const std::vector<Var> a = adapter_parameters(grouped), b = adapter_parameters(dense);
+    REQUIRE(a.size() == b.size());
+    REQUIRE(a.size() == size_t(2 * adapted));
+    double worst = 0;
+    int64_t unused = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(a[i].name());
+      REQUIRE(a[i].grad().defined() == b[i].grad().defined());  // an expert no token chose: none on both
+      if (!a[i].grad().defined()) {
+        ++unused;
+        continue;
+      }
+      worst = std::max(worst, norm_rel_error(a[i].grad(), b[i].grad()));
+    }
+    CHECK(worst <= 1e-5);
+    const double logits =
+        max_rel_error(grouped.logits(hf_decoder_batch(ids, ids)), dense.logits(hf_decoder_batch(ids, ids)));
+    CHECK(logits <= 1e-5);
+    MESSAGE(std::string(expert_lora ? "with" : "without"), " expert LoRA, grouped NF4 experts vs expert by expert: loss ",
+            grouped_loss, " vs ", dense_loss, ", logits rel err ", logits, ", worst LoRA gradient rel err ", worst,
+            " over ", a.size() - unused, " parameters (", unused, " of unused experts, none on both)");
+  }
+}
+
+GPU_TEST(moe_grouped_experts_match_cpu) {
+  // The model with bare NF4 experts (one grouped NF4 matmul per projection, no bypass) on
+  // the GPU against the CPU (moe_decoder_loss_and_lora_grads_match_cpu has the experts' LoRA), bf16 (where the GPU has it) and f16: loss and every LoRA gradient, with the
+  // bounds of moe_decoder_loss_and_lora_grads_match_cpu.
+  for (DType compute : {DType::BF16, DType::F16}) {
+    if (compute == DType::BF16 && !cuda_has_bf16()) continue;
+    const std::string dtype = dtype_name(compute);
+    CAPTURE(dtype);
+    Decoder cpu_model = moe_nf4_model(false), gpu_model = moe_nf4_model(false);
+    to_device(gpu_model, Device::CUDA, compute);
+    SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
+    const Tensor ids = ref.get("input_ids");
+    const float loss_scale = compute == DType::F16 ? 65536.0f : 1.0f;
+    auto run = [&](Decoder& m, Device d, float seed) {
+      Var loss = m.forward_loss(hf_decoder_batch(ids, ids, d));
+      backward(loss, Tensor::full({1}, seed, d));
+      return loss.value().to_vector()[0];
+    };
+    const float cpu_loss = run(cpu_model, Device::CPU, 1.0f), gpu_loss = run(gpu_model, Device::CUDA, loss_scale);
+    const double loss_err = std::fabs(gpu_loss - cpu_loss) / std::fabs(cpu_loss);
+    CHECK(loss_err <= (compute == DType::F16 ? 2e-3 : 2e-2));
+    const std::vector<Var> cpu_params = adapter_parameters(cpu_model), gpu_params = adapter_parameters(gpu_model);
+    REQUIRE(cpu_params.size() == gpu_params.size());
+    double worst = 0;
+    for (size_t i = 0; i < cpu_params.size(); ++i) {
+      CAPTURE(cpu_params[i].name());
+      REQUIRE(gpu_params[i].grad().defined());
+      const Tensor unscaled = kernels::scale(gpu_params[i].grad(), 1.0f / loss_scale).to(Device::CPU);
+      worst = std::max(worst, norm_rel_error(unscaled, cpu_params[i].grad()));
+    }
+    CHECK(worst <= (compute == DType::F16 ? 1e-2 : 5e-2));
+    MESSAGE(dtype, " grouped NF4 experts on the GPU vs the CPU: loss rel err ", loss_err,
+            ", worst LoRA gradient rel err ", worst, " over ", cpu_params.size(), " parameters");
+  }
+}
+
+TEST_CASE("qwen3_moe: GGUF export of the model or its adapter is refused with the model type") {
+  Decoder model = Decoder::load(kMoeFixtures + "renorm");
+  const AdapterConfig cfg = load_peft_adapter(kMoeFixtures + "renorm/adapter", model);
+  TempDir dir;
+  std::string message;
+  try {
+    write_adapter_gguf(dir / "adapter.gguf", model, cfg, "test");
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  CHECK(message.find("GGUF adapter export: model type 'qwen3_moe' is not supported") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "adapter.gguf"));
+  message.clear();
+  try {
+    write_merged_gguf(dir / "model.gguf", model.config(), {}, GGUFSourceMetadata{}, "f16");
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  CHECK(message.find("GGUF export: model type 'qwen3_moe' is not supported") != std::string::npos);
 }
 
 TEST_CASE("qwen3_moe checkpoint: a missing router, experts the config does not have, a fused tensor of the wrong count") {

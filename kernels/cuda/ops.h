@@ -23,6 +23,7 @@
 //   linear_cross_entropy:     h, w both T, labels i32; grad_h T; grad_w accumulated in its own
 //                             dtype when defined, else allocated as f32 zeros [V, D]
 //   nf4_matmul / _dx:         x (dy), the low-rank a and w: T, all one dtype; output T
+//   nf4_grouped_matmul / _dx: x (dy) T; output T; at most 65535 row tiles of 64 (over all experts)
 //   nf4_dequantize:           f32, bf16 or f16
 //   lora_nf4:                 x, dy, A, B, u, dx T; grad_a, grad_b f32
 //   adamw_update, global_grad_norm: f32 only
@@ -101,6 +102,12 @@ Tensor nf4_matmul(const Tensor& x, const Nf4Weight& w, const LowRankTerm* extra 
                   Nf4MatmulPath path = Nf4MatmulPath::Auto);
 Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* extra = nullptr,
                      Nf4MatmulPath path = Nf4MatmulPath::Auto);
+
+// ---- the grouped NF4 matmul of a MoE layer's experts (nf4_grouped_matmul.cu) ----
+// Every expert's rows in one launch; w[e] is expert e's device view (all one shape),
+// offsets the E + 1 row bounds, extra the bypass (or null); transposed: the input gradient.
+Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<Nf4Weight>& w, const std::vector<int64_t>& offsets,
+                          const GroupedLowRankTerm* extra, bool transposed);
 
 // ---- LoRA over an NF4 base (lora.cu) ------------------------------------------
 // Forward: u (cuBLASLt), then one NF4 GEMM pass that adds s u B^T. Backward:

@@ -17,7 +17,7 @@ void register_rmsnorm(std::vector<Op>& ops);
 void register_rope(std::vector<Op>& ops);
 void register_attention(std::vector<Op>& ops);
 void register_cross_entropy(std::vector<Op>& ops);  // linear_cross_entropy
-void register_qlora(std::vector<Op>& ops);          // nf4_matmul (+ forced ways), nf4_dequantize, lora_nf4, adamw, grad_norm
+void register_qlora(std::vector<Op>& ops);          // nf4_matmul (+ forced ways), nf4_grouped_matmul, nf4_dequantize, lora_nf4, adamw, grad_norm
 void register_moe(std::vector<Op>& ops);            // moe_route
 
 // A tensor's values in double (f32 or i32 host tensors).

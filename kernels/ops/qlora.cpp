@@ -1,6 +1,7 @@
 // Registrations: the QLoRA ops, NF4 matmuls (nf4_dequantize, nf4_matmul and its
-// transpose product nf4_matmul_dx), LoRA over NF4 (lora_nf4), and the optimizer's
-// (adamw, grad_norm).
+// transpose product nf4_matmul_dx, nf4_grouped_matmul over a MoE layer's experts),
+// LoRA over NF4 (lora_nf4), and the optimizer's (adamw, grad_norm).
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/dropout.h"
@@ -156,6 +157,109 @@ Op nf4_matmul_op(const char* name, int forced_path) {
   return op;
 }
 
+// The grouped matmul over the experts of a MoE layer: d.tokens routed rows x [tokens, k],
+// d.experts weights W_e [n, k], expert e owning rows [bounds[e], bounds[e+1]).
+// Inputs: [0] x, [1] dy [tokens, n], [2] the bounds (i32 [E + 1], host), then expert e's
+// NF4 parts at 3 + 5e.. (packed, absmax, nested absmax, nested code, offset), each expert
+// quantized on its own as bitsandbytes does (random state above kQuantizeMaxWeights in all);
+// with a low-rank term (d.rank) then a [tokens, r], the E B_e [n, r], the E A_e [r, k].
+// Expert e's bypass scale is kLowRankScale + e / 4 (a different one per expert).
+// The bounds: E - 1 uniform cuts of the rows, sorted; expert 1 (when E > 2) gets none, so an
+// expert without tokens is always in the test.
+Dims grouped(int64_t tokens, int64_t experts, int64_t out, int64_t in) {
+  Dims d = nf4(1, out, in);
+  d.tokens = tokens;
+  d.experts = experts;
+  return d;
+}
+constexpr int kGroupedFirstExpert = 3, kNf4Parts = 5;
+std::vector<Input> grouped_inputs(const Dims& d, uint64_t seed) {
+  std::vector<Input> in{{random_normal({d.tokens, d.k}, seed + 1)}, {random_normal({d.tokens, d.n}, seed + 2)}};
+  std::vector<int32_t> bounds{0};
+  Tensor cuts = random_ints({std::max<int64_t>(d.experts - 1, 1)}, seed + 3, 0, int32_t(d.tokens + 1));
+  for (int64_t e = 0; e + 1 < d.experts; ++e) bounds.push_back(cuts.data<int32_t>()[e]);
+  std::sort(bounds.begin(), bounds.end());
+  if (d.experts > 2) bounds[2] = bounds[1];
+  bounds.push_back(int32_t(d.tokens));
+  in.push_back({Tensor::from_ids(bounds, {d.experts + 1}), false, true});
+  const bool random_state = d.experts * d.n * d.k > kQuantizeMaxWeights;
+  for (int64_t e = 0; e < d.experts; ++e) {
+    const uint64_t s = seed + 100 * uint64_t(e + 1);
+    Nf4Tensor q = random_state ? random_nf4_state(d, s)
+                               : quantize_nf4(random_normal({d.n, d.k}, s, 0.02f).data<float>(), d.n, d.k, d.blocksize,
+                                              d.double_quant);
+    in.push_back({q.packed, false});
+    in.push_back({q.absmax, false});
+    in.push_back({q.nested_absmax, false});
+    in.push_back({q.nested_code, false});
+    in.push_back({Tensor::full({1}, q.offset), false, true});
+  }
+  if (d.rank) {
+    in.push_back({random_normal({d.tokens, d.rank}, seed + 4)});
+    for (int64_t e = 0; e < d.experts; ++e) in.push_back({random_normal({d.n, d.rank}, seed + 5 + 2 * e, 0.1f)});
+    for (int64_t e = 0; e < d.experts; ++e) in.push_back({random_normal({d.rank, d.k}, seed + 6 + 2 * e, 0.1f)});
+  }
+  return in;
+}
+float grouped_scale(int64_t e) { return kLowRankScale + float(e) / 4; }
+// The low-rank term of the forward (B_e) or of dx (A_e), from the inputs.
+kernels::GroupedLowRankTerm grouped_low_rank(const std::vector<Tensor>& in, const Dims& d, bool transposed) {
+  const size_t first = size_t(kGroupedFirstExpert + kNf4Parts * d.experts);
+  kernels::GroupedLowRankTerm t{in[first], {}, {}};
+  for (int64_t e = 0; e < d.experts; ++e) {
+    t.w.push_back(in[first + 1 + size_t(transposed ? d.experts : 0) + size_t(e)]);
+    t.scale.push_back(grouped_scale(e));
+  }
+  return t;
+}
+std::vector<int64_t> grouped_bounds(const std::vector<Tensor>& in) {
+  const Tensor b = in[2].to(Device::CPU);
+  return std::vector<int64_t>(b.data<int32_t>(), b.data<int32_t>() + b.numel());
+}
+// The experts' NF4 tensors, whose parts are the inputs (on the run's device).
+std::vector<Nf4Tensor> grouped_weights(const std::vector<Tensor>& in, const Dims& d) {
+  std::vector<Nf4Tensor> w;
+  for (int64_t e = 0; e < d.experts; ++e) {
+    const std::vector<Tensor> parts(in.begin() + kGroupedFirstExpert + kNf4Parts * e - 2,
+                                    in.begin() + kGroupedFirstExpert + kNf4Parts * (e + 1));
+    w.push_back(nf4_weight(parts, d));  // nf4_weight reads parts [2..6]
+  }
+  return w;
+}
+std::vector<const Nf4Tensor*> pointers(const std::vector<Nf4Tensor>& w) {
+  std::vector<const Nf4Tensor*> p;
+  for (const Nf4Tensor& e : w) p.push_back(&e);
+  return p;
+}
+// y and dx in double, each expert's rows against its weight dequantized exactly.
+std::pair<std::vector<double>, std::vector<double>> grouped_naive(const std::vector<double>& x,
+                                                                  const std::vector<double>& dy,
+                                                                  const std::vector<Tensor>& in, const Dims& d) {
+  std::vector<Tensor> host;
+  for (const Tensor& t : in) host.push_back(t.to(Device::CPU));
+  const std::vector<int64_t> bounds = grouped_bounds(host);
+  const std::vector<Nf4Tensor> w = grouped_weights(host, d);
+  std::vector<double> y(d.tokens * d.n), dx(d.tokens * d.k);
+  for (int64_t e = 0; e < d.experts; ++e) {
+    const int64_t r0 = bounds[e], rows = bounds[e + 1] - bounds[e];
+    if (!rows) continue;
+    const std::vector<double> we = doubles(dequantize_nf4(w[e]));
+    const std::vector<double> xe(x.begin() + r0 * d.k, x.begin() + (r0 + rows) * d.k);
+    const std::vector<double> dye(dy.begin() + r0 * d.n, dy.begin() + (r0 + rows) * d.n);
+    std::vector<double> ye = mm(xe, we, rows, d.n, d.k, false, true), dxe = mm(dye, we, rows, d.k, d.n, false, false);
+    if (d.rank) {
+      const kernels::GroupedLowRankTerm fwd = grouped_low_rank(host, d, false), bwd = grouped_low_rank(host, d, true);
+      const std::vector<double> a = doubles(fwd.a);
+      const std::vector<double> ae(a.begin() + r0 * d.rank, a.begin() + (r0 + rows) * d.rank);
+      axpy(ye, fwd.scale[e], mm(ae, doubles(fwd.w[e]), rows, d.n, d.rank, false, true));
+      axpy(dxe, bwd.scale[e], mm(ae, doubles(bwd.w[e]), rows, d.k, d.rank, false, false));
+    }
+    std::copy(ye.begin(), ye.end(), y.begin() + r0 * d.n);
+    std::copy(dxe.begin(), dxe.end(), dx.begin() + r0 * d.k);
+  }
+  return {y, dx};
+}
+
 }  // namespace
 
 void register_qlora(std::vector<Op>& ops) {
@@ -207,6 +311,74 @@ void register_qlora(std::vector<Op>& ops) {
     Op op = nf4_matmul_op(name, path);
     op.bench_only = true;
     op.shapes = [](Mode) { return std::vector<Dims>{}; };
+    ops.push_back(op);
+  }
+
+  {  // the experts of a MoE layer in one grouped product: y[rows_e] = x[rows_e] W_e^T (+ s_e a[rows_e] B_e^T),
+     // dx[rows_e] = dy[rows_e] W_e (+ s_e a[rows_e] A_e)
+    Op op;
+    op.name = "nf4_grouped_matmul";
+    op.dims = {"tokens", "experts", "n", "k"};
+    op.bench = grouped(16384, 128, 768, 2048);  // Qwen3-30B-A3B at 2048 tokens x top-8: gate/up_proj [768, 2048]
+    op.shapes = [](Mode mode) {
+      // one expert; tiles of 64 rows split within an expert; an expert without rows (always:
+      // grouped_inputs); out and in not multiples of the 64 x 32 tile; more experts than rows
+      std::vector<Dims> device{grouped(1, 1, 3, 37),     grouped(17, 3, 33, 40), grouped(200, 5, 130, 200),
+                               grouped(300, 4, 64, 96),  grouped(5, 8, 70, 64)};
+      // each expert's LoRA bypass riding in the product (rank 8; rank 3: not a multiple of 16)
+      for (Dims d : {grouped(17, 3, 33, 40), grouped(200, 5, 130, 200), grouped(70, 4, 64, 96)}) {
+        d.rank = d.tokens == 70 ? 3 : 8;
+        device.push_back(d);
+      }
+      Dims low_rank = grouped(40, 4, 130, 20);
+      low_rank.rank = 5;
+      return pick(mode, {grouped(1, 1, 1, 1), grouped(9, 3, 5, 37), grouped(40, 4, 130, 20), low_rank},
+                  {grouped(4, 3, 3, 37), grouped(7, 2, 5, 9)}, device);
+    };
+    op.inputs = grouped_inputs;
+    op.forward = {[](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
+                    const std::vector<Nf4Tensor> w = grouped_weights(in, d);
+                    const kernels::GroupedLowRankTerm extra = d.rank ? grouped_low_rank(in, d, false)
+                                                                     : kernels::GroupedLowRankTerm{};
+                    return std::vector<Tensor>{kernels::nf4_grouped_matmul(in[0], pointers(w), grouped_bounds(in),
+                                                                           d.rank ? &extra : nullptr)};
+                  },
+                  {tile16_bound()},
+                  [](const Dims& d, double act) {
+                    return Cost{act * double(d.tokens * d.k + d.tokens * d.n) + 0.5 * d.experts * d.n * d.k,
+                                2.0 * d.tokens * d.n * d.k, d.tokens, d.n, d.k, 1};
+                  }};
+    op.backward = {[](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
+                     const std::vector<Nf4Tensor> w = grouped_weights(in, d);
+                     const kernels::GroupedLowRankTerm extra = d.rank ? grouped_low_rank(in, d, true)
+                                                                      : kernels::GroupedLowRankTerm{};
+                     return std::vector<Tensor>{kernels::nf4_grouped_matmul_dx(in[1], pointers(w), grouped_bounds(in),
+                                                                               d.rank ? &extra : nullptr)};
+                   },
+                   {tile16_bound()},
+                   [](const Dims& d, double act) {
+                     return Cost{act * double(d.tokens * d.k + d.tokens * d.n) + 0.5 * d.experts * d.n * d.k,
+                                 2.0 * d.tokens * d.n * d.k, d.tokens, d.k, d.n, 1};
+                   }};
+    op.naive = [](const std::vector<Tensor>& in, const Dims& d) {
+      auto [y, dx] = grouped_naive(doubles(in[0]), doubles(in[1]), in, d);
+      return std::vector<Expected>{{0, y, 1e-5}, {1, dx, 1e-5}};
+    };
+    // nf4_grouped_matmul_dx without a low-rank term is the input gradient of nf4_grouped_matmul:
+    // L = sum(y * dy) (the grad shapes have none).
+    op.grad = [](const std::vector<Tensor>& in, const Dims& d) {
+      GradProblem p;
+      p.names = {"x"};
+      p.x = values({doubles(in[0])});
+      auto x = p.x;
+      auto dy = std::make_shared<std::vector<double>>(doubles(in[1]));
+      auto inputs = std::make_shared<std::vector<Tensor>>(in);
+      p.loss = [x, dy, inputs, d] { return dot(grouped_naive((*x)[0], *dy, *inputs, d).first, *dy); };
+      p.grad = [x, dy, inputs, d] {
+        return std::vector<std::vector<double>>{grouped_naive((*x)[0], *dy, *inputs, d).second};
+      };
+      return p;
+    };
     ops.push_back(op);
   }
 

@@ -1,0 +1,97 @@
+// The grouped NF4 matmul of a mixture-of-experts layer: every expert's rows in ONE launch.
+//   forward:  y [M, out],  y[rows_e]  = x[rows_e] W_e^T (+ s_e u[rows_e] B_e^T)   nf4_grouped_matmul
+//   backward: dx [M, in],  dx[rows_e] = dy[rows_e] W_e  (+ s_e v[rows_e] A_e)     (transposed: the input gradient)
+// x's rows are grouped by expert (model/moe.h's ExpertGrouping): expert e owns rows
+// [offsets[e], offsets[e+1]); W_e [out, in] is expert e's own NF4 weight (bitsandbytes
+// layout, its own absmax, nested absmax and offset: each expert is quantized as its
+// 2-D weight, so the experts cannot be one stacked NF4 tensor).
+//
+// A tile scheduler over (expert, row tile): the host lists, for every expert with rows,
+// its ceil(rows_e / 64) row tiles as {expert, first row, end row}; blockIdx.y walks that
+// list and blockIdx.x the 64-wide column tiles, and each block runs the dense kernel's
+// tile (nf4_gemm_tile.cuh: W_e dequantized into shared memory, WMMA) on its rows only.
+// So one launch replaces E launches of nf4_matmul, and an expert with no token costs
+// nothing. Each expert's LoRA bypass can ride along as r more steps of its tiles'
+// reduction (as in nf4_matmul): y_e = [x_e | u_e] [W_e | s_e B_e]^T. The list and the E
+// experts (device views, bypass pointers) go up in one host-to-device copy of ~100 bytes each.
+// Dtypes as nf4_matmul's fused GEMM: x / dy f32, bf16 or f16, staged as 16-bit tiles,
+// accumulated in f32, the output in x's dtype.
+//   ./bench nf4_grouped_matmul --tokens 16384 --experts 128 --n 768 --k 2048
+//   (tokens = N*k routed rows, Qwen3-30B-A3B's gate/up_proj [768, 2048] per expert)
+#include <cstring>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/nf4_gemm_tile.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace nq::kernels::cuda {
+
+struct GroupedTile {
+  int64_t expert, row0, row_end;  // rows [row0, row_end) of x and out, all of one expert
+};
+// Expert e's weight and, with a low-rank term, its bypass weight (T) and scale.
+struct GroupedExpert {
+  Nf4Weight w;
+  const void* low_rank_w = nullptr;  // B_e [out, r] (forward) or A_e [r, in] (transposed)
+  float scale = 0.0f;
+};
+
+// a_low_rank [M, r] has x's rows (r = 0: no low-rank term).
+template <bool kTransposed, typename T>
+__global__ void __launch_bounds__(kGemmThreads)
+    nf4_grouped_gemm_kernel(T* out, const T* a, const GroupedExpert* experts, const GroupedTile* tiles, int64_t N,
+                            int64_t K, const T* a_low_rank, int64_t r) {
+  const GroupedTile t = tiles[blockIdx.y];
+  const GroupedExpert& e = experts[t.expert];
+  ExtraSegment<T> ext;
+  if (r) {
+    // E(n, j): forward E = B_e [out, r] (row n); transposed E(n, j) = A_e[j, n], A_e [r, in].
+    ext = {a_low_rank, static_cast<const T*>(e.low_rank_w), r, kTransposed ? 1 : r, kTransposed ? N : 1, e.scale};
+  }
+  nf4_gemm_tile<kTransposed>(out, a, e.w, t.row0, t.row_end, int64_t(blockIdx.x) * kTileN, N, K, ext);
+}
+
+Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<Nf4Weight>& w, const std::vector<int64_t>& offsets,
+                          const GroupedLowRankTerm* extra, bool transposed) {
+  const char* op = transposed ? "nf4_grouped_matmul_dx" : "nf4_grouped_matmul";
+  const int64_t K = transposed ? w[0].out : w[0].in, N = transposed ? w[0].in : w[0].out, M = x.size(0);
+  Tensor out = Tensor::empty({M, N}, x.dtype(), Device::CUDA);
+  if (M == 0 || N == 0) return out;
+
+  std::vector<GroupedExpert> experts(w.size());
+  for (size_t e = 0; e < w.size(); ++e) {
+    experts[e].w = w[e];
+    if (extra) experts[e].low_rank_w = extra->w[e].raw(), experts[e].scale = extra->scale[e];
+  }
+  std::vector<GroupedTile> tiles;
+  for (size_t e = 0; e < w.size(); ++e)
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; r += kTileM)
+      tiles.push_back({int64_t(e), r, std::min(r + kTileM, offsets[e + 1])});
+  NQ_CHECK(tiles.size() <= 65535, op, ": ", tiles.size(), " row tiles exceed the grid (gridDim.y <= 65535 tiles of ",
+           kTileM, " rows); split the batch");
+  // One upload: the experts [E], then the tiles.
+  const size_t e_bytes = experts.size() * sizeof(GroupedExpert), t_bytes = tiles.size() * sizeof(GroupedTile);
+  Tensor host = Tensor::empty({int64_t(e_bytes + t_bytes)}, DType::U8);
+  std::memcpy(host.raw(), experts.data(), e_bytes);
+  std::memcpy(static_cast<char*>(host.raw()) + e_bytes, tiles.data(), t_bytes);
+  Tensor schedule = Tensor::empty(host.shape(), DType::U8, Device::CUDA, MemCategory::Workspace);
+  schedule.copy_from(host);
+  const auto* e_dev = static_cast<const GroupedExpert*>(schedule.raw());
+  const auto* t_dev = reinterpret_cast<const GroupedTile*>(static_cast<const char*>(schedule.raw()) + e_bytes);
+  const int64_t r = extra ? extra->a.size(1) : 0;
+
+  dispatch_float(x, op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* a_low_rank = extra ? ptr<T>(extra->a) : nullptr;
+    dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned(tiles.size()));
+    const dim3 block(kGemmThreads);
+    if (transposed)
+      nf4_grouped_gemm_kernel<true, T><<<grid, block>>>(ptr<T>(out), ptr<T>(x), e_dev, t_dev, N, K, a_low_rank, r);
+    else
+      nf4_grouped_gemm_kernel<false, T><<<grid, block>>>(ptr<T>(out), ptr<T>(x), e_dev, t_dev, N, K, a_low_rank, r);
+    NQ_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace nq::kernels::cuda
