@@ -4,6 +4,7 @@
 // seeds it writes and leaves other files in the corpus folders alone).
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <array>
@@ -175,6 +176,8 @@ int main() {
     seed("fuzz_gguf", "tiny_llama", {gguf});
     seed("fuzz_gguf", "fixture_tiny", {read("tests/fixtures/gguf/tiny.gguf")});
     seed("fuzz_gguf_model", "tiny_llama", {gguf});
+    // A qwen3moe file as gguf-py writes it: 3-D expert tensors (tools/ref/make_gguf_moe_fixtures.py).
+    seed("fuzz_gguf_model", "tiny_qwen3moe_q8_0", {read("tests/fixtures/gguf_moe/tiny_q8_0.gguf")});
 
     for (const char* m : {"llama", "qwen3_tied", "qwen3_untied_bias"})
       seed("fuzz_config", m, {read(str("tests/fixtures/model/", m, "/config.json"))});
@@ -210,6 +213,14 @@ int main() {
     seed("fuzz_adapter", "fixture_dropout",
          {read("tests/fixtures/dropout_adapter/adapter/adapter_config.json"),
           read("tests/fixtures/dropout_adapter/adapter/adapter_model.safetensors")});
+    // PEFT 0.21's fused-expert adapters on the tiny Qwen3-MoE (tools/ref/make_moe_fixtures.py).
+    for (const char* name : {"renorm/adapter", "renorm/adapter_final", "plain/adapter"}) {
+      const std::string dir = str("tests/fixtures/moe/", name);
+      std::string seed_name = name;
+      std::replace(seed_name.begin(), seed_name.end(), '/', '_');
+      seed("fuzz_moe_adapter", seed_name,
+           {read(dir + "/adapter_config.json"), read(dir + "/adapter_model.safetensors")});
+    }
 
     // A 4-bit checkpoint of the tiny Qwen3: projections NF4 (double quant), the rest dense f32.
     {
