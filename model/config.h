@@ -70,7 +70,7 @@ struct ModelConfig {
   std::string to_hf_json() const;
   // "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", and the MoE "qwen3-30b-a3b",
   // "qwen3-235b-a22b" (the official config.json values). preset_names() lists the dense ones
-  // (what the programs can train today), moe_preset_names() the others.
+  // (./bench's model shapes), moe_preset_names() the others.
   static ModelConfig preset(const std::string& name);
   static std::vector<std::string> preset_names();
   static std::vector<std::string> moe_preset_names();

@@ -21,6 +21,7 @@
 #                                                        T1-T2; limits add up to 240 s + the build)
 #                           tools/gpu_check.sh big      (build + Qwen3-8B: T3-T4; 450 s + the build)
 #                           tools/gpu_check.sh long     (build + Qwen3-8B long context: L1-L2; 480 s + the build)
+#                           tools/gpu_check.sh moe      (build + Qwen3-MoE: M1-M3; 310 s + the build)
 # kernels + train take about 10 minutes together; big about 8 more.
 #
 # On a GPU machine without network, run tools/gpu_prepare.sh first where there is network
@@ -29,7 +30,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-kernels}
-case "$MODE" in kernels|train|big|long) ;; *) echo "error: unknown mode '$MODE' (kernels, train, big or long)"; exit 1 ;; esac
+case "$MODE" in kernels|train|big|long|moe) ;; *) echo "error: unknown mode '$MODE' (kernels, train, big, long or moe)"; exit 1 ;; esac
 LOG=build/gpu_check/$MODE
 rm -rf "$LOG" && mkdir -p "$LOG"
 # finish: the summary and a tarball of every log into $OUT (when set), then exit with $1.
@@ -190,6 +191,29 @@ if [ "$MODE" = long ]; then
   step max_ctx_offload 240 python3 tools/ref/bench_qlora_gpu.py --max-context --offload --fit-gb 80 --time-limit 230
 fi
 
+# ======================================================================== Qwen3-MoE
+#   M1. the MoE tests on the GPU, -s: the registry's device check of every op (moe_route and
+#       nf4_grouped_matmul among them) and the MoE decoder (NF4 experts, grouped, with and
+#       without the experts' LoRA) against the CPU in bf16 and f16
+#   M2. the MoE ops at Qwen3-30B-A3B's shapes (128 experts, top 8, 2048 tokens) in ./bench, and
+#       one expert's nf4_matmul (128 rows, the experts' mean): the grouped launch against 128 of them
+#   M3. side by side (tools/ref/bench_qlora_gpu.py): Qwen3-30B-A3B's shapes cut to 2 layers, one
+#       random bf16 folder; transformers + bnb (attention NF4, experts bf16) + PEFT against
+#       ./train (every projection NF4), batch 1 x 2048: tokens/s, peak GPU memory, the plan
+if [ "$MODE" = moe ]; then
+  step moe_tests 90 ./build/cuda/test_all -tc="cuda registry_device_every_op,cuda moe*" -s
+  step moe_bench 40 bash -c 'for op in $(./bench list | awk "/^(moe_|nf4_grouped)/ {print \$1}"); do
+      ./bench "$op" --iters 10 --csv; done; ./bench nf4_matmul --m 128 --n 768 --k 2048 --iters 10 --csv'
+  if [ "$PY_OK" = 1 ]; then
+    step moe_side_by_side 180 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-30b-a3b-2l --seq 2048 --steps 2 \
+      --sides python,ours
+  else  # no torch to write the bf16 folder: ours alone, on ./quantize's 4-bit one
+    step quantize_moe 40 ./quantize --random qwen3-30b-a3b --layers 2 --seed 0 --out /tmp/moe_30b_2l
+    step train_moe 100 ./train --model /tmp/moe_30b_2l --data data/demo_train.jsonl --out /tmp/train_moe --overwrite \
+      --device cuda --max-steps 4 --batch-size 1 --max-length 2048 --packing --log-every 1 --verbose --no-progress
+  fi
+fi
+
 # 7. summary
 {
   echo
@@ -206,6 +230,10 @@ fi
   [ -f "$LOG/long_ctx.log" ] && grep -E "^long context|^ +seq|^ +[0-9]+ " "$LOG/long_ctx.log"
   [ -f "$LOG/max_ctx_offload.log" ] && grep -E "^plan:|^ +[0-9]+ |^longest context|^no context" "$LOG/max_ctx_offload.log"
   [ -f "$LOG/train_tiny.log" ] && grep -E "^device:|plan|measured" "$LOG/train_tiny.log" | head -12
+  [ -f "$LOG/moe_tests.log" ] && grep -E "MoE decoder on the GPU|grouped NF4 experts on the GPU|test cases" "$LOG/moe_tests.log" | head -8
+  [ -f "$LOG/moe_bench.log" ] && grep -vE "^(kernel|name)," "$LOG/moe_bench.log"
+  [ -f "$LOG/moe_side_by_side.log" ] && grep -E "^QLoRA|tokens/s|^transformers|^\./train|^plan|^ratio|failed" "$LOG/moe_side_by_side.log"
+  [ -f "$LOG/train_moe.log" ] && grep -E "^model:|plan vs measured|^step|^done" "$LOG/train_moe.log" | head -12
   [ -f "$LOG/eval_tiny.log" ] && grep -E "^--device" "$LOG/eval_tiny.log"
   [ -f "$LOG/gpu_train_tests.log" ] && grep -A7 "plan vs measured" "$LOG/gpu_train_tests.log"
   [ -f "$LOG/train_tiny_f16.log" ] && grep -E "^precision:|scale" "$LOG/train_tiny_f16.log" | head -6

@@ -99,7 +99,7 @@ static int run_plan(int argc, char** argv) {
       "The predicted peak memory of one QLoRA training step (the table ./train prints before\n"
       "step 1), from the model's config alone: nothing is loaded or allocated.\n",
       "./inspect plan --help");
-  t.add("preset", &preset, "qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b", "NAME");
+  t.add("preset", &preset, "qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b; the MoE qwen3-30b-a3b, qwen3-235b-a22b", "NAME");
   t.add("model", &model_dir, "a HF model folder (only its config.json is read)", "DIR");
   t.add("seq", &shape.seq, "tokens per row (./train --max-length)", "T");
   t.add("batch", &shape.batch, "rows per micro-batch (./train --batch-size)", "B");

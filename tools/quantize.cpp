@@ -85,9 +85,10 @@ int run(int argc, char** argv) {
   t.add("no-double-quant", &no_double_quant, "keep the block absmax in f32 (bnb_4bit_use_double_quant = false)");
   t.add("random", &random,
         "random-init checkpoint (no download; NF4 double quant, blocksize 64) of a preset\n"
-        "(qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b) or a config.json: every tensor\n"
-        "~ normal(0, initializer_range), norms 1, rounded to the config's dtype, projections\n"
-        "quantized, written one by one (qwen3-8b: 6.1 GB of files, under 4 GB of host memory)",
+        "(qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen3-30b-a3b, qwen3-235b-a22b) or a\n"
+        "config.json: every tensor ~ normal(0, initializer_range), norms 1, rounded to the\n"
+        "config's dtype, projections quantized, written one by one (qwen3-8b: 6.1 GB of\n"
+        "files, under 4 GB of host memory)",
         "P");
   t.add("seed", &seed, "--random: Philox seed of the weights (same seed, same files)", "S");
   t.add("layers", &layers, "--random: override num_hidden_layers (small test models of a preset's shapes; 0: the config's)");

@@ -18,13 +18,25 @@ PRESETS = {  # the official Qwen3 config.json values (qwen3-tiny: a small shape 
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
     "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    # a small Qwen3-MoE for CPU runs: 16 experts of width 128, top 4 (the memory plan's fit table's)
+    "qwen3-moe-tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=64, tie_word_embeddings=True, num_experts=16,
+                           num_experts_per_tok=4, moe_intermediate_size=128, norm_topk_prob=True),
+    # Qwen3-30B-A3B's official config cut to 2 of its 48 layers (experts, router, attention at full size)
+    "qwen3-30b-a3b-2l": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=2, num_attention_heads=32,
+                             num_key_value_heads=4, head_dim=128, tie_word_embeddings=False, num_experts=128,
+                             num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True),
 }
 
 
+def is_moe(preset):
+    return "num_experts" in PRESETS[preset]
+
+
 def qwen3_config(preset):
-    from transformers import Qwen3Config
-    return Qwen3Config(vocab_size=VOCAB, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=40960,
-                       **PRESETS[preset])
+    from transformers import Qwen3Config, Qwen3MoeConfig
+    return (Qwen3MoeConfig if is_moe(preset) else Qwen3Config)(
+        vocab_size=VOCAB, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=40960, **PRESETS[preset])
 
 
 def write_model(preset, path, device="cpu"):
@@ -38,10 +50,10 @@ def write_model(preset, path, device="cpu"):
     if (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
         return
     import torch
-    from transformers import Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen3ForCausalLM(qwen3_config(preset)).to(torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(qwen3_config(preset)).to(torch.bfloat16)
     model.save_pretrained(path, safe_serialization=True)
 
 
@@ -64,6 +76,8 @@ def write_random_checkpoint(preset, path, shard_bytes=2 << 30):
     copy_tokenizer(path)
     if (path / "model.safetensors.index.json").exists():
         return
+    if is_moe(preset):
+        sys.exit(f"write_random_checkpoint: {preset} is a MoE preset (use write_model)")
     cfg = qwen3_config(preset)
     cfg.torch_dtype = torch.bfloat16
     D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers

@@ -4,6 +4,7 @@ gradient checkpointing + torch AdamW) against ./train, same model, batch,
 sequence length and number of steps, in one run.
 
   tools/ref/.venv/bin/python tools/ref/bench_qlora_cpu.py [--preset qwen3-0.6b] [--seq 256] [--steps 3]
+  tools/ref/.venv/bin/python tools/ref/bench_qlora_cpu.py --preset qwen3-moe-tiny   (a Qwen3-MoE)
 
 The model is random-init (no download): the script writes it once to
 .cache/bench/<preset>/ (bf16 safetensors) with the real Qwen3 tokenizer files
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from bench_common import PRESETS, ROOT, write_data, write_model
+from bench_common import PRESETS, ROOT, is_moe, write_data, write_model
 
 
 def run_python(args):
@@ -35,8 +36,18 @@ def run_python(args):
                                                  device_map="cpu")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    if is_moe(args.preset):
+        # bitsandbytes quantizes the nn.Linear projections (attention) only: transformers 5 keeps
+        # the experts fused in 3-D parameters, which stay f32. LoRA on attention and every expert
+        # as nanoqlora's all-linear: PEFT 0.21 turns gate/up/down_proj into target_parameters on
+        # the fused tensors, gate_up at rank 2r (tools/ref/make_moe_fixtures.py, docs/qlora_io.md).
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                          target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], task_type="CAUSAL_LM")
+    else:
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, 151936, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     times = []
@@ -48,7 +59,8 @@ def run_python(args):
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
     timed = sum(times[1:])
-    print(json.dumps({"tokens_per_s": args.batch * args.seq * args.steps / timed, "loss": loss.item()}))
+    print(json.dumps({"tokens_per_s": args.batch * args.seq * args.steps / timed, "loss": loss.item(),
+                      "trainable": trainable}))
 
 
 def measure(cmd):
@@ -100,13 +112,15 @@ def main():
     ours_tps = sum(r["tokens"] for r in rows[1:]) / sum(r["step_time_s"] for r in rows[1:])
 
     stdout, _, rss_py = measure([sys.executable, __file__, "--child-python", "--model-dir", str(model_dir),
-                            "--seq", str(args.seq), "--batch", str(args.batch), "--steps", str(args.steps)])
+                                 "--preset", args.preset, "--seq", str(args.seq), "--batch", str(args.batch),
+                                 "--steps", str(args.steps)])
     py = json.loads(stdout.strip().splitlines()[-1])
 
     print(f"QLoRA step on CPU ({os.cpu_count()} cores), {args.preset}, batch {args.batch} x seq {args.seq}, "
           f"{args.steps} timed steps")
     print(f"{'':24s}{'tokens/s':>12s}{'peak RSS':>12s}")
-    print(f"{'transformers+bnb+peft':24s}{py['tokens_per_s']:12.1f}{rss_py / 2**30:10.2f} GiB")
+    print(f"{'transformers+bnb+peft':24s}{py['tokens_per_s']:12.1f}{rss_py / 2**30:10.2f} GiB"
+          f"   ({py['trainable']} trainable)")
     print(f"{'nanoqlora ./train':24s}{ours_tps:12.1f}{rss_ours / 2**30:10.2f} GiB")
     print(f"ratio: {ours_tps / py['tokens_per_s']:.2f}x tokens/s, {rss_ours / rss_py:.2f}x memory")
 

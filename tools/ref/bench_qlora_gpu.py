@@ -52,6 +52,13 @@ without (`--offload-activations off --mlp-chunk-rows off`) and with
 peak GPU memory, the plan's total and host memory; the step-time ratio is what the
 offload's copies and the MLP's re-run cost.
 
+--preset qwen3-30b-a3b-2l: Qwen3-30B-A3B's shapes, 2 layers (128 experts, top 8). bitsandbytes
+cannot quantize transformers 5's fused 3-D experts, so both sides load one random bf16
+folder (bench_common.write_model, once): the Python side quantizes the attention to NF4
+on load (BitsAndBytesConfig) and keeps the experts bf16, with PEFT's LoRA on attention and
+on the fused experts (target_parameters, gate_up at rank 2r); ./train quantizes every
+projection, experts included, to NF4 at load and adapts all of them (all-linear).
+
 Needs torch with CUDA, transformers, peft and bitsandbytes for the Python side
 (bitsandbytes carried as a wheel in .whl/ on the lent machine: see tools/gpu_check.sh).
 """
@@ -63,14 +70,18 @@ import subprocess
 import sys
 import time
 
-from bench_common import ROOT, write_data
+from bench_common import ROOT, is_moe, write_data, write_model
 
-PRESETS = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"]
+PRESETS = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-30b-a3b-2l"]
 
 
 def ensure_model(preset):
     """.cache/bench/<preset>/: the 4-bit random checkpoint both sides load (written once)."""
     path = ROOT / ".cache" / "bench" / preset
+    if is_moe(preset):  # a bf16 folder (see the top of this file), written on the GPU
+        path.mkdir(parents=True, exist_ok=True)
+        write_model(preset, path, device="cuda")
+        return path
     config = path / "config.json"
     if config.exists() and "quantization_config" in json.loads(config.read_text()) and \
             (path / "model.safetensors.index.json").exists():
@@ -96,16 +107,29 @@ def run_python(args):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
+    from transformers import BitsAndBytesConfig
     torch.manual_seed(0)
-    # config.json's quantization_config: NF4, double quant, bf16 compute (what ./quantize --random writes)
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16, device_map={"": 0})
+    moe = is_moe(args.preset)
+    # Dense: config.json's quantization_config (NF4, double quant, bf16 compute: what ./quantize
+    # --random writes). MoE: the bf16 folder, its nn.Linear projections (attention) quantized on load.
+    quant = dict(quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16)) if moe else {}
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16, device_map={"": 0}, **quant)
     n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    assert n4 == 7 * model.config.num_hidden_layers, f"{n4} Linear4bit modules: not loaded as 4-bit"
-    # As in the seed: gradient checkpointing on, the non-4-bit weights cast to f32.
+    want = (4 if moe else 7) * model.config.num_hidden_layers
+    assert n4 == want, f"{n4} Linear4bit modules, expected {want}: not loaded as 4-bit"
+    # As in the seed: gradient checkpointing on, the non-4-bit weights cast to f32 (the bf16
+    # experts too: prepare_model_for_kbit_training upcasts every non-4-bit parameter).
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    if moe:  # attention and every expert (tools/ref/make_moe_fixtures.py: PEFT 0.21's conversion)
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                          target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], task_type="CAUSAL_LM")
+    else:
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
     opt = bnb.optim.PagedAdamW32bit([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq),
                         generator=torch.Generator().manual_seed(0)).cuda()
@@ -171,9 +195,11 @@ def run_ours(args, model_dir, optim):
     return r
 
 
-def planned(preset, seq, fit_gb=None, offload=False):
-    """./inspect plan --json: the config-only memory plan (training/memory_plan.h)."""
-    cmd = [str(ROOT / "inspect"), "plan", "--preset", preset, "--seq", str(seq), "--batch", "1", "--device", "cuda", "--json"]
+def planned(preset, seq, fit_gb=None, offload=False, model_dir=None):
+    """./inspect plan --json: the config-only memory plan (training/memory_plan.h), of the
+    preset or, given model_dir, of its config.json."""
+    model = ["--model", str(model_dir)] if model_dir else ["--preset", preset]
+    cmd = [str(ROOT / "inspect"), "plan", *model, "--seq", str(seq), "--batch", "1", "--device", "cuda", "--json"]
     if offload:
         cmd += ["--offload-activations", "on", "--mlp-chunk-rows", "auto"]
     if fit_gb:
@@ -292,7 +318,8 @@ def main():
             walls[ours_name[side]] = time.perf_counter() - t0
     if "python" in sides:
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--child-python", "--model-dir", str(model_dir), "--batch",
+        p = subprocess.run([sys.executable, __file__, "--child-python", "--model-dir", str(model_dir), "--preset",
+                            args.preset, "--batch",
                             str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--warmup",
                             str(args.warmup)], capture_output=True, text=True, env=dict(os.environ))
         walls["transformers+bnb+peft"] = time.perf_counter() - t0
@@ -301,8 +328,10 @@ def main():
         else:
             results["transformers+bnb+peft"] = json.loads(p.stdout.strip().splitlines()[-1])
 
-    plan = planned(args.preset, args.seq) if args.batch == 1 else None
-    print(f"QLoRA step on the GPU, {args.preset} (4-bit random init, {model_dir}), batch {args.batch} x seq "
+    plan = planned(args.preset, args.seq, model_dir=model_dir if is_moe(args.preset) else None) \
+        if args.batch == 1 else None
+    print(f"QLoRA step on the GPU, {args.preset} ({'bf16' if is_moe(args.preset) else '4-bit'} random init, "
+          f"{model_dir}), batch {args.batch} x seq "
           f"{args.seq}, {args.warmup} warm-up + {args.steps} timed steps")
     w = max([28] + [len(name) + 2 for name in results])
     print(f"{'':{w}s}{'tokens/s':>12s}{'peak GPU mem':>16s}{'wall':>8s}")
