@@ -309,6 +309,40 @@ TEST_CASE("trainer: flags and the JSON config, with one-line errors naming the o
   CHECK(parse_error({"--config", tmp / "missing.json"}) == "--config " + tmp / "missing.json" + ": cannot read the file");
 }
 
+TEST_CASE("trainer: --ce-chunk sets the loss's logits rows: the same steps to f32 rounding, a smaller plan") {
+  // 3 steps with the default chunk and with 3 rows at a time: the loss is a sum over chunks of
+  // per-row terms, so only the summation order differs; the plan's workspace (the chunk's
+  // logits) shrinks with it.
+  auto three_steps = [](TinyRun& t, int64_t rows) {
+    t.cfg.max_steps = 3;
+    t.cfg.ce_chunk = rows;
+    t.cfg.verbose = true;
+    std::ostringstream log;
+    TrainResult r = train(t.cfg, log);
+    return std::make_pair(r, log.str());
+  };
+  TinyRun whole, chunked;
+  const auto [a, log_a] = three_steps(whole, 1024);
+  const auto [b, log_b] = three_steps(chunked, 3);
+  REQUIRE(a.steps.size() == 3);
+  REQUIRE(b.steps.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    INFO("step ", i + 1);
+    CHECK(std::fabs(b.steps[i].loss - a.steps[i].loss) <= 1e-5 * std::fabs(a.steps[i].loss));
+    CHECK(std::fabs(b.steps[i].grad_norm - a.steps[i].grad_norm) <= 1e-4 * std::fabs(a.steps[i].grad_norm));
+  }
+  auto workspace = [](const std::string& log) {  // "  workspace 12.3 KiB" of the plan's table
+    const size_t at = log.find("  workspace ");
+    REQUIRE(at != std::string::npos);
+    return log.substr(at, log.find('\n', at) - at);
+  };
+  CHECK(workspace(log_a) != workspace(log_b));
+  MESSAGE("--ce-chunk 1024 vs 3: ", workspace(log_a), " vs ", workspace(log_b), "; final loss ", a.steps.back().loss,
+          " vs ", b.steps.back().loss);
+  chunked.cfg.ce_chunk = 0;
+  CHECK(train_error(chunked.cfg).find("--ce-chunk must be >= 1 rows, got 0") == 0);
+}
+
 TEST_CASE("trainer: --offload-activations on trains the same steps bit for bit; --mlp-chunk-rows within rounding") {
   // 3 steps of the tiny run with the two flags as given; the start line must say what was asked.
   auto three_steps = [](TinyRun& t, const std::string& offload, const std::string& chunk, const std::string& said) {

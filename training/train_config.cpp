@@ -100,6 +100,9 @@ FlagTable train_flags(TrainConfig& cfg) {
         "MLP forward; its [N, F] temporaries for one chunk): auto (the plan's chunk when the\n"
         "GPU plan needs it) | off | N",
         "auto|off|N");
+  t.add("ce-chunk", &cfg.ce_chunk,
+        "rows of logits that exist at once in the loss ([N, vocab] f32 and its gradient: at\n"
+        "vocab 151936, 1024 rows are 890 MiB on the GPU); fewer rows, less memory, more launches");
   add_device_flag(t, &cfg.device);
   add_dtype_flag(t, &cfg.dtype);
   add_rope_scaling_flag(t, &cfg.rope_scaling);
@@ -225,6 +228,7 @@ void TrainConfig::validate() const {
            "an update), got ", optim_pages);
   if (!rope_scaling.empty()) parse_rope_scaling_spec(rope_scaling, 1);  // the syntax, before the model loads
   parse_mlp_chunk_rows(mlp_chunk_rows);  // throws on a bad value
+  NQ_CHECK(ce_chunk >= 1, "--ce-chunk must be >= 1 rows, got ", ce_chunk);
   NQ_CHECK(offload_activations != "on" || !no_grad_checkpoint,
            "--offload-activations on offloads the checkpointed layer inputs: it needs gradient checkpointing "
            "(leave out --no-grad-checkpoint)");
@@ -278,7 +282,7 @@ std::string TrainConfig::trajectory_difference(const TrainConfig& other) const {
                                                     "no_progress", "device",     "optim",         "optim_pages",
                                                     "optim_page_mb", "max_steps",  "epochs",      "overwrite",
                                                     "save_total_limit", "verbose", "report_to",   "detect_anomaly",
-                                                    "offload_activations", "mlp_chunk_rows"};
+                                                    "offload_activations", "mlp_chunk_rows", "ce_chunk"};
   json a = json::parse(to_json()), b = json::parse(other.to_json());
   for (auto it = a.begin(); it != a.end(); ++it)
     if (!irrelevant.count(it.key()) && b[it.key()] != it.value()) return it.key();

@@ -305,6 +305,7 @@ TrainResult train(const TrainConfig& config, std::ostream& log, const TrainerHoo
   rng_seed(cfg.seed);
   DecoderOptions dopt;
   dopt.checkpointing = !cfg.no_grad_checkpoint;
+  dopt.ce_chunk_rows = cfg.ce_chunk;
   auto t_load = Clock::now();
   std::string dtype_note;
   const DType compute = select_compute_dtype(cfg.dtype, device, "--dtype", &dtype_note);
