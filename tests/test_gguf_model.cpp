@@ -270,6 +270,24 @@ bool same_bits(const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
+// The dense part of a config read from GGUF against the HF config of the same model.
+static void check_same_dense_config(const ModelConfig& c, const ModelConfig& hf) {
+  CHECK(c.num_layers == hf.num_layers);
+  CHECK(c.hidden_size == hf.hidden_size);
+  CHECK(c.intermediate_size == hf.intermediate_size);
+  CHECK(c.num_heads == hf.num_heads);
+  CHECK(c.num_kv_heads == hf.num_kv_heads);
+  CHECK(c.head_dim == hf.head_dim);
+  CHECK(c.vocab_size == hf.vocab_size);
+  CHECK(c.rope_theta == hf.rope_theta);
+  CHECK(c.rms_norm_eps == hf.rms_norm_eps);
+  CHECK(c.tie_word_embeddings == hf.tie_word_embeddings);
+  CHECK(c.attention_bias == hf.attention_bias);
+  CHECK(c.max_position_embeddings == hf.max_position_embeddings);
+  CHECK(c.bos_token_id == hf.bos_token_id);
+  CHECK(c.eos_token_ids == hf.eos_token_ids);
+}
+
 TEST_CASE("GGUF tensor names map to Hugging Face names") {
   CHECK(gguf_to_hf_name("token_embd.weight") == "model.embed_tokens.weight");
   CHECK(gguf_to_hf_name("output.weight") == "lm_head.weight");
@@ -300,20 +318,7 @@ TEST_CASE("tiny Llama / Qwen3 GGUF: config, weights and logits equal the safeten
     const ModelConfig& hf = tiny.config;
     const ModelConfig& c = m.config;
     CHECK(c.model_type == hf.model_type);
-    CHECK(c.num_layers == hf.num_layers);
-    CHECK(c.hidden_size == hf.hidden_size);
-    CHECK(c.intermediate_size == hf.intermediate_size);
-    CHECK(c.num_heads == hf.num_heads);
-    CHECK(c.num_kv_heads == hf.num_kv_heads);
-    CHECK(c.head_dim == hf.head_dim);
-    CHECK(c.vocab_size == hf.vocab_size);
-    CHECK(c.rope_theta == hf.rope_theta);
-    CHECK(c.rms_norm_eps == hf.rms_norm_eps);
-    CHECK(c.tie_word_embeddings == hf.tie_word_embeddings);
-    CHECK(c.attention_bias == hf.attention_bias);
-    CHECK(c.max_position_embeddings == hf.max_position_embeddings);
-    CHECK(c.bos_token_id == hf.bos_token_id);
-    CHECK(c.eos_token_ids == hf.eos_token_ids);
+    check_same_dense_config(c, hf);
     CHECK_FALSE(c.prepends_bos());  // tokenizer.ggml.add_bos_token = false
 
     // Every weight is the safetensors weight rounded through its GGUF type, in HF row order.
@@ -567,20 +572,7 @@ TEST_CASE("tiny Qwen3-MoE GGUF (qwen3moe, F32 and Q8_0): config equals the HF mo
     const LoadedModel m = load_model(path);
     const ModelConfig& c = m.config;
     CHECK(c.model_type == "qwen3_moe");
-    CHECK(c.num_layers == hf.num_layers);
-    CHECK(c.hidden_size == hf.hidden_size);
-    CHECK(c.intermediate_size == hf.intermediate_size);
-    CHECK(c.num_heads == hf.num_heads);
-    CHECK(c.num_kv_heads == hf.num_kv_heads);
-    CHECK(c.head_dim == hf.head_dim);
-    CHECK(c.vocab_size == hf.vocab_size);
-    CHECK(c.rope_theta == hf.rope_theta);
-    CHECK(c.rms_norm_eps == hf.rms_norm_eps);
-    CHECK(c.tie_word_embeddings == hf.tie_word_embeddings);
-    CHECK(c.attention_bias == hf.attention_bias);
-    CHECK(c.max_position_embeddings == hf.max_position_embeddings);
-    CHECK(c.bos_token_id == hf.bos_token_id);
-    CHECK(c.eos_token_ids == hf.eos_token_ids);
+    check_same_dense_config(c, hf);
     CHECK(c.moe.num_experts == hf.moe.num_experts);
     CHECK(c.moe.experts_per_token == hf.moe.experts_per_token);
     CHECK(c.moe.expert_intermediate_size == hf.moe.expert_intermediate_size);

@@ -586,6 +586,40 @@ TEST_CASE("qwen3_moe trainer: a QLoRA run on a random NF4 Qwen3-MoE; the adapter
   CHECK(max_rel_error(model.logits(hf_decoder_batch(ids, ids)), again.logits(hf_decoder_batch(ids, ids))) == 0.0);
 }
 
+// The renorm fixture's NF4 model with PEFT's adapter, on every expert too or (expert_lora
+// false) on attention and the dense MLP only. Either way each expert projection runs as one
+// grouped op over all the experts' rows (MoeExperts::grouped).
+static Decoder moe_nf4_model(bool expert_lora) {
+  const LoadedModel m = load_model(kMoeFixtures + "renorm", WeightLoad::qlora(true, Device::CPU, DType::F32));
+  Decoder d(m.config, m.weights, {}, m.nf4);
+  load_peft_adapter(kMoeFixtures + "renorm/adapter", d);
+  if (!expert_lora)
+    for (Linear* l : d.linears())
+      if (l->name().find(".mlp.experts.") != std::string::npos) l->detach_lora();
+  return d;
+}
+
+// f16 runs with a fixed loss scale (the gradients are unscaled before they are compared).
+static float gpu_loss_scale(DType compute) { return compute == DType::F16 ? 65536.0f : 1.0f; }
+
+// The fixture's batch through both models (gpu_model moved to the GPU in `compute`),
+// backward on each; the loss's relative difference (bounded here: the dense QLoRA test's).
+static double loss_on_gpu_vs_cpu(Decoder& cpu_model, Decoder& gpu_model, DType compute) {
+  to_device(gpu_model, Device::CUDA, compute);
+  SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
+  const Tensor ids = ref.get("input_ids");
+  auto run = [&](Decoder& m, Device d, float seed) {
+    Var loss = m.forward_loss(hf_decoder_batch(ids, ids, d));
+    backward(loss, Tensor::full({1}, seed, d));
+    return loss.value().to_vector()[0];
+  };
+  const float cpu_loss = run(cpu_model, Device::CPU, 1.0f);
+  const float gpu_loss = run(gpu_model, Device::CUDA, gpu_loss_scale(compute));
+  const double loss_err = std::fabs(gpu_loss - cpu_loss) / std::fabs(cpu_loss);
+  CHECK(loss_err <= (compute == DType::F16 ? 2e-3 : 2e-2));
+  return loss_err;
+}
+
 // ---- the MoE decoder on the GPU against the CPU ------------------------------------------
 
 #define GPU_TEST(name) NQ_GPU_TEST("cuda " #name, name)
@@ -599,25 +633,9 @@ GPU_TEST(moe_decoder_loss_and_lora_grads_match_cpu) {
     if (compute == DType::BF16 && !cuda_has_bf16()) continue;
     const std::string dtype = dtype_name(compute);
     CAPTURE(dtype);
-    auto make = [] {
-      const LoadedModel m = load_model(kMoeFixtures + "renorm", WeightLoad::qlora(true, Device::CPU, DType::F32));
-      Decoder d(m.config, m.weights, {}, m.nf4);
-      load_peft_adapter(kMoeFixtures + "renorm/adapter", d);
-      return d;
-    };
-    Decoder cpu_model = make(), gpu_model = make();
-    to_device(gpu_model, Device::CUDA, compute);
-    SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
-    const Tensor ids = ref.get("input_ids");
-    const float loss_scale = compute == DType::F16 ? 65536.0f : 1.0f;
-    auto run = [&](Decoder& m, Device d, float seed) {
-      Var loss = m.forward_loss(hf_decoder_batch(ids, ids, d));
-      backward(loss, Tensor::full({1}, seed, d));
-      return loss.value().to_vector()[0];
-    };
-    const float cpu_loss = run(cpu_model, Device::CPU, 1.0f), gpu_loss = run(gpu_model, Device::CUDA, loss_scale);
-    const double loss_err = std::fabs(gpu_loss - cpu_loss) / std::fabs(cpu_loss);
-    CHECK(loss_err <= (compute == DType::F16 ? 2e-3 : 2e-2));
+    Decoder cpu_model = moe_nf4_model(true), gpu_model = moe_nf4_model(true);
+    const double loss_err = loss_on_gpu_vs_cpu(cpu_model, gpu_model, compute);
+    const float loss_scale = gpu_loss_scale(compute);
     const std::vector<Var> cpu_params = adapter_parameters(cpu_model), gpu_params = adapter_parameters(gpu_model);
     REQUIRE(cpu_params.size() == gpu_params.size());
     double worst = 0, diff2 = 0, norm2 = 0;
@@ -645,19 +663,6 @@ GPU_TEST(moe_decoder_loss_and_lora_grads_match_cpu) {
     MESSAGE(dtype, " MoE decoder on the GPU vs the CPU: loss rel err ", loss_err, ", worst LoRA gradient rel err ",
             worst, " over ", cpu_params.size(), " parameters, all of them together ", all);
   }
-}
-
-// The renorm fixture's NF4 model with PEFT's adapter, on every expert too or (expert_lora
-// false) on attention and the dense MLP only. Either way each expert projection runs as one
-// grouped op over all the experts' rows (MoeExperts::grouped).
-static Decoder moe_nf4_model(bool expert_lora) {
-  const LoadedModel m = load_model(kMoeFixtures + "renorm", WeightLoad::qlora(true, Device::CPU, DType::F32));
-  Decoder d(m.config, m.weights, {}, m.nf4);
-  load_peft_adapter(kMoeFixtures + "renorm/adapter", d);
-  if (!expert_lora)
-    for (Linear* l : d.linears())
-      if (l->name().find(".mlp.experts.") != std::string::npos) l->detach_lora();
-  return d;
 }
 
 TEST_CASE("qwen3_moe: NF4 experts run as one grouped op per projection; logits and gradients as expert by expert") {
@@ -720,25 +725,16 @@ TEST_CASE("qwen3_moe: NF4 experts run as one grouped op per projection; logits a
 
 GPU_TEST(moe_grouped_experts_match_cpu) {
   // The model with bare NF4 experts (one grouped NF4 matmul per projection, no bypass) on
-  // the GPU against the CPU (moe_decoder_loss_and_lora_grads_match_cpu has the experts' LoRA), bf16 (where the GPU has it) and f16: loss and every LoRA gradient, with the
-  // bounds of moe_decoder_loss_and_lora_grads_match_cpu.
+  // the GPU against the CPU, bf16 (where the GPU has it) and f16: loss and every LoRA
+  // gradient, with the bounds of moe_decoder_loss_and_lora_grads_match_cpu (which has the
+  // experts' LoRA).
   for (DType compute : {DType::BF16, DType::F16}) {
     if (compute == DType::BF16 && !cuda_has_bf16()) continue;
     const std::string dtype = dtype_name(compute);
     CAPTURE(dtype);
     Decoder cpu_model = moe_nf4_model(false), gpu_model = moe_nf4_model(false);
-    to_device(gpu_model, Device::CUDA, compute);
-    SafetensorsFile ref = SafetensorsFile::open(kMoeFixtures + "renorm/reference.safetensors");
-    const Tensor ids = ref.get("input_ids");
-    const float loss_scale = compute == DType::F16 ? 65536.0f : 1.0f;
-    auto run = [&](Decoder& m, Device d, float seed) {
-      Var loss = m.forward_loss(hf_decoder_batch(ids, ids, d));
-      backward(loss, Tensor::full({1}, seed, d));
-      return loss.value().to_vector()[0];
-    };
-    const float cpu_loss = run(cpu_model, Device::CPU, 1.0f), gpu_loss = run(gpu_model, Device::CUDA, loss_scale);
-    const double loss_err = std::fabs(gpu_loss - cpu_loss) / std::fabs(cpu_loss);
-    CHECK(loss_err <= (compute == DType::F16 ? 2e-3 : 2e-2));
+    const double loss_err = loss_on_gpu_vs_cpu(cpu_model, gpu_model, compute);
+    const float loss_scale = gpu_loss_scale(compute);
     const std::vector<Var> cpu_params = adapter_parameters(cpu_model), gpu_params = adapter_parameters(gpu_model);
     REQUIRE(cpu_params.size() == gpu_params.size());
     double worst = 0;

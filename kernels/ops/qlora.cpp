@@ -231,6 +231,23 @@ std::vector<const Nf4Tensor*> pointers(const std::vector<Nf4Tensor>& w) {
   for (const Nf4Tensor& e : w) p.push_back(&e);
   return p;
 }
+// The forward (y from x) or the transposed product (dx from dy), with the bypass when d.rank.
+Pass grouped_pass(bool transposed) {
+  return {[transposed](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
+            const std::vector<Nf4Tensor> w = grouped_weights(in, d);
+            const kernels::GroupedLowRankTerm extra =
+                d.rank ? grouped_low_rank(in, d, transposed) : kernels::GroupedLowRankTerm{};
+            const kernels::GroupedLowRankTerm* bypass = d.rank ? &extra : nullptr;
+            return std::vector<Tensor>{
+                transposed ? kernels::nf4_grouped_matmul_dx(in[1], pointers(w), grouped_bounds(in), bypass)
+                           : kernels::nf4_grouped_matmul(in[0], pointers(w), grouped_bounds(in), bypass)};
+          },
+          {tile16_bound()},
+          [transposed](const Dims& d, double act) {  // x and y (dy and dx) once, the experts' NF4 bytes
+            return Cost{act * double(d.tokens * d.k + d.tokens * d.n) + 0.5 * d.experts * d.n * d.k,
+                        2.0 * d.tokens * d.n * d.k, d.tokens, transposed ? d.k : d.n, transposed ? d.n : d.k, 1};
+          }};
+}
 // y and dx in double, each expert's rows against its weight dequantized exactly.
 std::pair<std::vector<double>, std::vector<double>> grouped_naive(const std::vector<double>& x,
                                                                   const std::vector<double>& dy,
@@ -336,30 +353,8 @@ void register_qlora(std::vector<Op>& ops) {
                   {grouped(4, 3, 3, 37), grouped(7, 2, 5, 9)}, device);
     };
     op.inputs = grouped_inputs;
-    op.forward = {[](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
-                    const std::vector<Nf4Tensor> w = grouped_weights(in, d);
-                    const kernels::GroupedLowRankTerm extra = d.rank ? grouped_low_rank(in, d, false)
-                                                                     : kernels::GroupedLowRankTerm{};
-                    return std::vector<Tensor>{kernels::nf4_grouped_matmul(in[0], pointers(w), grouped_bounds(in),
-                                                                           d.rank ? &extra : nullptr)};
-                  },
-                  {tile16_bound()},
-                  [](const Dims& d, double act) {
-                    return Cost{act * double(d.tokens * d.k + d.tokens * d.n) + 0.5 * d.experts * d.n * d.k,
-                                2.0 * d.tokens * d.n * d.k, d.tokens, d.n, d.k, 1};
-                  }};
-    op.backward = {[](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
-                     const std::vector<Nf4Tensor> w = grouped_weights(in, d);
-                     const kernels::GroupedLowRankTerm extra = d.rank ? grouped_low_rank(in, d, true)
-                                                                      : kernels::GroupedLowRankTerm{};
-                     return std::vector<Tensor>{kernels::nf4_grouped_matmul_dx(in[1], pointers(w), grouped_bounds(in),
-                                                                               d.rank ? &extra : nullptr)};
-                   },
-                   {tile16_bound()},
-                   [](const Dims& d, double act) {
-                     return Cost{act * double(d.tokens * d.k + d.tokens * d.n) + 0.5 * d.experts * d.n * d.k,
-                                 2.0 * d.tokens * d.n * d.k, d.tokens, d.k, d.n, 1};
-                   }};
+    op.forward = grouped_pass(false);
+    op.backward = grouped_pass(true);
     op.naive = [](const std::vector<Tensor>& in, const Dims& d) {
       auto [y, dx] = grouped_naive(doubles(in[0]), doubles(in[1]), in, d);
       return std::vector<Expected>{{0, y, 1e-5}, {1, dx, 1e-5}};
