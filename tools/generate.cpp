@@ -45,7 +45,7 @@ FlagTable generate_flags(Flags& f) {
       "                  [--adapter DIR] [--no-quant] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]\n");
   t.add("model", &f.model,
         "HF model folder (config.json, *.safetensors, tokenizer.json for text)\n"
-        "or a llama.cpp .gguf file (llama / qwen3; e.g. `make model` for SmolLM2)",
+        "or a llama.cpp .gguf file (llama / qwen3 / qwen3moe; e.g. `make model` for SmolLM2)",
         "PATH");
   t.add("preset", &f.preset,
         "instead of --model: random weights of qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b\n"
