@@ -586,6 +586,65 @@ Tensor nf4_grouped_matmul_dx(const Tensor& dy, const std::vector<const Nf4Tensor
   return grouped_cpu(dy, w, offsets, extra, true);
 }
 
+// ---- dense products per expert ---------------------------------------------------------
+// Checks the row bounds of a [M, ...] for E experts (E + 1 values from 0 to M, non-decreasing).
+static void check_bounds(const char* op, const Tensor& a, size_t E, const std::vector<int64_t>& offsets) {
+  NQ_CHECK(E > 0 && offsets.size() == E + 1, op, ": ", E, " experts need ", E + 1, " row bounds, got ", offsets.size());
+  NQ_CHECK(offsets.front() == 0 && offsets.back() == a.size(0), op, ": row bounds run from ", offsets.front(), " to ",
+           offsets.back(), ", expected 0 to ", a.size(0));
+  for (size_t e = 0; e < E; ++e)
+    NQ_CHECK(offsets[e] <= offsets[e + 1], op, ": expert ", e, "'s rows [", offsets[e], ", ", offsets[e + 1],
+             ") run backwards");
+}
+Tensor grouped_matmul(const Tensor& a, const std::vector<Tensor>& w, const std::vector<int64_t>& offsets, bool trans_w,
+                      const std::vector<float>& scales) {
+  const char* op = "grouped_matmul";
+  check_float(op, "a", a);
+  check_ndim(op, "a", a, 2);
+  check_bounds(op, a, w.size(), offsets);
+  NQ_CHECK(scales.size() == w.size(), op, ": ", scales.size(), " scales for ", w.size(), " experts");
+  const Shape shape = w[0].shape();
+  for (size_t e = 0; e < w.size(); ++e) {
+    check_ndim(op, "w", w[e], 2);
+    NQ_CHECK(w[e].shape() == shape && w[e].dtype() == a.dtype(), op, ": expert ", e, "'s w ", w[e].desc(),
+             ", expected ", shape.str(), " in a's dtype ", dtype_name(a.dtype()));
+    check_same_device(op, {&a, &w[e]});
+  }
+  const int64_t k = trans_w ? shape[0] : shape[1], n = trans_w ? shape[1] : shape[0];
+  NQ_CHECK(a.size(1) == k, op, ": a ", a.shape().str(), " does not fit w ", shape.str(), trans_w ? "" : " transposed");
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(grouped_matmul, a, w, offsets, trans_w, scales);
+  Tensor y = Tensor::empty({a.size(0), n});  // [M, n], every row written (the rows are the experts')
+  for (size_t e = 0; e < w.size(); ++e) {
+    const int64_t r0 = offsets[e], r1 = offsets[e + 1];
+    if (r0 == r1) continue;
+    Tensor rows = y.slice(r0, r1);
+    rows.copy_from(scale(matmul(a.slice(r0, r1), w[e], false, !trans_w), scales[e]));
+  }
+  return y;
+}
+Tensor grouped_weight_grad(const Tensor& a, const Tensor& b, const std::vector<int64_t>& offsets,
+                           const std::vector<float>& scales) {
+  const char* op = "grouped_weight_grad";
+  check_float(op, "a", a);
+  check_float(op, "b", b);
+  check_ndim(op, "a", a, 2);
+  check_ndim(op, "b", b, 2);
+  check_bounds(op, a, scales.size(), offsets);
+  NQ_CHECK(b.size(0) == a.size(0) && b.dtype() == a.dtype(), op, ": b ", b.desc(), " does not fit a ", a.desc(),
+           " (the same rows and dtype)");
+  check_same_device(op, {&a, &b});
+  const int64_t E = int64_t(scales.size()), P = a.size(1), Q = b.size(1);
+  if (a.device() == Device::CUDA) NQ_RUN_CUDA(grouped_weight_grad, a, b, offsets, scales);
+  Tensor g = Tensor::zeros({E, P, Q});  // [E, p, q] f32
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = offsets[size_t(e)], r1 = offsets[size_t(e) + 1];
+    if (r0 == r1) continue;
+    Tensor part = g.slice(e, e + 1).view({P, Q});
+    part.copy_from(scale(matmul(a.slice(r0, r1), b.slice(r0, r1), true, false), scales[size_t(e)]));
+  }
+  return g;
+}
+
 // ---- LoRA over an NF4 base ---------------------------------------------------------
 // Checks x against W and the adapter (A [r, in], B [out, r] in x's dtype and device); returns M.
 static int64_t check_lora_nf4(const char* op, const Tensor& x, const Nf4Tensor& w, const LoraParams& lora) {
@@ -643,7 +702,8 @@ void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const
 }
 
 // ---- LoRA over a MoE layer's NF4 experts, grouped --------------------------------------
-// Checks the experts' adapters against x [M, in] and their weights; returns their one rank.
+// Checks the experts' adapters against x [M, in] and their weights (one rank, one dropout
+// mask: the same p, seed and offset); returns the rank.
 static int64_t check_grouped_lora(const char* op, const Tensor& x, const std::vector<const Nf4Tensor*>& w,
                                   const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets) {
   check_grouped(op, "x", x, w, offsets, nullptr, false);
@@ -652,23 +712,34 @@ static int64_t check_grouped_lora(const char* op, const Tensor& x, const std::ve
     check_lora_nf4(op, x, *w[e], lora[e]);
     NQ_CHECK(lora[e].a.size(0) == lora[0].a.size(0), op, ": expert ", e, "'s adapter has rank ", lora[e].a.size(0),
              ", expert 0's ", lora[0].a.size(0), " (one rank for all the experts of a projection)");
+    NQ_CHECK(lora[e].dropout == lora[0].dropout && lora[e].seed == lora[0].seed && lora[e].offset == lora[0].offset,
+             op, ": expert ", e, "'s dropout (p ", lora[e].dropout, ", offset ", lora[e].offset,
+             ") is not expert 0's: the experts share one mask over x");
   }
   return lora[0].a.size(0);
 }
+// The experts' LoRA factors and scales, for the grouped products.
+struct GroupedAdapters {
+  std::vector<Tensor> a, b;  // A_e [r, in], B_e [out, r]
+  std::vector<float> scale, ones;
+};
+static GroupedAdapters grouped_adapters(const std::vector<LoraParams>& lora) {
+  GroupedAdapters g;
+  for (const LoraParams& l : lora) {
+    g.a.push_back(l.a);
+    g.b.push_back(l.b);
+    g.scale.push_back(l.scale);
+    g.ones.push_back(1.0f);
+  }
+  return g;
+}
 Tensor lora_nf4_grouped_forward(const Tensor& x, const std::vector<const Nf4Tensor*>& w,
                                 const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* u) {
-  const int64_t r = check_grouped_lora("lora_nf4_grouped_forward", x, w, lora, offsets);
-  Tensor h = Tensor::empty({x.size(0), r}, x.dtype(), x.device());  // u = xd_e A_e^T [M, r], x's rows
-  GroupedLowRankTerm bypass{h, {}, {}};                              // + (s_e u_e) B_e^T
-  for (size_t e = 0; e < w.size(); ++e) {
-    bypass.w.push_back(lora[e].b);
-    bypass.scale.push_back(lora[e].scale);
-    const int64_t r0 = offsets[e], r1 = offsets[e + 1];
-    if (r0 == r1) continue;
-    Tensor rows = h.slice(r0, r1);
-    matmul_into(rows, lora_dropped(x.slice(r0, r1), lora[e]), lora[e].a, false, true, false);
-  }
-  Tensor y = nf4_grouped_matmul(x, w, offsets, &bypass);  // [M, out]
+  check_grouped_lora("lora_nf4_grouped_forward", x, w, lora, offsets);
+  const GroupedAdapters g = grouped_adapters(lora);
+  const Tensor h = grouped_matmul(lora_dropped(x, lora[0]), g.a, offsets, false, g.ones);  // u = xd_e A_e^T [M, r]
+  const GroupedLowRankTerm bypass{h, g.b, g.scale};                                         // + (s_e u_e) B_e^T
+  Tensor y = nf4_grouped_matmul(x, w, offsets, &bypass);                                     // [M, out]
   if (u) *u = h;
   return y;
 }
@@ -685,43 +756,25 @@ void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& 
            w[0]->out, "] and u [", M, ", ", r, "] in x's dtype)");
   check_same_device(op, {&x, &dy, &u});
   const size_t E = w.size();
-  if (grad_a) grad_a->assign(E, Tensor());
-  if (grad_b) grad_b->assign(E, Tensor());
-  Tensor v = Tensor::empty({M, r}, x.dtype(), x.device());  // v_e = s_e dy_e B_e [M, r]
-  GroupedLowRankTerm bypass{v, {}, {}};                     // dx's + v_e A_e, when no dropout is on
-  bool dropout = false;
-  for (size_t e = 0; e < E; ++e) {
-    bypass.w.push_back(lora[e].a);
-    bypass.scale.push_back(1.0f);
-    dropout = dropout || lora[e].dropout > 0.0f;
-    const int64_t r0 = offsets[e], r1 = offsets[e + 1];
-    if (r0 == r1) continue;  // no gradient: the expert saw no token
-    const Tensor dy_e = dy.slice(r0, r1), u_e = u.slice(r0, r1);
-    if (grad_b) {  // dB_e = s dy_e^T u_e [out, r], f32
-      Tensor g = Tensor::empty({w[e]->out, r}, DType::F32, x.device());
-      matmul_into(g, dy_e, u_e, true, false, false);
-      (*grad_b)[e] = scale(g, lora[e].scale);
-    }
-    Tensor v_e = v.slice(r0, r1);
-    v_e.copy_from(scale(matmul(dy_e, lora[e].b), lora[e].scale));
-    if (grad_a) {  // dA_e = v_e^T xd_e [r, in], f32
-      Tensor g = Tensor::empty({r, w[e]->in}, DType::F32, x.device());
-      matmul_into(g, v_e, lora_dropped(x.slice(r0, r1), lora[e]), true, false, false);
-      (*grad_a)[e] = g;
-    }
-  }
+  const GroupedAdapters g = grouped_adapters(lora);
+  const Tensor v = grouped_matmul(dy, g.b, offsets, true, g.scale);  // v_e = s_e dy_e B_e [M, r]
+  // dB_e = s_e dy_e^T u_e [out, r], dA_e = v_e^T xd_e [r, in] (f32); none for an expert without rows
+  auto per_expert = [&](const Tensor& all, std::vector<Tensor>* out) {  // [E, p, q] -> E tensors [p, q]
+    out->assign(E, Tensor());
+    for (size_t e = 0; e < E; ++e)
+      if (offsets[e] < offsets[e + 1])
+        (*out)[e] = all.slice(int64_t(e), int64_t(e) + 1).view({all.size(1), all.size(2)});
+  };
+  if (grad_b) per_expert(grouped_weight_grad(dy, u, offsets, g.scale), grad_b);
+  if (grad_a) per_expert(grouped_weight_grad(v, lora_dropped(x, lora[0]), offsets, g.ones), grad_a);
   if (!dx) return;
-  if (!dropout) {  // dx = dy_e W_e + v_e A_e, one grouped product
+  if (lora[0].dropout == 0.0f) {  // dx = dy_e W_e + v_e A_e, one grouped product
+    const GroupedLowRankTerm bypass{v, g.a, g.ones};
     *dx = nf4_grouped_matmul_dx(dy, w, offsets, &bypass);
     return;
   }
-  Tensor d = nf4_grouped_matmul_dx(dy, w, offsets);  // dy_e W_e [M, in]
-  for (size_t e = 0; e < E; ++e) {                    // + dropout_backward(v_e A_e)
-    const int64_t r0 = offsets[e], r1 = offsets[e + 1];
-    if (r0 == r1) continue;
-    Tensor d_e = d.slice(r0, r1);
-    add_inplace(d_e, lora_dropped(matmul(v.slice(r0, r1), lora[e].a), lora[e]));
-  }
+  Tensor d = nf4_grouped_matmul_dx(dy, w, offsets);                                // dy_e W_e [M, in]
+  add_inplace(d, lora_dropped(grouped_matmul(v, g.a, offsets, true, g.ones), lora[0]));  // + dropout_backward(v_e A_e)
   *dx = d;
 }
 

@@ -165,6 +165,20 @@ Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<const Nf4Tensor*>& 
 Tensor nf4_grouped_matmul_dx(const Tensor& dy, const std::vector<const Nf4Tensor*>& w,
                              const std::vector<int64_t>& offsets, const GroupedLowRankTerm* extra = nullptr);
 
+// ---- dense products per expert: the experts' LoRA factors ---------------------------
+// Rows grouped as nf4_grouped_matmul's (offsets: E + 1 host values from 0 to M), expert e's
+// weight w[e] and scale s[e] (E each; every w[e] one shape, in a's dtype and device):
+//   grouped_matmul:      y [M, n],   y[rows_e] = s_e a[rows_e] w_e^T   (trans_w false: w_e [n, k])
+//                                    y[rows_e] = s_e a[rows_e] w_e     (trans_w true:  w_e [k, n])
+//   grouped_weight_grad: g [E, p, q] f32, g[e] = s_e a[rows_e]^T b[rows_e]  (a [M, p], b [M, q];
+//                        zeros for an expert without rows): grouped_matmul's weight gradient
+// The GPU runs each in one launch (grouped_matmul: nf4_grouped_matmul.cu's tiles with no NF4
+// part; grouped_weight_grad.cu); the CPU one product per expert.
+Tensor grouped_matmul(const Tensor& a, const std::vector<Tensor>& w, const std::vector<int64_t>& offsets, bool trans_w,
+                      const std::vector<float>& scales);
+Tensor grouped_weight_grad(const Tensor& a, const Tensor& b, const std::vector<int64_t>& offsets,
+                           const std::vector<float>& scales);
+
 // ---- LoRA over an NF4 base, one fused op ------------------------------------
 // y = x W^T + s * (dropout(x) A^T) B^T      x [M, in] (leading dims flattened),
 // A [r, in], B [out, r] in x's dtype (the f32 masters' working copies), W NF4.
@@ -186,11 +200,13 @@ Tensor lora_nf4_forward(const Tensor& x, const Nf4Tensor& w, const LoraParams& l
 void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Tensor& w, const LoraParams& lora,
                        Tensor* dx, Tensor* grad_a, Tensor* grad_b);
 // The same over a MoE layer's experts, rows grouped as nf4_grouped_matmul's: expert e's rows
-// through W_e and its adapter lora[e] (every one of rank r, its own dropout range). Forward:
-// u [M, r] (x's rows) per expert, then ONE grouped NF4 matmul with the bypasses riding in it.
-// Backward: dB_e, dA_e per expert (f32; undefined for an expert without rows), dx through
-// one grouped dx matmul (the bypass riding in it when no dropout is on). Composed of the ops
-// above on either device: the CPU gives lora_nf4's numbers expert by expert.
+// through W_e and its adapter lora[e] (every one of rank r; one dropout mask over all of x:
+// the experts share p, seed and offset). Forward: u = dropout(x)_e A_e^T [M, r] (x's rows),
+// one grouped_matmul, then ONE grouped NF4 matmul with the bypasses riding in it. Backward:
+// v = s_e dy_e B_e (grouped_matmul), dB_e = s_e dy_e^T u_e and dA_e = v_e^T dropout(x)_e
+// (grouped_weight_grad; f32, undefined for an expert without rows), dx through one grouped
+// dx matmul (the bypass riding in it when no dropout is on). Composed of the ops above on
+// either device: a fixed number of launches whatever E.
 Tensor lora_nf4_grouped_forward(const Tensor& x, const std::vector<const Nf4Tensor*>& w,
                                 const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* u);
 void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const std::vector<const Nf4Tensor*>& w,

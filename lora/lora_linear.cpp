@@ -87,6 +87,8 @@ Var lora_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tenso
            "lora_grouped_linear: ", bases.size(), " bases, ", layers.size(), " adapters and ", offsets.size(),
            " row bounds (expected E, E and E + 1)");
   const Tensor xv = x.value();
+  // One dropout mask over all of x (one Philox range, reserved here), shared by the experts.
+  const kernels::LoraParams first = bypass_params(xv, *layers[0]);
   std::vector<kernels::LoraParams> lp;
   std::vector<const Nf4Tensor*> w;
   std::vector<Var> inputs{x};
@@ -94,10 +96,15 @@ Var lora_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tenso
     const LoraLinear& layer = *layers[e];
     NQ_CHECK(bases[e] && bases[e]->out == layer.out && bases[e]->in == layer.in, "lora_grouped_linear: expert ", e,
              "'s NF4 base does not match its adapter [", layer.out, ", ", layer.in, "]");
-    NQ_CHECK(offsets[e] >= 0 && offsets[e] <= offsets[e + 1] && offsets[e + 1] <= xv.size(0),
-             "lora_grouped_linear: expert ", e, "'s rows [", offsets[e], ", ", offsets[e + 1], ") outside x ",
-             xv.shape().str());
-    lp.push_back(bypass_params(xv.slice(offsets[e], offsets[e + 1]), layer));  // its own dropout range
+    NQ_CHECK(layer.dropout == layers[0]->dropout, "lora_grouped_linear: expert ", e, "'s dropout ", layer.dropout,
+             " is not expert 0's ", layers[0]->dropout, " (the experts share one mask)");
+    kernels::LoraParams p = first;
+    if (e > 0) {  // its own factors and scale; the mask is the first's
+      p.a = kernels::cast(layer.A.value(), xv.dtype());
+      p.b = kernels::cast(layer.B.value(), xv.dtype());
+      p.scale = layer.scaling;
+    }
+    lp.push_back(p);
     w.push_back(bases[e].get());
     inputs.push_back(layer.A);
     inputs.push_back(layer.B);

@@ -17,8 +17,11 @@
 // per expert and 24 per tile).
 // Dtypes as nf4_matmul's fused GEMM: x / dy f32, bf16 or f16, staged as 16-bit tiles,
 // accumulated in f32, the output in x's dtype.
+// grouped_matmul is the same kernel with no NF4 part (K = 0): its whole reduction is the
+// low-rank segment, y_e = s_e a_e w_e^T (or a_e w_e): the experts' LoRA factors u and v.
 //   ./bench nf4_grouped_matmul --tokens 16384 --experts 128 --n 768 --k 2048
 //   (tokens = N*k routed rows, Qwen3-30B-A3B's gate/up_proj [768, 2048] per expert)
+//   ./bench grouped_matmul --tokens 16384 --experts 128 --n 16 --k 2048   (u = x_e A_e^T, r 16)
 #include <cstring>
 
 #include "kernels/cuda/common.cuh"
@@ -52,22 +55,18 @@ __global__ void __launch_bounds__(kGemmThreads)
   nf4_gemm_tile<kTransposed>(out, a, e.w, t.row0, t.row_end, int64_t(blockIdx.x) * kTileN, N, K, ext);
 }
 
-Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<Nf4Weight>& w, const std::vector<int64_t>& offsets,
-                          const GroupedLowRankTerm* extra, bool transposed) {
-  const char* op = transposed ? "nf4_grouped_matmul_dx" : "nf4_grouped_matmul";
-  const int64_t K = transposed ? w[0].out : w[0].in, N = transposed ? w[0].in : w[0].out, M = x.size(0);
+// out [M, N] = the grouped product of x [M, K] (K = 0: the low-rank term alone) with the
+// experts' weights, the low-rank a [M, r] riding along (r = 0: none): one launch.
+static Tensor grouped_product(const char* op, const Tensor& x, const std::vector<GroupedExpert>& experts,
+                              const std::vector<int64_t>& offsets, int64_t N, int64_t K, const Tensor* a_low_rank,
+                              int64_t r, bool transposed) {
+  const int64_t M = x.size(0);
   Tensor out = Tensor::empty({M, N}, x.dtype(), Device::CUDA);
   if (M == 0 || N == 0) return out;
-
-  std::vector<GroupedExpert> experts(w.size());
-  for (size_t e = 0; e < w.size(); ++e) {
-    experts[e].w = w[e];
-    if (extra) experts[e].low_rank_w = extra->w[e].raw(), experts[e].scale = extra->scale[e];
-  }
   std::vector<GroupedTile> tiles;
-  for (size_t e = 0; e < w.size(); ++e)
-    for (int64_t r = offsets[e]; r < offsets[e + 1]; r += kTileM)
-      tiles.push_back({int64_t(e), r, std::min(r + kTileM, offsets[e + 1])});
+  for (size_t e = 0; e < experts.size(); ++e)
+    for (int64_t row = offsets[e]; row < offsets[e + 1]; row += kTileM)
+      tiles.push_back({int64_t(e), row, std::min(row + kTileM, offsets[e + 1])});
   NQ_CHECK(tiles.size() <= 65535, op, ": ", tiles.size(), " row tiles exceed the grid (gridDim.y <= 65535 tiles of ",
            kTileM, " rows); split the batch");
   // One upload: the experts [E], then the tiles.
@@ -79,20 +78,40 @@ Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<Nf4Weight>& w, cons
   schedule.copy_from(host);
   const auto* e_dev = static_cast<const GroupedExpert*>(schedule.raw());
   const auto* t_dev = reinterpret_cast<const GroupedTile*>(static_cast<const char*>(schedule.raw()) + e_bytes);
-  const int64_t r = extra ? extra->a.size(1) : 0;
 
   dispatch_float(x, op, [&](auto tag) {
     using T = decltype(tag);
-    const T* a_low_rank = extra ? ptr<T>(extra->a) : nullptr;
+    const T* lr = a_low_rank ? ptr<T>(*a_low_rank) : nullptr;
     dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned(tiles.size()));
     const dim3 block(kGemmThreads);
     if (transposed)
-      nf4_grouped_gemm_kernel<true, T><<<grid, block>>>(ptr<T>(out), ptr<T>(x), e_dev, t_dev, N, K, a_low_rank, r);
+      nf4_grouped_gemm_kernel<true, T><<<grid, block>>>(ptr<T>(out), ptr<T>(x), e_dev, t_dev, N, K, lr, r);
     else
-      nf4_grouped_gemm_kernel<false, T><<<grid, block>>>(ptr<T>(out), ptr<T>(x), e_dev, t_dev, N, K, a_low_rank, r);
+      nf4_grouped_gemm_kernel<false, T><<<grid, block>>>(ptr<T>(out), ptr<T>(x), e_dev, t_dev, N, K, lr, r);
     NQ_LAUNCH_CHECK();
   });
   return out;
+}
+
+Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<Nf4Weight>& w, const std::vector<int64_t>& offsets,
+                          const GroupedLowRankTerm* extra, bool transposed) {
+  std::vector<GroupedExpert> experts(w.size());
+  for (size_t e = 0; e < w.size(); ++e) {
+    experts[e].w = w[e];
+    if (extra) experts[e].low_rank_w = extra->w[e].raw(), experts[e].scale = extra->scale[e];
+  }
+  const int64_t K = transposed ? w[0].out : w[0].in, N = transposed ? w[0].in : w[0].out;
+  return grouped_product(transposed ? "nf4_grouped_matmul_dx" : "nf4_grouped_matmul", x, experts, offsets, N, K,
+                         extra ? &extra->a : nullptr, extra ? extra->a.size(1) : 0, transposed);
+}
+
+// No NF4 part (K = 0): the whole reduction is the "low-rank" segment, a itself, over w_e.
+Tensor grouped_matmul(const Tensor& a, const std::vector<Tensor>& w, const std::vector<int64_t>& offsets, bool trans_w,
+                      const std::vector<float>& scales) {
+  std::vector<GroupedExpert> experts(w.size());
+  for (size_t e = 0; e < w.size(); ++e) experts[e].low_rank_w = w[e].raw(), experts[e].scale = scales[e];
+  const int64_t N = trans_w ? w[0].size(1) : w[0].size(0);
+  return grouped_product("grouped_matmul", a, experts, offsets, N, 0, &a, a.size(1), trans_w);
 }
 
 }  // namespace nq::kernels::cuda

@@ -23,7 +23,9 @@
 //   linear_cross_entropy:     h, w both T, labels i32; grad_h T; grad_w accumulated in its own
 //                             dtype when defined, else allocated as f32 zeros [V, D]
 //   nf4_matmul / _dx:         x (dy), the low-rank a and w: T, all one dtype; output T
-//   nf4_grouped_matmul / _dx: x (dy) T; output T; at most 65535 row tiles of 64 (over all experts)
+//   nf4_grouped_matmul / _dx, grouped_matmul: x (dy), a, w T; output T; at most 65535 row
+//                             tiles of 64 (over all experts)
+//   grouped_weight_grad:      a, b T; output f32
 //   nf4_dequantize:           f32, bf16 or f16
 //   lora_nf4:                 x, dy, A, B, u, dx T; grad_a, grad_b f32
 //   adamw_update, global_grad_norm: f32 only
@@ -108,6 +110,12 @@ Tensor nf4_matmul_dx(const Tensor& dy, const Nf4Weight& w, const LowRankTerm* ex
 // offsets the E + 1 row bounds, extra the bypass (or null); transposed: the input gradient.
 Tensor nf4_grouped_matmul(const Tensor& x, const std::vector<Nf4Weight>& w, const std::vector<int64_t>& offsets,
                           const GroupedLowRankTerm* extra, bool transposed);
+// The same tiles with no NF4 part: y_e = s_e a_e w_e^T (or a_e w_e), the LoRA factors.
+Tensor grouped_matmul(const Tensor& a, const std::vector<Tensor>& w, const std::vector<int64_t>& offsets, bool trans_w,
+                      const std::vector<float>& scales);
+// g [E, p, q] f32 = s_e a_e^T b_e (grouped_weight_grad.cu).
+Tensor grouped_weight_grad(const Tensor& a, const Tensor& b, const std::vector<int64_t>& offsets,
+                           const std::vector<float>& scales);
 
 // ---- LoRA over an NF4 base (lora.cu) ------------------------------------------
 // Forward: u (cuBLASLt), then one NF4 GEMM pass that adds s u B^T. Backward:

@@ -1,4 +1,6 @@
 // Helpers shared by the registrations (kernels/ops/ops.h).
+#include <algorithm>
+
 #include "kernels/ops/ops.h"
 
 namespace nq::kernels::registry::family {
@@ -6,6 +8,21 @@ namespace nq::kernels::registry::family {
 std::vector<double> doubles(const Tensor& t) {
   std::vector<float> f = t.to_vector();
   return std::vector<double>(f.begin(), f.end());
+}
+
+Input expert_row_bounds(int64_t tokens, int64_t experts, uint64_t seed) {
+  std::vector<int32_t> bounds{0};
+  const Tensor cuts = random_ints({std::max<int64_t>(experts - 1, 1)}, seed, 0, int32_t(tokens + 1));
+  for (int64_t e = 0; e + 1 < experts; ++e) bounds.push_back(cuts.data<int32_t>()[e]);
+  std::sort(bounds.begin(), bounds.end());
+  if (experts > 2) bounds[2] = bounds[1];
+  bounds.push_back(int32_t(tokens));
+  return {Tensor::from_ids(bounds, {experts + 1}), false, true};
+}
+
+std::vector<int64_t> row_bounds(const Tensor& bounds) {
+  const Tensor b = bounds.to(Device::CPU);
+  return std::vector<int64_t>(b.data<int32_t>(), b.data<int32_t>() + b.numel());
 }
 
 std::vector<int32_t> ints(const Tensor& t) {

@@ -1,4 +1,5 @@
-// Registration: the Qwen3-MoE router's top-k softmax (moe_route): logits [N, E] ->
+// Registrations: the Qwen3-MoE router's top-k softmax (moe_route), and the experts' dense
+// products (grouped_matmul, its weight gradient grouped_weight_grad). moe_route: logits [N, E] ->
 // p = softmax in f32, experts [N, k] (the k largest p), weights [N, k] = p[experts]
 // (renormalized to sum 1 with norm_topk_prob); backward grad_weights -> grad_logits.
 #include <algorithm>
@@ -91,6 +92,54 @@ NaiveRoute naive_route(const std::vector<double>& logits, const std::vector<doub
     }
   }
   return out;
+}
+
+// grouped_matmul's shape: d.tokens rows a [tokens, k] among d.experts weights w_e [n, k].
+// Inputs: [0] a, [1] dy [tokens, n], [2] the row bounds (expert_row_bounds), then the E w_e.
+// Expert e's scale is 1 + e / 4.
+Dims grouped_dense(int64_t tokens, int64_t experts, int64_t n, int64_t k) {
+  Dims d;
+  d.tokens = tokens; d.experts = experts; d.n = n; d.k = k;
+  return d;
+}
+constexpr size_t kFirstWeight = 3;
+std::vector<float> expert_scales(int64_t E) {
+  std::vector<float> s;
+  for (int64_t e = 0; e < E; ++e) s.push_back(1.0f + float(e) / 4);
+  return s;
+}
+std::vector<Tensor> expert_weights(const std::vector<Tensor>& in, const Dims& d) {
+  return std::vector<Tensor>(in.begin() + kFirstWeight, in.begin() + kFirstWeight + size_t(d.experts));
+}
+// y [tokens, n], dx [tokens, k] and dW [E, n, k] in double, expert by expert.
+struct NaiveGrouped {
+  std::vector<double> y, dx, dw;
+};
+NaiveGrouped naive_grouped(const std::vector<double>& a, const std::vector<double>& w_all,
+                           const std::vector<double>& dy, const std::vector<int64_t>& bounds, const Dims& d) {
+  const int64_t n = d.n, k = d.k;
+  const std::vector<float> s = expert_scales(d.experts);
+  NaiveGrouped out{std::vector<double>(d.tokens * n), std::vector<double>(d.tokens * k),
+                   std::vector<double>(d.experts * n * k)};
+  for (int64_t e = 0; e < d.experts; ++e) {
+    const double* w = w_all.data() + e * n * k;  // [n, k]
+    for (int64_t r = bounds[e]; r < bounds[e + 1]; ++r)
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          out.y[r * n + i] += s[e] * a[r * k + j] * w[i * k + j];
+          out.dx[r * k + j] += s[e] * dy[r * n + i] * w[i * k + j];
+          out.dw[(e * n + i) * k + j] += s[e] * dy[r * n + i] * a[r * k + j];
+        }
+  }
+  return out;
+}
+std::vector<double> concat(const std::vector<Tensor>& ts) {
+  std::vector<double> all;
+  for (const Tensor& t : ts) {
+    const std::vector<double> v = doubles(t);
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return all;
 }
 
 }  // namespace
@@ -187,6 +236,70 @@ void register_moe(std::vector<Op>& ops) {
     return p;
   };
   ops.push_back(op);
+
+  {  // the experts' dense products (their LoRA factors): y_e = s_e a_e w_e^T; backward
+     // dx_e = s_e dy_e w_e and dW_e = s_e dy_e^T a_e (grouped_weight_grad)
+    Op op;
+    op.name = "grouped_matmul";
+    op.dims = {"tokens", "experts", "n", "k"};
+    op.bench = grouped_dense(16384, 128, 16, 2048);  // Qwen3-30B-A3B: u = x_e A_e^T at r 16, 2048 tokens x top 8
+    // one expert; rows split across 64-row tiles; an expert without rows (always); n and k
+    // not multiples of a tile; more experts than rows
+    op.shapes = [](Mode mode) {
+      return pick(mode, {grouped_dense(1, 1, 1, 1), grouped_dense(9, 3, 5, 37), grouped_dense(40, 4, 16, 20)},
+                  {grouped_dense(4, 3, 3, 5), grouped_dense(7, 2, 5, 9)},
+                  {grouped_dense(1, 1, 3, 37), grouped_dense(17, 3, 16, 40), grouped_dense(200, 5, 130, 72),
+                   grouped_dense(5, 8, 16, 64), grouped_dense(150, 4, 8, 200)});
+    };
+    op.inputs = [](const Dims& d, uint64_t seed) {
+      std::vector<Input> in{{random_normal({d.tokens, d.k}, seed + 1)}, {random_normal({d.tokens, d.n}, seed + 2)},
+                            expert_row_bounds(d.tokens, d.experts, seed + 3)};
+      for (int64_t e = 0; e < d.experts; ++e) in.push_back({random_normal({d.n, d.k}, seed + 10 + uint64_t(e), 0.1f)});
+      return in;
+    };
+    op.forward = {[](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
+                    return std::vector<Tensor>{kernels::grouped_matmul(in[0], expert_weights(in, d), row_bounds(in[2]),
+                                                                       false, expert_scales(d.experts))};
+                  },
+                  {tile16_bound()},
+                  [](const Dims& d, double act) {
+                    return Cost{act * double(d.tokens * (d.k + d.n) + d.experts * d.n * d.k),
+                                2.0 * d.tokens * d.n * d.k, d.tokens, d.n, d.k, 1};
+                  }};
+    op.backward = {[](const std::vector<Tensor>& in, const std::vector<Tensor>&, const Dims& d) {
+                     const std::vector<int64_t> bounds = row_bounds(in[2]);
+                     const std::vector<float> s = expert_scales(d.experts);
+                     return std::vector<Tensor>{kernels::grouped_matmul(in[1], expert_weights(in, d), bounds, true, s),
+                                                kernels::grouped_weight_grad(in[1], in[0], bounds, s)};
+                   },
+                   {tile16_bound(), f32_bound()},
+                   [](const Dims& d, double act) {
+                     return Cost{act * double(2 * d.tokens * (d.k + d.n) + d.experts * d.n * d.k) +
+                                     4.0 * d.experts * d.n * d.k,
+                                 4.0 * d.tokens * d.n * d.k, d.tokens, d.k, d.n, 1};
+                   }};
+    op.naive = [](const std::vector<Tensor>& in, const Dims& d) {
+      const NaiveGrouped want = naive_grouped(doubles(in[0]), concat(expert_weights(in, d)), doubles(in[1]),
+                                              row_bounds(in[2]), d);
+      return std::vector<Expected>{{0, want.y, 1e-5}, {1, want.dx, 1e-5}, {2, want.dw, 1e-5}};
+    };
+    // L = sum(y * dy): dL/da = dx, dL/dW_e = dW_e
+    op.grad = [](const std::vector<Tensor>& in, const Dims& d) {
+      GradProblem p;
+      p.names = {"a", "w"};
+      p.x = values({doubles(in[0]), concat(expert_weights(in, d))});
+      auto x = p.x;
+      auto dy = std::make_shared<std::vector<double>>(doubles(in[1]));
+      const std::vector<int64_t> bounds = row_bounds(in[2]);
+      p.loss = [x, dy, bounds, d] { return dot(naive_grouped((*x)[0], (*x)[1], *dy, bounds, d).y, *dy); };
+      p.grad = [x, dy, bounds, d] {
+        const NaiveGrouped g = naive_grouped((*x)[0], (*x)[1], *dy, bounds, d);
+        return std::vector<std::vector<double>>{g.dx, g.dw};
+      };
+      return p;
+    };
+    ops.push_back(op);
+  }
 }
 
 }  // namespace nq::kernels::registry::family

@@ -18,7 +18,7 @@ void register_rope(std::vector<Op>& ops);
 void register_attention(std::vector<Op>& ops);
 void register_cross_entropy(std::vector<Op>& ops);  // linear_cross_entropy
 void register_qlora(std::vector<Op>& ops);          // nf4_matmul (+ forced ways), nf4_grouped_matmul, nf4_dequantize, lora_nf4, adamw, grad_norm
-void register_moe(std::vector<Op>& ops);            // moe_route
+void register_moe(std::vector<Op>& ops);            // moe_route, grouped_matmul (+ grouped_weight_grad)
 
 // A tensor's values in double (f32 or i32 host tensors).
 std::vector<double> doubles(const Tensor& t);
@@ -30,6 +30,11 @@ using Values = std::shared_ptr<std::vector<std::vector<double>>>;
 inline Values values(std::vector<std::vector<double>> x) {
   return std::make_shared<std::vector<std::vector<double>>>(std::move(x));
 }
+// The rows of `tokens` grouped among `experts` (the MoE ops' inputs): E + 1 bounds, i32,
+// host-only: E - 1 uniform cuts, sorted; expert 1 (when E > 2) gets no rows, so an expert
+// without tokens is in every test.
+Input expert_row_bounds(int64_t tokens, int64_t experts, uint64_t seed);
+std::vector<int64_t> row_bounds(const Tensor& bounds);  // that input as the ops' offsets
 // One shape list per mode: shapes_for(mode, reference, grad, device).
 inline std::vector<Dims> pick(Mode mode, std::vector<Dims> reference, std::vector<Dims> grad, std::vector<Dims> device) {
   return mode == Mode::Reference ? reference : mode == Mode::Grad ? grad : device;

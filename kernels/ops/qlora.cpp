@@ -163,9 +163,8 @@ Op nf4_matmul_op(const char* name, int forced_path) {
 // NF4 parts at 3 + 5e.. (packed, absmax, nested absmax, nested code, offset), each expert
 // quantized on its own as bitsandbytes does (random state above kQuantizeMaxWeights in all);
 // with a low-rank term (d.rank) then a [tokens, r], the E B_e [n, r], the E A_e [r, k].
-// Expert e's bypass scale is kLowRankScale + e / 4 (a different one per expert).
-// The bounds: E - 1 uniform cuts of the rows, sorted; expert 1 (when E > 2) gets none, so an
-// expert without tokens is always in the test.
+// Expert e's bypass scale is kLowRankScale + e / 4 (a different one per expert); the bounds
+// are expert_row_bounds' (ops.h).
 Dims grouped(int64_t tokens, int64_t experts, int64_t out, int64_t in) {
   Dims d = nf4(1, out, in);
   d.tokens = tokens;
@@ -175,13 +174,7 @@ Dims grouped(int64_t tokens, int64_t experts, int64_t out, int64_t in) {
 constexpr int kGroupedFirstExpert = 3, kNf4Parts = 5;
 std::vector<Input> grouped_inputs(const Dims& d, uint64_t seed) {
   std::vector<Input> in{{random_normal({d.tokens, d.k}, seed + 1)}, {random_normal({d.tokens, d.n}, seed + 2)}};
-  std::vector<int32_t> bounds{0};
-  Tensor cuts = random_ints({std::max<int64_t>(d.experts - 1, 1)}, seed + 3, 0, int32_t(d.tokens + 1));
-  for (int64_t e = 0; e + 1 < d.experts; ++e) bounds.push_back(cuts.data<int32_t>()[e]);
-  std::sort(bounds.begin(), bounds.end());
-  if (d.experts > 2) bounds[2] = bounds[1];
-  bounds.push_back(int32_t(d.tokens));
-  in.push_back({Tensor::from_ids(bounds, {d.experts + 1}), false, true});
+  in.push_back(expert_row_bounds(d.tokens, d.experts, seed + 3));
   const bool random_state = d.experts * d.n * d.k > kQuantizeMaxWeights;
   for (int64_t e = 0; e < d.experts; ++e) {
     const uint64_t s = seed + 100 * uint64_t(e + 1);
@@ -212,10 +205,7 @@ kernels::GroupedLowRankTerm grouped_low_rank(const std::vector<Tensor>& in, cons
   }
   return t;
 }
-std::vector<int64_t> grouped_bounds(const std::vector<Tensor>& in) {
-  const Tensor b = in[2].to(Device::CPU);
-  return std::vector<int64_t>(b.data<int32_t>(), b.data<int32_t>() + b.numel());
-}
+std::vector<int64_t> grouped_bounds(const std::vector<Tensor>& in) { return row_bounds(in[2]); }
 // The experts' NF4 tensors, whose parts are the inputs (on the run's device).
 std::vector<Nf4Tensor> grouped_weights(const std::vector<Tensor>& in, const Dims& d) {
   std::vector<Nf4Tensor> w;
