@@ -192,8 +192,8 @@ if [ "$MODE" = long ]; then
 fi
 
 # ======================================================================== Qwen3-MoE
-#   M1. the MoE tests on the GPU, -s: the registry's device check of every op (moe_route and
-#       nf4_grouped_matmul among them) and the MoE decoder (NF4 experts, grouped, with and
+#   M1. the MoE tests on the GPU, -s: the registry's device check of every op (moe_route,
+#       nf4_grouped_matmul and grouped_matmul among them) and the MoE decoder (NF4 experts, grouped, with and
 #       without the experts' LoRA) against the CPU in bf16 and f16
 #   M2. the MoE ops at Qwen3-30B-A3B's shapes (128 experts, top 8, 2048 tokens) in ./bench, and
 #       one expert's nf4_matmul (128 rows, the experts' mean): the grouped launch against 128 of them
@@ -202,7 +202,7 @@ fi
 #       ./train (every projection NF4), batch 1 x 2048: tokens/s, peak GPU memory, the plan
 if [ "$MODE" = moe ]; then
   step moe_tests 90 ./build/cuda/test_all -tc="cuda registry_device_every_op,cuda moe*" -s
-  step moe_bench 40 bash -c 'for op in $(./bench list | awk "/^(moe_|nf4_grouped)/ {print \$1}"); do
+  step moe_bench 40 bash -c 'for op in $(./bench list | awk "/^(moe_|nf4_grouped|grouped_)/ {print \$1}"); do
       ./bench "$op" --iters 10 --csv; done; ./bench nf4_matmul --m 128 --n 768 --k 2048 --iters 10 --csv'
   if [ "$PY_OK" = 1 ]; then
     step moe_side_by_side 180 python3 tools/ref/bench_qlora_gpu.py --preset qwen3-30b-a3b-2l --seq 2048 --steps 2 \
