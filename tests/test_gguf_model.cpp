@@ -434,6 +434,20 @@ TEST_CASE("GGUF model: unsupported or broken files are clear errors") {
                        Error);
 }
 
+// The GGUF at `path` loaded with NF4 projections (each quantized as it streams in, no
+// projection left dense) gives the NF4 bytes of a dense load quantized afterwards.
+static void check_nf4_load_is_quantizing_after(const std::string& path) {
+  LoadedModel streamed = load_model(path, WeightLoad::qlora(true)), dense = load_model(path);
+  for (const auto& [param, t] : streamed.weights) CHECK_FALSE(is_projection_weight(param));
+  Decoder a = build_decoder(streamed, {}, true), b = build_decoder(dense, {}, true);
+  const std::vector<Linear*> la = a.linears(), lb = b.linears();
+  REQUIRE(la.size() == lb.size());
+  for (size_t i = 0; i < la.size(); ++i) {
+    CAPTURE(la[i]->name());
+    CHECK(same_nf4(*la[i]->nf4(), *lb[i]->nf4()));
+  }
+}
+
 TEST_CASE("tiny Llama / Qwen3 GGUF loaded with NF4 projections: each decoded tensor quantized as read, the same "
           "base as quantizing after the load") {
   for (const char* name : {"llama", "qwen3_untied_bias"}) {
@@ -441,16 +455,7 @@ TEST_CASE("tiny Llama / Qwen3 GGUF loaded with NF4 projections: each decoded ten
     Variant v;
     v.model_dir = std::string("tests/fixtures/model/") + name;
     TempDir dir;
-    const std::string path = write_file(dir, tiny_gguf(v).bytes);
-    LoadedModel streamed = load_model(path, WeightLoad::qlora(true)), dense = load_model(path);
-    for (const auto& [param, t] : streamed.weights) CHECK_FALSE(is_projection_weight(param));
-    Decoder a = build_decoder(streamed, {}, true), b = build_decoder(dense, {}, true);
-    const std::vector<Linear*> la = a.linears(), lb = b.linears();
-    REQUIRE(la.size() == lb.size());
-    for (size_t i = 0; i < la.size(); ++i) {
-      CAPTURE(la[i]->name());
-      CHECK(same_nf4(*la[i]->nf4(), *lb[i]->nf4()));
-    }
+    check_nf4_load_is_quantizing_after(write_file(dir, tiny_gguf(v).bytes));
   }
 }
 
@@ -604,16 +609,8 @@ TEST_CASE("tiny Qwen3-MoE GGUF (qwen3moe, F32 and Q8_0): config equals the HF mo
 TEST_CASE("tiny Qwen3-MoE GGUF loaded with NF4 projections: every expert quantized, the same base as quantizing "
           "after the load") {
   const std::string path = kMoeDir + "/tiny_q8_0.gguf";
-  LoadedModel streamed = load_model(path, WeightLoad::qlora(true)), dense = load_model(path);
-  CHECK(streamed.nf4.count("model.layers.1.mlp.experts.7.down_proj.weight"));
-  for (const auto& [param, t] : streamed.weights) CHECK_FALSE(is_projection_weight(param));
-  Decoder a = build_decoder(streamed, {}, true), b = build_decoder(dense, {}, true);
-  const std::vector<Linear*> la = a.linears(), lb = b.linears();
-  REQUIRE(la.size() == lb.size());
-  for (size_t i = 0; i < la.size(); ++i) {
-    CAPTURE(la[i]->name());
-    CHECK(same_nf4(*la[i]->nf4(), *lb[i]->nf4()));
-  }
+  CHECK(load_model(path, WeightLoad::qlora(true)).nf4.count("model.layers.1.mlp.experts.7.down_proj.weight"));
+  check_nf4_load_is_quantizing_after(path);
 }
 
 TEST_CASE("Qwen3-MoE GGUF: inconsistent expert counts and missing MoE tensors are one-line errors") {

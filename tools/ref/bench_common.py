@@ -33,6 +33,19 @@ def is_moe(preset):
     return "num_experts" in PRESETS[preset]
 
 
+def lora_config(moe):
+    """The seed's LoraConfig (r 16, alpha 32, all-linear; no dropout, for timing). For a
+    Qwen3-MoE, LoRA on attention and every expert as nanoqlora's all-linear: PEFT 0.21 turns
+    gate/up/down_proj into target_parameters on transformers 5's fused 3-D experts, gate_up at
+    rank 2r (tools/ref/make_moe_fixtures.py, docs/qlora_io.md)."""
+    from peft import LoraConfig
+    if moe:
+        return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                          target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], task_type="CAUSAL_LM")
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
 def qwen3_config(preset):
     from transformers import Qwen3Config, Qwen3MoeConfig
     return (Qwen3MoeConfig if is_moe(preset) else Qwen3Config)(

@@ -21,13 +21,13 @@ import sys
 import tempfile
 import time
 
-from bench_common import PRESETS, ROOT, is_moe, write_data, write_model
+from bench_common import PRESETS, ROOT, is_moe, lora_config, write_data, write_model
 
 
 def run_python(args):
     """Child process: the Python stack. Prints one JSON line."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     torch.set_num_threads(os.cpu_count())
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -36,16 +36,8 @@ def run_python(args):
                                                  device_map="cpu")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
-    if is_moe(args.preset):
-        # bitsandbytes quantizes the nn.Linear projections (attention) only: transformers 5 keeps
-        # the experts fused in 3-D parameters, which stay f32. LoRA on attention and every expert
-        # as nanoqlora's all-linear: PEFT 0.21 turns gate/up/down_proj into target_parameters on
-        # the fused tensors, gate_up at rank 2r (tools/ref/make_moe_fixtures.py, docs/qlora_io.md).
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                          target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], task_type="CAUSAL_LM")
-    else:
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    # bitsandbytes quantizes the nn.Linear projections only: a MoE's fused 3-D experts stay f32
+    lora = lora_config(is_moe(args.preset))
     model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -70,7 +70,7 @@ import subprocess
 import sys
 import time
 
-from bench_common import ROOT, is_moe, write_data, write_model
+from bench_common import ROOT, is_moe, lora_config, write_data, write_model
 
 PRESETS = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-30b-a3b-2l"]
 
@@ -105,7 +105,7 @@ def run_python(args):
     """Child process: the seed's stack on the pre-quantized folder. Prints one JSON line."""
     import bitsandbytes as bnb
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
     from transformers import BitsAndBytesConfig
     torch.manual_seed(0)
@@ -123,12 +123,7 @@ def run_python(args):
     # experts too: prepare_model_for_kbit_training upcasts every non-4-bit parameter).
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
-    if moe:  # attention and every expert (tools/ref/make_moe_fixtures.py: PEFT 0.21's conversion)
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                          target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], task_type="CAUSAL_LM")
-    else:
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = lora_config(moe)
     model = get_peft_model(model, lora)
     opt = bnb.optim.PagedAdamW32bit([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq),
