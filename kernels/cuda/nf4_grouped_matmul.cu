@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     nf4_grouped_gemm_kernel(T* out, const T* a, const GroupedExpert* experts, const GroupedTile* tiles, int64_t N,
                             int64_t K, const T* a_low_rank, int64_t r) {
   const GroupedTile t = tiles[blockIdx.y];
-  const GroupedExpert& e = experts[t.expert];
+  const GroupedExpert e = experts[t.expert];  // a copy: the tile reads the weight view per element
   ExtraSegment<T> ext;
   if (r) {
     // E(n, j): forward E = B_e [out, r] (row n); transposed E(n, j) = A_e[j, n], A_e [r, in].
