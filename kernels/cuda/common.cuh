@@ -97,10 +97,15 @@ inline std::vector<int32_t> checked_ids(const Tensor& ids, int64_t limit, const 
   return host;
 }
 
-// Copies a host array of POD records (e.g. a multi-tensor chunk table) to the device.
+// Copies a host array of POD records (a multi-tensor chunk table, a grouped GEMM's tile
+// list) to the device, ordered on the default stream before the kernels that read it. An
+// asynchronous copy from pageable memory is staged at the call, so `rows` may go at once,
+// and unlike cudaMemcpy it does not first wait for the stream's earlier work: launching
+// a kernel with a table does not drain the GPU.
 template <typename Pod> Tensor upload_table(const std::vector<Pod>& rows) {
   Tensor t = Tensor::empty({int64_t(rows.size() * sizeof(Pod))}, DType::U8, Device::CUDA, MemCategory::Workspace);
-  if (!rows.empty()) CUDA_CHECK(cudaMemcpy(t.raw(), rows.data(), rows.size() * sizeof(Pod), cudaMemcpyHostToDevice));
+  if (!rows.empty())
+    CUDA_CHECK(cudaMemcpyAsync(t.raw(), rows.data(), rows.size() * sizeof(Pod), cudaMemcpyHostToDevice, nullptr));
   return t;
 }
 

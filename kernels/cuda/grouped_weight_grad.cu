@@ -8,8 +8,6 @@
 // rank r, 16 by default: 2 M P Q flops), so this favours one launch over tensor cores; an
 // expert without rows writes zeros.
 //   ./bench grouped_matmul_bwd --tokens 16384 --experts 128 --n 16 --k 2048   (its dW output)
-#include <cstring>
-
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -64,10 +62,7 @@ Tensor grouped_weight_grad(const Tensor& a, const Tensor& b, const std::vector<i
   NQ_CHECK(E <= 65535, "grouped_weight_grad: ", E, " experts exceed the grid (gridDim.z <= 65535)");
   std::vector<GroupedRows> experts(static_cast<size_t>(E));
   for (size_t e = 0; e < size_t(E); ++e) experts[e] = {offsets[e], offsets[e + 1], scales[e]};
-  Tensor host = Tensor::empty({int64_t(experts.size() * sizeof(GroupedRows))}, DType::U8);
-  std::memcpy(host.raw(), experts.data(), experts.size() * sizeof(GroupedRows));
-  Tensor rows = Tensor::empty(host.shape(), DType::U8, Device::CUDA, MemCategory::Workspace);
-  rows.copy_from(host);
+  const Tensor rows = upload_table(experts);
   const auto* rows_dev = static_cast<const GroupedRows*>(rows.raw());
   dispatch_float(a, "grouped_weight_grad", [&](auto tag) {
     using T = decltype(tag);

@@ -13,8 +13,8 @@
 // So one launch replaces E launches of nf4_matmul, and an expert with no token costs
 // nothing. Each expert's LoRA bypass can ride along as r more steps of its tiles'
 // reduction (as in nf4_matmul): y_e = [x_e | u_e] [W_e | s_e B_e]^T. The list and the E
-// experts (device views, bypass pointers) go up in one host-to-device copy (under 100 bytes
-// per expert and 24 per tile).
+// experts (device views, bypass pointers) go up as two small tables (upload_table: under
+// 100 bytes per expert and 24 per tile, asynchronous).
 // Dtypes as nf4_matmul's fused GEMM: x / dy f32, bf16 or f16, staged as 16-bit tiles,
 // accumulated in f32, the output in x's dtype.
 // grouped_matmul is the same kernel with no NF4 part (K = 0): its whole reduction is the
@@ -22,8 +22,6 @@
 //   ./bench nf4_grouped_matmul --tokens 16384 --experts 128 --n 768 --k 2048
 //   (tokens = N*k routed rows, Qwen3-30B-A3B's gate/up_proj [768, 2048] per expert)
 //   ./bench grouped_matmul --tokens 16384 --experts 128 --n 16 --k 2048   (u = x_e A_e^T, r 16)
-#include <cstring>
-
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/nf4_gemm_tile.cuh"
 #include "kernels/cuda/ops.h"
@@ -69,15 +67,9 @@ static Tensor grouped_product(const char* op, const Tensor& x, const std::vector
       tiles.push_back({int64_t(e), row, std::min(row + kTileM, offsets[e + 1])});
   NQ_CHECK(tiles.size() <= 65535, op, ": ", tiles.size(), " row tiles exceed the grid (gridDim.y <= 65535 tiles of ",
            kTileM, " rows); split the batch");
-  // One upload: the experts [E], then the tiles.
-  const size_t e_bytes = experts.size() * sizeof(GroupedExpert), t_bytes = tiles.size() * sizeof(GroupedTile);
-  Tensor host = Tensor::empty({int64_t(e_bytes + t_bytes)}, DType::U8);
-  std::memcpy(host.raw(), experts.data(), e_bytes);
-  std::memcpy(static_cast<char*>(host.raw()) + e_bytes, tiles.data(), t_bytes);
-  Tensor schedule = Tensor::empty(host.shape(), DType::U8, Device::CUDA, MemCategory::Workspace);
-  schedule.copy_from(host);
-  const auto* e_dev = static_cast<const GroupedExpert*>(schedule.raw());
-  const auto* t_dev = reinterpret_cast<const GroupedTile*>(static_cast<const char*>(schedule.raw()) + e_bytes);
+  const Tensor experts_dev = upload_table(experts), tiles_dev = upload_table(tiles);
+  const auto* e_dev = static_cast<const GroupedExpert*>(experts_dev.raw());
+  const auto* t_dev = static_cast<const GroupedTile*>(tiles_dev.raw());
 
   dispatch_float(x, op, [&](auto tag) {
     using T = decltype(tag);
