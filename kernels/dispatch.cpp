@@ -513,13 +513,21 @@ size_t nf4_matmul_workspace_bytes(int64_t M, int64_t out, int64_t in, DType dtyp
 }
 
 // ---- the grouped NF4 matmul of a MoE layer's experts ------------------------------
+// Checks the row bounds of a [M, ...] for E experts (E + 1 values from 0 to M, non-decreasing).
+static void check_bounds(const char* op, const Tensor& a, size_t E, const std::vector<int64_t>& offsets) {
+  NQ_CHECK(E > 0 && offsets.size() == E + 1, op, ": ", E, " experts need ", E + 1, " row bounds, got ", offsets.size());
+  NQ_CHECK(offsets.front() == 0 && offsets.back() == a.size(0), op, ": row bounds run from ", offsets.front(), " to ",
+           offsets.back(), ", expected 0 to ", a.size(0));
+  for (size_t e = 0; e < E; ++e)
+    NQ_CHECK(offsets[e] <= offsets[e + 1], op, ": expert ", e, "'s rows [", offsets[e], ", ", offsets[e + 1],
+             ") run backwards");
+}
 // Checks x [M, features] against the experts (one shape, on x's device), the row bounds
 // (E + 1, from 0 to M, non-decreasing) and the low-rank term (a [M, r], expert e's w [n, r]
 // or, transposed, [r, n], all in x's dtype and device).
 static void check_grouped(const char* op, const char* name, const Tensor& x, const std::vector<const Nf4Tensor*>& w,
                           const std::vector<int64_t>& offsets, const GroupedLowRankTerm* extra, bool transposed) {
-  NQ_CHECK(!w.empty() && offsets.size() == w.size() + 1, op, ": ", w.size(), " experts need ", w.size() + 1,
-           " row bounds, got ", offsets.size());
+  NQ_CHECK(!w.empty(), op, ": no experts");
   check_ndim(op, name, x, 2);
   for (size_t e = 0; e < w.size(); ++e) {
     NQ_CHECK(w[e] != nullptr && w[e]->out == w[0]->out && w[e]->in == w[0]->in, op, ": expert ", e, "'s NF4 weight ",
@@ -527,11 +535,7 @@ static void check_grouped(const char* op, const char* name, const Tensor& x, con
              ", ", w[0]->in, "] as expert 0's");
     check_nf4_input(op, name, x, transposed ? w[e]->out : w[e]->in, *w[e]);
   }
-  NQ_CHECK(offsets.front() == 0 && offsets.back() == x.size(0), op, ": row bounds run from ", offsets.front(), " to ",
-           offsets.back(), ", expected 0 to ", x.size(0), " (the rows of ", name, ")");
-  for (size_t e = 0; e < w.size(); ++e)
-    NQ_CHECK(offsets[e] <= offsets[e + 1], op, ": expert ", e, "'s rows [", offsets[e], ", ", offsets[e + 1],
-             ") run backwards");
+  check_bounds(op, x, w.size(), offsets);
   if (!extra) return;
   NQ_CHECK(extra->w.size() == w.size() && extra->scale.size() == w.size(), op, ": the low-rank term has ",
            extra->w.size(), " weights and ", extra->scale.size(), " scales for ", w.size(), " experts");
@@ -587,15 +591,6 @@ Tensor nf4_grouped_matmul_dx(const Tensor& dy, const std::vector<const Nf4Tensor
 }
 
 // ---- dense products per expert ---------------------------------------------------------
-// Checks the row bounds of a [M, ...] for E experts (E + 1 values from 0 to M, non-decreasing).
-static void check_bounds(const char* op, const Tensor& a, size_t E, const std::vector<int64_t>& offsets) {
-  NQ_CHECK(E > 0 && offsets.size() == E + 1, op, ": ", E, " experts need ", E + 1, " row bounds, got ", offsets.size());
-  NQ_CHECK(offsets.front() == 0 && offsets.back() == a.size(0), op, ": row bounds run from ", offsets.front(), " to ",
-           offsets.back(), ", expected 0 to ", a.size(0));
-  for (size_t e = 0; e < E; ++e)
-    NQ_CHECK(offsets[e] <= offsets[e + 1], op, ": expert ", e, "'s rows [", offsets[e], ", ", offsets[e + 1],
-             ") run backwards");
-}
 Tensor grouped_matmul(const Tensor& a, const std::vector<Tensor>& w, const std::vector<int64_t>& offsets, bool trans_w,
                       const std::vector<float>& scales) {
   const char* op = "grouped_matmul";
@@ -702,49 +697,36 @@ void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const
 }
 
 // ---- LoRA over a MoE layer's NF4 experts, grouped --------------------------------------
-// Checks the experts' adapters against x [M, in] and their weights (one rank, one dropout
-// mask: the same p, seed and offset); returns the rank.
-static int64_t check_grouped_lora(const char* op, const Tensor& x, const std::vector<const Nf4Tensor*>& w,
-                                  const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets) {
-  check_grouped(op, "x", x, w, offsets, nullptr, false);
-  NQ_CHECK(lora.size() == w.size(), op, ": ", lora.size(), " adapters for ", w.size(), " experts");
-  for (size_t e = 0; e < w.size(); ++e) {
-    check_lora_nf4(op, x, *w[e], lora[e]);
-    NQ_CHECK(lora[e].a.size(0) == lora[0].a.size(0), op, ": expert ", e, "'s adapter has rank ", lora[e].a.size(0),
-             ", expert 0's ", lora[0].a.size(0), " (one rank for all the experts of a projection)");
-    NQ_CHECK(lora[e].dropout == lora[0].dropout && lora[e].seed == lora[0].seed && lora[e].offset == lora[0].offset,
-             op, ": expert ", e, "'s dropout (p ", lora[e].dropout, ", offset ", lora[e].offset,
-             ") is not expert 0's: the experts share one mask over x");
-  }
-  return lora[0].a.size(0);
+// Expert e's adapter as lora_nf4's parameters (its checks, the shared mask).
+static LoraParams expert_params(const GroupedLoraParams& g, size_t e) {
+  return {g.a[e], g.b[e], g.scale[e], g.dropout, g.seed, g.offset};
 }
-// The experts' LoRA factors and scales, for the grouped products.
-struct GroupedAdapters {
-  std::vector<Tensor> a, b;  // A_e [r, in], B_e [out, r]
-  std::vector<float> scale, ones;
-};
-static GroupedAdapters grouped_adapters(const std::vector<LoraParams>& lora) {
-  GroupedAdapters g;
-  for (const LoraParams& l : lora) {
-    g.a.push_back(l.a);
-    g.b.push_back(l.b);
-    g.scale.push_back(l.scale);
-    g.ones.push_back(1.0f);
+// Checks the experts' adapters against x [M, in] and their weights (one rank); returns it.
+static int64_t check_grouped_lora(const char* op, const Tensor& x, const std::vector<const Nf4Tensor*>& w,
+                                  const GroupedLoraParams& lora, const std::vector<int64_t>& offsets) {
+  check_grouped(op, "x", x, w, offsets, nullptr, false);
+  NQ_CHECK(lora.a.size() == w.size() && lora.b.size() == w.size() && lora.scale.size() == w.size(), op, ": ",
+           lora.a.size(), " A, ", lora.b.size(), " B and ", lora.scale.size(), " scales for ", w.size(), " experts");
+  for (size_t e = 0; e < w.size(); ++e) {
+    check_lora_nf4(op, x, *w[e], expert_params(lora, e));
+    NQ_CHECK(lora.a[e].size(0) == lora.a[0].size(0), op, ": expert ", e, "'s adapter has rank ", lora.a[e].size(0),
+             ", expert 0's ", lora.a[0].size(0), " (one rank for all the experts of a projection)");
   }
-  return g;
+  return lora.a[0].size(0);
 }
 Tensor lora_nf4_grouped_forward(const Tensor& x, const std::vector<const Nf4Tensor*>& w,
-                                const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* u) {
+                                const GroupedLoraParams& lora, const std::vector<int64_t>& offsets, Tensor* u) {
   check_grouped_lora("lora_nf4_grouped_forward", x, w, lora, offsets);
-  const GroupedAdapters g = grouped_adapters(lora);
-  const Tensor h = grouped_matmul(lora_dropped(x, lora[0]), g.a, offsets, false, g.ones);  // u = xd_e A_e^T [M, r]
-  const GroupedLowRankTerm bypass{h, g.b, g.scale};                                         // + (s_e u_e) B_e^T
-  Tensor y = nf4_grouped_matmul(x, w, offsets, &bypass);                                     // [M, out]
+  const std::vector<float> ones(w.size(), 1.0f);
+  const Tensor xd = lora_dropped(x, expert_params(lora, 0));     // the one mask over x
+  const Tensor h = grouped_matmul(xd, lora.a, offsets, false, ones);  // u = xd_e A_e^T [M, r]
+  const GroupedLowRankTerm bypass{h, lora.b, lora.scale};            // + (s_e u_e) B_e^T
+  Tensor y = nf4_grouped_matmul(x, w, offsets, &bypass);              // [M, out]
   if (u) *u = h;
   return y;
 }
 void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const std::vector<const Nf4Tensor*>& w,
-                               const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* dx,
+                               const GroupedLoraParams& lora, const std::vector<int64_t>& offsets, Tensor* dx,
                                std::vector<Tensor>* grad_a, std::vector<Tensor>* grad_b) {
   const char* op = "lora_nf4_grouped_backward";
   const int64_t r = check_grouped_lora(op, x, w, lora, offsets), M = x.size(0);
@@ -756,8 +738,9 @@ void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& 
            w[0]->out, "] and u [", M, ", ", r, "] in x's dtype)");
   check_same_device(op, {&x, &dy, &u});
   const size_t E = w.size();
-  const GroupedAdapters g = grouped_adapters(lora);
-  const Tensor v = grouped_matmul(dy, g.b, offsets, true, g.scale);  // v_e = s_e dy_e B_e [M, r]
+  const std::vector<float> ones(E, 1.0f);
+  const LoraParams mask = expert_params(lora, 0);
+  const Tensor v = grouped_matmul(dy, lora.b, offsets, true, lora.scale);  // v_e = s_e dy_e B_e [M, r]
   // dB_e = s_e dy_e^T u_e [out, r], dA_e = v_e^T xd_e [r, in] (f32); none for an expert without rows
   auto per_expert = [&](const Tensor& all, std::vector<Tensor>* out) {  // [E, p, q] -> E tensors [p, q]
     out->assign(E, Tensor());
@@ -765,16 +748,16 @@ void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& 
       if (offsets[e] < offsets[e + 1])
         (*out)[e] = all.slice(int64_t(e), int64_t(e) + 1).view({all.size(1), all.size(2)});
   };
-  if (grad_b) per_expert(grouped_weight_grad(dy, u, offsets, g.scale), grad_b);
-  if (grad_a) per_expert(grouped_weight_grad(v, lora_dropped(x, lora[0]), offsets, g.ones), grad_a);
+  if (grad_b) per_expert(grouped_weight_grad(dy, u, offsets, lora.scale), grad_b);
+  if (grad_a) per_expert(grouped_weight_grad(v, lora_dropped(x, mask), offsets, ones), grad_a);
   if (!dx) return;
-  if (lora[0].dropout == 0.0f) {  // dx = dy_e W_e + v_e A_e, one grouped product
-    const GroupedLowRankTerm bypass{v, g.a, g.ones};
+  if (lora.dropout == 0.0f) {  // dx = dy_e W_e + v_e A_e, one grouped product
+    const GroupedLowRankTerm bypass{v, lora.a, ones};
     *dx = nf4_grouped_matmul_dx(dy, w, offsets, &bypass);
     return;
   }
-  Tensor d = nf4_grouped_matmul_dx(dy, w, offsets);                                // dy_e W_e [M, in]
-  add_inplace(d, lora_dropped(grouped_matmul(v, g.a, offsets, true, g.ones), lora[0]));  // + dropout_backward(v_e A_e)
+  Tensor d = nf4_grouped_matmul_dx(dy, w, offsets);                                   // dy_e W_e [M, in]
+  add_inplace(d, lora_dropped(grouped_matmul(v, lora.a, offsets, true, ones), mask));  // + dropout_backward(v_e A_e)
   *dx = d;
 }
 

@@ -200,17 +200,23 @@ Tensor lora_nf4_forward(const Tensor& x, const Nf4Tensor& w, const LoraParams& l
 void lora_nf4_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const Nf4Tensor& w, const LoraParams& lora,
                        Tensor* dx, Tensor* grad_a, Tensor* grad_b);
 // The same over a MoE layer's experts, rows grouped as nf4_grouped_matmul's: expert e's rows
-// through W_e and its adapter lora[e] (every one of rank r; one dropout mask over all of x:
-// the experts share p, seed and offset). Forward: u = dropout(x)_e A_e^T [M, r] (x's rows),
+// through W_e and its adapter (A_e, B_e, scale_e of `lora`: every one of rank r; one dropout
+// mask over all of x). Forward: u = dropout(x)_e A_e^T [M, r] (x's rows),
 // one grouped_matmul, then ONE grouped NF4 matmul with the bypasses riding in it. Backward:
 // v = s_e dy_e B_e (grouped_matmul), dB_e = s_e dy_e^T u_e and dA_e = v_e^T dropout(x)_e
 // (grouped_weight_grad; f32, undefined for an expert without rows), dx through one grouped
 // dx matmul (the bypass riding in it when no dropout is on). Composed of the ops above on
 // either device: a fixed number of launches whatever E.
+struct GroupedLoraParams {
+  std::vector<Tensor> a, b;   // [E]: A_e [r, in], B_e [out, r] in x's dtype
+  std::vector<float> scale;   // [E]: alpha / r of each expert's adapter
+  float dropout = 0.0f;       // the mask over all of x: Philox (seed, offset) over its elements
+  uint64_t seed = 0, offset = 0;
+};
 Tensor lora_nf4_grouped_forward(const Tensor& x, const std::vector<const Nf4Tensor*>& w,
-                                const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* u);
+                                const GroupedLoraParams& lora, const std::vector<int64_t>& offsets, Tensor* u);
 void lora_nf4_grouped_backward(const Tensor& dy, const Tensor& x, const Tensor& u, const std::vector<const Nf4Tensor*>& w,
-                               const std::vector<LoraParams>& lora, const std::vector<int64_t>& offsets, Tensor* dx,
+                               const GroupedLoraParams& lora, const std::vector<int64_t>& offsets, Tensor* dx,
                                std::vector<Tensor>* grad_a, std::vector<Tensor>* grad_b);
 
 // ---- optimizer: the AdamW update and the global gradient norm ----------------

@@ -87,9 +87,13 @@ Var lora_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tenso
            "lora_grouped_linear: ", bases.size(), " bases, ", layers.size(), " adapters and ", offsets.size(),
            " row bounds (expected E, E and E + 1)");
   const Tensor xv = x.value();
-  // One dropout mask over all of x (one Philox range, reserved here), shared by the experts.
+  // Expert 0's checks and working copies, and one dropout mask over all of x (one Philox
+  // range, reserved here), which the experts share.
   const kernels::LoraParams first = bypass_params(xv, *layers[0]);
-  std::vector<kernels::LoraParams> lp;
+  kernels::GroupedLoraParams lp;
+  lp.dropout = first.dropout;
+  lp.seed = first.seed;
+  lp.offset = first.offset;
   std::vector<const Nf4Tensor*> w;
   std::vector<Var> inputs{x};
   for (size_t e = 0; e < bases.size(); ++e) {
@@ -98,13 +102,9 @@ Var lora_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tenso
              "'s NF4 base does not match its adapter [", layer.out, ", ", layer.in, "]");
     NQ_CHECK(layer.dropout == layers[0]->dropout, "lora_grouped_linear: expert ", e, "'s dropout ", layer.dropout,
              " is not expert 0's ", layers[0]->dropout, " (the experts share one mask)");
-    kernels::LoraParams p = first;
-    if (e > 0) {  // its own factors and scale; the mask is the first's
-      p.a = kernels::cast(layer.A.value(), xv.dtype());
-      p.b = kernels::cast(layer.B.value(), xv.dtype());
-      p.scale = layer.scaling;
-    }
-    lp.push_back(p);
+    lp.a.push_back(e == 0 ? first.a : kernels::cast(layer.A.value(), xv.dtype()));
+    lp.b.push_back(e == 0 ? first.b : kernels::cast(layer.B.value(), xv.dtype()));
+    lp.scale.push_back(layer.scaling);
     w.push_back(bases[e].get());
     inputs.push_back(layer.A);
     inputs.push_back(layer.B);

@@ -60,8 +60,9 @@ Var lora_linear(const Var& x, const Tensor& dense_base, const LoraLinear& layer)
 // (all one rank) -> [M, out]: kernels::lora_nf4_grouped_forward / _backward (a fixed number of
 // GPU launches whatever E). The dropout mask is one Philox range over all of x: the same
 // mask as expert-by-expert ranges reserved one after the other (identical whenever each
-// expert's rows x in is a multiple of Philox's 4-wide blocks, as for every real model). Gradients for x and every expert's A and B;
-// an expert without rows gets none (as when it runs alone and is never called).
+// expert's rows x in is a multiple of Philox's 4-wide blocks, as for every real model).
+// Gradients for x and every expert's A and B; an expert without rows gets none (as when it
+// runs alone and is never called).
 Var lora_grouped_linear(const Var& x, std::vector<std::shared_ptr<const Nf4Tensor>> bases,
                         const std::vector<const LoraLinear*>& layers, std::vector<int64_t> offsets);
 
