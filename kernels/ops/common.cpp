@@ -25,6 +25,25 @@ std::vector<int64_t> row_bounds(const Tensor& bounds) {
   return std::vector<int64_t>(b.data<int32_t>(), b.data<int32_t>() + b.numel());
 }
 
+GroupedReference grouped_reference(const std::vector<double>& a, const std::vector<double>& w,
+                                   const std::vector<double>& dy, const std::vector<int64_t>& bounds,
+                                   const std::vector<double>& scales, int64_t n, int64_t k) {
+  const int64_t M = bounds.back(), E = int64_t(bounds.size()) - 1;
+  GroupedReference out{std::vector<double>(M * n), std::vector<double>(M * k), std::vector<double>(E * n * k)};
+  for (int64_t e = 0; e < E; ++e) {
+    const double* we = w.data() + e * n * k;  // [n, k]
+    const double s = scales[size_t(e)];
+    for (int64_t r = bounds[size_t(e)]; r < bounds[size_t(e) + 1]; ++r)
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          out.y[r * n + i] += s * a[r * k + j] * we[i * k + j];
+          out.dx[r * k + j] += s * dy[r * n + i] * we[i * k + j];
+          out.dw[(e * n + i) * k + j] += s * dy[r * n + i] * a[r * k + j];
+        }
+  }
+  return out;
+}
+
 std::vector<int32_t> ints(const Tensor& t) {
   const int32_t* p = t.data<int32_t>();
   return std::vector<int32_t>(p, p + t.numel());

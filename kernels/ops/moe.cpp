@@ -111,27 +111,10 @@ std::vector<float> expert_scales(int64_t E) {
 std::vector<Tensor> expert_weights(const std::vector<Tensor>& in, const Dims& d) {
   return std::vector<Tensor>(in.begin() + kFirstWeight, in.begin() + kFirstWeight + size_t(d.experts));
 }
-// y [tokens, n], dx [tokens, k] and dW [E, n, k] in double, expert by expert.
-struct NaiveGrouped {
-  std::vector<double> y, dx, dw;
-};
-NaiveGrouped naive_grouped(const std::vector<double>& a, const std::vector<double>& w_all,
-                           const std::vector<double>& dy, const std::vector<int64_t>& bounds, const Dims& d) {
-  const int64_t n = d.n, k = d.k;
+GroupedReference naive_grouped(const std::vector<double>& a, const std::vector<double>& w_all,
+                               const std::vector<double>& dy, const std::vector<int64_t>& bounds, const Dims& d) {
   const std::vector<float> s = expert_scales(d.experts);
-  NaiveGrouped out{std::vector<double>(d.tokens * n), std::vector<double>(d.tokens * k),
-                   std::vector<double>(d.experts * n * k)};
-  for (int64_t e = 0; e < d.experts; ++e) {
-    const double* w = w_all.data() + e * n * k;  // [n, k]
-    for (int64_t r = bounds[e]; r < bounds[e + 1]; ++r)
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < k; ++j) {
-          out.y[r * n + i] += s[e] * a[r * k + j] * w[i * k + j];
-          out.dx[r * k + j] += s[e] * dy[r * n + i] * w[i * k + j];
-          out.dw[(e * n + i) * k + j] += s[e] * dy[r * n + i] * a[r * k + j];
-        }
-  }
-  return out;
+  return grouped_reference(a, w_all, dy, bounds, std::vector<double>(s.begin(), s.end()), d.n, d.k);
 }
 std::vector<double> concat(const std::vector<Tensor>& ts) {
   std::vector<double> all;
@@ -279,7 +262,7 @@ void register_moe(std::vector<Op>& ops) {
                                  4.0 * d.tokens * d.n * d.k, d.tokens, d.k, d.n, 1};
                    }};
     op.naive = [](const std::vector<Tensor>& in, const Dims& d) {
-      const NaiveGrouped want = naive_grouped(doubles(in[0]), concat(expert_weights(in, d)), doubles(in[1]),
+      const GroupedReference want = naive_grouped(doubles(in[0]), concat(expert_weights(in, d)), doubles(in[1]),
                                               row_bounds(in[2]), d);
       return std::vector<Expected>{{0, want.y, 1e-5}, {1, want.dx, 1e-5}, {2, want.dw, 1e-5}};
     };
@@ -293,7 +276,7 @@ void register_moe(std::vector<Op>& ops) {
       const std::vector<int64_t> bounds = row_bounds(in[2]);
       p.loss = [x, dy, bounds, d] { return dot(naive_grouped((*x)[0], (*x)[1], *dy, bounds, d).y, *dy); };
       p.grad = [x, dy, bounds, d] {
-        const NaiveGrouped g = naive_grouped((*x)[0], (*x)[1], *dy, bounds, d);
+        const GroupedReference g = naive_grouped((*x)[0], (*x)[1], *dy, bounds, d);
         return std::vector<std::vector<double>>{g.dx, g.dw};
       };
       return p;

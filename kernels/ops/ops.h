@@ -35,6 +35,15 @@ inline Values values(std::vector<std::vector<double>> x) {
 // without tokens is in every test.
 Input expert_row_bounds(int64_t tokens, int64_t experts, uint64_t seed);
 std::vector<int64_t> row_bounds(const Tensor& bounds);  // that input as the ops' offsets
+// The grouped products in double, expert by expert (rows [bounds[e], bounds[e+1]) are expert
+// e's; w holds the E weights [n, k] one after the other, expert e's scaled by scales[e]):
+//   y [M, n] = s_e a_e w_e^T,  dx [M, k] = s_e dy_e w_e,  dw [E, n, k] = s_e dy_e^T a_e
+struct GroupedReference {
+  std::vector<double> y, dx, dw;
+};
+GroupedReference grouped_reference(const std::vector<double>& a, const std::vector<double>& w,
+                                   const std::vector<double>& dy, const std::vector<int64_t>& bounds,
+                                   const std::vector<double>& scales, int64_t n, int64_t k);
 // One shape list per mode: shapes_for(mode, reference, grad, device).
 inline std::vector<Dims> pick(Mode mode, std::vector<Dims> reference, std::vector<Dims> grad, std::vector<Dims> device) {
   return mode == Mode::Reference ? reference : mode == Mode::Grad ? grad : device;

@@ -205,7 +205,6 @@ kernels::GroupedLowRankTerm grouped_low_rank(const std::vector<Tensor>& in, cons
   }
   return t;
 }
-std::vector<int64_t> grouped_bounds(const std::vector<Tensor>& in) { return row_bounds(in[2]); }
 // The experts' NF4 tensors, whose parts are the inputs (on the run's device).
 std::vector<Nf4Tensor> grouped_weights(const std::vector<Tensor>& in, const Dims& d) {
   std::vector<Nf4Tensor> w;
@@ -229,8 +228,8 @@ Pass grouped_pass(bool transposed) {
                 d.rank ? grouped_low_rank(in, d, transposed) : kernels::GroupedLowRankTerm{};
             const kernels::GroupedLowRankTerm* bypass = d.rank ? &extra : nullptr;
             return std::vector<Tensor>{
-                transposed ? kernels::nf4_grouped_matmul_dx(in[1], pointers(w), grouped_bounds(in), bypass)
-                           : kernels::nf4_grouped_matmul(in[0], pointers(w), grouped_bounds(in), bypass)};
+                transposed ? kernels::nf4_grouped_matmul_dx(in[1], pointers(w), row_bounds(in[2]), bypass)
+                           : kernels::nf4_grouped_matmul(in[0], pointers(w), row_bounds(in[2]), bypass)};
           },
           {tile16_bound()},
           [transposed](const Dims& d, double act) {  // x and y (dy and dx) once, the experts' NF4 bytes
@@ -238,33 +237,45 @@ Pass grouped_pass(bool transposed) {
                         2.0 * d.tokens * d.n * d.k, d.tokens, transposed ? d.k : d.n, transposed ? d.n : d.k, 1};
           }};
 }
-// y and dx in double, each expert's rows against its weight dequantized exactly.
-std::pair<std::vector<double>, std::vector<double>> grouped_naive(const std::vector<double>& x,
-                                                                  const std::vector<double>& dy,
-                                                                  const std::vector<Tensor>& in, const Dims& d) {
+// nf4_grouped_matmul's inputs in double, read once: the bounds, the experts' weights
+// dequantized exactly (E x [n, k], one after the other), and with d.rank the low-rank a
+// [tokens, r], the B_e [n, r] and A_e [r, k] and their scales.
+struct GroupedNf4Inputs {
+  std::vector<int64_t> bounds;
+  std::vector<double> w, a, b, a_factors, ones, scales;
+};
+GroupedNf4Inputs grouped_nf4_inputs(const std::vector<Tensor>& in, const Dims& d) {
   std::vector<Tensor> host;
   for (const Tensor& t : in) host.push_back(t.to(Device::CPU));
-  const std::vector<int64_t> bounds = grouped_bounds(host);
-  const std::vector<Nf4Tensor> w = grouped_weights(host, d);
-  std::vector<double> y(d.tokens * d.n), dx(d.tokens * d.k);
-  for (int64_t e = 0; e < d.experts; ++e) {
-    const int64_t r0 = bounds[e], rows = bounds[e + 1] - bounds[e];
-    if (!rows) continue;
-    const std::vector<double> we = doubles(dequantize_nf4(w[e]));
-    const std::vector<double> xe(x.begin() + r0 * d.k, x.begin() + (r0 + rows) * d.k);
-    const std::vector<double> dye(dy.begin() + r0 * d.n, dy.begin() + (r0 + rows) * d.n);
-    std::vector<double> ye = mm(xe, we, rows, d.n, d.k, false, true), dxe = mm(dye, we, rows, d.k, d.n, false, false);
-    if (d.rank) {
-      const kernels::GroupedLowRankTerm fwd = grouped_low_rank(host, d, false), bwd = grouped_low_rank(host, d, true);
-      const std::vector<double> a = doubles(fwd.a);
-      const std::vector<double> ae(a.begin() + r0 * d.rank, a.begin() + (r0 + rows) * d.rank);
-      axpy(ye, fwd.scale[e], mm(ae, doubles(fwd.w[e]), rows, d.n, d.rank, false, true));
-      axpy(dxe, bwd.scale[e], mm(ae, doubles(bwd.w[e]), rows, d.k, d.rank, false, false));
-    }
-    std::copy(ye.begin(), ye.end(), y.begin() + r0 * d.n);
-    std::copy(dxe.begin(), dxe.end(), dx.begin() + r0 * d.k);
+  GroupedNf4Inputs g;
+  g.bounds = row_bounds(host[2]);
+  for (const Nf4Tensor& e : grouped_weights(host, d)) {
+    const std::vector<double> we = doubles(dequantize_nf4(e));
+    g.w.insert(g.w.end(), we.begin(), we.end());
   }
-  return {y, dx};
+  g.ones.assign(size_t(d.experts), 1.0);
+  if (!d.rank) return g;
+  const kernels::GroupedLowRankTerm fwd = grouped_low_rank(host, d, false), bwd = grouped_low_rank(host, d, true);
+  g.a = doubles(fwd.a);
+  for (int64_t e = 0; e < d.experts; ++e) {
+    const std::vector<double> be = doubles(fwd.w[size_t(e)]), ae = doubles(bwd.w[size_t(e)]);
+    g.b.insert(g.b.end(), be.begin(), be.end());
+    g.a_factors.insert(g.a_factors.end(), ae.begin(), ae.end());
+    g.scales.push_back(fwd.scale[size_t(e)]);
+  }
+  return g;
+}
+// y and dx in double at x and dy: each expert's rows against its dequantized weight, and
+// the bypass s_e a_e B_e^T (y) and s_e a_e A_e (dx) as grouped products of their own.
+std::pair<std::vector<double>, std::vector<double>> grouped_naive(const std::vector<double>& x,
+                                                                  const std::vector<double>& dy,
+                                                                  const GroupedNf4Inputs& g, const Dims& d) {
+  GroupedReference base = grouped_reference(x, g.w, dy, g.bounds, g.ones, d.n, d.k);
+  if (d.rank) {
+    axpy(base.y, 1.0, grouped_reference(g.a, g.b, dy, g.bounds, g.scales, d.n, d.rank).y);             // a_e B_e^T
+    axpy(base.dx, 1.0, grouped_reference(x, g.a_factors, g.a, g.bounds, g.scales, d.rank, d.k).dx);  // a_e A_e
+  }
+  return {base.y, base.dx};
 }
 
 }  // namespace
@@ -346,7 +357,7 @@ void register_qlora(std::vector<Op>& ops) {
     op.forward = grouped_pass(false);
     op.backward = grouped_pass(true);
     op.naive = [](const std::vector<Tensor>& in, const Dims& d) {
-      auto [y, dx] = grouped_naive(doubles(in[0]), doubles(in[1]), in, d);
+      auto [y, dx] = grouped_naive(doubles(in[0]), doubles(in[1]), grouped_nf4_inputs(in, d), d);
       return std::vector<Expected>{{0, y, 1e-5}, {1, dx, 1e-5}};
     };
     // nf4_grouped_matmul_dx without a low-rank term is the input gradient of nf4_grouped_matmul:
@@ -357,11 +368,9 @@ void register_qlora(std::vector<Op>& ops) {
       p.x = values({doubles(in[0])});
       auto x = p.x;
       auto dy = std::make_shared<std::vector<double>>(doubles(in[1]));
-      auto inputs = std::make_shared<std::vector<Tensor>>(in);
-      p.loss = [x, dy, inputs, d] { return dot(grouped_naive((*x)[0], *dy, *inputs, d).first, *dy); };
-      p.grad = [x, dy, inputs, d] {
-        return std::vector<std::vector<double>>{grouped_naive((*x)[0], *dy, *inputs, d).second};
-      };
+      auto g = std::make_shared<GroupedNf4Inputs>(grouped_nf4_inputs(in, d));  // dequantized once
+      p.loss = [x, dy, g, d] { return dot(grouped_naive((*x)[0], *dy, *g, d).first, *dy); };
+      p.grad = [x, dy, g, d] { return std::vector<std::vector<double>>{grouped_naive((*x)[0], *dy, *g, d).second}; };
       return p;
     };
     ops.push_back(op);
