@@ -8,10 +8,9 @@
 //
 // Tokens are grouped by expert: the N*k (token, slot) pairs sorted by expert (ties by token,
 // then slot), h's rows gathered in that order [N*k, D], expert e run once on its contiguous
-// rows (one grouped NF4 op per projection over all experts when their bases are NF4: grouped();
-// else row_segments),
-// the rows gathered back into slot order and combined with the weights
-// as one batched product [N, 1, k] x [N, k, D]. The gradient reaches h through the experts
+// rows (one grouped NF4 op per projection over all experts when their bases are NF4:
+// grouped(); else row_segments), the rows gathered back into slot order and combined with
+// the weights as one batched product [N, 1, k] x [N, k, D]. The gradient reaches h through the experts
 // and through the routing weights (the router's softmax), although the router is frozen.
 #pragma once
 #include <cstdint>

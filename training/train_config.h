@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "lora/lora_linear.h"
+#include "model/decoder.h"
 #include "model/load_model.h"
 #include "optim/adamw.h"
 #include "training/batch.h"
@@ -78,7 +79,7 @@ struct TrainConfig {
   // Long context (training/memory_plan.h): auto = on only when the GPU plan does not fit otherwise.
   std::string offload_activations = "auto";  // auto | on | off: saved layer inputs in host memory
   std::string mlp_chunk_rows = "auto";       // auto | off | N: the MLP over chunks of N rows
-  int64_t ce_chunk = 1024;  // rows of [rows, vocab] logits at once in the loss (model/decoder.h's ce_chunk_rows)
+  int64_t ce_chunk = DecoderOptions{}.ce_chunk_rows;  // rows of [rows, vocab] logits at once in the loss
   std::string device = kDefaultDevice;  // auto | cpu | cuda (training/flags.h's --device)
   std::string dtype = "auto";       // compute dtype on cuda: auto | bfloat16 | float16 (model/device.h)
   std::string rope_scaling;         // "yarn:4", "yarn:4:32768", "linear:2": switched on in the model's config; "": as it is
